@@ -1,0 +1,85 @@
+"""The ``hemo`` command line: one subcommand per module in :mod:`hemo.commands`.
+
+Contract (see DESIGN.md and the README): with ``--json`` stdout carries only JSON, logs and
+progress go to stderr; a failure prints one line ``hemo: error: ...`` (no traceback) and the
+exit status is non-zero. Subcommand modules import heavy libraries (TensorFlow) inside ``run``
+only, so ``hemo inspect`` and friends start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hemo import __version__
+from hemo.errors import HemoError
+
+log = logging.getLogger("hemo")
+
+#: Exit status when an input or option was bad (HemoError), and when some inputs of a batch failed.
+EXIT_ERROR = 2
+EXIT_PARTIAL = 1
+
+
+def emit_json(payload: Any) -> None:
+    """Write ``payload`` as JSON to stdout (the only thing ``--json`` prints there)."""
+    json.dump(payload, sys.stdout, indent=2, default=_json_default, allow_nan=False)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy scalars/arrays and paths that ``json`` does not know."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hemo`` parser with every subcommand found in :mod:`hemo.commands`."""
+    parser = argparse.ArgumentParser(
+        prog="hemo",
+        description="Brain-hemorrhage detection on head CT: data, training, evaluation, "
+        "prediction and Grad-CAM. Research tool, not a medical device.",
+    )
+    parser.add_argument("--version", action="version", version=f"hemo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import hemo.commands as commands
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
+    for name in modules:
+        module = importlib.import_module(f"hemo.commands.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except HemoError as exc:
+        print(f"hemo: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("hemo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the console script
+    sys.exit(main())

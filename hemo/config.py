@@ -1,0 +1,52 @@
+"""Paths, presets, limits and names shared by every hemo module.
+
+Paths come from the package location (``Path(__file__)``), never from the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Paths ------------------------------------------------------------------------------------------
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = PACKAGE_DIR.parent
+DATA_DIR = PROJECT_DIR / "data"
+RAW_DIR = DATA_DIR / "raw"
+DEMO_DIR = DATA_DIR / "demo"
+PROCESSED_DIR = DATA_DIR / "processed"
+MODELS_DIR = PROJECT_DIR / "models"
+RUNS_DIR = Path(os.environ.get("HEMO_RUNS_DIR", PROJECT_DIR / "runs"))
+#: Real sample scans laid beside the project (see ../shared/data/README.md); absent in a user's clone.
+SHARED_DATA_DIR = Path(os.environ.get("HEMO_SHARED_DATA", PROJECT_DIR.parent / "shared" / "data"))
+
+# Labels -----------------------------------------------------------------------------------------
+#: RSNA-2019 subtypes, in the order of the RSNA label columns.
+SUBTYPES: tuple[str, ...] = (
+    "epidural",
+    "intraparenchymal",
+    "intraventricular",
+    "subarachnoid",
+    "subdural",
+)
+#: The six RSNA outputs: ``any`` first, then the subtypes.
+RSNA_LABELS: tuple[str, ...] = ("any", *SUBTYPES)
+#: Weights of the RSNA-2019 metric (``any`` counts twice).
+RSNA_LABEL_WEIGHTS: dict[str, float] = {"any": 2.0, **{s: 1.0 for s in SUBTYPES}}
+
+# Hounsfield units -------------------------------------------------------------------------------
+HU_AIR = -1000.0
+#: Values below this are outside the scanned field (padding, e.g. -2000 stored -> -3024 HU).
+HU_FLOOR = -1024.0
+HU_CEIL = 3071.0
+
+# Limits (enforced by the readers; raise LimitError) --------------------------------------------
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_PIXELS_PER_SLICE = 4096 * 4096
+MAX_SLICES_PER_SERIES = 2000
+MAX_ZIP_MEMBERS = 5000
+MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024 * 1024 * 1024
+MAX_ZIP_RATIO = 200.0
+
+# Randomness -------------------------------------------------------------------------------------
+DEFAULT_SEED = 0
