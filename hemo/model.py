@@ -1,0 +1,652 @@
+"""One model builder over an architecture registry, model cards, and safe save/load.
+
+Every model is a flat functional graph (a ``keras.applications`` backbone is built with
+``input_tensor=`` so its layers live in the outer graph, never as a nested model)::
+
+    input (size, size, C) in [0, 1]
+      -> [gray_to_rgb]            1-channel spec on an ImageNet backbone: repeat to 3 channels
+      -> [imagenet_preprocess]    each application's expected input range (Rescaling/Normalization)
+      -> backbone                 last feature map named CAM_LAYERS[arch] (Grad-CAM target)
+      -> head_pool -> head_dropout -> logits (Dense, no activation) -> probabilities (sigmoid)
+
+A model is saved as ``NAME.keras`` with a JSON :class:`ModelCard` beside it (``NAME.json``), and
+optionally ``NAME.h5`` written by Keras (the published method shipped ``.h5``). Loading goes
+through ``keras.saving.load_model(safe_mode=True)``; pickles are refused; the card is checked
+against the graph, so a model can never be fed differently from how it was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+from hemo import __version__
+from hemo.errors import ModelError
+from hemo.preprocess import InputSpec
+
+log = logging.getLogger(__name__)
+
+# Layer names ------------------------------------------------------------------------------------
+LOGITS_LAYER = "logits"
+PROBS_LAYER = "probabilities"
+INPUT_LAYER = "image"
+GRAY_TO_RGB_LAYER = "gray_to_rgb"
+PREPROCESS_LAYER = "imagenet_preprocess"
+HEAD_POOL_LAYER = "head_pool"
+HEAD_DROPOUT_LAYER = "head_dropout"
+#: Layers that belong to the classification head (trainable in both transfer-learning phases).
+HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
+#: The compact CNN's last feature map (1/16 of the input size), its Grad-CAM target.
+COMPACT_CAM_LAYER = "compact_features"
+
+# Weights ----------------------------------------------------------------------------------------
+WEIGHTS_NONE = ("none", "")
+WEIGHTS_IMAGENET = "imagenet"
+#: Seconds a blocked socket may wait while Keras fetches ImageNet weights (offline: fail fast).
+DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".sav")
+MODEL_SUFFIXES = (".keras", ".h5")
+#: First bytes of a pickle (protocol 2+), a zip (``.keras``) and an HDF5 file (``.h5``).
+PICKLE_MAGIC = 0x80
+PICKLE_MAX_PROTOCOL = 5
+ZIP_MAGIC = b"PK\x03\x04"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+# ImageNet preprocessing constants (keras.applications.imagenet_utils) ---------------------------
+PIXEL_MAX = 255.0
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
+RGB_CHANNELS = 3
+
+# Compact CNN ------------------------------------------------------------------------------------
+#: Filters of each stage; every stage but the last ends with a 2x2 max pool.
+COMPACT_STAGES: tuple[tuple[int, ...], ...] = ((32,), (64,), (128, 128), (256, 256))
+COMPACT_KERNEL = 3
+COMPACT_WEIGHT_DECAY = 1e-4
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One entry of the architecture registry.
+
+    Attributes:
+        name: Registry key.
+        cam_layer: Name of the Grad-CAM target layer (last spatial feature map).
+        preprocess: How [0, 1] inputs are mapped to what the backbone expects: ``"caffe"``,
+            ``"torch"``, ``"efficientnet"`` ([0, 255]), ``"tf"`` ([-1, 1]) or ``"none"``.
+        application: ``keras.applications`` constructor name, or ``None`` for our own CNN.
+        min_size: Smallest input size in pixels the backbone accepts.
+    """
+
+    name: str
+    cam_layer: str
+    preprocess: str
+    application: str | None
+    min_size: int = 32
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "resnet50": Architecture("resnet50", "conv5_block3_out", "caffe", "ResNet50"),
+    "efficientnet_b0": Architecture(
+        "efficientnet_b0", "top_activation", "efficientnet", "EfficientNetB0"
+    ),
+    "densenet121": Architecture("densenet121", "relu", "torch", "DenseNet121"),
+    "mobilenet_v2": Architecture("mobilenet_v2", "out_relu", "tf", "MobileNetV2"),
+    "compact": Architecture("compact", COMPACT_CAM_LAYER, "none", None, min_size=16),
+}
+CAM_LAYERS: dict[str, str] = {name: arch.cam_layer for name, arch in ARCHITECTURES.items()}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a saved model is, how to feed it, and how well it did (``NAME.json``).
+
+    Attributes:
+        name: Model name (file stem).
+        architecture: Key of :data:`ARCHITECTURES`.
+        input_spec: How inputs were preprocessed in training; prediction uses the same.
+        labels: Output labels, in output order (``("any",)`` or ``config.RSNA_LABELS``).
+        threshold: Operating threshold on P(any), chosen on validation data.
+        cam_layer: Grad-CAM target layer name in the graph.
+        metrics: Metrics with the data they were measured on (e.g. ``{"test": {...}}``).
+        training: Training summary (data, seed, epochs, run name, init weights).
+        hemo_version: Version of hemo that wrote the card.
+    """
+
+    name: str
+    architecture: str
+    input_spec: InputSpec
+    labels: tuple[str, ...]
+    threshold: float = 0.5
+    cam_layer: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    hemo_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dictionary (the InputSpec as its own dict)."""
+        data = dataclasses.asdict(self)
+        data["input_spec"] = self.input_spec.to_dict()
+        data["labels"] = list(self.labels)
+        return data
+
+    def to_json(self) -> str:
+        """The card as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Card from :meth:`to_dict` output; unknown keys are ignored (newer hemo versions)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        missing = {"name", "architecture", "input_spec", "labels"} - values.keys()
+        if missing:
+            raise ModelError(f"model card lacks the field(s) {sorted(missing)}")
+        values["input_spec"] = InputSpec.from_dict(values["input_spec"])
+        values["labels"] = tuple(values["labels"])
+        values["threshold"] = float(values.get("threshold", 0.5))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Card from JSON text written by :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelError("model card must be a JSON object")
+        return cls.from_dict(data)
+
+
+def _json_default(value: Any) -> Any:
+    """Serialise numpy scalars/arrays and paths inside card metrics."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def spec_channels(spec: InputSpec) -> int:
+    """Number of channels ``to_model_input`` produces for ``spec`` (one per HU window)."""
+    return len(spec.windows) if spec.mode == "hu" else int(spec.channels)
+
+
+# Building ---------------------------------------------------------------------------------------
+def build_model(
+    arch: str,
+    spec: InputSpec,
+    labels: Sequence[str],
+    weights: str | os.PathLike | None = None,
+    dropout: float = 0.2,
+    *,
+    alpha: float = 1.0,
+) -> keras.Model:
+    """Build an uncompiled classifier: (N, size, size, C) in [0, 1] -> (N, len(labels)) sigmoid.
+
+    Args:
+        arch: Key of :data:`ARCHITECTURES`.
+        spec: Input specification; fixes the input shape.
+        labels: Output labels (one sigmoid each).
+        weights: ``None``/``"none"`` (random init), ``"imagenet"`` (Keras download, applications
+            only), a ``.weights.h5`` file of a model with the same architecture, spec and labels,
+            or a legacy ``.h5`` backbone weights file for the application.
+        dropout: Dropout rate before the logits.
+        alpha: Width multiplier of ``mobilenet_v2`` (ImageNet weights exist for 0.35-1.4).
+
+    Returns:
+        A flat functional ``keras.Model`` named ``hemo_<arch>``.
+
+    Raises:
+        ModelError: Unknown architecture, bad weights option, input too small, offline
+            ImageNet download, or a weights file that does not fit.
+    """
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    entry = ARCHITECTURES[arch]
+    if not labels:
+        raise ModelError("a model needs at least one output label")
+    if spec.size < entry.min_size:
+        raise ModelError(
+            f"input size {spec.size} px is below the {entry.min_size} px {arch} accepts"
+        )
+    weights_kind, weights_path = _weights_option(weights)
+    if weights_kind == WEIGHTS_IMAGENET and entry.application is None:
+        raise ModelError(
+            f"no ImageNet weights for the {arch!r} architecture; use --weights none or "
+            "--init models/X.keras"
+        )
+    # Input in [0, 1], channels as the spec produces them
+    channels = spec_channels(spec)
+    inputs = keras.Input(shape=(spec.size, spec.size, channels), name=INPUT_LAYER)
+    # Backbone: a flat graph ending at the Grad-CAM layer
+    if entry.application is None:
+        features = _compact_backbone(inputs)
+    else:
+        backbone_weights = weights_path if weights_kind == "backbone" else weights_kind
+        features = _application_backbone(entry, inputs, backbone_weights, alpha)
+    # Head: pool, dropout, logits, sigmoid
+    x = layers.GlobalAveragePooling2D(name=HEAD_POOL_LAYER)(features)
+    x = layers.Dropout(dropout, name=HEAD_DROPOUT_LAYER)(x)
+    logits = layers.Dense(len(labels), name=LOGITS_LAYER)(x)
+    probs = layers.Activation("sigmoid", name=PROBS_LAYER, dtype="float32")(logits)
+    model = keras.Model(inputs, probs, name=f"hemo_{arch}")
+    # Whole-model weights file
+    if weights_kind == "model":
+        try:
+            model.load_weights(weights_path)
+        except (ValueError, OSError, KeyError) as exc:
+            raise ModelError(
+                f"weights do not fit a {arch} model with input {spec.size}x{spec.size}x"
+                f"{channels} and {len(labels)} outputs: {exc}",
+                source=weights_path,
+            ) from exc
+    return model
+
+
+def _weights_option(weights: str | os.PathLike | None) -> tuple[str | None, Path | None]:
+    """Classify a weights option as (None | "imagenet" | "model" | "backbone", path)."""
+    if weights is None or str(weights).strip().lower() in WEIGHTS_NONE:
+        return None, None
+    if str(weights).strip().lower() == WEIGHTS_IMAGENET:
+        return WEIGHTS_IMAGENET, None
+    path = Path(weights)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError("refusing to load a pickle as weights; give a .weights.h5 file", path)
+    if not path.is_file():
+        raise ModelError(
+            "weights file not found; use --weights none|imagenet|FILE.weights.h5 "
+            "or --init models/X.keras",
+            source=path,
+        )
+    if path.name.endswith(".weights.h5"):
+        return "model", path
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return "backbone", path
+    raise ModelError("weights must be a .weights.h5 (or legacy backbone .h5) file", path)
+
+
+def _application_backbone(
+    entry: Architecture, inputs: keras.KerasTensor, weights: Any, alpha: float
+) -> keras.KerasTensor:
+    """Put a ``keras.applications`` backbone into the outer graph; returns its CAM feature map."""
+    x = inputs
+    # Grayscale to the 3 channels every ImageNet backbone expects
+    if x.shape[-1] == 1:
+        x = layers.Concatenate(axis=-1, name=GRAY_TO_RGB_LAYER)([x, x, x])
+    elif x.shape[-1] != RGB_CHANNELS:
+        raise ModelError(
+            f"{entry.name} needs 1 or 3 input channels, the input spec gives {x.shape[-1]}"
+        )
+    # The application's own input range, from our [0, 1]
+    x = _imagenet_preprocess(entry.preprocess)(x)
+    constructor: Callable[..., keras.Model] = getattr(keras.applications, entry.application)
+    kwargs: dict[str, Any] = {
+        "include_top": False,
+        "weights": None if weights is None else str(weights),
+        "input_tensor": x,
+        "input_shape": tuple(x.shape[1:]),
+    }
+    if entry.name == "mobilenet_v2":
+        kwargs["alpha"] = alpha
+    base = _call_with_download_guard(constructor, kwargs, entry.name, weights)
+    return base.get_layer(entry.cam_layer).output
+
+
+def _imagenet_preprocess(mode: str) -> layers.Layer:
+    """Layer mapping [0, 1] inputs to the range an application's ImageNet weights expect."""
+    if mode == "caffe":
+        # x * 255 - mean (BGR order of the caffe weights; our channels are windows, not RGB)
+        mean = [m / PIXEL_MAX for m in CAFFE_MEAN_BGR]
+        variance = [(1.0 / PIXEL_MAX) ** 2] * RGB_CHANNELS
+        return layers.Normalization(mean=mean, variance=variance, name=PREPROCESS_LAYER)
+    if mode == "torch":
+        variance = [s**2 for s in TORCH_STD_RGB]
+        return layers.Normalization(
+            mean=list(TORCH_MEAN_RGB), variance=variance, name=PREPROCESS_LAYER
+        )
+    if mode == "efficientnet":
+        # EfficientNet rescales and normalises inside itself from [0, 255]
+        return layers.Rescaling(PIXEL_MAX, name=PREPROCESS_LAYER)
+    if mode == "tf":
+        return layers.Rescaling(2.0, offset=-1.0, name=PREPROCESS_LAYER)
+    raise ModelError(f"unknown preprocessing mode {mode!r}")
+
+
+def _call_with_download_guard(
+    constructor: Callable[..., keras.Model], kwargs: dict[str, Any], arch: str, weights: Any
+) -> keras.Model:
+    """Call an application constructor; an offline ImageNet download becomes a fast ModelError."""
+    if weights != WEIGHTS_IMAGENET:
+        try:
+            return constructor(**kwargs)
+        except (ValueError, OSError) as exc:
+            if weights is None:
+                raise
+            raise ModelError(f"backbone weights do not fit {arch}: {exc}", weights) from exc
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)
+    try:
+        return constructor(**kwargs)
+    except Exception as exc:
+        if not _is_network_error(exc):
+            raise
+        raise ModelError(
+            f"cannot download ImageNet weights for {arch} (offline?): {exc}. Alternatives: "
+            "--weights none (random init), --weights FILE.weights.h5 (a local weights file), "
+            "or --init models/X.keras (start from another hemo model)"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """True for the errors ``keras.utils.get_file`` raises when a download fails."""
+    if isinstance(exc, urllib.error.URLError | socket.timeout | ConnectionError | OSError):
+        return True
+    return "URL fetch failure" in str(exc)
+
+
+def _compact_backbone(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """Our small CNN: conv-BN-ReLU stages, max pools, last feature map at 1/16 of the input.
+
+    A stride-2 stem, then :data:`COMPACT_STAGES` (2x2 max pool between stages), He init and a
+    little L2 decay: about 1.2 M parameters, made for 128-256 px inputs and small datasets.
+    """
+    regularizer = keras.regularizers.L2(COMPACT_WEIGHT_DECAY)
+    x = _conv_bn_relu(inputs, COMPACT_STAGES[0][0], "compact_stem", regularizer, strides=2)
+    last_stage = len(COMPACT_STAGES) - 1
+    for stage, filters in enumerate(COMPACT_STAGES):
+        x = layers.MaxPooling2D(2, name=f"compact_pool{stage}")(x)
+        for i, n in enumerate(filters):
+            last = stage == last_stage and i == len(filters) - 1
+            name = COMPACT_CAM_LAYER if last else f"compact_s{stage}_c{i}"
+            x = _conv_bn_relu(x, n, name, regularizer)
+    return x
+
+
+def _conv_bn_relu(
+    x: keras.KerasTensor,
+    filters: int,
+    name: str,
+    regularizer: keras.regularizers.Regularizer,
+    strides: int = 1,
+) -> keras.KerasTensor:
+    """3x3 conv (no bias) -> BatchNorm -> ReLU; the ReLU carries ``name``."""
+    x = layers.Conv2D(
+        filters,
+        COMPACT_KERNEL,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=regularizer,
+        name=f"{name}_conv",
+    )(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=name)(x)
+
+
+# Graph helpers ----------------------------------------------------------------------------------
+def cam_layer_of(model: keras.Model) -> str:
+    """Name of the Grad-CAM layer of a hemo model (the registry name found in its graph).
+
+    Raises:
+        ModelError: No registered CAM layer is in the graph.
+    """
+    names = {layer.name for layer in model.layers}
+    for arch in ARCHITECTURES.values():
+        if arch.cam_layer in names:
+            return arch.cam_layer
+    raise ModelError(
+        f"model {model.name!r} has none of the Grad-CAM layers {sorted(CAM_LAYERS.values())}"
+    )
+
+
+def logits_model(model: keras.Model, layer_name: str | None = None) -> keras.Model:
+    """A new model sharing ``model``'s layers with outputs (CAM activations, logits).
+
+    ``model`` is never changed: its output stays the sigmoid, and the returned model reuses
+    the same layer objects (and so the same weights).
+
+    Args:
+        model: A hemo model (from :func:`build_model` or :func:`load_model`).
+        layer_name: Feature layer to expose; defaults to the model's registered CAM layer.
+
+    Returns:
+        ``keras.Model`` mapping (N, H, W, C) to [(N, h, w, k) activations, (N, labels) logits].
+
+    Raises:
+        ModelError: The layer or the logits layer is not in the graph.
+    """
+    name = layer_name or cam_layer_of(model)
+    try:
+        features = model.get_layer(name).output
+        logits = model.get_layer(LOGITS_LAYER).output
+    except ValueError as exc:
+        raise ModelError(f"model {model.name!r} has no layer {exc}") from exc
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, [features, logits], name=f"{model.name}_logits")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Layers with weights outside the head, in graph order (the transfer-learning backbone)."""
+    return [layer for layer in model.layers if layer.weights and layer.name not in HEAD_LAYERS]
+
+
+def set_trainable_top(model: keras.Model, n_top: int | None) -> int:
+    """Freeze the backbone except its top ``n_top`` weighted layers; the head stays trainable.
+
+    BatchNormalization layers of the backbone stay frozen (inference mode) while fine-tuning,
+    as the Keras transfer-learning guide recommends; with ``n_top=None`` everything trains.
+
+    Args:
+        model: The model being trained (changed in place: this is the training run's own model).
+        n_top: 0 for phase 1 (head only), N for the top N backbone layers, None for all.
+
+    Returns:
+        Number of backbone layers left trainable.
+    """
+    backbone = backbone_layers(model)
+    if n_top is None:
+        for layer in model.layers:
+            layer.trainable = True
+        return len(backbone)
+    chosen = set(id(layer) for layer in backbone[len(backbone) - n_top :]) if n_top > 0 else set()
+    count = 0
+    for layer in model.layers:
+        if layer.name in HEAD_LAYERS or not layer.weights:
+            layer.trainable = True
+            continue
+        on = id(layer) in chosen and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = on
+        count += int(on)
+    return count
+
+
+def init_from_model(model: keras.Model, source: str | os.PathLike) -> tuple[int, int]:
+    """Copy weights layer by layer (by name, where every weight shape matches) from a hemo model.
+
+    Args:
+        model: Target model (changed in place: it is the new training run's model).
+        source: A saved hemo model (``.keras``/``.h5`` with its card), loaded safely.
+
+    Returns:
+        (layers copied, layers with weights in ``model``).
+    """
+    donor, _ = load_model(source)
+    donor_layers = {layer.name: layer for layer in donor.layers}
+    weighted = [layer for layer in model.layers if layer.weights]
+    copied = 0
+    for layer in weighted:
+        other = donor_layers.get(layer.name)
+        if other is None:
+            continue
+        mine, theirs = layer.get_weights(), other.get_weights()
+        if len(mine) == len(theirs) and all(
+            a.shape == b.shape for a, b in zip(mine, theirs, strict=True)
+        ):
+            layer.set_weights(theirs)
+            copied += 1
+    log.info("init from %s: copied %d of %d layers with weights", source, copied, len(weighted))
+    return copied, len(weighted)
+
+
+# Saving and loading -----------------------------------------------------------------------------
+def model_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(NAME.keras, NAME.json, NAME.h5) for a model path given with or without a suffix."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() in (*MODEL_SUFFIXES, ".json") else path
+    return stem.with_suffix(".keras"), stem.with_suffix(".json"), stem.with_suffix(".h5")
+
+
+def save_model(
+    model: keras.Model, path: str | os.PathLike, card: ModelCard, h5: bool = False
+) -> Path:
+    """Write ``NAME.keras`` and its card ``NAME.json`` (and ``NAME.h5`` when asked).
+
+    Each file is written to a temporary name and moved into place, so a reader never sees a
+    half-written model.
+
+    Args:
+        model: The model to save (not changed).
+        path: ``models/NAME`` with or without ``.keras``.
+        card: Its model card (checked against the model first).
+        h5: Also write the legacy Keras HDF5 file.
+
+    Returns:
+        Path of the ``.keras`` file.
+
+    Raises:
+        ModelError: The card does not describe the model.
+    """
+    keras_path, card_path, h5_path = model_paths(path)
+    check_card(model, card, source=keras_path)
+    keras_path.parent.mkdir(parents=True, exist_ok=True)
+    # The model through a temporary file (Keras needs the suffix), then the card
+    tmp = keras_path.with_name(f".{keras_path.stem}.{os.getpid()}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, keras_path)
+    if h5:
+        tmp_h5 = h5_path.with_name(f".{h5_path.stem}.{os.getpid()}.tmp.h5")
+        model.save(tmp_h5)
+        os.replace(tmp_h5, h5_path)
+    tmp_card = card_path.with_name(f".{card_path.name}.{os.getpid()}.tmp")
+    tmp_card.write_text(card.to_json() + "\n", encoding="utf-8")
+    os.replace(tmp_card, card_path)
+    return keras_path
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """The card beside a model file (``NAME.json``).
+
+    Raises:
+        ModelError: The card is missing or malformed.
+    """
+    _, card_path, _ = model_paths(path)
+    if not card_path.is_file():
+        raise ModelError(
+            f"no model card {card_path.name} beside the model; cards are written by save_model",
+            source=path,
+        )
+    return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+
+
+def check_model_file(path: str | os.PathLike) -> Path:
+    """Refuse anything but a real ``.keras`` zip or ``.h5`` HDF5 file (pickles above all).
+
+    Raises:
+        ModelError: Missing file, pickle (by suffix or by bytes), or wrong format.
+    """
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError(
+            "refusing to load a pickle (arbitrary code execution); models are .keras files",
+            source=path,
+        )
+    if not path.is_file():
+        raise ModelError("model file not found", source=path)
+    with path.open("rb") as fh:
+        head = fh.read(len(HDF5_MAGIC))
+    if len(head) >= 2 and head[0] == PICKLE_MAGIC and 2 <= head[1] <= PICKLE_MAX_PROTOCOL:
+        raise ModelError(
+            "refusing to load a pickle (its bytes are a pickle stream); models are .keras files",
+            source=path,
+        )
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise ModelError(f"not a model file: expected one of {MODEL_SUFFIXES}", source=path)
+    if suffix == ".keras" and not head.startswith(ZIP_MAGIC):
+        raise ModelError("not a Keras v3 file: a .keras model is a zip archive", source=path)
+    if suffix == ".h5" and not head.startswith(HDF5_MAGIC):
+        raise ModelError("not an HDF5 file (bad signature)", source=path)
+    return path
+
+
+def check_card(
+    model: keras.Model, card: ModelCard, source: str | os.PathLike | None = None
+) -> None:
+    """Check that ``card`` describes ``model``: input shape, output width, CAM layer.
+
+    Raises:
+        ModelError: Naming what differs.
+    """
+    spec = card.input_spec
+    expected = (spec.size, spec.size, spec_channels(spec))
+    actual = tuple(model.inputs[0].shape[1:])
+    if actual != expected:
+        raise ModelError(
+            f"card/model mismatch: the card's InputSpec gives input {expected}, "
+            f"the model takes {actual}",
+            source=source,
+        )
+    width = model.outputs[0].shape[-1]
+    if width != len(card.labels):
+        raise ModelError(
+            f"card/model mismatch: the card lists {len(card.labels)} labels "
+            f"{list(card.labels)}, the model has {width} outputs",
+            source=source,
+        )
+    names = {layer.name for layer in model.layers}
+    if card.cam_layer not in names:
+        raise ModelError(
+            f"card/model mismatch: the card's cam_layer {card.cam_layer!r} is not in the model",
+            source=source,
+        )
+    if card.architecture not in ARCHITECTURES:
+        raise ModelError(f"card names an unknown architecture {card.architecture!r}", source)
+
+
+def load_model(path: str | os.PathLike) -> tuple[keras.Model, ModelCard]:
+    """Load a hemo model safely and check its card.
+
+    Args:
+        path: ``NAME.keras`` or ``NAME.h5`` (the card ``NAME.json`` must be beside it).
+
+    Returns:
+        (model, card). The model is uncompiled; treat it as read-only (share it, never mutate).
+
+    Raises:
+        ModelError: Pickle, wrong format, missing/mismatched card, or Keras cannot load it.
+    """
+    path = check_model_file(path)
+    card = read_card(path)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError for bad files
+        raise ModelError(f"Keras cannot load this model: {exc}", source=path) from exc
+    check_card(model, card, source=path)
+    return model, card
