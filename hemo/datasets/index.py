@@ -1,0 +1,379 @@
+"""Detect a dataset's layout, build its index, save/load it, and report its data quality.
+
+Every adapter turns one source layout into the same table (:mod:`hemo.datasets.schema`); this
+module picks the adapter, assigns the patient-grouped, label-stratified, seeded split
+(:func:`hemo.datasets.split.assign_splits`) and stores the result as Parquet with paths relative
+to the Parquet file's folder, so a dataset folder can move as a whole.
+
+Grouping for the split: ``patient_id``; where it is missing, ``study_uid``; where that is missing
+too, the file itself (each image its own group, e.g. Kaggle head-CT and plain image folders).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hemo.config import SUBTYPES
+from hemo.datasets import cq500, folders, kaggle_head_ct, manifest, rsna
+from hemo.datasets.schema import (
+    DUPLICATE,
+    INDEX_COLUMNS,
+    MISSING_FILE,
+    SPLITS,
+    AdapterResult,
+    Problem,
+    normalize_frame,
+    problems_frame,
+)
+from hemo.datasets.split import assign_splits
+from hemo.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+#: File name of a dataset's saved index (``load_index(folder)`` uses it when present).
+INDEX_FILE = "index.parquet"
+#: Key of the index metadata in ``DataFrame.attrs`` (and so in the Parquet file).
+ATTRS_KEY = "hemo"
+PHANTOM = "phantom"
+#: Layouts in detection order: the first whose ``looks_like`` holds wins.
+LAYOUTS: tuple[str, ...] = (
+    PHANTOM,
+    rsna.LAYOUT,
+    kaggle_head_ct.LAYOUT,
+    cq500.LAYOUT,
+    manifest.LAYOUT,
+    folders.LAYOUT,
+)
+#: Threads hashing files for the duplicate check (hashlib releases the GIL on large buffers).
+HASH_THREADS = 4
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def _index_phantom(root: Path, workers: int | None = None) -> AdapterResult:
+    """hemo phantoms: the RSNA layout plus ``masks/``."""
+    return rsna.index(root, workers=workers, source=PHANTOM)
+
+
+_ADAPTERS: dict[str, Callable[..., AdapterResult]] = {
+    PHANTOM: _index_phantom,
+    rsna.LAYOUT: rsna.index,
+    kaggle_head_ct.LAYOUT: kaggle_head_ct.index,
+    cq500.LAYOUT: cq500.index,
+    manifest.LAYOUT: manifest.index,
+    folders.LAYOUT: folders.index,
+}
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    """A built index and how it was made.
+
+    Attributes:
+        frame: The index table (absolute paths), with ``split`` assigned.
+        layout: The layout used.
+        root: The dataset folder (or manifest file).
+        problems: Findings that did not stop the indexing (unreadable files, missing labels...).
+    """
+
+    frame: pd.DataFrame
+    layout: str
+    root: Path
+    problems: tuple[Problem, ...]
+
+
+def detect_layout(root: Path) -> str:
+    """Name the layout of a dataset folder.
+
+    Args:
+        root: A dataset folder, or a manifest CSV.
+
+    Returns:
+        One of :data:`LAYOUTS`: ``phantom`` (RSNA layout with ``masks/``), ``rsna``,
+        ``kaggle_head_ct``, ``cq500``, ``manifest`` or ``folders``.
+
+    Raises:
+        DatasetError: ``root`` does not exist or matches no layout (the message lists what each
+            layout needs).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError("no such file or folder", root)
+    if rsna.looks_like(root):
+        return PHANTOM if rsna.has_masks(root) else rsna.LAYOUT
+    for module in (kaggle_head_ct, cq500, manifest, folders):
+        if module.looks_like(root):
+            return module.LAYOUT
+    raise DatasetError(
+        "unknown dataset layout: expected stage_2_train.csv + stage_2_train/ (RSNA, phantoms), "
+        "labels.csv with 'id, hemorrhage' (Kaggle head-CT), reads.csv (CQ500), manifest.csv with "
+        "path,label_any, or class folders named hemorrhage/positive/1/yes and normal/negative/0/no",
+        root,
+    )
+
+
+def _group_keys(frame: pd.DataFrame) -> pd.Series:
+    """Split group per row: patient_id, else study_uid, else the file."""
+    return frame["patient_id"].fillna(frame["study_uid"]).fillna(frame["path"]).astype(str)
+
+
+def index_dataset(
+    root: Path,
+    layout: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    workers: int | None = None,
+) -> IndexResult:
+    """Build a dataset's index and keep the problems met on the way.
+
+    Args:
+        root: A dataset folder, or a manifest CSV.
+        layout: One of :data:`LAYOUTS`; ``None`` detects it.
+        seed: Seed of the split (same seed, same split).
+        val_fraction: Share of groups in ``val``.
+        test_fraction: Share of groups in ``test``.
+        workers: Processes reading DICOM headers (``None``: every core).
+
+    Returns:
+        The index (``split`` assigned by patient/study group, stratified by ``label_any``) with
+        its layout and problems; ``frame.attrs["hemo"]`` carries layout and problems too.
+
+    Raises:
+        DatasetError: unknown layout, malformed label files, or no image could be indexed.
+    """
+    root = Path(root).resolve()
+    chosen = detect_layout(root) if layout is None else layout
+    if chosen not in _ADAPTERS:
+        raise DatasetError(f"unknown layout {chosen!r}: use one of {', '.join(LAYOUTS)}", root)
+    result = _ADAPTERS[chosen](root, workers=workers)
+    if result.frame.empty:
+        first = f"; first problem: {result.problems[0].reason}" if result.problems else ""
+        raise DatasetError(
+            f"no image could be indexed as {chosen} ({len(result.problems)} problems{first})", root
+        )
+    frame = result.frame
+    if frame["split"].isna().any():
+        grouped = frame.drop(columns="split").assign(_group=_group_keys(frame))
+        split = assign_splits(
+            grouped,
+            seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            group_col="_group",
+            stratify_col="label_any",
+        )
+        frame = normalize_frame(split.drop(columns="_group"))
+    frame.attrs[ATTRS_KEY] = {
+        "layout": chosen,
+        "root": str(root),
+        "seed": seed,
+        "problems": [p.to_dict() for p in result.problems],
+    }
+    log.info("indexed %d images of %s as %s", len(frame), root, chosen)
+    return IndexResult(frame, chosen, root, result.problems)
+
+
+def build_index(
+    root: Path,
+    layout: str | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Build a dataset's index table (see :func:`index_dataset`, which also returns problems).
+
+    Args:
+        root: A dataset folder, or a manifest CSV.
+        layout: One of :data:`LAYOUTS`; ``None`` detects it.
+        seed: Seed of the split.
+        val_fraction: Share of groups in ``val``.
+        test_fraction: Share of groups in ``test``.
+        workers: Processes reading DICOM headers (``None``: every core).
+
+    Returns:
+        The index table with absolute paths.
+
+    Raises:
+        DatasetError: unknown layout, malformed label files, or no image could be indexed.
+    """
+    return index_dataset(root, layout, seed, val_fraction, test_fraction, workers).frame
+
+
+def save_index(df: pd.DataFrame, path: Path) -> None:
+    """Write an index as Parquet, paths relative to the file's folder, atomically.
+
+    Args:
+        df: An index table (absolute or relative paths). Not modified.
+        path: The ``.parquet`` file to write; its folder is created when missing.
+    """
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.parent
+
+    def relative(value: object) -> object:
+        if pd.isna(value):
+            return None
+        return Path(os.path.relpath(Path(str(value)).resolve(), base)).as_posix()
+
+    out = df.copy()
+    out["path"] = out["path"].map(relative)
+    if "mask_path" in out:
+        out["mask_path"] = out["mask_path"].map(relative).astype("string")
+    out.attrs = {ATTRS_KEY: dict(df.attrs.get(ATTRS_KEY, {}))}
+    tmp = path.with_name(path.name + ".tmp")
+    out.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    """Read a saved index: validate columns and make paths absolute."""
+    try:
+        raw = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read the index: {exc}", path) from exc
+    missing = [c for c in INDEX_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"not a hemo index: missing columns {missing}", path)
+    base = path.parent
+
+    def absolute(value: object) -> object:
+        return None if pd.isna(value) else str((base / str(value)).resolve())
+
+    frame = raw.assign(path=raw["path"].map(absolute))
+    if "mask_path" in frame:
+        frame = frame.assign(mask_path=frame["mask_path"].map(absolute))
+    bad = ~frame["split"].isin(SPLITS)
+    if bad.any():
+        raise DatasetError(
+            f"split must be one of {', '.join(SPLITS)}, got {frame['split'][bad].iloc[0]!r}", path
+        )
+    out = normalize_frame(frame)
+    out.attrs = dict(raw.attrs)
+    return out
+
+
+def load_index(path: Path) -> pd.DataFrame:
+    """Load an index from a Parquet file, or from a dataset folder.
+
+    Args:
+        path: An ``index.parquet``; a dataset folder (its ``index.parquet`` when present, else
+            built on the fly with default settings); or a manifest CSV.
+
+    Returns:
+        The index table with absolute paths.
+
+    Raises:
+        DatasetError: the file is not a hemo index, or the folder matches no layout.
+    """
+    path = Path(path).resolve()
+    if path.is_dir() and (path / INDEX_FILE).is_file():
+        return _read_parquet(path / INDEX_FILE)
+    if path.is_file() and path.suffix.lower() == ".parquet":
+        return _read_parquet(path)
+    return build_index(path)
+
+
+def _sha1(path: str) -> str | None:
+    """sha1 of a file's bytes (``None`` when it cannot be read)."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(HASH_BLOCK_BYTES):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _duplicates(frame: pd.DataFrame) -> list[Problem]:
+    """Rows whose file has the same bytes as an earlier row's (first one not listed)."""
+    paths = frame["path"].astype(str).tolist()
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        hashes = list(pool.map(_sha1, paths))
+    first_of: dict[str, int] = {}
+    problems = []
+    for i, digest in enumerate(hashes):
+        if digest is None:
+            continue
+        if digest not in first_of:
+            first_of[digest] = i
+            continue
+        j = first_of[digest]
+        notes = []
+        if frame["label_any"].iat[i] != frame["label_any"].iat[j]:
+            notes.append("with a different label")
+        if frame["split"].iat[i] != frame["split"].iat[j]:
+            notes.append(f"in another split ({frame['split'].iat[i]} vs {frame['split'].iat[j]})")
+        reason = f"same bytes as {paths[j]} (sha1 {digest[:12]})"
+        problems.append(Problem(DUPLICATE, paths[i], " ".join([reason, *notes])))
+    return problems
+
+
+def quality_report(root_or_index: Path | str | pd.DataFrame) -> pd.DataFrame:
+    """Data-quality findings of a dataset, for the EDA page and ``hemo index``.
+
+    Lists what the adapter met while indexing (unreadable files with the reason, label rows
+    without image, images without label), indexed files that no longer exist, and files whose
+    bytes duplicate another's (sha1), noting when the copies disagree on label or split.
+
+    Args:
+        root_or_index: A dataset folder, an ``index.parquet``, a manifest CSV, or an index frame
+            (its ``attrs["hemo"]["problems"]`` are included when present).
+
+    Returns:
+        A new frame with columns ``kind``, ``path``, ``reason`` (empty when all is well).
+
+    Raises:
+        DatasetError: a path that is neither an index nor a recognisable dataset.
+    """
+    if isinstance(root_or_index, pd.DataFrame):
+        frame = root_or_index
+    else:
+        frame = load_index(Path(root_or_index))
+    meta: dict[str, Any] = frame.attrs.get(ATTRS_KEY, {})
+    problems = [Problem(**p) for p in meta.get("problems", [])]
+    exists = frame["path"].map(lambda p: Path(str(p)).is_file())
+    problems.extend(
+        Problem(MISSING_FILE, str(p), "in the index but the file is gone")
+        for p in frame.loc[~exists, "path"]
+    )
+    problems.extend(_duplicates(frame[exists]))
+    return problems_frame(problems)
+
+
+def summarize(frame: pd.DataFrame) -> dict[str, Any]:
+    """Counts per label and split of an index (what ``hemo index`` prints).
+
+    Args:
+        frame: An index table. Not modified.
+
+    Returns:
+        ``{"total", "labels": {column: {"positive", "negative", "unknown"}},
+        "splits": {split: {"total", "positive"}}}`` with plain ints.
+    """
+    labels = {}
+    for column in ("label_any", *SUBTYPES):
+        values = frame[column]
+        labels[column] = {
+            "positive": int((values == 1).sum()),
+            "negative": int((values == 0).sum()),
+            "unknown": int(values.isna().sum()),
+        }
+    splits = {
+        split: {
+            "total": int((frame["split"] == split).sum()),
+            "positive": int(((frame["split"] == split) & (frame["label_any"] == 1)).sum()),
+        }
+        for split in SPLITS
+    }
+    return {"total": len(frame), "labels": labels, "splits": splits}
