@@ -47,6 +47,8 @@ MAX_SLICES_PER_SERIES = 2000
 MAX_ZIP_MEMBERS = 5000
 MAX_ZIP_UNCOMPRESSED_BYTES = 2 * 1024 * 1024 * 1024
 MAX_ZIP_RATIO = 200.0
+#: Smallest side (pixels) of a PNG/JPEG/TIFF worth reading; a 1x1 or 8x8 image holds no head CT.
+MIN_IMAGE_SIDE = 16
 
 # Randomness -------------------------------------------------------------------------------------
 DEFAULT_SEED = 0
