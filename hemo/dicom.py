@@ -1,0 +1,716 @@
+"""Read one CT DICOM slice into Hounsfield units with PHI-free metadata.
+
+Inputs are a path, raw bytes or a file-like upload, with or without a ``.dcm`` extension. A file
+is DICOM when it carries ``DICM`` at byte 128 (DICOM PS3.10 section 7.1); without that marker it
+is read with ``force=True`` and accepted only when the result holds image data ((0028,0010)
+Rows, (0028,0011) Columns and (7FE0,0010) Pixel Data), so that text or random bytes are never
+taken for a headerless DICOM.
+
+Hounsfield units (PS3.3 C.11.1, C.8.2.1.1):
+
+1. Stored values are decoded by pydicom (native) or its gdcm / pylibjpeg plugins (compressed).
+2. The RSNA-2019 12-bit fault is corrected (see :func:`has_rsna_12bit_fault`).
+3. HU = ``pydicom.pixels.apply_modality_lut`` (Rescale Slope/Intercept or a Modality LUT).
+   A CT without (0028,1052)/(0028,1053) is read with the identity for the missing one (pydicom's
+   own behaviour) and a logged warning; a zero or non-finite slope is refused.
+4. Pixels equal to (0028,0120) Pixel Padding Value, or in the inclusive range it spans with
+   (0028,0121) Pixel Padding Range Limit (PS3.3 C.7.5.1.1.2), become ``config.HU_AIR``.
+5. HU below ``config.HU_FLOOR`` (outside the reconstruction circle, e.g. CQ500's -3024) become
+   ``config.HU_AIR``.
+
+(0028,0004) MONOCHROME1 only changes presentation (PS3.3 C.7.6.3.1.2: the minimum value is shown
+white after the VOI transform); the modality LUT already yields HU in physical units, so HU are
+never inverted and every CT is rendered with HU increasing towards white. The photometric
+interpretation is kept in the metadata.
+
+Refused on purpose, each with the tag, value and rule in the message: multi-frame files, non-CT
+modalities, colour (Samples per Pixel != 1), missing or short pixel data, and sizes over the
+limits in :mod:`hemo.config` (checked before any pixel buffer is allocated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from hemo import config
+from hemo.errors import DicomError, LimitError
+from hemo.sources import Source, as_stream, is_path, path_size, read_bytes, source_name
+from hemo.windowing import Window
+
+log = logging.getLogger(__name__)
+
+#: PS3.10 section 7.1: a 128-byte preamble followed by the four bytes ``DICM``.
+DICM_OFFSET = 128
+DICM_MAGIC = b"DICM"
+#: Modalities hemo reads (PS3.3 C.7.3.1.1.1).
+SUPPORTED_MODALITIES = ("CT",)
+#: Bits Allocated values a CT image may use (PS3.3 C.8.2.1.1.4 allows 16; 8 and 32 are read too).
+SUPPORTED_BITS_ALLOCATED = (8, 16, 32)
+#: Elements larger than this are not loaded when sniffing a headerless file from disk.
+DEFER_SIZE_BYTES = 4096
+#: Length of the patient pseudonym: hex characters of sha256(PatientID).
+PATIENT_KEY_HEX_CHARS = 16
+
+# The RSNA-2019 12-bit fault (Jeremy Howard, "Cleaning the data for rapid prototyping (fastai)",
+# Kaggle RSNA Intracranial Hemorrhage Detection, 2019; reused by many top kernels as
+# ``correct_dcm`` / ``fix_pxrepr``).
+RSNA_FAULT_BITS_STORED = 12
+RSNA_FAULT_PIXEL_REPRESENTATION = 0
+#: The fault is present only when the intercept is above this (a sane CT intercept is ~ -1024).
+RSNA_FAULT_INTERCEPT_ABOVE = -100.0
+RSNA_FAULT_OFFSET = 1000
+RSNA_FAULT_MODULUS = 4096
+RSNA_FAULT_INTERCEPT = -1000.0
+
+#: PHI-free metadata: keywords of tags that are not in the DICOM PS3.15 Annex E basic
+#: confidentiality profile (Table E.1-1). No names, IDs, dates, times, institutions, devices,
+#: descriptions or instance UIDs; those never leave this module.
+METADATA_KEYWORDS: tuple[str, ...] = (
+    "SOPClassUID",
+    "Modality",
+    "ImageType",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "SliceLocation",
+    "PatientPosition",
+    "InstanceNumber",
+    "SeriesNumber",
+    "AcquisitionNumber",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "KVP",
+    "XRayTubeCurrent",
+    "ExposureTime",
+    "Exposure",
+    "ConvolutionKernel",
+    "GantryDetectorTilt",
+    "ReconstructionDiameter",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class DicomHeader:
+    """What the index and EDA need from one DICOM, read without its pixel data.
+
+    Attributes:
+        source: Path or upload name (never patient data).
+        modality: (0008,0060) Modality, e.g. ``"CT"``; ``""`` when absent.
+        rows: (0028,0010) Rows; 0 when absent.
+        columns: (0028,0011) Columns; 0 when absent.
+        pixel_spacing_mm: (0028,0030) (row, column) spacing in mm.
+        slice_thickness_mm: (0018,0050) in mm.
+        position_mm: (0020,0032) Image Position (Patient) in mm.
+        orientation: (0020,0037) Image Orientation (Patient), six direction cosines.
+        slice_z_mm: Position projected on the slice normal in mm (for ordering a series).
+        instance_number: (0020,0013).
+        study_uid: (0020,000D).
+        series_uid: (0020,000E).
+        sop_uid: (0008,0018).
+        patient_key: ``sha256(PatientID)`` hex[:16]; a pseudonym for grouping splits only.
+        default_window: First (0028,1050)/(0028,1051) pair, or ``None`` when absent or invalid.
+        transfer_syntax: (0002,0010) Transfer Syntax UID.
+        metadata: PHI-free whitelist (see :func:`phi_free_metadata`).
+    """
+
+    source: str
+    modality: str
+    rows: int
+    columns: int
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_thickness_mm: float | None
+    position_mm: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    slice_z_mm: float | None
+    instance_number: int | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    patient_key: str | None
+    default_window: Window | None
+    transfer_syntax: str | None
+    metadata: Mapping[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class CTSlice:
+    """One CT slice in Hounsfield units.
+
+    Attributes:
+        hu: float32 (H, W) Hounsfield units, read-only. Padding and out-of-field values are
+            ``config.HU_AIR``.
+        source: Path or upload name (never patient data).
+        pixel_spacing_mm: (row, column) spacing in mm.
+        slice_thickness_mm: Slice thickness in mm.
+        position_mm: Image Position (Patient) in mm.
+        orientation: Image Orientation (Patient), six direction cosines.
+        slice_z_mm: Position projected on the slice normal in mm.
+        instance_number: Instance Number.
+        study_uid: Study Instance UID.
+        series_uid: Series Instance UID.
+        sop_uid: SOP Instance UID.
+        patient_key: Pseudonym ``sha256(PatientID)`` hex[:16], for grouping splits only.
+        default_window: The file's first window, or ``None``.
+        modality: Always ``"CT"`` (other modalities are refused).
+        metadata: PHI-free whitelist plus hemo's notes (``transfer_syntax``,
+            ``rsna_12bit_fault_corrected``, ``rescale_assumed``).
+    """
+
+    hu: npt.NDArray[np.float32] = field(repr=False)
+    source: str
+    pixel_spacing_mm: tuple[float, float] | None
+    slice_thickness_mm: float | None
+    position_mm: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None
+    slice_z_mm: float | None
+    instance_number: int | None
+    study_uid: str | None
+    series_uid: str | None
+    sop_uid: str | None
+    patient_key: str | None
+    default_window: Window | None
+    modality: str
+    metadata: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(H, W) of the slice in pixels."""
+        return self.hu.shape  # type: ignore[return-value]
+
+
+# Reading -----------------------------------------------------------------------------------------
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _has_image_tags(ds: Dataset) -> bool:
+    return "PixelData" in ds and "Rows" in ds and "Columns" in ds
+
+
+def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, str]:
+    """Parse the dataset of ``source``; the pixel data is kept (not decoded) when ``pixels``."""
+    label = source_name(source, name)
+    if is_path(source):
+        path_size(source, label)
+        try:
+            with open(source, "rb") as fh:
+                head = fh.read(DICM_OFFSET + len(DICM_MAGIC))
+        except OSError as exc:
+            raise DicomError(f"cannot read the file: {exc.strerror or exc}", label) from exc
+        target: Any = source
+    else:
+        data = read_bytes(source, label)
+        head = data[: DICM_OFFSET + len(DICM_MAGIC)]
+        target = as_stream(data)
+    marked = head[DICM_OFFSET:] == DICM_MAGIC
+    try:
+        if marked:
+            ds = pydicom.dcmread(target, stop_before_pixels=not pixels)
+        else:
+            defer = DEFER_SIZE_BYTES if (is_path(source) and not pixels) else None
+            ds = pydicom.dcmread(target, force=True, defer_size=defer)
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise DicomError(f"not a readable DICOM file ({_cause(exc)})", label) from exc
+    if not marked and not _has_image_tags(ds):
+        raise DicomError(
+            f"not a DICOM file: no '{DICM_MAGIC.decode()}' marker at byte {DICM_OFFSET}, and "
+            "read without it the bytes hold no image ((0028,0010) Rows, (0028,0011) Columns, "
+            "(7FE0,0010) Pixel Data)",
+            label,
+        )
+    _ensure_transfer_syntax(ds)
+    return ds, label
+
+
+def _ensure_transfer_syntax(ds: Dataset) -> None:
+    """Give a headerless (forced) dataset the transfer syntax it was actually read with."""
+    if "TransferSyntaxUID" in ds.file_meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    elif little is False:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    else:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """Value of ``keyword`` or ``None`` when absent, empty or unparsable."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # an invalid value (e.g. a DS that is not a number) counts as absent
+        log.debug("unparsable %s ignored", keyword, exc_info=True)
+        return None
+    if value is None or value == "":
+        return None
+    return value
+
+
+def _floats(value: Any, count: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return None
+    if len(out) != count or not all(math.isfinite(v) for v in out):
+        return None
+    return out
+
+
+def _float(value: Any) -> float | None:
+    floats = _floats(value, 1)
+    return floats[0] if floats else None
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, MultiValue | list | tuple):
+        return value[0] if len(value) else None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a pydicom value (numbers, strings, lists)."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, UID):
+        return str(value)
+    if isinstance(value, bool | int | float | str):
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return int(value)
+        return str(value) if isinstance(value, str) else value
+    if isinstance(value, bytes):
+        return None
+    return str(value)
+
+
+def phi_free_metadata(ds: Dataset) -> dict[str, Any]:
+    """Whitelisted, PHI-free metadata of a dataset.
+
+    Only the tags named in :data:`METADATA_KEYWORDS` are copied; none of them is in the DICOM
+    PS3.15 Annex E basic application level confidentiality profile, so no name, ID, date, time,
+    institution, physician, device serial, free-text description or instance UID is returned.
+    Multi-valued elements (e.g. several Window Centers) keep all their values.
+
+    Args:
+        ds: A pydicom dataset. Not modified.
+
+    Returns:
+        ``{keyword: value}`` with JSON-friendly values (numbers, strings, lists), plus
+        ``TransferSyntaxUID`` from the file meta information when known.
+    """
+    out: dict[str, Any] = {}
+    for keyword in METADATA_KEYWORDS:
+        value = _get(ds, keyword)
+        if value is None:
+            continue
+        plain = _plain(value)
+        if plain is not None:
+            out[keyword] = plain
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        out["TransferSyntaxUID"] = str(meta.TransferSyntaxUID)
+    return out
+
+
+def _patient_key(ds: Dataset) -> str | None:
+    patient_id = _get(ds, "PatientID")
+    if patient_id is None or not str(patient_id).strip():
+        return None
+    return hashlib.sha256(str(patient_id).encode("utf-8")).hexdigest()[:PATIENT_KEY_HEX_CHARS]
+
+
+def _default_window(ds: Dataset, label: str) -> Window | None:
+    center = _float(_first(_get(ds, "WindowCenter")))
+    width = _float(_first(_get(ds, "WindowWidth")))
+    if center is None or width is None:
+        return None
+    if width <= 0:
+        log.warning(
+            "%s: (0028,1051) Window Width must be greater than 0, got %g; default window ignored",
+            label,
+            width,
+        )
+        return None
+    return Window("file", center, width)
+
+
+def _slice_z(
+    position: tuple[float, ...] | None, orientation: tuple[float, ...] | None
+) -> float | None:
+    """Position along the slice normal (row cosines x column cosines), PS3.3 C.7.6.2.1.1."""
+    if position is None:
+        return None
+    if orientation is None:
+        return position[2]
+    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
+    norm = float(np.linalg.norm(normal))
+    if norm == 0.0:
+        return position[2]
+    return float(np.dot(np.asarray(position), normal / norm))
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _header(ds: Dataset, label: str) -> DicomHeader:
+    position = _floats(_get(ds, "ImagePositionPatient"), 3)
+    orientation = _floats(_get(ds, "ImageOrientationPatient"), 6)
+    spacing = _floats(_get(ds, "PixelSpacing"), 2)
+    transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
+    return DicomHeader(
+        source=label,
+        modality=str(_get(ds, "Modality") or "").strip().upper(),
+        rows=_int(_get(ds, "Rows")) or 0,
+        columns=_int(_get(ds, "Columns")) or 0,
+        pixel_spacing_mm=spacing,  # type: ignore[arg-type]
+        slice_thickness_mm=_float(_get(ds, "SliceThickness")),
+        position_mm=position,  # type: ignore[arg-type]
+        orientation=orientation,
+        slice_z_mm=_slice_z(position, orientation),
+        instance_number=_int(_get(ds, "InstanceNumber")),
+        study_uid=_str(_get(ds, "StudyInstanceUID")),
+        series_uid=_str(_get(ds, "SeriesInstanceUID")),
+        sop_uid=_str(_get(ds, "SOPInstanceUID")),
+        patient_key=_patient_key(ds),
+        default_window=_default_window(ds, label),
+        transfer_syntax=None if transfer_syntax is None else str(transfer_syntax),
+        metadata=phi_free_metadata(ds),
+    )
+
+
+def read_dicom_header(source: Source, name: str | None = None) -> DicomHeader:
+    """Read the header of one DICOM without its pixel data (fast; for the index and EDA).
+
+    Args:
+        source: Path, bytes or binary file-like object; any extension or none.
+        name: Display name for messages and ``source``; defaults to the path or upload name.
+
+    Returns:
+        The header. Nothing is refused for its modality or size here: :func:`read_dicom` does.
+
+    Raises:
+        InputError: missing or empty file.
+        LimitError: file larger than ``config.MAX_FILE_BYTES``.
+        DicomError: not a DICOM file.
+    """
+    ds, label = _parse(source, name, pixels=False)
+    return _header(ds, label)
+
+
+# Pixel checks -----------------------------------------------------------------------------------
+
+
+def _check_image(ds: Dataset, header: DicomHeader) -> None:
+    """Refuse what hemo does not read, before any pixel buffer is allocated."""
+    label = header.source
+    if "PixelData" not in ds:
+        raise DicomError("(7FE0,0010) Pixel Data is missing: the file holds no image", label)
+    modality = header.modality
+    if not modality:
+        if str(_get(ds, "SOPClassUID") or "") != CTImageStorage:
+            raise DicomError(
+                "(0008,0060) Modality is missing and (0008,0016) SOP Class UID is not CT Image "
+                "Storage: hemo reads CT only",
+                label,
+            )
+    elif modality not in SUPPORTED_MODALITIES:
+        raise DicomError(
+            f"(0008,0060) Modality is '{modality}': hemo reads CT only (Modality 'CT')", label
+        )
+    samples = _int(_get(ds, "SamplesPerPixel"))
+    if samples is not None and samples != 1:
+        raise DicomError(
+            f"(0028,0002) Samples per Pixel is {samples}: colour DICOM is not supported; "
+            "CT must be grayscale (Samples per Pixel 1)",
+            label,
+        )
+    if "NumberOfFrames" in ds:
+        frames = _int(_get(ds, "NumberOfFrames"))
+        if frames is not None and frames > 1:
+            raise DicomError(
+                f"(0028,0008) Number of Frames is {frames}: multi-frame DICOM is not supported; "
+                "export single-frame slices",
+                label,
+            )
+        if frames is not None and frames < 1:
+            raise DicomError(f"(0028,0008) Number of Frames is {frames}: must be at least 1", label)
+    rows, columns = header.rows, header.columns
+    if rows <= 0 or columns <= 0:
+        raise DicomError(
+            f"(0028,0010) Rows x (0028,0011) Columns is {rows} x {columns}: both must be "
+            "present and greater than 0",
+            label,
+        )
+    if rows * columns > config.MAX_PIXELS_PER_SLICE:
+        raise LimitError(
+            f"(0028,0010) Rows x (0028,0011) Columns is {rows} x {columns} = {rows * columns} "
+            f"pixels, more than the limit of {config.MAX_PIXELS_PER_SLICE} "
+            "(config.MAX_PIXELS_PER_SLICE)",
+            label,
+        )
+    bits = _int(_get(ds, "BitsAllocated"))
+    if bits not in SUPPORTED_BITS_ALLOCATED:
+        raise DicomError(
+            f"(0028,0100) Bits Allocated is {bits}: CT pixel data must use one of "
+            f"{', '.join(map(str, SUPPORTED_BITS_ALLOCATED))} bits",
+            label,
+        )
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not syntax.is_encapsulated:
+        expected = rows * columns * bits // 8
+        actual = len(ds.PixelData or b"")
+        if actual < expected:
+            raise DicomError(
+                f"(7FE0,0010) Pixel Data is {actual} bytes, shorter than (0028,0010) Rows x "
+                f"(0028,0011) Columns x (0028,0100) Bits Allocated / 8 = {rows} x {columns} x "
+                f"{bits} / 8 = {expected} bytes: the file is truncated or its header lies",
+                label,
+            )
+        return
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise DicomError(
+            f"(0002,0010) Transfer Syntax UID is {syntax} ({syntax.name}): no decoder exists for "
+            "it in pydicom; convert the file to an uncompressed transfer syntax (e.g. gdcmconv "
+            "--raw)",
+            label,
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "python-gdcm or pylibjpeg"
+        raise DicomError(
+            f"(0002,0010) Transfer Syntax UID is {syntax} ({syntax.name}): no decoder for it is "
+            f"installed; install one of: {missing}",
+            label,
+        )
+
+
+def _rescale(ds: Dataset, label: str) -> bool:
+    """Validate (0028,1052)/(0028,1053), filling a missing one with the identity.
+
+    Returns:
+        True when a missing intercept or slope was assumed (0 and 1).
+    """
+    if _get(ds, "ModalityLUTSequence"):
+        return False
+    assumed = []
+    for keyword, tag, identity in (
+        ("RescaleSlope", "(0028,1053) Rescale Slope", 1.0),
+        ("RescaleIntercept", "(0028,1052) Rescale Intercept", 0.0),
+    ):
+        try:
+            raw = ds[keyword].value if keyword in ds else None
+        except Exception as exc:
+            raise DicomError(f"{tag} cannot be parsed ({_cause(exc)})", label) from exc
+        if raw is None or raw == "":
+            setattr(ds, keyword, identity)
+            assumed.append(f"{tag} missing, taken as {identity:g}")
+            continue
+        value = _float(raw)
+        if value is None:
+            raise DicomError(f"{tag} is {raw!r}: must be a finite number", label)
+        if keyword == "RescaleSlope" and value == 0:
+            raise DicomError(f"{tag} is 0: must be a finite non-zero number", label)
+    if assumed:
+        log.warning("%s: %s (stored values are read as HU)", label, "; ".join(assumed))
+    return bool(assumed)
+
+
+def has_rsna_12bit_fault(ds: Dataset) -> bool:
+    """True when a dataset carries the RSNA-2019 12-bit Rescale Intercept fault.
+
+    Some RSNA-2019 slices store signed 12-bit values as unsigned with a wrong Rescale Intercept.
+    The rule used by the RSNA-2019 kernels (J. Howard, "Cleaning the data for rapid prototyping
+    (fastai)", Kaggle 2019, ``fix_pxrepr``/``correct_dcm``): the fault is present when
+    (0028,0101) Bits Stored == 12 and (0028,0103) Pixel Representation == 0 and
+    (0028,1052) Rescale Intercept > -100. See :func:`correct_rsna_12bit` for the correction.
+
+    Args:
+        ds: A pydicom dataset. Not modified.
+    """
+    intercept = _float(_get(ds, "RescaleIntercept"))
+    return (
+        _int(_get(ds, "BitsStored")) == RSNA_FAULT_BITS_STORED
+        and _int(_get(ds, "PixelRepresentation")) == RSNA_FAULT_PIXEL_REPRESENTATION
+        and intercept is not None
+        and intercept > RSNA_FAULT_INTERCEPT_ABOVE
+    )
+
+
+def correct_rsna_12bit(stored: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
+    """Correct stored values of a slice with the RSNA-2019 12-bit fault.
+
+    ``corrected = (stored + 1000) mod 4096`` (the kernels' ``x = x + 1000;
+    x[x >= 4096] -= 4096``), after which the Rescale Intercept is taken as -1000, so
+    ``HU = corrected * RescaleSlope - 1000``: stored 0 -> 0 HU, stored 3096 (-1000 as signed
+    12-bit) -> -1000 HU, stored 4095 (-1 as signed 12-bit) -> -1 HU.
+
+    Args:
+        stored: (H, W) stored values in [0, 4095]. Not modified.
+
+    Returns:
+        int32 (H, W) corrected stored values, a new array.
+    """
+    shifted = stored.astype(np.int32) + RSNA_FAULT_OFFSET
+    np.remainder(shifted, RSNA_FAULT_MODULUS, out=shifted)
+    return shifted
+
+
+def _padding_mask(ds: Dataset, stored: npt.NDArray[np.integer]) -> npt.NDArray[np.bool_] | None:
+    """Pixels equal to Pixel Padding Value or within its range limit (PS3.3 C.7.5.1.1.2)."""
+    value = _int(_first(_get(ds, "PixelPaddingValue")))
+    if value is None:
+        return None
+    limit = _int(_first(_get(ds, "PixelPaddingRangeLimit")))
+    info = np.iinfo(stored.dtype)
+    low, high = (value, value) if limit is None else (min(value, limit), max(value, limit))
+    low, high = max(low, int(info.min)), min(high, int(info.max))
+    if low > high:
+        return None
+    if low == high:
+        return stored == low
+    return (stored >= low) & (stored <= high)
+
+
+def read_dicom(source: Source, name: str | None = None) -> CTSlice:
+    """Read one single-frame CT DICOM slice into Hounsfield units.
+
+    Args:
+        source: Path, bytes or binary file-like object (an upload); any extension or none.
+            A file-like object is read from its start and its position restored.
+        name: Display name for messages and ``CTSlice.source``; defaults to the path or the
+            upload's ``name``.
+
+    Returns:
+        The slice, with ``hu`` float32 (H, W) read-only (see the module docstring for the rules).
+
+    Raises:
+        InputError: missing or empty file.
+        LimitError: file over ``config.MAX_FILE_BYTES`` or Rows x Columns over
+            ``config.MAX_PIXELS_PER_SLICE`` (checked before decoding).
+        DicomError: not DICOM; no pixel data; non-CT modality; colour; multi-frame; pixel data
+            shorter than the header says; a rescale that is not a finite non-zero slope; no
+            decoder installed for the transfer syntax; the decoder failed. The message names the
+            file, the tag, the value and the rule; a library exception is kept as ``__cause__``.
+    """
+    ds, label = _parse(source, name, pixels=True)
+    header = _header(ds, label)
+    _check_image(ds, header)
+    rescale_assumed = _rescale(ds, label)
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise many types on corrupt data
+        raise DicomError(
+            f"cannot decode (7FE0,0010) Pixel Data ({syntax.name}): {_cause(exc)}", label
+        ) from exc
+    if stored.shape != (header.rows, header.columns):
+        raise DicomError(
+            f"decoded (7FE0,0010) Pixel Data has shape {stored.shape}, not (0028,0010) Rows x "
+            f"(0028,0011) Columns = ({header.rows}, {header.columns})",
+            label,
+        )
+    padding = _padding_mask(ds, stored)
+    fault = has_rsna_12bit_fault(ds)
+    if fault:
+        log.info("%s: RSNA-2019 12-bit Rescale Intercept fault corrected", label)
+        stored = correct_rsna_12bit(stored)
+        ds.RescaleIntercept = RSNA_FAULT_INTERCEPT
+    try:
+        hu = np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+    except Exception as exc:
+        raise DicomError(f"cannot apply the modality LUT/rescale: {_cause(exc)}", label) from exc
+    if hu is stored or not hu.flags.writeable:
+        hu = hu.copy()
+    if padding is not None:
+        hu[padding] = config.HU_AIR
+    hu[hu < config.HU_FLOOR] = config.HU_AIR
+    hu.setflags(write=False)
+    metadata = dict(header.metadata)
+    metadata["rsna_12bit_fault_corrected"] = fault
+    metadata["rescale_assumed"] = rescale_assumed
+    return CTSlice(
+        hu=hu,
+        source=label,
+        pixel_spacing_mm=header.pixel_spacing_mm,
+        slice_thickness_mm=header.slice_thickness_mm,
+        position_mm=header.position_mm,
+        orientation=header.orientation,
+        slice_z_mm=header.slice_z_mm,
+        instance_number=header.instance_number,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        sop_uid=header.sop_uid,
+        patient_key=header.patient_key,
+        default_window=header.default_window,
+        modality=header.modality or "CT",
+        metadata=metadata,
+    )
+
+
+def is_dicom_bytes(head: bytes) -> bool:
+    """True when ``head`` (the first >= 132 bytes of a file) has the PS3.10 ``DICM`` marker."""
+    return head[DICM_OFFSET : DICM_OFFSET + len(DICM_MAGIC)] == DICM_MAGIC
+
+
+__all__ = [
+    "CTSlice",
+    "DicomHeader",
+    "correct_rsna_12bit",
+    "has_rsna_12bit_fault",
+    "is_dicom_bytes",
+    "phi_free_metadata",
+    "read_dicom",
+    "read_dicom_header",
+]

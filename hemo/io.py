@@ -1,0 +1,271 @@
+"""One entry point for every input: a DICOM or image file, a folder, a zip, or an upload.
+
+:func:`read_scan` reads one file, choosing the reader from the bytes (never the name).
+:func:`iter_scans` walks a batch and yields one :class:`ScanResult` per scan, with an error in
+place of the scan when that input is bad; one bad file never stops the batch.
+
+Batch rules (documented so results are predictable):
+
+* Folders are walked recursively in sorted order; hidden files and folders (a name starting with
+  ``.``), ``__MACOSX`` and ``DICOMDIR`` are skipped.
+* In folders and zips, a file whose bytes are not DICOM/PNG/JPEG/TIFF is read anyway (and its
+  error reported) only when its suffix is a scan suffix or it has none (DICOM files often have no
+  extension); other files (``.csv``, ``.txt``, ``.json`` ...) are skipped quietly.
+* Zip members are named ``zipname/member``; a member with an absolute path or a ``..`` part is
+  refused (SeriesError) and the other members are still read. An archive with more than
+  ``config.MAX_ZIP_MEMBERS`` members, more than ``config.MAX_ZIP_UNCOMPRESSED_BYTES`` declared
+  in total, or an overall compression ratio over ``config.MAX_ZIP_RATIO`` is refused whole
+  (LimitError); a member over the ratio or ``config.MAX_FILE_BYTES`` is refused alone. Nested
+  zips are not expanded (reported as an error). Bytes are never written to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from hemo import config
+from hemo.dicom import CTSlice, read_dicom
+from hemo.errors import DicomError, HemoError, InputError, LimitError, SeriesError
+from hemo.images import IMAGE_KINDS, SNIFF_BYTES, Image2D, read_image, sniff_kind
+from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, source_name
+
+log = logging.getLogger(__name__)
+
+Scan = CTSlice | Image2D
+
+#: Suffixes of files that are scans even when their bytes cannot be sniffed (lower case).
+SCAN_SUFFIXES = frozenset(
+    {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+)
+#: File and folder names skipped in folders and zips.
+SKIPPED_NAMES = frozenset({"DICOMDIR", "__MACOSX", "Thumbs.db"})
+
+
+@dataclass(frozen=True, eq=False)
+class ScanResult:
+    """One input of a batch: a scan, or the error that input gave.
+
+    Attributes:
+        name: Path, upload name, or ``archive.zip/member`` for a zip member.
+        scan: The scan, or ``None`` when reading failed.
+        error: The error, or ``None`` on success.
+    """
+
+    name: str
+    scan: Scan | None
+    error: HemoError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when the scan was read."""
+        return self.error is None
+
+
+def read_scan(source: Source, name: str | None = None) -> Scan:
+    """Read one DICOM, PNG, JPEG or TIFF, choosing the reader from the bytes.
+
+    A file without a known signature is tried as a DICOM without preamble (forced read,
+    accepted only when it holds image data).
+
+    Args:
+        source: Path, bytes or binary file-like object.
+        name: Display name for messages and the result's ``source``.
+
+    Returns:
+        A :class:`~hemo.dicom.CTSlice` or an :class:`~hemo.images.Image2D`.
+
+    Raises:
+        InputError: unknown kind, a zip (use :func:`iter_scans`), missing or empty file.
+        DicomError, ImageError, LimitError: from the readers.
+    """
+    label = source_name(source, name)
+    data = read_bytes(source, label)
+    kind = sniff_kind(data[:SNIFF_BYTES])
+    if kind == "dicom":
+        return read_dicom(data, label)
+    if kind in IMAGE_KINDS:
+        return read_image(data, label)
+    if kind == "zip":
+        raise InputError("is a zip archive, not one scan: read it with iter_scans", label)
+    try:
+        return read_dicom(data, label)
+    except DicomError as exc:
+        raise InputError(
+            "not a DICOM, PNG, JPEG or TIFF file (the kind is read from the bytes, not the "
+            "extension)",
+            label,
+        ) from exc
+
+
+def _skipped(parts: Iterable[str]) -> bool:
+    return any(part.startswith(".") or part in SKIPPED_NAMES for part in parts)
+
+
+def _worth_reading(name: str, head: bytes) -> bool:
+    """Whether a folder/zip member is read (see the module docstring)."""
+    if sniff_kind(head) is not None:
+        return True
+    suffix = PurePosixPath(name).suffix.lower()
+    return suffix == "" or suffix in SCAN_SUFFIXES
+
+
+def _result(name: str, data: bytes) -> ScanResult:
+    try:
+        return ScanResult(name, read_scan(data, name), None)
+    except HemoError as exc:
+        return ScanResult(name, None, exc)
+
+
+def _unsafe_member(member: str) -> bool:
+    normalised = member.replace("\\", "/")
+    if normalised.startswith("/") or (len(normalised) > 1 and normalised[1] == ":"):
+        return True
+    return ".." in normalised.split("/")
+
+
+def _zip_limits(infos: list[zipfile.ZipInfo], archive_bytes: int, label: str) -> None:
+    if len(infos) > config.MAX_ZIP_MEMBERS:
+        raise LimitError(
+            f"zip has {len(infos)} members, more than the limit of {config.MAX_ZIP_MEMBERS} "
+            "(config.MAX_ZIP_MEMBERS)",
+            label,
+        )
+    total = sum(info.file_size for info in infos)
+    if total > config.MAX_ZIP_UNCOMPRESSED_BYTES:
+        raise LimitError(
+            f"zip declares {total} bytes uncompressed, more than the limit of "
+            f"{config.MAX_ZIP_UNCOMPRESSED_BYTES} (config.MAX_ZIP_UNCOMPRESSED_BYTES)",
+            label,
+        )
+    if archive_bytes and total / archive_bytes > config.MAX_ZIP_RATIO:
+        raise LimitError(
+            f"zip expands {total / archive_bytes:.0f}-fold ({archive_bytes} -> {total} bytes), "
+            f"more than the limit of {config.MAX_ZIP_RATIO:g} (config.MAX_ZIP_RATIO): "
+            "refused as a possible zip bomb",
+            label,
+        )
+
+
+def _member_error(info: zipfile.ZipInfo, name: str) -> HemoError | None:
+    if _unsafe_member(info.filename):
+        return SeriesError(
+            f"zip member path {info.filename!r} leaves the archive (absolute or '..'): refused",
+            name,
+        )
+    if info.flag_bits & 0x1:
+        return InputError("zip member is encrypted: cannot be read", name)
+    if info.file_size > config.MAX_FILE_BYTES:
+        return LimitError(
+            f"zip member is {info.file_size} bytes, more than the limit of "
+            f"{config.MAX_FILE_BYTES} (config.MAX_FILE_BYTES)",
+            name,
+        )
+    if info.compress_size and info.file_size / info.compress_size > config.MAX_ZIP_RATIO:
+        return LimitError(
+            f"zip member expands {info.file_size / info.compress_size:.0f}-fold, more than the "
+            f"limit of {config.MAX_ZIP_RATIO:g} (config.MAX_ZIP_RATIO): refused as a possible "
+            "zip bomb",
+            name,
+        )
+    return None
+
+
+def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
+    try:
+        archive = zipfile.ZipFile(as_stream(data))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        yield ScanResult(label, None, SeriesError(f"not a readable zip archive ({exc})", label))
+        return
+    try:
+        _zip_limits(infos, len(data), label)
+    except LimitError as exc:
+        yield ScanResult(label, None, exc)
+        return
+    with archive:
+        for info in sorted(infos, key=lambda i: i.filename):
+            if info.is_dir():
+                continue
+            member = info.filename.replace("\\", "/")
+            name = f"{label}/{member}"
+            if _skipped(PurePosixPath(member).parts):
+                continue
+            error = _member_error(info, name)
+            if error is not None:
+                yield ScanResult(name, None, error)
+                continue
+            try:
+                with archive.open(info) as fh:
+                    content = fh.read(config.MAX_FILE_BYTES + 1)
+            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
+                yield ScanResult(name, None, SeriesError(f"cannot extract ({exc})", name))
+                continue
+            if sniff_kind(content[:SNIFF_BYTES]) == "zip":
+                yield ScanResult(
+                    name, None, InputError("nested zip archive: not expanded; unzip it first", name)
+                )
+                continue
+            if not _worth_reading(member, content[:SNIFF_BYTES]):
+                log.debug("skipped non-scan zip member %s", name)
+                continue
+            yield _result(name, content)
+
+
+def _iter_folder(root: Path) -> Iterator[ScanResult]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
+        for filename in sorted(filenames):
+            if _skipped([filename]):
+                continue
+            path = Path(dirpath) / filename
+            try:
+                head = read_head(path, SNIFF_BYTES)
+            except HemoError as exc:
+                yield ScanResult(str(path), None, exc)
+                continue
+            if not _worth_reading(filename, head):
+                log.debug("skipped non-scan file %s", path)
+                continue
+            yield from _iter_file(path, str(path))
+
+
+def _iter_file(source: Source, label: str) -> Iterator[ScanResult]:
+    try:
+        data = read_bytes(source, label)
+    except HemoError as exc:
+        yield ScanResult(label, None, exc)
+        return
+    if sniff_kind(data[:SNIFF_BYTES]) == "zip":
+        yield from _iter_zip(data, label)
+    else:
+        yield _result(label, data)
+
+
+def iter_scans(inputs: Iterable[Source | tuple[str, bytes]]) -> Iterator[ScanResult]:
+    """Read a batch of inputs, one :class:`ScanResult` per scan, never raising for a bad one.
+
+    Args:
+        inputs: Paths to files or folders, bytes, file-like uploads, or ``(name, bytes)`` pairs.
+            Zips (by their bytes) are expanded safely; folders are walked recursively in sorted
+            order (see the module docstring for what is skipped).
+
+    Yields:
+        One result per scan, in input order (members and folder files sorted by name).
+    """
+    if isinstance(inputs, str | bytes | os.PathLike) or hasattr(inputs, "read"):
+        inputs = [inputs]  # type: ignore[list-item]
+    for item in inputs:
+        if isinstance(item, tuple):
+            label, payload = str(item[0]), item[1]
+            yield from _iter_file(payload, label)
+            continue
+        label = source_name(item)
+        if is_path(item) and Path(item).is_dir():
+            yield from _iter_folder(Path(item))
+            continue
+        yield from _iter_file(item, label)

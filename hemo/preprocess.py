@@ -1,0 +1,311 @@
+"""One preprocessing for training, evaluation, prediction, Grad-CAM and the pages.
+
+An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any scan into it:
+
+* mode ``"hu"`` (DICOM only): HU -> optional crop to the head -> pad to square with air ->
+  resize once with ``cv2.INTER_AREA`` to ``size`` -> one linear window per channel
+  (:func:`hemo.windowing.window` maths, in float32). Windowing after the resize costs one resize
+  instead of one per window; it is the same everywhere, so training and prediction agree.
+* mode ``"display"``: display grayscale (an image's pixels, or a DICOM through
+  ``display_window``) -> optional crop -> pad to square with black -> resize -> repeated to
+  ``channels``.
+
+Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
+:data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
+(``cv2.connectedComponentsWithStats``), which drops borders and burned-in panel letters, then a
+square box around it with a :data:`HEAD_MARGIN_FRACTION` margin. Every function is pure: inputs
+are never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from hemo import config
+from hemo.dicom import CTSlice
+from hemo.errors import ConfigError, InputError
+from hemo.images import Image2D
+from hemo.windowing import COMPOSITES, Window, get_window
+
+Scan = CTSlice | Image2D
+
+MODES = ("hu", "display")
+MIN_INPUT_SIZE = 16
+MAX_INPUT_SIZE = 2048
+MAX_CHANNELS = 4
+#: Window used to render a DICOM to display grayscale when none is given.
+DEFAULT_DISPLAY_WINDOW = "brain"
+#: Tissue of the head (skin, fat, brain, bone) is above this; air and foam pillows are below.
+HEAD_HU_THRESHOLD = -500.0
+#: In display grayscale the black background is below this.
+HEAD_GRAY_THRESHOLD = 0.05
+#: Margin added on each side of the head box, as a fraction of its longer side.
+HEAD_MARGIN_FRACTION = 0.05
+#: Pixels connect to their 8 neighbours in the head mask.
+CONNECTIVITY = 8
+#: Value outside the image when padding display grayscale (black).
+GRAY_FILL = 0.0
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model eats; saved in its card so it is always fed the same way.
+
+    Attributes:
+        size: Output is (size, size, channels) pixels.
+        mode: ``"hu"`` (windows of HU, DICOM only) or ``"display"`` (display grayscale).
+        windows: Mode ``"hu"``: one window per channel (preset names or ``"C/W"`` in HU); a
+            composite name such as ``"rsna3"`` is expanded.
+        channels: Number of output channels; in mode ``"hu"`` it must equal ``len(windows)``.
+        display_window: Mode ``"display"``: how a DICOM is rendered to grayscale.
+        crop_head: Crop to the head's bounding box before resizing.
+
+    Raises:
+        ConfigError: any field out of its range (checked on construction).
+    """
+
+    size: int = 256
+    mode: str = "hu"
+    windows: tuple[str, ...] = ("brain", "subdural", "soft_tissue")
+    channels: int = 3
+    display_window: str = "brain"
+    crop_head: bool = False
+
+    def __post_init__(self) -> None:
+        windows = self.windows
+        if isinstance(windows, str):
+            windows = COMPOSITES.get(windows, (windows,))
+        try:
+            windows = tuple(str(w) for w in windows)
+        except TypeError as exc:
+            raise ConfigError(f"InputSpec.windows must be window names, got {windows!r}") from exc
+        object.__setattr__(self, "windows", windows)
+        if isinstance(self.size, bool) or not isinstance(self.size, int | np.integer):
+            raise ConfigError(f"InputSpec.size must be an integer, got {self.size!r}")
+        if not MIN_INPUT_SIZE <= self.size <= MAX_INPUT_SIZE:
+            raise ConfigError(
+                f"InputSpec.size is {self.size}: must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}]"
+            )
+        if self.mode not in MODES:
+            raise ConfigError(f"InputSpec.mode is {self.mode!r}: must be one of {', '.join(MODES)}")
+        if not windows:
+            raise ConfigError("InputSpec.windows is empty: give at least one window")
+        for name in (*windows, self.display_window):
+            get_window(name)
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int | np.integer):
+            raise ConfigError(f"InputSpec.channels must be an integer, got {self.channels!r}")
+        if not 1 <= self.channels <= MAX_CHANNELS:
+            raise ConfigError(
+                f"InputSpec.channels is {self.channels}: must be in [1, {MAX_CHANNELS}]"
+            )
+        if self.mode == "hu" and self.channels != len(windows):
+            raise ConfigError(
+                f"InputSpec: mode 'hu' makes one channel per window, but windows has "
+                f"{len(windows)} and channels is {self.channels}; set channels={len(windows)}"
+            )
+        if not isinstance(self.crop_head, bool):
+            raise ConfigError(f"InputSpec.crop_head must be true or false, got {self.crop_head!r}")
+
+    @property
+    def window_objects(self) -> tuple[Window, ...]:
+        """The windows of mode ``"hu"`` as :class:`~hemo.windowing.Window` objects."""
+        return tuple(get_window(name) for name in self.windows)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(size, size, channels): the model's input shape."""
+        return (self.size, self.size, self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (windows as a list)."""
+        out = asdict(self)
+        out["windows"] = list(self.windows)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputSpec:
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Raises:
+            ConfigError: unknown keys or invalid values.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"InputSpec: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise ConfigError(f"InputSpec: {exc}") from exc
+
+
+def head_bbox(
+    gray: npt.ArrayLike, threshold: float = HEAD_GRAY_THRESHOLD
+) -> tuple[int, int, int, int]:
+    """Bounding box of the largest connected region above ``threshold`` (the head).
+
+    Args:
+        gray: (H, W) image; display grayscale in [0, 1] with the default threshold, or HU with
+            ``threshold=HEAD_HU_THRESHOLD``. Not modified. NaN counts as background.
+        threshold: Pixels strictly above it are foreground.
+
+    Returns:
+        ``(row0, row1, col0, col1)``, half-open; the whole image when nothing is above the
+        threshold.
+
+    Raises:
+        InputError: ``gray`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(gray)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"head_bbox needs a non-empty (H, W) image, got shape {arr.shape}")
+    mask = (arr > threshold).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=CONNECTIVITY)
+    if count <= 1:
+        return (0, arr.shape[0], 0, arr.shape[1])
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    left, top, width, height = (int(v) for v in stats[largest, :4])
+    return (top, top + height, left, left + width)
+
+
+def _square_crop(
+    image: npt.NDArray[np.float32], box: tuple[int, int, int, int], fill: float
+) -> npt.NDArray[np.float32]:
+    """A square around ``box`` with a margin, padded with ``fill`` outside the image (new array)."""
+    row0, row1, col0, col1 = box
+    side = max(row1 - row0, col1 - col0)
+    side += 2 * int(round(HEAD_MARGIN_FRACTION * side))
+    top = (row0 + row1 - side) // 2
+    left = (col0 + col1 - side) // 2
+    out = np.full((side, side), fill, dtype=np.float32)
+    src_r0, src_c0 = max(top, 0), max(left, 0)
+    src_r1, src_c1 = min(top + side, image.shape[0]), min(left + side, image.shape[1])
+    out[src_r0 - top : src_r1 - top, src_c0 - left : src_c1 - left] = image[
+        src_r0:src_r1, src_c0:src_c1
+    ]
+    return out
+
+
+def _pad_square(image: npt.NDArray[np.float32], fill: float) -> npt.NDArray[np.float32]:
+    """Centre a non-square image on a square canvas of ``fill``; a square image is returned as is."""
+    height, width = image.shape
+    if height == width:
+        return image
+    side = max(height, width)
+    out = np.full((side, side), fill, dtype=np.float32)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[top : top + height, left : left + width] = image
+    return out
+
+
+def _resize(image: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32]:
+    """(size, size) float32 with ``cv2.INTER_AREA`` (a new array, even at the same size)."""
+    if image.shape == (size, size):
+        return np.array(image, dtype=np.float32, copy=True)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _prepare(
+    image: npt.NDArray[np.float32], size: int, crop: bool, threshold: float, fill: float
+) -> npt.NDArray[np.float32]:
+    image = np.asarray(image, dtype=np.float32)
+    if crop:
+        image = _square_crop(image, head_bbox(image, threshold), fill)
+    return _resize(_pad_square(image, fill), size)
+
+
+def window_stack(
+    hu: npt.NDArray[np.float32], windows: tuple[Window, ...]
+) -> npt.NDArray[np.float32]:
+    """Windows of an (H, W) HU image stacked as channels, in one float32 pass.
+
+    Same maths as :func:`hemo.windowing.window` (``clip((hu - low) / width, 0, 1)``, NaN -> 0).
+
+    Args:
+        hu: float32 (H, W) HU. Not modified.
+        windows: One window per output channel.
+
+    Returns:
+        float32 (H, W, C) in [0, 1], a new array.
+    """
+    lows = np.array([w.center_hu - w.width_hu / 2.0 for w in windows], dtype=np.float32)
+    scales = np.array([1.0 / w.width_hu for w in windows], dtype=np.float32)
+    out = np.subtract(np.asarray(hu, dtype=np.float32)[:, :, None], lows)
+    out *= scales
+    np.clip(out, 0.0, 1.0, out=out)
+    if np.isnan(out).any():
+        np.nan_to_num(out, copy=False, nan=0.0)
+    return out
+
+
+def to_display(scan: Scan, window: Window | str | None = None) -> npt.NDArray[np.float32]:
+    """Display grayscale of a scan.
+
+    Args:
+        scan: A DICOM slice (rendered through ``window``) or an image (its pixels).
+        window: Window for a DICOM: a ``Window``, a preset name or ``"C/W"``; ``None`` means
+            :data:`DEFAULT_DISPLAY_WINDOW`. Ignored for images.
+
+    Returns:
+        float32 (H, W) in [0, 1]; read-only for images, a new array for DICOM.
+
+    Raises:
+        ConfigError: unknown window.
+        InputError: ``scan`` is neither a ``CTSlice`` nor an ``Image2D``.
+    """
+    if isinstance(scan, Image2D):
+        return scan.pixels
+    if isinstance(scan, CTSlice):
+        w = get_window(DEFAULT_DISPLAY_WINDOW if window is None else window)
+        return window_stack(scan.hu, (w,))[:, :, 0]
+    raise InputError(f"cannot display a {type(scan).__name__}: give a CTSlice or an Image2D")
+
+
+def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
+    """Preprocess one scan exactly as the model with ``spec`` expects.
+
+    Args:
+        scan: A DICOM slice or an image. Not modified.
+        spec: The model's input spec.
+
+    Returns:
+        float32 (size, size, C) in [0, 1], a new writable array.
+
+    Raises:
+        InputError: mode ``"hu"`` given an image (no HU), or an unknown scan type.
+    """
+    if not isinstance(scan, CTSlice | Image2D):
+        raise InputError(f"cannot preprocess a {type(scan).__name__}: give a CTSlice or an Image2D")
+    if spec.mode == "hu":
+        if not isinstance(scan, CTSlice):
+            raise InputError(
+                f"model expects HU windows ({', '.join(spec.windows)}) but this is a "
+                f"{scan.kind.upper()} image without Hounsfield units; give a DICOM, or use a "
+                "model trained on display grayscale",
+                scan.source,
+            )
+        small = _prepare(scan.hu, spec.size, spec.crop_head, HEAD_HU_THRESHOLD, config.HU_AIR)
+        return window_stack(small, spec.window_objects)
+    gray = to_display(scan, spec.display_window)
+    small = _prepare(gray, spec.size, spec.crop_head, HEAD_GRAY_THRESHOLD, GRAY_FILL)
+    np.clip(small, 0.0, 1.0, out=small)
+    return np.repeat(small[:, :, None], spec.channels, axis=2)
+
+
+__all__ = [
+    "DEFAULT_DISPLAY_WINDOW",
+    "HEAD_GRAY_THRESHOLD",
+    "HEAD_HU_THRESHOLD",
+    "InputSpec",
+    "head_bbox",
+    "to_display",
+    "to_model_input",
+    "window_stack",
+]

@@ -1,0 +1,117 @@
+"""Group CT slices into series and order them along the slice normal.
+
+Slices are grouped by (0020,000E) Series Instance UID and ordered by ``slice_z_mm`` (Image
+Position (Patient) projected on the slice normal, PS3.3 C.7.6.2.1.1), ascending (inferior ->
+superior for axial head CT). When any slice of a series lacks a position, the series is ordered
+by (0020,0013) Instance Number instead; when that is missing too, by source name (logged).
+
+Two slices at the same position (within :data:`POSITION_TOLERANCE_MM`), or with the same
+instance number when ordering by it, are refused: hemo does not guess which copy is right.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from hemo import config
+from hemo.dicom import CTSlice
+from hemo.errors import LimitError, SeriesError
+
+log = logging.getLogger(__name__)
+
+#: Two slices closer than this along the normal are at the same position (mm).
+POSITION_TOLERANCE_MM = 1e-3
+#: Label of slices without a Series Instance UID in messages.
+NO_SERIES_UID = "<no Series Instance UID>"
+
+
+@dataclass(frozen=True, eq=False)
+class Series:
+    """One ordered series of slices.
+
+    Attributes:
+        series_uid: (0020,000E), or ``None`` for slices that carry none.
+        study_uid: (0020,000D) of the slices (first non-empty one).
+        slices: The slices, ordered by ``slice_z_mm`` ascending (see the module docstring).
+    """
+
+    series_uid: str | None
+    study_uid: str | None
+    slices: tuple[CTSlice, ...]
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    @property
+    def z_mm(self) -> tuple[float | None, ...]:
+        """``slice_z_mm`` of each slice, in order."""
+        return tuple(s.slice_z_mm for s in self.slices)
+
+    @property
+    def slice_spacing_mm(self) -> float | None:
+        """Median distance between consecutive slice positions in mm, or ``None`` if unknown."""
+        z = [v for v in self.z_mm if v is not None]
+        if len(z) < 2 or len(z) != len(self.slices):
+            return None
+        return float(np.median(np.diff(np.asarray(z, dtype=np.float64))))
+
+
+def _order(uid: str | None, slices: list[CTSlice]) -> list[CTSlice]:
+    label = uid or NO_SERIES_UID
+    if all(s.slice_z_mm is not None for s in slices):
+        ordered = sorted(slices, key=lambda s: (s.slice_z_mm, s.instance_number or 0))
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if abs(b.slice_z_mm - a.slice_z_mm) < POSITION_TOLERANCE_MM:  # type: ignore[operator]
+                raise SeriesError(
+                    f"series {label}: two slices at the same position z = {a.slice_z_mm:.3f} mm "
+                    f"((0020,0032) Image Position (Patient)): {a.source} and {b.source}; remove "
+                    "the duplicate"
+                )
+        return ordered
+    if all(s.instance_number is not None for s in slices):
+        ordered = sorted(slices, key=lambda s: s.instance_number)  # type: ignore[arg-type,return-value]
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if a.instance_number == b.instance_number:
+                raise SeriesError(
+                    f"series {label}: no (0020,0032) Image Position (Patient) on every slice, and "
+                    f"two slices share (0020,0013) Instance Number {a.instance_number}: "
+                    f"{a.source} and {b.source}; remove the duplicate"
+                )
+        return ordered
+    log.warning(
+        "series %s: neither positions nor instance numbers on every slice; ordered by name", label
+    )
+    return sorted(slices, key=lambda s: s.source)
+
+
+def group_series(slices: Iterable[CTSlice]) -> list[Series]:
+    """Group slices by Series Instance UID and order each series.
+
+    Args:
+        slices: Slices in any order. Not modified.
+
+    Returns:
+        One :class:`Series` per series UID, sorted by (study UID, series UID); slices without a
+        series UID form one series with ``series_uid=None``, listed last.
+
+    Raises:
+        SeriesError: two slices of a series at the same position (or instance number).
+        LimitError: a series with more than ``config.MAX_SLICES_PER_SERIES`` slices.
+    """
+    groups: dict[str | None, list[CTSlice]] = {}
+    for s in slices:
+        groups.setdefault(s.series_uid, []).append(s)
+    out = []
+    for uid, members in groups.items():
+        if len(members) > config.MAX_SLICES_PER_SERIES:
+            raise LimitError(
+                f"series {uid or NO_SERIES_UID} has {len(members)} slices, more than the limit "
+                f"of {config.MAX_SLICES_PER_SERIES} (config.MAX_SLICES_PER_SERIES)"
+            )
+        study = next((s.study_uid for s in members if s.study_uid), None)
+        out.append(Series(series_uid=uid, study_uid=study, slices=tuple(_order(uid, members))))
+    return sorted(out, key=lambda s: (s.series_uid is None, s.study_uid or "", s.series_uid or ""))
