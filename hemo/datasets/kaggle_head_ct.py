@@ -4,6 +4,7 @@ Layout as the download unpacks::
 
     ROOT/labels.csv          header "id, hemorrhage" (note the space after the comma)
     ROOT/head_ct/000.png     file names zero-padded to three digits, ids in labels.csv are not
+                             (``ROOT/head_ct/head_ct/`` and ``ROOT/`` are accepted too)
 
 Quirks handled on purpose:
 
@@ -73,10 +74,21 @@ def looks_like(root: Path) -> bool:
     return {ID_COLUMN, LABEL_COLUMN} <= names
 
 
+def _has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds a numerically named image (``000.png``)."""
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.stem.isdigit() for p in folder.iterdir())
+
+
 def image_dir(root: Path) -> Path:
-    """The folder holding the PNGs: ``ROOT/head_ct`` when present, else ``ROOT`` itself."""
-    nested = root / IMAGE_DIR
-    return nested if nested.is_dir() else root
+    """The folder holding the PNGs: ``ROOT/head_ct``, ``ROOT/head_ct/head_ct`` or ``ROOT``.
+
+    Kaggle's archive has been seen unpacked both ways; the first candidate holding numerically
+    named images wins (``ROOT`` when none does).
+    """
+    for candidate in (root / IMAGE_DIR, root / IMAGE_DIR / IMAGE_DIR, root):
+        if candidate.is_dir() and _has_images(candidate):
+            return candidate
+    return root
 
 
 def index(root: Path, workers: int | None = None) -> AdapterResult:

@@ -1,0 +1,359 @@
+"""Download public head-CT datasets through the official ``kaggle`` package, unzip, index.
+
+Sources:
+
+* ``head-ct`` -- the dataset ``felipekitamura/head-ct-hemorrhage`` (200 PNGs, ~60 MB).
+* ``rsna`` -- the competition ``rsna-intracranial-hemorrhage-detection`` (~180 GB zip, ~450 GB
+  unpacked). Kaggle serves competition data only to accounts that accepted the competition's
+  rules on the website.
+
+Credentials (kaggle 2.x looks in this order; hemo checks them before importing ``kaggle``, so a
+missing token is a clear :class:`~hemo.errors.KaggleError`, never a traceback or an exit):
+
+* ``KAGGLE_API_TOKEN`` (a token from https://www.kaggle.com/settings/api), or ``~/.kaggle/access_token``;
+* ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``;
+* ``kaggle.json`` (``{"username": ..., "key": ...}``) in ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle/``
+  or ``~/.config/kaggle/``, readable by you only (``chmod 600``);
+* ``~/.kaggle/credentials.json`` written by ``kaggle auth login`` (OAuth).
+
+Importing ``kaggle`` authenticates at import time and may print or call ``sys.exit``; hemo
+imports it lazily, with stdout sent to stderr (so ``--json`` output stays clean), and turns
+``SystemExit`` into a :class:`KaggleError`. A finished download leaves a marker file, so a rerun
+indexes again without downloading again (``force`` downloads anew).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import sys
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hemo.config import RAW_DIR
+from hemo.errors import DatasetError, KaggleError
+
+log = logging.getLogger(__name__)
+
+#: Written into a source's folder once its archives are unpacked.
+DONE_MARKER = ".hemo-download-complete"
+#: Where an API token or kaggle.json comes from (shown in the missing-credentials message).
+TOKEN_URL = "https://www.kaggle.com/settings/api"
+#: How deep below the download folder the dataset root (labels/CSV) may sit.
+ROOT_SEARCH_DEPTH = 2
+HTTP_UNAUTHORIZED, HTTP_FORBIDDEN, HTTP_NOT_FOUND = 401, 403, 404
+
+
+@dataclass(frozen=True)
+class KaggleSource:
+    """A downloadable source.
+
+    Attributes:
+        name: hemo's name for it (``head-ct``, ``rsna``).
+        kind: ``dataset`` or ``competition``.
+        ref: Kaggle's identifier (``owner/slug`` for a dataset, the slug for a competition).
+        folder: Sub-folder of the download folder it unpacks into.
+        url: Its page on kaggle.com.
+    """
+
+    name: str
+    kind: str
+    ref: str
+    folder: str
+    url: str
+
+    @property
+    def rules_url(self) -> str:
+        """Where a competition's rules are accepted."""
+        return f"{self.url}/rules"
+
+
+SOURCES: dict[str, KaggleSource] = {
+    s.name: s
+    for s in (
+        KaggleSource(
+            "head-ct",
+            "dataset",
+            "felipekitamura/head-ct-hemorrhage",
+            "head-ct",
+            "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+        ),
+        KaggleSource(
+            "rsna",
+            "competition",
+            "rsna-intracranial-hemorrhage-detection",
+            "rsna",
+            "https://www.kaggle.com/competitions/rsna-intracranial-hemorrhage-detection",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """A downloaded, unpacked and indexed source.
+
+    Attributes:
+        name: The source's hemo name.
+        root: The dataset folder (holding the labels and the images).
+        layout: The layout the index was built with.
+        total: Images indexed.
+        index_path: The written ``index.parquet``.
+        downloaded: False when a finished earlier download was reused.
+    """
+
+    name: str
+    root: Path
+    layout: str
+    total: int
+    index_path: Path
+    downloaded: bool
+
+
+def credential_help() -> str:
+    """What to do when no Kaggle credentials are found."""
+    return (
+        "no Kaggle credentials found: create an API token at "
+        f"{TOKEN_URL} and either save kaggle.json as ~/.kaggle/kaggle.json "
+        "(then chmod 600 ~/.kaggle/kaggle.json), or set KAGGLE_USERNAME and KAGGLE_KEY, "
+        "or set KAGGLE_API_TOKEN (or save the token as ~/.kaggle/access_token)"
+    )
+
+
+def _kaggle_json_paths(environ: Mapping[str, str], home: Path) -> list[Path]:
+    """Where kaggle 2.x looks for kaggle.json."""
+    if environ.get("KAGGLE_CONFIG_DIR"):
+        return [Path(environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"]
+    xdg = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    return [home / ".kaggle" / "kaggle.json", xdg / "kaggle" / "kaggle.json"]
+
+
+def find_credentials(
+    environ: Mapping[str, str] | None = None, home: Path | None = None
+) -> str | None:
+    """Name where Kaggle credentials would come from, without reading them or the network.
+
+    Args:
+        environ: Environment to inspect (default ``os.environ``).
+        home: Home folder (default ``Path.home()``, i.e. ``$HOME``).
+
+    Returns:
+        A description (``"KAGGLE_API_TOKEN"``, ``"KAGGLE_USERNAME/KAGGLE_KEY"``, or a file path),
+        or ``None`` when there are none.
+    """
+    env = os.environ if environ is None else environ
+    home = Path.home() if home is None else home
+    if env.get("KAGGLE_API_TOKEN"):
+        return "KAGGLE_API_TOKEN"
+    for name in ("access_token", "access_token.txt", "credentials.json"):
+        if (home / ".kaggle" / name).is_file():
+            return str(home / ".kaggle" / name)
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return "KAGGLE_USERNAME/KAGGLE_KEY"
+    for path in _kaggle_json_paths(env, home):
+        if path.is_file():
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRGRP | stat.S_IROTH):
+                log.warning("%s is readable by other users: chmod 600 %s", path, path)
+            return str(path)
+    return None
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what the kaggle package prints to stderr (stdout is reserved for --json)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def make_api() -> Any:
+    """An authenticated ``kaggle`` API object.
+
+    Raises:
+        KaggleError: no credentials (message says where kaggle.json goes), or the package
+            refused them (it exits; the exit is caught).
+    """
+    source = find_credentials()
+    if source is None:
+        raise KaggleError(credential_help())
+    log.debug("Kaggle credentials from %s", source)
+    with _stdout_to_stderr():
+        try:
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            api.authenticate()
+        except SystemExit as exc:
+            raise KaggleError(
+                f"Kaggle refused the credentials from {source}; " + credential_help()
+            ) from exc
+        except Exception as exc:
+            raise _translate(exc, None) from exc
+    return api
+
+
+def _status_code(exc: BaseException) -> int | None:
+    """HTTP status of a requests HTTPError (``None`` for anything else)."""
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` means kaggle.com could not be reached (DNS, refused, reset, timeout)."""
+    import socket
+
+    import requests
+    import urllib3.exceptions
+
+    network = (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        urllib3.exceptions.HTTPError,
+        socket.gaierror,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(exc, network)
+
+
+def _translate(exc: BaseException, source: KaggleSource | None) -> KaggleError:
+    """A KaggleError a person can act on, from whatever the kaggle package raised."""
+    import requests
+
+    what = source.ref if source else "kaggle.com"
+    status = _status_code(exc)
+    if isinstance(exc, requests.exceptions.HTTPError) and status is not None:
+        if status == HTTP_FORBIDDEN and source is not None and source.kind == "competition":
+            return KaggleError(
+                f"403 Forbidden for {what}: accept the competition rules at {source.rules_url} "
+                "(signed in with the account of your credentials), then retry"
+            )
+        if status == HTTP_UNAUTHORIZED:
+            return KaggleError(
+                f"401 Unauthorized for {what}: the credentials were rejected; " + credential_help()
+            )
+        if status == HTTP_NOT_FOUND:
+            return KaggleError(f"404 Not Found: {what} does not exist or is not visible to you")
+        return KaggleError(f"HTTP {status} from Kaggle for {what}: {exc}")
+    if isinstance(exc, ImportError):
+        return KaggleError(f"the kaggle package cannot be imported ({exc}): pip install kaggle")
+    if _is_network_error(exc):
+        return KaggleError(
+            f"cannot reach kaggle.com to download {what}: no network connection? "
+            f"({type(exc).__name__}: {exc})"
+        )
+    if isinstance(exc, OSError):
+        return KaggleError(f"cannot write the download of {what}: {exc}")
+    return KaggleError(f"Kaggle download of {what} failed: {type(exc).__name__}: {exc}")
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack ``archive`` into ``dest``, refusing members that would land outside it."""
+    base = dest.resolve()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                target = (base / member).resolve()
+                if target != base and base not in target.parents:
+                    raise KaggleError(f"zip member {member!r} points outside {dest}", archive)
+            zf.extractall(base)
+    except zipfile.BadZipFile as exc:
+        raise KaggleError(
+            f"not a valid zip ({exc}); delete it and download again", archive
+        ) from exc
+
+
+def find_dataset_root(folder: Path) -> tuple[Path, str]:
+    """The dataset folder inside an unpacked download, and its layout.
+
+    Args:
+        folder: Where the archives were unpacked.
+
+    Returns:
+        ``(root, layout)`` for ``folder`` or the first sub-folder (up to two levels, sorted)
+        whose layout :func:`hemo.datasets.detect_layout` recognises.
+
+    Raises:
+        KaggleError: nothing recognisable was unpacked.
+    """
+    from hemo.datasets import detect_layout
+
+    candidates = [folder]
+    level = [folder]
+    for _ in range(ROOT_SEARCH_DEPTH):
+        level = [c for p in level for c in sorted(p.iterdir()) if c.is_dir()]
+        candidates.extend(level)
+    for candidate in candidates:
+        try:
+            return candidate, detect_layout(candidate)
+        except DatasetError:
+            continue
+    raise KaggleError("the download holds no dataset hemo recognises", folder)
+
+
+def download(
+    name: str,
+    out: Path = RAW_DIR,
+    force: bool = False,
+    api_factory: Callable[[], Any] = make_api,
+    workers: int | None = None,
+) -> DownloadResult:
+    """Download a source through the kaggle package, unzip it, write its ``index.parquet``.
+
+    Args:
+        name: ``head-ct`` or ``rsna``.
+        out: Download folder; the source goes to ``out/<name>/``.
+        force: Download even when an earlier download finished.
+        api_factory: Returns an authenticated kaggle API object (tests pass a fake).
+        workers: Processes reading DICOM headers while indexing (``None``: every core).
+
+    Returns:
+        Where the dataset is and how it was indexed.
+
+    Raises:
+        KaggleError: unknown name, missing credentials, no network, rules not accepted (403),
+            a bad archive, or nothing recognisable unpacked.
+    """
+    from hemo.datasets import INDEX_FILE, index_dataset, save_index
+
+    if name not in SOURCES:
+        raise KaggleError(f"unknown source {name!r}: use one of {', '.join(SOURCES)}")
+    source = SOURCES[name]
+    dest = Path(out) / source.folder
+    marker = dest / DONE_MARKER
+    downloaded = force or not marker.is_file()
+    if downloaded:
+        api = api_factory()
+        dest.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
+        with _stdout_to_stderr():
+            try:
+                if source.kind == "competition":
+                    api.competition_download_files(
+                        source.ref, path=str(dest), force=force, quiet=False
+                    )
+                else:
+                    api.dataset_download_files(source.ref, path=str(dest), force=force, quiet=False)
+            except KaggleError:
+                raise
+            except Exception as exc:
+                raise _translate(exc, source) from exc
+        archives = sorted(dest.glob("*.zip"))
+        for archive in archives:
+            log.info("unpacking %s", archive)
+            _extract(archive, dest)
+            archive.unlink()
+        marker.write_text(f"{source.ref}\n", encoding="utf-8")
+    else:
+        log.info("%s already downloaded in %s (use force to download again)", name, dest)
+    root, layout = find_dataset_root(dest)
+    result = index_dataset(root, layout=layout, workers=workers)
+    index_path = root / INDEX_FILE
+    save_index(result.frame, index_path)
+    log.info("indexed %d images (%s) into %s", len(result.frame), layout, index_path)
+    return DownloadResult(name, root, layout, len(result.frame), index_path, downloaded)
