@@ -1,0 +1,472 @@
+"""Prediction: a :class:`Predictor` loads a model once and turns inputs into :class:`Prediction`s.
+
+The path of every input, in one place::
+
+    paths / folders / zips / (name, bytes) uploads
+      -> hemo.io.iter_scans            decode (caller's thread, one file after another)
+      -> hemo.preprocess.to_model_input   in a thread pool, overlapped with decoding
+      -> compiled forward pass         one call per batch (a ``tf.function`` with a fixed
+                                       (None, H, W, C) signature, traced once), on its own thread
+      -> Prediction per image, StudyPrediction per DICOM series
+
+Results come back in input order (zip members and folder files sorted by name, as
+:func:`hemo.io.iter_scans` yields them); an input that cannot be read or preprocessed gives a
+:class:`~hemo.io.ScanResult` carrying the error instead, and the others are still predicted.
+
+A study result pools the slices of one series: its probability is the **maximum** slice
+probability (a bleed on one slice is a bleed in the head), and the mean of the ``top_k`` highest
+slices is reported beside it; the most suspicious slice is the one with the maximum.
+
+A :class:`Predictor` is safe to share between threads (Streamlit sessions): the model is never
+mutated, the forward function is traced once in the constructor, and model calls run on one
+dedicated thread. Nothing is written to disk; uploads stay in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hemo.dicom import CTSlice
+from hemo.errors import ConfigError, HemoError, InputError, SeriesError
+from hemo.io import ScanResult, iter_scans
+from hemo.preprocess import to_model_input
+from hemo.series import group_series
+from hemo.sources import Source
+
+if TYPE_CHECKING:
+    import keras
+
+    from hemo.model import ModelCard
+
+log = logging.getLogger(__name__)
+
+#: Images per model call.
+DEFAULT_BATCH_SIZE = 32
+#: Preprocessing threads (decode runs in the caller's thread, the model on its own).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+#: Slices averaged by a study's top-k score.
+DEFAULT_TOP_K = 3
+#: The label whose probability is a Prediction's headline ``probability``.
+ANY_LABEL = "any"
+#: Pixel array of the metadata-only slice copies kept for series grouping.
+_NO_PIXELS = np.zeros((1, 1), dtype=np.float32)
+_NO_PIXELS.setflags(write=False)
+
+Input = Source | tuple[str, bytes]
+
+
+# Results ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Prediction:
+    """The model's verdict on one image.
+
+    Attributes:
+        source: Path, upload name or ``archive.zip/member`` (never patient data).
+        probability: P(any) in [0, 1] (the first output when the model has no ``any`` label).
+        probabilities: Every output label's probability, in the card's label order.
+        positive: ``probability >= threshold``.
+        threshold: The card's operating threshold.
+        study_uid: (0020,000D) of a DICOM slice; ``None`` for PNG/JPEG.
+        series_uid: (0020,000E) of a DICOM slice.
+        slice_z_mm: Slice position along the normal in mm (for ordering).
+        index: Position of the slice in its series in anatomical order (0 = most inferior);
+            ``None`` outside a series.
+    """
+
+    source: str
+    probability: float
+    probabilities: dict[str, float]
+    positive: bool
+    threshold: float
+    study_uid: str | None = None
+    series_uid: str | None = None
+    slice_z_mm: float | None = None
+    index: int | None = None
+
+    @property
+    def error(self) -> None:
+        """Always ``None`` (a failed input is a ``ScanResult`` with an error), for uniform checks."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON entry of ``hemo predict`` (``path`` is the source)."""
+        return {
+            "path": self.source,
+            "probability": self.probability,
+            "probabilities": dict(self.probabilities),
+            "positive": self.positive,
+            "threshold": self.threshold,
+            "study_uid": self.study_uid,
+            "series_uid": self.series_uid,
+            "slice_z_mm": self.slice_z_mm,
+            "index": self.index,
+        }
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """The verdict on one DICOM series, pooled over its slices.
+
+    Attributes:
+        study_uid: (0020,000D).
+        series_uid: (0020,000E).
+        n_slices: Slices predicted.
+        probability: Maximum slice P(any).
+        probabilities: Per label, the maximum over slices.
+        positive: ``probability >= threshold``.
+        threshold: The card's operating threshold.
+        top_k_mean: Mean of the ``top_k`` highest slice P(any) (all slices when fewer).
+        top_k: The k of ``top_k_mean``.
+        most_suspicious_source: Source of the slice with the maximum P(any).
+        most_suspicious_index: Its index in anatomical order.
+        slice_probabilities: P(any) of every slice, in anatomical order (inferior -> superior).
+        slice_sources: Sources of the slices, in the same order.
+        note: Why the order could not be checked (e.g. duplicate positions), else ``None``.
+    """
+
+    study_uid: str | None
+    series_uid: str | None
+    n_slices: int
+    probability: float
+    probabilities: dict[str, float]
+    positive: bool
+    threshold: float
+    top_k_mean: float
+    top_k: int
+    most_suspicious_source: str
+    most_suspicious_index: int
+    slice_probabilities: tuple[float, ...]
+    slice_sources: tuple[str, ...]
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples as lists)."""
+        data = dataclasses.asdict(self)
+        data["slice_probabilities"] = list(self.slice_probabilities)
+        data["slice_sources"] = list(self.slice_sources)
+        return data
+
+
+Result = Prediction | ScanResult
+
+
+@dataclass(frozen=True)
+class PredictionBatch:
+    """Everything one :meth:`Predictor.run` call produced.
+
+    Attributes:
+        results: One entry per input scan, in input order: a :class:`Prediction`, or a
+            :class:`~hemo.io.ScanResult` whose ``error`` says why that input failed.
+        studies: One :class:`StudyPrediction` per DICOM series among the inputs.
+    """
+
+    results: tuple[Result, ...]
+    studies: tuple[StudyPrediction, ...] = field(default=())
+
+    @property
+    def n_failed(self) -> int:
+        """Number of inputs that failed."""
+        return sum(r.error is not None for r in self.results)
+
+
+def result_to_dict(result: Result) -> dict[str, Any]:
+    """JSON entry of one result: a prediction, or ``{"path", "error"}`` for a failed input."""
+    if isinstance(result, Prediction):
+        return result.to_dict()
+    return {"path": result.name, "error": str(result.error)}
+
+
+# Study pooling ----------------------------------------------------------------------------------
+def study_predictions(
+    predictions: Sequence[Prediction], slices: Sequence[CTSlice], top_k: int = DEFAULT_TOP_K
+) -> tuple[list[Prediction], list[StudyPrediction]]:
+    """Group DICOM slice predictions into series (:func:`hemo.series.group_series`) and pool them.
+
+    Args:
+        predictions: Predictions of DICOM slices, aligned with ``slices``.
+        slices: The slices they came from (pixels are not used).
+        top_k: Slices averaged by the top-k score.
+
+    Returns:
+        (the predictions with ``index`` set, aligned with the input; one study result per series,
+        sorted by study and series UID). A series whose slices cannot be ordered (duplicate
+        positions) is pooled in position-then-name order and says so in ``note``.
+    """
+    if top_k < 1:
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    by_id = {id(s): i for i, s in enumerate(slices)}
+    buckets: dict[tuple[str | None, str | None], list[CTSlice]] = {}
+    for s in slices:
+        buckets.setdefault((s.study_uid, s.series_uid), []).append(s)
+    updated = list(predictions)
+    studies: list[StudyPrediction] = []
+    for (study_uid, series_uid), members in sorted(
+        buckets.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")
+    ):
+        note = None
+        try:
+            ordered = [s for series in group_series(members) for s in series.slices]
+        except SeriesError as exc:
+            note = exc.reason
+            ordered = sorted(
+                members, key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source)
+            )
+        rows = [by_id[id(s)] for s in ordered]
+        for position, i in enumerate(rows):
+            updated[i] = dataclasses.replace(updated[i], index=position)
+        members_p = [updated[i] for i in rows]
+        p_any = np.asarray([p.probability for p in members_p], dtype=np.float64)
+        best = int(np.argmax(p_any))
+        labels = members_p[0].probabilities.keys()
+        threshold = members_p[0].threshold
+        studies.append(
+            StudyPrediction(
+                study_uid=study_uid,
+                series_uid=series_uid,
+                n_slices=len(members_p),
+                probability=float(p_any[best]),
+                probabilities={k: max(p.probabilities[k] for p in members_p) for k in labels},
+                positive=bool(p_any[best] >= threshold),
+                threshold=threshold,
+                top_k_mean=float(np.sort(p_any)[::-1][:top_k].mean()),
+                top_k=top_k,
+                most_suspicious_source=members_p[best].source,
+                most_suspicious_index=best,
+                slice_probabilities=tuple(float(v) for v in p_any),
+                slice_sources=tuple(p.source for p in members_p),
+                note=note,
+            )
+        )
+    return updated, studies
+
+
+# The predictor ----------------------------------------------------------------------------------
+@dataclass
+class _Pending:
+    """One decoded input waiting for its batch: where its result goes and its input tensor."""
+
+    slot: int
+    scan: Any
+    name: str
+    tensor: Future
+
+
+class Predictor:
+    """A model loaded once, turning inputs into predictions (thread-safe, see module docstring).
+
+    Args:
+        model_path: ``models/NAME.keras`` (its card ``NAME.json`` beside it).
+        batch_size: Images per model call.
+        workers: Preprocessing threads.
+        top_k: Slices averaged by a study's top-k score.
+
+    Raises:
+        ModelError: The model cannot be loaded or does not match its card.
+        ConfigError: ``batch_size`` or ``workers`` below 1.
+
+    Example:
+        >>> with Predictor("models/head_ct.keras") as predictor:
+        ...     batch = predictor.run(["scan.dcm", "series.zip", ("upload.png", data)])
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
+        top_k: int = DEFAULT_TOP_K,
+    ) -> None:
+        from hemo.model import load_model
+
+        model, card = load_model(model_path)
+        self._setup(model, card, batch_size, workers, top_k)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: keras.Model,
+        card: ModelCard,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int = DEFAULT_WORKERS,
+        top_k: int = DEFAULT_TOP_K,
+    ) -> Predictor:
+        """A predictor over a model already in memory (training, evaluation); not copied."""
+        predictor = cls.__new__(cls)
+        predictor._setup(model, card, batch_size, workers, top_k)
+        return predictor
+
+    def _setup(
+        self, model: keras.Model, card: ModelCard, batch_size: int, workers: int, top_k: int
+    ) -> None:
+        import tensorflow as tf
+
+        if batch_size < 1 or workers < 1 or top_k < 1:
+            raise ConfigError(
+                f"batch_size, workers and top_k must be at least 1, got {batch_size}, "
+                f"{workers}, {top_k}"
+            )
+        self.model = model
+        self.card = card
+        self.spec = card.input_spec
+        self.labels: tuple[str, ...] = tuple(card.labels)
+        self.threshold = float(card.threshold)
+        self.batch_size = batch_size
+        self.top_k = top_k
+        self._head = self.labels.index(ANY_LABEL) if ANY_LABEL in self.labels else 0
+        self.input_shape: tuple[int, int, int] = tuple(int(d) for d in model.inputs[0].shape[1:])
+        # One graph for every batch size: traced here, never again
+        signature = tf.TensorSpec((None, *self.input_shape), tf.float32)
+        self._forward = tf.function(
+            lambda x: model(x, training=False), input_signature=[signature]
+        ).get_concrete_function()
+        self._prep_pool = ThreadPoolExecutor(workers, thread_name_prefix="hemo-prep")
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="hemo-model")
+        self._closed = threading.Event()
+
+    # Lifecycle ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the worker threads (the predictor cannot be used afterwards)."""
+        self._closed.set()
+        self._prep_pool.shutdown(wait=True)
+        self._model_pool.shutdown(wait=True)
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Core ---------------------------------------------------------------------------------------
+    def forward(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Probabilities of a prepared batch: (N, H, W, C) float32 -> (N, labels) float32."""
+        return self._forward(np.asarray(x, dtype=np.float32)).numpy()
+
+    def prepare(self, scan: Any) -> NDArray[np.float32]:
+        """The model input of one scan (the one preprocessing path): (H, W, C) float32."""
+        return to_model_input(scan, self.spec)
+
+    def predict(self, inputs: Input | Iterable[Input]) -> list[Result]:
+        """Predict every input; see :meth:`run` (this returns only the per-image results)."""
+        return list(self.run(inputs, studies=False).results)
+
+    def run(self, inputs: Input | Iterable[Input], *, studies: bool = True) -> PredictionBatch:
+        """Predict files, folders, zips and ``(name, bytes)`` uploads.
+
+        Args:
+            inputs: One input or many (see :func:`hemo.io.iter_scans`).
+            studies: Also pool DICOM slices into per-series results.
+
+        Returns:
+            :class:`PredictionBatch` with one result per scan, in input order.
+
+        Raises:
+            ModelError: The predictor was closed.
+        """
+        if self._closed.is_set():
+            from hemo.errors import ModelError
+
+            raise ModelError("this Predictor was closed; create a new one")
+        results: list[Result | None] = []
+        jobs: list[Future] = []
+        pending: list[_Pending] = []
+        for scan_result in self._scans(inputs):
+            slot = len(results)
+            results.append(None)
+            if scan_result.error is not None:
+                results[slot] = scan_result
+                continue
+            tensor = self._prep_pool.submit(self.prepare, scan_result.scan)
+            pending.append(_Pending(slot, scan_result.scan, scan_result.name, tensor))
+            if len(pending) == self.batch_size:
+                jobs.append(self._model_pool.submit(self._run_batch, pending))
+                pending = []
+        if pending:
+            jobs.append(self._model_pool.submit(self._run_batch, pending))
+        slices: list[CTSlice] = []
+        slice_slots: list[int] = []
+        for job in jobs:
+            for slot, result, slim in job.result():
+                results[slot] = result
+                if slim is not None:
+                    slices.append(slim)
+                    slice_slots.append(slot)
+        study_results: list[StudyPrediction] = []
+        if studies and slices:
+            pooled, study_results = study_predictions(
+                [results[i] for i in slice_slots], slices, self.top_k
+            )
+            for slot, prediction in zip(slice_slots, pooled, strict=True):
+                results[slot] = prediction
+        return PredictionBatch(tuple(results), tuple(study_results))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _scans(inputs: Input | Iterable[Input]) -> Iterator[ScanResult]:
+        """``iter_scans`` over one input or many."""
+        single_upload = (
+            isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], bytes)
+        )
+        if (
+            single_upload
+            or isinstance(inputs, str | bytes | os.PathLike)
+            or hasattr(inputs, "read")
+        ):
+            inputs = [inputs]  # type: ignore[list-item]
+        return iter_scans(inputs)  # type: ignore[arg-type]
+
+    def _run_batch(self, pending: list[_Pending]) -> list[tuple[int, Result, CTSlice | None]]:
+        """Wait for a batch's tensors, run the model once, and build its results (model thread)."""
+        out: list[tuple[int, Result, CTSlice | None]] = []
+        good: list[_Pending] = []
+        batch = np.empty((len(pending), *self.input_shape), dtype=np.float32)
+        for item in pending:
+            try:
+                batch[len(good)] = item.tensor.result()
+            except HemoError as exc:
+                out.append((item.slot, ScanResult(item.name, None, exc), None))
+                continue
+            except Exception as exc:  # a reader let through an array the pipeline cannot take
+                log.exception("preprocessing %s failed", item.name)
+                error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", item.name)
+                out.append((item.slot, ScanResult(item.name, None, error), None))
+                continue
+            good.append(item)
+        if good:
+            probs = self.forward(batch[: len(good)])
+            for item, row in zip(good, probs, strict=True):
+                out.append((item.slot, self._prediction(item, row), self._slim(item.scan)))
+        return out
+
+    def _prediction(self, item: _Pending, row: NDArray[np.float32]) -> Prediction:
+        """A :class:`Prediction` from one output row."""
+        scan = item.scan
+        probability = float(row[self._head])
+        is_slice = isinstance(scan, CTSlice)
+        return Prediction(
+            source=item.name,
+            probability=probability,
+            probabilities={name: float(v) for name, v in zip(self.labels, row, strict=True)},
+            positive=probability >= self.threshold,
+            threshold=self.threshold,
+            study_uid=scan.study_uid if is_slice else None,
+            series_uid=scan.series_uid if is_slice else None,
+            slice_z_mm=scan.slice_z_mm if is_slice else None,
+        )
+
+    @staticmethod
+    def _slim(scan: Any) -> CTSlice | None:
+        """A pixel-free copy of a DICOM slice with UIDs (for series grouping), else ``None``."""
+        if not isinstance(scan, CTSlice) or (scan.series_uid is None and scan.study_uid is None):
+            return None
+        return dataclasses.replace(scan, hu=_NO_PIXELS, metadata={})
