@@ -182,7 +182,7 @@ def _json_default(value: Any) -> Any:
 
 def spec_channels(spec: InputSpec) -> int:
     """Number of channels ``to_model_input`` produces for ``spec`` (one per HU window)."""
-    return len(spec.windows) if spec.mode == "hu" else int(spec.channels)
+    return int(spec.input_shape[-1])
 
 
 # Building ---------------------------------------------------------------------------------------

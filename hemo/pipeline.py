@@ -1,0 +1,267 @@
+"""The tf.data chain from an index table to training batches, and seeded augmentation.
+
+One preprocessing path: every image goes through :func:`hemo.io.read_scan` and
+:func:`hemo.preprocess.to_model_input` (the same calls prediction and Grad-CAM make), decoded in
+parallel and, for small sets, cached in memory as preprocessed tensors::
+
+    index rows -> (path, labels) -> decode + to_model_input (parallel) -> [cache] -> [shuffle]
+        -> batch -> train_preprocessing (augment) | val_preprocessing -> prefetch
+
+Augmentation uses Keras preprocessing layers: RandomRotation, RandomZoom and RandomFlip (the
+published method's three) plus RandomContrast and RandomBrightness (window jitter); it is seeded
+and applied to the training split only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from numpy.typing import NDArray
+
+from hemo.config import DEFAULT_SEED, RSNA_LABELS, SUBTYPES
+from hemo.errors import DatasetError, HemoError
+from hemo.preprocess import InputSpec
+
+log = logging.getLogger(__name__)
+
+# Settings ---------------------------------------------------------------------------------------
+#: Index column holding each output label.
+LABEL_COLUMNS: dict[str, str] = {"any": "label_any", **{s: s for s in SUBTYPES}}
+BINARY_LABELS: tuple[str, ...] = ("any",)
+#: Augmentation at strength 1.0 (each scales linearly with the strength parameter).
+ROTATION_DEG = 15.0
+ZOOM_FRACTION = 0.10
+CONTRAST_FACTOR = 0.10
+BRIGHTNESS_FACTOR = 0.05
+FLIP_MODE = "horizontal"
+FULL_TURN_DEG = 360.0
+#: Inputs live in [0, 1]; augmented values are kept there.
+VALUE_RANGE = (0.0, 1.0)
+SHUFFLE_BUFFER = 4096
+#: Sets up to this many images are cached in memory by default.
+CACHE_MAX_IMAGES = 20_000
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Augmentation settings.
+
+    Attributes:
+        strength: Multiplies every range below; 0 turns augmentation off.
+        seed: Seed of every random layer (same seed, same augmented batches).
+        rotation_deg: Largest rotation, degrees, either way.
+        zoom_fraction: Largest zoom in or out, as a fraction of the size.
+        contrast_factor: RandomContrast factor.
+        brightness_factor: RandomBrightness factor (fraction of the [0, 1] range): window jitter.
+        flip: RandomFlip mode (left-right is anatomically plausible for a head).
+    """
+
+    strength: float = 1.0
+    seed: int = DEFAULT_SEED
+    rotation_deg: float = ROTATION_DEG
+    zoom_fraction: float = ZOOM_FRACTION
+    contrast_factor: float = CONTRAST_FACTOR
+    brightness_factor: float = BRIGHTNESS_FACTOR
+    flip: str = FLIP_MODE
+
+
+def labels_for(df: pd.DataFrame) -> tuple[str, ...]:
+    """Output labels a dataset supports: the six RSNA labels when every subtype is known.
+
+    Args:
+        df: Index table.
+
+    Returns:
+        ``config.RSNA_LABELS`` or ``("any",)``.
+    """
+    subtype_cols = [LABEL_COLUMNS[s] for s in SUBTYPES]
+    if all(c in df.columns for c in subtype_cols) and df[subtype_cols].notna().all().all():
+        return RSNA_LABELS
+    return BINARY_LABELS
+
+
+def label_matrix(df: pd.DataFrame, labels: Sequence[str]) -> NDArray[np.float32]:
+    """(N, len(labels)) float32 targets in {0, 1} from the index label columns.
+
+    Raises:
+        DatasetError: A label column is missing or has unknown values.
+    """
+    columns = []
+    for label in labels:
+        column = LABEL_COLUMNS.get(label, label)
+        if column not in df.columns:
+            raise DatasetError(f"index has no column {column!r} for label {label!r}")
+        values = df[column]
+        if values.isna().any():
+            raise DatasetError(
+                f"index column {column!r} has {int(values.isna().sum())} unknown values; "
+                "train on labels every row has (e.g. --labels any)"
+            )
+        columns.append(values.to_numpy(dtype=np.float32))
+    return np.stack(columns, axis=1)
+
+
+def class_weights(df: pd.DataFrame, column: str = "label_any") -> dict[int, float]:
+    """Balanced class weights ``n / (2 * n_class)`` from a (training) split.
+
+    Args:
+        df: Rows to count (pass the train split only).
+        column: Binary label column.
+
+    Returns:
+        ``{0: w_neg, 1: w_pos}``; both 1.0 when a class is absent.
+    """
+    values = df[column].to_numpy(dtype=np.int64)
+    n = len(values)
+    counts = np.bincount(values, minlength=2)
+    if n == 0 or (counts == 0).any():
+        return {0: 1.0, 1: 1.0}
+    return {k: float(n / (2.0 * counts[k])) for k in (0, 1)}
+
+
+def load_input(path: str, spec: InputSpec) -> NDArray[np.float32]:
+    """Read one file and preprocess it exactly as prediction does: (size, size, C) in [0, 1]."""
+    from hemo.io import read_scan
+    from hemo.preprocess import to_model_input
+
+    return np.asarray(to_model_input(read_scan(path), spec), dtype=np.float32)
+
+
+def load_inputs(paths: Sequence[str], spec: InputSpec) -> NDArray[np.float32]:
+    """Stack :func:`load_input` over ``paths``: (N, size, size, C) float32."""
+    return np.stack([load_input(p, spec) for p in paths]) if len(paths) else np.zeros(0)
+
+
+def make_augmenter(augment: Augment) -> keras.Sequential:
+    """The seeded augmentation stack (rotation, zoom, flip, contrast, brightness)."""
+    s = augment.strength
+    seed = augment.seed
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip(augment.flip, seed=seed),
+            keras.layers.RandomRotation(
+                s * augment.rotation_deg / FULL_TURN_DEG,
+                fill_mode="constant",
+                fill_value=0.0,
+                seed=seed + 1,
+            ),
+            keras.layers.RandomZoom(
+                (-s * augment.zoom_fraction, s * augment.zoom_fraction),
+                fill_mode="constant",
+                fill_value=0.0,
+                seed=seed + 2,
+            ),
+            keras.layers.RandomContrast(
+                s * augment.contrast_factor, value_range=VALUE_RANGE, seed=seed + 3
+            ),
+            keras.layers.RandomBrightness(
+                s * augment.brightness_factor, value_range=VALUE_RANGE, seed=seed + 4
+            ),
+        ],
+        name="augment",
+    )
+
+
+def train_preprocessing(augmenter: keras.Sequential | None):
+    """Batch map for training: augment (if any), keep values in [0, 1].
+
+    Args:
+        augmenter: From :func:`make_augmenter`, or None for no augmentation.
+
+    Returns:
+        A function ``(x, y, w) -> (x', y, w)`` for ``Dataset.map`` on batches.
+    """
+
+    def apply(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # Random geometry and intensity, per image of the batch
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        # Back into the model's input range
+        return tf.clip_by_value(x, *VALUE_RANGE), y, w
+
+    return apply
+
+
+def val_preprocessing(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Batch map for validation and test: no augmentation, inputs as preprocessed."""
+    return tf.cast(x, tf.float32), tf.cast(y, tf.float32)
+
+
+def make_dataset(
+    df: pd.DataFrame,
+    spec: InputSpec,
+    labels: Sequence[str],
+    batch_size: int = 32,
+    training: bool = False,
+    augment: Augment | None = None,
+    seed: int = DEFAULT_SEED,
+    cache: bool | None = None,
+    weights: dict[int, float] | None = None,
+) -> tf.data.Dataset:
+    """tf.data pipeline over index rows.
+
+    Args:
+        df: Index rows (absolute ``path`` plus label columns), e.g. one split.
+        spec: Input specification (the model's card spec).
+        labels: Output labels (see :func:`labels_for`).
+        batch_size: Batch size.
+        training: Shuffle (seeded), augment and emit sample weights ``(x, y, w)``; otherwise
+            emit ``(x, y)`` in index order.
+        augment: Augmentation settings (training only); None or strength 0 for none.
+        seed: Shuffle seed.
+        cache: Keep the preprocessed tensors in memory; default: when the set has at most
+            :data:`CACHE_MAX_IMAGES` rows.
+        weights: Class weights on ``label_any`` turned into per-sample weights (training).
+
+    Returns:
+        A batched, prefetched ``tf.data.Dataset``.
+
+    Raises:
+        DatasetError: Empty rows or missing label columns.
+    """
+    if df.empty:
+        raise DatasetError("no rows to build a dataset from (empty split?)")
+    paths = df["path"].astype(str).to_numpy()
+    y = label_matrix(df, labels)
+    size, channels = spec.size, spec.input_shape[-1]
+    cache = len(df) <= CACHE_MAX_IMAGES if cache is None else cache
+    # Sample weights from class weights on "any"
+    w = np.ones(len(df), dtype=np.float32)
+    if weights is not None:
+        any_col = df[LABEL_COLUMNS["any"]].to_numpy(dtype=np.int64)
+        w = np.where(any_col == 1, weights[1], weights[0]).astype(np.float32)
+
+    def decode(path: bytes) -> NDArray[np.float32]:
+        try:
+            return load_input(path.decode("utf-8"), spec)
+        except HemoError as exc:
+            raise DatasetError(f"cannot preprocess a training image: {exc}") from exc
+
+    def decode_tf(path: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
+        x = tf.numpy_function(decode, [path], tf.float32, stateful=False)
+        x.set_shape((size, size, channels))
+        return x, target, weight
+
+    # Rows -> decoded, preprocessed tensors (parallel, in order), optionally cached
+    ds = tf.data.Dataset.from_tensor_slices((paths, y, w))
+    ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    # Shuffle, batch and augment (train) or batch as is (val/test)
+    if training:
+        ds = ds.shuffle(min(len(df), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size)
+        on = augment is not None and augment.strength > 0
+        ds = ds.map(train_preprocessing(make_augmenter(augment) if on else None))
+    else:
+        ds = ds.batch(batch_size).map(lambda x, t, _w: val_preprocessing(x, t))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)

@@ -1,0 +1,313 @@
+"""Training runs on disk: list, read, launch and stop them (what the monitor page uses).
+
+A run directory ``runs/<name>/`` holds::
+
+    config.json     resolved configuration
+    status.json     live state, rewritten atomically every few seconds (see STATUS_FIELDS)
+    history.csv     Keras CSVLogger, one row per epoch (appended across resumes)
+    train.log       stdout/stderr of a run started by :func:`launch_run`
+    checkpoints/    best.weights.h5 (best validation AUC)
+    backup/         BackupAndRestore state (removed when the run finishes)
+    model.keras + model.json    final model and its card
+    report.json     evaluation report (validation threshold, test metrics)
+
+This module imports neither TensorFlow nor Keras: reading a run is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hemo.config import RUNS_DIR
+from hemo.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+# Files and states -------------------------------------------------------------------------------
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.csv"
+LOG_FILE = "train.log"
+REPORT_FILE = "report.json"
+MODEL_FILE = "model.keras"
+CARD_FILE = "model.json"
+REQUEST_FILE = "request.json"
+CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.weights.h5"
+BACKUP_DIR = "backup"
+
+RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
+STATES = (RUNNING, FINISHED, FAILED, STOPPED)
+#: Keys of status.json (all present; unknown values are null).
+STATUS_FIELDS = (
+    "name",
+    "state",
+    "phase",
+    "epoch",
+    "epochs",
+    "step",
+    "steps",
+    "eta_s",
+    "pid",
+    "best_metric",
+    "best_value",
+    "started",
+    "updated",
+    "message",
+)
+#: A run name: letters, digits, dot, dash, underscore (it becomes a folder name).
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Words that must appear in a process command line for it to count as a hemo training.
+TRAIN_CMDLINE_WORDS = ("hemo", "train")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One training run as read from its directory.
+
+    Attributes:
+        name: Run name (folder name).
+        path: Run directory.
+        state: running / finished / failed / stopped ("failed" when the recorded process died).
+        status: Content of status.json (state corrected as above).
+        config: Resolved configuration (config.json), empty if not written yet.
+        history: Per-epoch metrics (history.csv), one row per epoch.
+        report: Evaluation report (report.json) or None.
+        model_path: Final model (model.keras) if written.
+        card_path: Its card (model.json) if written.
+    """
+
+    name: str
+    path: Path
+    state: str
+    status: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    report: dict[str, Any] | None = None
+    model_path: Path | None = None
+    card_path: Path | None = None
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it is a safe run folder name.
+
+    Raises:
+        TrainingError: Empty, path-like or otherwise unsafe name.
+    """
+    if not RUN_NAME_RE.match(name or ""):
+        raise TrainingError(
+            f"invalid run name {name!r}: use letters, digits, '.', '-', '_' (max 100)"
+        )
+    return name
+
+
+def run_dir(name: str, root: Path | None = None) -> Path:
+    """Directory of run ``name`` under ``root`` (default ``config.RUNS_DIR``)."""
+    return Path(root or RUNS_DIR) / check_run_name(name)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file in the same folder, then ``os.replace`` it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """JSON object from ``path``, or None when missing or unreadable (being replaced)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_status(path: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``path/status.json`` (atomically) and stamp ``updated``.
+
+    Args:
+        path: Run directory.
+        **fields: Keys of :data:`STATUS_FIELDS`.
+
+    Returns:
+        The status written.
+    """
+    status = {key: None for key in STATUS_FIELDS}
+    status.update(read_json(path / STATUS_FILE) or {})
+    status.update(fields)
+    status["updated"] = time.time()
+    write_json_atomic(path / STATUS_FILE, status)
+    return status
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    """history.csv with one row per epoch (a row repeated by a resumed run keeps its last)."""
+    file = path / HISTORY_FILE
+    if not file.is_file() or file.stat().st_size == 0:
+        return pd.DataFrame()
+    try:
+        history = pd.read_csv(file)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return pd.DataFrame()
+    if "epoch" in history.columns:
+        history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
+    return history
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True when ``pid`` is a live (non-zombie) process."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+    return True
+
+
+def is_training_process(pid: int | None) -> bool:
+    """True when ``pid`` is alive and its command line is a ``hemo train`` (Linux /proc)."""
+    if not pid_alive(pid):
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():
+        return True
+    try:
+        words = cmdline.read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return False
+    text = " ".join(words)
+    return all(word in text for word in TRAIN_CMDLINE_WORDS)
+
+
+def read_run(name: str, root: Path | None = None) -> RunInfo:
+    """Read run ``name``; a "running" run whose process is gone reads back as "failed".
+
+    Raises:
+        TrainingError: No such run.
+    """
+    path = run_dir(name, root)
+    if not path.is_dir():
+        raise TrainingError(f"no run named {name!r} under {path.parent}")
+    status = read_json(path / STATUS_FILE) or {}
+    state = status.get("state") or RUNNING
+    if state == RUNNING and status.get("pid") and not pid_alive(int(status["pid"])):
+        state = FAILED
+        status = {
+            **status,
+            "state": FAILED,
+            "message": f"process {status['pid']} died without finishing (crashed or killed)",
+        }
+    model_path = path / MODEL_FILE
+    card_path = path / CARD_FILE
+    return RunInfo(
+        name=name,
+        path=path,
+        state=state,
+        status=status,
+        config=read_json(path / CONFIG_FILE) or {},
+        history=read_history(path),
+        report=read_json(path / REPORT_FILE),
+        model_path=model_path if model_path.is_file() else None,
+        card_path=card_path if card_path.is_file() else None,
+    )
+
+
+def list_runs(root: Path | None = None) -> list[RunInfo]:
+    """Every run under ``root`` (default ``config.RUNS_DIR``), most recently updated first."""
+    root = Path(root or RUNS_DIR)
+    if not root.is_dir():
+        return []
+    runs = [
+        read_run(p.name, root)
+        for p in root.iterdir()
+        if p.is_dir() and RUN_NAME_RE.match(p.name) and (p / STATUS_FILE).exists()
+    ]
+    return sorted(runs, key=lambda r: r.status.get("updated") or 0.0, reverse=True)
+
+
+def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> RunInfo:
+    """Start ``hemo train`` for ``config`` as a detached background process.
+
+    The configuration is written to ``runs/<name>/request.json``; stdout and stderr go to
+    ``train.log``. The process gets its own session, so it outlives the caller (e.g. a page).
+
+    Args:
+        config: Training configuration (keys as in a config file).
+        name: Run name.
+        root: Runs folder (default ``config.RUNS_DIR``).
+
+    Returns:
+        The run as read right after starting (state "running").
+
+    Raises:
+        TrainingError: Bad name, or a run with that name is live or finished.
+    """
+    path = run_dir(name, root)
+    if path.exists():
+        current = read_run(name, root)
+        if current.state == RUNNING:
+            raise TrainingError(f"run {name!r} is already running (pid {current.status['pid']})")
+        if current.state == FINISHED:
+            raise TrainingError(f"run {name!r} already finished; choose another name")
+    path.mkdir(parents=True, exist_ok=True)
+    request = path / REQUEST_FILE
+    write_json_atomic(request, {**config, "name": name})
+    command = [sys.executable, "-m", "hemo", "train", "--config", str(request), "--name", name]
+    env = {**os.environ, "HEMO_RUNS_DIR": str(Path(root or RUNS_DIR))}
+    # Detached: own session, no stdin, output to the run's log
+    with (path / LOG_FILE).open("ab") as logfile:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    write_status(
+        path, name=name, state=RUNNING, pid=process.pid, started=time.time(), message="starting"
+    )
+    log.info("launched run %s (pid %d), log %s", name, process.pid, path / LOG_FILE)
+    return read_run(name, root)
+
+
+def stop_run(name: str, root: Path | None = None) -> RunInfo:
+    """Ask a running training to stop at the end of its current batch (SIGTERM).
+
+    Raises:
+        TrainingError: The run is not running, or its pid is not a hemo training process.
+    """
+    run = read_run(name, root)
+    pid = run.status.get("pid")
+    if run.state != RUNNING or not pid:
+        raise TrainingError(f"run {name!r} is not running (state {run.state})")
+    if not is_training_process(int(pid)):
+        raise TrainingError(
+            f"run {name!r}: pid {pid} is not a hemo training process; not signalling it"
+        )
+    os.kill(int(pid), signal.SIGTERM)
+    log.info("sent SIGTERM to run %s (pid %s)", name, pid)
+    return read_run(name, root)

@@ -1,0 +1,764 @@
+"""A training run: resolved config -> ``runs/<name>/`` with logs, checkpoints, model, card, report.
+
+Steps of :func:`train`::
+
+    config (file + overrides, resolved and saved) -> index -> tf.data (train: augment, class
+    weights; val) -> model (registry builder, weights/init) -> phase 1: frozen backbone, head only
+    -> phase 2: fine-tune the top layers (or all) at a lower LR -> best checkpoint (val AUC)
+    -> threshold on val -> final model + card -> evaluation report on test
+
+Every phase uses ``BackupAndRestore`` (kept until the run finishes), so rerunning a killed or
+stopped run with the same name resumes where it left off. ``status.json`` is rewritten
+atomically every few seconds; SIGTERM/SIGINT stop at the end of the current batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hemo import runs
+from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS
+from hemo.errors import ConfigError, DatasetError, HemoError, TrainingError
+
+log = logging.getLogger(__name__)
+
+# Settings ---------------------------------------------------------------------------------------
+#: Every configuration key with its default (a config file and ``--key value`` override these).
+DEFAULTS: dict[str, Any] = {
+    "name": "",
+    "data": "",
+    "architecture": "compact",
+    "weights": "none",
+    "init": "",
+    "labels": "auto",
+    "image_size": 256,
+    "input": {
+        "mode": "hu",
+        "windows": ["brain", "subdural", "soft_tissue"],
+        "channels": 3,
+        "display_window": "brain",
+        "crop_head": False,
+    },
+    "seed": DEFAULT_SEED,
+    "epochs": 20,
+    "head_epochs": 0,
+    "fine_tune_layers": 0,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "fine_tune_learning_rate": 1e-4,
+    "dropout": 0.2,
+    "alpha": 1.0,
+    "label_smoothing": 0.0,
+    "lr_schedule": "plateau",
+    "early_stopping_patience": 8,
+    "class_weights": True,
+    "cache": "auto",
+    "augment": {"strength": 1.0},
+    "threshold": {"method": "youden", "target_sensitivity": 0.9},
+    "strategy": "default",
+    "steps_per_epoch": 0,
+    "save_h5": False,
+    "export": "",
+}
+#: Keys a command line may spell with dashes, and short aliases.
+ALIASES = {"arch": "architecture", "size": "image_size", "augment": "augment.strength"}
+STRATEGIES = ("default", "mirrored", "multiworker")
+LR_SCHEDULES = ("plateau", "cosine", "constant")
+MONITOR = "val_auc"
+STATUS_INTERVAL_S = 2.0
+PLATEAU_FACTOR = 0.5
+MIN_LEARNING_RATE = 1e-6
+ACCURACY_THRESHOLD = 0.5
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+
+
+# Configuration ----------------------------------------------------------------------------------
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a dict.
+
+    Raises:
+        ConfigError: Missing file, unknown suffix or syntax error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", source=path)
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config must be one of {CONFIG_SUFFIXES}", source=path)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ConfigError(f"cannot parse config: {exc}", source=path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a table/mapping at the top level", source=path)
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: bool, none, int, float, JSON list/object, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.strip().startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``["--epochs", "3", "--augment.strength=0.5", "--cache"]`` -> dotted-key dict.
+
+    A flag without a value means ``True``. Dashes in keys become underscores.
+
+    Raises:
+        ConfigError: A token that is not ``--key``.
+    """
+    out: dict[str, Any] = {}
+    items = list(tokens)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"expected --key value, got {token!r}")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(items) and not items[i + 1].startswith("--"):
+                value = items[i + 1]
+                i += 1
+            else:
+                value = "true"
+        key = key.replace("-", "_")
+        out[ALIASES.get(key, key)] = parse_value(value)
+        i += 1
+    return out
+
+
+def resolve_config(
+    base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """DEFAULTS <- config file values <- dotted overrides, validated.
+
+    Args:
+        base: Values from a config file (nested tables allowed).
+        overrides: Dotted keys from the command line (``"augment.strength": 0.5``).
+
+    Returns:
+        The full resolved configuration.
+
+    Raises:
+        ConfigError: Unknown key, or a value of the wrong type or range.
+    """
+    config = copy.deepcopy(DEFAULTS)
+    for source, values in (("config file", base or {}), ("override", overrides or {})):
+        for dotted, value in _flatten(values):
+            _set_dotted(config, dotted, value, source)
+    _validate(config)
+    return config
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) pairs; tables known to DEFAULTS are walked into."""
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(_lookup(DEFAULTS, dotted), Mapping):
+            yield from _flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    """Value at a dotted key of ``tree``, or None."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``config[a][b] = value`` for ``"a.b"``, refusing keys DEFAULTS does not have."""
+    parts = dotted.split(".")
+    node: Any = config
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"unknown {source} key {dotted!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        known = sorted(k for k in DEFAULTS if not isinstance(DEFAULTS[k], dict))
+        raise ConfigError(f"unknown {source} key {dotted!r}; known keys: {', '.join(known)}")
+    default = node[parts[-1]]
+    if isinstance(default, bool) and not isinstance(value, bool):
+        raise ConfigError(f"{dotted} must be true or false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    node[parts[-1]] = value
+
+
+def _validate(config: dict[str, Any]) -> None:
+    """Range and choice checks with messages naming the key."""
+    from hemo.model import ARCHITECTURES
+
+    if config["architecture"] not in ARCHITECTURES:
+        raise ConfigError(
+            f"architecture {config['architecture']!r} unknown; choose one of {sorted(ARCHITECTURES)}"
+        )
+    if config["strategy"] not in STRATEGIES:
+        raise ConfigError(f"strategy {config['strategy']!r} unknown; choose one of {STRATEGIES}")
+    if config["lr_schedule"] not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
+    for key in ("epochs", "batch_size", "image_size"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    if not 0 <= int(config["head_epochs"]) <= config["epochs"]:
+        raise ConfigError("head_epochs must be between 0 and epochs")
+    if not config["data"]:
+        raise ConfigError("no training data: set data = 'DIR' in the config or --data DIR")
+    if config["labels"] not in ("auto", "any", "rsna"):
+        raise ConfigError("labels must be auto, any or rsna")
+    if config["cache"] not in ("auto", True, False):
+        raise ConfigError("cache must be auto, true or false")
+
+
+def resolve_path(value: str | os.PathLike) -> Path:
+    """A user path: as given if it exists from the current folder, else from the project."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (PROJECT_DIR / path).resolve()
+
+
+def input_spec(config: Mapping[str, Any]):
+    """The InputSpec of a resolved config (``image_size`` + the ``input`` table)."""
+    from hemo.preprocess import InputSpec
+    from hemo.windowing import resolve_windows
+
+    values = dict(config["input"])
+    windows = values.get("windows", ())
+    values["windows"] = windows if isinstance(windows, str) else tuple(windows)
+    values["size"] = int(config["image_size"])
+    if values.get("mode") == "hu":
+        # One channel per HU window (a composite such as "rsna3" counts its windows)
+        values["channels"] = len(resolve_windows(values["windows"]))
+    return InputSpec.from_dict(values)
+
+
+def default_run_name() -> str:
+    """``run-YYYYmmdd-HHMMSS`` in local time."""
+    return time.strftime("run-%Y%m%d-%H%M%S")
+
+
+# Distribution -----------------------------------------------------------------------------------
+def make_strategy(name: str):
+    """``tf.distribute`` strategy: default, mirrored (one host), multiworker (``TF_CONFIG``)."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("strategy multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless ``TF_CONFIG`` names this task a non-chief worker."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TF_CONFIG is not JSON: {exc}") from exc
+    task = tf_config.get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    has_chief = "chief" in tf_config.get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+# Callbacks --------------------------------------------------------------------------------------
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the status callback stops training at the end of the batch."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Install the handlers (main thread only)."""
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        """Put back the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        log.warning("%s received: stopping at the end of the current batch", self.signal_name)
+        # A second signal falls back to the default behaviour (terminate)
+        signal.signal(
+            signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler
+        )
+
+
+def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, best: dict):
+    """Keras callback rewriting status.json every STATUS_INTERVAL_S and at each epoch end."""
+    import keras
+
+    class StatusCallback(keras.callbacks.Callback):
+        """Live status (epoch, step, ETA, best metric) and the clean stop on a signal."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_write = 0.0
+            self.t0 = 0.0
+            self.steps_done = 0
+            self.epoch = 0
+
+        def on_train_begin(self, logs=None):
+            self.t0 = time.monotonic()
+            self._write(0, message=f"{phase} started")
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps_done += 1
+            if flag.requested:
+                self.model.stop_training = True
+            if time.monotonic() - self.last_write >= STATUS_INTERVAL_S:
+                self._write(batch + 1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(MONITOR)
+            if value is not None and math.isfinite(value):
+                if best["value"] is None or value > best["value"]:
+                    best["value"] = float(value)
+            steps = self.params.get("steps") or 0
+            self._write(steps, message=f"epoch {epoch + 1}/{epochs} done")
+
+        def _write(self, step: int, message: str | None = None) -> None:
+            steps = int(self.params.get("steps") or 0)
+            elapsed = time.monotonic() - self.t0
+            remaining = (epochs - self.epoch - 1) * steps + max(steps - step, 0)
+            eta = elapsed / self.steps_done * remaining if self.steps_done else None
+            fields = {
+                "state": runs.RUNNING,
+                "phase": phase,
+                "epoch": self.epoch + 1,
+                "epochs": epochs,
+                "step": step,
+                "steps": steps,
+                "eta_s": None if eta is None else round(eta, 1),
+                "best_metric": MONITOR,
+                "best_value": best["value"],
+            }
+            if message:
+                fields["message"] = message
+            runs.write_status(path, **fields)
+            self.last_write = time.monotonic()
+
+    return StatusCallback()
+
+
+def any_auc_metric(name: str = "auc"):
+    """ROC AUC of the first output (``any``), the metric checkpoints and early stopping watch."""
+    import keras
+
+    class AnyAUC(keras.metrics.AUC):
+        """keras.metrics.AUC on column 0 of (N, labels) targets and predictions."""
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            return super().update_state(y_true[:, :1], y_pred[:, :1], sample_weight)
+
+    return AnyAUC(name=name)
+
+
+# The run ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One fit call: epochs [start, end), backbone layers to train, learning rate."""
+
+    name: str
+    start: int
+    end: int
+    n_top: int | None
+    learning_rate: float
+
+
+def plan_phases(config: Mapping[str, Any]) -> list[Phase]:
+    """Phase 1 (frozen backbone, head only) when head_epochs > 0, then fine-tuning.
+
+    ``fine_tune_layers`` 0 means the whole backbone trains in phase 2 (always so for compact
+    from scratch); the fine-tuning LR applies only after a head phase.
+    """
+    head, total = int(config["head_epochs"]), int(config["epochs"])
+    top = int(config["fine_tune_layers"]) or None
+    phases = []
+    if head > 0:
+        phases.append(Phase("head", 0, head, 0, float(config["learning_rate"])))
+    if total > head:
+        lr = float(config["fine_tune_learning_rate"] if head else config["learning_rate"])
+        phases.append(Phase("fine_tune" if head else "train", head, total, top, lr))
+    return phases
+
+
+def select_labels(choice: str, df) -> tuple[str, ...]:
+    """Output labels for the ``labels`` option (auto: six RSNA labels when subtypes are known)."""
+    from hemo.pipeline import BINARY_LABELS, labels_for
+
+    if choice == "any":
+        return BINARY_LABELS
+    if choice == "rsna":
+        if labels_for(df) != RSNA_LABELS:
+            raise DatasetError("labels = rsna needs every subtype column known in the index")
+        return RSNA_LABELS
+    return labels_for(df)
+
+
+def train(config: Mapping[str, Any]) -> Path:
+    """Run one training from a resolved config (see :func:`resolve_config`).
+
+    Args:
+        config: Resolved configuration.
+
+    Returns:
+        The run directory (the chief's; a non-chief worker returns its temporary folder).
+
+    Raises:
+        TrainingError: The run already finished, or training failed.
+        ConfigError, DatasetError, ModelError: Bad options, data or weights.
+    """
+    name = runs.check_run_name(config.get("name") or default_run_name())
+    config = {**config, "name": name}
+    chief = is_chief()
+    # Where this process writes: the run folder (chief) or a throwaway folder (other workers)
+    path = runs.run_dir(name) if chief else Path(tempfile.mkdtemp(prefix=f"hemo-{name}-worker-"))
+    previous = runs.read_json(path / runs.STATUS_FILE) or {}
+    if previous.get("state") == runs.FINISHED:
+        raise TrainingError(f"run {name!r} already finished in {path}; choose another --name")
+    path.mkdir(parents=True, exist_ok=True)
+    runs.write_json_atomic(path / runs.CONFIG_FILE, dict(config))
+    runs.write_status(
+        path,
+        name=name,
+        state=runs.RUNNING,
+        pid=os.getpid(),
+        started=previous.get("started") or time.time(),
+        phase="setup",
+        message="loading data" if not previous else "resuming",
+    )
+    flag = StopFlag()
+    flag.install()
+    try:
+        state, message = _run(config, path, chief, flag)
+    except BaseException as exc:
+        runs.write_status(path, state=runs.FAILED, message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        flag.restore()
+    runs.write_status(
+        path, state=state, message=message, eta_s=0 if state == runs.FINISHED else None
+    )
+    if not chief:
+        shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> tuple[str, str]:
+    """Data, model, phases, final model and report; returns (final state, message)."""
+    import keras
+
+    from hemo.datasets import load_index
+    from hemo.model import build_model, init_from_model, set_trainable_top
+    from hemo.pipeline import Augment, class_weights, make_dataset
+
+    seed = int(config["seed"])
+    keras.utils.set_random_seed(seed)
+    strategy = make_strategy(config["strategy"])
+    # Data: index, splits, labels, datasets
+    data = resolve_path(config["data"])
+    index = load_index(data)
+    train_df, val_df = _split(index, "train"), _split(index, "val")
+    labels = select_labels(config["labels"], index)
+    spec = input_spec(config)
+    batch = int(config["batch_size"])
+    cache = None if config["cache"] == "auto" else bool(config["cache"])
+    weights = class_weights(train_df) if config["class_weights"] else None
+    augment = Augment(strength=float(config["augment"]["strength"]), seed=seed)
+    distributed = config["strategy"] == "multiworker"
+    train_ds = make_dataset(
+        train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights
+    )
+    val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache)
+    steps = int(config["steps_per_epoch"]) or None
+    val_steps = None
+    if distributed:
+        # Workers must agree on the number of steps: repeat and count
+        steps = steps or max(1, len(train_df) // batch)
+        val_steps = max(1, math.ceil(len(val_df) / batch))
+        train_ds, val_ds = train_ds.repeat(), val_ds.repeat()
+    log.info(
+        "run %s: %d train / %d val images, labels %s, input %s",
+        config["name"],
+        len(train_df),
+        len(val_df),
+        list(labels),
+        spec,
+    )
+    # Model in the strategy's scope, initial weights
+    with strategy.scope():
+        model = build_model(
+            config["architecture"],
+            spec,
+            labels,
+            weights=config["weights"],
+            dropout=float(config["dropout"]),
+            alpha=float(config["alpha"]),
+        )
+    init_report = None
+    if config["init"]:
+        copied, total = init_from_model(model, resolve_path(config["init"]))
+        init_report = {"from": str(config["init"]), "layers_copied": copied, "layers": total}
+    # Phases: head only, then fine-tuning; each resumable from its backup
+    best = {"value": _best_so_far(path)}
+    verbose = 1 if sys.stderr.isatty() else 2
+    for phase in plan_phases(config):
+        set_trainable_top(model, phase.n_top)
+        with strategy.scope():
+            _compile(model, config, phase, steps or _cardinality(train_ds))
+        callbacks = _callbacks(config, path, phase, flag, best, chief)
+        model._initial_epoch = None  # a previous phase's restore must not leak into this one
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=phase.end,
+            initial_epoch=phase.start,
+            steps_per_epoch=steps,
+            validation_steps=val_steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the dataset shuffles, seeded
+        )
+        if flag.requested:
+            return runs.STOPPED, f"stopped by {flag.signal_name} during {phase.name}"
+    if not chief:
+        return runs.FINISHED, "worker done"
+    # Final model: a clean copy with the best weights, threshold on val, card, report
+    final = build_model(
+        config["architecture"],
+        spec,
+        labels,
+        dropout=float(config["dropout"]),
+        alpha=float(config["alpha"]),
+    )
+    final.set_weights(model.get_weights())
+    best_file = path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT
+    if best_file.is_file():
+        model.load_weights(best_file)
+        final.set_weights(model.get_weights())
+    runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
+    _finish(config, path, final, index, data, labels, spec, init_report)
+    shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
+    return runs.FINISHED, "finished"
+
+
+def _split(index, split: str):
+    """Rows of one split, refusing an empty one."""
+    if "split" not in index.columns:
+        raise DatasetError("the index has no 'split' column; build it with hemo index")
+    rows = index[index["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DatasetError(
+            f"the index has no {split!r} rows (splits: {index['split'].value_counts().to_dict()})"
+        )
+    return rows
+
+
+def _cardinality(ds) -> int:
+    """Batches per epoch of a finite dataset (1 when unknown)."""
+    n = int(ds.cardinality())
+    return n if n > 0 else 1
+
+
+def _best_so_far(path: Path) -> float | None:
+    """Best monitored value in history.csv (resumed runs keep their best checkpoint)."""
+    history = runs.read_history(path)
+    if MONITOR not in history.columns or history[MONITOR].dropna().empty:
+        return None
+    return float(history[MONITOR].max())
+
+
+def _compile(model, config: Mapping[str, Any], phase: Phase, steps: int) -> None:
+    """Adam (cosine or constant LR), BCE, AUC of ``any`` and accuracy."""
+    import keras
+
+    lr: Any = phase.learning_rate
+    if config["lr_schedule"] == "cosine":
+        decay = max(1, (phase.end - phase.start) * steps)
+        lr = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=float(config["label_smoothing"])),
+        metrics=[any_auc_metric(), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+
+
+def _callbacks(config, path: Path, phase: Phase, flag: StopFlag, best: dict, chief: bool) -> list:
+    """CSV log, backup, best checkpoint, early stopping, LR schedule, live status."""
+    import keras
+
+    (path / runs.CHECKPOINT_DIR).mkdir(exist_ok=True)
+    callbacks = [
+        # History first, then the backup: a kill in between repeats a row (read_history dedups)
+        keras.callbacks.CSVLogger(str(path / runs.HISTORY_FILE), append=True),
+        keras.callbacks.BackupAndRestore(
+            str(path / runs.BACKUP_DIR / phase.name), delete_checkpoint=False
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT),
+            monitor=MONITOR,
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best["value"],
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor=MONITOR, mode="max", patience=int(config["early_stopping_patience"])
+        ),
+    ]
+    if config["lr_schedule"] == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=MONITOR,
+                mode="max",
+                factor=PLATEAU_FACTOR,
+                patience=max(2, int(config["early_stopping_patience"]) // 3),
+                min_lr=MIN_LEARNING_RATE,
+            )
+        )
+    callbacks.append(make_status_callback(path, flag, phase.name, int(config["epochs"]), best))
+    return callbacks
+
+
+def _finish(config, path: Path, model, index, data: Path, labels, spec, init_report) -> None:
+    """Threshold on val, card, model files, evaluation report (chief only)."""
+    from hemo.model import CAM_LAYERS, ModelCard, save_model
+
+    threshold = _val_threshold(model, index, labels, spec, config)
+    history = runs.read_history(path)
+    card = ModelCard(
+        name=config["name"],
+        architecture=config["architecture"],
+        input_spec=spec,
+        labels=tuple(labels),
+        threshold=threshold,
+        cam_layer=CAM_LAYERS[config["architecture"]],
+        metrics={},
+        training=_training_summary(config, index, data, history, init_report),
+    )
+    report = _evaluate(model, card, index)
+    metrics = {
+        "test": report.get("summary") or report.get("test") or report,
+        "measured_on": {"data": str(data), "split": "test", "seed": int(config["seed"])},
+        "threshold_from": f"val ({config['threshold']['method']})",
+    }
+    card = dataclasses.replace(card, metrics=metrics)
+    save_model(model, path / runs.MODEL_FILE, card, h5=bool(config["save_h5"]))
+    runs.write_json_atomic(path / runs.REPORT_FILE, {"threshold": threshold, **report})
+    if config["export"]:
+        exported = save_model(
+            model, resolve_path(config["export"]), card, h5=bool(config["save_h5"])
+        )
+        log.info("exported the model to %s", exported)
+
+
+def _training_summary(config, index, data: Path, history, init_report) -> dict[str, Any]:
+    """Data, seed, epochs and options recorded in the card."""
+    counts = index["split"].value_counts().to_dict()
+    positives = index.groupby("split")["label_any"].sum().astype(int).to_dict()
+    return {
+        "run": config["name"],
+        "data": str(data),
+        "images": {k: int(v) for k, v in counts.items()},
+        "positives_any": {k: int(v) for k, v in positives.items()},
+        "seed": int(config["seed"]),
+        "epochs_run": len(history),
+        "weights": config["weights"],
+        "init": init_report,
+        "augment_strength": float(config["augment"]["strength"]),
+        "config": dict(config),
+    }
+
+
+def _val_threshold(model, index, labels, spec, config) -> float:
+    """Operating threshold on P(any) chosen on the validation split only."""
+    import numpy as np
+
+    from hemo.evaluate import choose_threshold
+    from hemo.pipeline import label_matrix, make_dataset
+
+    val = _split(index, "val")
+    probs = model.predict(make_dataset(val, spec, labels, int(config["batch_size"])), verbose=0)
+    y = label_matrix(val, labels)[:, 0]
+    method = config["threshold"]["method"]
+    target = float(config["threshold"].get("target_sensitivity", 0.9))
+    try:
+        return float(choose_threshold(y, np.asarray(probs)[:, 0], method, target))
+    except DatasetError as exc:
+        log.warning("keeping threshold %.2f: %s", ACCURACY_THRESHOLD, exc)
+        return ACCURACY_THRESHOLD
+
+
+def _evaluate(model, card, index) -> dict[str, Any]:
+    """Evaluation report on the test split through hemo.evaluate (the one prediction path)."""
+    from hemo.evaluate import evaluate_model
+
+    try:
+        report = evaluate_model(model, card, index, split="test")
+    except HemoError as exc:
+        log.warning("no test evaluation: %s", exc)
+        return {"error": str(exc)}
+    data = report.to_dict()
+    data["summary"] = report.summary()
+    return data
