@@ -54,7 +54,8 @@ def read_fields(path: str) -> HeaderFields:
         path: A DICOM file (any extension).
 
     Returns:
-        The fields, or a record whose ``error`` says why the file is unreadable.
+        The fields, or a record whose ``error`` says why the file is unreadable (not DICOM, or a
+        header without image size: nothing to index).
     """
     from hemo.dicom import read_dicom_header
 
@@ -64,6 +65,11 @@ def read_fields(path: str) -> HeaderFields:
         return HeaderFields(path=path, error=exc.reason)
     except OSError as exc:
         return HeaderFields(path=path, error=f"cannot read the file: {exc.strerror or exc}")
+    if not getattr(header, "rows", 0) or not getattr(header, "columns", 0):
+        return HeaderFields(
+            path=path,
+            error="(0028,0010) Rows / (0028,0011) Columns missing or 0: the file holds no image",
+        )
     return HeaderFields(
         path=path,
         patient_id=getattr(header, "patient_key", None),

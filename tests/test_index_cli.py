@@ -1,0 +1,75 @@
+"""``hemo index``: exit codes, JSON shape, text output and --out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
+from hemo.datasets import load_index
+
+
+def test_index_json_shape_on_kaggle_sample(
+    head_ct_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints only the documented object: root, layout, total, labels, splits, problems."""
+    assert main(["index", str(head_ct_dir), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert set(payload) == {"root", "layout", "total", "labels", "splits", "problems"}
+    assert payload["layout"] == "kaggle_head_ct"
+    assert payload["total"] == 140
+    assert payload["labels"]["label_any"] == {"positive": 70, "negative": 70, "unknown": 0}
+    assert set(payload["splits"]) == {"train", "val", "test"}
+    assert all(set(s) == {"total", "positive"} for s in payload["splits"].values())
+    assert sum(s["positive"] for s in payload["splits"].values()) == 70
+    assert payload["problems"] == []
+
+
+def test_index_text_output_and_out_file(
+    head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Text mode prints layout, total and splits; --out writes a loadable index."""
+    out = tmp_path / "idx" / "head.parquet"
+    assert main(["index", str(head_ct_dir), "--out", str(out), "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "layout: kaggle_head_ct" in text and "total:  140" in text and "train" in text
+    assert len(load_index(out)) == 140
+
+
+def test_index_exits_1_and_lists_unreadable_files(
+    head_ct_dir: Path, cq500_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder with an unreadable DICOM indexes the rest, lists it, and exits 1."""
+    (tmp_path / "positive").mkdir()
+    (tmp_path / "negative").mkdir()
+    shutil.copy(head_ct_dir / "head_ct" / "000.png", tmp_path / "positive")
+    shutil.copy(cq500_dir / "CT000001.dcm", tmp_path / "negative")
+    (tmp_path / "negative" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 20)
+    assert main(["index", str(tmp_path), "--json", "--workers", "1"]) == EXIT_PARTIAL
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["total"] == 2
+    unreadable = [p for p in payload["problems"] if p["kind"] == "unreadable"]
+    assert [Path(p["path"]).name for p in unreadable] == ["broken.dcm"]
+
+
+def test_index_unknown_folder_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unrecognised folder exits 2 with one 'hemo: error:' line and nothing on stdout."""
+    assert main(["index", str(tmp_path), "--json"]) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    errors = [line for line in captured.err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1 and "unknown dataset layout" in errors[0]
+    assert "Traceback" not in captured.err
+
+
+def test_index_layout_option_overrides_detection(
+    head_ct_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--layout forces an adapter; a wrong one fails with that adapter's message."""
+    assert main(["index", str(head_ct_dir), "--layout", "cq500"]) == EXIT_ERROR
+    assert "no reads.csv" in capsys.readouterr().err
