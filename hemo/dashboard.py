@@ -1,0 +1,938 @@
+"""What the dashboard pages ask of hemo, as plain functions (no Streamlit here).
+
+The pages are thin: they read widgets, call one or two functions of this module (or of
+:mod:`hemo.eda` / :mod:`hemo.reports`), and draw the result. Everything here runs headless and is
+tested without a browser. Paths come from :mod:`hemo.config`, overridable by environment variables
+so tests and demos can point the app at a temporary dataset or model folder:
+
+* ``HEMO_DATASET``: the dataset opened by default (folder or ``index.parquet``);
+* ``HEMO_MODELS_DIR``: the folder of shipped models;
+* ``HEMO_DEFAULT_MODEL``: the model selected by default (file stem);
+* ``HEMO_RUNS_DIR``: training runs (read by :mod:`hemo.config`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from hemo import config
+from hemo.errors import DatasetError, HemoError
+
+log = logging.getLogger(__name__)
+
+ENV_DATASET = "HEMO_DATASET"
+ENV_MODELS_DIR = "HEMO_MODELS_DIR"
+ENV_DEFAULT_MODEL = "HEMO_DEFAULT_MODEL"
+#: Shipped model selected when nothing else is asked for (the phantom demo data fits it).
+DEFAULT_MODEL_STEM = "phantom_rsna3"
+#: Demo dataset made on first run when missing (what ``make run`` makes).
+DEMO_STUDIES = 24
+DEMO_SEED = config.DEFAULT_SEED
+INDEX_NAME = "index.parquet"
+MODEL_SUFFIX = ".keras"
+CARD_SUFFIX = ".json"
+#: Name of the real CQ500 slice pydicom-data ships (CQ500-CT-310, positive for all readers).
+CQ500_SAMPLE_FILE = "693_UNCR.dcm"
+#: Sample keys offered by the Predict page's "Try a sample" buttons.
+SAMPLE_BLEED = "phantom_bleed"
+SAMPLE_HEALTHY = "phantom_healthy"
+SAMPLE_CQ500 = "cq500_slice"
+SAMPLES: dict[str, str] = {
+    SAMPLE_BLEED: "Phantom with a bleed",
+    SAMPLE_HEALTHY: "Healthy phantom",
+    SAMPLE_CQ500: "Real CQ500 slice",
+}
+#: Run states whose model can be picked.
+FINISHED_STATES = frozenset({"finished", "done", "completed", "succeeded"})
+
+
+# Paths ------------------------------------------------------------------------------------------
+def default_dataset_path() -> Path:
+    """The dataset opened when the user picked none (``HEMO_DATASET`` or the demo phantoms)."""
+    return Path(os.environ.get(ENV_DATASET) or config.DEMO_DIR)
+
+
+def models_dir() -> Path:
+    """Folder of shipped models (``HEMO_MODELS_DIR`` or ``models/``)."""
+    return Path(os.environ.get(ENV_MODELS_DIR) or config.MODELS_DIR)
+
+
+def runs_dir() -> Path:
+    """Folder of training runs (``HEMO_RUNS_DIR`` or ``runs/``), read at call time."""
+    return Path(os.environ.get("HEMO_RUNS_DIR") or config.RUNS_DIR)
+
+
+@dataclass(frozen=True)
+class DatasetOption:
+    """One entry of the sidebar's dataset list.
+
+    Attributes:
+        label: What the user sees.
+        path: Folder or ``index.parquet``.
+    """
+
+    label: str
+    path: Path
+
+
+def dataset_options() -> list[DatasetOption]:
+    """Datasets offered in the sidebar: the default one, then real samples found on this machine."""
+    default = default_dataset_path()
+    label = "Demo phantoms" if default == config.DEMO_DIR else f"Default ({default.name})"
+    options = [DatasetOption(label, default)]
+    shared = (
+        ("Kaggle head-CT sample", config.SHARED_DATA_DIR / "head_ct"),
+        ("CQ500 series CQ500-CT-0", config.SHARED_DATA_DIR / "cq500" / "CQ500-CT-0"),
+    )
+    options += [DatasetOption(name, path) for name, path in shared if path.exists()]
+    return options
+
+
+def ensure_demo_dataset(root: Path | None = None) -> Path:
+    """Write the phantom demo dataset when it is missing (seeded: same bytes on every machine).
+
+    Args:
+        root: Dataset folder; default the demo folder of :mod:`hemo.config`.
+
+    Returns:
+        The folder, holding ``index.parquet``.
+    """
+    root = Path(root or config.DEMO_DIR)
+    if not (root / INDEX_NAME).is_file():
+        from hemo.phantom import write_demo_dataset
+
+        log.info("writing the phantom demo dataset to %s", root)
+        write_demo_dataset(root, n_studies=DEMO_STUDIES, seed=DEMO_SEED)
+    return root
+
+
+# Datasets ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetView:
+    """An opened dataset.
+
+    Attributes:
+        path: What the user gave (folder or index file).
+        layout: Layout detected by :func:`hemo.datasets.detect_layout` (``index`` for a parquet).
+        index: The index table (absolute paths).
+    """
+
+    path: Path
+    layout: str
+    index: pd.DataFrame = field(repr=False)
+
+
+def open_dataset(path: str | os.PathLike) -> DatasetView:
+    """Open a dataset folder or index file: detect the layout, load (or build) the index.
+
+    The demo phantoms are generated first when the default demo folder is asked for and empty.
+
+    Args:
+        path: A dataset folder (any layout hemo knows) or an ``index.parquet``.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        DatasetError: The path does not exist or its layout is unknown.
+    """
+    from hemo.datasets import detect_layout, load_index
+
+    path = Path(path).expanduser()
+    if path.resolve() == config.DEMO_DIR.resolve():
+        ensure_demo_dataset(path)
+    if not path.exists():
+        raise DatasetError(
+            "no such file or folder; give a dataset folder or an index.parquet", path
+        )
+    if path.is_file():
+        return DatasetView(path=path, layout="index", index=load_index(path))
+    if (path / INDEX_NAME).is_file():
+        layout = detect_layout(path)
+        return DatasetView(path=path, layout=layout, index=load_index(path / INDEX_NAME))
+    return DatasetView(path=path, layout=detect_layout(path), index=load_index(path))
+
+
+# Models -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the sidebar offers.
+
+    Attributes:
+        label: What the user sees (``name`` or ``run NAME``).
+        path: The ``.keras`` file.
+        origin: ``shipped`` or ``run``.
+    """
+
+    label: str
+    path: Path
+    origin: str
+
+
+def list_models(shipped_dir: Path | None = None, runs_root: Path | None = None) -> list[ModelEntry]:
+    """Shipped models (with a card beside them) and finished runs' models.
+
+    Args:
+        shipped_dir: Folder of shipped models; default :func:`models_dir`.
+        runs_root: Folder of runs; default :func:`runs_dir`.
+
+    Returns:
+        The preferred default model first (``HEMO_DEFAULT_MODEL`` or ``phantom_rsna3``), then the
+        other shipped models by name, then runs' models, newest run first.
+    """
+    shipped_dir = Path(shipped_dir or models_dir())
+    entries = [
+        ModelEntry(p.stem, p, "shipped")
+        for p in sorted(shipped_dir.glob(f"*{MODEL_SUFFIX}"))
+        if p.with_suffix(CARD_SUFFIX).is_file()
+    ]
+    preferred = os.environ.get(ENV_DEFAULT_MODEL) or DEFAULT_MODEL_STEM
+    entries.sort(key=lambda e: e.label != preferred)
+    return entries + _run_models(Path(runs_root or runs_dir()))
+
+
+def _run_models(root: Path) -> list[ModelEntry]:
+    """Models of finished runs under ``root`` (newest first); nothing when runs cannot be read."""
+    if not root.is_dir():
+        return []
+    try:
+        from hemo.runs import list_runs
+    except ImportError:
+        return []
+    entries = []
+    try:
+        runs = list_runs(root)
+    except HemoError as exc:
+        log.warning("cannot list runs in %s: %s", root, exc)
+        return []
+    for run in runs:
+        state = str(getattr(run, "state", "")).lower()
+        model_path = getattr(run, "model_path", None)
+        if state in FINISHED_STATES and model_path and Path(model_path).is_file():
+            entries.append(ModelEntry(f"run {run.name}", Path(model_path), "run"))
+    return entries
+
+
+def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
+    """Key facts of a model's card, read from its JSON without loading Keras.
+
+    Args:
+        model_path: The ``.keras`` file (its ``.json`` card lies beside it).
+
+    Returns:
+        ``name``, ``architecture``, ``labels``, ``threshold``, ``input`` (a short description of
+        the input spec) and ``metrics`` (the card's test metrics, else its first metrics block).
+
+    Raises:
+        HemoError: The card is missing or not JSON.
+    """
+    card_path = Path(model_path).with_suffix(CARD_SUFFIX)
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HemoError(f"cannot read the model card: {exc}", card_path) from exc
+    spec = card.get("input_spec", {})
+    if spec.get("mode") == "hu":
+        what = "HU windows " + "+".join(spec.get("windows", ()))
+    else:
+        what = "display grayscale"
+    metrics = card.get("metrics", {}) or {}
+    block = metrics.get("test") or next(
+        (v for v in metrics.values() if isinstance(v, dict)), metrics
+    )
+    return {
+        "name": card.get("name", Path(model_path).stem),
+        "architecture": card.get("architecture", "?"),
+        "labels": list(card.get("labels", [])),
+        "threshold": float(card.get("threshold", 0.5)),
+        "input": f"{what}, {spec.get('size', '?')} px",
+        "input_mode": spec.get("mode", "display"),
+        "metrics": {k: v for k, v in block.items() if isinstance(v, int | float)},
+    }
+
+
+# Uploads and samples ----------------------------------------------------------------------------
+def content_key(files: Iterable[tuple[str, bytes]]) -> str:
+    """A short hash of names and bytes of a set of uploads (the cache key of decoded scans)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, data in files:
+        digest.update(name.encode("utf-8", "replace") + b"\0")
+        digest.update(hashlib.blake2b(data, digest_size=16).digest())
+    return digest.hexdigest()
+
+
+def sample_input(key: str, dataset_root: Path | None = None) -> tuple[str, bytes]:
+    """The bytes of one "Try a sample" input.
+
+    Args:
+        key: One of :data:`SAMPLES` (phantom with a bleed, healthy phantom, real CQ500 slice).
+        dataset_root: Demo dataset whose phantoms are sampled; default the demo folder (made when
+            missing).
+
+    Returns:
+        ``(name, bytes)``, as an upload would give them.
+
+    Raises:
+        HemoError: Unknown key, or the sample is not available (pydicom-data missing).
+    """
+    if key == SAMPLE_CQ500:
+        from pydicom.data import get_testdata_file
+
+        path = get_testdata_file(CQ500_SAMPLE_FILE)
+        if path is None:
+            raise HemoError("pydicom-data is not installed; pip install pydicom-data", key)
+        return CQ500_SAMPLE_FILE, Path(path).read_bytes()
+    if key not in (SAMPLE_BLEED, SAMPLE_HEALTHY):
+        raise HemoError(f"unknown sample; use one of {', '.join(SAMPLES)}", key)
+    from hemo.datasets import load_index
+
+    root = ensure_demo_dataset(dataset_root)
+    index = load_index(root / INDEX_NAME)
+    wanted = 1 if key == SAMPLE_BLEED else 0
+    rows = index[pd.to_numeric(index["label_any"], errors="coerce") == wanted]
+    if rows.empty:
+        raise HemoError(f"the demo dataset has no {SAMPLES[key].lower()}", root)
+    if wanted and "epidural" in rows:
+        # The slice with the most labelled subtypes shows the most on a heatmap
+        subtype_sum = rows[list(config.SUBTYPES)].apply(pd.to_numeric, errors="coerce").sum(axis=1)
+        rows = rows.loc[subtype_sum.sort_values(ascending=False, kind="stable").index]
+    path = Path(rows.iloc[0]["path"])
+    return path.name, path.read_bytes()
+
+
+def probe_hu(hu: npt.ArrayLike, row: int, col: int) -> float:
+    """The HU value at one pixel.
+
+    Args:
+        hu: (H, W) HU array.
+        row: 0-based row.
+        col: 0-based column.
+
+    Returns:
+        The value as a float.
+
+    Raises:
+        IndexError: The pixel is outside the image (names the shape).
+    """
+    arr = np.asarray(hu)
+    if not (0 <= row < arr.shape[0] and 0 <= col < arr.shape[1]):
+        raise IndexError(f"pixel ({row}, {col}) is outside the {arr.shape[0]}x{arr.shape[1]} image")
+    return float(arr[row, col])
+
+
+def metadata_frame(metadata: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> pd.DataFrame:
+    """A PHI-free metadata mapping as a two-column table (``field``, ``value``, as text)."""
+    items = metadata.items() if isinstance(metadata, Mapping) else metadata
+    rows = [(str(k), "" if v is None else str(v)) for k, v in items]
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
+# Decoding, prediction and explanation -----------------------------------------------------------
+@dataclass(frozen=True)
+class Decoded:
+    """A set of uploads, decoded and grouped.
+
+    Attributes:
+        singles: One scan per image or lone DICOM slice, in upload order.
+        series: Series of two or more slices, each in anatomical order (inferior -> superior).
+        errors: ``(name, message)`` per input that could not be read; the message names the file
+            and what is wrong.
+    """
+
+    singles: tuple[Any, ...] = ()
+    series: tuple[Any, ...] = ()
+    errors: tuple[tuple[str, str], ...] = ()
+
+
+def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
+    """Read uploads from memory (files, zips of a series; never written to disk) and group them.
+
+    Args:
+        files: ``(name, bytes)`` per upload.
+
+    Returns:
+        The readable scans, grouped; unreadable inputs listed in ``errors`` (the others are kept).
+    """
+    from hemo.dicom import CTSlice
+    from hemo.io import iter_scans
+    from hemo.series import group_series
+
+    singles: list[Any] = []
+    slices: list[Any] = []
+    errors: list[tuple[str, str]] = []
+    for result in iter_scans(list(files)):
+        if result.error is not None:
+            errors.append((result.name, str(result.error)))
+        elif isinstance(result.scan, CTSlice):
+            slices.append(result.scan)
+        else:
+            singles.append(result.scan)
+    series: list[Any] = []
+    try:
+        groups = group_series(slices) if slices else []
+    except HemoError as exc:
+        errors.append(("series", f"{exc}; its slices are shown one by one"))
+        groups = []
+        singles.extend(slices)
+    for group in groups:
+        if len(group.slices) > 1:
+            series.append(group)
+        else:
+            singles.extend(group.slices)
+    return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
+
+
+def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
+    """Predict scans already decoded (so uploads are decoded once for display and prediction).
+
+    Uses the predictor's own preprocessing (:meth:`hemo.predict.Predictor.prepare`) and compiled
+    forward pass, batch by batch.
+
+    Args:
+        predictor: A :class:`hemo.predict.Predictor`.
+        scans: ``CTSlice`` / ``Image2D`` objects.
+
+    Returns:
+        One :class:`hemo.predict.Prediction` per scan, in order (``index``: position in ``scans``).
+
+    Raises:
+        HemoError: A scan the model cannot take (e.g. a PNG for a model of HU windows).
+    """
+    from hemo.predict import ANY_LABEL, Prediction
+
+    labels = tuple(predictor.labels)
+    head = labels.index(ANY_LABEL) if ANY_LABEL in labels else 0
+    out = []
+    for start in range(0, len(scans), predictor.batch_size):
+        chunk = list(scans[start : start + predictor.batch_size])
+        probs = predictor.forward(np.stack([predictor.prepare(s) for s in chunk]))
+        for offset, (scan, row) in enumerate(zip(chunk, probs, strict=True)):
+            probability = float(row[head])
+            out.append(
+                Prediction(
+                    source=scan.source,
+                    probability=probability,
+                    probabilities={k: float(v) for k, v in zip(labels, row, strict=True)},
+                    positive=probability >= predictor.threshold,
+                    threshold=predictor.threshold,
+                    study_uid=getattr(scan, "study_uid", None),
+                    series_uid=getattr(scan, "series_uid", None),
+                    slice_z_mm=getattr(scan, "slice_z_mm", None),
+                    index=start + offset,
+                )
+            )
+    return out
+
+
+def display_image(scan: Any, window: Any = None) -> npt.NDArray[np.float32]:
+    """The plain picture of a scan: CT through ``window`` (default brain), images as they are.
+
+    Returns:
+        float32 (H, W) in [0, 1].
+    """
+    from hemo.preprocess import to_display
+
+    if hasattr(scan, "hu"):
+        return to_display(scan, window or "brain")
+    return to_display(scan)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the Predict page shows for one scan.
+
+    Attributes:
+        name: The input's name.
+        prediction: The :class:`hemo.predict.Prediction`.
+        display: float32 (H, W) in [0, 1], the plain slice (CT: brain window).
+        heatmap: float32 (h, w) in [0, 1] at model-input size (all zeros when ``flat``).
+        flat: The map carries no spatial information.
+        method: CAM method used.
+        label: Output explained.
+    """
+
+    name: str
+    prediction: Any
+    display: npt.NDArray[np.float32] = field(repr=False)
+    heatmap: npt.NDArray[np.float32] = field(repr=False)
+    flat: bool
+    method: str
+    label: str
+
+
+def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "any") -> Analysis:
+    """Predict one scan and explain the prediction with a CAM method.
+
+    Args:
+        predictor: A :class:`hemo.predict.Predictor` (its model is not modified).
+        scan: A ``CTSlice`` or ``Image2D``.
+        method: A key of :data:`hemo.cam.METHODS`.
+        label: The output explained (``any`` or a subtype the model has).
+
+    Returns:
+        The analysis.
+
+    Raises:
+        HemoError: The model cannot take this scan (e.g. a PNG for a model of HU windows).
+    """
+    from hemo.cam import explain
+    from hemo.preprocess import to_model_input
+
+    card = predictor.card
+    x = to_model_input(scan, card.input_spec)
+    prediction = predict_scans(predictor, [scan])[0]
+    cam = explain(
+        predictor.model,
+        x,
+        method=method,
+        label=label,
+        layer=card.cam_layer or None,
+        labels=card.labels,
+    )
+    return Analysis(
+        name=scan.source,
+        prediction=prediction,
+        display=display_image(scan),
+        heatmap=cam.heatmap,
+        flat=bool(cam.flat),
+        method=method,
+        label=label,
+    )
+
+
+def overlay_image(
+    analysis: Analysis, alpha: float, colormap: str, contour_level: float | None = None
+) -> npt.NDArray[np.uint8]:
+    """The heatmap of an analysis over its plain slice: uint8 (H, W, 3) RGB."""
+    from hemo.cam import overlay
+
+    return overlay(
+        analysis.display,
+        analysis.heatmap,
+        alpha=alpha,
+        colormap=colormap,
+        contour_level=contour_level,
+    )
+
+
+def series_name(series: Any) -> str:
+    """A series' display name: the common folder or archive of its slices' names."""
+    names = [str(s.source).replace("\\", "/") for s in series.slices]
+    prefix = os.path.commonprefix(names)
+    if "/" in prefix:
+        return prefix.rsplit("/", 1)[0] or names[0]
+    return f"series of {len(names)} slices"
+
+
+@dataclass(frozen=True)
+class SeriesResult:
+    """Per-slice predictions of a series and its study verdict.
+
+    Attributes:
+        name: Series name.
+        predictions: One per slice, in anatomical order.
+        probabilities: float64 (N,), P(any) per slice.
+        study: :func:`hemo.reports.study_summary` of the series.
+        most_suspicious: 0-based index of the slice with the highest probability.
+    """
+
+    name: str
+    predictions: tuple[Any, ...]
+    probabilities: npt.NDArray[np.float64] = field(repr=False)
+    study: dict[str, Any]
+    most_suspicious: int
+
+
+def predict_series(predictor: Any, series: Any) -> SeriesResult:
+    """Predict every slice of a series (batched) and lift the result to the study.
+
+    Args:
+        predictor: A :class:`hemo.predict.Predictor`.
+        series: A :class:`hemo.series.Series`.
+
+    Returns:
+        The per-slice and study results.
+    """
+    from hemo.reports import study_summary
+
+    predictions = tuple(predict_scans(predictor, series.slices))
+    probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
+    name = series_name(series)
+    study = study_summary(name, probabilities, predictor.card.threshold)
+    return SeriesResult(
+        name=name,
+        predictions=predictions,
+        probabilities=probabilities,
+        study=study,
+        most_suspicious=int(study["most_suspicious_slice"]) - 1,
+    )
+
+
+def strip_frame(result: SeriesResult) -> pd.DataFrame:
+    """The per-slice probability strip: ``slice`` (1-based), ``slice_z_mm``, ``probability``."""
+    z = [getattr(p, "slice_z_mm", None) for p in result.predictions]
+    return pd.DataFrame(
+        {
+            "slice": np.arange(1, len(result.predictions) + 1),
+            "slice_z_mm": pd.to_numeric(pd.Series(z, dtype="object"), errors="coerce"),
+            "probability": result.probabilities,
+        }
+    )
+
+
+# Windowing --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowViews:
+    """A CT slice under the chosen window, its own default window and a multi-window composite.
+
+    Attributes:
+        chosen: float32 (H, W) in [0, 1] under the chosen window.
+        default: float32 (H, W) under the file's first WindowCenter/WindowWidth, else None.
+        default_label: Text naming the default window (``"C/W HU"``) or why there is none.
+        composite: float32 (H, W, 3) in [0, 1], one window per channel.
+        channels: ``(window name, (H, W) image)`` per composite channel.
+    """
+
+    chosen: npt.NDArray[np.float32] = field(repr=False)
+    default: npt.NDArray[np.float32] | None = field(repr=False)
+    default_label: str
+    composite: npt.NDArray[np.float32] = field(repr=False)
+    channels: tuple[tuple[str, npt.NDArray[np.float32]], ...] = field(repr=False)
+
+
+def window_views(
+    scan: Any, center_hu: float, width_hu: float, composite: str = "rsna3"
+) -> WindowViews:
+    """Render a CT slice for the Windowing page.
+
+    Args:
+        scan: A ``CTSlice`` (HU).
+        center_hu: Chosen window centre in HU.
+        width_hu: Chosen window width in HU (> 0).
+        composite: A composite name of :data:`hemo.windowing.COMPOSITES`.
+
+    Returns:
+        The views.
+
+    Raises:
+        HemoError: ``scan`` has no HU (a PNG/JPEG), or the window is invalid.
+    """
+    from hemo.windowing import multi_window, resolve_windows, window
+
+    hu = getattr(scan, "hu", None)
+    if hu is None:
+        raise HemoError("windowing needs Hounsfield units: give a DICOM slice", scan.source)
+    default = scan.default_window
+    if default is not None:
+        default_image = window(hu, default.center_hu, default.width_hu)
+        label = f"{default.center_hu:g}/{default.width_hu:g} HU (from the file)"
+    else:
+        default_image, label = None, "the file carries no WindowCenter/WindowWidth"
+    stack = multi_window(hu, composite)
+    names = [w.name for w in resolve_windows(composite)]
+    return WindowViews(
+        chosen=window(hu, center_hu, width_hu),
+        default=default_image,
+        default_label=label,
+        composite=stack,
+        channels=tuple((name, stack[..., i]) for i, name in enumerate(names)),
+    )
+
+
+# Browsing a dataset -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyEntry:
+    """One study of a dataset as the Windowing page lists it (no UIDs shown).
+
+    Attributes:
+        label: ``study N · class · K slices``.
+        paths: Its image files, ordered by ``slice_z`` (inferior -> superior) where known.
+    """
+
+    label: str
+    paths: tuple[str, ...]
+
+
+def dataset_studies(index: pd.DataFrame, limit: int | None = None) -> list[StudyEntry]:
+    """The studies of an index, largest first, each with its files in anatomical order.
+
+    Args:
+        index: Index frame (absolute paths).
+        limit: Keep at most this many studies (None: all).
+
+    Returns:
+        One entry per study (series UID, else study UID, else one per image).
+    """
+    from hemo.eda import class_name
+
+    keys = index["path"].astype("string")
+    for column in ("study_uid", "series_uid"):
+        if column in index:
+            keys = index[column].astype("string").fillna(keys)
+    frame = index.assign(_key=keys.to_numpy())
+    groups = sorted(frame.groupby("_key", sort=False), key=lambda kv: -len(kv[1]))
+    entries = []
+    for number, (_, group) in enumerate(groups[:limit] if limit else groups, start=1):
+        ordered = group.sort_values(["slice_z", "path"], kind="stable", na_position="last")
+        label = pd.to_numeric(group["label_any"], errors="coerce").max()
+        entries.append(
+            StudyEntry(
+                label=f"study {number} · {class_name(label)} · {len(group)} slice(s)",
+                paths=tuple(str(p) for p in ordered["path"]),
+            )
+        )
+    return entries
+
+
+def read_file(path: str | os.PathLike) -> Any:
+    """Read one scan file of a dataset (DICOM, PNG, JPEG or TIFF).
+
+    Raises:
+        HemoError: The file cannot be read (the message names it and the problem).
+    """
+    from hemo.io import read_scan
+
+    return read_scan(Path(path))
+
+
+def cam_methods() -> list[str]:
+    """Names of the CAM methods the Predict page offers (Grad-CAM first)."""
+    from hemo.cam import METHODS
+
+    return sorted(METHODS, key=lambda name: name != "gradcam")
+
+
+def colormaps() -> list[str]:
+    """Colormap names for overlays (the default first)."""
+    from hemo.cam.overlay import COLORMAPS, DEFAULT_COLORMAP
+
+    return sorted(COLORMAPS, key=lambda name: name != DEFAULT_COLORMAP)
+
+
+def subtype_frame(prediction: Any) -> pd.DataFrame:
+    """Subtype probabilities of a prediction: ``label``, ``probability`` (empty for binary models)."""
+    items = [(k, float(v)) for k, v in dict(prediction.probabilities).items() if k != "any"]
+    return pd.DataFrame(items, columns=["label", "probability"])
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem of an input name (for download names)."""
+    stem = Path(str(name).replace("\\", "/").rsplit("/", 1)[-1]).stem or "scan"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+
+
+# Training runs ----------------------------------------------------------------------------------
+#: Metrics drawn as train-vs-validation curves, in order, when the history has them.
+CURVE_METRICS: tuple[str, ...] = ("loss", "auc", "accuracy")
+VAL_PREFIX = "val_"
+#: Input modes offered for a new run: label -> InputSpec mode.
+INPUT_MODES: dict[str, str] = {
+    "HU windows (DICOM)": "hu",
+    "display grayscale (PNG/JPG or DICOM)": "display",
+}
+#: Layouts whose images carry no HU (their models must use display grayscale).
+DISPLAY_LAYOUTS = frozenset({"kaggle_head_ct", "folders"})
+RUN_NAME_FORMAT = "run-%Y%m%d-%H%M%S"
+
+
+def architectures() -> list[str]:
+    """Architecture names a new run can use (the compact CNN first: fast on CPU)."""
+    from hemo.model import ARCHITECTURES
+
+    return sorted(ARCHITECTURES, key=lambda name: name != "compact")
+
+
+def default_input_mode(layout: str) -> str:
+    """The input mode that fits a dataset layout (``display`` for PNG layouts, else ``hu``)."""
+    return "display" if layout in DISPLAY_LAYOUTS else "hu"
+
+
+def new_run_name(now: float | None = None) -> str:
+    """A fresh run name from the clock, e.g. ``run-20250101-120000``."""
+    import time
+
+    return time.strftime(RUN_NAME_FORMAT, time.localtime(now))
+
+
+def training_config(
+    data: str,
+    architecture: str,
+    weights: str,
+    epochs: int,
+    image_size: int,
+    learning_rate: float,
+    input_mode: str,
+) -> dict[str, Any]:
+    """The configuration of a new run started from the Training page (see :mod:`hemo.train`).
+
+    Args:
+        data: Dataset folder or index file.
+        architecture: Key of :data:`hemo.model.ARCHITECTURES`.
+        weights: ``none``, ``imagenet``, or a ``.keras`` model whose weights initialise the run.
+        epochs: Training epochs.
+        image_size: Input side in pixels.
+        learning_rate: Initial learning rate.
+        input_mode: ``hu`` or ``display``.
+
+    Returns:
+        Keys of :data:`hemo.train.DEFAULTS` (the rest keep their defaults).
+    """
+    config: dict[str, Any] = {
+        "data": str(data),
+        "architecture": architecture,
+        "epochs": int(epochs),
+        "image_size": int(image_size),
+        "learning_rate": float(learning_rate),
+        "input": {"mode": input_mode},
+    }
+    if weights in ("none", "imagenet"):
+        config["weights"] = weights
+    else:
+        config["weights"] = "none"
+        config["init"] = str(weights)
+    return config
+
+
+def runs_table(runs: Sequence[Any]) -> pd.DataFrame:
+    """One row per run: ``run``, ``state``, ``phase``, ``epoch`` ("3/10"), ``best``, ``message``."""
+    rows = []
+    for run in runs:
+        status = run.status or {}
+        epoch, epochs = status.get("epoch"), status.get("epochs")
+        best = status.get("best_value")
+        rows.append(
+            {
+                "run": run.name,
+                "state": run.state,
+                "phase": status.get("phase") or "",
+                "epoch": f"{epoch or 0}/{epochs or '?'}",
+                "best": "" if best is None else f"{status.get('best_metric') or ''} {best:.3f}",
+                "message": status.get("message") or "",
+            }
+        )
+    return pd.DataFrame(rows, columns=["run", "state", "phase", "epoch", "best", "message"])
+
+
+def run_progress(run: Any) -> tuple[float, str]:
+    """Fraction done and a line of text (epoch, step, ETA) from a run's status."""
+    status = run.status or {}
+    epochs = status.get("epochs") or 0
+    epoch = status.get("epoch") or 0
+    steps = status.get("steps") or 0
+    step = status.get("step") or 0
+    done = epoch + (step / steps if steps else 0.0)
+    fraction = min(max(done / epochs, 0.0), 1.0) if epochs else 0.0
+    eta = status.get("eta_s")
+    eta_text = f" · ETA {int(eta) // 60} min {int(eta) % 60:02d} s" if eta is not None else ""
+    phase = f" · {status['phase']}" if status.get("phase") else ""
+    return fraction, f"epoch {epoch}/{epochs or '?'} · step {step}/{steps or '?'}{phase}{eta_text}"
+
+
+def history_curves(history: pd.DataFrame) -> pd.DataFrame:
+    """Train and validation curves in long form.
+
+    Args:
+        history: A run's ``history.csv`` (``epoch``, ``loss``, ``val_loss``, ``auc`` ...).
+
+    Returns:
+        Columns ``metric``, ``epoch`` (1-based), ``value``, ``split`` (``train`` / ``val``), for
+        the metrics of :data:`CURVE_METRICS` the history has; empty when it has none.
+    """
+    parts = []
+    if history.empty:
+        return pd.DataFrame(columns=["metric", "epoch", "value", "split"])
+    epochs = (
+        history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
+    )
+    for metric in CURVE_METRICS:
+        for column, split in ((metric, "train"), (VAL_PREFIX + metric, "val")):
+            if column in history:
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "metric": metric,
+                            "epoch": epochs,
+                            "value": history[column],
+                            "split": split,
+                        }
+                    )
+                )
+    if not parts:
+        return pd.DataFrame(columns=["metric", "epoch", "value", "split"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def compare_runs(runs: Sequence[Any], metric: str) -> pd.DataFrame:
+    """One metric of several runs on one chart: columns ``run``, ``epoch``, ``value``."""
+    parts = []
+    for run in runs:
+        curves = history_curves(run.history)
+        curve = curves[(curves["metric"] == metric.removeprefix(VAL_PREFIX))]
+        curve = curve[curve["split"] == ("val" if metric.startswith(VAL_PREFIX) else "train")]
+        parts.append(curve.assign(run=run.name)[["run", "epoch", "value"]])
+    if not parts:
+        return pd.DataFrame(columns=["run", "epoch", "value"])
+    return pd.concat(parts, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a finished run's evaluation shows.
+
+    Attributes:
+        threshold: Operating threshold chosen on validation data.
+        split: Split the report was measured on.
+        confusion: 2x2 frame (rows truth, columns call) or None.
+        roc: Columns ``fpr``, ``tpr`` (empty when not available).
+        pr: Columns ``recall``, ``precision``.
+        summary: Headline numbers (AUC, sensitivity, specificity, ...).
+        note: Why parts are missing, if they are.
+    """
+
+    threshold: float | None
+    split: str | None
+    confusion: pd.DataFrame | None
+    roc: pd.DataFrame
+    pr: pd.DataFrame
+    summary: dict[str, float]
+    note: str | None = None
+
+
+def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
+    """Chart-ready parts of a run's ``report.json`` (None when the run has no report)."""
+    if not report:
+        return None
+    classes = ["no hemorrhage", "hemorrhage"]
+    matrix = (report.get("confusion") or {}).get("matrix")
+    confusion = (
+        pd.DataFrame(matrix, index=[f"truth: {c}" for c in classes], columns=classes)
+        if matrix
+        else None
+    )
+    roc = report.get("roc") or {}
+    pr = report.get("pr") or {}
+    summary = {
+        k: float(v)
+        for k, v in (report.get("summary") or {}).items()
+        if isinstance(v, int | float) and v is not None
+    }
+    return RunReport(
+        threshold=report.get("threshold"),
+        split=report.get("split"),
+        confusion=confusion,
+        roc=pd.DataFrame({"fpr": roc.get("x", []), "tpr": roc.get("y", [])}),
+        pr=pd.DataFrame({"recall": pr.get("x", []), "precision": pr.get("y", [])}),
+        summary=summary,
+        note=report.get("error"),
+    )

@@ -1,0 +1,162 @@
+"""Downloadable reports of predictions: CSV, JSON and the overlay PNG (pure, no Streamlit).
+
+Reports carry the input's name (the upload's file name or member path), the model's numbers and
+the slice position; never patient data and never DICOM UIDs, so a report can be shared as is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+#: Digits kept for probabilities in reports.
+PROBABILITY_DIGITS = 6
+#: Columns every report row has, before the per-label probabilities.
+BASE_COLUMNS: tuple[str, ...] = (
+    "source",
+    "slice",
+    "slice_z_mm",
+    "probability",
+    "verdict",
+    "threshold",
+    "error",
+)
+POSITIVE = "hemorrhage"
+NEGATIVE = "no hemorrhage"
+
+
+def verdict(positive: bool) -> str:
+    """The verdict word for a positive/negative call."""
+    return POSITIVE if positive else NEGATIVE
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), PROBABILITY_DIGITS)
+
+
+def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str, Any]:
+    """One report row for a :class:`hemo.predict.Prediction`.
+
+    Args:
+        prediction: The prediction (``source``, ``probability``, ``probabilities``, ``positive``,
+            ``threshold``, ``slice_z_mm``).
+        slice_number: 1-based position of the slice in its series, if it is one.
+
+    Returns:
+        A JSON-ready dict: the base columns and ``p_<label>`` per model output.
+    """
+    row: dict[str, Any] = {
+        "source": str(prediction.source),
+        "slice": slice_number,
+        "slice_z_mm": getattr(prediction, "slice_z_mm", None),
+        "probability": _round(prediction.probability),
+        "verdict": verdict(bool(prediction.positive)),
+        "threshold": _round(prediction.threshold),
+        "error": None,
+    }
+    for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
+        row[f"p_{label}"] = _round(value)
+    return row
+
+
+def error_row(name: str, message: str) -> dict[str, Any]:
+    """One report row for an input that could not be read or predicted."""
+    return {column: None for column in BASE_COLUMNS} | {"source": name, "error": message}
+
+
+def report_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Report rows as a frame: base columns first, then ``p_<label>`` columns in first-seen order."""
+    records = [dict(r) for r in rows]
+    extra = list(dict.fromkeys(k for r in records for k in r if k not in BASE_COLUMNS))
+    return pd.DataFrame(records, columns=[*BASE_COLUMNS, *extra])
+
+
+def report_csv(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """The report as UTF-8 CSV bytes (one row per input or slice)."""
+    return report_frame(rows).to_csv(index=False).encode("utf-8")
+
+
+def report_json(
+    rows: Iterable[Mapping[str, Any]],
+    model: Mapping[str, Any] | None = None,
+    studies: Sequence[Mapping[str, Any]] = (),
+) -> bytes:
+    """The report as UTF-8 JSON bytes.
+
+    Args:
+        rows: Report rows (:func:`prediction_row`, :func:`error_row`).
+        model: What identifies the model (name, architecture, threshold).
+        studies: Study-level results (:func:`study_summary`).
+
+    Returns:
+        ``{"model": ..., "studies": [...], "results": [...]}`` encoded; NaN becomes null.
+    """
+    results = [
+        {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+    payload = {"model": dict(model or {}), "studies": list(studies), "results": results}
+    return json.dumps(payload, indent=2, default=str).encode("utf-8")
+
+
+def study_summary(name: str, probabilities: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Study-level numbers of a series from its per-slice probabilities.
+
+    The study probability is the highest slice probability (a bleed on any slice makes the study
+    positive), the rule of the RSNA-2019 ``any`` label lifted to the study.
+
+    Args:
+        name: The series' name (upload name or folder).
+        probabilities: P(any) per slice, in anatomical order.
+        threshold: The model's operating threshold.
+
+    Returns:
+        ``source``, ``slices``, ``probability``, ``verdict``, ``threshold``,
+        ``most_suspicious_slice`` (1-based), ``positive_slices``.
+
+    Raises:
+        ValueError: ``probabilities`` is empty.
+    """
+    values = np.asarray(probabilities, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError(f"{name}: a study needs at least one slice probability")
+    top = int(np.argmax(values))
+    return {
+        "source": name,
+        "slices": int(values.size),
+        "probability": _round(values[top]),
+        "verdict": verdict(bool(values[top] >= threshold)),
+        "threshold": _round(threshold),
+        "most_suspicious_slice": top + 1,
+        "positive_slices": int((values >= threshold).sum()),
+    }
+
+
+def png_bytes(image: npt.ArrayLike) -> bytes:
+    """Encode an image as PNG bytes.
+
+    Args:
+        image: uint8 (H, W) or (H, W, 3), or float in [0, 1] (scaled to 0-255). Not modified.
+
+    Returns:
+        The PNG file's bytes.
+
+    Raises:
+        ValueError: the array is not 2-D or 3-channel.
+    """
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"a PNG needs an (H, W) or (H, W, 3) array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.rint(np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(arr).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,246 @@
+"""The one hemo module that imports Streamlit: cached loaders and small widget helpers.
+
+* ``st.cache_resource``: predictors (a Keras model each), loaded once per process, shared by all
+  sessions and never mutated; bounded by :data:`MAX_MODELS`.
+* ``st.cache_data``: dataset indexes, decoded uploads (keyed by a hash of their bytes), EDA
+  samples and per-scan analyses; each bounded by ``max_entries`` and a time to live.
+* Widget helpers draw the sidebar's pickers and return plain values; pages read the choice back
+  through :func:`dataset_path` and :func:`model_path`.
+
+Everything the functions compute is done by the headless modules (:mod:`hemo.dashboard`,
+:mod:`hemo.eda`, :mod:`hemo.predict`, ...); a test checks no other hemo module imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from hemo import dashboard, eda
+from hemo.errors import HemoError
+
+log = logging.getLogger(__name__)
+
+NOTICE = "Research tool, not a medical device: never use it to diagnose or treat a patient."
+#: Models kept loaded at once (each ~100-600 MB with TensorFlow's buffers).
+MAX_MODELS = 2
+MAX_DATASETS = 4
+#: Decoded upload sets kept (a 238-slice series is ~250 MB of float32 HU).
+MAX_UPLOAD_SETS = 4
+MAX_ANALYSES = 64
+MAX_SAMPLES = 8
+CACHE_TTL_S = 3600
+# Session-state keys of the sidebar's choices.
+DATASET_CHOICE_KEY = "hemo_dataset_choice"
+DATASET_TEXT_KEY = "hemo_dataset_text"
+MODEL_CHOICE_KEY = "hemo_model_choice"
+OTHER_DATASET = "Other folder or index…"
+
+
+# Cached loaders ---------------------------------------------------------------------------------
+@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Loading the model…")
+def predictor(model_path: str) -> Any:
+    """The :class:`hemo.predict.Predictor` of a model file, loaded once per process.
+
+    Args:
+        model_path: The ``.keras`` file.
+
+    Returns:
+        The shared predictor. Callers must not modify it.
+    """
+    from hemo.predict import Predictor
+
+    return Predictor(Path(model_path))
+
+
+@st.cache_data(max_entries=MAX_DATASETS, ttl=CACHE_TTL_S, show_spinner="Indexing the dataset…")
+def open_dataset(path: str, mtime: float) -> dashboard.DatasetView:
+    """The dataset at ``path`` (see :func:`hemo.dashboard.open_dataset`), cached per mtime."""
+    del mtime  # part of the cache key only: a rewritten index is read again
+    return dashboard.open_dataset(path)
+
+
+@st.cache_data(max_entries=MAX_DATASETS, ttl=CACHE_TTL_S, show_spinner="Checking the files…")
+def quality_report(path: str, mtime: float) -> pd.DataFrame:
+    """Data-quality findings of the dataset at ``path`` (:func:`hemo.datasets.quality_report`)."""
+    from hemo.datasets import quality_report as report
+
+    del mtime
+    view = dashboard.open_dataset(path)
+    return pd.concat([report(view.index), eda.missing_labels(view.index)], ignore_index=True)
+
+
+@st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner=False)
+def scan_sample(
+    path: str, mtime: float, per_class: int, seed: int, _on_progress: Callable | None = None
+) -> eda.SampleStats:
+    """Histograms and geometry of a class-stratified sample (:func:`hemo.eda.scan_sample`)."""
+    del mtime
+    view = dashboard.open_dataset(path)
+    return eda.scan_sample(view.index, per_class=per_class, seed=seed, on_progress=_on_progress)
+
+
+@st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner="Rendering the sample…")
+def sample_grid(path: str, mtime: float, window: str, per_class: int, seed: int) -> list:
+    """Sample tiles per class under a window (:func:`hemo.eda.sample_grid`)."""
+    del mtime
+    view = dashboard.open_dataset(path)
+    return eda.sample_grid(view.index, window=window, per_class=per_class, seed=seed)
+
+
+@st.cache_data(max_entries=MAX_UPLOAD_SETS, ttl=CACHE_TTL_S, show_spinner="Reading the scans…")
+def decode(key: str, _files: Sequence[tuple[str, bytes]]) -> dashboard.Decoded:
+    """Decode uploads (kept in memory, never written to disk), cached by content hash ``key``.
+
+    Args:
+        key: :func:`hemo.dashboard.content_key` of ``_files``.
+        _files: ``(name, bytes)`` per upload (not hashed by Streamlit: ``key`` stands for them).
+    """
+    del key
+    return dashboard.decode(_files)
+
+
+@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting…")
+def analyse(
+    model_path: str, key: str, item: str, method: str, label: str, _scan: Any
+) -> dashboard.Analysis:
+    """Prediction and heatmap of one decoded scan (:func:`hemo.dashboard.analyse`).
+
+    Args:
+        model_path: The model.
+        key: Content key of the upload set the scan came from.
+        item: Which scan of that set (with ``key``, names the scan).
+        method: CAM method.
+        label: Output explained.
+        _scan: The scan (not hashed: ``key`` and ``item`` stand for it).
+    """
+    del key, item
+    return dashboard.analyse(predictor(model_path), _scan, method=method, label=label)
+
+
+@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting every slice…")
+def predict_series(model_path: str, key: str, item: str, _series: Any) -> dashboard.SeriesResult:
+    """Per-slice predictions and the study verdict of one series (cached like :func:`analyse`)."""
+    del key, item
+    return dashboard.predict_series(predictor(model_path), _series)
+
+
+@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner=False)
+def read_file(path: str, mtime: float) -> Any:
+    """One dataset file, decoded (:func:`hemo.dashboard.read_file`), cached per path and mtime."""
+    del mtime
+    return dashboard.read_file(path)
+
+
+def mtime_of(path: str | Path) -> float:
+    """Modification time used as a cache key (0 when the path is missing)."""
+    p = Path(path)
+    target = p / dashboard.INDEX_NAME if (p / dashboard.INDEX_NAME).is_file() else p
+    try:
+        return target.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# Sidebar ----------------------------------------------------------------------------------------
+def sidebar() -> None:
+    """Draw the dataset and model pickers and the notice (once per run, from the entrypoint)."""
+    with st.sidebar:
+        _dataset_picker()
+        _model_picker()
+        st.info(NOTICE, icon=":material/warning:")
+
+
+def _dataset_picker() -> None:
+    options = dashboard.dataset_options()
+    labels = [o.label for o in options] + [OTHER_DATASET]
+    choice = st.selectbox("Dataset", labels, key=DATASET_CHOICE_KEY)
+    if choice == OTHER_DATASET:
+        st.text_input(
+            "Folder or index.parquet",
+            key=DATASET_TEXT_KEY,
+            placeholder="/data/rsna or /data/head_ct/index.parquet",
+            help="Any layout hemo knows: RSNA, Kaggle head CT, CQ500, a folder per class, a manifest.",
+        )
+
+
+def _model_picker() -> None:
+    entries = dashboard.list_models()
+    if not entries:
+        st.selectbox("Model", ["no model found"], disabled=True, key=MODEL_CHOICE_KEY)
+        st.caption(f"Put a model and its card in {dashboard.models_dir()} or finish a run.")
+        return
+    labels = [e.label for e in entries]
+    if st.session_state.get(MODEL_CHOICE_KEY) not in labels:
+        st.session_state.pop(MODEL_CHOICE_KEY, None)
+    st.selectbox("Model", labels, key=MODEL_CHOICE_KEY)
+
+
+def dataset_path() -> str | None:
+    """The dataset the user picked (folder or index file), or None when none is typed yet."""
+    choice = st.session_state.get(DATASET_CHOICE_KEY)
+    if choice == OTHER_DATASET:
+        text = str(st.session_state.get(DATASET_TEXT_KEY, "")).strip()
+        return text or None
+    for option in dashboard.dataset_options():
+        if option.label == choice:
+            return str(option.path)
+    return str(dashboard.default_dataset_path())
+
+
+def model_path() -> str | None:
+    """The ``.keras`` file of the model the user picked, or None when there is none."""
+    entries = dashboard.list_models()
+    choice = st.session_state.get(MODEL_CHOICE_KEY)
+    for entry in entries:
+        if entry.label == choice:
+            return str(entry.path)
+    return str(entries[0].path) if entries else None
+
+
+def active_dataset() -> dashboard.DatasetView | None:
+    """The picked dataset, opened; shows ``st.error`` and returns None when it cannot be."""
+    path = dataset_path()
+    if path is None:
+        st.info("Type a dataset folder or index file in the sidebar.")
+        return None
+    try:
+        return open_dataset(path, mtime_of(path))
+    except HemoError as exc:
+        st.error(str(exc))
+        return None
+
+
+def active_predictor() -> Any | None:
+    """The picked model's predictor; shows ``st.error`` and returns None when it cannot load."""
+    path = model_path()
+    if path is None:
+        st.warning("No model available: put one in models/ or finish a training run.")
+        return None
+    try:
+        return predictor(path)
+    except HemoError as exc:
+        st.error(str(exc))
+        return None
+
+
+def uploaded_files(uploads: Sequence[Any] | Any | None) -> list[tuple[str, bytes]]:
+    """``(name, bytes)`` of ``st.file_uploader`` results, in memory (never written to disk)."""
+    if uploads is None:
+        return []
+    items = uploads if isinstance(uploads, list | tuple) else [uploads]
+    return [(u.name, u.getvalue()) for u in items]
+
+
+def progress_callback(bar: Any) -> Callable[[float, str], None]:
+    """A progress function drawing on an ``st.progress`` bar (file names shortened)."""
+
+    def update(fraction: float, name: str) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Reading {Path(name).name}")
+
+    return update

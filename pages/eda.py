@@ -1,0 +1,162 @@
+"""EDA: distribution, subtypes, splits, pixel statistics and data quality of the active dataset."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from hemo import eda, ui
+from hemo.windowing import PRESETS
+
+SAMPLE_SEED = 0
+CLASS_COLORS = {"no hemorrhage": "#4C9BE8", "hemorrhage": "#E8574C", "unlabelled": "#999999"}
+GRID_COLUMNS = 4
+
+st.title("EDA")
+view = ui.active_dataset()
+if view is None:
+    st.stop()
+index = view.index
+counts = eda.summary(index)
+st.caption(f"`{view.path}` · layout **{view.layout}**")
+cols = st.columns(5)
+for col, (name, key) in zip(
+    cols,
+    [
+        ("Images", "images"),
+        ("Hemorrhage", "positive"),
+        ("No hemorrhage", "negative"),
+        ("Studies", "studies"),
+        ("Patients", "patients"),
+    ],
+    strict=True,
+):
+    col.metric(name, f"{counts[key]:,}")
+
+left, right = st.columns(2)
+with left:
+    balance = eda.class_balance(index)
+    fig = px.bar(
+        balance,
+        x="class",
+        y="images",
+        color="class",
+        color_discrete_map=CLASS_COLORS,
+        text="images",
+        title="Class balance",
+    )
+    st.plotly_chart(fig, key="class_balance")
+with right:
+    splits = eda.split_sizes(index)
+    fig = px.bar(
+        splits,
+        x="split",
+        y="images",
+        color="class",
+        barmode="group",
+        color_discrete_map=CLASS_COLORS,
+        title="Split sizes per class (split by patient)",
+    )
+    st.plotly_chart(fig, key="split_sizes")
+
+subtypes = eda.subtype_counts(index)
+if not subtypes.empty:
+    left, right = st.columns(2)
+    with left:
+        fig = px.bar(subtypes, x="subtype", y="images", text="images", title="Subtype counts")
+        st.plotly_chart(fig, key="subtype_counts")
+    with right:
+        matrix = eda.subtype_cooccurrence(index)
+        fig = px.imshow(
+            matrix,
+            text_auto=True,
+            color_continuous_scale="Reds",
+            title="Subtype co-occurrence (images positive for both)",
+        )
+        st.plotly_chart(fig, key="cooccurrence")
+else:
+    st.caption("This dataset has no subtype labels (binary: hemorrhage or not).")
+
+studies = eda.slices_per_study(index)
+fig = px.histogram(
+    studies,
+    x="slices",
+    color="class",
+    color_discrete_map=CLASS_COLORS,
+    title=f"Slices per study ({len(studies):,} studies)",
+)
+st.plotly_chart(fig, key="slices_per_study")
+
+st.subheader("Pixels on a sample")
+per_class = st.slider("Images read per class", 2, 64, eda.SAMPLE_PER_CLASS, key="eda_per_class")
+bar = st.progress(0.0, text="Reading the sample…")
+stats = ui.scan_sample(
+    str(view.path),
+    ui.mtime_of(view.path),
+    per_class,
+    SAMPLE_SEED,
+    _on_progress=ui.progress_callback(bar),
+)
+bar.empty()
+if not stats.histograms.empty:
+    unit = stats.histograms["unit"].iloc[0]
+    fig = px.line(
+        stats.histograms,
+        x="value",
+        y="fraction",
+        color="class",
+        line_dash="unit",
+        color_discrete_map=CLASS_COLORS,
+        title="HU histogram per class" if unit == "HU" else "Intensity histogram per class",
+        labels={"value": "HU" if unit == "HU" else "intensity (0-1)"},
+    )
+    st.plotly_chart(fig, key="histograms")
+if not stats.geometry.empty:
+    left, right = st.columns(2)
+    with left:
+        fig = px.scatter(
+            stats.geometry,
+            x="cols",
+            y="rows",
+            color="class",
+            color_discrete_map=CLASS_COLORS,
+            title="Image sizes (pixels)",
+        )
+        st.plotly_chart(fig, key="sizes")
+    with right:
+        spacing = stats.geometry.dropna(subset=["spacing_row_mm"])
+        if spacing.empty:
+            st.caption("No pixel spacing in these files (PNG/JPEG carry none).")
+        else:
+            fig = px.scatter(
+                spacing,
+                x="spacing_col_mm",
+                y="thickness_mm",
+                color="class",
+                color_discrete_map=CLASS_COLORS,
+                title="Pixel spacing vs slice thickness (mm)",
+            )
+            st.plotly_chart(fig, key="spacing")
+
+st.subheader("Sample grid")
+window = st.selectbox("Window", list(PRESETS), key="eda_window")
+tiles = ui.sample_grid(str(view.path), ui.mtime_of(view.path), window, GRID_COLUMNS, SAMPLE_SEED)
+for label in dict.fromkeys(t.label for t in tiles):
+    st.markdown(f"**{label}**")
+    row = [t for t in tiles if t.label == label]
+    for col, tile in zip(st.columns(GRID_COLUMNS), row, strict=False):
+        col.image(tile.image, caption=tile.caption, clamp=True)
+
+st.subheader("Data quality")
+problems = ui.quality_report(str(view.path), ui.mtime_of(view.path))
+failures = stats.failures.assign(kind="unreadable")[["kind", "path", "reason"]]
+table = eda.concat_problems(problems, failures)
+st.dataframe(
+    eda.problem_counts(table, ("unreadable", "duplicate", "missing_label")),
+    hide_index=True,
+    key="quality_counts",
+)
+if table.empty:
+    st.success("No unreadable files, duplicates or missing labels found.")
+else:
+    st.dataframe(table, hide_index=True, key="quality_table")

@@ -1,0 +1,55 @@
+"""Home: what hemo does, the active model and dataset with their key numbers, links to pages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from hemo import dashboard, eda, ui
+from hemo.errors import HemoError
+
+st.title("hemo — brain-hemorrhage workbench")
+st.markdown(
+    "Detect intracranial hemorrhage on head CT, see **where** the model looks (Grad-CAM), "
+    "explore datasets, tune CT windows, and train and compare models. Drag a DICOM, a zipped "
+    "series or a PNG/JPG into **Predict**; everything runs on this machine."
+)
+
+model_col, data_col = st.columns(2)
+with model_col:
+    st.subheader("Active model")
+    model_path = ui.model_path()
+    if model_path is None:
+        st.warning("No model found: put one in models/ or finish a training run.")
+    else:
+        try:
+            card = dashboard.card_summary(model_path)
+        except HemoError as exc:
+            st.error(str(exc))
+        else:
+            st.markdown(f"**{card['name']}** · {card['architecture']} · {card['input']}")
+            st.caption("Outputs: " + ", ".join(card["labels"]))
+            shown = {"threshold": card["threshold"], **card["metrics"]}
+            for col, (name, value) in zip(st.columns(4), list(shown.items())[:4], strict=False):
+                col.metric(name.upper() if len(name) <= 3 else name, f"{value:.3f}")
+
+with data_col:
+    st.subheader("Active dataset")
+    view = ui.active_dataset()
+    if view is not None:
+        counts = eda.summary(view.index)
+        st.markdown(f"`{view.path}` · layout **{view.layout}**")
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Images", f"{counts['images']:,}")
+        c2.metric("Hemorrhage", f"{counts['positive']:,}")
+        c3.metric("No hemorrhage", f"{counts['negative']:,}")
+        c4.metric("Studies", f"{counts['studies']:,}")
+
+st.subheader("Pages")
+links = (
+    ("pages/predict.py", "Predict", ":material/neurology:", "drag in scans: probability + heatmap"),
+    ("pages/eda.py", "EDA", ":material/bar_chart:", "class balance, subtypes, HU, data quality"),
+    ("pages/windowing.py", "Windowing", ":material/contrast:", "level/width, presets, HU probe"),
+    ("pages/training.py", "Training", ":material/model_training:", "launch, watch, compare runs"),
+)
+for page, label, icon, what in links:
+    st.page_link(page, label=f"{label} — {what}", icon=icon)

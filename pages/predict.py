@@ -1,0 +1,176 @@
+"""Predict: drag in scans, get the probability of hemorrhage and a Grad-CAM heatmap per image."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from hemo import dashboard, reports, ui
+from hemo.errors import HemoError
+
+SAMPLE_KEY = "predict_samples"
+SERIES_SLICE_KEY = "series_slice_{}"
+STRIP_COLOR = "#E8574C"
+PERCENT = 100.0
+
+st.title("Predict")
+st.caption(
+    "Drop DICOM files (with or without extension), PNG/JPG images, or a zip of a series. "
+    "Files stay in memory: nothing you upload is written to disk."
+)
+
+
+def _add_sample(key: str) -> None:
+    chosen = st.session_state.setdefault(SAMPLE_KEY, [])
+    if key not in chosen:
+        chosen.append(key)
+
+
+def _jump(slider_key: str, index: int) -> None:
+    st.session_state[slider_key] = index + 1
+
+
+uploads = st.file_uploader(
+    "Scans", accept_multiple_files=True, key="predict_upload", label_visibility="collapsed"
+)
+st.markdown("**Try a sample**")
+sample_cols = st.columns(len(dashboard.SAMPLES) + 1)
+for col, (key, label) in zip(sample_cols, dashboard.SAMPLES.items(), strict=False):
+    col.button(label, key=f"sample_{key}", on_click=_add_sample, args=(key,), width="stretch")
+if st.session_state.get(SAMPLE_KEY):
+    sample_cols[-1].button(
+        "Clear samples", key="sample_clear", on_click=st.session_state.pop, args=(SAMPLE_KEY,)
+    )
+
+files = ui.uploaded_files(uploads)
+for key in st.session_state.get(SAMPLE_KEY, []):
+    try:
+        files.append(dashboard.sample_input(key))
+    except HemoError as exc:
+        st.error(str(exc))
+if not files:
+    st.info("Drop scans above or try a sample.")
+    st.stop()
+
+predictor = ui.active_predictor()
+if predictor is None:
+    st.stop()
+model_path = ui.model_path()
+card = predictor.card
+
+with st.expander("Heatmap settings", expanded=False):
+    c1, c2, c3, c4 = st.columns(4)
+    method = c1.selectbox("Method", dashboard.cam_methods(), key="cam_method")
+    label = c2.selectbox("Explain output", list(card.labels), key="cam_label")
+    alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
+    colormap = c4.selectbox("Colormap", dashboard.colormaps(), key="cam_colormap")
+
+key = dashboard.content_key(files)
+decoded = ui.decode(key, files)
+for name, message in decoded.errors:
+    st.error(message if name in message else f"{name}: {message}")
+
+rows: list[dict] = []
+studies: list[dict] = []
+
+
+def _show_analysis(result: dashboard.Analysis, item: str) -> None:
+    """Probability, verdict, subtypes, and the plain slice beside the overlay."""
+    p = result.prediction
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
+    m2.metric("Verdict", reports.verdict(p.positive))
+    m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
+    picture = dashboard.overlay_image(result, alpha, colormap)
+    left, right = st.columns(2)
+    left.image(result.display, caption="slice", clamp=True, width="stretch")
+    caption = f"{result.method} · {result.label}" + (" · flat map" if result.flat else "")
+    right.image(picture, caption=caption, width="stretch")
+    subtypes = dashboard.subtype_frame(p)
+    if not subtypes.empty:
+        fig = px.bar(
+            subtypes, x="probability", y="label", orientation="h", range_x=[0, 1], height=260
+        )
+        fig.add_vline(x=p.threshold, line_dash="dot")
+        st.plotly_chart(fig, key=f"subtypes_{item}")
+    st.download_button(
+        "Download overlay PNG",
+        reports.png_bytes(picture),
+        file_name=f"{dashboard.safe_stem(result.name)}_{result.method}.png",
+        mime="image/png",
+        key=f"png_{item}",
+    )
+
+
+for i, scan in enumerate(decoded.singles):
+    with st.container(border=True):
+        st.subheader(scan.source)
+        try:
+            result = ui.analyse(model_path, key, f"s{i}", method, label, scan)
+        except HemoError as exc:
+            st.error(str(exc))
+            rows.append(reports.error_row(scan.source, str(exc)))
+            continue
+        _show_analysis(result, f"s{i}")
+        rows.append(reports.prediction_row(result.prediction))
+
+for j, series in enumerate(decoded.series):
+    with st.container(border=True):
+        try:
+            result = ui.predict_series(model_path, key, f"r{j}", series)
+        except HemoError as exc:
+            st.error(str(exc))
+            continue
+        study = result.study
+        st.subheader(f"{result.name} — {study['slices']} slices")
+        m1, m2, m3 = st.columns(3)
+        m1.metric("Study verdict", study["verdict"])
+        m2.metric("Highest slice probability", f"{study['probability'] * PERCENT:.1f}%")
+        m3.metric("Slices over threshold", study["positive_slices"])
+        strip = dashboard.strip_frame(result)
+        fig = px.bar(strip, x="slice", y="probability", range_y=[0, 1], height=220)
+        fig.update_traces(marker_color=STRIP_COLOR)
+        fig.add_hline(y=card.threshold, line_dash="dot")
+        fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0)
+        st.plotly_chart(fig, key=f"strip_{j}")
+        slider_key = SERIES_SLICE_KEY.format(j)
+        st.session_state.setdefault(slider_key, result.most_suspicious + 1)
+        st.button(
+            f"Jump to the most suspicious slice ({result.most_suspicious + 1})",
+            key=f"jump_{j}",
+            on_click=_jump,
+            args=(slider_key, result.most_suspicious),
+        )
+        position = st.slider("Slice", 1, len(series.slices), key=slider_key) - 1
+        try:
+            shown = ui.analyse(
+                model_path, key, f"r{j}-{position}", method, label, series.slices[position]
+            )
+        except HemoError as exc:
+            st.error(str(exc))
+        else:
+            _show_analysis(shown, f"r{j}")
+        studies.append(study)
+        rows.extend(
+            reports.prediction_row(p, slice_number=n)
+            for n, p in enumerate(result.predictions, start=1)
+        )
+
+if rows or studies:
+    st.subheader("Report")
+    model_info = {"name": card.name, "architecture": card.architecture, "threshold": card.threshold}
+    left, right = st.columns(2)
+    left.download_button(
+        "Download CSV report",
+        reports.report_csv(rows),
+        file_name="hemo_report.csv",
+        mime="text/csv",
+        key="report_csv",
+    )
+    right.download_button(
+        "Download JSON report",
+        reports.report_json(rows, model=model_info, studies=studies),
+        file_name="hemo_report.json",
+        mime="application/json",
+        key="report_json",
+    )

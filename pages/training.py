@@ -1,0 +1,153 @@
+"""Training: runs with their state, live curves, a form to start a run, stop, compare, reports."""
+
+from __future__ import annotations
+
+import plotly.express as px
+import streamlit as st
+
+from hemo import dashboard, runs, ui
+from hemo.errors import HemoError
+
+#: Seconds between refreshes of a live run's curves and progress.
+REFRESH_S = 2.0
+SELECTED_KEY = "training_selected"
+SIZES = (64, 128, 192, 256, 384, 512)
+METRIC_TITLES = {"loss": "Loss", "auc": "AUC", "accuracy": "Accuracy"}
+
+st.title("Training")
+root = dashboard.runs_dir()
+
+
+def _curves(run: runs.RunInfo) -> None:
+    """Progress and train-vs-validation curves of one run."""
+    fraction, text = dashboard.run_progress(run)
+    st.progress(fraction, text=f"{run.name}: {run.state} · {text}")
+    curves = dashboard.history_curves(run.history)
+    if curves.empty:
+        st.caption("No finished epoch yet: curves appear after the first one.")
+        return
+    cols = st.columns(len(curves["metric"].unique()))
+    for col, metric in zip(cols, curves["metric"].unique(), strict=True):
+        fig = px.line(
+            curves[curves["metric"] == metric],
+            x="epoch",
+            y="value",
+            color="split",
+            markers=True,
+            title=METRIC_TITLES.get(metric, metric),
+            height=300,
+        )
+        col.plotly_chart(fig, key=f"curve_{metric}")
+
+
+def _stop(name: str) -> None:
+    try:
+        runs.stop_run(name, root)
+    except HemoError as exc:
+        st.session_state["training_error"] = str(exc)
+
+
+all_runs = runs.list_runs(root)
+if error := st.session_state.pop("training_error", None):
+    st.error(error)
+
+with st.expander("Start a new run", expanded=not all_runs):
+    with st.form("new_run"):
+        data = st.text_input("Dataset (folder or index)", value=ui.dataset_path() or "")
+        c1, c2, c3 = st.columns(3)
+        architecture = c1.selectbox("Architecture", dashboard.architectures())
+        weights = c2.selectbox(
+            "Initial weights",
+            ["none", "imagenet", *[str(m.path) for m in dashboard.list_models()]],
+            help="none: random; imagenet: Keras download (needs network); a model: its weights.",
+        )
+        view = ui.active_dataset() if data == ui.dataset_path() else None
+        mode = dashboard.default_input_mode(view.layout) if view is not None else "hu"
+        modes = list(dashboard.INPUT_MODES)
+        input_label = c3.selectbox(
+            "Input", modes, index=list(dashboard.INPUT_MODES.values()).index(mode)
+        )
+        c4, c5, c6 = st.columns(3)
+        epochs = c4.number_input("Epochs", 1, 500, 10)
+        image_size = c5.selectbox("Image size (px)", SIZES, index=SIZES.index(256))
+        learning_rate = c6.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f")
+        name = st.text_input("Run name", value=dashboard.new_run_name())
+        if st.form_submit_button("Start training", type="primary"):
+            config = dashboard.training_config(
+                data,
+                architecture,
+                weights,
+                int(epochs),
+                int(image_size),
+                float(learning_rate),
+                dashboard.INPUT_MODES[input_label],
+            )
+            try:
+                started = runs.launch_run(config, name.strip(), root)
+            except HemoError as exc:
+                st.error(str(exc))
+            else:
+                st.session_state[SELECTED_KEY] = started.name
+                st.rerun()
+
+if not all_runs:
+    st.info(f"No runs yet in {root}. Start one above.")
+    st.stop()
+
+st.subheader("Runs")
+st.dataframe(dashboard.runs_table(all_runs), hide_index=True, key="runs_table")
+names = [r.name for r in all_runs]
+if st.session_state.get(SELECTED_KEY) not in names:
+    st.session_state[SELECTED_KEY] = names[0]
+selected = st.selectbox("Run", names, key=SELECTED_KEY)
+run = runs.read_run(selected, root)
+
+if run.state == runs.RUNNING:
+    st.button("Stop this run", key="stop_run", on_click=_stop, args=(run.name,), type="primary")
+
+    @st.fragment(run_every=REFRESH_S)
+    def _live() -> None:
+        current = runs.read_run(selected, root)
+        _curves(current)
+        if current.state != runs.RUNNING:
+            st.rerun(scope="app")
+
+    _live()
+else:
+    if run.status.get("message"):
+        st.caption(f"{run.state}: {run.status['message']}")
+    _curves(run)
+
+report = dashboard.run_report(run.report)
+if report is not None:
+    st.subheader(f"Evaluation ({report.split or 'test'} split)")
+    if report.note:
+        st.warning(report.note)
+    cols = st.columns(4)
+    shown = {"threshold": report.threshold, **report.summary}
+    for col, key in zip(cols, ("threshold", "roc_auc", "sensitivity", "specificity"), strict=True):
+        value = shown.get(key)
+        col.metric(key, "n/a" if value is None else f"{value:.3f}")
+    left, middle, right = st.columns(3)
+    if report.confusion is not None:
+        fig = px.imshow(report.confusion, text_auto=True, title="Confusion matrix", height=320)
+        left.plotly_chart(fig, key="confusion")
+    if not report.roc.empty:
+        fig = px.line(report.roc, x="fpr", y="tpr", title="ROC", height=320, range_y=[0, 1])
+        middle.plotly_chart(fig, key="roc")
+    if not report.pr.empty:
+        fig = px.line(report.pr, x="recall", y="precision", title="PR", height=320)
+        right.plotly_chart(fig, key="pr")
+
+if len(all_runs) >= 2:
+    st.subheader("Compare runs")
+    chosen = st.multiselect("Runs", names, default=names[:2], key="compare_runs")
+    metric = st.selectbox(
+        "Metric", ["val_auc", "val_loss", "auc", "loss", "val_accuracy"], key="compare_metric"
+    )
+    frame = dashboard.compare_runs([r for r in all_runs if r.name in chosen], metric)
+    if frame.empty:
+        st.caption(f"No {metric} recorded for these runs yet.")
+    else:
+        fig = px.line(frame, x="epoch", y="value", color="run", markers=True, title=metric)
+        st.plotly_chart(fig, key="compare")
