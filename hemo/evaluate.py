@@ -571,7 +571,9 @@ def label_matrix(rows: pd.DataFrame, labels: Sequence[str]) -> NDArray[np.float6
     for j, name in enumerate(labels):
         column = ANY_COLUMN if name == ANY_LABEL else name
         if column in rows.columns:
-            out[:, j] = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=np.float64)
+            out[:, j] = pd.to_numeric(rows[column], errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
     return out
 
 
