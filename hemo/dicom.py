@@ -49,6 +49,8 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    RLETransferSyntaxes,
 )
 
 from hemo import config
@@ -67,6 +69,14 @@ SUPPORTED_MODALITIES = ("CT",)
 SUPPORTED_BITS_ALLOCATED = (8, 16, 32)
 #: Elements larger than this are not loaded when sniffing a headerless file from disk.
 DEFER_SIZE_BYTES = 4096
+#: Decoder plugins tried first, per transfer syntax. GDCM 3.2 aborts the whole process (an
+#: uncaught C++ exception) on a corrupt JPEG 2000 stream, so JPEG 2000 and RLE go through
+#: pylibjpeg / Pillow / pydicom when any of them is installed; GDCM stays the fallback and the
+#: decoder for JPEG Lossless and JPEG-LS (which it reports as exceptions).
+PREFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
+    **{uid: ("pylibjpeg", "pillow") for uid in JPEG2000TransferSyntaxes},
+    **{uid: ("pylibjpeg", "pydicom") for uid in RLETransferSyntaxes},
+}
 #: Length of the patient pseudonym: hex characters of sha256(PatientID).
 PATIENT_KEY_HEX_CHARS = 16
 
@@ -451,8 +461,13 @@ def read_dicom_header(source: Source, name: str | None = None) -> DicomHeader:
 # Pixel checks -----------------------------------------------------------------------------------
 
 
-def _check_image(ds: Dataset, header: DicomHeader) -> None:
-    """Refuse what hemo does not read, before any pixel buffer is allocated."""
+def _check_image(ds: Dataset, header: DicomHeader) -> str | None:
+    """Refuse what hemo does not read, before any pixel buffer is allocated.
+
+    Returns:
+        The decoder plugin to use (see :data:`PREFERRED_PLUGINS`), or ``None`` for pydicom's
+        default choice.
+    """
     label = header.source
     if "PixelData" not in ds:
         raise DicomError("(7FE0,0010) Pixel Data is missing: the file holds no image", label)
@@ -517,7 +532,7 @@ def _check_image(ds: Dataset, header: DicomHeader) -> None:
                 f"{bits} / 8 = {expected} bytes: the file is truncated or its header lies",
                 label,
             )
-        return
+        return None
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as exc:
@@ -534,6 +549,8 @@ def _check_image(ds: Dataset, header: DicomHeader) -> None:
             f"installed; install one of: {missing}",
             label,
         )
+    available = decoder.available_plugins
+    return next((p for p in PREFERRED_PLUGINS.get(syntax, ()) if p in available), None)
 
 
 def _rescale(ds: Dataset, label: str) -> bool:
@@ -646,10 +663,12 @@ def read_dicom(source: Source, name: str | None = None) -> CTSlice:
     """
     ds, label = _parse(source, name, pixels=True)
     header = _header(ds, label)
-    _check_image(ds, header)
+    plugin = _check_image(ds, header)
     rescale_assumed = _rescale(ds, label)
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     try:
+        if plugin is not None:
+            ds.pixel_array_options(decoding_plugin=plugin)
         stored = ds.pixel_array
     except Exception as exc:  # decoders raise many types on corrupt data
         raise DicomError(

@@ -1,0 +1,96 @@
+"""Synthetic CT DICOM bytes for tests (built in memory with pydicom; nothing on disk)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+#: Patient data written into test files; none of it may ever come out of hemo.
+PHI = {
+    "PatientName": "Doe^Jane^Q",
+    "PatientID": "MRN-00424242",
+    "PatientBirthDate": "19470312",
+    "InstitutionName": "Saint Phantom Hospital",
+    "AccessionNumber": "ACC98765431",
+    "StudyDate": "20190704",
+    "ReferringPhysicianName": "House^Gregory",
+    "DeviceSerialNumber": "SN-7731-XQ",
+}
+
+
+def ct_dataset(
+    hu: np.ndarray | None = None,
+    *,
+    z_mm: float = 0.0,
+    instance: int | None = 1,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    study_uid: str = "1.2.826.0.1.3680043.8.498.2",
+    modality: str = "CT",
+    intercept: float | None = -1024.0,
+    slope: float | None = 1.0,
+    **tags: Any,
+) -> Dataset:
+    """A single-frame 16-bit signed CT dataset whose HU are ``hu`` (default: a 64x64 head-ish disc)."""
+    if hu is None:
+        yy, xx = np.mgrid[:64, :64]
+        hu = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 24**2, 40, -1000).astype(np.int16)
+    stored = (np.asarray(hu, dtype=np.float64) - (intercept or 0.0)) / (slope or 1.0)
+    stored = stored.astype(np.int16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    if instance is not None:
+        ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [-100.0, -100.0, z_mm]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 5.0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    if intercept is not None:
+        ds.RescaleIntercept = intercept
+    if slope is not None:
+        ds.RescaleSlope = slope
+    ds.WindowCenter = 40
+    ds.WindowWidth = 80
+    ds.PixelData = stored.tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def to_bytes(ds: Dataset, preamble: bool = True) -> bytes:
+    """Encode ``ds`` as a PS3.10 file (preamble + DICM), or as a bare dataset without them."""
+    if preamble:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+    raw = DicomBytesIO()
+    raw.is_implicit_VR = False
+    raw.is_little_endian = True
+    pydicom.filewriter.write_dataset(raw, ds)
+    return raw.getvalue()
+
+
+def ct_bytes(hu: np.ndarray | None = None, preamble: bool = True, **kwargs: Any) -> bytes:
+    """:func:`ct_dataset` encoded by :func:`to_bytes`."""
+    return to_bytes(ct_dataset(hu, **kwargs), preamble=preamble)

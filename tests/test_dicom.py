@@ -1,0 +1,301 @@
+"""hemo.dicom: HU, geometry, PHI-free metadata and every refusal, on real and synthetic files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import PHI, ct_bytes, ct_dataset, to_bytes
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless
+
+from hemo import config, dicom
+from hemo.dicom import phi_free_metadata, read_dicom, read_dicom_header
+from hemo.errors import DicomError, InputError, LimitError
+
+#: CT_small.dcm stored values are 128..2191 with intercept -1024 (computed once with pydicom).
+CT_SMALL_HU_RANGE = (-896.0, 1167.0)
+
+
+def _testfile(name: str) -> Path:
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.fail(f"pydicom test file {name} missing (pydicom-data must be installed)")
+    return Path(path)
+
+
+def test_ct_small_known_hu_range(ct_small):
+    """pydicom's CT_small.dcm reads to its known HU range as read-only float32."""
+    s = read_dicom(ct_small)
+    assert s.hu.dtype == np.float32 and s.hu.shape == (128, 128)
+    assert (float(s.hu.min()), float(s.hu.max())) == CT_SMALL_HU_RANGE
+    assert not s.hu.flags.writeable
+    assert s.modality == "CT" and s.pixel_spacing_mm == (0.661468, 0.661468)
+
+
+def test_cq500_uncompressed_and_j2k_identical(cq500_uncompressed):
+    """693_UNCR.dcm and its JPEG 2000 lossless copy give identical HU."""
+    a = read_dicom(cq500_uncompressed)
+    b = read_dicom(_testfile("693_J2KR.dcm"))
+    assert b.metadata["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.90"
+    np.testing.assert_array_equal(a.hu, b.hu)
+    assert a.hu.min() >= config.HU_FLOOR and a.hu.max() > 1000
+
+
+def test_rle_ct_matches_uncompressed(ct_small):
+    """An RLE Lossless CT (CT_small re-encoded in memory) decodes to the same HU."""
+    ds = pydicom.dcmread(ct_small)
+    ds.compress(RLELossless)
+    np.testing.assert_array_equal(read_dicom(to_bytes(ds)).hu, read_dicom(ct_small).hu)
+
+
+@pytest.mark.parametrize(
+    ("name", "modality"),
+    [("MR_small_RLE.dcm", "MR"), ("US1_J2KR.dcm", "US"), ("RG1_J2KR.dcm", "CR")],
+)
+def test_compressed_non_ct_refused_by_modality(name, modality):
+    """Real RLE/JPEG 2000 files of other modalities are refused naming (0008,0060)."""
+    with pytest.raises(
+        DicomError, match=rf"\(0008,0060\) Modality is '{modality}': hemo reads CT only"
+    ):
+        read_dicom(_testfile(name))
+
+
+def test_source_kinds_agree(tmp_path):
+    """Path with and without extension, bytes and BytesIO give the same HU; the stream is restored."""
+    data = ct_bytes()
+    (tmp_path / "slice").write_bytes(data)
+    stream = io.BytesIO(data)
+    stream.seek(7)
+    reads = [read_dicom(tmp_path / "slice"), read_dicom(data), read_dicom(stream, name="up.dcm")]
+    assert stream.tell() == 7
+    for s in reads[1:]:
+        np.testing.assert_array_equal(s.hu, reads[0].hu)
+    assert reads[1].source == "<bytes>" and reads[2].source == "up.dcm"
+
+
+def test_headerless_dicom_read_by_force():
+    """A dataset without preamble/DICM is read when it holds image data."""
+    s = read_dicom(ct_bytes(preamble=False), name="bare")
+    assert s.hu.shape == (64, 64) and float(s.hu.max()) == 40.0
+
+
+@pytest.mark.parametrize("payload", [b"hello, this is text\n" * 20, bytes(range(256)) * 4])
+def test_non_dicom_refused(payload):
+    """Text or random bytes are not taken for a headerless DICOM."""
+    with pytest.raises(DicomError, match="not a DICOM file: no 'DICM' marker at byte 128"):
+        read_dicom(payload, name="notes.dcm")
+
+
+def test_empty_refused():
+    """Empty input is refused with InputError."""
+    with pytest.raises(InputError, match=r"x\.dcm: file is empty \(0 bytes\)"):
+        read_dicom(b"", name="x.dcm")
+
+
+def test_padding_floor_and_range_limit():
+    """Pixel Padding Value (and its range limit) and HU below HU_FLOOR become air."""
+    hu = np.full((32, 32), 40, dtype=np.int16)
+    hu[0, :4] = [-2000 - 1024, -3024, -1500, -1024]
+    s = read_dicom(ct_bytes(hu, PixelPaddingValue=-3024 - 0))
+    assert s.hu[0, :4].tolist() == [config.HU_AIR, config.HU_AIR, config.HU_AIR, -1024.0]
+    hu2 = np.full((32, 32), 40, dtype=np.int16)
+    hu2[0, :3] = [-900, -950, -800]  # stored 124, 74, 224
+    s2 = read_dicom(ct_bytes(hu2, PixelPaddingValue=70, PixelPaddingRangeLimit=130))
+    assert s2.hu[0, :3].tolist() == [config.HU_AIR, config.HU_AIR, -800.0]
+    assert s2.hu[1, 0] == 40.0
+
+
+def test_rsna_12bit_fault_corrected():
+    """The RSNA-2019 fault (12-bit stored unsigned, intercept > -100) gives the true HU."""
+    true_hu = np.array([[-1000, -1, 0, 40], [80, 1000, 2000, 3000]], dtype=np.int64)
+    true_hu = np.tile(true_hu, (8, 4))
+    stored = (true_hu % 4096).astype(np.uint16)  # signed 12-bit written as unsigned
+    ds = ct_dataset(np.zeros((16, 16)), intercept=0.0)
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+    ds.PixelData = stored.tobytes()
+    assert dicom.has_rsna_12bit_fault(ds)
+    s = read_dicom(to_bytes(ds))
+    np.testing.assert_array_equal(s.hu, true_hu.astype(np.float32))
+    assert s.metadata["rsna_12bit_fault_corrected"] is True
+    assert s.metadata["RescaleIntercept"] == 0.0
+
+
+def test_rsna_rule_not_applied_to_sane_intercept():
+    """A 12-bit unsigned CT with intercept -1024 is left alone."""
+    ds = ct_dataset(np.zeros((16, 16)), intercept=-1024.0)
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+    ds.PixelData = np.full((16, 16), 1064, dtype=np.uint16).tobytes()
+    s = read_dicom(to_bytes(ds))
+    assert not dicom.has_rsna_12bit_fault(ds) and float(s.hu[0, 0]) == 40.0
+
+
+def test_monochrome1_hu_not_inverted():
+    """MONOCHROME1 is presentation only: HU equal the MONOCHROME2 reading."""
+    m2 = read_dicom(ct_bytes())
+    m1 = read_dicom(ct_bytes(PhotometricInterpretation="MONOCHROME1"))
+    np.testing.assert_array_equal(m1.hu, m2.hu)
+    assert m1.metadata["PhotometricInterpretation"] == "MONOCHROME1"
+
+
+def test_multivalued_window_takes_first():
+    """Several Window Center/Width values: the first is the default, all are kept."""
+    s = read_dicom(ct_bytes(WindowCenter=[40, 300], WindowWidth=[80, 1500]))
+    assert (s.default_window.center_hu, s.default_window.width_hu) == (40.0, 80.0)
+    assert s.metadata["WindowCenter"] == [40.0, 300.0]
+    assert s.metadata["WindowWidth"] == [80.0, 1500.0]
+
+
+def test_zero_window_width_ignored_with_warning(caplog):
+    """A Window Width of 0 is logged with the rule and the default window dropped."""
+    with caplog.at_level(logging.WARNING, logger="hemo.dicom"):
+        s = read_dicom(ct_bytes(WindowWidth=0), name="w.dcm")
+    assert s.default_window is None
+    assert "(0028,1051) Window Width must be greater than 0, got 0" in caplog.text
+
+
+def test_missing_rescale_is_identity_with_warning(caplog):
+    """A CT without rescale tags reads stored values as HU and warns."""
+    with caplog.at_level(logging.WARNING, logger="hemo.dicom"):
+        s = read_dicom(ct_bytes(intercept=None, slope=None))
+    assert float(s.hu.max()) == 40.0 and s.metadata["rescale_assumed"] is True
+    assert "(0028,1052) Rescale Intercept missing, taken as 0" in caplog.text
+
+
+def test_zero_slope_refused():
+    """A Rescale Slope of 0 is refused."""
+    with pytest.raises(
+        DicomError, match=r"\(0028,1053\) Rescale Slope is 0: must be a finite non-zero"
+    ):
+        read_dicom(ct_bytes(RescaleSlope=0))
+
+
+def test_multiframe_refused():
+    """Multi-frame DICOM is refused on purpose."""
+    ds = ct_dataset()
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    with pytest.raises(
+        DicomError,
+        match=r"\(0028,0008\) Number of Frames is 3: multi-frame DICOM is not supported; "
+        "export single-frame slices",
+    ):
+        read_dicom(to_bytes(ds))
+
+
+def test_rgb_refused():
+    """Samples per Pixel 3 is refused."""
+    ds = ct_dataset()
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.PixelData = ds.PixelData * 3
+    with pytest.raises(DicomError, match=r"\(0028,0002\) Samples per Pixel is 3: colour DICOM"):
+        read_dicom(to_bytes(ds))
+
+
+def test_no_pixel_data_refused():
+    """A DICOM without Pixel Data is refused."""
+    ds = ct_dataset()
+    del ds.PixelData
+    with pytest.raises(DicomError, match=r"\(7FE0,0010\) Pixel Data is missing"):
+        read_dicom(to_bytes(ds))
+
+
+def test_short_pixel_data_refused():
+    """Pixel data shorter than Rows x Columns x Bits Allocated / 8 is refused with the numbers."""
+    ds = ct_dataset()
+    ds.Rows = 128
+    with pytest.raises(
+        DicomError, match=r"Pixel Data is 8192 bytes, shorter than .* = 16384 bytes"
+    ):
+        read_dicom(to_bytes(ds))
+
+
+def test_huge_declared_size_refused_before_decoding(monkeypatch):
+    """Rows x Columns over the limit is a LimitError raised before decoding."""
+    ds = ct_dataset()
+    ds.Rows = ds.Columns = 65535
+    monkeypatch.setattr(
+        pydicom.Dataset, "pixel_array", property(lambda self: pytest.fail("decoded"))
+    )
+    with pytest.raises(LimitError, match=r"65535 x 65535 = 4294836225 pixels, more than the limit"):
+        read_dicom(to_bytes(ds))
+
+
+def test_file_over_byte_limit_refused(monkeypatch, tmp_path):
+    """A file over MAX_FILE_BYTES is refused before it is read."""
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 1000)
+    (tmp_path / "big.dcm").write_bytes(ct_bytes())
+    with pytest.raises(
+        LimitError, match=r"big\.dcm: file is \d+ bytes, more than the limit of 1000"
+    ):
+        read_dicom(tmp_path / "big.dcm")
+
+
+def test_missing_decoder_named(monkeypatch):
+    """A compressed transfer syntax without an installed decoder names the syntax and the fix."""
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["gdcm - requires gdcm>=3.0.10"]
+
+    monkeypatch.setattr(dicom, "get_decoder", lambda uid: Unavailable())
+    with pytest.raises(
+        DicomError,
+        match=r"Transfer Syntax UID is 1\.2\.840\.10008\.1\.2\.4\.90 \(JPEG 2000 Image Compression "
+        r"\(Lossless Only\)\): no decoder for it is installed; install one of: gdcm",
+    ):
+        read_dicom(_testfile("693_J2KR.dcm"))
+
+
+def test_corrupt_compressed_data_wrapped():
+    """Garbage inside a JPEG 2000 stream becomes a DicomError keeping the decoder's error."""
+    ds = pydicom.dcmread(_testfile("693_J2KR.dcm"))
+    garbage = np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + garbage])
+    with pytest.raises(DicomError, match=r"cannot decode \(7FE0,0010\) Pixel Data") as info:
+        read_dicom(to_bytes(ds), name="bad.dcm")
+    assert info.value.__cause__ is not None and "bad.dcm" in str(info.value)
+
+
+def test_phi_never_leaves(tmp_path):
+    """Names, IDs, dates and institution never appear in the slice, its metadata or the header."""
+    data = ct_bytes(**PHI)
+    s = read_dicom(data, name="phi.dcm")
+    h = read_dicom_header(data, name="phi.dcm")
+    text = " ".join([repr(s), json.dumps(dict(s.metadata)), repr(h), json.dumps(dict(h.metadata))])
+    for value in PHI.values():
+        assert value not in text
+    assert s.patient_key == hashlib.sha256(PHI["PatientID"].encode()).hexdigest()[:16]
+    keys = set(phi_free_metadata(pydicom.dcmread(io.BytesIO(data))))
+    assert keys.isdisjoint({"PatientName", "PatientID", "StudyDate", "InstitutionName"})
+
+
+def test_header_without_pixels(ct_small):
+    """The header carries geometry, UIDs and the default window without decoding pixels."""
+    h = read_dicom_header(ct_small)
+    assert (h.rows, h.columns, h.modality) == (128, 128, "CT")
+    assert h.slice_z_mm == pytest.approx(-75.699997)
+    assert h.transfer_syntax == "1.2.840.10008.1.2.1" and h.series_uid
+
+
+def test_header_reports_other_modalities():
+    """read_dicom_header does not refuse an MR (the index decides)."""
+    assert read_dicom_header(_testfile("MR_small_RLE.dcm")).modality == "MR"
+
+
+def test_slice_z_projects_on_normal():
+    """slice_z_mm is the position along the normal of a tilted plane."""
+    tilt = np.deg2rad(10.0)
+    orient = [1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt))]
+    s = read_dicom(ct_bytes(ImageOrientationPatient=orient, ImagePositionPatient=[0, 0, 10.0]))
+    assert s.slice_z_mm == pytest.approx(10.0 * np.cos(tilt))
