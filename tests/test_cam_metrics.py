@@ -155,3 +155,118 @@ def test_deletion_score_rewards_the_right_region() -> None:
     assert score.drop_random < score.drop_cam
     flat = deletion_score(predict, x, np.zeros((SIZE, SIZE)), topk=0.05)
     assert flat.drop_cam == 0.0 and flat.drop_random == 0.0
+
+
+PHANTOM_SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def phantom_index(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny phantom dataset (DICOM + masks) and its index with absolute paths."""
+    from hemo.datasets import load_index
+    from hemo.phantom import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_demo_dataset(root, n_studies=4, seed=11, slices_per_study=3, size=PHANTOM_SIZE)
+    return load_index(root / "index.parquet")
+
+
+@pytest.mark.parametrize("crop_head", [False, True])
+def test_mask_follows_model_input_geometry(phantom_index, crop_head: bool) -> None:
+    """The resized mask lands where to_model_input puts the lesion's pixels."""
+    import dataclasses
+
+    from hemo.cam.metrics import mask_to_input, read_mask
+    from hemo.io import read_scan
+    from hemo.preprocess import InputSpec, to_model_input
+
+    spec = InputSpec(size=48, windows=("bone",), channels=1, crop_head=crop_head)
+    row = phantom_index[phantom_index["label_any"] == 1].iloc[0]
+    scan = read_scan(row["path"])
+    lesion = read_mask(row["mask_path"], "any")
+    marked = dataclasses.replace(scan, hu=np.where(lesion, 2000.0, scan.hu).astype(np.float32))
+    diff = to_model_input(marked, spec)[..., 0] - to_model_input(scan, spec)[..., 0]
+    reference = diff >= 0.35  # half the ~0.7 step a full lesion pixel makes in the bone window
+    mapped = mask_to_input(lesion, scan, spec)
+    assert mapped.shape == (48, 48) and mapped.any()
+    assert np.count_nonzero(mapped & reference) / np.count_nonzero(mapped | reference) >= 0.8
+
+
+def test_read_mask_bits(tmp_path) -> None:
+    """Bit i of the PNG is SUBTYPES[i]; 'any' is the union."""
+    import cv2
+
+    from hemo.cam.metrics import read_mask
+
+    bits = np.zeros((4, 4), np.uint8)
+    bits[0, 0] = 0b00001  # epidural
+    bits[1, 1] = 0b10000  # subdural
+    bits[2, 2] = 0b10001
+    path = tmp_path / "m.png"
+    cv2.imwrite(str(path), bits)
+    assert np.argwhere(read_mask(path, "subdural")).tolist() == [[1, 1], [2, 2]]
+    assert np.argwhere(read_mask(path, "epidural")).tolist() == [[0, 0], [2, 2]]
+    assert np.count_nonzero(read_mask(path, "any")) == 3
+    with pytest.raises(Exception, match=r"no mask bit for label 'bleed'"):
+        read_mask(path, "bleed")
+
+
+@pytest.fixture(scope="module")
+def compact_model():
+    """An untrained compact model at the phantom size and its card."""
+    from hemo.config import RSNA_LABELS
+    from hemo.model import CAM_LAYERS, ModelCard, build_model
+    from hemo.preprocess import InputSpec
+
+    spec = InputSpec(size=PHANTOM_SIZE)
+    model = build_model("compact", spec, RSNA_LABELS, weights=None)
+    card = ModelCard(
+        name="tiny",
+        architecture="compact",
+        input_spec=spec,
+        labels=RSNA_LABELS,
+        cam_layer=CAM_LAYERS["compact"],
+    )
+    return model, card
+
+
+def test_cam_quality_report(phantom_index, compact_model) -> None:
+    """cam_quality scores every positive masked slice and returns JSON-ready numbers."""
+    import json
+
+    from hemo.cam.metrics import cam_quality
+    from hemo.model import CAM_LAYERS
+
+    model, card = compact_model
+    report = cam_quality(model, card, phantom_index, method="gradcam", split=None, draws=2)
+    positives = int((phantom_index["label_any"] == 1).sum())
+    assert report["n_slices"] == positives > 0
+    assert report["n_errors"] == 0
+    assert report["layer"] == CAM_LAYERS["compact"]
+    assert report["tolerance_px"] == 4
+    for key in ("pointing_game", "energy_in_mask", "iou_topk", "flat_fraction"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert set(report["faithfulness"]) == {"air", "blur"}
+    json.dumps(report, allow_nan=False)
+    capped = cam_quality(
+        model, card, phantom_index, "hirescam", split=None, max_slices=2, removal=()
+    )
+    assert capped["n_slices"] == 2 and capped["faithfulness"] == {}
+
+
+def test_cam_quality_without_positives(phantom_index, compact_model) -> None:
+    """No qualifying slice gives n_slices 0 and None means, not an error."""
+    from hemo.cam.metrics import cam_quality
+
+    model, card = compact_model
+    report = cam_quality(model, card, phantom_index, split="nonexistent")
+    assert report["n_slices"] == 0 and report["pointing_game"] is None
+
+
+def test_cam_quality_unknown_label(phantom_index, compact_model) -> None:
+    """A label the card does not list is refused."""
+    from hemo.cam.metrics import cam_quality
+
+    model, card = compact_model
+    with pytest.raises(ValueError, match=r"label 'bleed' is not an output of this model"):
+        cam_quality(model, card, phantom_index, label="bleed")

@@ -292,6 +292,14 @@ class BaseCAM:
         """
         raise NotImplementedError
 
+    def logits(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
+        """All logits of a batch through the cached graph: (N, H, W, C) -> float32 (N, outputs).
+
+        Reuses the traced gradient function (the backward pass stops at the target layer, so it
+        costs little) instead of tracing a second graph.
+        """
+        return self._function(_as_batch(x, self.input_shape), 0)[2]
+
     def raw_maps(
         self, x: NDArray[np.float32], label: str | int = "any"
     ) -> tuple[NDArray[np.float32], NDArray[np.float32], str]:

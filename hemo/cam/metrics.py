@@ -22,12 +22,17 @@ gives ``drop_cam > drop_random``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
 
 #: Pointing-game tolerance of Zhang et al. 2018: 15 px at a 224 px input.
 POINTING_TOLERANCE_PX_AT_224 = 15.0
@@ -255,3 +260,231 @@ def deletion_score(
         after_cam=float(probs[1]),
         after_random=float(probs[2:].mean()),
     )
+
+
+# Aggregation over a dataset ---------------------------------------------------------------------
+#: Slices explained per model call in :func:`cam_quality`.
+QUALITY_BATCH = 16
+#: Default cap on the slices :func:`cam_quality` scores (seeded sample beyond it).
+DEFAULT_MAX_SLICES = 200
+ANY_LABEL = "any"
+ANY_COLUMN = "label_any"
+#: Share of a resized mask pixel that must be lesion for the pixel to count (INTER_AREA resize).
+MASK_AREA_THRESHOLD = 0.5
+
+
+def read_mask(mask_path: str | Path, label: str) -> NDArray[np.bool_]:
+    """The lesion mask of ``label`` from a bitmask PNG (bit ``i`` = ``SUBTYPES[i]``).
+
+    Args:
+        mask_path: ``masks/ID_<id>.png``, uint8 (H, W) (see docs/CONTRACTS.md, Phantoms).
+        label: A subtype, or ``"any"`` for the union of all subtypes.
+
+    Returns:
+        bool (H, W) at the scan's original size.
+
+    Raises:
+        DatasetError: The file cannot be read or ``label`` is not a subtype.
+    """
+    from hemo.config import SUBTYPES
+    from hemo.errors import DatasetError
+
+    bits = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    if bits is None or bits.ndim != 2:
+        raise DatasetError("cannot read the mask as a one-channel bitmask PNG", source=mask_path)
+    if label == ANY_LABEL:
+        return bits > 0
+    if label not in SUBTYPES:
+        raise DatasetError(f"no mask bit for label {label!r}; masks have {list(SUBTYPES)}")
+    return ((bits >> SUBTYPES.index(label)) & 1).astype(bool)
+
+
+def mask_to_input(mask: NDArray, scan: Any, spec: Any) -> NDArray[np.bool_]:
+    """A mask at the scan's size carried through the geometry of ``to_model_input``.
+
+    Same steps as :func:`hemo.preprocess.to_model_input` applies to the pixels: the optional
+    square crop around the head (box from the scan itself), padding to a square, ``INTER_AREA``
+    resize; a pixel is lesion when at least :data:`MASK_AREA_THRESHOLD` of it was.
+
+    Args:
+        mask: bool (H, W) at the scan's size.
+        scan: The ``CTSlice`` or ``Image2D`` the mask belongs to.
+        spec: The model's ``InputSpec``.
+
+    Returns:
+        bool (size, size).
+
+    Raises:
+        DatasetError: The mask does not have the scan's shape.
+    """
+    from hemo import preprocess
+    from hemo.dicom import CTSlice
+    from hemo.errors import DatasetError
+
+    image = scan.hu if isinstance(scan, CTSlice) else preprocess.to_display(scan)
+    if np.shape(mask) != image.shape:
+        raise DatasetError(
+            f"mask shape {np.shape(mask)} differs from the scan's {image.shape}", source=scan.source
+        )
+    area = np.asarray(mask, dtype=np.float32)
+    if spec.crop_head:
+        threshold = (
+            preprocess.HEAD_HU_THRESHOLD
+            if isinstance(scan, CTSlice) and spec.mode == "hu"
+            else preprocess.HEAD_GRAY_THRESHOLD
+        )
+        source = image if spec.mode == "hu" else preprocess.to_display(scan, spec.display_window)
+        area = preprocess._square_crop(area, preprocess.head_bbox(source, threshold), 0.0)
+    area = preprocess._pad_square(area, 0.0)
+    area = cv2.resize(area, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    return area >= MASK_AREA_THRESHOLD
+
+
+def _label_column(label: str) -> str:
+    return ANY_COLUMN if label == ANY_LABEL else label
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def cam_quality(
+    model: Any,
+    card: Any,
+    index_df: Any,
+    method: str = "gradcam",
+    split: str | None = "test",
+    max_slices: int = DEFAULT_MAX_SLICES,
+    label: str = ANY_LABEL,
+    topk: float = DEFAULT_TOPK,
+    tolerance_px: int | None = None,
+    removal: tuple[str, ...] = REMOVAL_MODES,
+    draws: int = DEFAULT_RANDOM_DRAWS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Localisation and faithfulness of one CAM method over the positive slices with masks.
+
+    Slices are the rows of ``index_df`` in ``split`` that are positive for ``label`` and have a
+    ``mask_path``; for a subtype its own mask bit is used, for ``any`` the union of all. Beyond
+    ``max_slices`` a seeded sample is taken. A slice that cannot be read is skipped and counted.
+
+    Args:
+        model: The Keras model (never modified).
+        card: Its ``ModelCard`` (``input_spec``, ``labels``, ``cam_layer``).
+        index_df: Dataset index (docs/CONTRACTS.md), absolute paths (``load_index``).
+        method: A key of ``hemo.cam.METHODS``.
+        split: ``"train"``, ``"val"``, ``"test"``, or ``None`` for all rows.
+        max_slices: Most slices scored.
+        label: ``"any"`` or a subtype in ``card.labels``.
+        topk: Share of the pixels in the top region (IoU, deletion).
+        tolerance_px: Pointing-game tolerance; default :func:`pointing_tolerance_px` of the
+            input size.
+        removal: Deletion modes to measure (``"air"``, ``"blur"``).
+        draws: Random placements per slice for the deletion baseline.
+        seed: Seed of the sample and the random placements.
+
+    Returns:
+        A JSON-ready dict: ``method, label, layer, split, n_slices, n_errors, tolerance_px, topk,
+        pointing_game, energy_in_mask, iou_topk, flat_fraction, seconds_per_slice`` and
+        ``faithfulness: {mode: {drop_cam, drop_random, gain}}``; the means are ``None`` when no
+        slice qualifies.
+
+    Raises:
+        ValueError: Unknown method or a label the model does not output.
+        DatasetError: The index lacks the label column.
+    """
+    import time
+
+    from hemo.cam.registry import get_method
+    from hemo.errors import DatasetError, HemoError
+    from hemo.io import read_scan
+    from hemo.preprocess import to_model_input
+
+    spec = card.input_spec
+    explainer = get_method(method)(model, layer=card.cam_layer or None, labels=card.labels)
+    index = tuple(card.labels).index(label) if label in card.labels else None
+    if index is None:
+        raise ValueError(
+            f"label {label!r} is not an output of this model; outputs: {list(card.labels)}"
+        )
+    column = _label_column(label)
+    if column not in index_df.columns:
+        raise DatasetError(f"the index has no {column!r} column; cannot select positive slices")
+    rows = index_df
+    if split is not None and "split" in rows.columns:
+        rows = rows[rows["split"] == split]
+    rows = rows[(rows[column] == 1)]
+    rows = rows[rows["mask_path"].notna()] if "mask_path" in rows.columns else rows.iloc[:0]
+    rows = rows.sort_values("path")
+    if len(rows) > max_slices:
+        rows = rows.sample(n=max_slices, random_state=seed).sort_values("path")
+    tolerance = pointing_tolerance_px(spec.size) if tolerance_px is None else tolerance_px
+
+    def predict(batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return 1.0 / (1.0 + np.exp(-explainer.logits(batch)[:, index].astype(np.float64)))
+
+    hits: list[float] = []
+    energies: list[float] = []
+    ious: list[float] = []
+    flats: list[float] = []
+    drops: dict[str, list[DeletionScore]] = {mode: [] for mode in removal}
+    errors = 0
+    start = time.perf_counter()
+    items = list(rows[["path", "mask_path"]].itertuples(index=False))
+    for first in range(0, len(items), QUALITY_BATCH):
+        inputs, masks = [], []
+        for path, mask_path in items[first : first + QUALITY_BATCH]:
+            try:
+                scan = read_scan(path)
+                x = to_model_input(scan, spec)
+                mask = mask_to_input(read_mask(mask_path, label), scan, spec)
+            except HemoError as exc:
+                log.warning("cam_quality: skipping %s: %s", path, exc)
+                errors += 1
+                continue
+            if not mask.any():
+                log.warning("cam_quality: skipping %s: mask empty at the input size", path)
+                errors += 1
+                continue
+            inputs.append(x)
+            masks.append(mask)
+        if not inputs:
+            continue
+        results = explainer(np.stack(inputs), label=label)
+        for offset, (x, mask, result) in enumerate(zip(inputs, masks, results, strict=True)):
+            hits.append(float(pointing_game(result.heatmap, mask, tolerance)))
+            energies.append(energy_in_mask(result.heatmap, mask))
+            ious.append(iou_topk(result.heatmap, mask, topk))
+            flats.append(float(result.flat))
+            for mode in removal:
+                drops[mode].append(
+                    deletion_score(
+                        predict, x, result.heatmap, topk, mode, draws, seed + first + offset
+                    )
+                )
+    seconds = time.perf_counter() - start
+    faithfulness = {}
+    for mode, scores in drops.items():
+        cam = _mean([s.drop_cam for s in scores])
+        rand = _mean([s.drop_random for s in scores])
+        faithfulness[mode] = {
+            "drop_cam": cam,
+            "drop_random": rand,
+            "gain": None if cam is None or rand is None else cam - rand,
+        }
+    return {
+        "method": method,
+        "label": label,
+        "layer": explainer.layer,
+        "split": split,
+        "n_slices": len(hits),
+        "n_errors": errors,
+        "tolerance_px": tolerance,
+        "topk": topk,
+        "pointing_game": _mean(hits),
+        "energy_in_mask": _mean(energies),
+        "iou_topk": _mean(ious),
+        "flat_fraction": _mean(flats),
+        "faithfulness": faithfulness,
+        "seconds_per_slice": seconds / len(hits) if hits else None,
+    }
