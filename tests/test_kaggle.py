@@ -1,0 +1,195 @@
+"""Kaggle downloads without network: credentials, network and rules errors, unzip and index."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import urllib3.exceptions
+
+from hemo.cli import EXIT_ERROR, main
+from hemo.errors import KaggleError
+from hemo.kaggle import DONE_MARKER, download, find_credentials
+
+RULES_URL = "https://www.kaggle.com/competitions/rsna-intracranial-hemorrhage-detection/rules"
+
+
+@pytest.fixture()
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HOME and no KAGGLE_* variables: nowhere to find credentials."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+class FakeApi:
+    """Stands in for the kaggle API object: raises ``error`` or 'downloads' ``archive``."""
+
+    def __init__(self, error: BaseException | None = None, archive: Path | None = None) -> None:
+        self.error = error
+        self.archive = archive
+        self.calls: list[tuple[str, str]] = []
+
+    def _download(self, ref: str, path: str) -> None:
+        self.calls.append((ref, path))
+        if self.error is not None:
+            raise self.error
+        assert self.archive is not None
+        Path(path, self.archive.name).write_bytes(self.archive.read_bytes())
+
+    def dataset_download_files(self, dataset: str, path: str, **_: Any) -> None:
+        self._download(dataset, path)
+
+    def competition_download_files(self, competition: str, path: str, **_: Any) -> None:
+        self._download(competition, path)
+
+
+def _http_error(status: int) -> requests.HTTPError:
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} Client Error", response=response)
+
+
+@pytest.fixture()
+def head_ct_zip(head_ct_dir: Path, tmp_path: Path) -> Path:
+    """A zip laid out like Kaggle's head-ct archive, made from the shared sample."""
+    archive = tmp_path / "head-ct-hemorrhage.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(head_ct_dir / "labels.csv", "labels.csv")
+        for png in sorted((head_ct_dir / "head_ct").glob("*.png")):
+            zf.write(png, f"head_ct/head_ct/{png.name}")
+    return archive
+
+
+def test_missing_credentials_say_where_kaggle_json_goes(
+    no_credentials: Path, tmp_path: Path
+) -> None:
+    """Without credentials, download raises before any network with the kaggle.json hint."""
+    assert find_credentials() is None
+    with pytest.raises(KaggleError, match=r"~/\.kaggle/kaggle\.json.*chmod 600.*KAGGLE_USERNAME"):
+        download("head-ct", out=tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_credentials_found_in_each_documented_place(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """kaggle.json (warned when world-readable), KAGGLE_CONFIG_DIR, env key and token are found."""
+    kaggle_json = no_credentials / ".kaggle" / "kaggle.json"
+    kaggle_json.parent.mkdir()
+    kaggle_json.write_text('{"username": "u", "key": "k"}')
+    kaggle_json.chmod(0o644)
+    assert find_credentials() == str(kaggle_json)
+    assert "chmod 600" in caplog.text
+    kaggle_json.unlink()
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(no_credentials / "cfg"))
+    (no_credentials / "cfg").mkdir()
+    (no_credentials / "cfg" / "kaggle.json").write_text("{}")
+    assert find_credentials() == str(no_credentials / "cfg" / "kaggle.json")
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert find_credentials() == "KAGGLE_USERNAME/KAGGLE_KEY"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "t")
+    assert find_credentials() == "KAGGLE_API_TOKEN"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        requests.exceptions.ConnectionError("Failed to resolve 'www.kaggle.com'"),
+        urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection"),
+        requests.exceptions.ReadTimeout("read timed out"),
+    ],
+    ids=["requests", "urllib3", "timeout"],
+)
+def test_network_failure_is_a_clear_error(error: BaseException, tmp_path: Path) -> None:
+    """A connection error from requests/urllib3 becomes 'no network connection?'."""
+    api = FakeApi(error=error)
+    with pytest.raises(KaggleError, match="cannot reach kaggle.com to download .*no network"):
+        download("head-ct", out=tmp_path, api_factory=lambda: api)
+    assert api.calls == [("felipekitamura/head-ct-hemorrhage", str(tmp_path / "head-ct"))]
+
+
+def test_competition_403_says_accept_the_rules(tmp_path: Path) -> None:
+    """A 403 on the RSNA competition points at its rules page."""
+    api = FakeApi(error=_http_error(403))
+    with pytest.raises(KaggleError, match=f"accept the competition rules at {RULES_URL}"):
+        download("rsna", out=tmp_path, api_factory=lambda: api)
+
+
+def test_401_says_credentials_rejected(tmp_path: Path) -> None:
+    """A 401 says the credentials were rejected and where new ones go."""
+    api = FakeApi(error=_http_error(401))
+    with pytest.raises(KaggleError, match="credentials were rejected; no Kaggle credentials"):
+        download("head-ct", out=tmp_path, api_factory=lambda: api)
+
+
+def test_download_unzips_indexes_and_reuses_a_finished_download(
+    head_ct_zip: Path, tmp_path: Path
+) -> None:
+    """A downloaded archive is unpacked, indexed to 140 rows, and not fetched again."""
+    api = FakeApi(archive=head_ct_zip)
+    result = download("head-ct", out=tmp_path / "raw", api_factory=lambda: api)
+    assert (result.layout, result.total, result.downloaded) == ("kaggle_head_ct", 140, True)
+    assert result.index_path == result.root / "index.parquet" and result.index_path.is_file()
+    assert (tmp_path / "raw" / "head-ct" / DONE_MARKER).is_file()
+    assert list((tmp_path / "raw" / "head-ct").glob("*.zip")) == []
+
+    def refuse() -> FakeApi:
+        raise AssertionError("a finished download must not be fetched again")
+
+    again = download("head-ct", out=tmp_path / "raw", api_factory=refuse)
+    assert (again.total, again.downloaded) == (140, False)
+
+
+def test_zip_member_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    """An archive member with ../ is refused and nothing is written outside."""
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../escaped.txt", "x")
+    with pytest.raises(KaggleError, match=r"zip member '\.\./escaped\.txt' points outside"):
+        download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=archive))
+    assert not (tmp_path / "raw" / "escaped.txt").exists()
+
+
+def test_kaggle_exit_during_authentication_is_a_kaggle_error(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the kaggle package calls sys.exit while authenticating, hemo raises KaggleError."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    from hemo.kaggle import make_api
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+
+    def exit_now(self: KaggleApi) -> None:
+        raise SystemExit(1)
+
+    monkeypatch.setattr(KaggleApi, "authenticate", exit_now)
+    with pytest.raises(KaggleError, match="Kaggle refused the credentials from KAGGLE_USERNAME"):
+        make_api()
+
+
+def test_cli_without_credentials_is_one_line_exit_2(
+    no_credentials: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hemo download without credentials exits 2 with one line and no traceback."""
+    assert main(["download", "head-ct", "--out", str(tmp_path / "raw"), "--json"]) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip().startswith("hemo: error: no Kaggle credentials found")
+    assert "Traceback" not in captured.err
+
+
+def test_unknown_source_is_refused() -> None:
+    """An unknown source name lists the known ones."""
+    with pytest.raises(KaggleError, match="unknown source 'cq500': use one of head-ct, rsna"):
+        download("cq500")
