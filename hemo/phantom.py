@@ -126,14 +126,17 @@ SEPTUM_HALF_MM = 1.2
 MIN_FEATURE_PX = 1.2  # thin CSF spaces are never drawn thinner than this
 FIELD_CORRELATION_MM = 14.0  # grain of the slow random fields
 DIPLOE_GRAIN_MM = 2.0
-MIN_VENTRICLE_PX = 20  # fewer ventricle pixels: no intraventricular bleed on that slice
+MIN_VENTRICLE_MM2 = 80.0  # less ventricle area: no intraventricular bleed on that slice
 
 # Bleeds -----------------------------------------------------------------------------------------
 EPIDURAL_ARC_MM = (35.0, 70.0)
 EPIDURAL_THICK_MM = (8.0, 18.0)
 SUBDURAL_ARC_MM = (90.0, 170.0)
 SUBDURAL_THICK_MM = (5.0, 12.0)
-MIN_BLEED_PX = 2.5  # the thickest part of an extra-axial bleed is at least this many pixels
+MIN_BLEED_PX = 3.0  # the thickest part of an extra-axial bleed is at least this many pixels
+MIN_BLOOD_LINE_PX = 2.0  # sulci filled with blood are at least this wide
+MIN_MASK_MM2 = 10.0  # a bleed smaller than this on a slice is left out of that slice
+MIN_MASK_PX = 4
 IPH_RADIUS_MM = (6.0, 15.0)
 IPH_EDEMA_MM = (2.0, 5.5)
 IPH_DEPTH_FRACTION = (0.35, 0.7)  # centre radius as a fraction of the local brain radius
@@ -621,6 +624,9 @@ def _render(head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator) ->
     widen = np.where(sah_region, np.float32(SAH_WIDEN), np.float32(1.0))
     half_w = np.float32(_lerp(head.atrophy, *SULCUS_WIDTH_MM) / 2) * widen
     half_w = np.maximum(half_w * (1.0 - 0.6 * np.clip(db / sulcus_depth, 0.0, 1.0)), min_half)
+    half_w = np.where(
+        sah_region, np.maximum(half_w, np.float32(MIN_BLOOD_LINE_PX * spacing / 2)), half_w
+    )
     surface_csf = np.float32(max(_lerp(head.atrophy, *SURFACE_CSF_MM), 2 * float(min_half)))
     sulci = (dist_line < half_w) & (db < sulcus_depth) & (db >= 0)
     cortex = (db < surface_csf + CORTEX_MM) | (
@@ -713,8 +719,12 @@ def _render(head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator) ->
         masks["intraventricular"] = ventricles & below
     if sah_region.any():
         masks["subarachnoid"] = sah_region & csf & ~ventricles
+    min_px = max(MIN_MASK_PX, MIN_MASK_MM2 / spacing**2)
     for name in SUBTYPES:
+        masks[name] &= head.fov
         m = masks[name]
+        if 0 < m.sum() < min_px:
+            m[:] = False  # a sliver at the edge of a bleed's span: no label for a few pixels
         if m.any():
             blood = bleeds.blood_hu[name] + HU_BLOOD_TEXTURE * (
                 c_mix * head.texture[1] - s_mix * head.texture[0]
@@ -726,16 +736,14 @@ def _render(head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator) ->
     image = image + _correlated_noise(rng, shape, head.noise_sd)
     image = np.clip(np.rint(image), HU_MIN_STORED, HU_CEIL)
     image[~head.fov] = HU_AIR
+    image = image.astype(np.float32, copy=False)
     image.setflags(write=False)
     for m in masks.values():
-        m &= head.fov
         m.setflags(write=False)
     anatomy = {"bone": bone, "brain": brain, "ventricles": ventricles, "csf": csf, "fov": head.fov}
     for m in anatomy.values():
         m.setflags(write=False)
-    return PhantomSlice(
-        hu=image.astype(np.float32), masks=masks, z_mm=z, pixel_spacing_mm=spacing, anatomy=anatomy
-    )
+    return PhantomSlice(hu=image, masks=masks, z_mm=z, pixel_spacing_mm=spacing, anatomy=anatomy)
 
 
 def _correlated_noise(rng: np.random.Generator, shape: tuple[int, ...], sd_hu: float) -> FloatArray:
@@ -886,7 +894,7 @@ def _plan_bleeds(
                 _ventricles(head, z, zero) & (_geometry(head, z).brain_depth_mm > 4 * CORTEX_MM)
                 for z in levels
             ]
-            eligible = [int(m.sum()) >= MIN_VENTRICLE_PX for m in masks]
+            eligible = [float(m.sum()) * head.spacing_mm**2 >= MIN_VENTRICLE_MM2 for m in masks]
             span = _pick_span(rng, levels, eligible)
             if span is None:
                 log.warning("no slice crosses the ventricles: intraventricular bleed dropped")
@@ -983,8 +991,19 @@ def patient_key(patient_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class _SliceIdentity:
-    """Identifiers of one written slice."""
+class SliceIdentity:
+    """Identifiers written into one slice's DICOM header (all synthetic).
+
+    Attributes:
+        image_id: RSNA-style image id, ``ID_`` + 9 hex digits (the file stem).
+        patient_id: PatientID (0010,0020), e.g. ``PHANTOM-0001``.
+        patient_name: PatientName (0010,0010), e.g. ``Phantom^0001``.
+        study_uid: StudyInstanceUID (0020,000D).
+        series_uid: SeriesInstanceUID (0020,000E).
+        frame_uid: FrameOfReferenceUID (0020,0052).
+        sop_uid: SOPInstanceUID (0008,0018).
+        instance_number: InstanceNumber (0020,0013), 1-based.
+    """
 
     image_id: str
     patient_id: str
@@ -1010,7 +1029,7 @@ def stored_pixels(slc: PhantomSlice) -> npt.NDArray[np.uint16]:
     return np.rint(values).astype(np.uint16)
 
 
-def _dicom_dataset(slc: PhantomSlice, ident: _SliceIdentity) -> Dataset:
+def _dicom_dataset(slc: PhantomSlice, ident: SliceIdentity) -> Dataset:
     """A CT Image Storage dataset (PS3.3 A.3) holding ``slc``, with file meta for Part 10."""
     rows, cols = slc.hu.shape
     spacing = round(slc.pixel_spacing_mm, 6)
@@ -1079,8 +1098,14 @@ def _dicom_dataset(slc: PhantomSlice, ident: _SliceIdentity) -> Dataset:
     return ds
 
 
-def write_dicom(slc: PhantomSlice, path: Path, ident: _SliceIdentity) -> None:
-    """Write one phantom slice as a Part 10 CT DICOM file (explicit VR little endian)."""
+def write_dicom(slc: PhantomSlice, path: Path, ident: SliceIdentity) -> None:
+    """Write one phantom slice as a Part 10 CT DICOM file (PS3.10; explicit VR little endian).
+
+    Args:
+        slc: The slice; stored values from :func:`stored_pixels`.
+        path: Output file (overwritten).
+        ident: Identifiers written into the header.
+    """
     _dicom_dataset(slc, ident).save_as(path, enforce_file_format=True)
 
 
@@ -1197,7 +1222,7 @@ def write_demo_dataset(
             series_uid = _uid(seed, study, "series")
             frame_uid = _uid(seed, study, "frame")
             for index, slc in enumerate(slices):
-                ident = _SliceIdentity(
+                ident = SliceIdentity(
                     image_id=_image_id(seed, study, index),
                     patient_id=patient,
                     patient_name=f"Phantom^{number}",

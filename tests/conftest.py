@@ -61,3 +61,17 @@ def cq500_uncompressed() -> Path:
     if path is None:
         pytest.fail("pydicom-data is not installed: 693_UNCR.dcm missing")
     return Path(path)
+
+
+#: Small phantom dataset of the ``phantom_dir`` fixture: studies, slices per study, side, seed.
+PHANTOM_FIXTURE = {"n_studies": 6, "slices_per_study": 4, "size": 128, "seed": 123}
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic phantom dataset (RSNA layout, masks, index.parquet); read-only by convention."""
+    from hemo.phantom import write_demo_dataset
+
+    out = tmp_path_factory.mktemp("phantom")
+    write_demo_dataset(out, **PHANTOM_FIXTURE)
+    return out
