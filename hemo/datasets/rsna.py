@@ -154,12 +154,13 @@ def index(root: Path, workers: int | None = None, source: str = LAYOUT) -> Adapt
     images = sorted(set(labels.index) & set(files))
     fields = headers.read_many([files[i] for i in images], workers=workers)
     mask_dir = root / MASK_DIR if has_masks(root) else None
+    label_rows = labels.reindex(images).to_dict("index")
     rows = []
     for image, header in zip(images, fields, strict=True):
         if header.error is not None:
             problems.append(Problem(UNREADABLE, header.path, header.error))
             continue
-        label = labels.loc[image]
+        label = label_rows[image]
         row = {
             "path": str(files[image].resolve()),
             "label_any": int(label["any"]),
