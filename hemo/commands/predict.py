@@ -1,0 +1,115 @@
+"""``hemo predict --model M INPUT... [--json] [--batch-size N]``: verdicts on scans.
+
+Inputs are DICOM files (any extension or none), series folders, zips and PNG/JPEG/TIFF files.
+One result per scan, in input order (folder files and zip members sorted by name; members named
+``archive.zip/member``); a scan that cannot be read or preprocessed gets an ``error`` entry and
+the others are still predicted. DICOM slices are also pooled per series (``studies``). The JSON
+carries no patient data: paths, probabilities, UIDs and slice positions only.
+
+Exit status: 0 when every input was predicted, 1 when any failed, 2 when the model or an option
+is bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Width of the path column in the text table.
+PATH_WIDTH = 48
+#: Images per model call (as ``hemo.predict.DEFAULT_BATCH_SIZE``; not imported to keep startup fast).
+DEFAULT_BATCH_SIZE = 32
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``predict`` subcommand."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="hemorrhage probability of DICOM/PNG/JPEG files, series folders and zips",
+        description="Predict P(hemorrhage) (and subtype probabilities where the model has them) "
+        "for each scan, with the verdict at the model card's threshold, and per-series results "
+        "(maximum over slices). Exit 1 when any input failed.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout only")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call"
+    )
+    parser.set_defaults(func=run)
+
+
+def payload(model_name: str, threshold: float, batch: Any) -> dict[str, Any]:
+    """The ``--json`` document of one prediction batch."""
+    from hemo.predict import result_to_dict
+
+    return {
+        "model": model_name,
+        "threshold": threshold,
+        "results": [result_to_dict(r) for r in batch.results],
+        "studies": [s.to_dict() for s in batch.studies],
+    }
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= PATH_WIDTH else "..." + path[-(PATH_WIDTH - 3) :]
+
+
+def _text(data: dict[str, Any]) -> str:
+    """A human-readable table of the results and studies."""
+    lines = [f"model {data['model']}  threshold {data['threshold']:.3f}", ""]
+    lines.append(f"{'input':<{PATH_WIDTH}}  {'P(any)':>7}  verdict")
+    for entry in data["results"]:
+        if "error" in entry:
+            lines.append(
+                f"{_short(entry['path']):<{PATH_WIDTH}}  {'-':>7}  error: {entry['error']}"
+            )
+            continue
+        verdict = "POSITIVE" if entry["positive"] else "negative"
+        extra = [f"{k} {v:.3f}" for k, v in entry["probabilities"].items() if k != "any"]
+        suffix = f"  ({', '.join(extra)})" if extra else ""
+        lines.append(
+            f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
+        )
+    for study in data["studies"]:
+        verdict = "POSITIVE" if study["positive"] else "negative"
+        lines.append("")
+        lines.append(
+            f"series of {study['n_slices']} slice(s): P(any) max {study['probability']:.3f} "
+            f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}; most suspicious "
+            f"slice {study['most_suspicious_index']}: {_short(study['most_suspicious_source'])}"
+        )
+        if study["note"]:
+            lines.append(f"  note: {study['note']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model once, predict every input, print JSON or a table; exit 1 if any failed."""
+    from hemo.cli import EXIT_PARTIAL, emit_json
+    from hemo.errors import ConfigError
+    from hemo.predict import Predictor
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    with Predictor(args.model, batch_size=args.batch_size) as predictor:
+        batch = predictor.run(args.inputs)
+        data = payload(predictor.card.name, predictor.threshold, batch)
+    for result in batch.results:
+        if result.error is not None:
+            log.error("%s", result.error)
+    if args.json:
+        emit_json(data)
+    else:
+        print(_text(data))
+    if not batch.results:
+        log.error("no scan found in the inputs")
+        return EXIT_PARTIAL
+    return EXIT_PARTIAL if batch.n_failed else 0
+
+
+__all__ = ["payload", "register", "run"]
