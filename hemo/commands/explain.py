@@ -1,0 +1,210 @@
+"""``hemo explain --model M INPUT... [--method M] [--label L] [--out DIR] [--json]``: heatmaps.
+
+Each scan goes through the model card's one preprocessing path (``Predictor.prepare``), is
+explained with a Grad-CAM-family method on the card's target layer, and the heatmap is drawn over
+the model-input view of the slice (its first channel, e.g. the brain window) into
+``<out>/<stem>_<method>.png``. ``peak`` is the heatmap's maximum in the pixels of that view
+(the model input, ``size`` x ``size``), so it can be read straight off the written picture.
+
+Exit status: 0 when every input was explained, 1 when any failed, 2 when the model or an option is
+bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Registered CAM methods (kept literal so the parser does not import TensorFlow; a test checks
+#: that it equals ``sorted(hemo.cam.METHODS)``).
+METHOD_CHOICES = ("gradcam", "gradcam++", "hirescam")
+DEFAULT_METHOD = "gradcam"
+DEFAULT_LABEL = "any"
+DEFAULT_OUT = Path("explanations")
+DEFAULT_ALPHA = 0.4
+DEFAULT_COLORMAP = "jet"
+#: Width of the path column in the text table.
+PATH_WIDTH = 48
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``explain`` subcommand."""
+    parser = subparsers.add_parser(
+        "explain",
+        help="Grad-CAM heatmaps over DICOM/PNG/JPEG files, series folders and zips",
+        description="Explain the model's verdict on each scan with a class activation map "
+        "(Grad-CAM, Grad-CAM++ or HiResCAM) and write the heatmap over the slice as a PNG. "
+        "Exit 1 when any input failed.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
+    parser.add_argument("--method", choices=METHOD_CHOICES, default=DEFAULT_METHOD)
+    parser.add_argument(
+        "--label", default=DEFAULT_LABEL, help="output to explain: 'any' or a subtype the model has"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder for the overlay PNGs (created)"
+    )
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="heatmap opacity 0-1")
+    parser.add_argument(
+        "--colormap", default=DEFAULT_COLORMAP, help="jet, turbo, inferno, viridis, hot, ..."
+    )
+    parser.add_argument(
+        "--contour", type=float, default=None, metavar="LEVEL", help="outline the map at LEVEL"
+    )
+    parser.add_argument("--box", action="store_true", help="box the region above the level")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout only")
+    parser.set_defaults(func=run)
+
+
+def overlay_name(source: str, method: str, taken: set[str]) -> str:
+    """``<stem>_<method>.png`` for an input, made unique among ``taken`` (which it extends).
+
+    Args:
+        source: Input name, e.g. ``dir/ID_1.dcm`` or ``series.zip/IM0001``.
+        method: Method name.
+        taken: Names already used in this run.
+
+    Returns:
+        A file name (no folder).
+    """
+    stem = Path(source.replace("\\", "/")).stem or "scan"
+    name = f"{stem}_{method}.png"
+    counter = 2
+    while name in taken:
+        name = f"{stem}_{counter}_{method}.png"
+        counter += 1
+    taken.add(name)
+    return name
+
+
+def _check_options(args: argparse.Namespace, labels: tuple[str, ...]) -> None:
+    from hemo.cam.overlay import COLORMAPS
+    from hemo.errors import ConfigError
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ConfigError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.contour is not None and not 0.0 <= args.contour <= 1.0:
+        raise ConfigError(f"--contour must be in [0, 1], got {args.contour}")
+    if args.colormap not in COLORMAPS:
+        raise ConfigError(
+            f"--colormap {args.colormap!r} is unknown; choose one of {', '.join(sorted(COLORMAPS))}"
+        )
+    if args.label not in labels:
+        raise ConfigError(
+            f"--label {args.label!r} is not an output of this model; outputs: {', '.join(labels)}"
+        )
+
+
+def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Explain every input; returns the ``--json`` document (``results`` in input order)."""
+    import cv2
+
+    from hemo.cam.overlay import overlay
+    from hemo.cam.registry import get_method
+    from hemo.errors import ConfigError, HemoError
+    from hemo.io import iter_scans
+    from hemo.predict import Predictor
+
+    with Predictor(args.model) as predictor:
+        card = predictor.card
+        _check_options(args, tuple(card.labels))
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out {args.out}: cannot create the folder ({exc})") from exc
+        explainer = get_method(args.method)(
+            predictor.model, layer=card.cam_layer or None, labels=card.labels
+        )
+        results: list[dict[str, Any]] = []
+        taken: set[str] = set()
+        for scan_result in iter_scans(args.inputs):
+            if scan_result.error is not None:
+                log.error("%s", scan_result.error)
+                results.append({"path": scan_result.name, "error": str(scan_result.error)})
+                continue
+            start = time.perf_counter()
+            try:
+                x = predictor.prepare(scan_result.scan)
+            except HemoError as exc:
+                log.error("%s", exc)
+                results.append({"path": scan_result.name, "error": str(exc)})
+                continue
+            # Explain on the exact model input; draw over its first channel
+            (result,) = explainer(x, label=args.label)
+            picture = overlay(
+                x[..., 0],
+                result.heatmap,
+                alpha=args.alpha,
+                colormap=args.colormap,
+                contour_level=args.contour,
+                box=args.box,
+            )
+            path = args.out / overlay_name(scan_result.name, args.method, taken)
+            if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+                raise ConfigError(f"--out {args.out}: cannot write {path.name}")
+            row, col = result.peak
+            results.append(
+                {
+                    "path": scan_result.name,
+                    "probability": result.probability,
+                    "logit": result.logit,
+                    "label": result.label,
+                    "method": result.method,
+                    "peak": {"row": row, "col": col},
+                    "flat": result.flat,
+                    "overlay": str(path),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    return {
+        "model": card.name,
+        "method": args.method,
+        "label": args.label,
+        "layer": explainer.layer,
+        "input_size": card.input_spec.size,
+        "results": results,
+    }
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= PATH_WIDTH else "..." + path[-(PATH_WIDTH - 3) :]
+
+
+def _text(data: dict[str, Any]) -> str:
+    """A human-readable table of the results."""
+    lines = [f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}"]
+    lines.append(f"{'input':<{PATH_WIDTH}}  {'P':>6}  {'peak':>9}  overlay")
+    for entry in data["results"]:
+        if "error" in entry:
+            lines.append(f"{_short(entry['path']):<{PATH_WIDTH}}  error: {entry['error']}")
+            continue
+        peak = "flat" if entry["flat"] else f"{entry['peak']['row']},{entry['peak']['col']}"
+        lines.append(
+            f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
+            f"{entry['overlay']}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain every input, write overlays, print JSON or a table; exit 1 if any failed."""
+    from hemo.cli import EXIT_PARTIAL, emit_json
+
+    data = explain_inputs(args)
+    if args.json:
+        emit_json(data)
+    else:
+        print(_text(data))
+    if not data["results"]:
+        log.error("no scan found in the inputs")
+        return EXIT_PARTIAL
+    return EXIT_PARTIAL if any("error" in entry for entry in data["results"]) else 0
+
+
+__all__ = ["METHOD_CHOICES", "explain_inputs", "overlay_name", "register", "run"]
