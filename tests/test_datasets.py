@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import PHANTOM_FIXTURE
 
 from hemo.config import SUBTYPES
 from hemo.datasets import (
@@ -27,9 +28,6 @@ from hemo.datasets.cq500 import majority_labels, scan_name
 from hemo.datasets.folders import class_of
 from hemo.errors import DatasetError
 
-#: Small and fast: a few real CQ500 slices are enough for RSNA-layout and folder trees.
-N_CQ500_COPIES = 4
-
 
 def _leaks(frame: pd.DataFrame) -> list[str]:
     """Groups (patient, else study, else file) found in more than one split."""
@@ -42,16 +40,6 @@ def _leaks(frame: pd.DataFrame) -> list[str]:
 def cq500_index(cq500_dir: Path) -> pd.DataFrame:
     """The real CQ500 sample indexed once for this module."""
     return build_index(cq500_dir.parent, workers=1)
-
-
-@pytest.fixture(scope="module")
-def phantom_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small phantom dataset (RSNA layout, masks, index.parquet) at 128 px."""
-    from hemo.phantom import write_demo_dataset
-
-    root = tmp_path_factory.mktemp("phantom")
-    write_demo_dataset(root, n_studies=8, seed=0, slices_per_study=3, size=128)
-    return root
 
 
 @pytest.fixture()
@@ -185,24 +173,24 @@ def test_rsna_layout_pivots_labels_and_reports_problems(rsna_tree: Path) -> None
     assert kinds["missing_image"].path.endswith("ID_noimage")
 
 
-def test_phantom_indexes_with_subtypes_and_masks(phantom_root: Path) -> None:
+def test_phantom_indexes_with_subtypes_and_masks(phantom_dir: Path) -> None:
     """A phantom dataset is detected, has subtype labels, masks and patients."""
-    assert detect_layout(phantom_root) == "phantom"
-    frame = build_index(phantom_root, workers=1)
-    assert len(frame) == 24
+    assert detect_layout(phantom_dir) == "phantom"
+    frame = build_index(phantom_dir, workers=1)
+    assert len(frame) == PHANTOM_FIXTURE["n_studies"] * PHANTOM_FIXTURE["slices_per_study"]
     assert set(frame["source"]) == {"phantom"}
     assert frame[list(SUBTYPES)].notna().all().all()
     assert (frame[list(SUBTYPES)].sum() > 0).any()
     assert frame["mask_path"].map(lambda p: Path(p).is_file()).all()
-    assert frame["patient_id"].nunique() == 8
+    assert frame["patient_id"].nunique() == PHANTOM_FIXTURE["n_studies"]
     assert _leaks(frame) == []
 
 
-def test_load_index_uses_an_existing_index_parquet(phantom_root: Path) -> None:
+def test_load_index_uses_an_existing_index_parquet(phantom_dir: Path) -> None:
     """load_index(folder) reads the folder's index.parquet rather than rebuilding."""
-    assert (phantom_root / INDEX_FILE).is_file()
-    frame = load_index(phantom_root)
-    stored = pd.read_parquet(phantom_root / INDEX_FILE)
+    assert (phantom_dir / INDEX_FILE).is_file()
+    frame = load_index(phantom_dir)
+    stored = pd.read_parquet(phantom_dir / INDEX_FILE)
     assert len(frame) == len(stored)
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["path"])
 
@@ -327,7 +315,7 @@ def test_quality_report_duplicates_missing_files_and_unreadable(
     assert set(rsna_report["kind"]) >= {"unreadable", "missing_label", "missing_image"}
 
 
-def test_split_is_grouped_stratified_and_seeded(head_ct_dir: Path, phantom_root: Path) -> None:
+def test_split_is_grouped_stratified_and_seeded(head_ct_dir: Path, phantom_dir: Path) -> None:
     """No group straddles splits; every split holds both labels; same seed, same split."""
     kaggle = build_index(head_ct_dir, seed=3)
     assert _leaks(kaggle) == []
@@ -336,7 +324,7 @@ def test_split_is_grouped_stratified_and_seeded(head_ct_dir: Path, phantom_root:
         assert 0 < summary[split]["positive"] < summary[split]["total"]
     assert build_index(head_ct_dir, seed=3)["split"].tolist() == kaggle["split"].tolist()
     assert build_index(head_ct_dir, seed=4)["split"].tolist() != kaggle["split"].tolist()
-    phantom = build_index(phantom_root, seed=1, workers=1)
+    phantom = build_index(phantom_dir, seed=1, workers=1)
     assert _leaks(phantom) == []
     assert phantom.groupby("patient_id")["split"].nunique().max() == 1
 
