@@ -193,11 +193,11 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
                 continue
             member = info.filename.replace("\\", "/")
             name = f"{label}/{member}"
-            if _skipped(PurePosixPath(member).parts):
-                continue
             error = _member_error(info, name)
             if error is not None:
                 yield ScanResult(name, None, error)
+                continue
+            if _skipped(PurePosixPath(member).parts):
                 continue
             try:
                 with archive.open(info) as fh:

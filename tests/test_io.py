@@ -1,0 +1,123 @@
+"""hemo.io: dispatch by bytes, folders, safe zips, and batches that survive bad files."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+from dicom_factory import ct_bytes
+
+from hemo import config
+from hemo.dicom import CTSlice
+from hemo.errors import DicomError, InputError, LimitError, SeriesError
+from hemo.images import Image2D
+from hemo.io import iter_scans, read_scan
+
+PNG = cv2.imencode(".png", np.full((32, 32), 200, dtype=np.uint8))[1].tobytes()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_read_scan_dispatches_on_bytes(tmp_path):
+    """A DICOM without extension and a PNG named .dcm go to the right reader."""
+    (tmp_path / "slice").write_bytes(ct_bytes())
+    (tmp_path / "image.dcm").write_bytes(PNG)
+    assert isinstance(read_scan(tmp_path / "slice"), CTSlice)
+    assert isinstance(read_scan(tmp_path / "image.dcm"), Image2D)
+    assert isinstance(read_scan(io.BytesIO(ct_bytes(preamble=False))), CTSlice)
+
+
+def test_read_scan_refuses_unknown_and_zip():
+    """Unknown bytes and archives are refused with their reason."""
+    with pytest.raises(InputError, match=r"u\.bin: not a DICOM, PNG, JPEG or TIFF file"):
+        read_scan(b"MZ\x90\x00 an executable" * 8, name="u.bin")
+    with pytest.raises(InputError, match="is a zip archive, not one scan: read it with iter_scans"):
+        read_scan(_zip({"a.png": PNG}), name="a.zip")
+
+
+def test_zip_traversal_refused_good_members_read():
+    """A ../ member is refused, hidden and non-scan members skipped, the rest read, in order."""
+    data = _zip(
+        {
+            "b/slice.dcm": ct_bytes(),
+            "../evil.dcm": ct_bytes(),
+            "/abs.png": PNG,
+            "a.png": PNG,
+            "notes.txt": b"hello",
+            "DICOMDIR": b"x" * 200,
+            ".hidden.png": PNG,
+            "__MACOSX/._a.png": PNG,
+            "broken.dcm": b"not dicom at all" * 10,
+            "inner.zip": _zip({"x.png": PNG}),
+        }
+    )
+    results = {r.name: r for r in iter_scans([("upload.zip", data)])}
+    assert sorted(results) == [
+        "upload.zip/../evil.dcm",
+        "upload.zip//abs.png",
+        "upload.zip/a.png",
+        "upload.zip/b/slice.dcm",
+        "upload.zip/broken.dcm",
+        "upload.zip/inner.zip",
+    ]
+    assert isinstance(results["upload.zip/a.png"].scan, Image2D)
+    assert isinstance(results["upload.zip/b/slice.dcm"].scan, CTSlice)
+    evil = results["upload.zip/../evil.dcm"].error
+    assert isinstance(
+        evil, SeriesError
+    ) and "leaves the archive (absolute or '..'): refused" in str(evil)
+    assert isinstance(results["upload.zip//abs.png"].error, SeriesError)
+    assert isinstance(results["upload.zip/broken.dcm"].error, InputError)
+    assert "nested zip archive: not expanded" in str(results["upload.zip/inner.zip"].error)
+
+
+def test_zip_bomb_refused():
+    """An archive that expands beyond MAX_ZIP_RATIO is refused whole."""
+    results = list(iter_scans([("bomb.zip", _zip({"zeros.dcm": bytes(8 * 1024 * 1024)}))]))
+    assert len(results) == 1 and isinstance(results[0].error, LimitError)
+    assert "more than the limit of 200 (config.MAX_ZIP_RATIO)" in str(results[0].error)
+
+
+def test_zip_member_limit(monkeypatch):
+    """More members than MAX_ZIP_MEMBERS refuses the archive."""
+    monkeypatch.setattr(config, "MAX_ZIP_MEMBERS", 2)
+    (result,) = iter_scans([("many.zip", _zip({f"{i}.png": PNG for i in range(3)}))])
+    assert isinstance(result.error, LimitError) and "zip has 3 members" in str(result.error)
+
+
+def test_folder_recursive_sorted_and_batch_survives(tmp_path):
+    """Folders are walked in sorted order; a bad file is reported and the batch goes on."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "b" / "2.dcm").write_bytes(ct_bytes(z_mm=2.0))
+    (tmp_path / "a.dcm").write_bytes(b"\x00" * 10)
+    (tmp_path / "c").write_bytes(ct_bytes(z_mm=1.0))
+    (tmp_path / "labels.csv").write_text("id,label\n1,0\n")
+    (tmp_path / ".git" / "x.png").write_bytes(PNG)
+    results = list(iter_scans([tmp_path, tmp_path / "missing.dcm"]))
+    names = [r.name.removeprefix(str(tmp_path) + "/") for r in results]
+    assert names == ["a.dcm", "c", "b/2.dcm", "missing.dcm"]
+    assert isinstance(results[0].error, DicomError | InputError)
+    assert results[1].ok and results[2].ok
+    assert "no such file" in str(results[3].error)
+
+
+def test_uploads_never_touch_disk(tmp_path, monkeypatch):
+    """Reading uploads (bytes, BytesIO, zip) writes nothing to the temp or working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    upload = io.BytesIO(_zip({"s.dcm": ct_bytes(), "p.png": PNG}))
+    upload.name = "up.zip"
+    results = list(iter_scans([upload, ("x.dcm", ct_bytes()), PNG]))
+    assert [r.ok for r in results] == [True, True, True, True]
+    assert list(tmp_path.iterdir()) == []

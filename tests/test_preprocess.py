@@ -1,0 +1,138 @@
+"""hemo.preprocess: InputSpec validation, model input, display, crop to head, purity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dicom_factory import ct_bytes
+
+from hemo import config
+from hemo.dicom import read_dicom
+from hemo.errors import ConfigError, InputError
+from hemo.images import Image2D
+from hemo.preprocess import (
+    HEAD_HU_THRESHOLD,
+    InputSpec,
+    head_bbox,
+    to_display,
+    to_model_input,
+    window_stack,
+)
+from hemo.windowing import PRESETS, multi_window
+
+
+def _image(pixels: np.ndarray) -> Image2D:
+    pixels = pixels.astype(np.float32)
+    pixels.setflags(write=False)
+    return Image2D(
+        pixels=pixels, source="synthetic.png", kind="png", original_shape=pixels.shape, bit_depth=8
+    )
+
+
+def _disc(shape=(200, 300), center=(80, 200), radius=50, value=0.6) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.where((yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2, value, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 4}, r"InputSpec.size is 4: must be in \[16, 2048\]"),
+        ({"size": 2.5}, "InputSpec.size must be an integer"),
+        ({"mode": "rgb"}, "InputSpec.mode is 'rgb': must be one of hu, display"),
+        ({"windows": ()}, "InputSpec.windows is empty"),
+        ({"windows": ("brain", "lung?")}, "unknown window 'lung\\?'"),
+        ({"windows": ("brain",)}, "windows has 1 and channels is 3; set channels=1"),
+        ({"mode": "display", "channels": 0}, r"InputSpec.channels is 0: must be in \[1, 4\]"),
+        ({"crop_head": "yes"}, "InputSpec.crop_head must be true or false"),
+    ],
+)
+def test_input_spec_validation(kwargs, message):
+    """Each invalid field is refused with its own message."""
+    with pytest.raises(ConfigError, match=message):
+        InputSpec(**kwargs)
+
+
+def test_input_spec_round_trip_and_composites():
+    """to_dict/from_dict round-trips; a composite name expands; unknown keys are refused."""
+    spec = InputSpec(size=128, windows="rsna3", crop_head=True)
+    assert spec.windows == ("brain", "subdural", "soft_tissue")
+    assert InputSpec.from_dict(spec.to_dict()) == spec and spec.input_shape == (128, 128, 3)
+    with pytest.raises(ConfigError, match="InputSpec: unknown field\\(s\\) colour"):
+        InputSpec.from_dict({**spec.to_dict(), "colour": 1})
+
+
+def test_hu_model_input_matches_windowing_and_does_not_mutate():
+    """HU mode equals resize-then-window with hemo.windowing maths; the slice is untouched."""
+    s = read_dicom(
+        ct_bytes(np.tile(np.linspace(-1100, 1500, 64, dtype=np.float32), (64, 1)).astype(np.int16))
+    )
+    before = s.hu.copy()
+    x = to_model_input(s, InputSpec(size=64))
+    assert x.shape == (64, 64, 3) and x.dtype == np.float32 and x.flags.writeable
+    np.testing.assert_allclose(x, multi_window(s.hu, "rsna3"), atol=1e-6)
+    np.testing.assert_array_equal(s.hu, before)
+
+
+def test_image_refused_by_hu_model():
+    """An image has no HU: a HU model refuses it with a clear message."""
+    with pytest.raises(
+        InputError, match=r"synthetic\.png: model expects HU windows .* give a DICOM"
+    ):
+        to_model_input(_image(_disc()), InputSpec())
+
+
+def test_display_mode_repeats_gray_for_image_and_dicom():
+    """Display mode repeats one gray plane; a DICOM goes through the display window."""
+    spec = InputSpec(size=32, mode="display", channels=3)
+    x = to_model_input(_image(_disc()), spec)
+    assert x.shape == (32, 32, 3) and np.array_equal(x[..., 0], x[..., 2])
+    s = read_dicom(ct_bytes())
+    y = to_model_input(s, spec)
+    assert y.max() == pytest.approx(0.5) and y.min() == 0.0  # 40 HU in the 40/80 brain window
+
+
+def test_to_display():
+    """to_display windows HU (brain by default) and returns image pixels as they are."""
+    s = read_dicom(ct_bytes())
+    gray = to_display(s)
+    assert gray.dtype == np.float32 and float(gray.max()) == 0.5
+    assert float(to_display(s, PRESETS["bone"]).max()) == pytest.approx((40 - (600 - 1400)) / 2800)
+    img = _image(_disc())
+    assert to_display(img) is img.pixels
+
+
+def test_head_bbox_keeps_largest_component():
+    """A burned-in letter and a thin border are dropped; the head box remains."""
+    gray = _disc()
+    gray[5:20, 5:12] = 1.0  # panel letter
+    gray[-1, :] = 1.0  # border line
+    assert head_bbox(gray) == (30, 131, 150, 251)
+    assert head_bbox(np.zeros((10, 12))) == (0, 10, 0, 12)
+
+
+def test_crop_centres_the_head():
+    """Crop to head gives a centred, square crop with margin (no stretching)."""
+    x = to_model_input(
+        _image(_disc()), InputSpec(size=64, mode="display", channels=1, crop_head=True)
+    )
+    ys, xs = np.nonzero(x[..., 0] > 0.3)
+    assert abs(ys.mean() - 31.5) < 1.5 and abs(xs.mean() - 31.5) < 1.5
+    assert 0.85 < (ys.max() - ys.min()) / 64 < 0.95
+
+
+def test_hu_crop_uses_hu_threshold():
+    """In HU mode the head mask comes from HU above HEAD_HU_THRESHOLD."""
+    hu = np.full((64, 64), config.HU_AIR, dtype=np.int16)
+    hu[10:30, 30:50] = 40
+    s = read_dicom(ct_bytes(hu))
+    assert head_bbox(s.hu, HEAD_HU_THRESHOLD) == (10, 30, 30, 50)
+    x = to_model_input(s, InputSpec(size=32, crop_head=True))
+    assert x[16, 16, 0] == pytest.approx(0.5) and x[0, 0, 0] == 0.0
+
+
+def test_window_stack_nan_and_known_values():
+    """window_stack maps known HU to known values and NaN to 0."""
+    hu = np.array([[np.nan, 0.0, 40.0, 80.0]], dtype=np.float32)
+    out = window_stack(hu, (PRESETS["brain"],))
+    assert out[0, :, 0].tolist() == [0.0, 0.0, 0.5, 1.0]

@@ -1,0 +1,74 @@
+"""hemo.series: grouping and ordering, on the real CQ500 series and synthetic slices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from dicom_factory import ct_bytes
+
+from hemo import config
+from hemo.dicom import read_dicom
+from hemo.errors import LimitError, SeriesError
+from hemo.series import group_series
+
+CQ500_SLICES = 238
+CQ500_TABLE_STEP_MM = 0.625
+CQ500_TILT_DEG = 8.5
+#: CT000237 is absent from CQ500-CT-0: one step between instances 236 and 238 is doubled.
+CQ500_MISSING_INSTANCE = 237
+
+
+def test_cq500_series_decodes_and_orders(cq500_dir):
+    """All 238 JPEG-lossless slices decode and order by position, 0.625 mm apart."""
+    slices = [read_dicom(p) for p in sorted(cq500_dir.glob("*.dcm"))]
+    assert len(slices) == CQ500_SLICES
+    assert all(s.hu.shape == (512, 512) and s.hu.min() >= config.HU_FLOOR for s in slices)
+    (series,) = group_series(slices[::-1])
+    z = np.array(series.z_mm)
+    assert np.all(np.diff(z) > 0)
+    table_steps = np.diff([s.position_mm[2] for s in series.slices])
+    assert np.allclose(np.delete(table_steps, np.argmax(table_steps)), CQ500_TABLE_STEP_MM)
+    assert table_steps.max() == pytest.approx(2 * CQ500_TABLE_STEP_MM)
+    numbers = [s.instance_number for s in series.slices]
+    assert numbers == sorted(numbers) and CQ500_MISSING_INSTANCE not in numbers
+    # the gantry is tilted, so planes are 0.625 * cos(8.5 deg) apart along their normal
+    expected = CQ500_TABLE_STEP_MM * math.cos(math.radians(CQ500_TILT_DEG))
+    assert series.slice_spacing_mm == pytest.approx(expected, abs=1e-3)
+
+
+def _slice(z, instance=1, series="1.2.3", **kw):
+    return read_dicom(
+        ct_bytes(z_mm=z, instance=instance, series_uid=series, **kw), name=f"{series}:{z}"
+    )
+
+
+def test_groups_and_orders_synthetic():
+    """Two series are separated and each is ordered by z whatever the input order."""
+    slices = [_slice(z, series=uid) for uid in ("1.2.9", "1.2.3") for z in (5.0, -5.0, 0.0)]
+    series = group_series(slices)
+    assert [s.series_uid for s in series] == ["1.2.3", "1.2.9"]
+    assert all(s.z_mm == (-5.0, 0.0, 5.0) for s in series)
+
+
+def test_duplicate_position_refused():
+    """Two slices at one position are refused, naming the series and the position."""
+    with pytest.raises(
+        SeriesError, match=r"series 1\.2\.3: two slices at the same position z = 2\.500 mm"
+    ):
+        group_series([_slice(2.5, 1), _slice(0.0, 2), _slice(2.5, 3)])
+
+
+def test_instance_number_fallback():
+    """Without positions the instance number orders the series."""
+    slices = [_slice(0.0, n, ImagePositionPatient=None) for n in (3, 1, 2)]
+    (series,) = group_series(slices)
+    assert [s.instance_number for s in series.slices] == [1, 2, 3]
+
+
+def test_slice_limit(monkeypatch):
+    """More slices than MAX_SLICES_PER_SERIES is a LimitError."""
+    monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", 2)
+    with pytest.raises(LimitError, match=r"has 3 slices, more than the limit of 2"):
+        group_series([_slice(z) for z in (0.0, 1.0, 2.0)])
