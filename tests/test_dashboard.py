@@ -1,0 +1,214 @@
+"""hemo.dashboard: what the pages ask of hemo, run headless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dashboard_fixtures import (
+    DISPLAY_MODEL,
+    HU_MODEL,
+    PHANTOM_SLICES,
+    make_finished_run,
+    make_models,
+    make_phantoms,
+    zip_bytes,
+)
+
+from hemo import dashboard, runs
+from hemo.datasets import load_index
+from hemo.errors import HemoError
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    """A tiny phantom dataset."""
+    return make_phantoms(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """Two tiny untrained models with cards."""
+    return make_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def predictors(models):
+    """Predictors of the tiny models, closed after the module."""
+    from hemo.predict import Predictor
+
+    loaded = {name: Predictor(models / f"{name}.keras") for name in (HU_MODEL, DISPLAY_MODEL)}
+    yield loaded
+    for predictor in loaded.values():
+        predictor.close()
+
+
+def test_list_models_puts_the_preferred_first_and_adds_finished_runs(models, tmp_path, monkeypatch):
+    """Shipped models with cards come first (preferred one on top), then finished runs' models."""
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, DISPLAY_MODEL)
+    run_path = make_finished_run(tmp_path / "runs", "r1")
+    (run_path / runs.MODEL_FILE).write_bytes((models / f"{HU_MODEL}.keras").read_bytes())
+    (models / "orphan.keras").write_bytes(b"no card beside me")
+    entries = dashboard.list_models(models, tmp_path / "runs")
+    assert [e.label for e in entries] == [DISPLAY_MODEL, HU_MODEL, "run r1"]
+    assert entries[-1].origin == "run"
+    (models / "orphan.keras").unlink()
+
+
+def test_card_summary_reads_the_json_without_keras(models):
+    """The card summary gives name, input, threshold and test metrics."""
+    card = dashboard.card_summary(models / f"{HU_MODEL}.keras")
+    assert card["name"] == HU_MODEL and card["threshold"] == 0.5
+    assert card["input"].startswith("HU windows brain+subdural+soft_tissue")
+    assert card["metrics"] == {"roc_auc": 0.75, "sensitivity": 0.8}
+    with pytest.raises(HemoError, match="cannot read the model card"):
+        dashboard.card_summary(models / "missing.keras")
+
+
+def test_open_dataset_detects_layout_and_refuses_missing(phantoms, tmp_path):
+    """A phantom folder opens as layout phantom; a missing path names itself."""
+    view = dashboard.open_dataset(phantoms)
+    assert view.layout == "phantom" and len(view.index) == 16
+    with pytest.raises(HemoError, match="no such file or folder"):
+        dashboard.open_dataset(tmp_path / "nowhere")
+
+
+def test_samples_are_a_bleed_a_healthy_slice_and_cq500(phantoms):
+    """The three samples give DICOM bytes: positive phantom, negative phantom, 693_UNCR.dcm."""
+    index = load_index(phantoms / "index.parquet")
+    index = index.set_index(index["path"].map(lambda p: Path(p).name))
+    bleed_name, bleed = dashboard.sample_input(dashboard.SAMPLE_BLEED, phantoms)
+    healthy_name, _ = dashboard.sample_input(dashboard.SAMPLE_HEALTHY, phantoms)
+    assert index.loc[bleed_name, "label_any"] == 1 and bleed[128:132] == b"DICM"
+    assert index.loc[healthy_name, "label_any"] == 0
+    name, data = dashboard.sample_input(dashboard.SAMPLE_CQ500)
+    assert name == "693_UNCR.dcm" and data[128:132] == b"DICM"
+    with pytest.raises(HemoError, match="unknown sample"):
+        dashboard.sample_input("nope")
+
+
+def test_decode_groups_a_zipped_series_and_reports_bad_files(phantoms):
+    """A zip of one study becomes one ordered series; a bad file is an error naming it."""
+    index = load_index(phantoms / "index.parquet")
+    study = index[index["study_uid"] == index["study_uid"].iloc[0]]
+    files = [
+        ("study.zip", zip_bytes([Path(p) for p in study["path"]], "study")),
+        ("broken.dcm", b"\x00" * 300),
+    ]
+    decoded = dashboard.decode(files)
+    assert len(decoded.series) == 1 and len(decoded.series[0].slices) == PHANTOM_SLICES
+    z = [s.slice_z_mm for s in decoded.series[0].slices]
+    assert z == sorted(z)
+    assert [name for name, _ in decoded.errors] == ["broken.dcm"]
+    assert "broken.dcm" in decoded.errors[0][1]
+    assert dashboard.series_name(decoded.series[0]) == "study.zip/study"
+
+
+def test_content_key_depends_on_bytes_and_names():
+    """The cache key changes with the bytes or the name, not otherwise."""
+    a = dashboard.content_key([("a.dcm", b"123")])
+    assert a == dashboard.content_key([("a.dcm", b"123")])
+    assert a != dashboard.content_key([("a.dcm", b"124")])
+    assert a != dashboard.content_key([("b.dcm", b"123")])
+
+
+def test_analyse_gives_probability_and_heatmap(phantoms, predictors):
+    """A phantom slice gives a probability matching the predictor and a [0, 1] heatmap."""
+    name, data = dashboard.sample_input(dashboard.SAMPLE_BLEED, phantoms)
+    scan = dashboard.decode([(name, data)]).singles[0]
+    predictor = predictors[HU_MODEL]
+    result = dashboard.analyse(predictor, scan, method="gradcam", label="any")
+    expected = predictor.predict([(name, data)])[0].probability
+    assert result.prediction.probability == pytest.approx(expected, abs=1e-5)
+    assert set(result.prediction.probabilities) == set(predictor.labels)
+    assert result.heatmap.dtype == np.float32 and result.heatmap.max() <= 1.0
+    picture = dashboard.overlay_image(result, alpha=0.5, colormap="jet")
+    assert picture.shape == (*scan.hu.shape, 3) and picture.dtype == np.uint8
+    assert len(dashboard.subtype_frame(result.prediction)) == len(predictor.labels) - 1
+
+
+def test_analyse_refuses_a_png_for_an_hu_model(predictors):
+    """A PNG given to a model of HU windows raises a HemoError naming the file."""
+    from dashboard_fixtures import PNG_SIDE_PX
+
+    from hemo.reports import png_bytes
+
+    png = png_bytes(np.full((PNG_SIDE_PX, PNG_SIDE_PX), 0.5, dtype=np.float32))
+    scan = dashboard.decode([("head.png", png)]).singles[0]
+    with pytest.raises(HemoError, match="head.png: model expects HU windows"):
+        dashboard.analyse(predictors[HU_MODEL], scan)
+    assert dashboard.analyse(predictors[DISPLAY_MODEL], scan).prediction.source == "head.png"
+
+
+def test_predict_series_pools_to_the_highest_slice(phantoms, predictors):
+    """Series probability is the highest slice; the strip has one bar per slice."""
+    index = load_index(phantoms / "index.parquet")
+    study = index[index["study_uid"] == index["study_uid"].iloc[0]]
+    series = dashboard.decode([("s.zip", zip_bytes([Path(p) for p in study["path"]]))]).series[0]
+    result = dashboard.predict_series(predictors[HU_MODEL], series)
+    assert result.study["probability"] == pytest.approx(result.probabilities.max(), abs=1e-6)
+    assert result.most_suspicious == int(np.argmax(result.probabilities))
+    strip = dashboard.strip_frame(result)
+    assert strip["slice"].tolist() == list(range(1, PHANTOM_SLICES + 1))
+
+
+def test_window_views_and_probe(phantoms):
+    """Chosen, default and composite views have the slice's shape; the probe reads HU."""
+    name, data = dashboard.sample_input(dashboard.SAMPLE_HEALTHY, phantoms)
+    scan = dashboard.decode([(name, data)]).singles[0]
+    views = dashboard.window_views(scan, 40, 80)
+    assert views.chosen.shape == scan.hu.shape and views.composite.shape == (*scan.hu.shape, 3)
+    assert [n for n, _ in views.channels] == ["brain", "subdural", "soft_tissue"]
+    assert dashboard.probe_hu(scan.hu, 3, 4) == float(scan.hu[3, 4])
+    with pytest.raises(IndexError, match="outside the 128x128 image"):
+        dashboard.probe_hu(scan.hu, 128, 0)
+
+
+def test_dataset_studies_are_ordered_by_position(phantoms):
+    """Each study lists its files by slice position, labelled without UIDs."""
+    index = load_index(phantoms / "index.parquet")
+    studies = dashboard.dataset_studies(index)
+    assert len(studies) == 4 and all(len(s.paths) == PHANTOM_SLICES for s in studies)
+    z = index.set_index("path").loc[list(studies[0].paths), "slice_z"].tolist()
+    assert z == sorted(z)
+    assert "1." not in studies[0].label
+
+
+def test_metadata_frame_is_text():
+    """Metadata become a field/value table of strings."""
+    frame = dashboard.metadata_frame({"Modality": "CT", "Rows": 512, "Missing": None})
+    assert frame.to_dict("list") == {
+        "field": ["Modality", "Rows", "Missing"],
+        "value": ["CT", "512", ""],
+    }
+
+
+def test_training_helpers_read_a_finished_run(tmp_path):
+    """Curves, comparison, progress and report come out of a finished run's files."""
+    make_finished_run(tmp_path, "a")
+    make_finished_run(tmp_path, "b", auc_offset=0.05)
+    all_runs = runs.list_runs(tmp_path)
+    curves = dashboard.history_curves(all_runs[0].history)
+    assert set(curves["metric"]) == {"loss", "auc", "accuracy"}
+    assert set(curves["split"]) == {"train", "val"} and curves["epoch"].min() == 1
+    compared = dashboard.compare_runs(all_runs, "val_auc")
+    assert set(compared["run"]) == {"a", "b"} and len(compared) == 6
+    fraction, text = dashboard.run_progress(all_runs[0])
+    assert fraction == 1.0 and text.startswith("epoch 3/3")
+    report = dashboard.run_report(all_runs[0].report)
+    assert report.confusion.to_numpy().tolist() == [[5, 1], [2, 4]]
+    assert report.threshold == 0.42 and len(report.roc) == 3
+    table = dashboard.runs_table(all_runs)
+    assert set(table["state"]) == {"finished"}
+
+
+def test_training_config_uses_init_for_a_model_file():
+    """A model picked as initial weights goes to `init`; none/imagenet go to `weights`."""
+    config = dashboard.training_config("/d", "compact", "/m/x.keras", 2, 64, 1e-3, "hu")
+    assert config["weights"] == "none" and config["init"] == "/m/x.keras"
+    assert config["input"] == {"mode": "hu"} and config["image_size"] == 64
+    assert (
+        dashboard.training_config("/d", "compact", "imagenet", 2, 64, 1e-3, "hu")["weights"]
+        == "imagenet"
+    )

@@ -1,0 +1,81 @@
+"""hemo.reports: CSV/JSON reports and PNG bytes, free of patient data."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hemo import reports
+from hemo.predict import Prediction
+
+
+def _prediction(p: float = 0.8) -> Prediction:
+    return Prediction(
+        source="upload.zip/CT001.dcm",
+        probability=p,
+        probabilities={"any": p, "subdural": 0.3},
+        positive=p >= 0.5,
+        threshold=0.5,
+        study_uid="1.2.3",
+        series_uid="1.2.3.4",
+        slice_z_mm=12.5,
+    )
+
+
+def test_prediction_row_has_numbers_and_no_uids():
+    """A row carries source, probability, verdict, per-label columns and no DICOM UIDs."""
+    row = reports.prediction_row(_prediction(), slice_number=3)
+    assert row["probability"] == 0.8 and row["verdict"] == "hemorrhage"
+    assert row["p_subdural"] == 0.3 and row["slice"] == 3
+    assert "1.2.3" not in json.dumps(row)
+
+
+def test_csv_report_has_one_line_per_row_and_errors():
+    """The CSV has a header, one line per prediction and one per failed input."""
+    rows = [reports.prediction_row(_prediction()), reports.error_row("bad.dcm", "not DICOM")]
+    text = reports.report_csv(rows).decode("utf-8").strip().splitlines()
+    assert text[0].startswith("source,slice,slice_z_mm,probability,verdict")
+    assert len(text) == 3 and "not DICOM" in text[2]
+
+
+def test_json_report_round_trips():
+    """The JSON report holds the model, studies and results."""
+    rows = [reports.prediction_row(_prediction(0.2))]
+    study = reports.study_summary("series", [0.1, 0.9, 0.4], threshold=0.5)
+    data = json.loads(reports.report_json(rows, model={"name": "m"}, studies=[study]))
+    assert data["model"] == {"name": "m"}
+    assert data["results"][0]["verdict"] == "no hemorrhage"
+    assert data["studies"][0]["most_suspicious_slice"] == 2
+
+
+def test_study_summary_uses_the_highest_slice():
+    """The study probability is the maximum; positive slices are counted at the threshold."""
+    study = reports.study_summary("s", [0.1, 0.7, 0.6], threshold=0.65)
+    assert study["probability"] == 0.7 and study["verdict"] == "hemorrhage"
+    assert study["positive_slices"] == 1 and study["slices"] == 3
+
+
+def test_study_summary_refuses_an_empty_series():
+    """An empty series is refused with a message naming it."""
+    with pytest.raises(ValueError, match="s: a study needs at least one slice"):
+        reports.study_summary("s", [], threshold=0.5)
+
+
+def test_png_bytes_decode_back():
+    """PNG bytes of an RGB uint8 and a float gray image decode to the same pixels/shape."""
+    rgb = np.zeros((4, 5, 3), dtype=np.uint8)
+    rgb[1, 2] = (255, 0, 0)
+    back = np.asarray(Image.open(io.BytesIO(reports.png_bytes(rgb))))
+    np.testing.assert_array_equal(back, rgb)
+    gray = np.linspace(0, 1, 20, dtype=np.float32).reshape(4, 5)
+    assert np.asarray(Image.open(io.BytesIO(reports.png_bytes(gray)))).shape == (4, 5)
+
+
+def test_png_bytes_refuses_bad_shapes():
+    """A 4-channel array is refused with its shape."""
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
+        reports.png_bytes(np.zeros((2, 2, 4), dtype=np.uint8))
