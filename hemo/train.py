@@ -65,6 +65,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "lr_schedule": "plateau",
     "early_stopping_patience": 8,
+    "checkpoint": "best",
     "class_weights": True,
     "cache": "auto",
     "augment": {"strength": 1.0},
@@ -78,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
 ALIASES = {"arch": "architecture", "size": "image_size", "augment": "augment.strength"}
 STRATEGIES = ("default", "mirrored", "multiworker")
 LR_SCHEDULES = ("plateau", "cosine", "constant")
+#: Final weights: the best val-AUC checkpoint, or the last epoch's (when val must not select,
+#: e.g. a cross-validation fold's held-out images).
+CHECKPOINTS = ("best", "last")
 MONITOR = "val_auc"
 STATUS_INTERVAL_S = 2.0
 PLATEAU_FACTOR = 0.5
@@ -241,6 +245,8 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"strategy {config['strategy']!r} unknown; choose one of {STRATEGIES}")
     if config["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
+    if config["checkpoint"] not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint must be one of {CHECKPOINTS}, got {config['checkpoint']!r}")
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
@@ -594,7 +600,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     )
     final.set_weights(model.get_weights())
     best_file = path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT
-    if best_file.is_file():
+    if best_file.is_file() and config["checkpoint"] == "best":
         model.load_weights(best_file)
         final.set_weights(model.get_weights())
     runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
