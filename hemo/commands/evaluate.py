@@ -123,6 +123,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.cam:
+        from hemo.cam.registry import METHODS
+
+        if args.cam not in METHODS:
+            raise ConfigError(
+                f"--cam: unknown CAM method {args.cam!r}; choose one of {sorted(METHODS)}"
+            )
     index_df = load_index(args.data)
     if args.cam and not _has_masks(index_df, args.split):
         raise DatasetError(
@@ -140,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             data["cam"] = cam_quality(model, card, index_df, method=args.cam, split=args.split)
-        except ValueError as exc:  # unknown method or label, named in the message
+        except ValueError as exc:  # a label the model does not output, named in the message
             raise ConfigError(f"--cam {args.cam}: {exc}") from exc
     if args.json:
         emit_json(data)

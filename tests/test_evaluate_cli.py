@@ -1,0 +1,65 @@
+"""Tests of ``hemo evaluate``: JSON report, text table, --cam with and without masks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_model_path
+
+from hemo import config
+from hemo.cli import EXIT_ERROR, main
+
+
+@pytest.fixture(scope="module")
+def phantom_index(tmp_path_factory) -> Path:
+    """index.parquet of a small phantom dataset (HU DICOM series with lesion masks)."""
+    from hemo.phantom import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_demo_dataset(root, n_studies=6, seed=0, slices_per_study=4, size=64)
+    return root / "index.parquet"
+
+
+def test_json_report_on_real_pngs(capsys, head_ct_dir):
+    """--json prints the full report of the 20 test PNGs and exits 0."""
+    model = tiny_model_path("display")
+    code = main(["evaluate", "--model", str(model), "--data", str(head_ct_dir), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (data["n"], data["positives"], data["split"], data["cam"]) == (20, 10, "test", None)
+    assert data["model"] == model.stem and data["data"] == str(head_ct_dir)
+    assert sum(sum(row) for row in data["confusion"]["matrix"]) == 20
+    assert len(data["roc"]["x"]) == len(data["roc"]["y"]) >= 2
+
+
+def test_text_table(capsys, head_ct_dir):
+    """Without --json a table with every headline metric and the confusion matrix is printed."""
+    model = tiny_model_path("display")
+    assert main(["evaluate", "--model", str(model), "--data", str(head_ct_dir)]) == 0
+    out = capsys.readouterr().out
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece", "truth 1"):
+        assert key in out
+
+
+def test_cam_without_masks_is_refused(capsys, head_ct_dir):
+    """--cam on a dataset without masks: exit 2 and a message saying masks are needed."""
+    model = tiny_model_path("display")
+    code = main(["evaluate", "--model", str(model), "--data", str(head_ct_dir), "--cam", "gradcam"])
+    assert code == EXIT_ERROR
+    assert "--cam needs lesion masks" in capsys.readouterr().err
+
+
+def test_phantoms_with_cam_study_level_and_rsna(capsys, phantom_index):
+    """A six-label HU model on phantoms: study-level results, RSNA loss and Grad-CAM scores."""
+    model = tiny_model_path("hu", config.RSNA_LABELS)
+    argv = ["evaluate", "--model", str(model), "--data", str(phantom_index), "--split", "val"]
+    code = main([*argv, "--cam", "gradcam", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["rsna_log_loss"] > 0 and set(data["per_label"]) == set(config.RSNA_LABELS)
+    assert data["study_max"]["n"] == data["n_studies"] >= 1
+    assert data["cam"]["method"] == "gradcam" and data["cam"]["n_slices"] >= 1
+    code = main([*argv, "--cam", "nosuchcam"])
+    assert code == EXIT_ERROR and "unknown CAM method 'nosuchcam'" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""Tests of ``hemo predict``: JSON shape, exit codes, no PHI, stdout carrying only JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_model_path
+
+from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
+
+RESULT_KEYS = {
+    "path",
+    "probability",
+    "probabilities",
+    "positive",
+    "threshold",
+    "study_uid",
+    "series_uid",
+    "slice_z_mm",
+}
+#: Seconds a CLI subprocess may take (TensorFlow import included).
+SUBPROCESS_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Path:
+    """A tiny display-grayscale model saved with its card."""
+    return tiny_model_path("display")
+
+
+def _run_json(capsys, argv: list[str]) -> tuple[int, dict]:
+    code = main(argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_json_shape_and_exit_zero(capsys, model_path, ct_small, head_ct_dir):
+    """All inputs good: exit 0, one entry per file with the documented keys."""
+    png = head_ct_dir / "head_ct" / "000.png"
+    code, data = _run_json(
+        capsys, ["predict", "--model", str(model_path), str(png), str(ct_small), "--json"]
+    )
+    assert code == 0
+    assert set(data) == {"model", "threshold", "results", "studies"}
+    assert data["model"] == model_path.stem and data["threshold"] == 0.5
+    assert [r["path"] for r in data["results"]] == [str(png), str(ct_small)]
+    for entry in data["results"]:
+        assert RESULT_KEYS <= set(entry)
+        assert entry["positive"] == (entry["probability"] >= entry["threshold"])
+    assert data["results"][1]["series_uid"] is not None
+    (study,) = data["studies"]
+    assert study["n_slices"] == 1 and study["slice_sources"] == [str(ct_small)]
+
+
+def test_a_failed_input_gives_exit_one_and_an_error_entry(
+    capsys, model_path, tmp_path, head_ct_dir
+):
+    """One bad file: exit 1, an {path, error} entry, the good file still predicted."""
+    bad = tmp_path / "empty.dcm"
+    bad.write_bytes(b"")
+    png = head_ct_dir / "head_ct" / "001.png"
+    code, data = _run_json(
+        capsys, ["predict", "--model", str(model_path), str(bad), str(png), "--json"]
+    )
+    assert code == EXIT_PARTIAL
+    assert data["results"][0] == {"path": str(bad), "error": f"{bad}: file is empty (0 bytes)"}
+    assert data["results"][1]["path"] == str(png) and "probability" in data["results"][1]
+
+
+def test_bad_model_exits_two_with_one_line(capsys, tmp_path, head_ct_dir):
+    """A pickle as --model: exit 2, one 'hemo: error:' line, nothing on stdout."""
+    pickle_path = tmp_path / "model.pkl"
+    pickle_path.write_bytes(b"\x80\x04K\x01.")
+    code = main(["predict", "--model", str(pickle_path), str(head_ct_dir / "head_ct"), "--json"])
+    captured = capsys.readouterr()
+    assert code == EXIT_ERROR and captured.out == ""
+    assert captured.err.strip().startswith("hemo: error:") and "pickle" in captured.err
+
+
+def test_text_output_is_a_table(capsys, model_path, head_ct_dir):
+    """Without --json the output is a readable table with a verdict per input."""
+    png = head_ct_dir / "head_ct" / "002.png"
+    assert main(["predict", "--model", str(model_path), str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "P(any)" in out and str(png) in out
+    assert "negative" in out or "POSITIVE" in out
+
+
+def test_subprocess_stdout_is_only_json_without_phi(model_path, tmp_path, cq500_uncompressed):
+    """The real console script: stdout parses as JSON, carries no patient data, exit 1 on a bad zip member."""
+    import zipfile
+
+    import pydicom
+
+    ds = pydicom.dcmread(cq500_uncompressed)
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PHI-ID-12345"
+    ds.PatientBirthDate = "19700101"
+    ds.InstitutionName = "Secret General Hospital"
+    tagged = tmp_path / "tagged.dcm"
+    ds.save_as(tagged)
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(tagged, "good.dcm")
+        zf.writestr("bad.dcm", b"garbage" * 20)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hemo",
+            "predict",
+            "--model",
+            str(model_path),
+            str(archive),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        env=env,
+    )
+    assert proc.returncode == EXIT_PARTIAL, proc.stderr
+    data = json.loads(proc.stdout)
+    paths = [r["path"] for r in data["results"]]
+    assert paths == [f"{archive}/bad.dcm", f"{archive}/good.dcm"]
+    assert "error" in data["results"][0] and "probability" in data["results"][1]
+    for secret in ("Doe", "PHI-ID-12345", "19700101", "Secret General"):
+        assert secret not in proc.stdout and secret not in proc.stderr
