@@ -11,6 +11,7 @@ from hemo.errors import HemoError
 #: Seconds between refreshes of a live run's curves and progress.
 REFRESH_S = 2.0
 SELECTED_KEY = "training_selected"
+RUN_NAME_KEY = "training_new_name"
 SIZES = (64, 128, 192, 256, 384, 512)
 METRIC_TITLES = {"loss": "Loss", "auc": "AUC", "accuracy": "Accuracy"}
 
@@ -71,7 +72,8 @@ with st.expander("Start a new run", expanded=not all_runs):
         epochs = c4.number_input("Epochs", 1, 500, 10)
         image_size = c5.selectbox("Image size (px)", SIZES, index=SIZES.index(256))
         learning_rate = c6.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f")
-        name = st.text_input("Run name", value=dashboard.new_run_name())
+        st.session_state.setdefault(RUN_NAME_KEY, dashboard.new_run_name())
+        name = st.text_input("Run name", key=RUN_NAME_KEY)
         if st.form_submit_button("Start training", type="primary"):
             config = dashboard.training_config(
                 data,
@@ -88,6 +90,7 @@ with st.expander("Start a new run", expanded=not all_runs):
                 st.error(str(exc))
             else:
                 st.session_state[SELECTED_KEY] = started.name
+                del st.session_state[RUN_NAME_KEY]  # the next run gets a fresh name
                 st.rerun()
 
 if not all_runs:

@@ -1,0 +1,266 @@
+"""Every dashboard page through Streamlit's AppTest: numbers, charts, uploads, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from dashboard_fixtures import (
+    DISPLAY_MODEL,
+    HU_MODEL,
+    PHANTOM_SLICES,
+    make_finished_run,
+    make_kaggle_pngs,
+    make_models,
+    make_phantoms,
+    zip_bytes,
+)
+from streamlit.testing.v1 import AppTest
+
+from hemo import dashboard, runs, ui
+from hemo.config import PROJECT_DIR
+from hemo.datasets import load_index
+
+APP = str(PROJECT_DIR / "streamlit_app.py")
+#: First runs import TensorFlow and trace the model: give them time on 2 busy cores.
+TIMEOUT_S = 240
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Point the app at a tiny phantom dataset, tiny models and an empty runs folder."""
+    root = tmp_path_factory.mktemp("app")
+    paths = {
+        "data": make_phantoms(root / "demo"),
+        "models": make_models(root / "models"),
+        "runs": root / "runs",
+        "kaggle": make_kaggle_pngs(root / "kaggle"),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dashboard.ENV_DATASET, str(paths["data"]))
+        mp.setenv(dashboard.ENV_MODELS_DIR, str(paths["models"]))
+        mp.setenv(dashboard.ENV_DEFAULT_MODEL, HU_MODEL)
+        mp.setenv("HEMO_RUNS_DIR", str(paths["runs"]))
+        yield paths
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    at.switch_page(page).run()
+    return at
+
+
+def _with_dataset(path: Path, page: str) -> AppTest:
+    """The app on ``page`` with a typed dataset path (set through session state: AppTest drops
+    the entrypoint's sidebar elements from its tree after the first run under st.navigation)."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.session_state[ui.DATASET_CHOICE_KEY] = ui.OTHER_DATASET
+    at.session_state[ui.DATASET_TEXT_KEY] = str(path)
+    at.run()
+    at.switch_page(page).run()
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _dicoms(env) -> list[Path]:
+    index = load_index(env["data"] / "index.parquet")
+    first = index[index["study_uid"] == index["study_uid"].iloc[0]]
+    return [Path(p) for p in first["path"]]
+
+
+def test_entrypoint_navigation_sidebar_and_notice(env):
+    """Sidebar offers the dataset and models; the notice is shown; Home is the default page."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
+    _ok(at)
+    assert at.sidebar.selectbox(key="hemo_model_choice").options == [HU_MODEL, DISPLAY_MODEL]
+    assert "Research tool, not a medical device" in at.sidebar.info[0].value
+    assert at.title[0].value.startswith("hemo")
+
+
+def test_home_shows_model_and_dataset_numbers(env):
+    """Home shows the card's metrics, the dataset counts and links to the four pages."""
+    at = _open("pages/home.py")
+    _ok(at)
+    metrics = _metrics(at)
+    index = load_index(env["data"] / "index.parquet")
+    assert metrics["Images"] == str(len(index))
+    assert metrics["Hemorrhage"] == str(int(index["label_any"].sum()))
+    assert metrics["threshold"] == "0.500" and metrics["roc_auc"] == "0.750"
+    assert len(at.get("page_link")) == 4
+
+
+def test_eda_draws_every_chart_on_phantoms(env):
+    """EDA on phantoms: counts, eight plotly charts, sample grid and the quality tables."""
+    at = _open("pages/eda.py")
+    _ok(at)
+    assert _metrics(at)["Studies"] == "4"
+    assert len(at.get("plotly_chart")) == 8
+    assert len(at.image) >= 4
+    assert len(at.dataframe) >= 1
+    assert not at.error
+
+
+def test_eda_on_a_kaggle_png_layout(env):
+    """EDA on a Kaggle head-CT layout draws intensity histograms and no subtype charts."""
+    at = _with_dataset(env["kaggle"], "pages/eda.py")
+    _ok(at)
+    assert _metrics(at)["Images"] == "12"
+    assert any("subtype labels" in c.value for c in at.caption)
+    charts = [c.key for c in at.get("plotly_chart")]
+    assert charts == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
+
+
+def test_eda_bad_dataset_path_shows_error(env, tmp_path):
+    """A typed path that does not exist gives st.error naming it, and no exception."""
+    at = _with_dataset(tmp_path / "nope", "pages/eda.py")
+    _ok(at)
+    assert "nope: no such file or folder" in at.error[0].value
+
+
+def test_windowing_slider_preset_probe_and_metadata(env):
+    """Moving the level changes the image; a preset sets the width; the probe reads the HU."""
+    from hemo.io import read_scan
+
+    at = _open("pages/windowing.py")
+    _ok(at)
+    before = at.image[0].value
+    at.slider(key="win_center").set_value(300).run()
+    assert at.image[0].value != before
+    at.button(key="preset_bone").click().run()
+    assert at.slider(key="win_width").value == 2800
+    study = dashboard.dataset_studies(load_index(env["data"] / "index.parquet"))[0]
+    scan = read_scan(study.paths[0])
+    at.number_input(key="probe_row").set_value(60).run()
+    at.number_input(key="probe_col").set_value(70).run()
+    assert _metrics(at)["HU at pixel"] == f"{scan.hu[60, 70]:.0f}"
+    assert len(at.get("plotly_chart")) == 1
+    assert "Modality" in at.dataframe[0].value["field"].tolist()
+    assert at.slider(key="win_slice").max == PHANTOM_SLICES
+
+
+def test_windowing_upload_of_a_zipped_series(env):
+    """An uploaded zip of a series gets a slice slider; a bad upload shows an error."""
+    at = _open("pages/windowing.py")
+    at.radio(key="win_source").set_value("Upload DICOM").run()
+    at.file_uploader(key="win_upload").set_value(
+        [
+            ("series.zip", zip_bytes(_dicoms(env)), "application/zip"),
+            ("junk.dcm", b"junk" * 50, "application/octet-stream"),
+        ]
+    ).run()
+    _ok(at)
+    assert at.slider(key="win_upload_slice").max == PHANTOM_SLICES
+    assert "junk.dcm" in at.error[0].value
+    assert len(at.image) >= 5
+
+
+def test_predict_upload_gives_probability_overlay_and_reports(env):
+    """An uploaded DICOM gives its probability as a percentage, a verdict and an overlay image."""
+    from hemo.predict import Predictor
+
+    path = _dicoms(env)[1]
+    at = _open("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")
+    ).run()
+    _ok(at)
+    with Predictor(env["models"] / f"{HU_MODEL}.keras") as predictor:
+        expected = predictor.predict([(path.name, path.read_bytes())])[0].probability
+    metrics = _metrics(at)
+    assert metrics["Probability of hemorrhage"] == f"{expected * 100:.1f}%"
+    assert metrics["Verdict"] in {"hemorrhage", "no hemorrhage"}
+    assert [i.captions[0] for i in at.image] == ["slice", "gradcam · any"]
+    assert len(at.get("plotly_chart")) == 1  # subtype probabilities
+    labels = [d.label for d in at.get("download_button")]
+    assert labels == ["Download overlay PNG", "Download CSV report", "Download JSON report"]
+
+
+def test_predict_bad_upload_errors_and_others_still_processed(env):
+    """A bad file shows st.error naming it; the good file beside it still gets a probability."""
+    path = _dicoms(env)[0]
+    at = _open("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        [
+            ("empty.dcm", b"", "application/octet-stream"),
+            (path.stem, path.read_bytes(), "application/octet-stream"),  # no extension
+        ]
+    ).run()
+    _ok(at)
+    assert len(at.error) == 1 and "empty.dcm" in at.error[0].value
+    assert _metrics(at)["Probability of hemorrhage"].endswith("%")
+
+
+def test_predict_series_zip_gives_study_verdict_and_strip(env):
+    """A zipped series gives a study verdict, a strip chart and a jump to the top slice."""
+    at = _open("pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        ("study.zip", zip_bytes(_dicoms(env), "study"), "application/zip")
+    ).run()
+    _ok(at)
+    metrics = _metrics(at)
+    assert metrics["Study verdict"] in {"hemorrhage", "no hemorrhage"}
+    assert len(at.get("plotly_chart")) == 2  # strip + subtypes
+    jump = at.button(key="jump_0")
+    top = int(jump.label.rsplit("(", 1)[1].rstrip(")"))
+    at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
+    at.button(key="jump_0").click().run()
+    assert at.slider(key="series_slice_0").value == top
+
+
+def test_predict_samples_and_png_on_display_model(env):
+    """The three sample buttons predict; a PNG with the HU model errors, with the display model works."""
+    at = _open("pages/predict.py")
+    for key in dashboard.SAMPLES:
+        at.button(key=f"sample_{key}").click().run()
+    _ok(at)
+    assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 3
+    png = (env["kaggle"] / "head_ct" / "000.png").read_bytes()
+    at.file_uploader(key="predict_upload").set_value(("head.png", png, "image/png")).run()
+    assert "head.png: model expects HU windows" in at.error[0].value
+    at.session_state[ui.MODEL_CHOICE_KEY] = DISPLAY_MODEL
+    at.run()
+    _ok(at)
+    assert not at.error
+    assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 4
+
+
+def test_training_shows_runs_curves_report_and_comparison(env):
+    """Finished runs: table, train/val curves, confusion/ROC/PR, threshold and comparison."""
+    make_finished_run(env["runs"], "alpha")
+    make_finished_run(env["runs"], "beta", auc_offset=0.05)
+    at = _open("pages/training.py")
+    _ok(at)
+    assert set(at.dataframe[0].value["run"]) == {"alpha", "beta"}
+    # loss/auc/accuracy curves, confusion/ROC/PR, the comparison
+    assert len(at.get("plotly_chart")) == 3 + 3 + 1
+    assert _metrics(at)["threshold"] == "0.420"
+    assert _metrics(at)["roc_auc"] == "0.810"
+
+
+def test_training_form_launches_a_run(env, monkeypatch):
+    """Submitting the form calls hemo.runs.launch_run with the form's configuration."""
+    launched = {}
+
+    def fake_launch(config, name, root=None):
+        launched.update(config=config, name=name)
+        return make_finished_run(Path(root), name) and runs.read_run(name, root)
+
+    monkeypatch.setattr(runs, "launch_run", fake_launch)
+    at = _open("pages/training.py")
+    next(t for t in at.text_input if t.label == "Run name").set_value("formrun")
+    next(n for n in at.number_input if n.label == "Epochs").set_value(2)
+    at.form_submit_button[0].click().run()
+    _ok(at)
+    assert launched["name"] == "formrun"
+    assert launched["config"]["epochs"] == 2
+    assert launched["config"]["data"] == str(env["data"])
+    assert at.selectbox(key="training_selected").value == "formrun"
