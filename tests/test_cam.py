@@ -280,3 +280,22 @@ def test_every_architecture_gives_a_valid_map(arch: str) -> None:
         assert not np.isnan(result.heatmap).any()
         assert 0.0 <= result.heatmap.min() <= result.heatmap.max() <= 1.0
         assert result.flat or result.heatmap.max() == pytest.approx(1.0)
+
+
+def test_gradient_graph_cached_weakly() -> None:
+    """The gradient graph is built once per (model, layer) and freed with the model."""
+    import gc
+    import weakref
+
+    from hemo.cam import base
+
+    model = bright_square_model("avg")
+    explain(model, square_image(), method="gradcam")
+    explain(model, square_image(), method="hirescam")
+    assert list(base._CACHE[model]) == ["pooled"]
+    explain(model, square_image(), layer="features")
+    assert sorted(base._CACHE[model]) == ["features", "pooled"]
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
