@@ -30,6 +30,7 @@ limits in :mod:`hemo.config` (checked before any pixel buffer is allocated).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -40,9 +41,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -283,10 +286,22 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
 
 
+@functools.cache
+def _tag(keyword: str) -> BaseTag:
+    """The tag of a dictionary keyword (cached: keyword lookups dominate header reading)."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"not a DICOM keyword: {keyword}")
+    return Tag(tag)
+
+
 def _get(ds: Dataset, keyword: str) -> Any:
     """Value of ``keyword`` or ``None`` when absent, empty or unparsable."""
+    tag = _tag(keyword)
+    if tag not in ds:
+        return None
     try:
-        value = ds.get(keyword)
+        value = ds[tag].value
     except Exception:  # an invalid value (e.g. a DS that is not a number) counts as absent
         log.debug("unparsable %s ignored", keyword, exc_info=True)
         return None
@@ -352,7 +367,10 @@ def phi_free_metadata(ds: Dataset) -> dict[str, Any]:
         ``TransferSyntaxUID`` from the file meta information when known.
     """
     out: dict[str, Any] = {}
+    present = set(ds.keys())
     for keyword in METADATA_KEYWORDS:
+        if _tag(keyword) not in present:
+            continue
         value = _get(ds, keyword)
         if value is None:
             continue

@@ -235,14 +235,20 @@ def window_stack(
     Returns:
         float32 (H, W, C) in [0, 1], a new array.
     """
-    lows = np.array([w.center_hu - w.width_hu / 2.0 for w in windows], dtype=np.float32)
-    scales = np.array([1.0 / w.width_hu for w in windows], dtype=np.float32)
-    out = np.subtract(np.asarray(hu, dtype=np.float32)[:, :, None], lows)
-    out *= scales
-    np.clip(out, 0.0, 1.0, out=out)
-    if np.isnan(out).any():
-        np.nan_to_num(out, copy=False, nan=0.0)
-    return out
+    arr = np.asarray(hu, dtype=np.float32)
+    if np.isnan(arr).any():
+        arr = np.where(np.isnan(arr), np.float32(-np.inf), arr)
+    planes = []
+    for w in windows:
+        # (hu - low) / width as one multiply-add per pixel, contiguous float32 planes
+        scale = np.float32(1.0 / w.width_hu)
+        plane = arr * scale
+        plane += np.float32(-(w.center_hu - w.width_hu / 2.0)) * scale
+        np.clip(plane, 0.0, 1.0, out=plane)
+        planes.append(plane)
+    if len(planes) == 1:
+        return planes[0][:, :, None]
+    return cv2.merge(planes)  # interleave the planes as (H, W, C) in one pass
 
 
 def to_display(scan: Scan, window: Window | str | None = None) -> npt.NDArray[np.float32]:
