@@ -31,10 +31,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 log = logging.getLogger("bench.cam_quality")
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "phantom_rsna3.keras"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = PROJECT_DIR / "models" / "phantom_rsna3.keras"
+#: Index of the phantoms the shipped model was trained on: no study may be shared with it.
+DEFAULT_TRAIN_INDEX = PROJECT_DIR / "data" / "processed" / "phantom_train" / "index.parquet"
 #: A seed far from the small seeds used for training and tests.
 DEFAULT_SEED = 9001
-DEFAULT_STUDIES = 40
+DEFAULT_STUDIES = 80
 DEFAULT_MAX_SLICES = 400
 POINTING_TARGET = 0.90
 #: Panels drawn with --pictures, and the contour level of the true mask on the first tile.
@@ -127,8 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-slices", type=int, default=DEFAULT_MAX_SLICES)
     parser.add_argument("--pictures", type=Path, default=None, help="folder for cam_*.png panels")
     parser.add_argument("--data", type=Path, default=None, help="keep the phantoms in this folder")
+    parser.add_argument(
+        "--train-index",
+        type=Path,
+        default=DEFAULT_TRAIN_INDEX,
+        help="index of the training phantoms; shared study UIDs are refused",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    import pandas as pd
 
     from hemo.cam import METHODS
     from hemo.cam.metrics import cam_quality
@@ -147,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             root, n_studies=args.studies, seed=args.seed, size=args.size or DEFAULT_SIZE_PX
         )
         index_df = load_index(root / "index.parquet")
+        if args.train_index.is_file():
+            seen = set(pd.read_parquet(args.train_index, columns=["study_uid"])["study_uid"])
+            shared = seen & set(index_df["study_uid"])
+            if shared:
+                parser.error(f"{len(shared)} studies of seed {args.seed} are in {args.train_index}")
+            log.info("no study shared with the training index %s", args.train_index)
         log.info(
             "%d phantom slices (%d positive) from seed %d in %.0f s; model %s (%s, %d px)",
             len(index_df),

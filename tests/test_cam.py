@@ -299,3 +299,29 @@ def test_gradient_graph_cached_weakly() -> None:
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_gradcam_matches_keras_io_recipe() -> None:
+    """On a compact model, the raw Grad-CAM map equals keras-io's make_gradcam_heatmap recipe."""
+    import tensorflow as tf
+
+    from hemo.cam.gradcam import GradCAM
+
+    keras.utils.set_random_seed(1)
+    model = build_model("compact", InputSpec(size=ARCH_SIZE), RSNA_LABELS, weights=None)
+    layer = CAM_LAYERS["compact"]
+    x = np.random.default_rng(2).random((2, ARCH_SIZE, ARCH_SIZE, 3)).astype(np.float32)
+    grad_model = keras.Model(
+        model.inputs[0], [model.get_layer(layer).output, model.get_layer("logits").output]
+    )
+    expected = []
+    for sample in x:
+        with tf.GradientTape() as tape:
+            conv, logits = grad_model(sample[None], training=False)
+            score = logits[:, RSNA_LABELS.index("subdural")]
+        pooled = tf.reduce_mean(tape.gradient(score, conv), axis=(0, 1, 2))
+        expected.append(np.maximum((conv[0] @ pooled[..., None])[..., 0].numpy(), 0.0))
+    raw, logits, name = GradCAM(model, layer=layer).raw_maps(x, "subdural")
+    assert name == "subdural" and raw.shape == (2, *expected[0].shape)
+    assert raw.max() > 0.0  # a non-trivial map
+    np.testing.assert_allclose(raw, np.stack(expected), rtol=1e-4, atol=1e-6)
