@@ -154,8 +154,9 @@ class _GradientFunction:
 
         self.n_outputs = int(graph.outputs[1].shape[-1]) if dense is None else int(dense.units)
         self.input_shape = shape[1:]
+        # Traced once, here (no autograph: the step has no Python control flow on tensors)
         self._concrete = tf.function(
-            step, input_signature=[spec, index_spec]
+            step, input_signature=[spec, index_spec], autograph=False
         ).get_concrete_function()
 
     def __call__(
@@ -197,6 +198,9 @@ _CACHE_LOCK = threading.Lock()
 
 def gradient_function(model: Any, layer_name: str) -> _GradientFunction:
     """The cached gradient function of ``(model, layer_name)``, built once under a lock."""
+    cached = _CACHE.get(model, {}).get(layer_name)
+    if cached is not None:  # fast path: no lock once built
+        return cached
     with _CACHE_LOCK:
         per_model = _CACHE.setdefault(model, {})
         if layer_name not in per_model:
