@@ -40,9 +40,14 @@ DEFAULT_SEED = 9001
 DEFAULT_STUDIES = 80
 DEFAULT_MAX_SLICES = 400
 POINTING_TARGET = 0.90
-#: Panels drawn with --pictures, and the contour level of the true mask on the first tile.
+#: Panels drawn with --pictures and how they look.
 N_PICTURES = 4
-MASK_RGB = (255, 255, 255)
+MASK_RGB = (0, 255, 0)
+TEXT_RGB = (255, 255, 255)
+TEXT_ORIGIN = (6, 16)
+TEXT_SCALE = 0.45
+PANEL_SCALE = 2
+TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}
 HEATMAP_ALPHA = 0.45
 TILE_GAP_PX = 4
 
@@ -66,7 +71,7 @@ def training_seeds(card) -> set[int]:
 
 
 def draw_panels(model, card, index_df, out_dir: Path, n_pictures: int) -> list[str]:
-    """Panels ``cam_<subtype>.png``: slice + true mask outline, then one overlay per method."""
+    """Panels ``cam_<subtype>.png``: the slice, then one overlay per method; true mask in green."""
     import cv2
     import numpy as np
 
@@ -98,21 +103,23 @@ def draw_panels(model, card, index_df, out_dir: Path, n_pictures: int) -> list[s
         scan = read_scan(best.path)
         x = to_model_input(scan, card.input_spec)
         mask = mask_to_input(read_mask(best.mask_path, subtype), scan, card.input_spec)
-        gray = x[..., 0]
-        base = overlay(gray, np.zeros_like(gray), alpha=0.0)
-        contours, _ = cv2.findContours(
-            mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
-        )
-        cv2.drawContours(base, contours, -1, MASK_RGB, 1)
-        tiles = [base]
-        for explainer in explainers.values():
+        # Tiles at PANEL_SCALE x the model input, the true mask outlined on each
+        side = x.shape[0] * PANEL_SCALE
+        gray = cv2.resize(x[..., 0], (side, side), interpolation=cv2.INTER_LINEAR)
+        big_mask = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(big_mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        heatmaps = {"slice + mask": np.zeros_like(gray)}
+        for name, explainer in explainers.items():
             (result,) = explainer(x, label="any")
-            tiles.append(overlay(gray, result.heatmap, alpha=HEATMAP_ALPHA))
-        gap = np.zeros((gray.shape[0], TILE_GAP_PX, 3), np.uint8)
-        row_tiles = []
-        for tile in tiles:
-            row_tiles += [tile, gap]
-        panel = np.concatenate(row_tiles[:-1], axis=1)
+            heatmaps[TITLES[name]] = result.heatmap
+        tiles = []
+        for title, heatmap in heatmaps.items():
+            alpha = 0.0 if title == "slice + mask" else HEATMAP_ALPHA
+            tile = overlay(gray, heatmap, alpha=alpha)
+            cv2.drawContours(tile, contours, -1, MASK_RGB, 1)
+            cv2.putText(tile, title, TEXT_ORIGIN, cv2.FONT_HERSHEY_SIMPLEX, TEXT_SCALE, TEXT_RGB, 1)
+            tiles += [tile, np.zeros((side, TILE_GAP_PX, 3), np.uint8)]
+        panel = np.concatenate(tiles[:-1], axis=1)
         path = out_dir / f"cam_{subtype}.png"
         cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
         written.append(str(path))
