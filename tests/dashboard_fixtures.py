@@ -27,13 +27,13 @@ HU_MODEL = "tiny_hu"
 DISPLAY_MODEL = "tiny_display"
 
 
-def make_phantoms(root: Path) -> Path:
-    """A phantom dataset of 4 studies x 4 slices of 128 px under ``root`` (index.parquet written)."""
+def make_phantoms(root: Path, n_studies: int = PHANTOM_STUDIES) -> Path:
+    """A phantom dataset of 4 (or n) studies x 4 slices of 128 px under ``root`` (with index)."""
     from hemo.phantom import write_demo_dataset
 
     write_demo_dataset(
         root,
-        n_studies=PHANTOM_STUDIES,
+        n_studies=n_studies,
         seed=0,
         slices_per_study=PHANTOM_SLICES,
         size=PHANTOM_SIZE_PX,

@@ -53,8 +53,7 @@ def _open(page: str) -> AppTest:
 
 
 def _with_dataset(path: Path, page: str) -> AppTest:
-    """The app on ``page`` with a typed dataset path (set through session state: AppTest drops
-    the entrypoint's sidebar elements from its tree after the first run under st.navigation)."""
+    """The app on ``page`` with a dataset path typed in the sidebar (through its widget keys)."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
     at.session_state[ui.DATASET_CHOICE_KEY] = ui.OTHER_DATASET
     at.session_state[ui.DATASET_TEXT_KEY] = str(path)
@@ -84,11 +83,15 @@ def test_entrypoint_navigation_sidebar_and_notice(env):
     assert at.sidebar.selectbox(key="hemo_model_choice").options == [HU_MODEL, DISPLAY_MODEL]
     assert "Research tool, not a medical device" in at.sidebar.info[0].value
     assert at.title[0].value.startswith("hemo")
+    at.switch_page("app_pages/predict.py").run()
+    at.run()  # a rerun on another page still runs the entrypoint (no v1 pages/ mode)
+    assert at.sidebar.selectbox(key="hemo_model_choice").value == HU_MODEL
+    assert at.title[0].value == "Predict"
 
 
 def test_home_shows_model_and_dataset_numbers(env):
     """Home shows the card's metrics, the dataset counts and links to the four pages."""
-    at = _open("pages/home.py")
+    at = _open("app_pages/home.py")
     _ok(at)
     metrics = _metrics(at)
     index = load_index(env["data"] / "index.parquet")
@@ -100,7 +103,7 @@ def test_home_shows_model_and_dataset_numbers(env):
 
 def test_eda_draws_every_chart_on_phantoms(env):
     """EDA on phantoms: counts, eight plotly charts, sample grid and the quality tables."""
-    at = _open("pages/eda.py")
+    at = _open("app_pages/eda.py")
     _ok(at)
     assert _metrics(at)["Studies"] == "4"
     assert len(at.get("plotly_chart")) == 8
@@ -111,7 +114,7 @@ def test_eda_draws_every_chart_on_phantoms(env):
 
 def test_eda_on_a_kaggle_png_layout(env):
     """EDA on a Kaggle head-CT layout draws intensity histograms and no subtype charts."""
-    at = _with_dataset(env["kaggle"], "pages/eda.py")
+    at = _with_dataset(env["kaggle"], "app_pages/eda.py")
     _ok(at)
     assert _metrics(at)["Images"] == "12"
     assert any("subtype labels" in c.value for c in at.caption)
@@ -121,7 +124,7 @@ def test_eda_on_a_kaggle_png_layout(env):
 
 def test_eda_bad_dataset_path_shows_error(env, tmp_path):
     """A typed path that does not exist gives st.error naming it, and no exception."""
-    at = _with_dataset(tmp_path / "nope", "pages/eda.py")
+    at = _with_dataset(tmp_path / "nope", "app_pages/eda.py")
     _ok(at)
     assert "nope: no such file or folder" in at.error[0].value
 
@@ -130,7 +133,7 @@ def test_windowing_slider_preset_probe_and_metadata(env):
     """Moving the level changes the image; a preset sets the width; the probe reads the HU."""
     from hemo.io import read_scan
 
-    at = _open("pages/windowing.py")
+    at = _open("app_pages/windowing.py")
     _ok(at)
     before = at.image[0].value
     at.slider(key="win_center").set_value(300).run()
@@ -149,7 +152,7 @@ def test_windowing_slider_preset_probe_and_metadata(env):
 
 def test_windowing_upload_of_a_zipped_series(env):
     """An uploaded zip of a series gets a slice slider; a bad upload shows an error."""
-    at = _open("pages/windowing.py")
+    at = _open("app_pages/windowing.py")
     at.radio(key="win_source").set_value("Upload DICOM").run()
     at.file_uploader(key="win_upload").set_value(
         [
@@ -168,7 +171,7 @@ def test_predict_upload_gives_probability_overlay_and_reports(env):
     from hemo.predict import Predictor
 
     path = _dicoms(env)[1]
-    at = _open("pages/predict.py")
+    at = _open("app_pages/predict.py")
     at.file_uploader(key="predict_upload").set_value(
         (path.name, path.read_bytes(), "application/octet-stream")
     ).run()
@@ -187,7 +190,7 @@ def test_predict_upload_gives_probability_overlay_and_reports(env):
 def test_predict_bad_upload_errors_and_others_still_processed(env):
     """A bad file shows st.error naming it; the good file beside it still gets a probability."""
     path = _dicoms(env)[0]
-    at = _open("pages/predict.py")
+    at = _open("app_pages/predict.py")
     at.file_uploader(key="predict_upload").set_value(
         [
             ("empty.dcm", b"", "application/octet-stream"),
@@ -201,7 +204,7 @@ def test_predict_bad_upload_errors_and_others_still_processed(env):
 
 def test_predict_series_zip_gives_study_verdict_and_strip(env):
     """A zipped series gives a study verdict, a strip chart and a jump to the top slice."""
-    at = _open("pages/predict.py")
+    at = _open("app_pages/predict.py")
     at.file_uploader(key="predict_upload").set_value(
         ("study.zip", zip_bytes(_dicoms(env), "study"), "application/zip")
     ).run()
@@ -218,7 +221,7 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
 
 def test_predict_samples_and_png_on_display_model(env):
     """The three sample buttons predict; a PNG with the HU model errors, with the display model works."""
-    at = _open("pages/predict.py")
+    at = _open("app_pages/predict.py")
     for key in dashboard.SAMPLES:
         at.button(key=f"sample_{key}").click().run()
     _ok(at)
@@ -237,7 +240,7 @@ def test_training_shows_runs_curves_report_and_comparison(env):
     """Finished runs: table, train/val curves, confusion/ROC/PR, threshold and comparison."""
     make_finished_run(env["runs"], "alpha")
     make_finished_run(env["runs"], "beta", auc_offset=0.05)
-    at = _open("pages/training.py")
+    at = _open("app_pages/training.py")
     _ok(at)
     assert set(at.dataframe[0].value["run"]) == {"alpha", "beta"}
     # loss/auc/accuracy curves, confusion/ROC/PR, the comparison
@@ -255,7 +258,7 @@ def test_training_form_launches_a_run(env, monkeypatch):
         return make_finished_run(Path(root), name) and runs.read_run(name, root)
 
     monkeypatch.setattr(runs, "launch_run", fake_launch)
-    at = _open("pages/training.py")
+    at = _open("app_pages/training.py")
     next(t for t in at.text_input if t.label == "Run name").set_value("formrun")
     next(n for n in at.number_input if n.label == "Epochs").set_value(2)
     at.form_submit_button[0].click().run()

@@ -10,7 +10,7 @@ from hemo.config import MAX_FILE_BYTES, PACKAGE_DIR, PROJECT_DIR
 
 #: The one module of hemo allowed to import Streamlit (the cached loaders the pages use).
 CACHE_MODULE = PACKAGE_DIR / "ui.py"
-PAGES_DIR = PROJECT_DIR / "pages"
+PAGES_DIR = PROJECT_DIR / "app_pages"
 PAGE_TITLES = ["Home", "EDA", "Windowing", "Training", "Predict"]
 #: Modules pages must not import: pixel math, DICOM parsing and Keras belong to hemo.
 HEAVY_MODULES = {"numpy", "pydicom", "keras", "tensorflow", "cv2", "PIL"}
@@ -63,7 +63,7 @@ def test_pages_are_thin():
 
 
 def test_navigation_titles_in_order():
-    """The entrypoint navigates over pages/ titled Home, EDA, Windowing, Training, Predict."""
+    """The entrypoint navigates over app_pages/ titled Home, EDA, Windowing, Training, Predict."""
     tree = ast.parse((PROJECT_DIR / "streamlit_app.py").read_text(encoding="utf-8"))
     pages = next(
         ast.literal_eval(node.value)
@@ -81,3 +81,8 @@ def test_streamlit_settings_match_hemo():
     assert settings["theme"]["base"] == "dark"
     assert settings["browser"]["gatherUsageStats"] is False
     assert settings["server"]["maxUploadSize"] * MIB == MAX_FILE_BYTES
+
+
+def test_no_pages_folder_beside_the_entrypoint():
+    """No pages/ folder beside streamlit_app.py (it would switch Streamlit to v1 multipage mode)."""
+    assert not (PROJECT_DIR / "pages").exists()

@@ -46,10 +46,30 @@ with data_col:
 
 st.subheader("Pages")
 links = (
-    ("pages/predict.py", "Predict", ":material/neurology:", "drag in scans: probability + heatmap"),
-    ("pages/eda.py", "EDA", ":material/bar_chart:", "class balance, subtypes, HU, data quality"),
-    ("pages/windowing.py", "Windowing", ":material/contrast:", "level/width, presets, HU probe"),
-    ("pages/training.py", "Training", ":material/model_training:", "launch, watch, compare runs"),
+    (
+        "app_pages/predict.py",
+        "Predict",
+        ":material/neurology:",
+        "drag in scans: probability + heatmap",
+    ),
+    (
+        "app_pages/eda.py",
+        "EDA",
+        ":material/bar_chart:",
+        "class balance, subtypes, HU, data quality",
+    ),
+    (
+        "app_pages/windowing.py",
+        "Windowing",
+        ":material/contrast:",
+        "level/width, presets, HU probe",
+    ),
+    (
+        "app_pages/training.py",
+        "Training",
+        ":material/model_training:",
+        "launch, watch, compare runs",
+    ),
 )
 for page, label, icon, what in links:
     st.page_link(page, label=f"{label} — {what}", icon=icon)
