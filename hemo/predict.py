@@ -3,10 +3,13 @@
 The path of every input, in one place::
 
     paths / folders / zips / (name, bytes) uploads
-      -> hemo.io.iter_scans            decode (caller's thread, one file after another)
-      -> hemo.preprocess.to_model_input   in a thread pool, overlapped with decoding
+      -> hemo.io.iter_scans            read and decode   } in a thread pool, several inputs at
+      -> hemo.preprocess.to_model_input   preprocess     } a time (a folder is walked in the
+                                                           caller's thread); pixels are dropped
+                                                           as soon as the tensor exists
       -> compiled forward pass         one call per batch (a ``tf.function`` with a fixed
-                                       (None, H, W, C) signature, traced once), on its own thread
+                                       (None, H, W, C) signature, traced once), on its own
+                                       thread, overlapped with reading the next batch
       -> Prediction per image, StudyPrediction per DICOM series
 
 Results come back in input order (zip members and folder files sorted by name, as
@@ -28,9 +31,11 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +59,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
 #: Preprocessing threads (decode runs in the caller's thread, the model on its own).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+#: Full batches waiting for the model at once (bounds the memory a long batch of inputs takes).
+MAX_BATCHES_IN_FLIGHT = 2
 #: Slices averaged by a study's top-k score.
 DEFAULT_TOP_K = 3
 #: The label whose probability is a Prediction's headline ``probability``.
@@ -251,14 +258,21 @@ def study_predictions(
 
 
 # The predictor ----------------------------------------------------------------------------------
-@dataclass
-class _Pending:
-    """One decoded input waiting for its batch: where its result goes and its input tensor."""
+@dataclass(frozen=True)
+class _Prepared:
+    """One scan after reading and preprocessing, its pixels dropped: a tensor or an error.
 
-    slot: int
-    scan: Any
+    Attributes:
+        name: The scan's name (path, upload name, ``archive.zip/member``).
+        tensor: (H, W, C) float32 model input, or ``None`` on error.
+        error: Why the scan failed, or ``None``.
+        meta: A pixel-free copy of a DICOM slice (UIDs, position), ``None`` for images.
+    """
+
     name: str
-    tensor: Future
+    tensor: NDArray[np.float32] | None
+    error: HemoError | None
+    meta: CTSlice | None
 
 
 class Predictor:
@@ -323,6 +337,7 @@ class Predictor:
         self.labels: tuple[str, ...] = tuple(card.labels)
         self.threshold = float(card.threshold)
         self.batch_size = batch_size
+        self.workers = workers
         self.top_k = top_k
         self._head = self.labels.index(ANY_LABEL) if ANY_LABEL in self.labels else 0
         self.input_shape: tuple[int, int, int] = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -364,6 +379,12 @@ class Predictor:
     def run(self, inputs: Input | Iterable[Input], *, studies: bool = True) -> PredictionBatch:
         """Predict files, folders, zips and ``(name, bytes)`` uploads.
 
+        Files and uploads are read and preprocessed in the thread pool, several at a time;
+        folders are walked in this thread and their scans preprocessed in the pool. Batches go
+        to the model thread as soon as they are full, so reading overlaps the model. At most
+        ``batch_size + workers`` inputs are read ahead and :data:`MAX_BATCHES_IN_FLIGHT` batches
+        wait for the model, which bounds memory.
+
         Args:
             inputs: One input or many (see :func:`hemo.io.iter_scans`).
             studies: Also pool DICOM slices into per-series results.
@@ -379,41 +400,57 @@ class Predictor:
 
             raise ModelError("this Predictor was closed; create a new one")
         results: list[Result | None] = []
-        jobs: list[Future] = []
-        pending: list[_Pending] = []
-        for scan_result in self._scans(inputs):
-            slot = len(results)
-            results.append(None)
-            if scan_result.error is not None:
-                results[slot] = scan_result
-                continue
-            tensor = self._prep_pool.submit(self.prepare, scan_result.scan)
-            pending.append(_Pending(slot, scan_result.scan, scan_result.name, tensor))
-            if len(pending) == self.batch_size:
-                jobs.append(self._model_pool.submit(self._run_batch, pending))
-                pending = []
-        if pending:
-            jobs.append(self._model_pool.submit(self._run_batch, pending))
-        slices: list[CTSlice] = []
-        slice_slots: list[int] = []
-        for job in jobs:
-            for slot, result, slim in job.result():
-                results[slot] = result
-                if slim is not None:
-                    slices.append(slim)
-                    slice_slots.append(slot)
+        metas: dict[int, CTSlice] = {}
+        reading: deque[Future[list[_Prepared]]] = deque()
+        batches: deque[Future[list[tuple[int, Prediction]]]] = deque()
+        batch: list[tuple[int, _Prepared]] = []
+        lookahead = self.batch_size + self.workers
+
+        def collect(job: Future[list[tuple[int, Prediction]]]) -> None:
+            for slot, prediction in job.result():
+                results[slot] = prediction
+
+        def send_batch() -> None:
+            batches.append(self._model_pool.submit(self._run_batch, list(batch)))
+            batch.clear()
+            while len(batches) > MAX_BATCHES_IN_FLIGHT:
+                collect(batches.popleft())
+
+        def take_oldest() -> None:
+            for prepared in reading.popleft().result():
+                slot = len(results)
+                if prepared.error is not None:
+                    results.append(ScanResult(prepared.name, None, prepared.error))
+                    continue
+                results.append(None)
+                if prepared.meta is not None:
+                    metas[slot] = prepared.meta
+                batch.append((slot, prepared))
+                if len(batch) == self.batch_size:
+                    send_batch()
+
+        for task in self._tasks(inputs):
+            reading.append(self._prep_pool.submit(task))
+            if len(reading) >= lookahead:
+                take_oldest()
+        while reading:
+            take_oldest()
+        if batch:
+            send_batch()
+        while batches:
+            collect(batches.popleft())
         study_results: list[StudyPrediction] = []
-        if studies and slices:
+        grouped = [slot for slot, meta in metas.items() if meta.series_uid or meta.study_uid]
+        if studies and grouped:
             pooled, study_results = study_predictions(
-                [results[i] for i in slice_slots], slices, self.top_k
+                [results[i] for i in grouped], [metas[i] for i in grouped], self.top_k
             )
-            for slot, prediction in zip(slice_slots, pooled, strict=True):
+            for slot, prediction in zip(grouped, pooled, strict=True):
                 results[slot] = prediction
         return PredictionBatch(tuple(results), tuple(study_results))  # type: ignore[arg-type]
 
-    @staticmethod
-    def _scans(inputs: Input | Iterable[Input]) -> Iterator[ScanResult]:
-        """``iter_scans`` over one input or many."""
+    def _tasks(self, inputs: Input | Iterable[Input]) -> Iterator[Callable[[], list[_Prepared]]]:
+        """Pool tasks in input order: read-and-prepare one file, or prepare one folder scan."""
         single_upload = (
             isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[1], bytes)
         )
@@ -423,50 +460,62 @@ class Predictor:
             or hasattr(inputs, "read")
         ):
             inputs = [inputs]  # type: ignore[list-item]
-        return iter_scans(inputs)  # type: ignore[arg-type]
+        for item in inputs:  # type: ignore[union-attr]
+            if isinstance(item, str | os.PathLike) and os.path.isdir(item):
+                for scan_result in iter_scans([item]):
+                    yield partial(self._prepare_scans, [scan_result])
+            else:
+                yield partial(self._read_and_prepare, item)
 
-    def _run_batch(self, pending: list[_Pending]) -> list[tuple[int, Result, CTSlice | None]]:
-        """Wait for a batch's tensors, run the model once, and build its results (model thread)."""
-        out: list[tuple[int, Result, CTSlice | None]] = []
-        good: list[_Pending] = []
-        batch = np.empty((len(pending), *self.input_shape), dtype=np.float32)
-        for item in pending:
+    def _read_and_prepare(self, item: Input) -> list[_Prepared]:
+        """Read one file or upload (a zip gives several scans) and prepare each (pool thread)."""
+        return self._prepare_scans(iter_scans([item]))
+
+    def _prepare_scans(self, scan_results: Iterable[ScanResult]) -> list[_Prepared]:
+        """Preprocess scans one by one, keeping only tensors and pixel-free metadata."""
+        out = []
+        for scan_result in scan_results:
+            name, scan = scan_result.name, scan_result.scan
+            if scan_result.error is not None:
+                out.append(_Prepared(name, None, scan_result.error, None))
+                continue
             try:
-                batch[len(good)] = item.tensor.result()
+                tensor, error = self.prepare(scan), None
             except HemoError as exc:
-                out.append((item.slot, ScanResult(item.name, None, exc), None))
-                continue
+                tensor, error = None, exc
             except Exception as exc:  # a reader let through an array the pipeline cannot take
-                log.exception("preprocessing %s failed", item.name)
-                error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", item.name)
-                out.append((item.slot, ScanResult(item.name, None, error), None))
-                continue
-            good.append(item)
-        if good:
-            probs = self.forward(batch[: len(good)])
-            for item, row in zip(good, probs, strict=True):
-                out.append((item.slot, self._prediction(item, row), self._slim(item.scan)))
+                log.exception("preprocessing %s failed", name)
+                tensor = None
+                error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", name)
+            out.append(_Prepared(name, tensor, error, _pixel_free(scan)))
         return out
 
-    def _prediction(self, item: _Pending, row: NDArray[np.float32]) -> Prediction:
+    def _run_batch(self, items: list[tuple[int, _Prepared]]) -> list[tuple[int, Prediction]]:
+        """Run the model once on a batch and build its predictions (model thread)."""
+        probs = self.forward(np.stack([prepared.tensor for _, prepared in items]))
+        return [
+            (slot, self._prediction(prepared, row))
+            for (slot, prepared), row in zip(items, probs, strict=True)
+        ]
+
+    def _prediction(self, prepared: _Prepared, row: NDArray[np.float32]) -> Prediction:
         """A :class:`Prediction` from one output row."""
-        scan = item.scan
+        meta = prepared.meta
         probability = float(row[self._head])
-        is_slice = isinstance(scan, CTSlice)
         return Prediction(
-            source=item.name,
+            source=prepared.name,
             probability=probability,
             probabilities={name: float(v) for name, v in zip(self.labels, row, strict=True)},
             positive=probability >= self.threshold,
             threshold=self.threshold,
-            study_uid=scan.study_uid if is_slice else None,
-            series_uid=scan.series_uid if is_slice else None,
-            slice_z_mm=scan.slice_z_mm if is_slice else None,
+            study_uid=None if meta is None else meta.study_uid,
+            series_uid=None if meta is None else meta.series_uid,
+            slice_z_mm=None if meta is None else meta.slice_z_mm,
         )
 
-    @staticmethod
-    def _slim(scan: Any) -> CTSlice | None:
-        """A pixel-free copy of a DICOM slice with UIDs (for series grouping), else ``None``."""
-        if not isinstance(scan, CTSlice) or (scan.series_uid is None and scan.study_uid is None):
-            return None
-        return dataclasses.replace(scan, hu=_NO_PIXELS, metadata={})
+
+def _pixel_free(scan: Any) -> CTSlice | None:
+    """A copy of a DICOM slice without pixels or metadata (UIDs, position), else ``None``."""
+    if not isinstance(scan, CTSlice):
+        return None
+    return dataclasses.replace(scan, hu=_NO_PIXELS, metadata={})

@@ -132,6 +132,21 @@ def test_zipped_series_gives_an_ordered_study(display_predictor, series_zip):
     assert batch.results[0].index == SERIES_SLICES - 1
 
 
+def test_folder_input_walks_files_in_name_order(display_predictor, pngs, ct_small, tmp_path):
+    """A folder: scans in name order, non-scan files skipped, the DICOM pooled as a series."""
+    (tmp_path / "b.png").write_bytes(pngs[0].read_bytes())
+    (tmp_path / "a").write_bytes(ct_small.read_bytes())
+    (tmp_path / "notes.txt").write_text("not a scan")
+    batch = display_predictor.run([tmp_path, pngs[1]])
+    assert [r.source for r in batch.results] == [
+        str(tmp_path / "a"),
+        str(tmp_path / "b.png"),
+        str(pngs[1]),
+    ]
+    assert batch.n_failed == 0 and len(batch.studies) == 1
+    assert batch.studies[0].slice_sources == (str(tmp_path / "a"),)
+
+
 def test_bad_file_among_good_ones(display_predictor, pngs, tmp_path):
     """A broken file gives an error entry in its place; the others are still predicted."""
     bad = tmp_path / "broken.dcm"
