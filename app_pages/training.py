@@ -36,6 +36,7 @@ def _curves(run: runs.RunInfo) -> None:
             color="split",
             markers=True,
             title=METRIC_TITLES.get(metric, metric),
+            labels={"value": METRIC_TITLES.get(metric, metric)},
             height=300,
         )
         col.plotly_chart(fig, key=f"curve_{metric}")
@@ -98,7 +99,16 @@ if not all_runs:
     st.stop()
 
 st.subheader("Runs")
-st.dataframe(dashboard.runs_table(all_runs), hide_index=True, key="runs_table")
+any_live = any(r.state == runs.RUNNING for r in all_runs)
+
+
+@st.fragment(run_every=REFRESH_S if any_live else None)
+def _runs_table() -> None:
+    """The runs table, refreshed on its own while a run is live."""
+    st.dataframe(dashboard.runs_table(runs.list_runs(root)), hide_index=True, key="runs_table")
+
+
+_runs_table()
 names = [r.name for r in all_runs]
 if st.session_state.get(SELECTED_KEY) not in names:
     st.session_state[SELECTED_KEY] = names[0]

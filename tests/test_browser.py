@@ -1,0 +1,243 @@
+"""The dashboard in a real Chromium (Playwright): every page, an upload, a slider, a training run.
+
+Starts ``streamlit run`` on a free loopback port against a tiny phantom dataset and tiny models in
+a temporary folder, waits for ``/_stcore/health``, and drives Debian's Chromium. Screenshots of
+each page go to ``docs/img/`` for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
+
+from hemo import dashboard
+from hemo.config import PROJECT_DIR
+from hemo.datasets import load_index
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SHOTS_DIR = PROJECT_DIR / "docs" / "img"
+VIEWPORT = {"width": 1400, "height": 1300}
+#: Studies of the browser's phantom set: enough for train/val/test splits by patient.
+BROWSER_STUDIES = 10
+SERVER_START_S = 90
+#: The first Predict run imports TensorFlow and traces the model.
+PREDICT_S = 180
+#: Launch, TensorFlow start-up and the first epoch of the tiny run.
+FIRST_EPOCH_S = 300
+EXCEPTION = '[data-testid="stException"]'
+IMAGE = '[data-testid="stImage"] img'
+PLOT = '[data-testid="stPlotlyChart"]'
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Wait for Streamlit's health endpoint to answer ``ok``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory):
+    """Tiny phantoms (10 studies), tiny models and an empty runs folder."""
+    root = tmp_path_factory.mktemp("browser")
+    return {
+        "data": make_phantoms(root / "demo", n_studies=BROWSER_STUDIES),
+        "models": make_models(root / "models"),
+        "runs": root / "runs",
+    }
+
+
+@pytest.fixture(scope="module")
+def server(material):
+    """``streamlit run`` on a free loopback port; killed after the module."""
+    port = free_port()
+    env = {
+        **os.environ,
+        dashboard.ENV_DATASET: str(material["data"]),
+        dashboard.ENV_MODELS_DIR: str(material["models"]),
+        dashboard.ENV_DEFAULT_MODEL: HU_MODEL,
+        "HEMO_RUNS_DIR": str(material["runs"]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(PROJECT_DIR / "streamlit_app.py"),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    log = (material["runs"].parent / "streamlit.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, SERVER_START_S)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright (Playwright's own build only when it is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        if CHROMIUM.exists():
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        elif shutil.which("chromium") is None and not os.environ.get("CI"):
+            pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
+        else:
+            chromium = playwright.chromium.launch(args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page (own session) at the test viewport."""
+    context = browser.new_context(viewport=VIEWPORT)
+    yield context.new_page()
+    context.close()
+
+
+def _visit(page, url: str, wait_text: str, timeout_s: float = 120) -> None:
+    page.goto(url)
+    page.get_by_text(wait_text).first.wait_for(timeout=timeout_s * 1000)
+    _settle(page)
+
+
+def _settle(page, timeout_s: float = 120) -> None:
+    """Wait until Streamlit reports no script running."""
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout_s * 1000,
+    )
+    page.wait_for_timeout(500)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
+
+
+def test_every_page_renders_without_exception(server, page):
+    """Home, EDA, Windowing, Training and Predict render with no exception shown."""
+    _visit(page, server, "launch, watch, compare runs")
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    for title in ("Home", "EDA", "Windowing", "Training", "Predict"):
+        assert nav.get_by_text(title, exact=True).count() == 1
+    assert page.get_by_text("Research tool, not a medical device").count() == 1
+    assert page.locator(EXCEPTION).count() == 0
+    _shot(page, "home")
+    _visit(page, f"{server}/eda", "Data quality")
+    page.locator(PLOT).nth(7).wait_for(timeout=120_000)
+    page.get_by_text("Sample grid").scroll_into_view_if_needed()
+    assert page.locator(EXCEPTION).count() == 0
+    _shot(page, "eda")
+    _visit(page, f"{server}/training", "Start a new run")
+    assert page.locator(EXCEPTION).count() == 0
+
+
+def test_window_slider_changes_the_image(server, page):
+    """Moving the level slider re-renders the windowed image."""
+    _visit(page, f"{server}/windowing", "Pixel probe")
+    before = page.locator(IMAGE).first.get_attribute("src")
+    thumb = page.get_by_role("slider").nth(1)  # slice slider first, then level
+    thumb.focus()
+    for _ in range(10):
+        thumb.press("ArrowRight")
+    _settle(page)
+    page.wait_for_function(
+        "(old) => document.querySelector('[data-testid=\"stImage\"] img').src !== old",
+        arg=before,
+        timeout=30_000,
+    )
+    assert page.locator(EXCEPTION).count() == 0
+    _shot(page, "windowing")
+
+
+def test_upload_shows_probability_and_heatmap(server, page, material):
+    """A DICOM uploaded on Predict shows its probability and the Grad-CAM overlay."""
+    index = load_index(material["data"] / "index.parquet")
+    path = Path(index.loc[index["label_any"] == 1, "path"].iloc[0])
+    _visit(page, f"{server}/predict", "Try a sample")
+    page.locator('input[type="file"]').set_input_files(str(path))
+    page.get_by_text("Probability of hemorrhage").wait_for(timeout=PREDICT_S * 1000)
+    _settle(page, PREDICT_S)
+    page.locator(IMAGE).nth(1).wait_for(timeout=30_000)
+    _shot(page, "predict")
+    value = page.locator('[data-testid="stMetricValue"]').first.inner_text()
+    assert value.endswith("%") and 0.0 <= float(value.rstrip("%")) <= 100.0
+    assert page.locator(IMAGE).count() >= 2  # the plain slice and the overlay
+    assert page.get_by_text("gradcam · any").count() == 1
+    assert page.locator(EXCEPTION).count() == 0
+
+
+def test_training_run_curve_appears_then_stops(server, page, material):
+    """A tiny run started from the form shows its curve live, then the Stop button stops it."""
+    _visit(page, f"{server}/training", "Start a new run")
+    page.get_by_label("Epochs").fill("30")
+    page.get_by_label("Run name").fill("browser-run")
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Image size").click()
+    page.get_by_role("option", name="64", exact=True).click()
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("browser-run").first.wait_for(timeout=60_000)
+    page.locator(PLOT).first.wait_for(timeout=FIRST_EPOCH_S * 1000)
+    assert page.locator(EXCEPTION).count() == 0
+    _shot(page, "training")
+    page.get_by_role("button", name="Stop this run").click()
+    deadline = time.monotonic() + 120
+    state = ""
+    while time.monotonic() < deadline:
+        status = material["runs"] / "browser-run" / "status.json"
+        state = status.read_text(encoding="utf-8") if status.exists() else ""
+        if '"stopped"' in state or '"finished"' in state:
+            break
+        time.sleep(1)
+    assert '"stopped"' in state
