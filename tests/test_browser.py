@@ -2,7 +2,8 @@
 
 Starts ``streamlit run`` on a free loopback port against a tiny phantom dataset and tiny models in
 a temporary folder, waits for ``/_stcore/health``, and drives Debian's Chromium. Screenshots of
-each page go to ``docs/img/`` for the README.
+each page go to ``tests/artifacts/screenshots/`` (``HEMO_SCREENSHOTS_DIR=docs/img`` for the
+README).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SHOTS_DIR = PROJECT_DIR / "docs" / "img"
+#: Screenshots land in the git-ignored tests/artifacts/; HEMO_SCREENSHOTS_DIR=docs/img refreshes
+#: the README's pictures.
+SHOTS_DIR = Path(
+    os.environ.get("HEMO_SCREENSHOTS_DIR") or PROJECT_DIR / "tests" / "artifacts" / "screenshots"
+)
 VIEWPORT = {"width": 1400, "height": 1300}
 #: Studies of the browser's phantom set: enough for train/val/test splits by patient.
 BROWSER_STUDIES = 10
