@@ -14,6 +14,7 @@ import json
 import logging
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,10 @@ log = logging.getLogger("hemo")
 #: Exit status when an input or option was bad (HemoError), and when some inputs of a batch failed.
 EXIT_ERROR = 2
 EXIT_PARTIAL = 1
+#: Libraries whose log records and warnings only repeat what a HemoError already says (pydicom logs
+#: every failed decoder plugin at ERROR with a traceback, and warns on each odd value it reads):
+#: silenced unless ``--verbose``, so a bad input gives one line on stderr.
+QUIET_LIBRARIES = ("pydicom",)
 
 
 def emit_json(payload: Any) -> None:
@@ -62,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_quiet(record: logging.LogRecord) -> bool:
+    """Logging filter: False for records of :data:`QUIET_LIBRARIES`."""
+    return record.name.partition(".")[0] not in QUIET_LIBRARIES
+
+
+def _quiet_libraries() -> None:
+    """Drop the log records and warnings of :data:`QUIET_LIBRARIES` (see there).
+
+    A filter on the root handlers rather than a logger level: pydicom resets its logger's level
+    when it is imported, which happens later, inside a subcommand.
+    """
+    for handler in logging.getLogger().handlers:
+        if _not_quiet not in handler.filters:
+            handler.addFilter(_not_quiet)
+    for name in QUIET_LIBRARIES:
+        warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 error)."""
     parser = build_parser()
@@ -71,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except HemoError as exc:
