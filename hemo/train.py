@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "steps_per_epoch": 0,
     "save_h5": False,
     "export": "",
+    "notes": "",
 }
 #: Keys a command line may spell with dashes, and short aliases.
 ALIASES = {"arch": "architecture", "size": "image_size", "augment": "augment.strength"}
@@ -733,6 +734,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "weights": config["weights"],
         "init": init_report,
         "augment_strength": float(config["augment"]["strength"]),
+        "notes": config["notes"],
         "config": dict(config),
     }
 
