@@ -1,0 +1,437 @@
+"""Stratified k-fold cross-validation through the one training path (:func:`hemo.train.train`).
+
+Steps of :func:`crossval`::
+
+    config -> index -> folds (stratified on label_any, grouped by patient, seeded)
+    -> per fold: index with the other folds as "train" and the held-out fold as "val"
+       -> hemo.train.train (checkpoint "last", no early stopping: nothing is selected on the
+          held-out fold) -> held-out predictions through hemo.evaluate (the prediction path)
+    -> pooled out-of-fold (OOF) predictions -> operating threshold (hemo.evaluate.choose_threshold)
+    -> per-fold and pooled metrics (hemo.evaluate.binary_metrics), mean and spread
+
+:func:`train_final` then trains one model on every image with the same config and writes it with
+a card whose threshold and metrics come from the cross-validation: OOF predictions are validation
+data for the final model, never test data.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from hemo import runs
+from hemo.errors import ConfigError, DatasetError
+
+log = logging.getLogger(__name__)
+
+# Settings ---------------------------------------------------------------------------------------
+DEFAULT_FOLDS = 5
+MIN_FOLDS = 2
+#: Seed of the fold assignment (fixed, so every recipe is compared on the same folds).
+DEFAULT_FOLD_SEED = 0
+LABEL_COLUMN = "label_any"
+GROUP_COLUMN = "patient_id"
+#: Metrics summarised over folds (attributes of :class:`hemo.evaluate.BinaryMetrics`).
+SUMMARY_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
+#: Fixed threshold reported beside the OOF-chosen one (no tuning at all).
+FIXED_THRESHOLD = 0.5
+FOLD_RUN_SUFFIX = "cv{fold}"
+FINAL_RUN_SUFFIX = "final"
+#: Folder under the runs folder holding the fold indexes, OOF table and report.
+CROSSVAL_DIR_SUFFIX = "crossval"
+INDEX_FILE = "index.parquet"
+OOF_FILE = "oof.csv"
+REPORT_FILE = "crossval.json"
+#: Training options forced for every fold and the final model: the held-out fold is never used
+#: to pick a checkpoint or to stop early (patience is set to the number of epochs).
+CHECKPOINT_LAST = "last"
+SPLIT_TRAIN = "train"
+SPLIT_HELD_OUT = "val"
+MEASURED_ON = "{folds}-fold stratified CV of the {n} images of {data}, out-of-fold"
+
+
+# Results ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldResult:
+    """One fold: its run, sizes and metrics on its held-out images.
+
+    Attributes:
+        fold: Fold number, 0-based.
+        run: Name of the training run (``runs/<run>/``).
+        n_train: Training images.
+        n_test: Held-out images predicted.
+        metrics: ``{metric: value}`` of :data:`SUMMARY_METRICS` at the OOF threshold.
+        metrics_fixed: The same at :data:`FIXED_THRESHOLD`.
+    """
+
+    fold: int
+    run: str
+    n_train: int
+    n_test: int
+    metrics: dict[str, float | None]
+    metrics_fixed: dict[str, float | None]
+
+
+@dataclass(frozen=True)
+class CrossValReport:
+    """A whole cross-validation.
+
+    Attributes:
+        name: Base run name.
+        n_folds: Number of folds.
+        fold_seed: Seed of the fold assignment.
+        threshold: Operating threshold chosen on the pooled OOF predictions.
+        threshold_method: ``"youden"`` or ``"sensitivity"`` (from the config).
+        folds: Per-fold results.
+        summary: ``{metric: {"mean", "std"}}`` over folds at the OOF threshold (std: population).
+        summary_fixed: The same at :data:`FIXED_THRESHOLD`.
+        pooled: Metrics of all OOF predictions at the OOF threshold (``BinaryMetrics.to_dict``
+            without curves).
+        oof: ``path``, ``label_any``, ``fold``, ``probability`` per image.
+        measured_on: What the numbers were measured on.
+    """
+
+    name: str
+    n_folds: int
+    fold_seed: int
+    threshold: float
+    threshold_method: str
+    folds: tuple[FoldResult, ...]
+    summary: dict[str, dict[str, float | None]]
+    summary_fixed: dict[str, dict[str, float | None]]
+    pooled: dict[str, Any]
+    oof: pd.DataFrame = field(repr=False)
+    measured_on: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (the OOF table as a list of records)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "oof"}
+        data["folds"] = [dataclasses.asdict(f) for f in self.folds]
+        data["oof"] = [
+            {
+                "path": str(row.path),
+                "label_any": int(row.label_any),
+                "fold": int(row.fold),
+                "probability": float(row.probability),
+            }
+            for row in self.oof.itertuples()
+        ]
+        return data
+
+    def card_metrics(self) -> dict[str, Any]:
+        """The ``metrics`` block of the final model's card."""
+        return {
+            "measured_on": self.measured_on,
+            "threshold": self.threshold,
+            "threshold_from": f"pooled out-of-fold predictions ({self.threshold_method})",
+            "folds": self.n_folds,
+            "fold_seed": self.fold_seed,
+            "mean_std_over_folds": self.summary,
+            "mean_std_over_folds_at_0.5": self.summary_fixed,
+            "pooled_out_of_fold": self.pooled,
+            "per_fold": [dataclasses.asdict(f) for f in self.folds],
+        }
+
+
+# Folds ------------------------------------------------------------------------------------------
+def assign_folds(index_df: pd.DataFrame, n_folds: int, seed: int = DEFAULT_FOLD_SEED) -> NDArray:
+    """Fold number of every row: stratified on ``label_any``, one patient never in two folds.
+
+    Args:
+        index_df: Index table with ``label_any`` and (optionally) ``patient_id``. Not modified.
+        n_folds: Number of folds, at least :data:`MIN_FOLDS`.
+        seed: Seed of the shuffled assignment (same seed, same folds).
+
+    Returns:
+        int64 (N,) fold numbers in ``[0, n_folds)``, aligned with ``index_df`` rows.
+
+    Raises:
+        ConfigError: Fewer than :data:`MIN_FOLDS` folds.
+        DatasetError: Unknown labels, or a class with fewer cases than folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if n_folds < MIN_FOLDS:
+        raise ConfigError(f"--folds is {n_folds}: cross-validation needs at least {MIN_FOLDS}")
+    labels = pd.to_numeric(index_df[LABEL_COLUMN], errors="coerce")
+    if labels.isna().any():
+        raise DatasetError(
+            f"{int(labels.isna().sum())} row(s) have no {LABEL_COLUMN}: cross-validation needs "
+            "every label known"
+        )
+    counts = labels.astype(int).value_counts()
+    if len(counts) < 2 or counts.min() < n_folds:
+        raise DatasetError(
+            f"cannot make {n_folds} stratified folds from {counts.to_dict()} cases per class; "
+            "every class needs at least one case per fold"
+        )
+    groups = _groups(index_df)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = np.full(len(index_df), -1, dtype=np.int64)
+    for fold, (_, held_out) in enumerate(splitter.split(index_df, labels.astype(int), groups)):
+        folds[held_out] = fold
+    return folds
+
+
+def _groups(index_df: pd.DataFrame) -> NDArray:
+    """Patient of every row; a row without one is its own group."""
+    if GROUP_COLUMN not in index_df.columns:
+        return np.arange(len(index_df))
+    patients = index_df[GROUP_COLUMN].astype("string")
+    own = pd.Series([f"row-{i}" for i in range(len(index_df))], index=index_df.index)
+    return patients.fillna(own).to_numpy()
+
+
+def fold_index(index_df: pd.DataFrame, folds: NDArray, fold: int) -> pd.DataFrame:
+    """Index of one fold: the other folds ``train``, the held-out fold ``val`` (a new frame)."""
+    out = index_df.copy()
+    out["split"] = np.where(folds == fold, SPLIT_HELD_OUT, SPLIT_TRAIN)
+    return out
+
+
+def final_index(index_df: pd.DataFrame) -> pd.DataFrame:
+    """Every image ``train``; the trainer's ``val`` split mirrors them (monitoring only)."""
+    train_rows = index_df.assign(split=SPLIT_TRAIN)
+    return pd.concat([train_rows, index_df.assign(split=SPLIT_HELD_OUT)], ignore_index=True)
+
+
+# Training ---------------------------------------------------------------------------------------
+def fold_config(config: Mapping[str, Any], name: str, data: Path) -> dict[str, Any]:
+    """A copy of ``config`` for one training: its name, data, last-epoch weights, no early stop."""
+    out = copy.deepcopy(dict(config))
+    out.update(
+        name=name,
+        data=str(data),
+        checkpoint=CHECKPOINT_LAST,
+        early_stopping_patience=int(config["epochs"]) + 1,
+    )
+    return out
+
+
+def _summary(folds: Sequence[FoldResult], attr: str) -> dict[str, dict[str, float | None]]:
+    """Mean and population std of each summary metric over folds (``None`` when undefined)."""
+    out: dict[str, dict[str, float | None]] = {}
+    for metric in SUMMARY_METRICS:
+        values = [getattr(f, attr)[metric] for f in folds]
+        if any(v is None for v in values):
+            out[metric] = {"mean": None, "std": None}
+        else:
+            out[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+    return out
+
+
+def _metric_values(metrics: Any) -> dict[str, float | None]:
+    """The summary metrics of one :class:`~hemo.evaluate.BinaryMetrics`."""
+    return {
+        m: (None if getattr(metrics, m) is None else float(getattr(metrics, m)))
+        for m in SUMMARY_METRICS
+    }
+
+
+def crossval(
+    config: Mapping[str, Any],
+    n_folds: int = DEFAULT_FOLDS,
+    fold_seed: int = DEFAULT_FOLD_SEED,
+) -> CrossValReport:
+    """Train one model per fold with ``config`` and evaluate on the pooled held-out predictions.
+
+    Args:
+        config: Resolved training configuration (:func:`hemo.train.resolve_config`); its
+            ``name`` is the base of the fold runs (``<name>-cv0`` ...) and its ``threshold``
+            table says how the OOF threshold is chosen.
+        n_folds: Number of folds.
+        fold_seed: Seed of the fold assignment.
+
+    Returns:
+        The :class:`CrossValReport`; also written with the OOF table under
+        ``runs/<name>-crossval/``.
+
+    Raises:
+        ConfigError, DatasetError, ModelError, TrainingError: As the training raises them.
+    """
+    from hemo.datasets import load_index, save_index
+    from hemo.evaluate import binary_metrics, choose_threshold, predict_index
+    from hemo.model import load_model
+    from hemo.train import resolve_path, train
+
+    name = runs.check_run_name(config["name"] or "crossval")
+    data = resolve_path(config["data"])
+    index_df = load_index(data).reset_index(drop=True)
+    folds = assign_folds(index_df, n_folds, fold_seed)
+    work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
+    work.mkdir(parents=True, exist_ok=True)
+    # One training per fold; predictions of its held-out images through the prediction path
+    parts: list[pd.DataFrame] = []
+    fold_meta: list[tuple[int, str, int]] = []
+    for fold in range(n_folds):
+        run_name = f"{name}-{FOLD_RUN_SUFFIX.format(fold=fold)}"
+        fold_df = fold_index(index_df, folds, fold)
+        fold_file = work / f"fold{fold}" / INDEX_FILE
+        save_index(fold_df, fold_file)
+        log.info(
+            "fold %d/%d: %d train, %d held out -> run %s",
+            fold + 1,
+            n_folds,
+            int((fold_df["split"] == SPLIT_TRAIN).sum()),
+            int((fold_df["split"] == SPLIT_HELD_OUT).sum()),
+            run_name,
+        )
+        path = train(fold_config(config, run_name, fold_file))
+        model, card = load_model(path / runs.MODEL_FILE)
+        rows, probs, failed = predict_index(model, card, load_index(fold_file), SPLIT_HELD_OUT)
+        if failed:
+            log.warning("fold %d: %d held-out image(s) failed: %s", fold, len(failed), failed[0])
+        parts.append(
+            pd.DataFrame(
+                {
+                    "path": rows["path"].astype(str).to_numpy(),
+                    LABEL_COLUMN: rows[LABEL_COLUMN].astype(int).to_numpy(),
+                    "fold": fold,
+                    "probability": probs[:, card.labels.index("any")],
+                }
+            )
+        )
+        fold_meta.append((fold, run_name, int((fold_df["split"] == SPLIT_TRAIN).sum())))
+    oof = pd.concat(parts, ignore_index=True)
+    # Operating threshold on the pooled OOF predictions, then metrics per fold and pooled
+    method = str(config["threshold"]["method"])
+    target = float(config["threshold"].get("target_sensitivity", 0.9))
+    y, p = oof[LABEL_COLUMN].to_numpy(), oof["probability"].to_numpy()
+    threshold = float(choose_threshold(y, p, method, target))
+    results = []
+    for fold, run_name, n_train in fold_meta:
+        held = oof[oof["fold"] == fold]
+        yf, pf = held[LABEL_COLUMN].to_numpy(), held["probability"].to_numpy()
+        results.append(
+            FoldResult(
+                fold=fold,
+                run=run_name,
+                n_train=n_train,
+                n_test=len(held),
+                metrics=_metric_values(binary_metrics(yf, pf, threshold)),
+                metrics_fixed=_metric_values(binary_metrics(yf, pf, FIXED_THRESHOLD)),
+            )
+        )
+    pooled = binary_metrics(y, p, threshold).to_dict()
+    for curve in ("roc", "pr"):
+        pooled.pop(curve, None)
+    report = CrossValReport(
+        name=name,
+        n_folds=n_folds,
+        fold_seed=fold_seed,
+        threshold=threshold,
+        threshold_method=method,
+        folds=tuple(results),
+        summary=_summary(results, "metrics"),
+        summary_fixed=_summary(results, "metrics_fixed"),
+        pooled=pooled,
+        oof=oof,
+        measured_on=MEASURED_ON.format(folds=n_folds, n=len(index_df), data=data),
+    )
+    oof.to_csv(work / OOF_FILE, index=False)
+    runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
+    return report
+
+
+def train_final(
+    config: Mapping[str, Any], report: CrossValReport, export: str | os.PathLike
+) -> Path:
+    """Train on every image with ``config``; write the model with the CV threshold and metrics.
+
+    Args:
+        config: The resolved configuration the cross-validation used.
+        report: Its :class:`CrossValReport` (threshold and metrics for the card).
+        export: Model path without or with ``.keras`` (e.g. ``models/headct_real``).
+
+    Returns:
+        The written ``.keras`` path (its card ``.json`` beside it).
+    """
+    from hemo.datasets import load_index, save_index
+    from hemo.model import load_model, save_model
+    from hemo.train import resolve_path, train
+
+    name = runs.check_run_name(config["name"] or "crossval")
+    data = resolve_path(config["data"])
+    index_df = load_index(data).reset_index(drop=True)
+    work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
+    final_file = work / FINAL_RUN_SUFFIX / INDEX_FILE
+    save_index(final_index(index_df), final_file)
+    run_name = f"{name}-{FINAL_RUN_SUFFIX}"
+    path = train(fold_config(config, run_name, final_file))
+    model, card = load_model(path / runs.MODEL_FILE)
+    positives = int(pd.to_numeric(index_df[LABEL_COLUMN]).sum())
+    training = {
+        **card.training,
+        "images": {"train": len(index_df)},
+        "positives_any": {"train": positives},
+        "data": str(data),
+        "data_summary": (
+            f"{len(index_df)} images ({positives} hemorrhage, {len(index_df) - positives} "
+            "without), every image in training; threshold and metrics from cross-validation"
+        ),
+        "command": shlex.join(["hemo", *sys.argv[1:]]) if sys.argv[1:] else "",
+    }
+    card = dataclasses.replace(
+        card,
+        name=Path(export).name.removesuffix(".keras"),
+        threshold=report.threshold,
+        metrics=report.card_metrics(),
+        training=training,
+    )
+    return save_model(model, resolve_path(export), card)
+
+
+def format_report(report: CrossValReport) -> str:
+    """A short human-readable table of the report (per fold, mean +/- std, pooled)."""
+    lines = [f"{'fold':>6} " + " ".join(f"{m:>12}" for m in SUMMARY_METRICS)]
+    for f in report.folds:
+        lines.append(f"{f.fold:>6} " + " ".join(_cell(f.metrics[m]) for m in SUMMARY_METRICS))
+    lines.append(
+        f"{'mean':>6} "
+        + " ".join(
+            _cell(report.summary[m]["mean"], report.summary[m]["std"]) for m in SUMMARY_METRICS
+        )
+    )
+    lines.append(f"{'pooled':>6} " + " ".join(_cell(report.pooled.get(m)) for m in SUMMARY_METRICS))
+    lines.append(f"threshold {report.threshold:.4f} ({report.threshold_method}, out-of-fold)")
+    return "\n".join(lines)
+
+
+def _cell(value: float | None, spread: float | None = None) -> str:
+    """One right-aligned table cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'n/a':>12}"
+    text = f"{value:.3f}" if spread is None else f"{value:.3f}+/-{spread:.3f}"
+    return f"{text:>12}"
+
+
+def report_json(report: CrossValReport) -> str:
+    """The report as JSON text (stdout of ``hemo crossval --json``)."""
+    return json.dumps(report.to_dict(), indent=2, default=str)
+
+
+__all__ = [
+    "CrossValReport",
+    "FoldResult",
+    "assign_folds",
+    "crossval",
+    "final_index",
+    "fold_index",
+    "format_report",
+    "report_json",
+    "train_final",
+]
