@@ -202,13 +202,13 @@ def ui_timings(
             out["first_render_s"] = time.perf_counter() - started
             # Warm: load the model and trace it once
             page.goto(f"{url}/predict")
-            page.get_by_text("Try a sample").wait_for()
+            page.get_by_text("Try a sample", exact=True).wait_for()
             upload(page, "warmup.dcm", slice_bytes)
             page.wait_for_function(IMAGES_LOADED_JS, arg=OVERLAY_CAPTION)
             times = []
             for i in range(repeats):
                 page.goto(f"{url}/predict")
-                page.get_by_text("Try a sample").wait_for()
+                page.get_by_text("Try a sample", exact=True).wait_for()
                 start = time.perf_counter()
                 upload(page, f"slice{i}.dcm", slice_bytes)
                 page.get_by_text(f"slice{i}.dcm").last.wait_for()
@@ -218,7 +218,7 @@ def ui_timings(
             out["upload_to_heatmap_max_s"] = max(times)
             if zipped is not None:
                 page.goto(f"{url}/predict")
-                page.get_by_text("Try a sample").wait_for()
+                page.get_by_text("Try a sample", exact=True).wait_for()
                 start = time.perf_counter()
                 upload(page, "CQ500-CT-0.zip", zipped)
                 page.get_by_text("Study verdict").wait_for()
