@@ -47,7 +47,7 @@ HEAD_POOL_LAYER = "head_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
 #: Layers that belong to the classification head (trainable in both transfer-learning phases).
 HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
-#: The compact CNN's last feature map (1/16 of the input size), its Grad-CAM target.
+#: The compact CNN's last feature map (1/8 of the input size), its Grad-CAM target.
 COMPACT_CAM_LAYER = "compact_features"
 
 # Weights ----------------------------------------------------------------------------------------
@@ -71,8 +71,15 @@ TORCH_STD_RGB = (0.229, 0.224, 0.225)
 RGB_CHANNELS = 3
 
 # Compact CNN ------------------------------------------------------------------------------------
-#: Filters of each stage; every stage but the last ends with a 2x2 max pool.
-COMPACT_STAGES: tuple[tuple[int, ...], ...] = ((32,), (64,), (128, 128), (256, 256))
+#: Stem filters (3x3 conv, stride 2: 1/2 of the input size).
+COMPACT_STEM = 32
+#: Stages as (filters of each conv, 2x2 max pool before the stage): 1/4, 1/8, then 1/8 again,
+#: so the Grad-CAM layer keeps 1/8 of the input size (16x16 at 128 px, 32x32 at 256 px).
+COMPACT_STAGES: tuple[tuple[tuple[int, ...], bool], ...] = (
+    ((64,), True),
+    ((128, 128), True),
+    ((256, 256), False),
+)
 COMPACT_KERNEL = 3
 COMPACT_WEIGHT_DECAY = 1e-4
 
@@ -361,16 +368,18 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 def _compact_backbone(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """Our small CNN: conv-BN-ReLU stages, max pools, last feature map at 1/16 of the input.
+    """Our small CNN: conv-BN-ReLU stages, last feature map at 1/8 of the input size.
 
-    A stride-2 stem, then :data:`COMPACT_STAGES` (2x2 max pool between stages), He init and a
-    little L2 decay: about 1.2 M parameters, made for 128-256 px inputs and small datasets.
+    A stride-2 stem, then :data:`COMPACT_STAGES` (2x2 max pools before the first two stages), He
+    init and a little L2 decay: about 1.2 M parameters, made for 128-256 px inputs and small
+    datasets; the 1/8 resolution of the last map keeps Grad-CAM heatmaps local.
     """
     regularizer = keras.regularizers.L2(COMPACT_WEIGHT_DECAY)
-    x = _conv_bn_relu(inputs, COMPACT_STAGES[0][0], "compact_stem", regularizer, strides=2)
+    x = _conv_bn_relu(inputs, COMPACT_STEM, "compact_stem", regularizer, strides=2)
     last_stage = len(COMPACT_STAGES) - 1
-    for stage, filters in enumerate(COMPACT_STAGES):
-        x = layers.MaxPooling2D(2, name=f"compact_pool{stage}")(x)
+    for stage, (filters, pool) in enumerate(COMPACT_STAGES):
+        if pool:
+            x = layers.MaxPooling2D(2, name=f"compact_pool{stage}")(x)
         for i, n in enumerate(filters):
             last = stage == last_stage and i == len(filters) - 1
             name = COMPACT_CAM_LAYER if last else f"compact_s{stage}_c{i}"

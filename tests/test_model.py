@@ -1,0 +1,187 @@
+"""Tests of hemo.model: registry builder, flat graphs, logits model, cards, safe save/load."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from hemo import model as hm
+from hemo.config import RSNA_LABELS
+from hemo.errors import ModelError
+from hemo.preprocess import InputSpec
+
+SIZE = 64
+SPEC = InputSpec(size=SIZE)
+GRAY = InputSpec(size=SIZE, mode="display", channels=1)
+
+
+def _card(spec: InputSpec = SPEC, labels=("any",), arch: str = "compact") -> hm.ModelCard:
+    return hm.ModelCard("tiny", arch, spec, tuple(labels), 0.4, hm.CAM_LAYERS[arch])
+
+
+def _x(spec: InputSpec, n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *spec.input_shape), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def compact() -> keras.Model:
+    """A tiny compact model with the six RSNA outputs."""
+    keras.utils.set_random_seed(0)
+    return hm.build_model("compact", SPEC, RSNA_LABELS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", sorted(hm.ARCHITECTURES))
+def test_every_architecture_builds_flat_and_trains_a_step(arch: str) -> None:
+    """Each architecture builds without a nested model, has its CAM layer, and trains one step."""
+    spec = SPEC if arch == "compact" else GRAY
+    model = hm.build_model(arch, spec, ("any",), alpha=0.35)
+    assert not any(isinstance(layer, keras.Model) for layer in model.layers)
+    assert model.get_layer(hm.CAM_LAYERS[arch]) is not None
+    assert model.output_shape == (None, 1)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    before = [w.copy() for w in model.get_layer(hm.LOGITS_LAYER).get_weights()]
+    loss = model.train_on_batch(_x(spec), np.array([[0.0], [1.0]], dtype=np.float32))
+    assert np.isfinite(loss)
+    after = model.get_layer(hm.LOGITS_LAYER).get_weights()
+    assert not np.allclose(before[0], after[0])
+
+
+def test_gray_input_is_repeated_to_rgb_inside_the_graph() -> None:
+    """A 1-channel spec on an ImageNet backbone takes (H, W, 1) and repeats it in the graph."""
+    model = hm.build_model("mobilenet_v2", GRAY, ("any",), alpha=0.35)
+    assert model.inputs[0].shape[1:] == (SIZE, SIZE, 1)
+    assert model.get_layer(hm.GRAY_TO_RGB_LAYER).output.shape[-1] == 3
+
+
+def test_compact_cam_layer_keeps_one_eighth_resolution(compact: keras.Model) -> None:
+    """The compact CNN's Grad-CAM layer is at 1/8 of the input size and the model is < 2 M params."""
+    assert compact.get_layer(hm.COMPACT_CAM_LAYER).output.shape[1:3] == (SIZE // 8, SIZE // 8)
+    assert compact.count_params() < 2_000_000
+
+
+def test_logits_model_matches_sigmoid_and_leaves_model_unchanged(compact: keras.Model) -> None:
+    """logits_model gives (CAM activations, logits) with sigmoid(logits) == model output."""
+    x = _x(SPEC)
+    expected = compact.predict(x, verbose=0)
+    config_before = json.dumps(compact.get_config(), default=str)
+    features, logits = hm.logits_model(compact)(x)
+    assert features.shape[1:] == compact.get_layer(hm.COMPACT_CAM_LAYER).output.shape[1:]
+    np.testing.assert_allclose(1 / (1 + np.exp(-np.asarray(logits))), expected, atol=1e-5)
+    assert compact.outputs[0].shape[-1] == len(RSNA_LABELS)
+    assert compact.get_layer(hm.PROBS_LAYER).activation.__name__ == "sigmoid"
+    assert json.dumps(compact.get_config(), default=str) == config_before
+    np.testing.assert_allclose(compact.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_logits_model_unknown_layer_is_refused(compact: keras.Model) -> None:
+    """Asking for a layer that is not in the graph raises ModelError."""
+    with pytest.raises(ModelError, match="has no layer"):
+        hm.logits_model(compact, "no_such_layer")
+
+
+def test_unknown_architecture_is_refused() -> None:
+    """An unknown architecture name lists the registry."""
+    with pytest.raises(ModelError, match="unknown architecture 'vgg'"):
+        hm.build_model("vgg", SPEC, ("any",))
+
+
+def test_save_load_round_trip_preserves_predictions(tmp_path: Path, compact: keras.Model) -> None:
+    """.keras and .h5 files load back with identical predictions and the same card."""
+    card = _card(labels=RSNA_LABELS)
+    hm.save_model(compact, tmp_path / "tiny", card, h5=True)
+    assert {p.name for p in tmp_path.iterdir()} == {"tiny.keras", "tiny.json", "tiny.h5"}
+    x = _x(SPEC, seed=1)
+    expected = compact.predict(x, verbose=0)
+    for name in ("tiny.keras", "tiny.h5"):
+        loaded, loaded_card = hm.load_model(tmp_path / name)
+        assert loaded_card == card
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, atol=1e-6)
+
+
+def test_card_json_round_trip() -> None:
+    """ModelCard -> JSON -> ModelCard is the identity."""
+    card = dataclasses.replace(_card(labels=RSNA_LABELS), metrics={"test": {"roc_auc": 0.9}})
+    assert hm.ModelCard.from_json(card.to_json()) == card
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".joblib", ".keras"])
+def test_pickle_is_refused(tmp_path: Path, suffix: str) -> None:
+    """A pickle file (by suffix, or by its bytes behind a .keras name) is never loaded."""
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ModelError, match="refusing to load a pickle"):
+        hm.load_model(path)
+
+
+def test_card_mismatch_is_refused(tmp_path: Path, compact: keras.Model) -> None:
+    """A card whose labels or input size do not fit the model is refused at load time."""
+    hm.save_model(compact, tmp_path / "m", _card(labels=RSNA_LABELS))
+    card_path = tmp_path / "m.json"
+    data = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**data, "labels": ["any"]}))
+    with pytest.raises(ModelError, match="card lists 1 labels"):
+        hm.load_model(tmp_path / "m.keras")
+    data["input_spec"]["size"] = 128
+    card_path.write_text(json.dumps(data))
+    with pytest.raises(ModelError, match=r"InputSpec gives input \(128, 128, 3\)"):
+        hm.load_model(tmp_path / "m.keras")
+
+
+def test_save_refuses_a_card_that_does_not_fit(tmp_path: Path, compact: keras.Model) -> None:
+    """save_model checks the card first and writes nothing on a mismatch."""
+    with pytest.raises(ModelError, match="cam_layer 'relu' is not in the model"):
+        hm.save_model(compact, tmp_path / "m", _card(labels=RSNA_LABELS, arch="densenet121"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_imagenet_offline_fails_fast_naming_alternatives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing ImageNet download becomes a ModelError naming --weights none and --init."""
+    from keras.src.utils import file_utils
+
+    def offline(*_args, **_kwargs):
+        raise Exception("URL fetch failure on https://example: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    with pytest.raises(ModelError, match=r"--weights none.*--init models/X\.keras"):
+        hm.build_model("mobilenet_v2", GRAY, ("any",), weights="imagenet", alpha=0.35)
+
+
+def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) -> None:
+    """A .weights.h5 file loads whole; init_from copies layers whose names and shapes match."""
+    weights = tmp_path / "c.weights.h5"
+    compact.save_weights(weights)
+    same = hm.build_model("compact", SPEC, RSNA_LABELS, weights=weights)
+    x = _x(SPEC, seed=2)
+    np.testing.assert_allclose(same.predict(x, verbose=0), compact.predict(x, verbose=0), atol=1e-6)
+    hm.save_model(compact, tmp_path / "donor", _card(labels=RSNA_LABELS))
+    binary = hm.build_model("compact", SPEC, ("any",))
+    copied, total = hm.init_from_model(binary, tmp_path / "donor.keras")
+    assert copied == total - 1  # every layer but the 1-output logits
+    np.testing.assert_array_equal(
+        binary.get_layer(hm.COMPACT_CAM_LAYER + "_conv").get_weights()[0],
+        compact.get_layer(hm.COMPACT_CAM_LAYER + "_conv").get_weights()[0],
+    )
+
+
+def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
+    """A weights path that does not exist names the options."""
+    with pytest.raises(ModelError, match="weights file not found"):
+        hm.build_model("compact", SPEC, ("any",), weights=tmp_path / "x.weights.h5")
+
+
+def test_set_trainable_top_freezes_backbone_but_head() -> None:
+    """Phase 1 trains only the head; phase 2 with n_top trains that many backbone layers."""
+    model = hm.build_model("compact", SPEC, ("any",))
+    assert hm.set_trainable_top(model, 0) == 0
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {hm.LOGITS_LAYER}
+    assert hm.set_trainable_top(model, 2) == 1  # the top conv; its BatchNorm stays frozen
+    assert model.get_layer(hm.COMPACT_CAM_LAYER + "_bn").trainable is False
+    assert hm.set_trainable_top(model, None) == len(hm.backbone_layers(model))

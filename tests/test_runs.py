@@ -1,0 +1,95 @@
+"""Tests of hemo.runs: reading, listing, launching and stopping training runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hemo import runs
+from hemo.errors import TrainingError
+
+RUN_TIMEOUT_S = 240
+
+
+def _fake_run(root: Path, name: str, **status) -> Path:
+    path = root / name
+    path.mkdir(parents=True)
+    runs.write_status(path, name=name, **status)
+    return path
+
+
+def test_status_is_written_atomically_with_every_field(tmp_path: Path) -> None:
+    """write_status merges fields, stamps 'updated' and leaves no temporary file."""
+    runs.write_status(tmp_path, state="running", epoch=1)
+    status = runs.write_status(tmp_path, epoch=2)
+    assert set(runs.STATUS_FIELDS) <= status.keys()
+    assert status["state"] == "running" and status["epoch"] == 2 and status["updated"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == [runs.STATUS_FILE]
+
+
+def test_dead_running_process_reads_as_failed(tmp_path: Path) -> None:
+    """A run whose status says running but whose pid is gone reads back as failed."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _fake_run(tmp_path, "crashed", state="running", pid=dead.pid)
+    run = runs.read_run("crashed", tmp_path)
+    assert run.state == "failed"
+    assert f"process {dead.pid} died" in run.status["message"]
+
+
+def test_history_dedups_repeated_epochs_and_list_orders_by_update(tmp_path: Path) -> None:
+    """A row repeated by a resumed run keeps its last value; newest run is listed first."""
+    old = _fake_run(tmp_path, "old", state="finished")
+    (old / runs.HISTORY_FILE).write_text("epoch,loss\n0,1.0\n1,0.9\n1,0.8\n2,0.7\n")
+    time.sleep(0.01)
+    _fake_run(tmp_path, "new", state="stopped")
+    history = runs.read_run("old", tmp_path).history
+    assert history["epoch"].tolist() == [0, 1, 2]
+    assert history["loss"].tolist() == [1.0, 0.8, 0.7]
+    assert [r.name for r in runs.list_runs(tmp_path)] == ["new", "old"]
+
+
+def test_unsafe_run_names_are_refused(tmp_path: Path) -> None:
+    """A run name cannot escape the runs folder."""
+    with pytest.raises(TrainingError, match="invalid run name '../x'"):
+        runs.read_run("../x", tmp_path)
+
+
+def test_stop_refuses_a_pid_that_is_not_a_training(tmp_path: Path) -> None:
+    """stop_run never signals a process that is not a hemo training."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _fake_run(tmp_path, "other", state="running", pid=sleeper.pid)
+        with pytest.raises(TrainingError, match="is not a hemo training process"):
+            runs.stop_run("other", tmp_path)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.slow
+def test_launch_then_stop_a_run(tmp_path: Path, phantom_dir: Path) -> None:
+    """launch_run starts a detached hemo train; stop_run makes it end as 'stopped'."""
+    config = {"data": str(phantom_dir), "image_size": 32, "batch_size": 2, "epochs": 50}
+    run = runs.launch_run(config, "bg", tmp_path)
+    pid = run.status["pid"]
+    assert run.state == "running" and runs.is_training_process(pid)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (runs.read_json(run.path / runs.STATUS_FILE) or {}).get("step"):
+        assert time.monotonic() < deadline, (run.path / runs.LOG_FILE).read_text()[-2000:]
+        time.sleep(0.2)
+    runs.stop_run("bg", tmp_path)
+    while runs.pid_alive(pid):
+        assert time.monotonic() < deadline, "the run did not stop"
+        time.sleep(0.2)
+    stopped = runs.read_run("bg", tmp_path)
+    assert stopped.state == "stopped"
+    assert json.loads((run.path / runs.CONFIG_FILE).read_text())["epochs"] == 50
+    with pytest.raises(TrainingError, match="is not running"):
+        runs.stop_run("bg", tmp_path)

@@ -1,0 +1,182 @@
+"""Tests of hemo.train and ``hemo train``: config resolution, run directory, resume, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hemo import runs
+from hemo.errors import ConfigError, TrainingError
+from hemo.train import load_config_file, parse_overrides, plan_phases, resolve_config
+
+#: Tiny runs: 32 px phantoms, small batches.
+TINY = ["--image-size", "32", "--batch-size", "8", "--early-stopping-patience", "50"]
+#: Seconds a subprocess run may take on a busy 2-core machine.
+RUN_TIMEOUT_S = 240
+
+
+def _cli(data: Path, name: str, epochs: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hemo", "train", "--data", str(data), "--name", name,
+            "--epochs", str(epochs), *TINY, *extra]  # fmt: skip
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "HEMO_RUNS_DIR": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _raw_epochs(path: Path) -> list[int]:
+    return pd.read_csv(path / runs.HISTORY_FILE)["epoch"].tolist()
+
+
+def test_overrides_parse_types_aliases_and_dotted_keys() -> None:
+    """--key value pairs become typed dotted overrides; dashes and aliases map to keys."""
+    tokens = [
+        "--epochs",
+        "3",
+        "--image-size=128",
+        "--augment.strength",
+        "0.5",
+        "--cache",
+        "--arch",
+        "resnet50",
+    ]
+    assert parse_overrides(tokens) == {
+        "epochs": 3,
+        "image_size": 128,
+        "augment.strength": 0.5,
+        "cache": True,
+        "architecture": "resnet50",
+    }
+
+
+def test_config_file_and_overrides_resolve(tmp_path: Path) -> None:
+    """TOML and YAML files load; overrides win; nested tables merge with the defaults."""
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'data = "d"\nepochs = 5\n[augment]\nstrength = 0.3\n[input]\nwindows = "rsna3"\n'
+    )
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("data: d\nepochs: 5\naugment:\n  strength: 0.3\n")
+    for path in (toml, yaml):
+        config = resolve_config(load_config_file(path), {"epochs": 2, "learning_rate": 1})
+        assert config["epochs"] == 2 and config["augment"]["strength"] == 0.3
+        assert config["learning_rate"] == 1.0 and config["input"]["mode"] == "hu"
+
+
+def test_bad_config_is_refused() -> None:
+    """Unknown keys, bad choices and missing data name what is wrong."""
+    with pytest.raises(ConfigError, match="unknown override key 'epoch'"):
+        resolve_config({"data": "d"}, {"epoch": 3})
+    with pytest.raises(ConfigError, match="architecture 'vgg' unknown"):
+        resolve_config({"data": "d", "architecture": "vgg"})
+    with pytest.raises(ConfigError, match="no training data"):
+        resolve_config({})
+    with pytest.raises(ConfigError, match="cache must be auto, true or false"):
+        resolve_config({"data": "d", "cache": "maybe"})
+
+
+def test_two_phase_plan() -> None:
+    """head_epochs gives a frozen-backbone phase, then fine-tuning of the top N at the lower LR."""
+    config = resolve_config({"data": "d", "epochs": 5, "head_epochs": 2, "fine_tune_layers": 10})
+    head, tune = plan_phases(config)
+    assert (head.start, head.end, head.n_top, head.learning_rate) == (0, 2, 0, 1e-3)
+    assert (tune.start, tune.end, tune.n_top, tune.learning_rate) == (2, 5, 10, 1e-4)
+    (only,) = plan_phases(resolve_config({"data": "d", "epochs": 3}))
+    assert (only.start, only.end, only.n_top) == (0, 3, None)
+
+
+@pytest.mark.slow
+def test_two_epoch_run_writes_every_file(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-epoch two-phase run writes config, history, status, checkpoint, model, card, report."""
+    from hemo.model import load_model
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 2, "head_epochs": 1, "name": "two"}
+    path = train(resolve_config({"data": str(phantom_dir)}, overrides))
+    assert path == tmp_path / "two"
+    status = json.loads((path / runs.STATUS_FILE).read_text())
+    assert status["state"] == "finished" and status["epoch"] == 2 and status["pid"] == os.getpid()
+    assert _raw_epochs(path) == [0, 1]
+    assert (path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT).is_file()
+    assert json.loads((path / runs.CONFIG_FILE).read_text())["head_epochs"] == 1
+    assert not (path / runs.BACKUP_DIR).exists()
+    model, card = load_model(path / runs.MODEL_FILE)
+    assert card.labels == ("any", *card.labels[1:]) and len(card.labels) == 6
+    assert card.metrics["measured_on"]["split"] == "test" and 0.0 <= card.threshold <= 1.0
+    report = json.loads((path / runs.REPORT_FILE).read_text())
+    assert report["threshold"] == card.threshold
+    with pytest.raises(TrainingError, match="already finished"):
+        train(resolve_config({"data": str(phantom_dir)}, overrides))
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_backup(tmp_path: Path, phantom_dir: Path) -> None:
+    """kill -9 after the first epoch's backup; the rerun continues at the next epoch."""
+    command = _cli(phantom_dir, "resume", 4)
+    path = tmp_path / "resume"
+    backup = path / runs.BACKUP_DIR / "train" / "training_metadata.json"
+    process = subprocess.Popen(
+        command, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(backup.exists, RUN_TIMEOUT_S, "the first epoch's backup")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    done = json.loads(backup.read_text())["epoch"]
+    assert 1 <= done < 4
+    assert runs.read_run("resume", tmp_path).state == "failed"
+    subprocess.run(
+        command, env=_env(tmp_path), check=True, timeout=RUN_TIMEOUT_S, capture_output=True
+    )
+    epochs = _raw_epochs(path)
+    assert epochs.count(0) == 1, f"rerun started over: {epochs}"
+    assert sorted(set(epochs)) == [0, 1, 2, 3]
+    assert runs.read_run("resume", tmp_path).state == "finished"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly(tmp_path: Path, phantom_dir: Path) -> None:
+    """SIGTERM during training ends the run at the end of the batch with state 'stopped'."""
+    path = tmp_path / "stop"
+    process = subprocess.Popen(
+        _cli(phantom_dir, "stop", 50, "--batch-size", "2"),
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(
+            lambda: (runs.read_json(path / runs.STATUS_FILE) or {}).get("step"),
+            RUN_TIMEOUT_S,
+            "a training step",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=RUN_TIMEOUT_S) == 1
+    finally:
+        process.kill()
+    run = runs.read_run("stop", tmp_path)
+    assert run.state == "stopped"
+    assert "SIGTERM" in run.status["message"]
+    assert len(run.history) < 50
