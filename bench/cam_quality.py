@@ -47,6 +47,7 @@ TEXT_RGB = (255, 255, 255)
 TEXT_ORIGIN = (6, 16)
 TEXT_SCALE = 0.45
 PANEL_SCALE = 2
+PNG_COMPRESSION = 9
 TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM"}
 HEATMAP_ALPHA = 0.45
 TILE_GAP_PX = 4
@@ -121,7 +122,8 @@ def draw_panels(model, card, index_df, out_dir: Path, n_pictures: int) -> list[s
             tiles += [tile, np.zeros((side, TILE_GAP_PX, 3), np.uint8)]
         panel = np.concatenate(tiles[:-1], axis=1)
         path = out_dir / f"cam_{subtype}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
         written.append(str(path))
         log.info("wrote %s (%s, P(any) %.3f)", path, Path(best.path).name, result.probability)
     return written
