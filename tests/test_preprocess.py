@@ -136,3 +136,35 @@ def test_window_stack_nan_and_known_values():
     hu = np.array([[np.nan, 0.0, 40.0, 80.0]], dtype=np.float32)
     out = window_stack(hu, (PRESETS["brain"],))
     assert out[0, :, 0].tolist() == [0.0, 0.0, 0.5, 1.0]
+
+
+def test_prepare_many_matches_to_model_input_and_reports_bad_files(tmp_path):
+    """prepare_many (inline and pooled) equals to_model_input per file; a bad file is reported."""
+    from hemo.preprocess import prepare_many
+
+    spec = InputSpec(size=32)
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"s{i}.dcm"
+        path.write_bytes(ct_bytes(np.full((40, 40), 10 * i, dtype=np.int16)))
+        paths.append(str(path))
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"not a scan at all")
+    paths.insert(2, str(bad))
+    expected = np.stack([to_model_input(read_dicom(p), spec) for p in paths if p != str(bad)])
+    for workers in (1, 2):
+        batch = prepare_many(paths, spec, workers=workers, chunk_files=2)
+        np.testing.assert_array_equal(batch.inputs, expected)
+        assert batch.sources == tuple(p for p in paths if p != str(bad))
+        assert [name for name, _ in batch.failures] == [str(bad)]
+    assert prepare_many([], spec).inputs.shape == (0, 32, 32, 3)
+
+
+def test_prepare_many_refuses_bad_settings():
+    """workers and chunk_files below 1 are refused with their value."""
+    from hemo.preprocess import prepare_many
+
+    with pytest.raises(ConfigError, match="prepare_many: workers is 0: must be at least 1"):
+        prepare_many([], InputSpec(), workers=0)
+    with pytest.raises(ConfigError, match="prepare_many: chunk_files is 0: must be at least 1"):
+        prepare_many([], InputSpec(), chunk_files=0)
