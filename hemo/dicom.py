@@ -465,7 +465,9 @@ def _values(ds: Dataset) -> dict[str, Any]:
         if elem is None:
             continue
         if isinstance(elem, RawDataElement) and elem.length > MAX_HEADER_VALUE_BYTES:
-            log.debug("%s is %d bytes, over %d: ignored", keyword, elem.length, MAX_HEADER_VALUE_BYTES)
+            log.debug(
+                "%s is %d bytes, over %d: ignored", keyword, elem.length, MAX_HEADER_VALUE_BYTES
+            )
             continue
         value: Any = _UNDECODED
         if isinstance(elem, RawDataElement):
