@@ -41,6 +41,8 @@ SIDE = 64
 HUGE_SIDE = 65535
 #: Uncompressed size declared by the patched zip central directory (~4.29 GB, no Zip64).
 HUGE_ZIP_DECLARED = 0xFFFFFFF0
+#: Timestamp of every zip member (fixed, so the archives are the same bytes on every run).
+ZIP_DATE_TIME = (2020, 1, 1, 0, 0, 0)
 #: Bytes of zeros inside the zip bomb (compresses ~1000-fold).
 BOMB_BYTES = 8 * 1024 * 1024
 
@@ -141,7 +143,9 @@ def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", method) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE_TIME)
+            info.compress_type = method
+            archive.writestr(info, data)
     return buffer.getvalue()
 
 
