@@ -50,5 +50,19 @@ MAX_ZIP_RATIO = 200.0
 #: Smallest side (pixels) of a PNG/JPEG/TIFF worth reading; a 1x1 or 8x8 image holds no head CT.
 MIN_IMAGE_SIDE = 16
 
+# Pseudonyms -------------------------------------------------------------------------------------
+#: Secret of the patient pseudonym (HMAC-SHA256 key, see ``hemo.dicom.pseudonymize``): this
+#: environment variable when set (give every machine that builds a shared index the same value),
+#: else the file below, created once per installation with 32 random bytes (mode 0600).
+PATIENT_KEY_SECRET_ENV = "HEMO_PATIENT_KEY_SECRET"
+PATIENT_KEY_SECRET_FILE = Path(
+    os.environ.get(
+        "HEMO_PATIENT_KEY_SECRET_FILE",
+        Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        / "hemo"
+        / "patient_key.secret",
+    )
+)
+
 # Randomness -------------------------------------------------------------------------------------
 DEFAULT_SEED = 0

@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import logging
 import math
+import os
+import secrets
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -92,8 +96,10 @@ PIXEL_KINDS = {0: "u", 1: "i"}
 #: (found by fuzzing: a header tag given the pixel data's 512 KB took 10 s to convert; the longest
 #: real ones, UIDs and multi-valued windows, are well under 100 bytes).
 MAX_HEADER_VALUE_BYTES = 1024
-#: Length of the patient pseudonym: hex characters of sha256(PatientID).
+#: Length of the patient pseudonym: hex characters of HMAC-SHA256(secret, PatientID).
 PATIENT_KEY_HEX_CHARS = 16
+#: Bytes of a newly created per-installation pseudonym secret.
+PATIENT_KEY_SECRET_BYTES = 32
 
 # The RSNA-2019 12-bit fault (Jeremy Howard, "Cleaning the data for rapid prototyping (fastai)",
 # Kaggle RSNA Intracranial Hemorrhage Detection, 2019; reused by many top kernels as
@@ -189,7 +195,7 @@ class DicomHeader:
         study_uid: (0020,000D).
         series_uid: (0020,000E).
         sop_uid: (0008,0018).
-        patient_key: ``sha256(PatientID)`` hex[:16]; a pseudonym for grouping splits only.
+        patient_key: :func:`pseudonymize` of PatientID; for grouping splits only.
         default_window: First (0028,1050)/(0028,1051) pair, or ``None`` when absent or invalid.
         transfer_syntax: (0002,0010) Transfer Syntax UID.
         metadata: PHI-free whitelist (see :func:`phi_free_metadata`).
@@ -231,7 +237,7 @@ class CTSlice:
         study_uid: Study Instance UID.
         series_uid: Series Instance UID.
         sop_uid: SOP Instance UID.
-        patient_key: Pseudonym ``sha256(PatientID)`` hex[:16], for grouping splits only.
+        patient_key: :func:`pseudonymize` of PatientID, for grouping splits only.
         default_window: The file's first window, or ``None``.
         modality: Always ``"CT"`` (other modalities are refused).
         metadata: PHI-free whitelist plus hemo's notes (``transfer_syntax``,
@@ -515,11 +521,76 @@ def phi_free_metadata(ds: Dataset) -> dict[str, Any]:
     return _whitelisted(_values(ds), ds)
 
 
+@functools.cache
+def patient_key_secret() -> bytes:
+    """The HMAC key of :func:`pseudonymize` (read once per process).
+
+    ``$HEMO_PATIENT_KEY_SECRET`` when set; else ``config.PATIENT_KEY_SECRET_FILE``, created on
+    first use with 32 random bytes (mode 0600, written to a temporary name and linked into place
+    so concurrent first uses agree). When the file cannot be written (a read-only home), a
+    random secret for this process is used and a warning logged: pseudonyms then agree within
+    the process only.
+    """
+    env = os.environ.get(config.PATIENT_KEY_SECRET_ENV)
+    if env:
+        return env.encode("utf-8")
+    path = Path(config.PATIENT_KEY_SECRET_FILE)
+    try:
+        return _read_or_create_secret(path)
+    except OSError as exc:
+        log.warning(
+            "cannot read or create the pseudonym secret %s (%s): using a per-process secret; "
+            "set %s to share one",
+            path,
+            exc.strerror or exc,
+            config.PATIENT_KEY_SECRET_ENV,
+        )
+        return secrets.token_bytes(PATIENT_KEY_SECRET_BYTES)
+
+
+def _read_or_create_secret(path: Path) -> bytes:
+    if path.is_file():
+        return path.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(PATIENT_KEY_SECRET_BYTES))
+        try:
+            os.link(tmp, path)  # fails if another process created it first: theirs wins
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes()
+
+
+def pseudonymize(patient_id: str) -> str:
+    """Pseudonym of a PatientID: HMAC-SHA256 under :func:`patient_key_secret`, hex[:16].
+
+    The index only needs to group the slices of one patient within one dataset build, so the
+    key is secret (per installation) rather than public: an unsalted or public-salted hash of
+    a short MRN is reversed by trying every MRN, a keyed one is not without the secret. The
+    same ID gives the same pseudonym wherever the secret is the same (share
+    ``$HEMO_PATIENT_KEY_SECRET`` across machines that must agree); splits are stored in the
+    index, so keeping the index keeps them.
+
+    Args:
+        patient_id: (0010,0020) Patient ID, as read.
+
+    Returns:
+        16 lowercase hex characters.
+    """
+    digest = hmac.new(patient_key_secret(), patient_id.encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest()[:PATIENT_KEY_HEX_CHARS]
+
+
 def _patient_key(values: Mapping[str, Any]) -> str | None:
     patient_id = values.get("PatientID")
     if patient_id is None or not str(patient_id).strip():
         return None
-    return hashlib.sha256(str(patient_id).encode("utf-8")).hexdigest()[:PATIENT_KEY_HEX_CHARS]
+    return pseudonymize(str(patient_id))
 
 
 def _default_window(values: Mapping[str, Any], label: str) -> Window | None:
@@ -1037,6 +1108,7 @@ __all__ = [
     "has_rsna_12bit_fault",
     "is_dicom_bytes",
     "phi_free_metadata",
+    "pseudonymize",
     "read_dicom",
     "read_dicom_header",
 ]

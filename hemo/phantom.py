@@ -986,8 +986,10 @@ def _image_id(seed: int, study: int, index: int) -> str:
 
 
 def patient_key(patient_id: str) -> str:
-    """Pseudonym of a PatientID as the readers derive it: sha256 hex digest, first 16 digits."""
-    return hashlib.sha256(patient_id.encode()).hexdigest()[:16]
+    """Pseudonym of a PatientID as the readers derive it (:func:`hemo.dicom.pseudonymize`)."""
+    from hemo.dicom import pseudonymize
+
+    return pseudonymize(patient_id)
 
 
 @dataclass(frozen=True)

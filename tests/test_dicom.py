@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -275,7 +276,10 @@ def test_phi_never_leaves(tmp_path):
     text = " ".join([repr(s), json.dumps(dict(s.metadata)), repr(h), json.dumps(dict(h.metadata))])
     for value in PHI.values():
         assert value not in text
-    assert s.patient_key == hashlib.sha256(PHI["PatientID"].encode()).hexdigest()[:16]
+    secret = dicom.patient_key_secret()
+    keyed = hmac.new(secret, PHI["PatientID"].encode(), hashlib.sha256).hexdigest()[:16]
+    assert s.patient_key == h.patient_key == keyed
+    assert keyed != hashlib.sha256(PHI["PatientID"].encode()).hexdigest()[:16]
     keys = set(phi_free_metadata(pydicom.dcmread(io.BytesIO(data))))
     assert keys.isdisjoint({"PatientName", "PatientID", "StudyDate", "InstitutionName"})
 
@@ -354,3 +358,40 @@ def test_fast_value_decoding_matches_pydicom(cq500_uncompressed, ct_small):
         }
         expected["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
         assert phi_free_metadata(pydicom.dcmread(path)) == expected
+
+
+def test_pseudonym_secret_from_env_file_and_race(tmp_path, monkeypatch):
+    """The key comes from $HEMO_PATIENT_KEY_SECRET, else a 0600 file created once and reused."""
+    dicom.patient_key_secret.cache_clear()
+    monkeypatch.setenv(config.PATIENT_KEY_SECRET_ENV, "site-secret")
+    try:
+        assert (
+            dicom.pseudonymize("MRN1")
+            == hmac.new(b"site-secret", b"MRN1", hashlib.sha256).hexdigest()[:16]
+        )
+        dicom.patient_key_secret.cache_clear()
+        monkeypatch.delenv(config.PATIENT_KEY_SECRET_ENV)
+        path = tmp_path / "cfg" / "patient_key.secret"
+        monkeypatch.setattr(config, "PATIENT_KEY_SECRET_FILE", path)
+        first = dicom.pseudonymize("MRN1")
+        assert path.stat().st_mode & 0o777 == 0o600 and len(path.read_bytes()) == 32
+        dicom.patient_key_secret.cache_clear()
+        assert dicom.pseudonymize("MRN1") == first != dicom.pseudonymize("MRN2")
+        assert [p.name for p in path.parent.iterdir()] == ["patient_key.secret"]
+    finally:
+        dicom.patient_key_secret.cache_clear()
+
+
+def test_pseudonym_secret_unwritable_falls_back_with_warning(tmp_path, monkeypatch, caplog):
+    """A config folder that cannot be written gives a per-process secret and a warning."""
+    dicom.patient_key_secret.cache_clear()
+    monkeypatch.delenv(config.PATIENT_KEY_SECRET_ENV, raising=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(config, "PATIENT_KEY_SECRET_FILE", blocker / "hemo" / "secret")
+    try:
+        with caplog.at_level(logging.WARNING, logger="hemo.dicom"):
+            key = dicom.pseudonymize("MRN1")
+        assert len(key) == 16 and "using a per-process secret" in caplog.text
+    finally:
+        dicom.patient_key_secret.cache_clear()
