@@ -1,0 +1,251 @@
+"""Issue 6: patient data never leaves hemo, and uploads never touch the disk.
+
+A DICOM carrying distinctive names, IDs, dates and institutions goes through every surface: the
+JSON of ``hemo inspect/predict/explain/index``, the index parquet, the quality report, the EDA
+tables, converted PNGs and explain overlays, every log record at DEBUG and the CLI's stderr, and
+the Windowing/Predict pages (every element of the AppTest tree). Uploads are watched for writes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from dicom_factory import ct_bytes
+
+from hemo import cli, eda
+
+#: Distinctive patient data (Annex E tags); none of these strings may come out of hemo.
+PHI = {
+    "PatientName": "Zzyzx^Quintessa^Marguerite",
+    "PatientID": "MRN7731942",
+    "PatientBirthDate": "19380229",
+    "PatientAddress": "42 Phi Lane Flatbush",
+    "OtherPatientIDs": "OPID9988776",
+    "InstitutionName": "Hospital of Saint Phineas",
+    "InstitutionAddress": "1 Infirmary Way Quahog",
+    "AccessionNumber": "ACC55501234",
+    "StudyDate": "20110913",
+    "SeriesDate": "20110914",
+    "AcquisitionDate": "20110915",
+    "ContentDate": "20110916",
+    "StudyTime": "134209.123456",
+    "ReferringPhysicianName": "Quackenbush^Hortense",
+    "PerformingPhysicianName": "Vandersloot^Ignatius",
+    "OperatorsName": "Fitzwilliam^Odalys",
+    "StudyDescription": "PHIDESC head trauma Zzyzx",
+    "StudyID": "STUDY8841",
+    "DeviceSerialNumber": "SN7731XQZ",
+}
+#: Forms a value could take once reformatted (dates as ISO, names without carets).
+NEEDLES = sorted(
+    {v for v in PHI.values()}
+    | {f"{d[:4]}-{d[4:6]}-{d[6:]}" for k, d in PHI.items() if k.endswith("Date")}
+    | {part for k, v in PHI.items() if k.endswith("Name") for part in v.split("^")}
+)
+
+
+def _phi_slices(root: Path) -> list[Path]:
+    """Two PHI-laden CT slices of one series in a folder-per-class layout under ``root``."""
+    paths = []
+    for i, label in enumerate(("hemorrhage", "normal")):
+        path = root / label / f"slice{i}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(ct_bytes(z_mm=5.0 * i, instance=i + 1, **PHI))
+        paths.append(path)
+    return paths
+
+
+def _assert_no_phi(text: str, where: str) -> None:
+    lowered = text.lower()
+    found = [n for n in NEEDLES if n.lower() in lowered]
+    assert not found, f"PHI {found} in {where}"
+
+
+@pytest.fixture
+def debug_log(caplog):
+    """Every log record of every logger at DEBUG, formatted with its traceback."""
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+@pytest.mark.slow
+def test_cli_json_files_reports_and_logs_carry_no_phi(tmp_path, capsys, debug_log):
+    """inspect/predict/explain/index JSON, the parquet, reports, PNGs and DEBUG logs are PHI-free."""
+    from tiny_models import tiny_model_path
+
+    from hemo.convert import convert
+    from hemo.datasets import load_index, quality_report
+
+    data = tmp_path / "data"
+    slices = _phi_slices(data)
+    model = str(tiny_model_path("display"))
+    outputs: dict[str, str] = {}
+    for name, argv in {
+        "inspect": ["inspect", "--json", str(slices[0])],
+        "inspect_text": ["inspect", str(slices[0])],
+        "predict": ["predict", "--json", "--model", model, str(data)],
+        "explain": ["explain", "--json", "--model", model, "--out", str(tmp_path / "cam"), str(data)],
+        "index": ["index", "--json", str(data), "--out", str(tmp_path / "index.parquet")],
+    }.items():  # fmt: skip
+        status = cli.main(["-v", *argv])
+        out, err = capsys.readouterr()
+        assert status == 0, (name, err)
+        outputs[f"{name} stdout"], outputs[f"{name} stderr"] = out, err
+    index = load_index(tmp_path / "index.parquet")
+    assert index["patient_id"].nunique() == 1 and len(index) == 2
+    outputs["parquet bytes"] = (tmp_path / "index.parquet").read_bytes().decode("latin-1")
+    outputs["index"] = index.to_csv()
+    outputs["quality report"] = quality_report(index).to_csv()
+    outputs["eda"] = "\n".join(
+        [json.dumps(eda.summary(index))]
+        + [
+            f(index).to_csv()
+            for f in (eda.class_balance, eda.slices_per_study, eda.split_sizes, eda.missing_labels)
+        ]  # fmt: skip
+    )
+    report = convert(data, tmp_path / "png", window="rsna3", size=32, workers=1)
+    assert report.count("converted") == 2
+    pngs = sorted((tmp_path / "png").rglob("*.png")) + sorted((tmp_path / "cam").rglob("*.png"))
+    assert len(pngs) >= 4
+    outputs["png bytes"] = "".join(p.read_bytes().decode("latin-1") for p in pngs)
+    outputs["output names"] = " ".join(str(p) for p in pngs)
+    outputs["log records"] = debug_log.text
+    assert "DEBUG" in debug_log.text  # the capture really was at DEBUG
+    for where, text in outputs.items():
+        _assert_no_phi(text, where)
+    assert json.loads(outputs["predict stdout"])["results"][0]["probability"] >= 0.0
+
+
+def _watch(folders: list[Path]) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of every file under ``folders``."""
+    seen = {}
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder):
+            for f in files:
+                path = os.path.join(dirpath, f)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                seen[path] = (st.st_size, st.st_mtime_ns)
+    return seen
+
+
+@pytest.fixture
+def disk_guard(tmp_path, monkeypatch):
+    """Working dir and tempfile dir in tmp_path; every open() for writing is recorded."""
+    work = tmp_path / "cwd"
+    temp = tmp_path / "tmp"
+    work.mkdir()
+    temp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.setenv(var, str(temp))
+    writes: list[str] = []
+    real_open = builtins.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | bytes | os.PathLike) and any(c in mode for c in "wax+"):
+            writes.append(os.fsdecode(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    monkeypatch.setattr(io, "open", watching_open)
+    before = _watch([work, temp])
+    yield writes
+    assert _watch([work, temp]) == before, "files appeared or changed in the cwd/temp folder"
+
+
+@pytest.mark.slow
+def test_predictor_on_uploaded_bytes_writes_nothing(disk_guard):
+    """Predictor.predict on (name, bytes) and BytesIO uploads opens no file for writing."""
+    from tiny_models import tiny_model_path
+
+    from hemo.predict import Predictor
+
+    model = tiny_model_path("display")
+    data = ct_bytes(**PHI)
+    upload = io.BytesIO(data)
+    upload.name = "upload.dcm"
+    with Predictor(model) as predictor:
+        disk_guard.clear()  # loading the model reads only; count from here
+        results = predictor.predict([("a.dcm", data), upload])
+    assert [r.source for r in results] == ["a.dcm", "upload.dcm"]
+    assert all(0.0 <= r.probability <= 1.0 for r in results)
+    assert disk_guard == []
+    _assert_no_phi(repr(results) + json.dumps([r.to_dict() for r in results]), "predictions")
+
+
+def _tree_texts(at) -> str:
+    """The protobuf text of every element in an AppTest tree (values, labels, tables, JSON)."""
+    texts, stack = [], [at._tree]
+    while stack:
+        node = stack.pop()
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            texts.append(str(proto))
+        children = getattr(node, "children", None) or {}
+        stack.extend(children.values() if isinstance(children, dict) else children)
+    return "\n".join(texts)
+
+
+@pytest.mark.slow
+def test_windowing_and_predict_pages_show_no_phi_and_write_nothing(tmp_path_factory, disk_guard):
+    """Upload a PHI slice on Windowing and Predict: no element shows PHI; no file is written."""
+    from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
+    from streamlit.testing.v1 import AppTest
+
+    from hemo import dashboard
+    from hemo.config import PROJECT_DIR
+
+    root = tmp_path_factory.mktemp("phi_app")
+    data, models = make_phantoms(root / "demo", n_studies=2), make_models(root / "models")
+    upload = ("upload.dcm", ct_bytes(**PHI), "application/octet-stream")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dashboard.ENV_DATASET, str(data))
+        mp.setenv(dashboard.ENV_MODELS_DIR, str(models))
+        mp.setenv(dashboard.ENV_DEFAULT_MODEL, HU_MODEL)
+        mp.setenv("HEMO_RUNS_DIR", str(root / "runs"))
+        at = AppTest.from_file(str(PROJECT_DIR / "streamlit_app.py"), default_timeout=240)
+        at.run()
+        before = _watch([root])
+        disk_guard.clear()
+        at.switch_page("app_pages/windowing.py").run()
+        at.radio(key="win_source").set_value("Upload DICOM").run()
+        at.file_uploader(key="win_upload").set_value([upload]).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        windowing = _tree_texts(at)
+        assert "Modality" in windowing  # the metadata table is there
+        at.switch_page("app_pages/predict.py").run()
+        at.file_uploader(key="predict_upload").set_value(upload).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        predict = _tree_texts(at)
+        assert "Probability of hemorrhage" in predict
+    _assert_no_phi(windowing, "Windowing page")
+    _assert_no_phi(predict, "Predict page")
+    assert _watch([root]) == before
+    assert [w for w in disk_guard if not w.startswith("/dev/")] == []
+
+
+def test_index_patient_column_is_a_keyed_pseudonym(tmp_path):
+    """The index's patient_id is neither the ID nor its unsalted sha256 (brute-forceable)."""
+    import hashlib
+
+    from hemo.datasets import build_index
+
+    _phi_slices(tmp_path)
+    index = build_index(tmp_path)
+    (key,) = set(index["patient_id"])
+    assert key != PHI["PatientID"]
+    assert key != hashlib.sha256(PHI["PatientID"].encode()).hexdigest()[:16]
+    assert isinstance(pd.DataFrame(index).to_csv(), str) and np.all(index["split"].notna())
