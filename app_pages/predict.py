@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import plotly.express as px
 import streamlit as st
 
@@ -95,10 +97,11 @@ def _show_analysis(result: dashboard.Analysis, item: str) -> None:
         st.plotly_chart(fig, key=f"subtypes_{item}")
     st.download_button(
         "Download overlay PNG",
-        reports.png_bytes(picture),
+        partial(reports.png_bytes, picture),
         file_name=f"{dashboard.safe_stem(result.name)}_{result.method}.png",
         mime="image/png",
         key=f"png_{item}",
+        on_click="ignore",
     )
 
 
@@ -162,15 +165,17 @@ if rows or studies:
     left, right = st.columns(2)
     left.download_button(
         "Download CSV report",
-        reports.report_csv(rows),
+        partial(reports.report_csv, rows),
         file_name="hemo_report.csv",
         mime="text/csv",
         key="report_csv",
+        on_click="ignore",
     )
     right.download_button(
         "Download JSON report",
-        reports.report_json(rows, model=model_info, studies=studies),
+        partial(reports.report_json, rows, model=model_info, studies=studies),
         file_name="hemo_report.json",
         mime="application/json",
         key="report_json",
+        on_click="ignore",
     )

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from hemo.errors import DatasetError, HemoError
 
 log = logging.getLogger(__name__)
 
+#: Threads preprocessing the slices of a series (OpenCV and numpy release the GIL).
+PREP_WORKERS = min(4, os.cpu_count() or 1)
 ENV_DATASET = "HEMO_DATASET"
 ENV_MODELS_DIR = "HEMO_MODELS_DIR"
 ENV_DEFAULT_MODEL = "HEMO_DEFAULT_MODEL"
@@ -396,8 +399,8 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
 def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
     """Predict scans already decoded (so uploads are decoded once for display and prediction).
 
-    Uses the predictor's own preprocessing (:meth:`hemo.predict.Predictor.prepare`) and compiled
-    forward pass, batch by batch.
+    Uses the predictor's own preprocessing (:meth:`hemo.predict.Predictor.prepare`, in
+    :data:`PREP_WORKERS` threads) and compiled forward pass, batch by batch.
 
     Args:
         predictor: A :class:`hemo.predict.Predictor`.
@@ -416,7 +419,9 @@ def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
     out = []
     for start in range(0, len(scans), predictor.batch_size):
         chunk = list(scans[start : start + predictor.batch_size])
-        probs = predictor.forward(np.stack([predictor.prepare(s) for s in chunk]))
+        with ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="hemo-ui-prep") as pool:
+            inputs = list(pool.map(predictor.prepare, chunk))
+        probs = predictor.forward(np.stack(inputs))
         for offset, (scan, row) in enumerate(zip(chunk, probs, strict=True)):
             probability = float(row[head])
             out.append(
