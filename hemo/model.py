@@ -55,6 +55,8 @@ WEIGHTS_NONE = ("none", "")
 WEIGHTS_IMAGENET = "imagenet"
 #: Seconds a blocked socket may wait while Keras fetches ImageNet weights (offline: fail fast).
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
+#: Longest Keras loading error kept in a ModelError message (one line for the CLI and pages).
+MAX_REASON_CHARS = 300
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".sav")
 MODEL_SUFFIXES = (".keras", ".h5")
 #: First bytes of a pickle (protocol 2+), a zip (``.keras``) and an HDF5 file (``.h5``).
@@ -639,6 +641,17 @@ def check_card(
         raise ModelError(f"card names an unknown architecture {card.architecture!r}", source)
 
 
+def _keras_reason(exc: BaseException) -> str:
+    """One line from a Keras loading error (they nest whole layer configs over many lines).
+
+    The innermost ``Exception encountered:`` part names the cause (e.g. a Lambda refused by
+    safe_mode, a class that could not be located); it is cut to :data:`MAX_REASON_CHARS`.
+    """
+    text = str(exc).rsplit("Exception encountered:", 1)[-1].strip()
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(exc).__name__)
+    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
+
+
 def load_model(path: str | os.PathLike) -> tuple[keras.Model, ModelCard]:
     """Load a hemo model safely and check its card.
 
@@ -656,6 +669,8 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, ModelCard]:
     try:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError for bad files
-        raise ModelError(f"Keras cannot load this model: {exc}", source=path) from exc
+        raise ModelError(
+            f"Keras cannot load this model: {_keras_reason(exc)}", source=path
+        ) from exc
     check_card(model, card, source=path)
     return model, card

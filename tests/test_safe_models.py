@@ -79,9 +79,10 @@ def test_lambda_layer_is_refused_without_running_its_code(tmp_path, fmt):
     sentinel.unlink(missing_ok=True)
     (tmp_path / "evil.json").write_text(_card("evil").to_json())
     with pytest.raises(ModelError, match=r"evil\.(keras|h5): Keras cannot load this model: .*"
-                       r"(Lambda|lambda|safe_mode|unsafe)"):  # fmt: skip
+                       r"(Lambda|lambda|safe_mode|unsafe)") as info:  # fmt: skip
         hm.load_model(path)
     assert not sentinel.exists(), "the Lambda layer's code ran while loading"
+    assert "\n" not in str(info.value) and len(info.value.reason) < 400
 
 
 def _rewrite_config(src: Path, dst: Path, edit) -> Path:
@@ -115,8 +116,9 @@ def test_config_naming_unknown_or_dangerous_classes_is_refused(saved, tmp_path, 
         return config
 
     path = _rewrite_config(saved, tmp_path / "bad.keras", edit)
-    with pytest.raises(ModelError, match=r"bad\.keras: Keras cannot load this model: "):
+    with pytest.raises(ModelError, match=r"bad\.keras: Keras cannot load this model: ") as info:
         hm.load_model(path)
+    assert "\n" not in str(info.value), "the message must be one line (CLI, st.error)"
 
 
 def test_registered_name_pointing_elsewhere_is_refused(saved, tmp_path):
