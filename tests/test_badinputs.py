@@ -307,3 +307,58 @@ def test_cli_convert_folder_with_bad_dicoms(tmp_path):
     assert len(lines) == len(expected_failed)
     for png in (tmp_path / "out").rglob("*.png"):
         assert cv2.imread(str(png), cv2.IMREAD_UNCHANGED) is not None
+
+
+# Pages -----------------------------------------------------------------------------------------
+#: Bad kinds uploaded together on a page (one error each, naming the file).
+PAGE_KINDS = ("truncated_pixels", "j2k_garbage", "modality_mr", "rgb_dicom", "zip_bomb")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """AppTest of the dashboard on tiny phantoms and tiny models (as tests/test_app_pages.py)."""
+    from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
+    from streamlit.testing.v1 import AppTest
+
+    from hemo import dashboard
+    from hemo.config import PROJECT_DIR
+
+    root = tmp_path_factory.mktemp("bad_app")
+    data, models = make_phantoms(root / "demo", n_studies=2), make_models(root / "models")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(dashboard.ENV_DATASET, str(data))
+        mp.setenv(dashboard.ENV_MODELS_DIR, str(models))
+        mp.setenv(dashboard.ENV_DEFAULT_MODEL, HU_MODEL)
+        mp.setenv("HEMO_RUNS_DIR", str(root / "runs"))
+        yield lambda: AppTest.from_file(str(PROJECT_DIR / "streamlit_app.py"), default_timeout=240)
+
+
+def _page_uploads(kinds) -> list[tuple[str, bytes, str]]:
+    return [(BY_KIND[k][0], BY_KIND[k][1], "application/octet-stream") for k in kinds]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("page", "radio", "uploader"),
+    [("app_pages/predict.py", None, "predict_upload"),
+     ("app_pages/windowing.py", "Upload DICOM", "win_upload")],
+)  # fmt: skip
+def test_pages_show_one_error_per_bad_upload_then_serve_a_good_one(app, page, radio, uploader):
+    """Bad kinds give st.error naming each file; a good upload in the same session then works."""
+    at = app().run()
+    at.switch_page(page).run()
+    if radio:
+        at.radio(key="win_source").set_value(radio).run()
+    at.file_uploader(key=uploader).set_value(_page_uploads(PAGE_KINDS)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = " | ".join(e.value for e in at.error)
+    for kind in PAGE_KINDS:
+        assert BY_KIND[kind][0] in errors, (kind, errors)
+    at.file_uploader(key=uploader).set_value(
+        ("good.dcm", ct_bytes(), "application/octet-stream")
+    ).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    if page.endswith("predict.py"):
+        assert any(m.label == "Probability of hemorrhage" for m in at.metric)
+    else:
+        assert len(at.image) >= 1
