@@ -90,11 +90,17 @@ def _show_analysis(result: dashboard.Analysis, item: str) -> None:
     right.image(picture, caption=caption, width="stretch")
     subtypes = dashboard.subtype_frame(p)
     if not subtypes.empty:
-        fig = px.bar(
-            subtypes, x="probability", y="label", orientation="h", range_x=[0, 1], height=260
+        st.dataframe(
+            subtypes,
+            hide_index=True,
+            key=f"subtypes_{item}",
+            column_config={
+                "label": st.column_config.TextColumn("Subtype"),
+                "probability": st.column_config.ProgressColumn(
+                    "Probability", min_value=0.0, max_value=1.0, format="percent"
+                ),
+            },
         )
-        fig.add_vline(x=p.threshold, line_dash="dot")
-        st.plotly_chart(fig, key=f"subtypes_{item}")
     st.download_button(
         "Download overlay PNG",
         partial(reports.png_bytes, picture),

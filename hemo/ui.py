@@ -37,6 +37,7 @@ MAX_UPLOAD_SETS = 4
 MAX_ANALYSES = 64
 MAX_SAMPLES = 8
 CACHE_TTL_S = 3600
+MODEL_LIST_TTL_S = 10
 # Session-state keys of the sidebar's choices.
 DATASET_CHOICE_KEY = "hemo_dataset_choice"
 DATASET_TEXT_KEY = "hemo_dataset_text"
@@ -143,6 +144,18 @@ def read_file(path: str, mtime: float) -> Any:
     return dashboard.read_file(path)
 
 
+@st.cache_data(ttl=MODEL_LIST_TTL_S, show_spinner=False)
+def _list_models(models_dir: str, runs_dir: str) -> list[dashboard.ModelEntry]:
+    """Shipped and finished runs' models (:func:`hemo.dashboard.list_models`), re-read every
+    :data:`MODEL_LIST_TTL_S` seconds so a run that finishes appears without a restart."""
+    return dashboard.list_models(Path(models_dir), Path(runs_dir))
+
+
+def list_models() -> list[dashboard.ModelEntry]:
+    """The models the sidebar offers (cached briefly, keyed by the folders searched)."""
+    return _list_models(str(dashboard.models_dir()), str(dashboard.runs_dir()))
+
+
 def mtime_of(path: str | Path) -> float:
     """Modification time used as a cache key (0 when the path is missing)."""
     p = Path(path)
@@ -176,7 +189,7 @@ def _dataset_picker() -> None:
 
 
 def _model_picker() -> None:
-    entries = dashboard.list_models()
+    entries = list_models()
     if not entries:
         st.selectbox("Model", ["no model found"], disabled=True, key=MODEL_CHOICE_KEY)
         st.caption(f"Put a model and its card in {dashboard.models_dir()} or finish a run.")
@@ -201,7 +214,7 @@ def dataset_path() -> str | None:
 
 def model_path() -> str | None:
     """The ``.keras`` file of the model the user picked, or None when there is none."""
-    entries = dashboard.list_models()
+    entries = list_models()
     choice = st.session_state.get(MODEL_CHOICE_KEY)
     for entry in entries:
         if entry.label == choice:

@@ -18,7 +18,7 @@ from dashboard_fixtures import (
 from streamlit.testing.v1 import AppTest
 
 from hemo import dashboard, runs, ui
-from hemo.config import PROJECT_DIR
+from hemo.config import PROJECT_DIR, RSNA_LABELS
 from hemo.datasets import load_index
 
 APP = str(PROJECT_DIR / "streamlit_app.py")
@@ -182,7 +182,8 @@ def test_predict_upload_gives_probability_overlay_and_reports(env):
     assert metrics["Probability of hemorrhage"] == f"{expected * 100:.1f}%"
     assert metrics["Verdict"] in {"hemorrhage", "no hemorrhage"}
     assert [i.captions[0] for i in at.image] == ["slice", "gradcam · any"]
-    assert len(at.get("plotly_chart")) == 1  # subtype probabilities
+    subtypes = at.dataframe[0].value  # the only table: subtype probabilities
+    assert subtypes["label"].tolist() == list(RSNA_LABELS[1:])
     labels = [d.label for d in at.get("download_button")]
     assert labels == ["Download overlay PNG", "Download CSV report", "Download JSON report"]
 
@@ -211,7 +212,7 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
     _ok(at)
     metrics = _metrics(at)
     assert metrics["Study verdict"] in {"hemorrhage", "no hemorrhage"}
-    assert len(at.get("plotly_chart")) == 2  # strip + subtypes
+    assert len(at.get("plotly_chart")) == 1  # the per-slice strip
     jump = at.button(key="jump_0")
     top = int(jump.label.rsplit("(", 1)[1].rstrip(")"))
     at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
