@@ -1,0 +1,80 @@
+"""Tests for the shipped real-scan model models/headct_real.keras and its card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hemo.config import MODELS_DIR
+
+MODEL_PATH = MODELS_DIR / "headct_real.keras"
+CARD_PATH = MODELS_DIR / "headct_real.json"
+MAX_MODEL_BYTES = 25 * 1024 * 1024
+#: Shared Kaggle images without hemorrhage that every fold model called negative out-of-fold.
+CLEAR_NEGATIVES = ("head_ct/149.png", "head_ct/129.png")
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    """The shipped model, loaded once through the prediction path."""
+    from hemo.predict import Predictor
+
+    with Predictor(MODEL_PATH) as p:
+        yield p
+
+
+def test_model_file_within_budget() -> None:
+    """The shipped model exists and is at most 25 MB."""
+    assert MODEL_PATH.is_file()
+    assert MODEL_PATH.stat().st_size <= MAX_MODEL_BYTES
+
+
+def test_card_matches_recipe() -> None:
+    """The card records display input with head crop, one 'any' label and CV metrics."""
+    card = json.loads(CARD_PATH.read_text())
+    assert card["labels"] == ["any"]
+    assert card["input_spec"]["mode"] == "display"
+    assert card["input_spec"]["crop_head"] is True
+    assert 0.0 < card["threshold"] < 1.0
+    assert "out-of-fold" in card["metrics"]["measured_on"]
+    assert card["metrics"]["folds"] == 5
+    assert card["metrics"]["threshold"] == pytest.approx(card["threshold"])
+    assert "hemo crossval" in card["training"]["command"]
+
+
+def test_loads_and_matches_card() -> None:
+    """load_model checks the card against the model; the CAM layer is in the graph."""
+    from hemo.model import load_model
+
+    model, card = load_model(MODEL_PATH)
+    assert card.cam_layer in {layer.name for layer in model.layers}
+    assert tuple(model.inputs[0].shape[1:]) == card.input_spec.input_shape
+
+
+def test_real_cq500_hemorrhage_called_positive(predictor, cq500_uncompressed: Path) -> None:
+    """pydicom-data's 693_UNCR.dcm (hemorrhage for all three CQ500 readers) is called positive."""
+    (result,) = predictor.predict([cq500_uncompressed])
+    assert result.error is None
+    assert result.positive, f"P(any) = {result.probability:.3f} < {result.threshold:.3f}"
+
+
+def test_clear_negatives_called_negative(predictor, head_ct_dir: Path) -> None:
+    """Two shared images without hemorrhage are called negative."""
+    results = predictor.predict([head_ct_dir / name for name in CLEAR_NEGATIVES])
+    assert [r.error for r in results] == [None, None]
+    assert not any(r.positive for r in results), [r.probability for r in results]
+
+
+def test_gradcam_on_shipped_model(predictor, cq500_uncompressed: Path) -> None:
+    """Grad-CAM gives a non-flat (H, W) heatmap in [0, 1] on the real positive slice."""
+    from hemo.cam import explain
+    from hemo.io import read_scan
+
+    x = predictor.prepare(read_scan(cq500_uncompressed))
+    cam = explain(predictor.model, x, method="gradcam")
+    assert cam.heatmap.shape == x.shape[:2]
+    assert np.nanmin(cam.heatmap) >= 0.0 and np.nanmax(cam.heatmap) <= 1.0
+    assert not cam.flat
