@@ -238,6 +238,7 @@ def ui_timings(
                 times.append(time.perf_counter() - start)
             log.info("upload to heatmap: %s s", ", ".join(f"{t:.2f}" for t in times))
             out["upload_to_heatmap_s"] = statistics.median(times)
+            out["upload_to_heatmap_min_s"] = min(times)
             out["upload_to_heatmap_max_s"] = max(times)
             if zipped is not None:
                 page.goto(f"{url}/predict")
