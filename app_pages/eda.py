@@ -10,6 +10,7 @@ from hemo.windowing import PRESETS
 
 SAMPLE_SEED = 0
 CLASS_COLORS = {"no hemorrhage": "#4C9BE8", "hemorrhage": "#E8574C", "unlabelled": "#999999"}
+CLASS_ORDER = {"class": list(CLASS_COLORS)}
 GRID_COLUMNS = 4
 
 st.title("EDA")
@@ -55,6 +56,7 @@ with right:
         color="class",
         barmode="group",
         color_discrete_map=CLASS_COLORS,
+        category_orders=CLASS_ORDER,
         title="Split sizes per class (split by patient)",
     )
     st.plotly_chart(fig, key="split_sizes")
@@ -83,8 +85,11 @@ fig = px.histogram(
     x="slices",
     color="class",
     color_discrete_map=CLASS_COLORS,
+    category_orders=CLASS_ORDER,
     title=f"Slices per study ({len(studies):,} studies)",
+    height=320,
 )
+fig.update_layout(yaxis_title="studies", bargap=0.2)
 st.plotly_chart(fig, key="slices_per_study")
 
 st.subheader("Pixels on a sample")
@@ -105,10 +110,14 @@ if not stats.histograms.empty:
         x="value",
         y="fraction",
         color="class",
-        line_dash="unit",
         color_discrete_map=CLASS_COLORS,
-        title="HU histogram per class" if unit == "HU" else "Intensity histogram per class",
-        labels={"value": "HU" if unit == "HU" else "intensity (0-1)"},
+        category_orders=CLASS_ORDER,
+        title=(
+            "HU histogram per class (brain range: blood sits at 50-90 HU)"
+            if unit == "HU"
+            else "Intensity histogram per class"
+        ),
+        labels={"value": "HU" if unit == "HU" else "intensity (0-1)", "fraction": "fraction"},
     )
     st.plotly_chart(fig, key="histograms")
 if not stats.geometry.empty:

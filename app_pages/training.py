@@ -14,6 +14,9 @@ SELECTED_KEY = "training_selected"
 RUN_NAME_KEY = "training_new_name"
 SIZES = (64, 128, 192, 256, 384, 512)
 METRIC_TITLES = {"loss": "Loss", "auc": "AUC", "accuracy": "Accuracy"}
+SPLIT_COLORS = {"train": "#4C9BE8", "val": "#F2A541"}
+#: Distinct colours for compared runs (the theme's default shades of one hue blur together).
+RUN_COLORS = px.colors.qualitative.Set2
 
 st.title("Training")
 root = dashboard.runs_dir()
@@ -34,6 +37,7 @@ def _curves(run: runs.RunInfo) -> None:
             x="epoch",
             y="value",
             color="split",
+            color_discrete_map=SPLIT_COLORS,
             markers=True,
             title=METRIC_TITLES.get(metric, metric),
             labels={"value": METRIC_TITLES.get(metric, metric)},
@@ -162,5 +166,14 @@ if len(all_runs) >= 2:
     if frame.empty:
         st.caption(f"No {metric} recorded for these runs yet.")
     else:
-        fig = px.line(frame, x="epoch", y="value", color="run", markers=True, title=metric)
+        fig = px.line(
+            frame,
+            x="epoch",
+            y="value",
+            color="run",
+            markers=True,
+            title=metric,
+            color_discrete_sequence=RUN_COLORS,
+            labels={"value": metric},
+        )
         st.plotly_chart(fig, key="compare")

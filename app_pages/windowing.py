@@ -114,7 +114,9 @@ hist = eda.histogram(scan.hu, eda.HIST_RANGE_HU, bins=128)
 fig = px.bar(hist, x="value", y="fraction", title="HU histogram with the window band")
 fig.update_traces(marker_line_width=0)
 fig.add_vrect(x0=center - width / 2, x1=center + width / 2, fillcolor=BAND_COLOR, line_width=0)
-fig.update_layout(xaxis_title="HU", yaxis_title="fraction of pixels", bargap=0)
+fig.update_layout(
+    xaxis_title="HU", yaxis_title="fraction of pixels (log)", yaxis_type="log", bargap=0
+)
 st.plotly_chart(fig, key="hu_histogram")
 
 st.subheader("3-window composite (the model's input channels)")

@@ -670,7 +670,7 @@ class StudyEntry:
 
 
 def dataset_studies(index: pd.DataFrame, limit: int | None = None) -> list[StudyEntry]:
-    """The studies of an index, largest first, each with its files in anatomical order.
+    """The studies of an index, largest (then positive) first, files in anatomical order.
 
     Args:
         index: Index frame (absolute paths).
@@ -686,7 +686,12 @@ def dataset_studies(index: pd.DataFrame, limit: int | None = None) -> list[Study
         if column in index:
             keys = index[column].astype("string").fillna(keys)
     frame = index.assign(_key=keys.to_numpy())
-    groups = sorted(frame.groupby("_key", sort=False), key=lambda kv: -len(kv[1]))
+    labels = pd.to_numeric(frame["label_any"], errors="coerce").fillna(0)
+    frame = frame.assign(_label=labels.to_numpy())
+    # Largest studies first; among equals, those with a bleed (the more telling demo)
+    groups = sorted(
+        frame.groupby("_key", sort=False), key=lambda kv: (-len(kv[1]), -kv[1]["_label"].max())
+    )
     entries = []
     for number, (_, group) in enumerate(groups[:limit] if limit else groups, start=1):
         ordered = group.sort_values(["slice_z", "path"], kind="stable", na_position="last")

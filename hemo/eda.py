@@ -27,8 +27,11 @@ CLASS_NAMES: dict[int, str] = {0: "no hemorrhage", 1: "hemorrhage"}
 UNLABELLED = "unlabelled"
 #: Order of splits on charts.
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
-#: HU range of the per-class histograms (air to dense bone; contrast and metal beyond are clipped).
+#: HU range of a whole-slice histogram (air to dense bone; contrast and metal beyond are left out).
 HIST_RANGE_HU: tuple[float, float] = (HU_FLOOR, 1600.0)
+#: HU range of the per-class histograms: fat to calcification, where grey/white matter
+#: (~20-45 HU) and fresh blood (~50-90 HU) differ; air and bone would dwarf them.
+HIST_RANGE_BRAIN_HU: tuple[float, float] = (-100.0, 150.0)
 #: Intensity range of display-grayscale images (PNG/JPEG).
 HIST_RANGE_INTENSITY: tuple[float, float] = (0.0, 1.0)
 #: Bins of the per-class histograms.
@@ -196,7 +199,8 @@ class SampleStats:
 
     Attributes:
         histograms: Columns ``class``, ``unit`` (``HU`` or ``intensity``), ``value`` (bin centre),
-            ``fraction`` (of that class's pixels inside the range).
+            ``fraction`` (of that class's pixels inside the range: :data:`HIST_RANGE_BRAIN_HU`
+            for CT, [0, 1] for images).
         geometry: One row per readable image: ``class``, ``kind``, ``rows``, ``cols``,
             ``spacing_row_mm``, ``spacing_col_mm``, ``thickness_mm`` (NaN where unknown).
         failures: Columns ``path``, ``reason`` for sampled files that could not be read.
@@ -286,7 +290,7 @@ def scan_sample(
             on_progress((i + 1) / len(sample), path)
     parts = []
     for (name, unit), arrays in sorted(values.items()):
-        value_range = HIST_RANGE_HU if unit == "HU" else HIST_RANGE_INTENSITY
+        value_range = HIST_RANGE_BRAIN_HU if unit == "HU" else HIST_RANGE_INTENSITY
         flat = np.concatenate([a.ravel() for a in arrays])
         part = histogram(flat, value_range, bins)
         part.insert(0, "unit", unit)
