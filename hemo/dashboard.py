@@ -96,7 +96,7 @@ def dataset_options() -> list[DatasetOption]:
     options = [DatasetOption(label, default)]
     shared = (
         ("Kaggle head-CT sample", config.SHARED_DATA_DIR / "head_ct"),
-        ("CQ500 series CQ500-CT-0", config.SHARED_DATA_DIR / "cq500" / "CQ500-CT-0"),
+        ("CQ500 sample (series CQ500-CT-0)", config.SHARED_DATA_DIR / "cq500"),
     )
     options += [DatasetOption(name, path) for name, path in shared if path.exists()]
     return options

@@ -268,3 +268,16 @@ def test_training_form_launches_a_run(env, monkeypatch):
     assert launched["config"]["epochs"] == 2
     assert launched["config"]["data"] == str(env["data"])
     assert at.selectbox(key="training_selected").value == "formrun"
+
+
+def test_eda_and_windowing_on_the_cq500_layout(env, shared_data):
+    """The real CQ500 sample (238 slices, reads.csv) opens on EDA and Windowing with no error."""
+    root = shared_data / "cq500"
+    at = _with_dataset(root, "app_pages/eda.py")
+    _ok(at)
+    assert not at.error
+    assert _metrics(at)["Images"] == "238" and _metrics(at)["Studies"] == "1"
+    at.switch_page("app_pages/windowing.py").run()
+    _ok(at)
+    assert at.slider(key="win_slice").max == 238
+    assert _metrics(at)["HU at pixel"].lstrip("-").isdigit()
