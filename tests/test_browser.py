@@ -9,6 +9,7 @@ README).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
 
-from hemo import dashboard
+from hemo import dashboard, runs
 from hemo.config import PROJECT_DIR
 from hemo.datasets import load_index
+from hemo.errors import HemoError
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -49,6 +51,7 @@ SERVER_START_S = 90
 PREDICT_S = 180
 #: Launch, TensorFlow start-up and the first epoch of the tiny run.
 FIRST_EPOCH_S = 300
+RUN_NAME = "browser-run"
 EXCEPTION = '[data-testid="stException"]'
 IMAGE = '[data-testid="stImage"] img'
 PLOT = '[data-testid="stPlotlyChart"]'
@@ -224,15 +227,26 @@ def test_upload_shows_probability_and_heatmap(server, page, material):
     assert page.locator(EXCEPTION).count() == 0
 
 
-def test_training_run_curve_appears_then_stops(server, page, material):
+@pytest.fixture
+def no_stray_run(material):
+    """Stop the browser's training run after the test if it is still going (a failed test)."""
+    yield
+    try:
+        runs.stop_run(RUN_NAME, material["runs"])
+    except HemoError:
+        pass  # not running: stopped by the test, finished, or never started
+
+
+def test_training_run_curve_appears_then_stops(server, page, material, no_stray_run):
     """A tiny run started from the form shows its curve live, then the Stop button stops it."""
     _visit(page, f"{server}/training", "Start a new run")
     page.get_by_label("Epochs").fill("30")
-    page.get_by_label("Run name").fill("browser-run")
+    page.get_by_label("Run name").fill(RUN_NAME)
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Image size").click()
-    page.get_by_role("option", name="64", exact=True).click()
+    # 128 px: slow enough that early stopping (patience 8) cannot end the run before Stop
+    page.get_by_role("option", name="128", exact=True).click()
     page.get_by_role("button", name="Start training").click()
-    page.get_by_text("browser-run").first.wait_for(timeout=60_000)
+    page.get_by_text(re.compile(rf"^{RUN_NAME}: running")).wait_for(timeout=60_000)
     page.locator(PLOT).first.wait_for(timeout=FIRST_EPOCH_S * 1000)
     assert page.locator(EXCEPTION).count() == 0
     _shot(page, "training")
@@ -240,9 +254,9 @@ def test_training_run_curve_appears_then_stops(server, page, material):
     deadline = time.monotonic() + 120
     state = ""
     while time.monotonic() < deadline:
-        status = material["runs"] / "browser-run" / "status.json"
+        status = material["runs"] / RUN_NAME / runs.STATUS_FILE
         state = status.read_text(encoding="utf-8") if status.exists() else ""
         if '"stopped"' in state or '"finished"' in state:
             break
         time.sleep(1)
-    assert '"stopped"' in state
+    assert '"stopped"' in state, f"the run was not stopped: {state}"
