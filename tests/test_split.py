@@ -96,3 +96,24 @@ def test_split_errors_name_the_problem() -> None:
         assign_splits(df, seed=0, group_col="site")
     with pytest.raises(DatasetError, match="no 'label' column"):
         assign_splits(df, seed=0, stratify_col="label")
+
+
+def test_split_does_not_depend_on_the_pseudonym_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two installations (different pseudonym secrets) split the same files identically."""
+    from hemo.dicom import patient_key_secret, pseudonymize
+
+    frame = _frame(30, seed=4)
+    frame["path"] = [
+        f"/data/{i}/ID_{pid}_{s}.dcm"
+        for i, (pid, s) in enumerate(zip(frame["patient_id"], frame["slice"], strict=True))
+    ]
+    splits, keys = [], []
+    for secret in ("installation-a", "installation-b"):
+        monkeypatch.setenv("HEMO_PATIENT_KEY_SECRET", secret)
+        patient_key_secret.cache_clear()
+        keyed = frame.assign(patient_id=frame["patient_id"].map(pseudonymize))
+        splits.append(assign_splits(keyed, seed=7)["split"].tolist())
+        keys.append(keyed["patient_id"].iloc[0])
+    patient_key_secret.cache_clear()
+    assert keys[0] != keys[1]
+    assert splits[0] == splits[1]

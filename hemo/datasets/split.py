@@ -4,11 +4,17 @@ Slices of one head never straddle two splits: the unit of assignment is the grou
 (``patient_id`` by default, or a study). Groups are stratified by whether any of their rows is
 positive, so each split sees both classes where the data allow it. The split depends only on the
 set of groups, their strata and the seed, never on the row order of the frame.
+
+Groups are ordered before the seeded shuffle by the smallest file *name* among their rows
+(``order_col``, default ``path``), not by the group key: ``patient_id`` is a keyed pseudonym
+(:func:`hemo.dicom.pseudonymize`) that differs between installations, while file names (e.g.
+RSNA's ``ID_<sop>.dcm``) do not. So the same data and seed give the same split on every machine.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
@@ -57,12 +63,21 @@ def _group_keys(df: pd.DataFrame, group_col: str) -> pd.Series:
     return keys.astype(str)
 
 
+def _group_order(df: pd.DataFrame, keys: pd.Series, order_col: str | None) -> dict[str, str]:
+    """Map group key -> a machine-independent sort key (smallest file name in the group)."""
+    if order_col is None or order_col not in df.columns:
+        return {key: key for key in set(keys)}
+    names = df[order_col].astype("string").fillna("").map(lambda p: PurePath(str(p)).name)
+    first = names.groupby(keys.to_numpy()).min()
+    return {str(group): f"{name}\x00{group}" for group, name in first.items()}
+
+
 def _group_strata(
-    df: pd.DataFrame, keys: pd.Series, stratify_col: str | None
+    df: pd.DataFrame, keys: pd.Series, stratify_col: str | None, order: dict[str, str]
 ) -> dict[str, list[str]]:
-    """Map stratum -> sorted group keys; a group's stratum is the max of its stratify values."""
+    """Map stratum -> ordered group keys; a group's stratum is the max of its stratify values."""
     if stratify_col is None:
-        return {"all": sorted(set(keys))}
+        return {"all": sorted(set(keys), key=order.__getitem__)}
     if stratify_col not in df.columns:
         raise DatasetError(
             f"cannot stratify: the index has no {stratify_col!r} column "
@@ -74,7 +89,9 @@ def _group_strata(
     for group, value in per_group.items():
         stratum = UNKNOWN_STRATUM if pd.isna(value) else f"{value:g}"
         strata.setdefault(stratum, []).append(str(group))
-    return {stratum: sorted(groups) for stratum, groups in sorted(strata.items())}
+    return {
+        stratum: sorted(groups, key=order.__getitem__) for stratum, groups in sorted(strata.items())
+    }
 
 
 def _stratum_counts(n_groups: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
@@ -100,12 +117,14 @@ def assign_splits(
     test_fraction: float = 0.15,
     group_col: str = "patient_id",
     stratify_col: str | None = "label_any",
+    order_col: str | None = "path",
 ) -> pd.DataFrame:
     """Assign every row to ``train``, ``val`` or ``test`` by group, stratified and seeded.
 
     Each group (all rows sharing ``group_col``) goes to exactly one split. Groups are stratified by
     the maximum of ``stratify_col`` over their rows (a patient with any positive slice is a
-    positive patient). Within each stratum the groups are sorted, shuffled with
+    positive patient). Within each stratum the groups are sorted by their smallest file name in
+    ``order_col`` (machine-independent, see the module docstring), shuffled with
     ``numpy.random.default_rng(seed)`` and dealt out: ``round(n * test_fraction)`` to test,
     ``round(n * val_fraction)`` to val, the rest to train. A stratum with at least
     :data:`MIN_GROUPS_FOR_ALL_SPLITS` groups gives val and test at least one group each (when
@@ -119,6 +138,8 @@ def assign_splits(
         test_fraction: Target fraction of groups in ``test``, in [0, 1); the two sum to < 1.
         group_col: Column naming the group (patient or study).
         stratify_col: 0/1 label column to stratify by, or ``None`` for no stratification.
+        order_col: Column whose smallest file name orders the groups before the shuffle
+            (``None`` or absent: the group key itself).
 
     Returns:
         A copy of ``df`` with a ``split`` column (string dtype) set for every row.
@@ -133,7 +154,7 @@ def assign_splits(
         out["split"] = pd.Series(dtype="string")
         return out
     keys = _group_keys(out, group_col)
-    strata = _group_strata(out, keys, stratify_col)
+    strata = _group_strata(out, keys, stratify_col, _group_order(out, keys, order_col))
     rng = np.random.default_rng(seed)
     split_of: dict[str, str] = {}
     for groups in strata.values():
