@@ -102,9 +102,13 @@ def get_window(spec: str | Window | tuple[float, float]) -> Window:
         )
     try:
         center_hu, width_hu = spec
-        return Window(f"{float(center_hu):g}/{float(width_hu):g}", float(center_hu), float(width_hu))
+        return Window(
+            f"{float(center_hu):g}/{float(width_hu):g}", float(center_hu), float(width_hu)
+        )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"a window is a preset name or (center_hu, width_hu), got {spec!r}") from exc
+        raise ConfigError(
+            f"a window is a preset name or (center_hu, width_hu), got {spec!r}"
+        ) from exc
 
 
 def resolve_windows(spec: str | Window | tuple | list) -> tuple[Window, ...]:
