@@ -16,6 +16,14 @@ Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 square box around it with a :data:`HEAD_MARGIN_FRACTION` margin. Every function is pure: inputs
 are never modified.
 
+Optional mask outside the head (``mask_outside_head``), after the crop: bone (HU >
+:data:`SKULL_HU_THRESHOLD`, gray > :data:`SKULL_GRAY_THRESHOLD`) -> its largest 8-connected
+component plus every other one at least :data:`SKULL_MIN_PART_FRACTION` of its area (a skull cut
+in pieces) -> their convex hull; everything outside the hull becomes background (air / black).
+This removes panel letters, grey figure backgrounds and scalp that the crop's box keeps. When the
+hull is implausibly small (under :data:`SKULL_MIN_HULL_FRACTION` of the image: no skull found) the
+image is left as is.
+
 :func:`prepare_many` is the batch path (training, evaluation, benchmarks): files -> read ->
 :func:`to_model_input`, in chunks over a process pool, one (N, size, size, C) float32 array out;
 a bad file is reported in the result and never stops the batch.
@@ -58,6 +66,17 @@ HEAD_HU_THRESHOLD = -500.0
 HEAD_GRAY_THRESHOLD = 0.05
 #: Margin added on each side of the head box, as a fraction of its longer side.
 HEAD_MARGIN_FRACTION = 0.05
+#: Bone: HU above this is skull for ``mask_outside_head``.
+SKULL_HU_THRESHOLD = 300.0
+#: Bone in display grayscale (the brain window saturates bone to white).
+SKULL_GRAY_THRESHOLD = 0.9
+#: Bone is also anything above this fraction of the image's 99.5th percentile (figures whose
+#: skull is not white).
+SKULL_RELATIVE_THRESHOLD = 0.8
+#: Bone components at least this fraction of the largest one are part of the skull.
+SKULL_MIN_PART_FRACTION = 0.2
+#: A skull hull smaller than this fraction of the image means no skull was found: no mask.
+SKULL_MIN_HULL_FRACTION = 0.3
 #: Pixels connect to their 8 neighbours in the head mask.
 CONNECTIVITY = 8
 #: Value outside the image when padding display grayscale (black).
@@ -82,6 +101,9 @@ class InputSpec:
         channels: Number of output channels; in mode ``"hu"`` it must equal ``len(windows)``.
         display_window: Mode ``"display"``: how a DICOM is rendered to grayscale.
         crop_head: Crop to the head's bounding box before resizing.
+        mask_outside_head: After the crop, set everything outside the skull's convex hull to
+            background (see the module docstring); off by default, and a card without the key
+            means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -93,6 +115,7 @@ class InputSpec:
     channels: int = 3
     display_window: str = "brain"
     crop_head: bool = False
+    mask_outside_head: bool = False
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -128,6 +151,10 @@ class InputSpec:
             )
         if not isinstance(self.crop_head, bool):
             raise ConfigError(f"InputSpec.crop_head must be true or false, got {self.crop_head!r}")
+        if not isinstance(self.mask_outside_head, bool):
+            raise ConfigError(
+                f"InputSpec.mask_outside_head must be true or false, got {self.mask_outside_head!r}"
+            )
 
     @property
     def window_objects(self) -> tuple[Window, ...]:
@@ -193,6 +220,57 @@ def head_bbox(
     return (top, top + height, left, left + width)
 
 
+def skull_hull_mask(
+    gray: npt.ArrayLike, threshold: float = SKULL_GRAY_THRESHOLD
+) -> npt.NDArray[np.bool_]:
+    """Inside of the skull: the filled convex hull of its bone (True inside).
+
+    Args:
+        gray: (H, W) image; display grayscale in [0, 1] with the default threshold, or HU with
+            ``threshold=SKULL_HU_THRESHOLD``. Not modified. NaN counts as background.
+        threshold: Pixels strictly above it are bone.
+
+    Returns:
+        bool (H, W), a new array: the convex hull of the largest bone component and of every
+        other bone component at least :data:`SKULL_MIN_PART_FRACTION` of its area; all True when
+        no bone is found or the hull covers less than :data:`SKULL_MIN_HULL_FRACTION` of the
+        image (the image is then left unmasked).
+
+    Raises:
+        InputError: ``gray`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(gray)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"skull_hull_mask needs a non-empty (H, W) image, got shape {arr.shape}")
+    everything = np.ones(arr.shape, dtype=bool)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return everything
+    # Bone is the brightest tissue; a figure that never saturates it to white gets a lower cut
+    threshold = min(threshold, SKULL_RELATIVE_THRESHOLD * float(np.percentile(finite, 99.5)))
+    bone = (arr > threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(bone, connectivity=CONNECTIVITY)
+    if count <= 1:
+        return everything
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = 1 + np.flatnonzero(areas >= SKULL_MIN_PART_FRACTION * areas.max())
+    rows, cols = np.nonzero(np.isin(labels, keep))
+    points = np.stack([cols, rows], axis=1).astype(np.int32)
+    hull = cv2.convexHull(points)
+    mask = np.zeros(arr.shape, dtype=np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1)
+    if mask.sum() < SKULL_MIN_HULL_FRACTION * arr.size:
+        return everything
+    return mask.astype(bool)
+
+
+def _mask_outside_head(
+    image: npt.NDArray[np.float32], threshold: float, fill: float
+) -> npt.NDArray[np.float32]:
+    """``image`` with everything outside the skull's hull set to ``fill`` (a new array)."""
+    return np.where(skull_hull_mask(image, threshold), image, np.float32(fill)).astype(np.float32)
+
+
 def _square_crop(
     image: npt.NDArray[np.float32], box: tuple[int, int, int, int], fill: float
 ) -> npt.NDArray[np.float32]:
@@ -231,11 +309,19 @@ def _resize(image: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32
 
 
 def _prepare(
-    image: npt.NDArray[np.float32], size: int, crop: bool, threshold: float, fill: float
+    image: npt.NDArray[np.float32],
+    size: int,
+    crop: bool,
+    threshold: float,
+    fill: float,
+    mask_threshold: float | None = None,
 ) -> npt.NDArray[np.float32]:
+    """Crop (optional) -> mask outside the skull (when ``mask_threshold`` is given) -> pad -> resize."""
     image = np.asarray(image, dtype=np.float32)
     if crop:
         image = _square_crop(image, head_bbox(image, threshold), fill)
+    if mask_threshold is not None:
+        image = _mask_outside_head(image, mask_threshold, fill)
     return _resize(_pad_square(image, fill), size)
 
 
@@ -315,10 +401,24 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
                 "model trained on display grayscale",
                 scan.source,
             )
-        small = _prepare(scan.hu, spec.size, spec.crop_head, HEAD_HU_THRESHOLD, config.HU_AIR)
+        small = _prepare(
+            scan.hu,
+            spec.size,
+            spec.crop_head,
+            HEAD_HU_THRESHOLD,
+            config.HU_AIR,
+            SKULL_HU_THRESHOLD if spec.mask_outside_head else None,
+        )
         return window_stack(small, spec.window_objects)
     gray = to_display(scan, spec.display_window)
-    small = _prepare(gray, spec.size, spec.crop_head, HEAD_GRAY_THRESHOLD, GRAY_FILL)
+    small = _prepare(
+        gray,
+        spec.size,
+        spec.crop_head,
+        HEAD_GRAY_THRESHOLD,
+        GRAY_FILL,
+        SKULL_GRAY_THRESHOLD if spec.mask_outside_head else None,
+    )
     np.clip(small, 0.0, 1.0, out=small)
     return np.repeat(small[:, :, None], spec.channels, axis=2)
 
@@ -449,8 +549,11 @@ __all__ = [
     "HEAD_HU_THRESHOLD",
     "InputSpec",
     "PreparedBatch",
+    "SKULL_GRAY_THRESHOLD",
+    "SKULL_HU_THRESHOLD",
     "head_bbox",
     "prepare_many",
+    "skull_hull_mask",
     "to_display",
     "to_model_input",
     "window_stack",

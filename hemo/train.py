@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
         "channels": 3,
         "display_window": "brain",
         "crop_head": False,
+        "mask_outside_head": False,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,

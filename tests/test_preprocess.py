@@ -12,8 +12,10 @@ from hemo.errors import ConfigError, InputError
 from hemo.images import Image2D
 from hemo.preprocess import (
     HEAD_HU_THRESHOLD,
+    SKULL_HU_THRESHOLD,
     InputSpec,
     head_bbox,
+    skull_hull_mask,
     to_display,
     to_model_input,
     window_stack,
@@ -45,6 +47,7 @@ def _disc(shape=(200, 300), center=(80, 200), radius=50, value=0.6) -> np.ndarra
         ({"windows": ("brain",)}, "windows has 1 and channels is 3; set channels=1"),
         ({"mode": "display", "channels": 0}, r"InputSpec.channels is 0: must be in \[1, 4\]"),
         ({"crop_head": "yes"}, "InputSpec.crop_head must be true or false"),
+        ({"mask_outside_head": 1}, "InputSpec.mask_outside_head must be true or false"),
     ],
 )
 def test_input_spec_validation(kwargs, message):
@@ -129,6 +132,90 @@ def test_hu_crop_uses_hu_threshold():
     assert head_bbox(s.hu, HEAD_HU_THRESHOLD) == (10, 30, 30, 50)
     x = to_model_input(s, InputSpec(size=32, crop_head=True))
     assert x[16, 16, 0] == pytest.approx(0.5) and x[0, 0, 0] == 0.0
+
+
+def _ring_head(shape=(200, 300), center=(100, 150)) -> np.ndarray:
+    """A grey brain inside a white ring skull, a grey figure background and a white letter."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r2 = (yy - center[0]) ** 2 + (xx - center[1]) ** 2
+    gray = np.full(shape, 0.2)  # grey figure background: the crop keeps it
+    gray[r2 <= 80**2] = 1.0  # skull
+    gray[r2 <= 72**2] = 0.5  # brain
+    gray[90:110, 140:160] = 0.7  # "bleed" inside
+    gray[10:30, 10:22] = 1.0  # panel letter outside the skull, as white as bone
+    return gray
+
+
+def test_input_spec_mask_outside_head_default_and_old_cards():
+    """Off by default; a card written before the option (no key) loads with it off."""
+    spec = InputSpec(size=96, mode="display", channels=1, crop_head=True)
+    assert spec.mask_outside_head is False
+    old_card = spec.to_dict()
+    del old_card["mask_outside_head"]
+    assert InputSpec.from_dict(old_card) == spec
+    masked = InputSpec(size=96, mode="display", channels=1, mask_outside_head=True)
+    assert InputSpec.from_dict(masked.to_dict()) == masked
+
+
+def test_skull_hull_mask_drops_letter_and_background_keeps_inside():
+    """Outside the ring skull's hull (letter, grey background) is zeroed; the inside is kept."""
+    gray = _ring_head()
+    mask = skull_hull_mask(gray)
+    assert mask[100, 150] and mask[100, 71] and not mask[20, 15] and not mask[100, 60]
+    assert not mask[5, 150] and not mask[195, 290]
+    plain = InputSpec(size=100, mode="display", channels=1)
+    x = to_model_input(_image(gray), plain)[..., 0]
+    y = to_model_input(_image(gray), InputSpec(**{**plain.to_dict(), "mask_outside_head": True}))
+    y = y[..., 0]
+    # 300 wide -> 100 px: scale 1/3, the square canvas starts 50 source rows above the image
+    letter = (slice(20, 26), slice(4, 7))
+    assert x[letter].max() > 0.9 and y[letter].max() == 0.0
+    assert x[25, 20] == pytest.approx(0.2) and y[25, 20] == 0.0  # grey background gone
+    np.testing.assert_array_equal(y[40:60, 40:60], x[40:60, 40:60])  # inside untouched
+    assert y[50, 50] == pytest.approx(0.7)
+    assert gray[20, 15] == 1.0  # input not modified
+
+
+def test_skull_hull_mask_without_skull_leaves_image():
+    """No bone, or a hull too small to be a skull, means no mask (never blank out a head)."""
+    assert skull_hull_mask(_disc(value=0.6)).all()
+    tiny = np.zeros((100, 100))
+    tiny[10:14, 10:14] = 1.0
+    assert skull_hull_mask(tiny).all()
+    assert skull_hull_mask(np.zeros((8, 8))).all()
+    with pytest.raises(InputError, match="non-empty"):
+        skull_hull_mask(np.zeros((3, 3, 3)))
+
+
+def test_hu_mask_uses_bone_threshold():
+    """In HU mode the skull is HU above SKULL_HU_THRESHOLD; outside becomes air."""
+    hu = np.full((100, 100), 40, dtype=np.int16)  # soft tissue everywhere (like a scalp/pillow)
+    yy, xx = np.mgrid[:100, :100]
+    r2 = (yy - 50) ** 2 + (xx - 50) ** 2
+    hu[(r2 <= 35**2) & (r2 > 30**2)] = 1000
+    s = read_dicom(ct_bytes(hu))
+    assert skull_hull_mask(s.hu, SKULL_HU_THRESHOLD)[50, 50]
+    x = to_model_input(s, InputSpec(size=50, windows=("brain",), channels=1))
+    y = to_model_input(
+        s, InputSpec(size=50, windows=("brain",), channels=1, mask_outside_head=True)
+    )
+    assert x[2, 2, 0] == pytest.approx(0.5) and y[2, 2, 0] == 0.0
+    assert y[25, 25, 0] == pytest.approx(0.5)
+
+
+def test_mask_on_real_figure_removes_panel_letter(head_ct_dir):
+    """Kaggle 114.png: a paper figure with a letter "A" on a grey panel; the mask removes both."""
+    from hemo.io import read_scan
+
+    scan = read_scan(head_ct_dir / "head_ct" / "114.png")
+    plain = InputSpec(size=96, mode="display", channels=1, crop_head=True)
+    x = to_model_input(scan, plain)[..., 0]
+    y = to_model_input(scan, InputSpec(**{**plain.to_dict(), "mask_outside_head": True}))[..., 0]
+    letter = (slice(8, 16), slice(16, 24))
+    assert x[letter].max() > 0.5 and y[letter].max() == 0.0
+    removed = (x > 0.05) & (y == 0.0)
+    assert removed.mean() > 0.1  # the grey panel around the head
+    np.testing.assert_array_equal(y[36:60, 36:60], x[36:60, 36:60])  # the brain is kept
 
 
 def test_window_stack_nan_and_known_values():
