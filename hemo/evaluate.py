@@ -68,6 +68,8 @@ ANY_COLUMN = "label_any"
 #: Source names of unreadable files listed in a report (the count is always complete).
 MAX_FAILED_LISTED = 20
 DEFAULT_BATCH_SIZE = 32
+#: ``split`` value that selects every row of an index (a dataset the model never saw).
+ALL_SPLITS = "all"
 
 
 # Results ----------------------------------------------------------------------------------------
@@ -578,7 +580,11 @@ def label_matrix(rows: pd.DataFrame, labels: Sequence[str]) -> NDArray[np.float6
 
 
 def _split_rows(index_df: pd.DataFrame, split: str) -> pd.DataFrame:
-    """Rows of one split, refusing an index without it."""
+    """Rows of one split (every row for :data:`ALL_SPLITS`), refusing an index without it."""
+    if split == ALL_SPLITS:
+        if index_df.empty:
+            raise DatasetError("the index has no rows")
+        return index_df.reset_index(drop=True)
     if "split" not in index_df.columns:
         raise DatasetError("the index has no 'split' column; build it with hemo index")
     rows = index_df[index_df["split"] == split]
@@ -601,7 +607,8 @@ def predict_index(
         model: The model (not changed).
         card: Its card (InputSpec, labels, threshold).
         index_df: Index table with absolute ``path`` and ``split`` columns.
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        split: ``"train"``, ``"val"``, ``"test"``, or ``"all"`` (every row: for a dataset the
+            model never saw, e.g. phantoms of a seed not used in training).
         batch_size: Images per model call.
 
     Returns:

@@ -377,7 +377,14 @@ def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, be
             if time.monotonic() - self.last_write >= STATUS_INTERVAL_S:
                 self._write(batch + 1)
 
+        def on_test_batch_end(self, batch, logs=None):
+            # A signal during validation stops after this epoch, not a batch into the next one.
+            if flag.requested:
+                self.model.stop_training = True
+
         def on_epoch_end(self, epoch, logs=None):
+            if flag.requested:
+                self.model.stop_training = True
             value = (logs or {}).get(MONITOR)
             if value is not None and math.isfinite(value):
                 if best["value"] is None or value > best["value"]:

@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("--data", required=True, type=Path, help="dataset folder or index.parquet")
     parser.add_argument(
-        "--split", default=DEFAULT_SPLIT, choices=("train", "val", "test"), help="default: test"
+        "--split",
+        default=DEFAULT_SPLIT,
+        choices=("train", "val", "test", "all"),
+        help="default: test; 'all' evaluates every row (a dataset the model never saw)",
     )
     parser.add_argument("--cam", metavar="METHOD", help="also score a CAM method (e.g. gradcam)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per model call")
@@ -110,7 +113,8 @@ def _text(data: dict[str, Any]) -> str:
 def _has_masks(index_df: Any, split: str) -> bool:
     if "mask_path" not in index_df.columns:
         return False
-    return bool(index_df.loc[index_df["split"] == split, "mask_path"].notna().any())
+    rows = index_df if split == "all" else index_df.loc[index_df["split"] == split]
+    return bool(rows["mask_path"].notna().any())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         from hemo.cam.metrics import cam_quality
 
         try:
-            data["cam"] = cam_quality(model, card, index_df, method=args.cam, split=args.split)
+            cam_split = None if args.split == "all" else args.split
+            data["cam"] = cam_quality(model, card, index_df, method=args.cam, split=cam_split)
         except ValueError as exc:  # a label the model does not output, named in the message
             raise ConfigError(f"--cam {args.cam}: {exc}") from exc
     if args.json:
