@@ -27,31 +27,20 @@ import io
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 from hemo import config, dashboard
+from hemo.serve import chromium_launch_options, free_port, wait_healthy
 
 log = logging.getLogger("bench.e2e")
 
 PREFERRED_MODEL = "headct_real"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1400, "height": 1000}
 SLICE_FILE = "693_UNCR.dcm"
 SERIES_DIR = config.SHARED_DATA_DIR / "cq500" / "CQ500-CT-0"
@@ -142,28 +131,6 @@ def bare_timings(model: Path, slice_bytes: bytes, zipped: bytes | None, repeats:
     return out
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    """Wait until ``/_stcore/health`` answers ``ok``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"streamlit did not answer on {url} within {timeout_s} s")
-
-
 def upload(page, name: str, data: bytes | Path) -> None:
     """Drop one file on the Predict page's uploader (bytes, or a file the browser reads)."""
     if isinstance(data, Path):
@@ -212,10 +179,7 @@ def ui_timings(
         wait_healthy(url, process, SERVER_START_S)
         out["server_healthy_s"] = time.perf_counter() - started
         with sync_playwright() as playwright:
-            launch = {"args": CHROMIUM_ARGS}
-            if CHROMIUM.exists():
-                launch["executable_path"] = str(CHROMIUM)
-            browser = playwright.chromium.launch(**launch)
+            browser = playwright.chromium.launch(**chromium_launch_options())
             page = browser.new_page(viewport=VIEWPORT)
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.goto(url)

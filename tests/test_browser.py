@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,19 +23,10 @@ from hemo import dashboard, runs
 from hemo.config import PROJECT_DIR
 from hemo.datasets import load_index
 from hemo.errors import HemoError
+from hemo.serve import CHROMIUM, chromium_launch_options, free_port, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Screenshots land in the git-ignored tests/artifacts/; HEMO_SCREENSHOTS_DIR=docs/img refreshes
 #: the README's pictures.
 SHOTS_DIR = Path(
@@ -55,28 +44,6 @@ RUN_NAME = "browser-run"
 EXCEPTION = '[data-testid="stException"]'
 IMAGE = '[data-testid="stImage"] img'
 PLOT = '[data-testid="stPlotlyChart"]'
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    """Wait for Streamlit's health endpoint to answer ``ok``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                if answer.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"streamlit did not answer on {url} within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +103,9 @@ def browser():
     """Debian's Chromium through Playwright (Playwright's own build only when it is missing)."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        if CHROMIUM.exists():
-            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        elif shutil.which("chromium") is None and not os.environ.get("CI"):
+        if not CHROMIUM.exists() and shutil.which("chromium") is None and not os.environ.get("CI"):
             pytest.skip("no Chromium at /usr/bin/chromium (apt-get install chromium)")
-        else:
-            chromium = playwright.chromium.launch(args=CHROMIUM_ARGS)
+        chromium = playwright.chromium.launch(**chromium_launch_options())
         yield chromium
         chromium.close()
 
