@@ -39,6 +39,8 @@ ENV_MODELS_DIR = "HEMO_MODELS_DIR"
 ENV_DEFAULT_MODEL = "HEMO_DEFAULT_MODEL"
 #: Shipped model selected when nothing else is asked for (the phantom demo data fits it).
 DEFAULT_MODEL_STEM = "phantom_rsna3"
+#: Side of the picture a heatmap is drawn over on the Predict page (model-input geometry).
+OVERLAY_VIEW_SIZE = 512
 #: Demo dataset made on first run when missing (what ``make run`` makes).
 DEMO_STUDIES = 24
 DEMO_SEED = config.DEFAULT_SEED
@@ -460,7 +462,8 @@ class Analysis:
     Attributes:
         name: The input's name.
         prediction: The :class:`hemo.predict.Prediction`.
-        display: float32 (H, W) in [0, 1], the plain slice (CT: brain window).
+        display: float32 (S, S) in [0, 1], the plain slice with the model input's geometry
+            (head crop, padding; :func:`hemo.preprocess.input_view`), so the heatmap lines up.
         heatmap: float32 (h, w) in [0, 1] at model-input size (all zeros when ``flat``).
         flat: The map carries no spatial information.
         method: CAM method used.
@@ -492,7 +495,7 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
         HemoError: The model cannot take this scan (e.g. a PNG for a model of HU windows).
     """
     from hemo.cam import explain
-    from hemo.preprocess import to_model_input
+    from hemo.preprocess import input_view, to_model_input
 
     card = predictor.card
     x = to_model_input(scan, card.input_spec)
@@ -508,7 +511,7 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
     return Analysis(
         name=scan.source,
         prediction=prediction,
-        display=display_image(scan),
+        display=input_view(scan, card.input_spec, size=OVERLAY_VIEW_SIZE),
         heatmap=cam.heatmap,
         flat=bool(cam.flat),
         method=method,

@@ -423,6 +423,42 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
     return np.repeat(small[:, :, None], spec.channels, axis=2)
 
 
+def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDArray[np.float32]:
+    """The scan in display grayscale with the model input's geometry, for heatmap overlays.
+
+    A heatmap lives on the model input's pixel grid: after the head crop, the mask outside the
+    skull and the square padding of ``spec``. Drawing it over the original slice misplaces it
+    whenever the crop or the padding moved the head; this view applies the same geometry (the
+    crop box and skull hull found exactly as :func:`to_model_input` finds them) to the display
+    image, so ``overlay(input_view(...), heatmap)`` lines up.
+
+    Args:
+        scan: A DICOM slice or an image. Not modified.
+        spec: The model's input spec.
+        size: Side of the view in pixels (default ``spec.size``); larger gives a sharper picture
+            with the same geometry.
+
+    Returns:
+        float32 (size, size) in [0, 1]: DICOM through ``spec.display_window``, images as they are.
+    """
+    side = spec.size if size is None else int(size)
+    gray = to_display(scan, spec.display_window)
+    if isinstance(scan, CTSlice) and spec.mode == "hu":
+        basis, basis_fill = scan.hu, config.HU_AIR
+        head_threshold, skull_threshold = HEAD_HU_THRESHOLD, SKULL_HU_THRESHOLD
+    else:
+        basis, basis_fill = gray, GRAY_FILL
+        head_threshold, skull_threshold = HEAD_GRAY_THRESHOLD, SKULL_GRAY_THRESHOLD
+    if spec.crop_head:
+        box = head_bbox(basis, head_threshold)
+        basis = _square_crop(np.asarray(basis, dtype=np.float32), box, basis_fill)
+        gray = _square_crop(gray, box, GRAY_FILL)
+    if spec.mask_outside_head:
+        gray = np.where(skull_hull_mask(basis, skull_threshold), gray, np.float32(GRAY_FILL))
+    view = _resize(_pad_square(np.asarray(gray, dtype=np.float32), GRAY_FILL), side)
+    return np.clip(view, 0.0, 1.0, out=view)
+
+
 @dataclass(frozen=True, eq=False)
 class PreparedBatch:
     """Model inputs of a batch of files, with the files that failed.

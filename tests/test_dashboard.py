@@ -124,7 +124,8 @@ def test_analyse_gives_probability_and_heatmap(phantoms, predictors):
     assert set(result.prediction.probabilities) == set(predictor.labels)
     assert result.heatmap.dtype == np.float32 and result.heatmap.max() <= 1.0
     picture = dashboard.overlay_image(result, alpha=0.5, colormap="jet")
-    assert picture.shape == (*scan.hu.shape, 3) and picture.dtype == np.uint8
+    side = dashboard.OVERLAY_VIEW_SIZE  # drawn on the model-input geometry, not the raw slice
+    assert picture.shape == (side, side, 3) and picture.dtype == np.uint8
     assert len(dashboard.subtype_frame(result.prediction)) == len(predictor.labels) - 1
 
 

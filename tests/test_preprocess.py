@@ -255,3 +255,38 @@ def test_prepare_many_refuses_bad_settings():
         prepare_many([], InputSpec(), workers=0)
     with pytest.raises(ConfigError, match="prepare_many: chunk_files is 0: must be at least 1"):
         prepare_many([], InputSpec(), chunk_files=0)
+
+
+def test_input_view_lines_up_with_the_model_input_geometry(head_ct_dir) -> None:
+    """input_view applies the model input's crop and padding, so a heatmap drawn on it lines up."""
+    from hemo.images import read_image
+    from hemo.preprocess import InputSpec, input_view, to_model_input
+
+    scan = read_image(head_ct_dir / "head_ct" / "114.png")
+    for spec in (
+        InputSpec(size=64, mode="display", channels=1, crop_head=True),
+        InputSpec(size=64, mode="display", channels=1, crop_head=True, mask_outside_head=True),
+        InputSpec(size=64, mode="display", channels=1, crop_head=False),
+    ):
+        view = input_view(scan, spec)
+        x = to_model_input(scan, spec)[:, :, 0]
+        assert view.shape == (64, 64) and view.dtype == np.float32
+        np.testing.assert_allclose(view, x, atol=1e-5)
+        big = input_view(scan, spec, size=256)
+        assert big.shape == (256, 256)
+        assert abs(float(big.mean()) - float(view.mean())) < 0.02
+
+
+def test_input_view_of_a_ct_slice_uses_the_hu_crop(ct_small) -> None:
+    """For an HU model, the view crops where the HU input crops and shows the display window."""
+    from hemo.dicom import read_dicom
+    from hemo.preprocess import InputSpec, input_view, to_model_input
+
+    scan = read_dicom(ct_small)
+    spec = InputSpec(size=64, crop_head=True)
+    view = input_view(scan, spec)
+    brain = to_model_input(scan, InputSpec(size=64, crop_head=True, windows=("brain",), channels=1))
+    # The model windows after resizing HU, the view before: equal up to resampling at the edges.
+    assert float(np.abs(view - brain[:, :, 0]).mean()) < 0.04
+    uncropped = input_view(scan, InputSpec(size=64, crop_head=False))
+    assert float(np.abs(uncropped - brain[:, :, 0]).mean()) > 0.1
