@@ -10,6 +10,10 @@ Steps of :func:`train`::
 Every phase uses ``BackupAndRestore`` (kept until the run finishes), so rerunning a killed or
 stopped run with the same name resumes where it left off. ``status.json`` is rewritten
 atomically every few seconds; SIGTERM/SIGINT stop at the end of the current batch.
+
+``--strategy multiworker`` trains through hemo's own loop (:func:`_fit_multiworker`), because
+Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); it uses
+the same callbacks except the backup, so a rerun of such a run restarts the phase.
 """
 
 from __future__ import annotations
@@ -333,6 +337,15 @@ class StopFlag:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
+    def take_back(self) -> None:
+        """Handle the signals again after a library replaced the handlers.
+
+        ``MultiWorkerMirroredStrategy`` installs TensorFlow's own SIGTERM handler (its preemption
+        notifier), under which a signalled worker hangs instead of stopping cleanly.
+        """
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handle)
+
     def restore(self) -> None:
         """Put back the previous handlers."""
         for sig, handler in self._previous.items():
@@ -531,6 +544,8 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     seed = int(config["seed"])
     keras.utils.set_random_seed(seed)
     strategy = make_strategy(config["strategy"])
+    if config["strategy"] == "multiworker":
+        flag.take_back()
     # Data: index, splits, labels, datasets
     data = resolve_path(config["data"])
     index = load_index(data)
@@ -580,6 +595,16 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     verbose = 1 if sys.stderr.isatty() else 2
     for phase in plan_phases(config):
         set_trainable_top(model, phase.n_top)
+        if distributed:
+            # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
+            stopped = _fit_multiworker(
+                model, config, phase, strategy, train_ds, val_ds, steps, val_steps, path, chief,
+                flag, best, verbose,
+            )  # fmt: skip
+            if stopped:
+                by = flag.signal_name or "a signal on another worker"
+                return runs.STOPPED, f"stopped by {by} during {phase.name}"
+            continue
         with strategy.scope():
             _compile(model, config, phase, steps or _cardinality(train_ds))
         callbacks = _callbacks(config, path, phase, flag, best, chief)
@@ -648,28 +673,52 @@ def _compile(model, config: Mapping[str, Any], phase: Phase, steps: int) -> None
     """Adam (cosine or constant LR), BCE, AUC of ``any`` and accuracy."""
     import keras
 
-    lr: Any = phase.learning_rate
-    if config["lr_schedule"] == "cosine":
-        decay = max(1, (phase.end - phase.start) * steps)
-        lr = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=float(config["label_smoothing"])),
+        optimizer=_optimizer(config, phase, steps),
+        loss=_loss(config),
         metrics=[any_auc_metric(), keras.metrics.BinaryAccuracy(name="accuracy")],
     )
 
 
-def _callbacks(config, path: Path, phase: Phase, flag: StopFlag, best: dict, chief: bool) -> list:
-    """CSV log, backup, best checkpoint, early stopping, LR schedule, live status."""
+def _optimizer(config: Mapping[str, Any], phase: Phase, steps: int):
+    """Adam at the phase's LR, cosine-decayed over the phase's steps or constant."""
+    import keras
+
+    lr: Any = phase.learning_rate
+    if config["lr_schedule"] == "cosine":
+        decay = max(1, (phase.end - phase.start) * steps)
+        lr = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _loss(config: Mapping[str, Any], reduction: str | None = "sum_over_batch_size"):
+    """Binary cross-entropy with the configured label smoothing (``reduction=None``: per image)."""
+    import keras
+
+    return keras.losses.BinaryCrossentropy(
+        label_smoothing=float(config["label_smoothing"]), reduction=reduction
+    )
+
+
+def _callbacks(
+    config, path: Path, phase: Phase, flag: StopFlag, best: dict, chief: bool, backup: bool = True
+) -> list:
+    """CSV log, backup (unless ``backup`` is false), best checkpoint, early stopping, LR
+    schedule, live status."""
     import keras
 
     (path / runs.CHECKPOINT_DIR).mkdir(exist_ok=True)
     callbacks = [
         # History first, then the backup: a kill in between repeats a row (read_history dedups)
         keras.callbacks.CSVLogger(str(path / runs.HISTORY_FILE), append=True),
-        keras.callbacks.BackupAndRestore(
-            str(path / runs.BACKUP_DIR / phase.name), delete_checkpoint=False
-        ),
+    ]
+    if backup:
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                str(path / runs.BACKUP_DIR / phase.name), delete_checkpoint=False
+            )
+        )
+    callbacks += [
         keras.callbacks.ModelCheckpoint(
             str(path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT),
             monitor=MONITOR,
@@ -694,6 +743,155 @@ def _callbacks(config, path: Path, phase: Phase, flag: StopFlag, best: dict, chi
         )
     callbacks.append(make_status_callback(path, flag, phase.name, int(config["epochs"]), best))
     return callbacks
+
+
+def _fit_multiworker(
+    model, config, phase: Phase, strategy, train_ds, val_ds, steps: int, val_steps: int,
+    path: Path, chief: bool, flag: StopFlag, best: dict, verbose: int,
+) -> bool:  # fmt: skip
+    """One phase under ``MultiWorkerMirroredStrategy`` with hemo's own training loop.
+
+    Keras 3's ``fit`` cannot run under that strategy (keras-team/keras#20585), so this loop does
+    what ``fit`` does for the other strategies: the dataset is distributed over the workers, a
+    ``tf.function`` step runs the model under ``strategy.run`` with a GradientTape (the same
+    smoothed BCE and the dataset's class-derived sample weights, averaged over the global batch),
+    and each epoch ends with a validation pass and the same Keras callbacks as :func:`_callbacks`
+    (history.csv, best checkpoint, early stopping, LR plateau, status.json), minus
+    ``BackupAndRestore``: the workers could not agree on where a resumed run starts.
+
+    Every worker runs the same epochs and steps; stop decisions (a signal on any worker, early
+    stopping) are all-reduced so that no worker waits on a collective the others left. A non-chief
+    worker's ``path`` is its temporary folder, so only the chief writes the run's files.
+
+    Args:
+        model: The model, built in ``strategy.scope()``, with this phase's trainable layers.
+        config: Resolved configuration.
+        phase: Epochs and learning rate of this phase.
+        strategy: The ``MultiWorkerMirroredStrategy``.
+        train_ds: Repeated training dataset of global batches ``(x, y, w)``.
+        val_ds: Repeated validation dataset ``(x, y)``.
+        steps: Training steps per epoch (the same on every worker).
+        val_steps: Validation batches per epoch.
+        path: This process's run folder (the chief's) or temporary folder (other workers).
+        chief: Whether this process is the chief.
+        flag: The local stop flag (SIGTERM/SIGINT).
+        best: ``{"value": best val AUC so far}``, updated.
+        verbose: Keras progress bar mode.
+
+    Returns:
+        True when a signal on any worker stopped the phase.
+    """
+    import keras
+    import tensorflow as tf
+
+    global_batch = int(config["batch_size"])
+    with strategy.scope():
+        # Optimizer variables mirrored like the model's; compiled so callbacks can reach the LR
+        _compile(model, config, phase, steps)
+        model.optimizer.build(model.trainable_variables)
+        per_image_loss = _loss(config, reduction=None)
+    optimizer = model.optimizer
+    # Validation metrics live outside the strategy: each worker scores the whole val set alike
+    val_metrics = [
+        keras.metrics.Mean(name="loss"),
+        any_auc_metric(),
+        keras.metrics.BinaryAccuracy(name="accuracy"),
+    ]
+
+    def replica_step(x, y, w):
+        with tf.GradientTape() as tape:
+            probs = model(x, training=True)
+            loss = tf.nn.compute_average_loss(
+                per_image_loss(y, probs) * w, global_batch_size=global_batch
+            )
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    @tf.function
+    def train_step(iterator, stop):
+        loss = strategy.run(replica_step, args=next(iterator))
+        return (
+            strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None),
+            _sum_over_workers(strategy, stop),
+        )
+
+    @tf.function
+    def agree(stop):
+        return _sum_over_workers(strategy, stop)
+
+    @tf.function
+    def predict(x):
+        return model(x, training=False)
+
+    callbacks = _callbacks(config, path, phase, flag, best, chief, backup=False)
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_progbar=verbose != 0, model=model, verbose=verbose,
+        epochs=phase.end, steps=steps,
+    )  # fmt: skip
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    model.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(phase.start, phase.end):
+        callback_list.on_epoch_begin(epoch)
+        total = 0.0
+        signalled = False
+        for step in range(steps):
+            callback_list.on_train_batch_begin(step)
+            loss, stop = train_step(iterator, tf.constant([float(flag.requested), 0.0]))
+            total += float(loss)
+            signalled = bool(stop[0] > 0)
+            callback_list.on_train_batch_end(step, {"loss": total / (step + 1)})
+            if signalled:
+                break
+        logs = {"loss": total / max(1, step + 1)}
+        if not signalled:  # a signal skips validation, as it stops as soon as it can
+            logs.update(_validate_epoch(predict, val_ds, val_steps, per_image_loss, val_metrics))
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        callback_list.on_epoch_end(epoch, logs)
+        # Any worker's signal or early stopping stops them all, after the same epoch
+        wants = [float(flag.requested or signalled), float(model.stop_training)]
+        stop = agree(tf.constant(wants))
+        if stop[0] > 0 or stop[1] > 0:
+            signalled = bool(stop[0] > 0)
+            break
+    callback_list.on_train_end()
+    return signalled
+
+
+def _sum_over_workers(strategy, values):
+    """Element-wise sum of a small float vector over every replica (flags: > 0 if any is set)."""
+    import tensorflow as tf
+
+    per_replica = strategy.run(lambda v: tf.identity(v), args=(values,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+
+def _validate_epoch(predict, val_ds, val_steps: int, loss_fn, metrics: list) -> dict:
+    """Validation logs (``val_loss``, ``val_auc``, ``val_accuracy``) over ``val_steps`` batches.
+
+    Args:
+        predict: Batch of inputs -> probabilities.
+        val_ds: Validation dataset of ``(x, y)`` batches.
+        val_steps: Batches to score.
+        loss_fn: Per-image loss ``(y, probs) -> (N,)``.
+        metrics: A ``keras.metrics.Mean`` named ``loss`` (fed the per-image losses), then metrics
+            of ``(y, probs)``.
+
+    Returns:
+        ``{"val_<metric name>": value}``.
+    """
+    loss_metric, *others = metrics
+    for metric in metrics:
+        metric.reset_state()
+    for x, y in val_ds.take(val_steps):
+        probs = predict(x)
+        loss_metric.update_state(loss_fn(y, probs))
+        for metric in others:
+            metric.update_state(y, probs)
+    return {f"val_{m.name}": float(m.result()) for m in metrics}
 
 
 def _finish(config, path: Path, model, index, data: Path, labels, spec, init_report) -> None:

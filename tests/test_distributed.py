@@ -29,11 +29,6 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras 3 model.fit does not support MultiWorkerMirroredStrategy (PerReplica cannot "
-    "be converted to a Tensor): keras-team/keras#20585; passes once Keras fixes it",
-)
 def test_two_workers_train_and_only_the_chief_writes(tmp_path: Path, phantom_dir: Path) -> None:
     """Two MultiWorkerMirroredStrategy workers finish one epoch; worker 0 writes the model."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(N_WORKERS)]}
