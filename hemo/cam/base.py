@@ -23,6 +23,7 @@ reentrant), so several threads may explain with one cached model at once.
 
 from __future__ import annotations
 
+import abc
 import threading
 import weakref
 from collections.abc import Sequence
@@ -256,7 +257,7 @@ def normalise(cam: NDArray[np.float32]) -> tuple[NDArray[np.float32], bool]:
     return np.clip(scaled, 0.0, 1.0).astype(np.float32), False
 
 
-class BaseCAM:
+class BaseCAM(abc.ABC):
     """Gradient-weighted class activation maps: the pipeline every method shares.
 
     Subclasses override :meth:`weights` only.
@@ -282,6 +283,7 @@ class BaseCAM:
         """Shape of one model input, (H, W, C) (``None`` where the model accepts any size)."""
         return self._function.input_shape
 
+    @abc.abstractmethod
     def weights(
         self, activations: NDArray[np.float32], gradients: NDArray[np.float32]
     ) -> NDArray[np.float32]:
@@ -294,7 +296,6 @@ class BaseCAM:
         Returns:
             float32 weights, e.g. (N, 1, 1, C) per-channel or (N, h, w, C) per-element.
         """
-        raise NotImplementedError
 
     def logits(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """All logits of a batch through the cached graph: (N, H, W, C) -> float32 (N, outputs).
