@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 
 from hemo import config, dashboard
-from hemo.serve import chromium_launch_options, free_port, wait_healthy
+from hemo.serve import chromium_launch_options, free_port, streamlit_command, wait_healthy
 
 log = logging.getLogger("bench.e2e")
 
@@ -159,19 +159,7 @@ def ui_timings(
         dashboard.ENV_MODELS_DIR: str(model.parent),
         dashboard.ENV_DEFAULT_MODEL: model.stem,
     }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(config.PROJECT_DIR / "streamlit_app.py"),
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]
+    command = streamlit_command(port)
     out: dict[str, float | None] = {"series_to_verdict_s": None}
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from hemo.config import PROJECT_DIR
 
 #: Debian's Chromium (``apt-get install chromium``); Playwright's own browser is the fallback.
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,6 +39,25 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return sock.getsockname()[1]
+
+
+def streamlit_command(port: int) -> list[str]:
+    """``streamlit run streamlit_app.py`` on ``LOOPBACK:port``, headless, no usage statistics."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(PROJECT_DIR / "streamlit_app.py"),
+        "--server.address",
+        LOOPBACK,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:

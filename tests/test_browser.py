@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from hemo import dashboard, runs
 from hemo.config import PROJECT_DIR
 from hemo.datasets import load_index
 from hemo.errors import HemoError
-from hemo.serve import CHROMIUM, chromium_launch_options, free_port, wait_healthy
+from hemo.serve import CHROMIUM, chromium_launch_options, free_port, streamlit_command, wait_healthy
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -68,21 +67,7 @@ def server(material):
         dashboard.ENV_DEFAULT_MODEL: HU_MODEL,
         "HEMO_RUNS_DIR": str(material["runs"]),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(PROJECT_DIR / "streamlit_app.py"),
-        "--server.address",
-        "127.0.0.1",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = streamlit_command(port)
     log = (material["runs"].parent / "streamlit.log").open("wb")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
