@@ -8,10 +8,14 @@ input size), energy-in-mask, top-k IoU and the deletion drop against random regi
 ``--pictures DIR`` it also draws a few panels (slice with the true mask outlined, then the three
 methods) for the README.
 
+``--layers A,B`` also scores the methods at other layers of the model (the card's
+``cam_layer`` is the one shown and drawn). Choose a layer on one seed (e.g. ``--seed 7001``) and
+report on another (the default 9001), so that the reported figure was not used to pick it.
+
 Usage::
 
     python bench/cam_quality.py [--model models/phantom_rsna3.keras] [--studies 40] [--seed 9001]
-                                [--pictures docs/img]
+                                [--pictures docs/img] [--layers compact_s1_c1,compact_features]
 
 Prints a table on stderr and, last, one JSON line on stdout.
 """
@@ -19,6 +23,7 @@ Prints a table on stderr and, last, one JSON line on stdout.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -129,6 +134,21 @@ def draw_panels(model, card, index_df, out_dir: Path, n_pictures: int) -> list[s
     return written
 
 
+def _log_row(method: str, r: dict) -> None:
+    """One table row of a method's scores."""
+    air = r["faithfulness"].get("air", {})
+    log.info(
+        "%-10s %8.3f %8.3f %8.3f %8.3f %8.3f/%.3f",
+        method,
+        r["pointing_game"],
+        r["energy_in_mask"],
+        r["iou_topk"],
+        r["flat_fraction"],
+        air.get("drop_cam") or 0.0,
+        air.get("drop_random") or 0.0,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the three methods; print the table (stderr) and one JSON line (stdout)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -145,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_TRAIN_INDEX,
         help="index of the training phantoms; shared study UIDs are refused",
     )
+    parser.add_argument(
+        "--layers",
+        default="",
+        help="comma-separated layer names to score besides the card's cam_layer",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -157,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     from hemo.phantom import DEFAULT_SIZE_PX, write_demo_dataset
 
     model, card = load_model(args.model)
+    layers = [name for name in args.layers.split(",") if name and name != card.cam_layer]
+    names = {layer.name for layer in model.layers}
+    unknown = [name for name in layers if name not in names]
+    if unknown:
+        parser.error(f"--layers: {unknown} not in the model")
     used = training_seeds(card)
     if args.seed in used:
         parser.error(f"seed {args.seed} appears in the model card's training summary: pick another")
@@ -183,18 +213,22 @@ def main(argv: list[str] | None = None) -> int:
             card.architecture,
             card.input_spec.size,
         )
-        reports = {
-            method: cam_quality(
-                model,
-                card,
-                index_df,
-                method,
-                split=None,
-                max_slices=args.max_slices,
-                seed=args.seed,
-            )
-            for method in METHODS
+        by_layer = {
+            layer: {
+                method: cam_quality(
+                    model,
+                    dataclasses.replace(card, cam_layer=layer),
+                    index_df,
+                    method,
+                    split=None,
+                    max_slices=args.max_slices,
+                    seed=args.seed,
+                )
+                for method in METHODS
+            }
+            for layer in [card.cam_layer, *layers]
         }
+        reports = by_layer[card.cam_layer]
         pictures = (
             draw_panels(model, card, index_df, args.pictures, N_PICTURES) if args.pictures else []
         )
@@ -214,25 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         "flat",
         "air drop cam/rnd",
     )
-    for method, r in reports.items():
-        air = r["faithfulness"].get("air", {})
-        log.info(
-            "%-10s %8.3f %8.3f %8.3f %8.3f %8.3f/%.3f",
-            method,
-            r["pointing_game"],
-            r["energy_in_mask"],
-            r["iou_topk"],
-            r["flat_fraction"],
-            air.get("drop_cam") or 0.0,
-            air.get("drop_random") or 0.0,
-        )
+    for layer, layer_reports in by_layer.items():
+        if len(by_layer) > 1:
+            log.info("layer %s%s", layer, " (the card's)" if layer == card.cam_layer else "")
+        for method, r in layer_reports.items():
+            _log_row(method, r)
     summary = {
         "model": card.name,
         "seed": args.seed,
         "studies": args.studies,
         "pointing_target": POINTING_TARGET,
         "gradcam_pointing_met": (reports["gradcam"]["pointing_game"] or 0.0) >= POINTING_TARGET,
+        "layer": card.cam_layer,
         "methods": reports,
+        "by_layer": by_layer if len(by_layer) > 1 else None,
         "pictures": pictures,
     }
     print(json.dumps(summary, allow_nan=False))

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "architecture": "compact",
     "weights": "none",
     "init": "",
+    "cam_layer": "",
     "labels": "auto",
     "image_size": 256,
     "input": {
@@ -264,6 +265,18 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("labels must be auto, any or rsna")
     if config["cache"] not in ("auto", True, False):
         raise ConfigError("cache must be auto, true or false")
+
+
+def _check_cam_layer(model, name: str) -> None:
+    """Refuse a ``cam_layer`` that is not a 4-D (spatial) layer of the model, before training."""
+    if not name:
+        return
+    spatial = [layer.name for layer in model.layers if len(getattr(layer.output, "shape", ())) == 4]
+    if name not in spatial:
+        raise ConfigError(
+            f"cam_layer {name!r} is not a spatial layer of this {model.name} model; "
+            f"choose one of {spatial}"
+        )
 
 
 def resolve_path(value: str | os.PathLike) -> Path:
@@ -586,6 +599,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             dropout=float(config["dropout"]),
             alpha=float(config["alpha"]),
         )
+    _check_cam_layer(model, config["cam_layer"])
     init_report = None
     if config["init"]:
         copied, total = init_from_model(model, resolve_path(config["init"]))
@@ -906,7 +920,7 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
         input_spec=spec,
         labels=tuple(labels),
         threshold=threshold,
-        cam_layer=CAM_LAYERS[config["architecture"]],
+        cam_layer=config["cam_layer"] or CAM_LAYERS[config["architecture"]],
         metrics={},
         training=_training_summary(config, index, data, history, init_report),
     )

@@ -112,6 +112,7 @@ def test_two_epoch_run_writes_every_file(
 
     monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
     overrides = parse_overrides(TINY) | {"epochs": 2, "head_epochs": 1, "name": "two"}
+    overrides["cam_layer"] = "compact_s1_c1"  # a card may name another layer than the default
     path = train(resolve_config({"data": str(phantom_dir)}, overrides))
     assert path == tmp_path / "two"
     status = json.loads((path / runs.STATUS_FILE).read_text())
@@ -123,10 +124,26 @@ def test_two_epoch_run_writes_every_file(
     model, card = load_model(path / runs.MODEL_FILE)
     assert card.labels == ("any", *card.labels[1:]) and len(card.labels) == 6
     assert card.metrics["measured_on"]["split"] == "test" and 0.0 <= card.threshold <= 1.0
+    assert card.cam_layer == "compact_s1_c1"
     report = json.loads((path / runs.REPORT_FILE).read_text())
     assert report["threshold"] == card.threshold
     with pytest.raises(TrainingError, match="already finished"):
         train(resolve_config({"data": str(phantom_dir)}, overrides))
+
+
+def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cam_layer must name a 4-D layer of the built model; the message lists the choices."""
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "name": "badlayer", "cam_layer": "logits"}
+    with pytest.raises(
+        ConfigError, match="cam_layer 'logits' is not a spatial layer.*compact_s1_c1"
+    ):
+        train(resolve_config({"data": str(phantom_dir)}, overrides))
+    assert not (tmp_path / "badlayer" / runs.MODEL_FILE).exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,135 @@
+"""Would flip TTA or an ensemble of recipes beat one model? Measured on cross-validation folds.
+
+Takes finished ``hemo crossval`` runs (``runs/<NAME>-crossval/`` with its fold models
+``runs/<NAME>-cv<k>/model.keras``) and, for every fold, predicts that fold's held-out images with
+the fold's own model, plain and left-right flipped (the augmentation the models were trained with,
+so a flipped scan is in distribution). From the pooled out-of-fold probabilities it reports, per
+recipe, ROC AUC and accuracy at 0.5 plain and with flip TTA (mean of both), and for the ensemble
+of all given recipes (mean of their plain probabilities). Nothing is tuned on the held-out images.
+
+Usage::
+
+    python bench/crossval_variants.py --runs headct_real,headct_real_mask,headct_real_pretrained
+
+Prints a table on stderr and, last, one JSON line on stdout with ``tta_auc_ratio`` (flip TTA over
+plain, per recipe) and ``ensemble_auc_ratio`` (ensemble over the best single recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger("bench.crossval_variants")
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+FIXED_THRESHOLD = 0.5
+HELD_OUT_SPLIT = "val"
+
+
+def held_out_predictions(name: str, runs_dir: Path):
+    """``DataFrame(path, y, fold, plain, flipped)`` over every fold of crossval run ``name``."""
+    import numpy as np
+    import pandas as pd
+
+    from hemo.datasets import load_index
+    from hemo.io import read_scan
+    from hemo.model import load_model
+    from hemo.preprocess import to_model_input
+
+    report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    frames = []
+    for fold in report["folds"]:
+        k = int(fold["fold"])
+        model, card = load_model(runs_dir / fold["run"] / "model.keras")
+        index = load_index(runs_dir / f"{name}-crossval" / f"fold{k}")
+        index = index[index["split"] == HELD_OUT_SPLIT]
+        x = np.stack([to_model_input(read_scan(p), card.input_spec) for p in index["path"]])
+        any_column = list(card.labels).index("any")
+        plain = np.asarray(model(x, training=False))[:, any_column]
+        flipped = np.asarray(model(np.ascontiguousarray(x[:, :, ::-1]), training=False))[
+            :, any_column
+        ]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "path": [Path(p).name for p in index["path"]],
+                    "y": index["label_any"].astype(int).to_numpy(),
+                    "fold": k,
+                    "plain": plain,
+                    "flipped": flipped,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
+
+
+def scores(y, p) -> dict[str, float]:
+    """ROC AUC and accuracy at the fixed 0.5 threshold."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "accuracy_at_0_5": float(np.mean((np.asarray(p) >= FIXED_THRESHOLD) == np.asarray(y))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score each recipe plain and with flip TTA, and the ensemble of the recipes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="comma-separated crossval run names")
+    parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    names = [n for n in args.runs.split(",") if n]
+    if not names:
+        parser.error("--runs: give at least one crossval run name")
+    predictions = {name: held_out_predictions(name, args.runs_dir) for name in names}
+    first = predictions[names[0]]
+    for name, frame in predictions.items():
+        if list(frame["path"]) != list(first["path"]):
+            parser.error(f"{name} was cross-validated on other images than {names[0]}")
+    results: dict[str, dict] = {}
+    log.info("%-28s %10s %10s %12s %12s", "recipe", "AUC", "acc@0.5", "TTA AUC", "TTA acc@0.5")
+    for name, frame in predictions.items():
+        plain = scores(frame["y"], frame["plain"])
+        tta = scores(frame["y"], (frame["plain"] + frame["flipped"]) / 2)
+        results[name] = {
+            "plain": plain,
+            "flip_tta": tta,
+            "tta_auc_ratio": tta["roc_auc"] / plain["roc_auc"],
+        }
+        log.info(
+            "%-28s %10.3f %10.3f %12.3f %12.3f",
+            name,
+            plain["roc_auc"],
+            plain["accuracy_at_0_5"],
+            tta["roc_auc"],
+            tta["accuracy_at_0_5"],
+        )
+    summary: dict = {"n_images": len(first), "recipes": results}
+    if len(names) > 1:
+        mean = sum(frame["plain"] for frame in predictions.values()) / len(names)
+        ensemble = scores(first["y"], mean)
+        best = max(r["plain"]["roc_auc"] for r in results.values())
+        summary["ensemble"] = ensemble
+        summary["ensemble_auc_ratio"] = ensemble["roc_auc"] / best
+        log.info(
+            "%-28s %10.3f %10.3f",
+            "ensemble (mean)",
+            ensemble["roc_auc"],
+            ensemble["accuracy_at_0_5"],
+        )
+    print(json.dumps(summary, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
