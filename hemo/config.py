@@ -20,6 +20,24 @@ RUNS_DIR = Path(os.environ.get("HEMO_RUNS_DIR", PROJECT_DIR / "runs"))
 #: Real sample scans laid beside the project (see ../shared/data/README.md); absent in a user's clone.
 SHARED_DATA_DIR = Path(os.environ.get("HEMO_SHARED_DATA", PROJECT_DIR.parent / "shared" / "data"))
 
+
+def portable_path(path: str | os.PathLike, given: str | None = None) -> str:
+    """How a path is written into a model card or report, without this machine's folders.
+
+    Args:
+        path: The resolved path.
+        given: The user's own spelling of it (e.g. ``"../shared/data/head_ct"`` from a config).
+
+    Returns:
+        The path relative to the project when it lies inside it (``"data/processed/x"``,
+        ``"runs/name/..."``), else ``given`` when there is one, else the path as it is.
+    """
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(PROJECT_DIR):
+        return resolved.relative_to(PROJECT_DIR).as_posix()
+    return str(given) if given else str(path)
+
+
 # Labels -----------------------------------------------------------------------------------------
 #: RSNA-2019 subtypes, in the order of the RSNA label columns.
 SUBTYPES: tuple[str, ...] = (

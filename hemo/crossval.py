@@ -34,6 +34,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from hemo import runs
+from hemo.config import portable_path
 from hemo.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,9 @@ def crossval(
         summary_fixed=_summary(results, "metrics_fixed"),
         pooled=pooled,
         oof=oof,
-        measured_on=MEASURED_ON.format(folds=n_folds, n=len(index_df), data=data),
+        measured_on=MEASURED_ON.format(
+            folds=n_folds, n=len(index_df), data=portable_path(data, config["data"])
+        ),
     )
     oof.to_csv(work / OOF_FILE, index=False)
     runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
@@ -378,7 +381,7 @@ def train_final(
         **card.training,
         "images": {"train": len(index_df)},
         "positives_any": {"train": positives},
-        "data": str(data),
+        "data": portable_path(data, config["data"]),
         "data_summary": (
             f"{len(index_df)} images ({positives} hemorrhage, {len(index_df) - positives} "
             "without), every image in training; threshold and metrics from cross-validation"

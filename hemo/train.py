@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hemo import runs
-from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS
+from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS, portable_path
 from hemo.errors import ConfigError, DatasetError, HemoError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -927,7 +927,11 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
     report = _evaluate(model, card, index)
     metrics = {
         "test": report.get("summary") or report.get("test") or report,
-        "measured_on": {"data": str(data), "split": "test", "seed": int(config["seed"])},
+        "measured_on": {
+            "data": portable_path(data, config["data"]),
+            "split": "test",
+            "seed": int(config["seed"]),
+        },
         "threshold_from": f"val ({config['threshold']['method']})",
     }
     card = dataclasses.replace(card, metrics=metrics)
@@ -946,7 +950,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
     positives = index.groupby("split")["label_any"].sum().astype(int).to_dict()
     return {
         "run": config["name"],
-        "data": str(data),
+        "data": portable_path(data, config["data"]),
         "images": {k: int(v) for k, v in counts.items()},
         "positives_any": {k: int(v) for k, v in positives.items()},
         "seed": int(config["seed"]),
@@ -955,7 +959,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "init": init_report,
         "augment_strength": float(config["augment"]["strength"]),
         "notes": config["notes"],
-        "config": dict(config),
+        "config": {**config, "data": portable_path(data, config["data"])},
     }
 
 

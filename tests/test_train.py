@@ -197,3 +197,34 @@ def test_sigterm_stops_cleanly(tmp_path: Path, phantom_dir: Path) -> None:
     assert run.state == "stopped"
     assert "SIGTERM" in run.status["message"]
     assert len(run.history) < 50
+
+
+def test_portable_path_drops_this_machines_folders(tmp_path: Path) -> None:
+    """Cards name paths inside the project relative to it, others as the user spelled them."""
+    from hemo.config import PROJECT_DIR, portable_path
+
+    assert portable_path(PROJECT_DIR / "data" / "processed" / "x") == "data/processed/x"
+    assert portable_path(PROJECT_DIR / "runs" / ".." / "models" / "m.keras") == "models/m.keras"
+    assert portable_path(tmp_path / "d", "../shared/data/head_ct") == "../shared/data/head_ct"
+    assert portable_path(tmp_path / "d") == str(tmp_path / "d")
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+@pytest.mark.parametrize("card_name", ["headct_real.json", "phantom_rsna3.json"])
+def test_shipped_cards_name_no_absolute_path(card_name: str) -> None:
+    """A shipped card must not carry the folders of the machine that trained it."""
+    from hemo.config import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / card_name).read_text())
+    absolute = [s for s in _strings(card) if s.startswith("/") or " /" in s]
+    assert absolute == []
