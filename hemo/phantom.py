@@ -148,6 +148,28 @@ SAH_BASAL_RADIUS_MM = 55.0
 SPAN_FLOOR = 0.35  # a bleed keeps at least this fraction of its size on its last slices
 MAX_SPAN_SLICES = 4
 
+# Skull base (only in studies drawn with ``skull_base``; levels below Z_LOWEST_MM) -----------------
+Z_SKULL_BASE_LOWEST_MM = -24.0  # lowest first level of a skull-base study
+Z_SKULL_BASE_START_MM = 4.0  # highest first level of a skull-base study
+SKULL_BASE_TOP_MM = 14.0  # no skull-base structure above this level
+ORBITAL_ROOF_Z_MM = (-2.0, SKULL_BASE_TOP_MM)  # partial volume of orbital roofs over the fossa
+ORBITAL_ROOF_BONE_FRACTION = 0.35  # at most this fraction of a roof pixel is bone
+FACE_Z_MM = (-40.0, 0.0)  # orbits and ethmoid cells replace the front of the head
+FACE_FRONT = 0.55  # the face starts this fraction of the AP semi-axis in front of the centre
+GLOBE_RADIUS_MM = (10.5, 12.5)
+HU_GLOBE = 12.0
+HU_ORBIT_FAT = -85.0
+ETHMOID_CELL_MM = 5.0
+SPHENOID_Z_MM = (-40.0, 6.0)  # greater wings, sinus, dorsum and clivus
+PETROUS_Z_MM = (-40.0, 8.0)
+PETROUS_HALF_WIDTH_MM = (2.5, 5.0)  # thin at the ridge, wide below
+PARTIAL_VOLUME_MM = 2.5  # blurred rim of bone that is part bone, part brain (blood-like HU)
+MASTOID_Z_MM = (-40.0, -6.0)
+MASTOID_RADIUS_MM = 11.0
+FOURTH_VENTRICLE_Z_MM = (-22.0, 2.0)
+HU_SINUS_AIR = -950.0
+SKULL_BASE_STREAM = 2  # seed-sequence key of the per-study skull-base draw
+
 # Dataset writing --------------------------------------------------------------------------------
 PADDING_STORED = 0
 RESCALE_INTERCEPT = -1024.0
@@ -561,8 +583,127 @@ def _ventricles(head: _Head, z: float, shift_u: FloatArray) -> BoolArray:
     return out
 
 
-def _render(head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator) -> PhantomSlice:
-    """Render one slice of ``head`` at level ``z`` with the bleeds active there."""
+def _skull_base(
+    head: _Head, z: float, hu: FloatArray, brain: BoolArray, rng: np.random.Generator
+) -> tuple[BoolArray, BoolArray]:
+    """Draw the skull-base structures of level ``z`` into ``hu`` (in place).
+
+    Below the floor of the anterior fossa the front of the head is face (globes, orbital fat,
+    ethmoid air cells in bony walls); the sphenoid wings, sinus, dorsum and clivus and the petrous
+    ridges cross the cranial cavity, with mastoid air cells behind; the fourth ventricle sits in
+    the posterior fossa. Just above the floor, the orbital roofs cut obliquely give mottled
+    partial-volume bone over the frontal lobes. Every bony structure has a rim of partial volume
+    whose HU fall in the range of acute blood: the look-alike that real skull-base slices carry.
+
+    Args:
+        head: The study.
+        z: Level in mm.
+        hu: Slice HU, modified in place.
+        brain: Pixels inside the inner table.
+        rng: Source of the mottle.
+
+    Returns:
+        (pixels no longer brain tissue, pixels of bone) as bool (H, W).
+    """
+    shape = hu.shape
+    no = np.zeros(shape, dtype=bool)
+    if z >= SKULL_BASE_TOP_MM:
+        return no, no
+    u, v = head.u_mm, head.v_mm
+    scale = _scale_at(z)
+    bl, bap = head.semi_lateral_mm * scale * 0.85, head.semi_ap_mm * scale * 0.85
+    fov_mm = head.size * head.spacing_mm
+    mottle = _smooth_field(rng, head.size, fov_mm, DIPLOE_GRAIN_MM * 2)
+    head_mask = _geometry(head, z).depth_mm >= 0
+    bone_fraction = np.zeros(shape, dtype=np.float32)  # 0 no bone .. 1 solid bone
+    air = np.zeros(shape, dtype=bool)
+    soft: list[tuple[BoolArray, float]] = []  # (region, HU) of non-bone face tissue
+
+    roof = _bell(z, ORBITAL_ROOF_Z_MM)
+    if roof > 0.05:
+        # Mottled islands over the front of the fossa that shrink as the level rises.
+        edge = -0.5 * bap + 8.0 * mottle
+        region = brain & (v < edge) & (np.abs(u) < 0.7 * bl)
+        amount = np.clip(1.2 * roof + 0.5 * mottle - 0.5, 0.0, 1.0) * ORBITAL_ROOF_BONE_FRACTION
+        bone_fraction[region] = np.maximum(bone_fraction[region], amount[region])
+    face = _bell(z, FACE_Z_MM) > 0.05
+    if face:
+        front = head_mask & (v < -FACE_FRONT * bap)
+        soft.append((front, HU_ORBIT_FAT))
+        radius = _uniform(rng, GLOBE_RADIUS_MM)
+        for side in (-1.0, 1.0):
+            cu, cv = side * 0.45 * bl, -0.82 * bap
+            wall = _ellipse(u, v, cu, cv + 6.0, radius + 9.0, radius + 14.0) & front
+            globe = _ellipse(u, v, cu, cv, radius, radius)
+            ring = wall & ~_ellipse(u, v, cu, cv + 6.0, radius + 7.0, radius + 12.0)
+            bone_fraction[ring] = 1.0
+            soft.append((globe & front, HU_GLOBE))
+        ethmoid = front & (np.abs(u) < 0.18 * bl)
+        cells = (np.abs(np.sin(np.pi * u / ETHMOID_CELL_MM)) > 0.25) & (
+            np.abs(np.sin(np.pi * v / ETHMOID_CELL_MM)) > 0.25
+        )
+        air |= ethmoid & cells
+        bone_fraction[ethmoid & ~cells] = 1.0
+    sphenoid = _bell(z, SPHENOID_Z_MM)
+    if sphenoid > 0.05:
+        for side in (-1.0, 1.0):
+            wing = _segment_distance(
+                u, v, (side * 0.12 * bl, -0.42 * bap), (side * 0.9 * bl, -0.18 * bap)
+            ) < np.float32(2.0 + 2.5 * sphenoid)
+            bone_fraction[wing & brain] = 1.0
+        if z < 0.0:
+            sinus = _ellipse(u, v, 0.0, -0.28 * bap, 0.16 * bl, 0.13 * bap)
+            shell = _ellipse(u, v, 0.0, -0.28 * bap, 0.16 * bl + 2.5, 0.13 * bap + 2.5)
+            bone_fraction[shell & ~sinus] = 1.0
+            air |= sinus
+        clivus = _ellipse(u, v, 0.0, 0.0, 6.0 * sphenoid + 2.0, 9.0 * sphenoid + 2.0)
+        bone_fraction[clivus] = np.maximum(bone_fraction[clivus], 0.9)
+    petrous = _bell(z, PETROUS_Z_MM)
+    if petrous > 0.05:
+        half = _lerp(petrous, *PETROUS_HALF_WIDTH_MM)
+        for side in (-1.0, 1.0):
+            near = _segment_distance(
+                u, v, (side * 0.12 * bl, 0.1 * bap), (side * 0.88 * bl, 0.42 * bap)
+            ) < np.float32(half) * (1.0 + 0.25 * mottle)
+            bone_fraction[near] = 1.0
+            if _bell(z, MASTOID_Z_MM) > 0.05:
+                mastoid = _ellipse(
+                    u, v, side * 0.8 * bl, 0.55 * bap, MASTOID_RADIUS_MM, MASTOID_RADIUS_MM
+                )
+                cells = mottle > 0.3
+                air |= mastoid & cells
+                bone_fraction[mastoid & ~cells] = 1.0
+    # Partial volume: a blurred rim around solid bone (the slice is 5 mm thick).
+    solid = bone_fraction >= 1.0
+    sigma_px = PARTIAL_VOLUME_MM / head.spacing_mm
+    rim = cv2.GaussianBlur(solid.astype(np.float32), (0, 0), sigma_px) * np.float32(0.5)
+    bone_fraction = np.maximum(bone_fraction, np.where(solid, 1.0, rim).astype(np.float32))
+    bone_fraction[bone_fraction < 0.02] = 0.0
+    bone_fraction[~head_mask] = 0.0
+    for region, value in soft:
+        hu[region] = value
+    touched = bone_fraction > 0
+    bone_hu = head.hu_cortical + HU_DIPLOE_MOTTLE * mottle
+    hu[touched] = (1.0 - bone_fraction[touched]) * hu[touched] + bone_fraction[touched] * bone_hu[
+        touched
+    ]
+    air &= head_mask & ~solid
+    hu[air] = HU_SINUS_AIR
+    fourth = _bell(z, FOURTH_VENTRICLE_Z_MM)
+    if fourth > 0.05:
+        ventricle = _ellipse(u, v, 0.0, 0.38 * bap, 5.0 * fourth + 1.5, 3.5 * fourth + 1.0)
+        hu[ventricle & brain & ~touched] = head.hu_csf
+    replaced = air | touched
+    for region, _ in soft:
+        replaced |= region
+    return replaced, solid | (bone_fraction > 0.5)
+
+
+def _render(
+    head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator, skull_base: bool = False
+) -> PhantomSlice:
+    """Render one slice of ``head`` at level ``z`` with the bleeds active there (and the
+    skull-base structures of that level when ``skull_base``)."""
     geo = _geometry(head, z)
     u, v, theta = head.u_mm, head.v_mm, head.theta
     shape = u.shape
@@ -703,6 +844,10 @@ def _render(head: _Head, z: float, bleeds: _Bleeds, rng: np.random.Generator) ->
     )
     falx = fissure & (falx_cover > 0)
     hu[falx] = hu[falx] + (HU_FALX - hu[falx]) * falx_cover[falx]
+    if skull_base:
+        replaced, base_bone = _skull_base(head, z, hu, brain, rng)
+        bone = bone | base_bone
+        brain, csf, ventricles = brain & ~replaced, csf & ~replaced, ventricles & ~replaced
 
     # Bleeds.
     masks = {name: np.zeros(shape, dtype=bool) for name in SUBTYPES}
@@ -804,10 +949,15 @@ def _inner_radius_mm(head: _Head, theta: float, z: float) -> float:
     return outer - head.scalp_mm - head.skull_mm
 
 
-def _levels(rng: np.random.Generator, n_slices: int, need_ventricles: bool) -> list[float]:
-    """Slice levels (mm): contiguous, ``SLICE_THICKNESS_MM`` apart (closer when many slices)."""
+def _levels(
+    rng: np.random.Generator, n_slices: int, need_ventricles: bool, skull_base: bool = False
+) -> list[float]:
+    """Slice levels (mm): contiguous, ``SLICE_THICKNESS_MM`` apart (closer when many slices).
+    A ``skull_base`` study starts below the anterior fossa floor, unless it needs ventricles."""
     step = min(SLICE_THICKNESS_MM, (Z_HIGHEST_MM - Z_LOWEST_MM) / max(n_slices - 1, 1))
     lo, hi = Z_LOWEST_MM, Z_HIGHEST_MM - (n_slices - 1) * step
+    if skull_base and not need_ventricles:
+        lo, hi = Z_SKULL_BASE_LOWEST_MM, min(Z_SKULL_BASE_START_MM, hi)
     if need_ventricles:
         # Make sure some slice crosses the bodies of the lateral ventricles.
         lo = max(lo, 36.0 - (n_slices - 1) * step)
@@ -941,6 +1091,7 @@ def make_study(
     n_slices: int = DEFAULT_SLICES,
     subtypes: Sequence[str] = (),
     size: int = DEFAULT_SIZE_PX,
+    skull_base: bool = False,
 ) -> list[PhantomSlice]:
     """Render one synthetic head: ``n_slices`` contiguous axial slices, inferior to superior.
 
@@ -953,6 +1104,11 @@ def make_study(
             healthy.
         size: Side of the square slices in pixels (>= 64). The field of view stays ~215-250 mm,
             so the pixel spacing grows as the size shrinks.
+        skull_base: Start the slices at the skull base (``Z_SKULL_BASE_LOWEST_MM`` to
+            ``Z_SKULL_BASE_START_MM``) and draw its structures: orbits, ethmoid and sphenoid
+            sinuses, sphenoid wings, petrous ridges, mastoid cells and the partial-volume bone
+            that looks like blood. A study with an intraventricular bleed keeps its usual levels.
+            ``False`` gives exactly the study of earlier versions.
 
     Returns:
         ``n_slices`` :class:`PhantomSlice` ordered by ``z_mm`` ascending.
@@ -968,9 +1124,9 @@ def make_study(
     if size < MIN_SIZE_PX:
         raise ConfigError(f"phantom size must be at least {MIN_SIZE_PX} px, got {size}")
     head = _make_head(rng, size)
-    levels = _levels(rng, n_slices, "intraventricular" in subtypes)
+    levels = _levels(rng, n_slices, "intraventricular" in subtypes, skull_base)
     bleeds = _plan_bleeds(rng, head, levels, subtypes)
-    return [_render(head, z, bleeds, rng) for z in levels]
+    return [_render(head, z, bleeds, rng, skull_base) for z in levels]
 
 
 # Writing ----------------------------------------------------------------------------------------
@@ -1135,7 +1291,11 @@ def _subtype_plan(
 
 
 def _check_dataset_args(
-    n_studies: int, slices_per_study: int, size: int, positive_fraction: float
+    n_studies: int,
+    slices_per_study: int,
+    size: int,
+    positive_fraction: float,
+    skull_base: float = 0.0,
 ) -> None:
     """Raise ConfigError on arguments :func:`write_demo_dataset` cannot honour."""
     if n_studies < 1:
@@ -1146,6 +1306,8 @@ def _check_dataset_args(
         raise ConfigError(f"--size must be at least {MIN_SIZE_PX} px, got {size}")
     if not 0.0 <= positive_fraction <= 1.0:
         raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
+    if not 0.0 <= skull_base <= 1.0:
+        raise ConfigError(f"--skull-base must be a fraction in [0, 1], got {skull_base}")
 
 
 def _remove_stale(folder: Path, pattern: str, keep: set[str]) -> None:
@@ -1165,6 +1327,7 @@ def write_demo_dataset(
     size: int = DEFAULT_SIZE_PX,
     positive_fraction: float = 0.5,
     progress: bool = False,
+    skull_base: float = 0.0,
 ) -> pd.DataFrame:
     """Write a phantom dataset in the RSNA-2019 layout, with masks and an index.
 
@@ -1185,6 +1348,9 @@ def write_demo_dataset(
         size: Slice side in pixels, >= 64.
         positive_fraction: Fraction of studies with at least one bleed, in [0, 1].
         progress: Show a progress bar on stderr.
+        skull_base: Fraction of studies, in [0, 1], whose slices start at the skull base
+            (:func:`make_study`); each study is drawn from a stream of its own, so 0 writes the
+            same bytes as earlier versions.
 
     Returns:
         The index as written (one row per slice, paths relative to ``out``).
@@ -1196,7 +1362,7 @@ def write_demo_dataset(
 
     from hemo.datasets.split import assign_splits
 
-    _check_dataset_args(n_studies, slices_per_study, size, positive_fraction)
+    _check_dataset_args(n_studies, slices_per_study, size, positive_fraction, skull_base)
     out = Path(out)
     dicom_dir, mask_dir = out / DICOM_DIR, out / MASK_DIR
     dicom_dir.mkdir(parents=True, exist_ok=True)
@@ -1217,7 +1383,13 @@ def write_demo_dataset(
     with bar:
         for study, subtypes in enumerate(plan):
             rng = np.random.default_rng(np.random.SeedSequence([seed, study + 1]))
-            slices = make_study(rng, slices_per_study, subtypes, size)
+            base = skull_base > 0 and bool(
+                np.random.default_rng(
+                    np.random.SeedSequence([seed, study + 1, SKULL_BASE_STREAM])
+                ).random()
+                < skull_base
+            )
+            slices = make_study(rng, slices_per_study, subtypes, size, skull_base=base)
             number = f"{study + 1:04d}"
             patient = f"PHANTOM-{number}"
             study_uid = _uid(seed, study, "study")

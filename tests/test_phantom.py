@@ -290,3 +290,77 @@ def test_write_demo_dataset_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="positive_fraction"):
         write_demo_dataset(tmp_path / "x", n_studies=2, positive_fraction=1.5)
     assert not (tmp_path / "x").exists()
+
+
+def _inside_head(slc) -> np.ndarray:
+    """Pixels inside the head's outer outline (holes such as sinus air filled)."""
+    body = (slc.hu > -500).astype(np.uint8)
+    contours, _ = cv2.findContours(body, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    filled = np.zeros_like(body)
+    cv2.drawContours(filled, [max(contours, key=cv2.contourArea)], -1, 1, cv2.FILLED)
+    return filled.astype(bool)
+
+
+def test_skull_base_study_starts_low_with_bone_and_air_inside_the_head() -> None:
+    """A skull-base study's first slice lies below the anterior fossa floor and carries what real
+    skull-base slices do: solid bone and sinus air well inside the head, and partial-volume bone
+    with blood-range HU outside every bleed mask (the look-alike of a bleed)."""
+    from hemo.phantom import Z_LOWEST_MM
+
+    below = 0
+    for seed in range(5):
+        study = make_study(np.random.default_rng(seed), SLICES, [], SIZE, skull_base=True)
+        plain = make_study(np.random.default_rng(seed), SLICES, [], SIZE)
+        assert study[0].z_mm < Z_LOWEST_MM <= plain[0].z_mm
+        low = study[0]
+        assert low.labels == dict.fromkeys(RSNA_LABELS, 0)
+        deep = _erode(_inside_head(low), 12)  # > 12 px from the outline: not the skull ring
+        assert (deep & (low.hu > 700)).sum() > 50, seed
+        for slc in study:
+            if slc.z_mm < -2.0:  # below the floor: orbits, ethmoid and sphenoid air
+                assert (_erode(_inside_head(slc), 12) & (slc.hu < -500)).sum() > 20, seed
+        look_alike = deep & (low.hu >= 60) & (low.hu <= 90) & ~(low.hu > 700)
+        assert look_alike.sum() > 0, seed
+        assert not (low.anatomy["brain"] & (low.hu > 700)).any()
+        below += sum(slc.z_mm < -2.0 for slc in study)
+    assert below >= 3
+
+
+@pytest.mark.parametrize("subtype", ["intraparenchymal", "epidural", "subdural"])
+def test_skull_base_bleeds_stay_in_the_brain_and_are_blood(subtype: str) -> None:
+    """Bleeds of a skull-base study are clipped to what is left of the brain and stay acute blood."""
+    seen = 0
+    for seed in range(6):
+        study = make_study(np.random.default_rng(seed), SLICES, [subtype], SIZE, skull_base=True)
+        for slc in study:
+            mask = slc.masks[subtype]
+            if not mask.any():
+                continue
+            seen += 1
+            assert (mask <= slc.anatomy["brain"]).all()
+            assert not (mask & slc.anatomy["bone"]).any()
+            core = mask & ~_dilate(slc.anatomy["bone"])
+            if core.sum() >= 10:
+                median = float(np.median(slc.hu[core]))
+                assert BLOOD_TOLERANT_HU[0] <= median <= BLOOD_TOLERANT_HU[1], (seed, median)
+    assert seen >= 3
+
+
+def test_dataset_skull_base_fraction_moves_studies_down(tmp_path: Path) -> None:
+    """--skull-base 0 keeps every study above the fossa floor, 1 starts every study (but those
+    that need ventricles) at the skull base; labels still agree with the masks."""
+    from hemo.phantom import Z_LOWEST_MM
+
+    kwargs = {"n_studies": 6, "slices_per_study": 3, "size": 96, "seed": 3}
+    none = write_demo_dataset(tmp_path / "none", skull_base=0.0, **kwargs)
+    everyone = write_demo_dataset(tmp_path / "all", skull_base=1.0, **kwargs)
+    assert none.groupby("study_uid")["slice_z"].min().min() >= Z_LOWEST_MM
+    lowest = everyone.groupby("study_uid")["slice_z"].min()
+    ivh = everyone.groupby("study_uid")["intraventricular"].max().astype(bool)
+    assert (lowest[~ivh] < Z_LOWEST_MM).all() and (~ivh).sum() >= 3
+    for row in everyone.itertuples():
+        bits = cv2.imread(str(tmp_path / "all" / row.mask_path), cv2.IMREAD_UNCHANGED)
+        assert row.label_any == int(bits.any())
+    with pytest.raises(ConfigError, match="--skull-base"):
+        write_demo_dataset(tmp_path / "x", n_studies=2, skull_base=1.5)
+    assert not (tmp_path / "x").exists()

@@ -49,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_SIZE_PX,
         help=f"slice side in pixels (default {DEFAULT_SIZE_PX})",
     )
+    parser.add_argument(
+        "--skull-base",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of studies whose slices start at the skull base: orbits, sinuses, "
+        "petrous ridges and partial-volume bone that looks like blood (default 0)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout only")
     parser.set_defaults(func=run)
 
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         slices_per_study=args.slices_per_study,
         size=args.size,
         progress=True,
+        skull_base=args.skull_base,
     )
     summary = {"out": str(args.out.resolve()), "seed": args.seed, **summarize(index)}
     if args.json:
