@@ -162,7 +162,7 @@ HU_ORBIT_FAT = -85.0
 ETHMOID_CELL_MM = 5.0
 SPHENOID_Z_MM = (-40.0, 6.0)  # greater wings, sinus, dorsum and clivus
 PETROUS_Z_MM = (-40.0, 8.0)
-PETROUS_HALF_WIDTH_MM = (2.5, 5.0)  # thin at the ridge, wide below
+PETROUS_HALF_WIDTH_MM = (2.0, 4.0)  # thin at the ridge, wide below
 PARTIAL_VOLUME_MM = 2.5  # blurred rim of bone that is part bone, part brain (blood-like HU)
 MASTOID_Z_MM = (-40.0, -6.0)
 MASTOID_RADIUS_MM = 11.0
@@ -648,8 +648,8 @@ def _skull_base(
     if sphenoid > 0.05:
         for side in (-1.0, 1.0):
             wing = _segment_distance(
-                u, v, (side * 0.12 * bl, -0.42 * bap), (side * 0.9 * bl, -0.18 * bap)
-            ) < np.float32(2.0 + 2.5 * sphenoid)
+                u, v, (side * 0.12 * bl, -0.42 * bap), (side * 0.8 * bl, -0.2 * bap)
+            ) < np.float32(1.5 + 1.5 * sphenoid)
             bone_fraction[wing & brain] = 1.0
         if z < 0.0:
             sinus = _ellipse(u, v, 0.0, -0.28 * bap, 0.16 * bl, 0.13 * bap)
@@ -663,7 +663,7 @@ def _skull_base(
         half = _lerp(petrous, *PETROUS_HALF_WIDTH_MM)
         for side in (-1.0, 1.0):
             near = _segment_distance(
-                u, v, (side * 0.12 * bl, 0.1 * bap), (side * 0.88 * bl, 0.42 * bap)
+                u, v, (side * 0.15 * bl, 0.12 * bap), (side * 0.7 * bl, 0.38 * bap)
             ) < np.float32(half) * (1.0 + 0.25 * mottle)
             bone_fraction[near] = 1.0
             if _bell(z, MASTOID_Z_MM) > 0.05:
