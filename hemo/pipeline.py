@@ -61,6 +61,9 @@ class Augment:
         contrast_factor: RandomContrast factor.
         brightness_factor: RandomBrightness factor (fraction of the [0, 1] range): window jitter.
         flip: RandomFlip mode (left-right is anatomically plausible for a head).
+        mixup: Mixup's Beta(alpha, alpha) parameter (Zhang et al. 2018): each augmented image,
+            its targets and its sample weight become a convex mix with another image of the
+            batch. 0 turns it off. Applied after the other augmentations, training only.
     """
 
     strength: float = 1.0
@@ -70,6 +73,7 @@ class Augment:
     contrast_factor: float = CONTRAST_FACTOR
     brightness_factor: float = BRIGHTNESS_FACTOR
     flip: str = FLIP_MODE
+    mixup: float = 0.0
 
 
 def labels_for(df: pd.DataFrame) -> tuple[str, ...]:
@@ -169,20 +173,62 @@ def make_augmenter(augment: Augment) -> keras.Sequential:
     )
 
 
-def train_preprocessing(augmenter: keras.Sequential | None):
-    """Batch map for training: augment (if any), keep values in [0, 1].
+def mix_batch(
+    x: tf.Tensor, y: tf.Tensor, w: tf.Tensor, alpha: float, seed: keras.random.SeedGenerator
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Mixup within a batch: ``lam * a + (1 - lam) * b`` for images, targets and weights.
+
+    ``b`` is the batch in a random order and ``lam ~ Beta(alpha, alpha)`` per image
+    (``keras.random``; a fresh ``SeedGenerator`` with the same seed gives the same mixes).
+
+    Args:
+        x: Images (B, H, W, C) in [0, 1].
+        y: Targets (B, L) in [0, 1].
+        w: Sample weights (B,).
+        alpha: Beta parameter, > 0.
+        seed: Seed generator of the draws.
+
+    Returns:
+        The mixed ``(x, y, w)``; images stay in [0, 1], targets in [0, 1].
+    """
+    x = tf.cast(x, tf.float32)
+    y = tf.cast(y, tf.float32)
+    w = tf.cast(w, tf.float32)
+    n = tf.shape(x)[0]
+    order = keras.random.shuffle(tf.range(n), seed=seed)
+    lam = keras.random.beta((n,), alpha, alpha, seed=seed)
+    lx = tf.reshape(lam, [-1, 1, 1, 1])
+    ly = tf.reshape(lam, [-1, 1])
+    mixed_x = lx * x + (1.0 - lx) * tf.gather(x, order)
+    mixed_y = ly * y + (1.0 - ly) * tf.gather(y, order)
+    mixed_w = lam * w + (1.0 - lam) * tf.gather(w, order)
+    return mixed_x, mixed_y, mixed_w
+
+
+def train_preprocessing(
+    augmenter: keras.Sequential | None, mixup: float = 0.0, seed: int = DEFAULT_SEED
+):
+    """Batch map for training: augment (if any), mixup (if on), keep values in [0, 1].
 
     Args:
         augmenter: From :func:`make_augmenter`, or None for no augmentation.
+        mixup: Beta parameter of :func:`mix_batch`; 0 for none.
+        seed: Seed of the mixup draws.
 
     Returns:
-        A function ``(x, y, w) -> (x', y, w)`` for ``Dataset.map`` on batches.
+        A function ``(x, y, w) -> (x', y', w')`` for ``Dataset.map`` on batches.
     """
+
+    mixer = keras.random.SeedGenerator(seed) if mixup > 0 else None
 
     def apply(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # Random geometry and intensity, per image of the batch
         if augmenter is not None:
             x = augmenter(x, training=True)
+        x = tf.clip_by_value(x, *VALUE_RANGE)
+        # Convex mixes of image pairs and their targets
+        if mixer is not None:
+            x, y, w = mix_batch(x, y, w, mixup, mixer)
         # Back into the model's input range
         return tf.clip_by_value(x, *VALUE_RANGE), y, w
 
@@ -259,7 +305,11 @@ def make_dataset(
         ds = ds.shuffle(min(len(df), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
         on = augment is not None and augment.strength > 0
-        ds = ds.map(train_preprocessing(make_augmenter(augment) if on else None))
+        mixup = augment.mixup if augment is not None else 0.0
+        augment_seed = augment.seed if augment is not None else seed
+        ds = ds.map(
+            train_preprocessing(make_augmenter(augment) if on else None, mixup, augment_seed + 5)
+        )
     else:
         ds = ds.batch(batch_size).map(lambda x, t, _w: val_preprocessing(x, t))
     options = tf.data.Options()

@@ -74,7 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": "best",
     "class_weights": True,
     "cache": "auto",
-    "augment": {"strength": 1.0},
+    "augment": {"strength": 1.0, "mixup": 0.0},
     "threshold": {"method": "youden", "target_sensitivity": 0.9},
     "strategy": "default",
     "steps_per_epoch": 0,
@@ -265,6 +265,10 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("labels must be auto, any or rsna")
     if config["cache"] not in ("auto", True, False):
         raise ConfigError("cache must be auto, true or false")
+    for key in ("strength", "mixup"):
+        value = config["augment"][key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"augment.{key} must be a number >= 0, got {value!r}")
 
 
 def _check_cam_layer(model, name: str) -> None:
@@ -568,7 +572,11 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     batch = int(config["batch_size"])
     cache = None if config["cache"] == "auto" else bool(config["cache"])
     weights = class_weights(train_df) if config["class_weights"] else None
-    augment = Augment(strength=float(config["augment"]["strength"]), seed=seed)
+    augment = Augment(
+        strength=float(config["augment"]["strength"]),
+        seed=seed,
+        mixup=float(config["augment"]["mixup"]),
+    )
     distributed = config["strategy"] == "multiworker"
     train_ds = make_dataset(
         train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights
@@ -958,6 +966,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "weights": config["weights"],
         "init": init_report,
         "augment_strength": float(config["augment"]["strength"]),
+        "mixup": float(config["augment"]["mixup"]),
         "notes": config["notes"],
         "config": {**config, "data": portable_path(data, config["data"])},
     }

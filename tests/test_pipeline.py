@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +19,7 @@ from hemo.pipeline import (
     labels_for,
     load_inputs,
     make_dataset,
+    mix_batch,
 )
 from hemo.preprocess import InputSpec
 
@@ -63,6 +65,58 @@ def test_augmentation_changes_training_images(index: pd.DataFrame) -> None:
     x_plain, x_aug = _first_batch(plain)[0], _first_batch(augmented)[0]
     assert x_plain.shape == x_aug.shape == (8, *SPEC.input_shape)
     assert not np.allclose(x_plain, x_aug)
+
+
+def test_mix_batch_mixes_images_targets_and_weights_with_one_lambda() -> None:
+    """Every output is lam * own + (1 - lam) * partner with the same lam for image, target and
+    weight; a seed fixes the mixes."""
+    n = 16
+    x = np.broadcast_to(
+        np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None, None, None], (n, 4, 4, 1)
+    )
+    y = (np.arange(n) % 2).astype(np.float32)[:, None]
+    w = np.where(y[:, 0] == 1, 3.0, 0.5).astype(np.float32)
+    mx, my, mw = (np.asarray(t) for t in mix_batch(x, y, w, 0.4, keras.random.SeedGenerator(7)))
+    again = np.asarray(mix_batch(x, y, w, 0.4, keras.random.SeedGenerator(7))[0])
+    np.testing.assert_array_equal(mx, again)
+    assert mx.shape == x.shape and my.shape == y.shape and mw.shape == w.shape
+    assert 0.0 <= mx.min() and mx.max() <= 1.0 and 0.0 <= my.min() and my.max() <= 1.0
+    own = x[:, 0, 0, 0]
+    for i in range(n):
+        value = mx[i, 0, 0, 0]
+        # Which partner and lam reproduce the image? The same must reproduce target and weight.
+        fits = []
+        for j in range(n):
+            if own[i] == own[j]:
+                fits.append((j, 1.0) if value == pytest.approx(own[i], abs=1e-6) else None)
+                continue
+            lam = (value - own[j]) / (own[i] - own[j])
+            if -1e-5 <= lam <= 1 + 1e-5:
+                fits.append((j, lam))
+        assert any(
+            f is not None
+            and my[i, 0] == pytest.approx(f[1] * y[i, 0] + (1 - f[1]) * y[f[0], 0], abs=1e-4)
+            and mw[i] == pytest.approx(f[1] * w[i] + (1 - f[1]) * w[f[0]], abs=1e-4)
+            for f in fits
+        ), i
+    assert ((my > 0.01) & (my < 0.99)).any()  # soft targets appear
+
+
+def test_mixup_in_the_training_pipeline_only_when_asked(index: pd.DataFrame) -> None:
+    """Augment(mixup=0) keeps hard 0/1 targets; mixup > 0 gives soft ones; validation never."""
+    rows = index.iloc[:16]
+    hard = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[1]
+    soft = _first_batch(
+        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, mixup=0.4))
+    )[1]
+    again = _first_batch(
+        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, mixup=0.4))
+    )[1]
+    assert set(np.unique(hard)) <= {0.0, 1.0}
+    assert ((soft > 0.01) & (soft < 0.99)).any()
+    np.testing.assert_array_equal(soft, again)  # seeded: a rebuilt pipeline mixes the same
+    _, val_y = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(mixup=0.4)))
+    assert set(np.unique(val_y)) <= {0.0, 1.0}
 
 
 def test_class_weights_balance_the_train_split() -> None:

@@ -90,6 +90,11 @@ def test_bad_config_is_refused() -> None:
         resolve_config({})
     with pytest.raises(ConfigError, match="cache must be auto, true or false"):
         resolve_config({"data": "d", "cache": "maybe"})
+    with pytest.raises(ConfigError, match="augment.mixup must be a number >= 0"):
+        resolve_config({"data": "d"}, {"augment.mixup": -0.2})
+    with pytest.raises(ConfigError, match="augment.strength must be a number >= 0"):
+        resolve_config({"data": "d", "augment": {"strength": "high"}})
+    assert resolve_config({"data": "d"}, {"augment.mixup": 0.4})["augment"]["mixup"] == 0.4
 
 
 def test_two_phase_plan() -> None:
