@@ -168,7 +168,10 @@ MASTOID_Z_MM = (-40.0, -6.0)
 MASTOID_RADIUS_MM = 11.0
 FOURTH_VENTRICLE_Z_MM = (-22.0, 2.0)
 HU_SINUS_AIR = -950.0
-SKULL_BASE_STREAM = 2  # seed-sequence key of the per-study skull-base draw
+SKULL_BASE_STREAM = 2  # seed-sequence key of the per-study skull-base / vertex draw
+#: Range of the top level of a study drawn with ``vertex`` (mm): the top slices cut the skull
+#: tangentially (levels above Z_HIGHEST_MM use nested scalp / outer / inner table domes).
+VERTEX_TOP_MM = (Z_VERTEX_MM - 9.0, Z_VERTEX_MM - 2.0)
 
 # Dataset writing --------------------------------------------------------------------------------
 PADDING_STORED = 0
@@ -525,8 +528,42 @@ class _Geometry:
     skull_mm: FloatArray
 
 
+def _dome_scale(z: float, top_mm: float) -> float:
+    """Radius scale at level ``z`` of a dome (quarter ellipse from ``Z_WIDEST_MM``) ending at
+    ``top_mm``: 1 at the widest level, 0 at and above the top."""
+    t = (z - Z_WIDEST_MM) / max(top_mm - Z_WIDEST_MM, 1e-3)
+    return math.sqrt(max(1.0 - t * t, 0.0))
+
+
+def _vertex_geometry(head: _Head, z: float) -> _Geometry:
+    """Layering above ``Z_HIGHEST_MM``: scalp, outer table and inner table are three nested
+    domes, so a slice through the top of the head cuts the skull tangentially and shows a wide
+    plate of bone around a small brain (or bone and scalp only, near the top)."""
+    scalp0 = np.float32(head.scalp_mm)
+    skull0 = np.float32(head.skull_mm) * head.skull_shape
+    outer = head.outline_mm * np.float32(_dome_scale(z, Z_VERTEX_MM))
+    bone_outer = (head.outline_mm - scalp0) * np.float32(
+        _dome_scale(z, Z_VERTEX_MM - head.scalp_mm)
+    )
+    inner = (head.outline_mm - scalp0 - skull0) * np.float32(
+        _dome_scale(z, Z_VERTEX_MM - head.scalp_mm - head.skull_mm)
+    )
+    scalp = np.maximum(outer - bone_outer, np.float32(0.5))
+    skull = np.maximum(bone_outer - inner, np.float32(0.0))
+    depth = outer - head.rho_mm
+    return _Geometry(
+        depth_mm=depth,
+        inner_radius_mm=inner,
+        brain_depth_mm=depth - scalp - skull,
+        scalp_mm=scalp,
+        skull_mm=skull,
+    )
+
+
 def _geometry(head: _Head, z: float) -> _Geometry:
     """Scalp, skull and brain depths of every pixel at level ``z``."""
+    if z > Z_HIGHEST_MM:
+        return _vertex_geometry(head, z)
     scale = np.float32(_scale_at(z))
     outer = head.outline_mm * scale
     depth = outer - head.rho_mm
@@ -758,8 +795,9 @@ def _render(
         np.abs(f - k) * np.float32(2 * np.pi / head.sulcus_count) * np.maximum(head.rho_mm, 1.0)
     )
     sulcus_depth = head.sulcus_depths_mm[k.astype(np.int64) % head.sulcus_count].astype(np.float32)
-    sulcus_depth = np.minimum(
-        sulcus_depth, np.float32(SULCUS_MAX_DEPTH_FRACTION) * geo.inner_radius_mm
+    sulcus_depth = np.maximum(
+        np.minimum(sulcus_depth, np.float32(SULCUS_MAX_DEPTH_FRACTION) * geo.inner_radius_mm),
+        np.float32(1e-3),  # no brain left at the very top of the head
     )
     sah_region = _sah_region(bleeds.subarachnoid, head, z)
     widen = np.where(sah_region, np.float32(SAH_WIDEN), np.float32(1.0))
@@ -945,19 +983,30 @@ def _parenchymal(iph: _Parenchymal, head: _Head, z: float) -> tuple[BoolArray, B
 def _inner_radius_mm(head: _Head, theta: float, z: float) -> float:
     """Approximate inner-table radius (mm) at head-frame angle ``theta`` and level ``z``."""
     a, b = head.semi_lateral_mm, head.semi_ap_mm
-    outer = a * b / math.hypot(b * math.cos(theta), a * math.sin(theta)) * _scale_at(z)
-    return outer - head.scalp_mm - head.skull_mm
+    widest = a * b / math.hypot(b * math.cos(theta), a * math.sin(theta))
+    if z > Z_HIGHEST_MM:
+        top = Z_VERTEX_MM - head.scalp_mm - head.skull_mm
+        inner = (widest - head.scalp_mm - head.skull_mm) * _dome_scale(z, top)
+        return max(inner, 2.0)
+    return widest * _scale_at(z) - head.scalp_mm - head.skull_mm
 
 
 def _levels(
-    rng: np.random.Generator, n_slices: int, need_ventricles: bool, skull_base: bool = False
+    rng: np.random.Generator,
+    n_slices: int,
+    need_ventricles: bool,
+    skull_base: bool = False,
+    vertex: bool = False,
 ) -> list[float]:
     """Slice levels (mm): contiguous, ``SLICE_THICKNESS_MM`` apart (closer when many slices).
-    A ``skull_base`` study starts below the anterior fossa floor, unless it needs ventricles."""
+    A ``skull_base`` study starts below the anterior fossa floor, a ``vertex`` one ends at the
+    top of the head (``VERTEX_TOP_MM``), unless the study needs ventricles."""
     step = min(SLICE_THICKNESS_MM, (Z_HIGHEST_MM - Z_LOWEST_MM) / max(n_slices - 1, 1))
     lo, hi = Z_LOWEST_MM, Z_HIGHEST_MM - (n_slices - 1) * step
     if skull_base and not need_ventricles:
         lo, hi = Z_SKULL_BASE_LOWEST_MM, min(Z_SKULL_BASE_START_MM, hi)
+    elif vertex and not need_ventricles:
+        lo, hi = (top - (n_slices - 1) * step for top in VERTEX_TOP_MM)
     if need_ventricles:
         # Make sure some slice crosses the bodies of the lateral ventricles.
         lo = max(lo, 36.0 - (n_slices - 1) * step)
@@ -1092,6 +1141,7 @@ def make_study(
     subtypes: Sequence[str] = (),
     size: int = DEFAULT_SIZE_PX,
     skull_base: bool = False,
+    vertex: bool = False,
 ) -> list[PhantomSlice]:
     """Render one synthetic head: ``n_slices`` contiguous axial slices, inferior to superior.
 
@@ -1109,6 +1159,9 @@ def make_study(
             sinuses, sphenoid wings, petrous ridges, mastoid cells and the partial-volume bone
             that looks like blood. A study with an intraventricular bleed keeps its usual levels.
             ``False`` gives exactly the study of earlier versions.
+        vertex: End the slices at the top of the head (``VERTEX_TOP_MM``): the highest slices
+            cut the skull tangentially and show a wide plate of bone (or bone and scalp only).
+            Ignored with ``skull_base`` or an intraventricular bleed.
 
     Returns:
         ``n_slices`` :class:`PhantomSlice` ordered by ``z_mm`` ascending.
@@ -1124,7 +1177,7 @@ def make_study(
     if size < MIN_SIZE_PX:
         raise ConfigError(f"phantom size must be at least {MIN_SIZE_PX} px, got {size}")
     head = _make_head(rng, size)
-    levels = _levels(rng, n_slices, "intraventricular" in subtypes, skull_base)
+    levels = _levels(rng, n_slices, "intraventricular" in subtypes, skull_base, vertex)
     bleeds = _plan_bleeds(rng, head, levels, subtypes)
     return [_render(head, z, bleeds, rng, skull_base) for z in levels]
 
@@ -1296,6 +1349,7 @@ def _check_dataset_args(
     size: int,
     positive_fraction: float,
     skull_base: float = 0.0,
+    vertex: float = 0.0,
 ) -> None:
     """Raise ConfigError on arguments :func:`write_demo_dataset` cannot honour."""
     if n_studies < 1:
@@ -1308,6 +1362,10 @@ def _check_dataset_args(
         raise ConfigError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     if not 0.0 <= skull_base <= 1.0:
         raise ConfigError(f"--skull-base must be a fraction in [0, 1], got {skull_base}")
+    if not 0.0 <= vertex <= 1.0 - skull_base:
+        raise ConfigError(
+            f"--vertex must be a fraction in [0, 1 - skull_base = {1.0 - skull_base:g}], got {vertex}"
+        )
 
 
 def _remove_stale(folder: Path, pattern: str, keep: set[str]) -> None:
@@ -1328,6 +1386,7 @@ def write_demo_dataset(
     positive_fraction: float = 0.5,
     progress: bool = False,
     skull_base: float = 0.0,
+    vertex: float = 0.0,
 ) -> pd.DataFrame:
     """Write a phantom dataset in the RSNA-2019 layout, with masks and an index.
 
@@ -1351,6 +1410,8 @@ def write_demo_dataset(
         skull_base: Fraction of studies, in [0, 1], whose slices start at the skull base
             (:func:`make_study`); each study is drawn from a stream of its own, so 0 writes the
             same bytes as earlier versions.
+        vertex: Fraction of studies, in [0, 1 - skull_base], whose slices end at the top of the
+            head (:func:`make_study`).
 
     Returns:
         The index as written (one row per slice, paths relative to ``out``).
@@ -1362,7 +1423,7 @@ def write_demo_dataset(
 
     from hemo.datasets.split import assign_splits
 
-    _check_dataset_args(n_studies, slices_per_study, size, positive_fraction, skull_base)
+    _check_dataset_args(n_studies, slices_per_study, size, positive_fraction, skull_base, vertex)
     out = Path(out)
     dicom_dir, mask_dir = out / DICOM_DIR, out / MASK_DIR
     dicom_dir.mkdir(parents=True, exist_ok=True)
@@ -1383,13 +1444,21 @@ def write_demo_dataset(
     with bar:
         for study, subtypes in enumerate(plan):
             rng = np.random.default_rng(np.random.SeedSequence([seed, study + 1]))
-            base = skull_base > 0 and bool(
+            coverage = (
                 np.random.default_rng(
                     np.random.SeedSequence([seed, study + 1, SKULL_BASE_STREAM])
                 ).random()
-                < skull_base
+                if skull_base + vertex > 0
+                else 1.0
             )
-            slices = make_study(rng, slices_per_study, subtypes, size, skull_base=base)
+            slices = make_study(
+                rng,
+                slices_per_study,
+                subtypes,
+                size,
+                skull_base=coverage < skull_base,
+                vertex=skull_base <= coverage < skull_base + vertex,
+            )
             number = f"{study + 1:04d}"
             patient = f"PHANTOM-{number}"
             study_uid = _uid(seed, study, "study")

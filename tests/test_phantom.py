@@ -346,7 +346,7 @@ def test_skull_base_bleeds_stay_in_the_brain_and_are_blood(subtype: str) -> None
     assert seen >= 3
 
 
-def test_dataset_skull_base_fraction_moves_studies_down(tmp_path: Path) -> None:
+def test_dataset_skull_base_and_vertex_fractions_move_studies(tmp_path: Path) -> None:
     """--skull-base 0 keeps every study above the fossa floor, 1 starts every study (but those
     that need ventricles) at the skull base; labels still agree with the masks."""
     from hemo.phantom import Z_LOWEST_MM
@@ -363,4 +363,34 @@ def test_dataset_skull_base_fraction_moves_studies_down(tmp_path: Path) -> None:
         assert row.label_any == int(bits.any())
     with pytest.raises(ConfigError, match="--skull-base"):
         write_demo_dataset(tmp_path / "x", n_studies=2, skull_base=1.5)
+    with pytest.raises(ConfigError, match="--vertex"):
+        write_demo_dataset(tmp_path / "x", n_studies=2, skull_base=0.6, vertex=0.6)
+    tops = write_demo_dataset(tmp_path / "top", vertex=1.0, **kwargs)
+    highest = tops.groupby("study_uid")["slice_z"].max()
+    ivh_top = tops.groupby("study_uid")["intraventricular"].max().astype(bool)
+    assert (highest[~ivh_top] > 100.0).all()
     assert not (tmp_path / "x").exists()
+
+
+def test_vertex_study_ends_with_the_skull_cut_tangentially() -> None:
+    """A vertex study ends near the top of the head: its highest slices show a plate of bone wider
+    than the skull ring of a mid-level slice, around little or no brain; bleeds stay in the brain."""
+    from hemo.phantom import Z_HIGHEST_MM
+
+    for seed in SEEDS:
+        study = make_study(np.random.default_rng(seed), SLICES, ["subdural"], SIZE, vertex=True)
+        plain = make_study(np.random.default_rng(seed), SLICES, ["subdural"], SIZE)
+        assert study[-1].z_mm > Z_HIGHEST_MM >= plain[-1].z_mm
+        mid = plain[len(plain) // 2]
+        # The very top slice may be a cap of scalp only: look at the two highest.
+        shares = [s.anatomy["bone"].sum() / _inside_head(s).sum() for s in study[-2:]]
+        assert max(shares) > 1.5 * mid.anatomy["bone"].sum() / _inside_head(mid).sum(), seed
+        top = study[-1]
+        assert top.anatomy["brain"].sum() < 0.5 * _inside_head(top).sum()
+        for slc in study:
+            for name in SUBTYPES:
+                assert (slc.masks[name] <= slc.anatomy["brain"]).all()
+    vertex_iv = make_study(
+        np.random.default_rng(0), SLICES, ["intraventricular"], SIZE, vertex=True
+    )
+    assert any(s.masks["intraventricular"].any() for s in vertex_iv)  # IVH keeps its levels

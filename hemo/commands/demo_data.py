@@ -57,6 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fraction of studies whose slices start at the skull base: orbits, sinuses, "
         "petrous ridges and partial-volume bone that looks like blood (default 0)",
     )
+    parser.add_argument(
+        "--vertex",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of studies whose slices end at the top of the head, where the skull is "
+        "cut tangentially (default 0; at most 1 - skull-base)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout only")
     parser.set_defaults(func=run)
 
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         progress=True,
         skull_base=args.skull_base,
+        vertex=args.vertex,
     )
     summary = {"out": str(args.out.resolve()), "seed": args.seed, **summarize(index)}
     if args.json:
