@@ -74,6 +74,8 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint": "best",
     "class_weights": True,
     "cache": "auto",
+    "extra_train": "",
+    "extra_train_rows": 0,
     "augment": {"strength": 1.0, "mixup": 0.0},
     "threshold": {"method": "youden", "target_sensitivity": 0.9},
     "strategy": "default",
@@ -265,6 +267,10 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError("labels must be auto, any or rsna")
     if config["cache"] not in ("auto", True, False):
         raise ConfigError("cache must be auto, true or false")
+    if not isinstance(config["extra_train_rows"], int) or config["extra_train_rows"] < 0:
+        raise ConfigError(
+            f"extra_train_rows must be an integer >= 0 (0: all), got {config['extra_train_rows']!r}"
+        )
     for key in ("strength", "mixup"):
         value = config["augment"][key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -568,6 +574,12 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     index = load_index(data)
     train_df, val_df = _split(index, "train"), _split(index, "val")
     labels = select_labels(config["labels"], index)
+    extra = extra_train_rows(config, labels)
+    if extra is not None:
+        import pandas as pd
+
+        log.info("adding %d training images from %s", len(extra), config["extra_train"])
+        train_df = pd.concat([train_df, extra], ignore_index=True)
     spec = input_spec(config)
     batch = int(config["batch_size"])
     cache = None if config["cache"] == "auto" else bool(config["cache"])
@@ -663,6 +675,36 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     _finish(config, path, final, index, data, labels, spec, init_report)
     shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
     return runs.FINISHED, "finished"
+
+
+def extra_train_rows(config: Mapping[str, Any], labels: Sequence[str]):
+    """Rows of the ``extra_train`` dataset added to the training split, or None.
+
+    Only training ever sees them: validation, the threshold and every metric stay on the main
+    data, so a cross-validation fold's held-out images are untouched. The extra dataset's
+    ``train`` split is used when it has one (all rows otherwise); ``extra_train_rows`` > 0 draws
+    that many of them (seeded by ``seed``).
+
+    Raises:
+        DatasetError: The extra dataset cannot be read, is empty or lacks a label column.
+    """
+    from hemo.datasets import load_index
+    from hemo.pipeline import LABEL_COLUMNS
+
+    if not config["extra_train"]:
+        return None
+    source = resolve_path(config["extra_train"])
+    rows = load_index(source)
+    if "split" in rows.columns and (rows["split"] == "train").any():
+        rows = rows[rows["split"] == "train"]
+    missing = [name for name in labels if LABEL_COLUMNS[name] not in rows.columns]
+    if rows.empty or missing:
+        what = "no rows" if rows.empty else f"no label column for {missing}"
+        raise DatasetError(f"extra_train {source}: {what}")
+    wanted = int(config["extra_train_rows"])
+    if 0 < wanted < len(rows):
+        rows = rows.sample(n=wanted, random_state=int(config["seed"]))
+    return rows.reset_index(drop=True).assign(split="train")
 
 
 def _split(index, split: str):
@@ -956,11 +998,19 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
     """Data, seed, epochs and options recorded in the card."""
     counts = index["split"].value_counts().to_dict()
     positives = index.groupby("split")["label_any"].sum().astype(int).to_dict()
+    extra = extra_train_rows(config, ("any",)) if config["extra_train"] else None
     return {
         "run": config["name"],
         "data": portable_path(data, config["data"]),
         "images": {k: int(v) for k, v in counts.items()},
         "positives_any": {k: int(v) for k, v in positives.items()},
+        "extra_train": None
+        if extra is None
+        else {
+            "data": portable_path(resolve_path(config["extra_train"]), config["extra_train"]),
+            "images": len(extra),
+            "positives_any": int(extra["label_any"].sum()),
+        },
         "seed": int(config["seed"]),
         "epochs_run": len(history),
         "weights": config["weights"],

@@ -136,6 +136,54 @@ def test_two_epoch_run_writes_every_file(
         train(resolve_config({"data": str(phantom_dir)}, overrides))
 
 
+def test_extra_train_rows_join_training_only(tmp_path: Path, phantom_dir: Path) -> None:
+    """extra_train adds another dataset's train split (or a seeded sample of it) to training;
+    a missing label column or an empty dataset is refused with the dataset's name."""
+    from hemo.datasets import load_index
+    from hemo.errors import DatasetError
+    from hemo.train import extra_train_rows
+
+    base = {"data": str(phantom_dir), "extra_train": str(phantom_dir)}
+    extra_index = load_index(phantom_dir)
+    rows = extra_train_rows(resolve_config(base), ("any",))
+    assert len(rows) == int((extra_index["split"] == "train").sum())
+    assert set(rows["split"]) == {"train"}
+    assert set(rows["path"]) <= set(extra_index.loc[extra_index["split"] == "train", "path"])
+    some = resolve_config(base, {"extra_train_rows": 3, "seed": 5})
+    first, again = extra_train_rows(some, ("any",)), extra_train_rows(some, ("any",))
+    assert len(first) == 3 and list(first["path"]) == list(again["path"])
+    assert extra_train_rows(resolve_config({"data": "d"}), ("any",)) is None
+    no_labels = extra_index.drop(columns=["label_any"])
+    no_labels.to_parquet(tmp_path / "index.parquet", index=False)
+    with pytest.raises(DatasetError, match=r"index.parquet: not a hemo index.*label_any"):
+        extra_train_rows(resolve_config(base | {"extra_train": str(tmp_path)}), ("any",))
+    with pytest.raises(ConfigError, match="extra_train_rows must be an integer >= 0"):
+        resolve_config(base, {"extra_train_rows": -1})
+
+
+@pytest.mark.slow
+def test_run_with_extra_train_trains_on_both_and_says_so_in_the_card(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A one-epoch run with extra_train sees main + extra training images; validation and the
+    card's metrics stay on the main data; the card records the extra data."""
+    from hemo.model import load_model
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "name": "extra", "labels": "any"}
+    overrides |= {"extra_train": str(phantom_dir), "extra_train_rows": 5, "batch_size": 1}
+    path = train(resolve_config({"data": str(phantom_dir)}, overrides))
+    index = pd.read_parquet(phantom_dir / "index.parquet")
+    n_train = int((index["split"] == "train").sum())
+    status = json.loads((path / runs.STATUS_FILE).read_text())
+    assert status["steps"] == n_train + 5  # batch size 1: one step per training image
+    _, card = load_model(path / runs.MODEL_FILE)
+    extra = card.training["extra_train"]
+    assert extra["images"] == 5 and 0 <= extra["positives_any"] <= 5
+    assert card.training["images"]["train"] == n_train
+
+
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
     tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
