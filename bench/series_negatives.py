@@ -1,0 +1,152 @@
+"""Where does a model call slices of a real hemorrhage-negative series positive?
+
+Real series hold slices the 140 Kaggle images never show: the skull base (orbits, sinuses,
+petrous bones) and the top of the head, where the skull is cut tangentially and fills the slice
+with bone. A model that has only seen mid-brain slices may call those positive, and then a whole
+negative series is called positive. This script predicts every slice of a series (default: the
+real CQ500-CT-0 series in ``../shared/data/cq500``, 238 thin slices, negative by majority vote of
+its three readers) with each given model and reports the fraction of slices called positive at
+the model's threshold: over the whole series, in the lowest and highest ``--edge-mm`` of it, and
+in between.
+
+Models are shipped ``.keras`` files (``--models``, each at its card's threshold) or the fold
+models of finished ``hemo crossval`` runs (``--runs``, each at that run's pooled out-of-fold
+threshold; the fractions are averaged over the folds). None of them saw the series.
+
+Usage::
+
+    python bench/series_negatives.py --models models/headct_real.keras
+    python bench/series_negatives.py --runs headct_real_pretrained_large,headct_real_pretrained_edge
+
+Prints a table on stderr and, last, one JSON line on stdout with the fractions per model and
+``positive_fraction_ratio`` (each model's whole-series fraction over the first model's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+log = logging.getLogger("bench.series_negatives")
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_SERIES = PROJECT_DIR.parent / "shared" / "data" / "cq500" / "CQ500-CT-0"
+DEFAULT_EDGE_MM = 25.0
+
+
+def read_series(folder: Path):
+    """``(scans, z_mm)`` of every DICOM slice in ``folder``, ordered by slice position."""
+    from hemo.dicom import read_dicom
+
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        ct = read_dicom(path)
+        slices.append((float(ct.slice_z_mm), ct))
+    if not slices:
+        raise SystemExit(f"{folder}: no DICOM slices")
+    slices.sort(key=lambda item: item[0])
+    return [ct for _, ct in slices], [z for z, _ in slices]
+
+
+def fractions(probs, z_mm, threshold: float, edge_mm: float) -> dict[str, float]:
+    """Fraction of slices at or above ``threshold``: all, lowest/highest ``edge_mm``, middle."""
+    import numpy as np
+
+    p = np.asarray(probs)
+    z = np.asarray(z_mm)
+    low = z <= z.min() + edge_mm
+    high = z >= z.max() - edge_mm
+    middle = ~(low | high)
+    positive = p >= threshold
+    return {
+        "all": float(positive.mean()),
+        "skull_base": float(positive[low].mean()),
+        "vertex": float(positive[high].mean()),
+        "middle": float(positive[middle].mean()) if middle.any() else float("nan"),
+    }
+
+
+def model_fractions(paths_and_thresholds, scans, z_mm, edge_mm: float) -> dict[str, float]:
+    """Mean over the given models of :func:`fractions`."""
+    import numpy as np
+
+    from hemo.model import load_model
+    from hemo.preprocess import to_model_input
+
+    inputs: dict[object, np.ndarray] = {}
+    rows = []
+    for path, threshold in paths_and_thresholds:
+        model, card = load_model(path)
+        spec = card.input_spec
+        if spec not in inputs:
+            inputs[spec] = np.stack([to_model_input(ct, spec) for ct in scans])
+        probs = np.asarray(model.predict(inputs[spec], batch_size=32, verbose=0))
+        any_column = list(card.labels).index("any")
+        cut = card.threshold if threshold is None else threshold
+        rows.append(fractions(probs[:, any_column], z_mm, cut, edge_mm))
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+
+
+def run_models(name: str, runs_dir: Path) -> list[tuple[Path, float]]:
+    """Fold models of crossval run ``name`` with the run's pooled OOF threshold."""
+    report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    threshold = float(report["threshold"])
+    return [(runs_dir / fold["run"] / "model.keras", threshold) for fold in report["folds"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Predict the series with every model and report where it calls slices positive."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated .keras files")
+    parser.add_argument("--runs", default="", help="comma-separated crossval run names")
+    parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
+    parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
+    parser.add_argument("--edge-mm", type=float, default=DEFAULT_EDGE_MM)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    groups: dict[str, list[tuple[Path, float | None]]] = {}
+    for model in filter(None, args.models.split(",")):
+        groups[model] = [(Path(model), None)]
+    for name in filter(None, args.runs.split(",")):
+        groups[name] = run_models(name, args.runs_dir)
+    if not groups:
+        parser.error("give --models and/or --runs")
+    if not args.series.is_dir():
+        parser.error(f"--series {args.series}: not a folder (is ../shared present?)")
+    scans, z_mm = read_series(args.series)
+    log.info("%s: %d slices, %.1f to %.1f mm", args.series.name, len(scans), z_mm[0], z_mm[-1])
+    results = {
+        name: model_fractions(models, scans, z_mm, args.edge_mm) for name, models in groups.items()
+    }
+    log.info("%-40s %6s %10s %7s %7s", "model", "all", "skull base", "middle", "vertex")
+    for name, r in results.items():
+        log.info(
+            "%-40s %6.3f %10.3f %7.3f %7.3f",
+            name,
+            r["all"],
+            r["skull_base"],
+            r["middle"],
+            r["vertex"],
+        )
+    first = next(iter(results.values()))["all"]
+    summary = {
+        "series": args.series.name,
+        "slices": len(scans),
+        "edge_mm": args.edge_mm,
+        "positive_fractions": results,
+        "positive_fraction_ratio": {
+            name: (r["all"] / first if first > 0 else None) for name, r in results.items()
+        },
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
