@@ -7,7 +7,8 @@ negative series is called positive. This script predicts every slice of a series
 real CQ500-CT-0 series in ``../shared/data/cq500``, 238 thin slices, negative by majority vote of
 its three readers) with each given model and reports the fraction of slices called positive at
 the model's threshold: over the whole series, in the lowest and highest ``--edge-mm`` of it, and
-in between.
+in between. ``--slab-mm 5`` first averages each thin slice with its neighbours into a 5 mm slab,
+the slice thickness of the training images.
 
 Models are shipped ``.keras`` files (``--models``, each at its card's threshold) or the fold
 models of finished ``hemo crossval`` runs (``--runs``, each at that run's pooled out-of-fold
@@ -52,6 +53,25 @@ def read_series(folder: Path):
         raise SystemExit(f"{folder}: no DICOM slices")
     slices.sort(key=lambda item: item[0])
     return [ct for _, ct in slices], [z for z, _ in slices]
+
+
+def thick_slabs(scans, z_mm, slab_mm: float):
+    """Each slice replaced by the mean HU of the slices within ``slab_mm / 2`` of it: a thin
+    series seen as the thick slices the models were trained on (``slab_mm`` 0: unchanged)."""
+    import dataclasses
+
+    import numpy as np
+
+    if slab_mm <= 0:
+        return scans
+    z = np.asarray(z_mm)
+    out = []
+    for k, ct in enumerate(scans):
+        near = np.nonzero(np.abs(z - z[k]) <= slab_mm / 2)[0]
+        hu = np.mean([scans[i].hu for i in near], axis=0).astype(np.float32)
+        hu.setflags(write=False)
+        out.append(dataclasses.replace(ct, hu=hu))
+    return out
 
 
 def fractions(probs, z_mm, threshold: float, edge_mm: float) -> dict[str, float]:
@@ -108,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     parser.add_argument("--edge-mm", type=float, default=DEFAULT_EDGE_MM)
+    parser.add_argument(
+        "--slab-mm",
+        type=float,
+        default=0.0,
+        help="average each slice with its neighbours within this thickness first (0: off)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     groups: dict[str, list[tuple[Path, float | None]]] = {}
@@ -120,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.series.is_dir():
         parser.error(f"--series {args.series}: not a folder (is ../shared present?)")
     scans, z_mm = read_series(args.series)
+    scans = thick_slabs(scans, z_mm, args.slab_mm)
     log.info("%s: %d slices, %.1f to %.1f mm", args.series.name, len(scans), z_mm[0], z_mm[-1])
     results = {
         name: model_fractions(models, scans, z_mm, args.edge_mm) for name, models in groups.items()
@@ -139,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "series": args.series.name,
         "slices": len(scans),
         "edge_mm": args.edge_mm,
+        "slab_mm": args.slab_mm,
         "positive_fractions": results,
         "positive_fraction_ratio": {
             name: (r["all"] / first if first > 0 else None) for name, r in results.items()
