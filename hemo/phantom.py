@@ -528,6 +528,18 @@ class _Geometry:
     skull_mm: FloatArray
 
 
+def _layers(head: _Head, outer: FloatArray, scalp: FloatArray, skull: FloatArray) -> _Geometry:
+    """The geometry of a slice from its outer scalp radius and its scalp and skull thickness."""
+    depth = outer - head.rho_mm
+    return _Geometry(
+        depth_mm=depth,
+        inner_radius_mm=outer - scalp - skull,
+        brain_depth_mm=depth - scalp - skull,
+        scalp_mm=scalp,
+        skull_mm=skull,
+    )
+
+
 def _dome_scale(z: float, top_mm: float) -> float:
     """Radius scale at level ``z`` of a dome (quarter ellipse from ``Z_WIDEST_MM``) ending at
     ``top_mm``: 1 at the widest level, 0 at and above the top."""
@@ -550,14 +562,7 @@ def _vertex_geometry(head: _Head, z: float) -> _Geometry:
     )
     scalp = np.maximum(outer - bone_outer, np.float32(0.5))
     skull = np.maximum(bone_outer - inner, np.float32(0.0))
-    depth = outer - head.rho_mm
-    return _Geometry(
-        depth_mm=depth,
-        inner_radius_mm=inner,
-        brain_depth_mm=depth - scalp - skull,
-        scalp_mm=scalp,
-        skull_mm=skull,
-    )
+    return _layers(head, outer, scalp, skull)
 
 
 def _geometry(head: _Head, z: float) -> _Geometry:
@@ -566,7 +571,6 @@ def _geometry(head: _Head, z: float) -> _Geometry:
         return _vertex_geometry(head, z)
     scale = np.float32(_scale_at(z))
     outer = head.outline_mm * scale
-    depth = outer - head.rho_mm
     temporalis = (
         np.float32(TEMPORALIS_MM * _bell(z, (Z_LOWEST_MM - 20, 75.0))) * np.cos(head.theta) ** 6
     )
@@ -574,14 +578,7 @@ def _geometry(head: _Head, z: float) -> _Geometry:
     # The skull is cut obliquely near the vertex and looks thicker there.
     oblique = np.float32(1.0 / math.sqrt(max(float(scale), 0.35)))
     skull = np.float32(head.skull_mm) * head.skull_shape * oblique
-    inner = outer - scalp - skull
-    return _Geometry(
-        depth_mm=depth,
-        inner_radius_mm=inner,
-        brain_depth_mm=depth - scalp - skull,
-        scalp_mm=scalp,
-        skull_mm=skull,
-    )
+    return _layers(head, outer, scalp, skull)
 
 
 def _ventricles(head: _Head, z: float, shift_u: FloatArray) -> BoolArray:
@@ -621,7 +618,12 @@ def _ventricles(head: _Head, z: float, shift_u: FloatArray) -> BoolArray:
 
 
 def _skull_base(
-    head: _Head, z: float, hu: FloatArray, brain: BoolArray, rng: np.random.Generator
+    head: _Head,
+    z: float,
+    hu: FloatArray,
+    brain: BoolArray,
+    head_mask: BoolArray,
+    rng: np.random.Generator,
 ) -> tuple[BoolArray, BoolArray]:
     """Draw the skull-base structures of level ``z`` into ``hu`` (in place).
 
@@ -637,6 +639,7 @@ def _skull_base(
         z: Level in mm.
         hu: Slice HU, modified in place.
         brain: Pixels inside the inner table.
+        head_mask: Pixels inside the scalp's outer surface.
         rng: Source of the mottle.
 
     Returns:
@@ -651,7 +654,6 @@ def _skull_base(
     bl, bap = head.semi_lateral_mm * scale * 0.85, head.semi_ap_mm * scale * 0.85
     fov_mm = head.size * head.spacing_mm
     mottle = _smooth_field(rng, head.size, fov_mm, DIPLOE_GRAIN_MM * 2)
-    head_mask = _geometry(head, z).depth_mm >= 0
     bone_fraction = np.zeros(shape, dtype=np.float32)  # 0 no bone .. 1 solid bone
     air = np.zeros(shape, dtype=bool)
     soft: list[tuple[BoolArray, float]] = []  # (region, HU) of non-bone face tissue
@@ -883,7 +885,7 @@ def _render(
     falx = fissure & (falx_cover > 0)
     hu[falx] = hu[falx] + (HU_FALX - hu[falx]) * falx_cover[falx]
     if skull_base:
-        replaced, base_bone = _skull_base(head, z, hu, brain, rng)
+        replaced, base_bone = _skull_base(head, z, hu, brain, head_mask, rng)
         bone = bone | base_bone
         brain, csf, ventricles = brain & ~replaced, csf & ~replaced, ventricles & ~replaced
 
