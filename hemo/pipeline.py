@@ -15,6 +15,7 @@ and applied to the training split only.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ ZOOM_FRACTION = 0.10
 CONTRAST_FACTOR = 0.10
 BRIGHTNESS_FACTOR = 0.05
 FLIP_MODE = "horizontal"
+#: Share of training images blurred when ``Augment.blur`` > 0 (the rest stay sharp).
+BLUR_PROBABILITY = 0.5
 FULL_TURN_DEG = 360.0
 #: Inputs live in [0, 1]; augmented values are kept there.
 VALUE_RANGE = (0.0, 1.0)
@@ -64,6 +67,12 @@ class Augment:
         mixup: Mixup's Beta(alpha, alpha) parameter (Zhang et al. 2018): each augmented image,
             its targets and its sample weight become a convex mix with another image of the
             batch. 0 turns it off. Applied after the other augmentations, training only.
+        gamma: Largest log-gamma: each image becomes ``x ** exp(u)``, ``u ~ U(-gamma, gamma)``
+            (a display curve other than the linear window, as in scanned figures and
+            exported PNGs). 0 turns it off. Not scaled by ``strength``.
+        blur: Largest Gaussian-blur sigma, in pixels of the model input: half the images are
+            blurred with a sigma drawn from (0, blur] (smoother than the source, as after
+            resampling and compression). 0 turns it off. Not scaled by ``strength``.
     """
 
     strength: float = 1.0
@@ -74,6 +83,8 @@ class Augment:
     brightness_factor: float = BRIGHTNESS_FACTOR
     flip: str = FLIP_MODE
     mixup: float = 0.0
+    gamma: float = 0.0
+    blur: float = 0.0
 
 
 def labels_for(df: pd.DataFrame) -> tuple[str, ...]:
@@ -144,11 +155,13 @@ def load_inputs(paths: Sequence[str], spec: InputSpec) -> NDArray[np.float32]:
 
 
 def make_augmenter(augment: Augment) -> keras.Sequential:
-    """The seeded augmentation stack (rotation, zoom, flip, contrast, brightness)."""
+    """The seeded augmentation stack: rotation, zoom, flip, contrast and brightness when
+    ``augment.strength`` > 0, then blur when ``augment.blur`` > 0."""
     s = augment.strength
     seed = augment.seed
-    return keras.Sequential(
-        [
+    layers = []
+    if s > 0:
+        layers += [
             keras.layers.RandomFlip(augment.flip, seed=seed),
             keras.layers.RandomRotation(
                 s * augment.rotation_deg / FULL_TURN_DEG,
@@ -168,9 +181,19 @@ def make_augmenter(augment: Augment) -> keras.Sequential:
             keras.layers.RandomBrightness(
                 s * augment.brightness_factor, value_range=VALUE_RANGE, seed=seed + 4
             ),
-        ],
-        name="augment",
-    )
+        ]
+    if augment.blur > 0:
+        layers.append(
+            keras.layers.RandomGaussianBlur(
+                factor=(BLUR_PROBABILITY, BLUR_PROBABILITY),
+                # The kernel spans +-3 sigma of the largest blur
+                kernel_size=2 * math.ceil(3 * augment.blur) + 1,
+                sigma=(0.0, augment.blur),
+                value_range=VALUE_RANGE,
+                seed=seed + 5,
+            )
+        )
+    return keras.Sequential(layers, name="augment")
 
 
 def mix_batch(
@@ -206,26 +229,36 @@ def mix_batch(
 
 
 def train_preprocessing(
-    augmenter: keras.Sequential | None, mixup: float = 0.0, seed: int = DEFAULT_SEED
+    augmenter: keras.Sequential | None,
+    mixup: float = 0.0,
+    seed: int = DEFAULT_SEED,
+    gamma: float = 0.0,
 ):
-    """Batch map for training: augment (if any), mixup (if on), keep values in [0, 1].
+    """Batch map for training: augment (if any), random gamma (if on), mixup (if on), keep
+    values in [0, 1].
 
     Args:
         augmenter: From :func:`make_augmenter`, or None for no augmentation.
         mixup: Beta parameter of :func:`mix_batch`; 0 for none.
-        seed: Seed of the mixup draws.
+        seed: Seed of the mixup and gamma draws.
+        gamma: Largest log-gamma (``Augment.gamma``); 0 for none.
 
     Returns:
         A function ``(x, y, w) -> (x', y', w')`` for ``Dataset.map`` on batches.
     """
 
     mixer = keras.random.SeedGenerator(seed) if mixup > 0 else None
+    curver = keras.random.SeedGenerator(seed + 1) if gamma > 0 else None
 
     def apply(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # Random geometry and intensity, per image of the batch
         if augmenter is not None:
             x = augmenter(x, training=True)
         x = tf.clip_by_value(x, *VALUE_RANGE)
+        # Another display curve per image: x ** exp(u) keeps 0 and 1 where they are
+        if curver is not None:
+            u = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), -gamma, gamma, seed=curver)
+            x = tf.pow(x, tf.exp(u))
         # Convex mixes of image pairs and their targets
         if mixer is not None:
             x, y, w = mix_batch(x, y, w, mixup, mixer)
@@ -304,11 +337,14 @@ def make_dataset(
     if training:
         ds = ds.shuffle(min(len(df), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(batch_size)
-        on = augment is not None and augment.strength > 0
+        on = augment is not None and (augment.strength > 0 or augment.blur > 0)
         mixup = augment.mixup if augment is not None else 0.0
+        gamma = augment.gamma if augment is not None else 0.0
         augment_seed = augment.seed if augment is not None else seed
         ds = ds.map(
-            train_preprocessing(make_augmenter(augment) if on else None, mixup, augment_seed + 5)
+            train_preprocessing(
+                make_augmenter(augment) if on else None, mixup, augment_seed + 5, gamma
+            )
         )
     else:
         ds = ds.batch(batch_size).map(lambda x, t, _w: val_preprocessing(x, t))

@@ -76,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "cache": "auto",
     "extra_train": "",
     "extra_train_rows": 0,
-    "augment": {"strength": 1.0, "mixup": 0.0},
+    "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0},
     "threshold": {"method": "youden", "target_sensitivity": 0.9},
     "strategy": "default",
     "steps_per_epoch": 0,
@@ -98,6 +98,9 @@ MIN_LEARNING_RATE = 1e-6
 ACCURACY_THRESHOLD = 0.5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+#: Largest ``augment.gamma`` (log-gamma: x ** e^1 ... x ** e^-1) and ``augment.blur`` (sigma,
+#: input pixels): beyond these the images stop looking like a CT display.
+AUGMENT_LIMITS = {"gamma": 1.0, "blur": 4.0}
 
 
 # Configuration ----------------------------------------------------------------------------------
@@ -271,10 +274,13 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"extra_train_rows must be an integer >= 0 (0: all), got {config['extra_train_rows']!r}"
         )
-    for key in ("strength", "mixup"):
+    for key in ("strength", "mixup", "gamma", "blur"):
         value = config["augment"][key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"augment.{key} must be a number >= 0, got {value!r}")
+    for key, most in AUGMENT_LIMITS.items():
+        if config["augment"][key] > most:
+            raise ConfigError(f"augment.{key} must be at most {most}, got {config['augment'][key]}")
 
 
 def _check_cam_layer(model, name: str) -> None:
@@ -588,6 +594,8 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         strength=float(config["augment"]["strength"]),
         seed=seed,
         mixup=float(config["augment"]["mixup"]),
+        gamma=float(config["augment"]["gamma"]),
+        blur=float(config["augment"]["blur"]),
     )
     distributed = config["strategy"] == "multiworker"
     train_ds = make_dataset(
@@ -1017,6 +1025,8 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "init": init_report,
         "augment_strength": float(config["augment"]["strength"]),
         "mixup": float(config["augment"]["mixup"]),
+        "gamma": float(config["augment"]["gamma"]),
+        "blur": float(config["augment"]["blur"]),
         "notes": config["notes"],
         "config": {**config, "data": portable_path(data, config["data"])},
     }

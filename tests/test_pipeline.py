@@ -119,6 +119,53 @@ def test_mixup_in_the_training_pipeline_only_when_asked(index: pd.DataFrame) -> 
     assert set(np.unique(val_y)) <= {0.0, 1.0}
 
 
+def test_gamma_gives_each_training_image_its_own_display_curve(index: pd.DataFrame) -> None:
+    """Augment(gamma=g): every image is the plain one raised to one power in [e^-g, e^g]; the
+    powers differ between images, black and white stay put, and validation is untouched."""
+    rows = index.iloc[:16]
+    plain = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[0]
+    curved = _first_batch(
+        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, gamma=0.5))
+    )[0]
+    again = _first_batch(
+        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, gamma=0.5))
+    )[0]
+    np.testing.assert_array_equal(curved, again)
+    powers = []
+    for a, b in zip(plain, curved, strict=True):
+        mid = (a > 0.05) & (a < 0.95)
+        power = np.median(np.log(b[mid]) / np.log(a[mid]))
+        np.testing.assert_allclose(b, a**power, atol=2e-3)
+        powers.append(power)
+    assert all(np.exp(-0.5) - 1e-3 <= p <= np.exp(0.5) + 1e-3 for p in powers)
+    assert np.ptp(powers) > 0.1
+    assert (curved[plain == 0.0] == 0.0).all()
+    val = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(gamma=0.5)))[0]
+    np.testing.assert_array_equal(val, load_inputs(list(rows["path"]), SPEC))
+
+
+def test_blur_smooths_about_half_the_training_images(index: pd.DataFrame) -> None:
+    """Augment(blur=s): some images come out exactly as they went in, the others smoother (less
+    total variation, the same mean brightness); validation is untouched."""
+    rows = index.iloc[:16]
+    plain = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[0]
+    blurred = _first_batch(
+        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, blur=1.5))
+    )[0]
+
+    def variation(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
+
+    same = [np.allclose(a, b, atol=1e-6) for a, b in zip(plain, blurred, strict=True)]
+    assert 0 < sum(same) < len(same)
+    for a, b, kept in zip(plain, blurred, same, strict=True):
+        if not kept:
+            assert variation(b) < 0.9 * variation(a)
+            assert b.mean() == pytest.approx(a.mean(), abs=0.03)
+    val = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(blur=1.5)))[0]
+    np.testing.assert_array_equal(val, load_inputs(list(rows["path"]), SPEC))
+
+
 def test_class_weights_balance_the_train_split() -> None:
     """Weights are n / (2 n_class) so both classes weigh the same in total."""
     df = pd.DataFrame({"label_any": [0, 0, 0, 1]})

@@ -95,6 +95,12 @@ def test_bad_config_is_refused() -> None:
     with pytest.raises(ConfigError, match="augment.strength must be a number >= 0"):
         resolve_config({"data": "d", "augment": {"strength": "high"}})
     assert resolve_config({"data": "d"}, {"augment.mixup": 0.4})["augment"]["mixup"] == 0.4
+    with pytest.raises(ConfigError, match="augment.gamma must be at most 1.0"):
+        resolve_config({"data": "d"}, {"augment.gamma": 1.5})
+    with pytest.raises(ConfigError, match="augment.blur must be a number >= 0"):
+        resolve_config({"data": "d"}, {"augment.blur": -1})
+    resolved = resolve_config({"data": "d", "augment": {"gamma": 0.5, "blur": 1.5}})
+    assert resolved["augment"] == {"strength": 1.0, "mixup": 0.0, "gamma": 0.5, "blur": 1.5}
 
 
 def test_two_phase_plan() -> None:
