@@ -33,14 +33,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 log = logging.getLogger("bench.pretrain_probe")
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = "../shared/data/head_ct"
 POOLINGS = ("average", "max", "both")
 #: Inverse L2 strengths tried (each reported; none chosen on the held-out folds).
 C_VALUES = (0.01, 0.1, 1.0)
 
 
-def features(model_path: Path, paths, pooling: str = "both"):
+def features(model_path: Path, paths):
     """``(zero-shot P(any), {pooling: (N, F) features})`` of ``paths`` through the model."""
     import keras
     import numpy as np
