@@ -121,7 +121,7 @@ def test_mixup_in_the_training_pipeline_only_when_asked(index: pd.DataFrame) -> 
 
 def test_gamma_gives_each_training_image_its_own_display_curve(index: pd.DataFrame) -> None:
     """Augment(gamma=g): every image is the plain one raised to one power in [e^-g, e^g]; the
-    powers differ between images, black and white stay put, and validation is untouched."""
+    powers differ between images, black stays black, and validation is untouched."""
     rows = index.iloc[:16]
     plain = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[0]
     curved = _first_batch(
