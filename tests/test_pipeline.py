@@ -36,6 +36,11 @@ def _first_batch(ds) -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(t) for t in next(iter(ds)))
 
 
+def _batch(rows: pd.DataFrame, augment: Augment, training: bool = True) -> tuple[np.ndarray, ...]:
+    """The first batch of ``rows`` (all in one) through the pipeline, label ``any``."""
+    return _first_batch(make_dataset(rows, SPEC, ("any",), len(rows), training, augment))
+
+
 def test_validation_batches_are_the_preprocessed_inputs(index: pd.DataFrame) -> None:
     """Validation data is to_model_input of each file, in index order, with no augmentation."""
     rows = index.iloc[:8]
@@ -105,17 +110,13 @@ def test_mix_batch_mixes_images_targets_and_weights_with_one_lambda() -> None:
 def test_mixup_in_the_training_pipeline_only_when_asked(index: pd.DataFrame) -> None:
     """Augment(mixup=0) keeps hard 0/1 targets; mixup > 0 gives soft ones; validation never."""
     rows = index.iloc[:16]
-    hard = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[1]
-    soft = _first_batch(
-        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, mixup=0.4))
-    )[1]
-    again = _first_batch(
-        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, mixup=0.4))
-    )[1]
+    hard = _batch(rows, Augment(strength=0.0))[1]
+    soft = _batch(rows, Augment(strength=0.0, mixup=0.4))[1]
+    again = _batch(rows, Augment(strength=0.0, mixup=0.4))[1]
     assert set(np.unique(hard)) <= {0.0, 1.0}
     assert ((soft > 0.01) & (soft < 0.99)).any()
     np.testing.assert_array_equal(soft, again)  # seeded: a rebuilt pipeline mixes the same
-    _, val_y = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(mixup=0.4)))
+    _, val_y = _batch(rows, Augment(mixup=0.4), training=False)
     assert set(np.unique(val_y)) <= {0.0, 1.0}
 
 
@@ -123,13 +124,9 @@ def test_gamma_gives_each_training_image_its_own_display_curve(index: pd.DataFra
     """Augment(gamma=g): every image is the plain one raised to one power in [e^-g, e^g]; the
     powers differ between images, black stays black, and validation is untouched."""
     rows = index.iloc[:16]
-    plain = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[0]
-    curved = _first_batch(
-        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, gamma=0.5))
-    )[0]
-    again = _first_batch(
-        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, gamma=0.5))
-    )[0]
+    plain = _batch(rows, Augment(strength=0.0))[0]
+    curved = _batch(rows, Augment(strength=0.0, gamma=0.5))[0]
+    again = _batch(rows, Augment(strength=0.0, gamma=0.5))[0]
     np.testing.assert_array_equal(curved, again)
     powers = []
     for a, b in zip(plain, curved, strict=True):
@@ -140,7 +137,7 @@ def test_gamma_gives_each_training_image_its_own_display_curve(index: pd.DataFra
     assert all(np.exp(-0.5) - 1e-3 <= p <= np.exp(0.5) + 1e-3 for p in powers)
     assert np.ptp(powers) > 0.1
     assert (curved[plain == 0.0] == 0.0).all()
-    val = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(gamma=0.5)))[0]
+    val = _batch(rows, Augment(gamma=0.5), training=False)[0]
     np.testing.assert_array_equal(val, load_inputs(list(rows["path"]), SPEC))
 
 
@@ -148,10 +145,8 @@ def test_blur_smooths_about_half_the_training_images(index: pd.DataFrame) -> Non
     """Augment(blur=s): some images come out exactly as they went in, the others smoother (less
     total variation, the same mean brightness); validation is untouched."""
     rows = index.iloc[:16]
-    plain = _first_batch(make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0)))[0]
-    blurred = _first_batch(
-        make_dataset(rows, SPEC, ("any",), 16, True, Augment(strength=0.0, blur=1.5))
-    )[0]
+    plain = _batch(rows, Augment(strength=0.0))[0]
+    blurred = _batch(rows, Augment(strength=0.0, blur=1.5))[0]
 
     def variation(x: np.ndarray) -> float:
         return float(np.abs(np.diff(x, axis=0)).sum() + np.abs(np.diff(x, axis=1)).sum())
@@ -162,7 +157,7 @@ def test_blur_smooths_about_half_the_training_images(index: pd.DataFrame) -> Non
         if not kept:
             assert variation(b) < 0.9 * variation(a)
             assert b.mean() == pytest.approx(a.mean(), abs=0.03)
-    val = _first_batch(make_dataset(rows, SPEC, ("any",), 16, False, Augment(blur=1.5)))[0]
+    val = _batch(rows, Augment(blur=1.5), training=False)[0]
     np.testing.assert_array_equal(val, load_inputs(list(rows["path"]), SPEC))
 
 
