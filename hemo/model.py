@@ -488,12 +488,15 @@ def set_trainable_top(model: keras.Model, n_top: int | None) -> int:
     return count
 
 
-def init_from_model(model: keras.Model, source: str | os.PathLike) -> tuple[int, int]:
+def init_from_model(
+    model: keras.Model, source: str | os.PathLike, names: list[str] | None = None
+) -> tuple[int, int]:
     """Copy weights layer by layer (by name, where every weight shape matches) from a hemo model.
 
     Args:
         model: Target model (changed in place: it is the new training run's model).
         source: A saved hemo model (``.keras``/``.h5`` with its card), loaded safely.
+        names: When given, the names of the copied layers are appended to it.
 
     Returns:
         (layers copied, layers with weights in ``model``).
@@ -512,8 +515,41 @@ def init_from_model(model: keras.Model, source: str | os.PathLike) -> tuple[int,
         ):
             layer.set_weights(theirs)
             copied += 1
+            if names is not None:
+                names.append(layer.name)
     log.info("init from %s: copied %d of %d layers with weights", source, copied, len(weighted))
     return copied, len(weighted)
+
+
+class AnchorPenalty:
+    """L2-SP (Li et al., 2018): ``strength * sum((w - w0)^2)``, pulling a weight back towards its
+    starting value ``w0`` instead of towards zero. Set as a Keras variable's ``regularizer`` (in
+    place of the compact CNN's weight decay), so ``fit`` adds it to the loss."""
+
+    def __init__(self, anchor: Any, strength: float) -> None:
+        self.anchor = keras.ops.convert_to_tensor(anchor, dtype="float32")
+        self.strength = float(strength)
+
+    def __call__(self, x):
+        return self.strength * keras.ops.sum(keras.ops.square(x - self.anchor))
+
+
+def anchor_weights(model: keras.Model, strength: float, names: Sequence[str]) -> int:
+    """Pull the trainable weights of the layers ``names`` towards their current values (L2-SP).
+
+    Call it right after :func:`init_from_model`: the anchors are the donor's weights. Frozen
+    weights contribute nothing (Keras only regularizes trainable variables).
+
+    Returns:
+        The number of variables anchored.
+    """
+    anchored = 0
+    for name in names:
+        for variable in model.get_layer(name).trainable_weights:
+            anchor = keras.ops.convert_to_numpy(variable)  # a copy: the variable will move
+            variable.regularizer = AnchorPenalty(anchor, strength)
+            anchored += 1
+    return anchored
 
 
 # Saving and loading -----------------------------------------------------------------------------

@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "architecture": "compact",
     "weights": "none",
     "init": "",
+    "l2sp": 0.0,
     "cam_layer": "",
     "labels": "auto",
     "image_size": 256,
@@ -264,6 +265,11 @@ def _validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
     if not 0 <= int(config["head_epochs"]) <= config["epochs"]:
         raise ConfigError("head_epochs must be between 0 and epochs")
+    l2sp = config["l2sp"]
+    if isinstance(l2sp, bool) or not isinstance(l2sp, int | float) or l2sp < 0:
+        raise ConfigError(f"l2sp must be a number >= 0, got {l2sp!r}")
+    if l2sp and not config["init"]:
+        raise ConfigError("l2sp pulls weights towards an init model's: set init = 'MODEL.keras'")
     if not config["data"]:
         raise ConfigError("no training data: set data = 'DIR' in the config or --data DIR")
     if config["labels"] not in ("auto", "any", "rsna"):
@@ -567,7 +573,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     import keras
 
     from hemo.datasets import load_index
-    from hemo.model import build_model, init_from_model, set_trainable_top
+    from hemo.model import anchor_weights, build_model, init_from_model, set_trainable_top
     from hemo.pipeline import Augment, class_weights, make_dataset
 
     seed = int(config["seed"])
@@ -630,8 +636,13 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     _check_cam_layer(model, config["cam_layer"])
     init_report = None
     if config["init"]:
-        copied, total = init_from_model(model, resolve_path(config["init"]))
+        names: list[str] = []
+        copied, total = init_from_model(model, resolve_path(config["init"]), names)
         init_report = {"from": str(config["init"]), "layers_copied": copied, "layers": total}
+        if config["l2sp"]:
+            # L2-SP: the copied weights are pulled back towards the init model's
+            anchored = anchor_weights(model, float(config["l2sp"]), names)
+            init_report |= {"l2sp": float(config["l2sp"]), "variables_anchored": anchored}
     # Phases: head only, then fine-tuning; each resumable from its backup
     best = {"value": _best_so_far(path)}
     verbose = 1 if sys.stderr.isatty() else 2

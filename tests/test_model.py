@@ -170,6 +170,36 @@ def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) 
     )
 
 
+def test_anchor_weights_penalises_drift_from_the_donor_and_holds_training_back() -> None:
+    """L2-SP: zero penalty at the anchor, strength * sum of squared drift away from it; the same
+    steps at a high learning rate move anchored weights less than free ones."""
+    keras.utils.set_random_seed(3)
+    donor = hm.build_model("compact", GRAY, ("any",))
+    x, y = _x(GRAY, n=8, seed=4), np.tile([[0.0], [1.0]], (4, 1)).astype("float32")
+    drift = {}
+    for strength in (0.0, 0.9):
+        model = hm.build_model("compact", GRAY, ("any",))
+        model.set_weights(donor.get_weights())
+        conv = hm.COMPACT_CAM_LAYER + "_conv"
+        if strength:
+            assert hm.anchor_weights(model, strength, [conv]) == 1  # the kernel (no bias: BN)
+            kernel = model.get_layer(conv).kernel
+            assert isinstance(kernel.regularizer, hm.AnchorPenalty)  # replaces the weight decay
+            assert float(kernel.regularizer(kernel)) == pytest.approx(0.0, abs=1e-9)
+            start = keras.ops.convert_to_numpy(kernel)
+            kernel.assign(start + 0.01)
+            penalty = strength * start.size * 1e-4
+            assert float(kernel.regularizer(kernel)) == pytest.approx(penalty, rel=1e-3)
+            assert any(float(loss) == pytest.approx(penalty, rel=1e-3) for loss in model.losses)
+            kernel.assign(start)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy")
+        for _ in range(6):
+            model.train_on_batch(x, y)
+        moved = model.get_layer(conv).get_weights()[0] - donor.get_layer(conv).get_weights()[0]
+        drift[strength] = float(np.square(moved).sum())
+    assert 0 < drift[0.9] < 0.5 * drift[0.0]
+
+
 def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
     """A weights path that does not exist names the options."""
     with pytest.raises(ModelError, match="weights file not found"):

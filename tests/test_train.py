@@ -103,6 +103,41 @@ def test_bad_config_is_refused() -> None:
     assert resolved["augment"] == {"strength": 1.0, "mixup": 0.0, "gamma": 0.5, "blur": 1.5}
 
 
+def test_l2sp_needs_a_non_negative_strength_and_an_init_model() -> None:
+    """l2sp pulls towards the init model's weights: without init it is refused, as is < 0."""
+    assert resolve_config({"data": "d"})["l2sp"] == 0.0
+    with pytest.raises(ConfigError, match="l2sp pulls weights towards an init model"):
+        resolve_config({"data": "d"}, {"l2sp": 0.001})
+    with pytest.raises(ConfigError, match="l2sp must be a number >= 0"):
+        resolve_config({"data": "d", "init": "m.keras"}, {"l2sp": -1})
+    assert resolve_config({"data": "d", "init": "m.keras", "l2sp": 0.01})["l2sp"] == 0.01
+
+
+@pytest.mark.slow
+def test_run_with_l2sp_anchors_the_init_weights_and_says_so_in_the_card(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run started from another model with l2sp anchors every copied trainable variable and
+    records the strength beside the init model in the card."""
+    from hemo import model as hm
+    from hemo.preprocess import InputSpec
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    spec = InputSpec(size=32)
+    donor = hm.build_model("compact", spec, ("any",))
+    card = hm.ModelCard("donor", "compact", spec, ("any",), 0.5, hm.COMPACT_CAM_LAYER)
+    hm.save_model(donor, tmp_path / "donor", card)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "name": "l2sp", "labels": "any"}
+    overrides |= {"init": str(tmp_path / "donor.keras"), "l2sp": 0.01}
+    path = train(resolve_config({"data": str(phantom_dir)}, overrides))
+    _, card = hm.load_model(path / runs.MODEL_FILE)
+    init = card.training["init"]
+    assert init["layers_copied"] == init["layers"] == len([w for w in donor.layers if w.weights])
+    assert init["l2sp"] == 0.01
+    assert init["variables_anchored"] == len(donor.trainable_weights)
+
+
 def test_two_phase_plan() -> None:
     """head_epochs gives a frozen-backbone phase, then fine-tuning of the top N at the lower LR."""
     config = resolve_config({"data": "d", "epochs": 5, "head_epochs": 2, "fine_tune_layers": 10})
