@@ -5,14 +5,17 @@ Takes finished ``hemo crossval`` runs (``runs/<NAME>-crossval/`` with its fold m
 the fold's own model, plain and left-right flipped (the augmentation the models were trained with,
 so a flipped scan is in distribution). From the pooled out-of-fold probabilities it reports, per
 recipe, ROC AUC and accuracy at 0.5 plain and with flip TTA (mean of both), and for the ensemble
-of all given recipes (mean of their plain probabilities). Nothing is tuned on the held-out images.
+of all given recipes (mean of their plain probabilities). With ``--soup``, also one network per
+fold whose weights are the mean of the recipes' fold models (a "model soup": one network, so one
+Grad-CAM, at the cost of one model). Nothing is tuned on the held-out images.
 
 Usage::
 
     python bench/crossval_variants.py --runs headct_real,headct_real_mask,headct_real_pretrained
 
 Prints a table on stderr and, last, one JSON line on stdout with ``tta_auc_ratio`` (flip TTA over
-plain, per recipe) and ``ensemble_auc_ratio`` (ensemble over the best single recipe).
+plain, per recipe), ``ensemble_auc_ratio`` (ensemble over the best single recipe) and, with
+``--soup``, ``soup_auc_ratio`` (soup over ensemble).
 """
 
 from __future__ import annotations
@@ -70,6 +73,47 @@ def held_out_predictions(name: str, runs_dir: Path):
     return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
 
 
+def soup_predictions(names: list[str], runs_dir: Path):
+    """``DataFrame(path, y, fold, soup)``: per fold, one network whose weights are the mean of
+    the recipes' fold models (a uniform "model soup"; it needs the same architecture and input,
+    and is only meaningful for fine-tunings from one initial network)."""
+    import numpy as np
+    import pandas as pd
+
+    from hemo.datasets import load_index
+    from hemo.io import read_scan
+    from hemo.model import load_model
+    from hemo.preprocess import to_model_input
+
+    reports = [
+        json.loads((runs_dir / f"{n}-crossval" / "crossval.json").read_text()) for n in names
+    ]
+    frames = []
+    for folds in zip(*(r["folds"] for r in reports), strict=True):
+        k = int(folds[0]["fold"])
+        members = [load_model(runs_dir / fold["run"] / "model.keras") for fold in folds]
+        model, card = members[0]
+        if any(c.input_spec != card.input_spec or c.labels != card.labels for _, c in members):
+            raise SystemExit(f"--soup: fold {k} models differ in input or labels")
+        weights = [m.get_weights() for m, _ in members]
+        model.set_weights([np.mean(ws, axis=0) for ws in zip(*weights, strict=True)])
+        index = load_index(runs_dir / f"{names[0]}-crossval" / f"fold{k}")
+        index = index[index["split"] == HELD_OUT_SPLIT]
+        x = np.stack([to_model_input(read_scan(p), card.input_spec) for p in index["path"]])
+        soup = np.asarray(model(x, training=False))[:, list(card.labels).index("any")]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "path": [Path(p).name for p in index["path"]],
+                    "y": index["label_any"].astype(int).to_numpy(),
+                    "fold": k,
+                    "soup": soup,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
+
+
 def scores(y, p) -> dict[str, float]:
     """ROC AUC and accuracy at the fixed 0.5 threshold."""
     import numpy as np
@@ -86,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="comma-separated crossval run names")
     parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
+    parser.add_argument(
+        "--soup",
+        action="store_true",
+        help="also score the mean of the recipes' weights, fold by fold (same initial network)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     names = [n for n in args.runs.split(",") if n]
@@ -126,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             "ensemble (mean)",
             ensemble["roc_auc"],
             ensemble["accuracy_at_0_5"],
+        )
+    if args.soup and len(names) > 1:
+        soup = soup_predictions(names, args.runs_dir)
+        if list(soup["path"]) != list(first["path"]):
+            parser.error("--soup: the recipes' held-out folds differ")
+        summary["soup"] = scores(soup["y"], soup["soup"])
+        summary["soup_auc_ratio"] = summary["soup"]["roc_auc"] / summary["ensemble"]["roc_auc"]
+        log.info(
+            "%-28s %10.3f %10.3f",
+            "soup (mean of weights)",
+            summary["soup"]["roc_auc"],
+            summary["soup"]["accuracy_at_0_5"],
         )
     print(json.dumps(summary, allow_nan=False))
     return 0

@@ -46,6 +46,9 @@ PREPROCESS_LAYER = "imagenet_preprocess"
 HEAD_POOL_LAYER = "head_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
 #: Layers that belong to the classification head (trainable in both transfer-learning phases).
+#: Global pooling of the head: the feature map's mean (the default) or its maximum (one strong
+#: local response, e.g. a small bleed, decides).
+HEAD_POOLS = {"average": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
 HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
 #: The compact CNN's last feature map (1/8 of the input size), its Grad-CAM target.
 COMPACT_CAM_LAYER = "compact_features"
@@ -203,6 +206,7 @@ def build_model(
     dropout: float = 0.2,
     *,
     alpha: float = 1.0,
+    pool: str = "average",
 ) -> keras.Model:
     """Build an uncompiled classifier: (N, size, size, C) in [0, 1] -> (N, len(labels)) sigmoid.
 
@@ -215,6 +219,7 @@ def build_model(
             or a legacy ``.h5`` backbone weights file for the application.
         dropout: Dropout rate before the logits.
         alpha: Width multiplier of ``mobilenet_v2`` (ImageNet weights exist for 0.35-1.4).
+        pool: Global pooling of the head, a key of :data:`HEAD_POOLS`.
 
     Returns:
         A flat functional ``keras.Model`` named ``hemo_<arch>``.
@@ -226,6 +231,8 @@ def build_model(
     if arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     entry = ARCHITECTURES[arch]
+    if pool not in HEAD_POOLS:
+        raise ModelError(f"unknown head pooling {pool!r}; choose one of {sorted(HEAD_POOLS)}")
     if not labels:
         raise ModelError("a model needs at least one output label")
     if spec.size < entry.min_size:
@@ -248,7 +255,7 @@ def build_model(
         backbone_weights = weights_path if weights_kind == "backbone" else weights_kind
         features = _application_backbone(entry, inputs, backbone_weights, alpha)
     # Head: pool, dropout, logits, sigmoid
-    x = layers.GlobalAveragePooling2D(name=HEAD_POOL_LAYER)(features)
+    x = HEAD_POOLS[pool](name=HEAD_POOL_LAYER)(features)
     x = layers.Dropout(dropout, name=HEAD_DROPOUT_LAYER)(x)
     logits = layers.Dense(len(labels), name=LOGITS_LAYER)(x)
     probs = layers.Activation("sigmoid", name=PROBS_LAYER, dtype="float32")(logits)

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "fine_tune_learning_rate": 1e-4,
     "dropout": 0.2,
+    "head_pool": "average",
     "alpha": 1.0,
     "label_smoothing": 0.0,
     "lr_schedule": "plateau",
@@ -248,7 +249,7 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
 
 def _validate(config: dict[str, Any]) -> None:
     """Range and choice checks with messages naming the key."""
-    from hemo.model import ARCHITECTURES
+    from hemo.model import ARCHITECTURES, HEAD_POOLS
 
     if config["architecture"] not in ARCHITECTURES:
         raise ConfigError(
@@ -256,6 +257,10 @@ def _validate(config: dict[str, Any]) -> None:
         )
     if config["strategy"] not in STRATEGIES:
         raise ConfigError(f"strategy {config['strategy']!r} unknown; choose one of {STRATEGIES}")
+    if config["head_pool"] not in HEAD_POOLS:
+        raise ConfigError(
+            f"head_pool must be one of {sorted(HEAD_POOLS)}, got {config['head_pool']!r}"
+        )
     if config["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")
     if config["checkpoint"] not in CHECKPOINTS:
@@ -632,6 +637,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             weights=config["weights"],
             dropout=float(config["dropout"]),
             alpha=float(config["alpha"]),
+            pool=str(config["head_pool"]),
         )
     _check_cam_layer(model, config["cam_layer"])
     init_report = None
@@ -684,6 +690,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         labels,
         dropout=float(config["dropout"]),
         alpha=float(config["alpha"]),
+        pool=str(config["head_pool"]),
     )
     final.set_weights(model.get_weights())
     best_file = path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT

@@ -200,6 +200,24 @@ def test_anchor_weights_penalises_drift_from_the_donor_and_holds_training_back()
     assert 0 < drift[0.9] < 0.5 * drift[0.0]
 
 
+def test_max_head_pool_reads_the_strongest_response_and_round_trips(tmp_path: Path) -> None:
+    """pool="max": the logits are the Dense of each feature map's maximum; it saves and loads;
+    an unknown pooling is refused."""
+    keras.utils.set_random_seed(5)
+    model = hm.build_model("compact", GRAY, ("any",), pool="max")
+    assert isinstance(model.get_layer(hm.HEAD_POOL_LAYER), keras.layers.GlobalMaxPooling2D)
+    x = _x(GRAY, n=3, seed=6)
+    maps = keras.Model(model.input, model.get_layer(hm.COMPACT_CAM_LAYER).output)(x)
+    kernel, bias = model.get_layer(hm.LOGITS_LAYER).get_weights()
+    expected = 1 / (1 + np.exp(-(np.asarray(maps).max(axis=(1, 2)) @ kernel + bias)))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    hm.save_model(model, tmp_path / "maxpool", _card(GRAY))
+    loaded, _ = hm.load_model(tmp_path / "maxpool.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ModelError, match="unknown head pooling 'median'"):
+        hm.build_model("compact", GRAY, ("any",), pool="median")
+
+
 def test_missing_weights_file_is_refused(tmp_path: Path) -> None:
     """A weights path that does not exist names the options."""
     with pytest.raises(ModelError, match="weights file not found"):

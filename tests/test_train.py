@@ -138,6 +138,14 @@ def test_run_with_l2sp_anchors_the_init_weights_and_says_so_in_the_card(
     assert init["variables_anchored"] == len(donor.trainable_weights)
 
 
+def test_head_pool_is_average_or_max() -> None:
+    """head_pool chooses the head's global pooling; anything else is refused by name."""
+    assert resolve_config({"data": "d"})["head_pool"] == "average"
+    assert resolve_config({"data": "d"}, {"head_pool": "max"})["head_pool"] == "max"
+    with pytest.raises(ConfigError, match="head_pool must be one of"):
+        resolve_config({"data": "d"}, {"head_pool": "attention"})
+
+
 def test_two_phase_plan() -> None:
     """head_epochs gives a frozen-backbone phase, then fine-tuning of the top N at the lower LR."""
     config = resolve_config({"data": "d", "epochs": 5, "head_epochs": 2, "fine_tune_layers": 10})
