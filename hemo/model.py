@@ -45,10 +45,10 @@ GRAY_TO_RGB_LAYER = "gray_to_rgb"
 PREPROCESS_LAYER = "imagenet_preprocess"
 HEAD_POOL_LAYER = "head_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
-#: Layers that belong to the classification head (trainable in both transfer-learning phases).
 #: Global pooling of the head: the feature map's mean (the default) or its maximum (one strong
 #: local response, e.g. a small bleed, decides).
 HEAD_POOLS = {"average": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+#: Layers that belong to the classification head (trainable in both transfer-learning phases).
 HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
 #: The compact CNN's last feature map (1/8 of the input size), its Grad-CAM target.
 COMPACT_CAM_LAYER = "compact_features"
