@@ -133,7 +133,7 @@ def test_run_with_l2sp_anchors_the_init_weights_and_says_so_in_the_card(
     path = train(resolve_config({"data": str(phantom_dir)}, overrides))
     _, card = hm.load_model(path / runs.MODEL_FILE)
     init = card.training["init"]
-    assert init["layers_copied"] == init["layers"] == len([w for w in donor.layers if w.weights])
+    assert init["layers_copied"] == init["layers"] == len([la for la in donor.layers if la.weights])
     assert init["l2sp"] == 0.01
     assert init["variables_anchored"] == len(donor.trainable_weights)
 
