@@ -36,41 +36,63 @@ FIXED_THRESHOLD = 0.5
 HELD_OUT_SPLIT = "val"
 
 
-def held_out_predictions(name: str, runs_dir: Path):
-    """``DataFrame(path, y, fold, plain, flipped)`` over every fold of crossval run ``name``."""
+def _held_out(name: str, runs_dir: Path, k: int, spec):
+    """(held-out rows of fold ``k`` of crossval run ``name``, their model inputs under ``spec``)."""
     import numpy as np
-    import pandas as pd
 
     from hemo.datasets import load_index
     from hemo.io import read_scan
-    from hemo.model import load_model
     from hemo.preprocess import to_model_input
 
-    report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    index = load_index(runs_dir / f"{name}-crossval" / f"fold{k}")
+    index = index[index["split"] == HELD_OUT_SPLIT]
+    return index, np.stack([to_model_input(read_scan(p), spec) for p in index["path"]])
+
+
+def _frame(index, k: int, **columns):
+    """``DataFrame(path, y, fold, **columns)`` of one fold's held-out rows."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "path": [Path(p).name for p in index["path"]],
+            "y": index["label_any"].astype(int).to_numpy(),
+            "fold": k,
+            **columns,
+        }
+    )
+
+
+def _pooled(frames: list):
+    """The folds' frames as one, in path order (the same order for every recipe)."""
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
+
+
+def _report(name: str, runs_dir: Path) -> dict:
+    """``crossval.json`` of crossval run ``name``."""
+    return json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+
+
+def held_out_predictions(name: str, runs_dir: Path):
+    """``DataFrame(path, y, fold, plain, flipped)`` over every fold of crossval run ``name``."""
+    import numpy as np
+
+    from hemo.model import load_model
+
     frames = []
-    for fold in report["folds"]:
+    for fold in _report(name, runs_dir)["folds"]:
         k = int(fold["fold"])
         model, card = load_model(runs_dir / fold["run"] / "model.keras")
-        index = load_index(runs_dir / f"{name}-crossval" / f"fold{k}")
-        index = index[index["split"] == HELD_OUT_SPLIT]
-        x = np.stack([to_model_input(read_scan(p), card.input_spec) for p in index["path"]])
+        index, x = _held_out(name, runs_dir, k, card.input_spec)
         any_column = list(card.labels).index("any")
         plain = np.asarray(model(x, training=False))[:, any_column]
         flipped = np.asarray(model(np.ascontiguousarray(x[:, :, ::-1]), training=False))[
             :, any_column
         ]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "path": [Path(p).name for p in index["path"]],
-                    "y": index["label_any"].astype(int).to_numpy(),
-                    "fold": k,
-                    "plain": plain,
-                    "flipped": flipped,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
+        frames.append(_frame(index, k, plain=plain, flipped=flipped))
+    return _pooled(frames)
 
 
 def soup_predictions(names: list[str], runs_dir: Path):
@@ -78,18 +100,11 @@ def soup_predictions(names: list[str], runs_dir: Path):
     the recipes' fold models (a uniform "model soup"; it needs the same architecture and input,
     and is only meaningful for fine-tunings from one initial network)."""
     import numpy as np
-    import pandas as pd
 
-    from hemo.datasets import load_index
-    from hemo.io import read_scan
     from hemo.model import load_model
-    from hemo.preprocess import to_model_input
 
-    reports = [
-        json.loads((runs_dir / f"{n}-crossval" / "crossval.json").read_text()) for n in names
-    ]
     frames = []
-    for folds in zip(*(r["folds"] for r in reports), strict=True):
+    for folds in zip(*(_report(n, runs_dir)["folds"] for n in names), strict=True):
         k = int(folds[0]["fold"])
         members = [load_model(runs_dir / fold["run"] / "model.keras") for fold in folds]
         model, card = members[0]
@@ -97,21 +112,10 @@ def soup_predictions(names: list[str], runs_dir: Path):
             raise SystemExit(f"--soup: fold {k} models differ in input or labels")
         weights = [m.get_weights() for m, _ in members]
         model.set_weights([np.mean(ws, axis=0) for ws in zip(*weights, strict=True)])
-        index = load_index(runs_dir / f"{names[0]}-crossval" / f"fold{k}")
-        index = index[index["split"] == HELD_OUT_SPLIT]
-        x = np.stack([to_model_input(read_scan(p), card.input_spec) for p in index["path"]])
+        index, x = _held_out(names[0], runs_dir, k, card.input_spec)
         soup = np.asarray(model(x, training=False))[:, list(card.labels).index("any")]
-        frames.append(
-            pd.DataFrame(
-                {
-                    "path": [Path(p).name for p in index["path"]],
-                    "y": index["label_any"].astype(int).to_numpy(),
-                    "fold": k,
-                    "soup": soup,
-                }
-            )
-        )
-    return pd.concat(frames, ignore_index=True).sort_values("path").reset_index(drop=True)
+        frames.append(_frame(index, k, soup=soup))
+    return _pooled(frames)
 
 
 def scores(y, p) -> dict[str, float]:
