@@ -26,7 +26,7 @@ import tensorflow as tf
 from numpy.typing import NDArray
 
 from hemo.config import DEFAULT_SEED, RSNA_LABELS, SUBTYPES
-from hemo.errors import DatasetError, HemoError
+from hemo.errors import ConfigError, DatasetError, HemoError
 from hemo.preprocess import InputSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,21 @@ BRIGHTNESS_FACTOR = 0.05
 FLIP_MODE = "horizontal"
 #: Share of training images blurred when ``Augment.blur`` > 0 (the rest stay sharp).
 BLUR_PROBABILITY = 0.5
+#: Synthetic lesions (``Augment.lesion``), in fractions of the input size unless stated: the
+#: ellipse's radii, how deep inside the head outline its centre lies, how far from bone.
+LESION_RADIUS = (0.02, 0.09)
+LESION_DEPTH = 0.08
+LESION_BONE_MARGIN = 0.03
+#: Display levels: above ``LESION_BONE`` is bone, below ``LESION_AIR`` is outside the head.
+LESION_BONE = 0.85
+LESION_AIR = 0.05
+#: The lesion's level is the brain's mean plus this share of the way up to white (acute blood
+#: is brighter than brain and darker than bone), then per-pixel noise of this sd.
+LESION_CONTRAST = (0.35, 0.8)
+LESION_NOISE = 0.03
+#: Edge sharpness (logistic slope per radius) and opacity ranges.
+LESION_EDGE = (3.0, 10.0)
+LESION_OPACITY = (0.7, 1.0)
 FULL_TURN_DEG = 360.0
 #: Inputs live in [0, 1]; augmented values are kept there.
 VALUE_RANGE = (0.0, 1.0)
@@ -73,6 +88,10 @@ class Augment:
         blur: Largest Gaussian-blur sigma, in pixels of the model input: half the images are
             blurred with a sigma drawn from (0, blur] (smoother than the source, as after
             resampling and compression). 0 turns it off. Not scaled by ``strength``.
+        lesion: Share of negative training images that get a synthetic hyperdense lesion
+            pasted into the brain and become positive (:func:`paste_lesions`): the real
+            background stays, so the only difference the label follows is the lesion.
+            Display input and the binary ``any`` label only; 0 turns it off.
     """
 
     strength: float = 1.0
@@ -85,6 +104,7 @@ class Augment:
     mixup: float = 0.0
     gamma: float = 0.0
     blur: float = 0.0
+    lesion: float = 0.0
 
 
 def labels_for(df: pd.DataFrame) -> tuple[str, ...]:
@@ -228,20 +248,112 @@ def mix_batch(
     return mixed_x, mixed_y, mixed_w
 
 
+def _erode(mask: tf.Tensor, k: int) -> tf.Tensor:
+    """Binary erosion of (B, H, W, 1) 0/1 masks by a k x k square; outside the image counts
+    as background, so a head cut by the crop is eroded from the image edge too."""
+    pad = k // 2
+    outside = tf.pad(1.0 - mask, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=1.0)
+    return 1.0 - tf.nn.max_pool2d(outside, k, 1, "VALID")
+
+
+def _odd(n: float) -> int:
+    """The odd integer >= 1 nearest to ``n`` (a pooling window with a centre)."""
+    return max(1, 2 * int(round(n / 2)) + 1)
+
+
+def paste_lesions(
+    x: tf.Tensor, y: tf.Tensor, share: float, seed: keras.random.SeedGenerator, column: int = 0
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Paste a synthetic hyperdense lesion into a share of the negative images; they become
+    positive.
+
+    Each chosen image gets one soft-edged ellipse (radii ``LESION_RADIUS`` of the size, any
+    orientation) centred on brain tissue: at least ``LESION_DEPTH`` inside the head outline
+    and ``LESION_BONE_MARGIN`` from bone. Its level is the mean of that tissue plus a share
+    (``LESION_CONTRAST``) of the way up to white, with per-pixel noise, and it is painted over
+    soft tissue only (never over bone or air), with an opacity from ``LESION_OPACITY``. An
+    image without such tissue, or already positive, is left as it is.
+
+    Args:
+        x: Display images (B, H, W, C) in [0, 1]; channels are painted alike.
+        y: Targets (B, L); ``y[:, column]`` is the ``any`` label.
+        share: Probability that a negative image gets a lesion, in [0, 1].
+        seed: Seed generator of every draw.
+        column: Index of the ``any`` target.
+
+    Returns:
+        ``(x', y')``: images in [0, 1] and targets with the lesioned rows set to 1.
+    """
+    x = tf.cast(x, tf.float32)
+    y = tf.cast(y, tf.float32)
+    n, size = tf.shape(x)[0], x.shape[1]
+    gray = x[..., :1]
+    # Where a centre may go: brain tissue, away from the head outline and from bone
+    soft = tf.cast((gray > LESION_AIR) & (gray < LESION_BONE), tf.float32)
+    head = tf.cast(gray > LESION_AIR, tf.float32)
+    bone = tf.cast(gray >= LESION_BONE, tf.float32)
+    near_bone = tf.nn.max_pool2d(bone, _odd(2 * LESION_BONE_MARGIN * size), 1, "SAME")
+    centre = _erode(head, _odd(2 * LESION_DEPTH * size)) * (1.0 - near_bone) * soft
+    area = tf.reduce_sum(centre, axis=[1, 2, 3])
+    brain = tf.reduce_sum(gray * centre, axis=[1, 2, 3]) / tf.maximum(area, 1.0)
+    # One centre per image, uniform over its allowed pixels
+    logits = tf.math.log(tf.reshape(centre, [n, -1]) + 1e-30)
+    index = tf.cast(keras.random.categorical(logits, 1, seed=seed)[:, 0], tf.int32)
+    cy = tf.cast(index // size, tf.float32)[:, None, None]
+    cx = tf.cast(index % size, tf.float32)[:, None, None]
+
+    def draw(low: float, high: float) -> tf.Tensor:
+        return keras.random.uniform((n,), low, high, seed=seed)[:, None, None]
+
+    a = draw(*LESION_RADIUS) * size
+    b = draw(*LESION_RADIUS) * size
+    angle = draw(0.0, math.pi)
+    edge = draw(*LESION_EDGE)
+    opacity = draw(*LESION_OPACITY)
+    level = brain[:, None, None] + draw(*LESION_CONTRAST) * (1.0 - brain[:, None, None])
+    # The ellipse, soft-edged, over soft tissue only
+    grid = tf.range(size, dtype=tf.float32)
+    dy = grid[None, :, None] - cy
+    dx = grid[None, None, :] - cx
+    u = dx * tf.cos(angle) + dy * tf.sin(angle)
+    v = -dx * tf.sin(angle) + dy * tf.cos(angle)
+    radius = tf.sqrt(tf.square(u / a) + tf.square(v / b))
+    paint = tf.sigmoid(edge * (1.0 - radius)) * opacity
+    noise = keras.random.normal(tf.shape(paint), stddev=LESION_NOISE, seed=seed)
+    # Which rows: negatives, drawn with probability ``share``, that have tissue to paint
+    chosen = (
+        (y[:, column] < 0.5)
+        & (keras.random.uniform((n,), 0.0, 1.0, seed=seed) < share)
+        & (area > 0)
+    )
+    on = tf.cast(chosen, tf.float32)
+    paint = (paint * on[:, None, None])[..., None] * soft
+    x = x + paint * (level[..., None] + noise[..., None] - x)
+    y = tf.tensor_scatter_nd_update(
+        y,
+        tf.stack([tf.range(n), tf.fill([n], column)], axis=1),
+        tf.maximum(y[:, column], on),
+    )
+    return tf.clip_by_value(x, *VALUE_RANGE), y
+
+
 def train_preprocessing(
     augmenter: keras.Sequential | None,
     mixup: float = 0.0,
     seed: int = DEFAULT_SEED,
     gamma: float = 0.0,
+    lesion: float = 0.0,
 ):
-    """Batch map for training: augment (if any), random gamma (if on), mixup (if on), keep
-    values in [0, 1].
+    """Batch map for training: synthetic lesions (if on), augment (if any), random gamma (if
+    on), mixup (if on), keep values in [0, 1].
 
     Args:
         augmenter: From :func:`make_augmenter`, or None for no augmentation.
         mixup: Beta parameter of :func:`mix_batch`; 0 for none.
         seed: Seed of the mixup and gamma draws.
         gamma: Largest log-gamma (``Augment.gamma``); 0 for none.
+        lesion: Share of negatives given a lesion (:func:`paste_lesions`, on target column
+            0); 0 for none.
 
     Returns:
         A function ``(x, y, w) -> (x', y', w')`` for ``Dataset.map`` on batches.
@@ -249,8 +361,12 @@ def train_preprocessing(
 
     mixer = keras.random.SeedGenerator(seed) if mixup > 0 else None
     curver = keras.random.SeedGenerator(seed + 1) if gamma > 0 else None
+    painter = keras.random.SeedGenerator(seed + 2) if lesion > 0 else None
 
     def apply(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        # A lesion into some negatives first, so the geometry moves it with the head
+        if painter is not None:
+            x, y = paste_lesions(x, y, lesion, painter)
         # Random geometry and intensity, per image of the batch
         if augmenter is not None:
             x = augmenter(x, training=True)
@@ -307,6 +423,13 @@ def make_dataset(
     """
     if df.empty:
         raise DatasetError("no rows to build a dataset from (empty split?)")
+    if training and augment is not None and augment.lesion > 0:
+        if spec.mode != "display" or tuple(labels) != BINARY_LABELS:
+            raise ConfigError(
+                "augment.lesion paints display-grayscale lesions and sets the 'any' label: it "
+                f"needs display input and labels 'any' (got mode {spec.mode!r}, labels "
+                f"{list(labels)})"
+            )
     paths = df["path"].astype(str).to_numpy()
     y = label_matrix(df, labels)
     size, channels = spec.size, spec.input_shape[-1]
@@ -340,10 +463,11 @@ def make_dataset(
         on = augment is not None and (augment.strength > 0 or augment.blur > 0)
         mixup = augment.mixup if augment is not None else 0.0
         gamma = augment.gamma if augment is not None else 0.0
+        lesion = augment.lesion if augment is not None else 0.0
         augment_seed = augment.seed if augment is not None else seed
         ds = ds.map(
             train_preprocessing(
-                make_augmenter(augment) if on else None, mixup, augment_seed + 5, gamma
+                make_augmenter(augment) if on else None, mixup, augment_seed + 5, gamma, lesion
             )
         )
     else:

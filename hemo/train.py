@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "cache": "auto",
     "extra_train": "",
     "extra_train_rows": 0,
-    "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0},
+    "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0, "lesion": 0.0},
     "threshold": {"method": "youden", "target_sensitivity": 0.9},
     "strategy": "default",
     "steps_per_epoch": 0,
@@ -101,8 +101,9 @@ ACCURACY_THRESHOLD = 0.5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 #: Largest ``augment.gamma`` (log-gamma: x ** e^1 ... x ** e^-1) and ``augment.blur`` (sigma,
-#: input pixels): beyond these the images stop looking like a CT display.
-AUGMENT_LIMITS = {"gamma": 1.0, "blur": 4.0}
+#: input pixels): beyond these the images stop looking like a CT display; ``augment.lesion``
+#: is a probability.
+AUGMENT_LIMITS = {"gamma": 1.0, "blur": 4.0, "lesion": 1.0}
 
 
 # Configuration ----------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(
             f"extra_train_rows must be an integer >= 0 (0: all), got {config['extra_train_rows']!r}"
         )
-    for key in ("strength", "mixup", "gamma", "blur"):
+    for key in ("strength", "mixup", "gamma", "blur", "lesion"):
         value = config["augment"][key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"augment.{key} must be a number >= 0, got {value!r}")
@@ -607,6 +608,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         mixup=float(config["augment"]["mixup"]),
         gamma=float(config["augment"]["gamma"]),
         blur=float(config["augment"]["blur"]),
+        lesion=float(config["augment"]["lesion"]),
     )
     distributed = config["strategy"] == "multiworker"
     train_ds = make_dataset(
@@ -1045,6 +1047,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "mixup": float(config["augment"]["mixup"]),
         "gamma": float(config["augment"]["gamma"]),
         "blur": float(config["augment"]["blur"]),
+        "lesion": float(config["augment"]["lesion"]),
         "notes": config["notes"],
         "config": {**config, "data": portable_path(data, config["data"])},
     }

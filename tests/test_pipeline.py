@@ -11,7 +11,7 @@ import pytest
 
 from hemo.config import RSNA_LABELS
 from hemo.datasets import load_index
-from hemo.errors import DatasetError
+from hemo.errors import ConfigError, DatasetError
 from hemo.pipeline import (
     Augment,
     class_weights,
@@ -20,6 +20,7 @@ from hemo.pipeline import (
     load_inputs,
     make_dataset,
     mix_batch,
+    paste_lesions,
 )
 from hemo.preprocess import InputSpec
 
@@ -159,6 +160,85 @@ def test_blur_smooths_about_half_the_training_images(index: pd.DataFrame) -> Non
             assert b.mean() == pytest.approx(a.mean(), abs=0.03)
     val = _batch(rows, Augment(blur=1.5), training=False)[0]
     np.testing.assert_array_equal(val, load_inputs(list(rows["path"]), SPEC))
+
+
+def _head(n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` drawn heads: air 0, a bone ring 0.95, brain 0.45; returns (x, brain, bone) masks."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
+    brain = r < 0.40 * size
+    bone = (r >= 0.40 * size) & (r < 0.46 * size)
+    x = np.where(brain, 0.45, np.where(bone, 0.95, 0.0)).astype(np.float32)
+    return np.repeat(x[None, ..., None], n, axis=0), brain, bone
+
+
+def test_paste_lesions_paints_a_brighter_blob_into_brain_only_and_relabels() -> None:
+    """share 1: every negative gets one blob brighter than brain, painted on brain only (bone
+    and air untouched), its peak well inside the head, and its label becomes 1; positives are
+    left exactly as they were."""
+    x, brain, bone = _head(12)
+    y = np.array([[0.0]] * 8 + [[1.0]] * 4, dtype=np.float32)
+    out, labels = (np.asarray(t) for t in paste_lesions(x, y, 1.0, keras.random.SeedGenerator(1)))
+    np.testing.assert_array_equal(labels, np.ones((12, 1)))
+    np.testing.assert_array_equal(out[8:], x[8:])
+    size = x.shape[1]
+    for before, after in zip(x[:8, ..., 0], out[:8, ..., 0], strict=True):
+        changed = np.abs(after - before) > 0.02
+        assert changed.sum() > 4
+        assert not (changed & ~brain).any()
+        assert after[changed].mean() > 0.45 + 0.1
+        # Its centre of mass keeps the margin from the bone
+        gain = np.clip(after - before, 0, None)
+        cy, cx = (np.mgrid[:size, :size] * gain).sum(axis=(1, 2)) / gain.sum()
+        assert np.hypot(cy - size / 2 + 0.5, cx - size / 2 + 0.5) < 0.37 * size
+    assert len({np.argmax(a - x[0]) for a in out[:8]}) > 1  # not one place for all
+
+
+def test_paste_lesions_share_and_seed() -> None:
+    """share 0 changes nothing; about ``share`` of the negatives get a lesion; the same seed
+    paints the same; an image with no brain (all air) is never relabelled."""
+    x, _, _ = _head(64)
+    y = np.zeros((64, 1), np.float32)
+    none = paste_lesions(x, y, 0.0, keras.random.SeedGenerator(2))
+    np.testing.assert_array_equal(np.asarray(none[0]), x)
+    np.testing.assert_array_equal(np.asarray(none[1]), y)
+    half = [np.asarray(t) for t in paste_lesions(x, y, 0.5, keras.random.SeedGenerator(2))]
+    again = [np.asarray(t) for t in paste_lesions(x, y, 0.5, keras.random.SeedGenerator(2))]
+    np.testing.assert_array_equal(half[0], again[0])
+    assert 16 <= half[1].sum() <= 48
+    painted = [not np.array_equal(a, b) for a, b in zip(half[0], x, strict=True)]
+    np.testing.assert_array_equal(painted, half[1][:, 0] == 1)
+    air = np.zeros_like(x[:4])
+    out, labels = paste_lesions(air, y[:4], 1.0, keras.random.SeedGenerator(2))
+    assert not np.asarray(labels).any() and not np.asarray(out).any()
+
+
+def test_lesions_on_real_negatives_in_the_training_pipeline_only(head_ct_dir: Path) -> None:
+    """Augment(lesion=1) on real Kaggle negatives: every training image gets a lesion and the
+    label 1, inside the head; validation batches are the plain inputs with their labels; HU
+    input or subtype labels are refused by name."""
+    from hemo.datasets import build_index
+
+    rows = build_index(head_ct_dir)
+    rows = rows[rows["label_any"] == 0].iloc[:8].reset_index(drop=True)
+    spec = InputSpec(size=64, mode="display", channels=1, crop_head=True)
+    plain = load_inputs(list(rows["path"]), spec)
+    lesion = Augment(strength=0.0, lesion=1.0)
+    x, y, _ = _first_batch(make_dataset(rows, spec, ("any",), 8, True, lesion, seed=3))
+    assert (y == 1).all()
+    order = [int(np.argmin([np.abs(p - a).sum() for p in plain])) for a in x]
+    assert sorted(order) == list(range(8))  # each batch image is one of the rows, painted
+    for a, i in zip(x, order, strict=True):
+        changed = np.abs(a - plain[i]) > 0.02
+        assert changed.any() and (a[changed] > plain[i][changed]).mean() > 0.9
+        assert (plain[i][changed] > 0.05).all()  # never on air
+    vx, vy = _first_batch(make_dataset(rows, spec, ("any",), 8, False, lesion))
+    np.testing.assert_array_equal(vx, plain)
+    assert (vy == 0).all()
+    with pytest.raises(ConfigError, match="augment.lesion .* needs display input"):
+        make_dataset(rows, InputSpec(size=32), ("any",), 8, True, lesion)
+    with pytest.raises(ConfigError, match="labels 'any'"):
+        make_dataset(rows, spec, ("any", "subdural"), 8, True, lesion)
 
 
 def test_class_weights_balance_the_train_split() -> None:

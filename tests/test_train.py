@@ -99,8 +99,16 @@ def test_bad_config_is_refused() -> None:
         resolve_config({"data": "d"}, {"augment.gamma": 1.5})
     with pytest.raises(ConfigError, match="augment.blur must be a number >= 0"):
         resolve_config({"data": "d"}, {"augment.blur": -1})
+    with pytest.raises(ConfigError, match="augment.lesion must be at most 1.0"):
+        resolve_config({"data": "d"}, {"augment.lesion": 1.5})
     resolved = resolve_config({"data": "d", "augment": {"gamma": 0.5, "blur": 1.5}})
-    assert resolved["augment"] == {"strength": 1.0, "mixup": 0.0, "gamma": 0.5, "blur": 1.5}
+    assert resolved["augment"] == {
+        "strength": 1.0,
+        "mixup": 0.0,
+        "gamma": 0.5,
+        "blur": 1.5,
+        "lesion": 0.0,
+    }
 
 
 def test_l2sp_needs_a_non_negative_strength_and_an_init_model() -> None:
@@ -231,6 +239,26 @@ def test_run_with_extra_train_trains_on_both_and_says_so_in_the_card(
     extra = card.training["extra_train"]
     assert extra["images"] == 5 and 0 <= extra["positives_any"] <= 5
     assert card.training["images"]["train"] == n_train
+
+
+def test_run_with_lesions_trains_on_display_input_and_says_so_in_the_card(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """augment.lesion on display input with the label any trains and is recorded in the card;
+    on HU input the run is refused, naming the key."""
+    from hemo.model import load_model
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "name": "lesion", "labels": "any"}
+    overrides |= {"augment.lesion": 0.5, "input.mode": "display", "input.channels": 1}
+    path = train(resolve_config({"data": str(phantom_dir)}, overrides))
+    _, card = load_model(path / runs.MODEL_FILE)
+    assert card.training["lesion"] == 0.5
+    assert card.input_spec.mode == "display"
+    hu = overrides | {"input.mode": "hu", "input.channels": 3, "name": "lesion_hu"}
+    with pytest.raises(ConfigError, match="augment.lesion"):
+        train(resolve_config({"data": str(phantom_dir)}, hu))
 
 
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
