@@ -14,6 +14,8 @@ from hemo.datasets import load_index
 from hemo.errors import ConfigError, DatasetError
 from hemo.pipeline import (
     Augment,
+    _dilate,
+    _erode,
     class_weights,
     label_matrix,
     labels_for,
@@ -170,6 +172,25 @@ def _head(n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bone = (r >= 0.40 * size) & (r < 0.46 * size)
     x = np.where(brain, 0.45, np.where(bone, 0.95, 0.0)).astype(np.float32)
     return np.repeat(x[None, ..., None], n, axis=0), brain, bone
+
+
+def test_dilate_and_erode_match_opencv() -> None:
+    """The cumulative-sum dilation and erosion equal OpenCV's with a square kernel, outside the
+    image counting as background for both."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((3, 40, 40)) > 0.7).astype(np.uint8)
+    masks[2, 5:35, :] = 1  # touches the image edge: eroded from it
+    for k in (1, 3, 7):
+        kernel = np.ones((k, k), np.uint8)
+        grown = np.asarray(_dilate(masks[..., None].astype(np.float32), k))[..., 0]
+        shrunk = np.asarray(_erode(masks[..., None].astype(np.float32), k))[..., 0]
+        for m, g, s in zip(masks, grown, shrunk, strict=True):
+            np.testing.assert_array_equal(g, cv2.dilate(m, kernel, borderValue=0))
+            np.testing.assert_array_equal(
+                s, cv2.erode(m, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+            )
 
 
 def test_paste_lesions_paints_a_brighter_blob_into_brain_only_and_relabels() -> None:
