@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from hemo import __version__
@@ -500,6 +501,11 @@ def init_from_model(
 ) -> tuple[int, int]:
     """Copy weights layer by layer (by name, where every weight shape matches) from a hemo model.
 
+    One exception: a convolution whose kernel has more input channels than the donor's (an
+    input spec with more channels, e.g. ``asymmetry``) takes the donor's kernel on its first
+    channels and zeros on the new ones, so the copied network computes what the donor did until
+    training uses the new channels.
+
     Args:
         model: Target model (changed in place: it is the new training run's model).
         source: A saved hemo model (``.keras``/``.h5`` with its card), loaded safely.
@@ -521,11 +527,28 @@ def init_from_model(
             a.shape == b.shape for a, b in zip(mine, theirs, strict=True)
         ):
             layer.set_weights(theirs)
-            copied += 1
-            if names is not None:
-                names.append(layer.name)
+        elif _more_input_channels(mine, theirs):
+            kernel = np.zeros_like(mine[0])
+            kernel[:, :, : theirs[0].shape[2]] = theirs[0]
+            layer.set_weights([kernel, *theirs[1:]])
+            log.info("init: %s gets the donor's kernel on its first channels", layer.name)
+        else:
+            continue
+        copied += 1
+        if names is not None:
+            names.append(layer.name)
     log.info("init from %s: copied %d of %d layers with weights", source, copied, len(weighted))
     return copied, len(weighted)
+
+
+def _more_input_channels(mine: list[np.ndarray], theirs: list[np.ndarray]) -> bool:
+    """Whether ``mine`` is a 2-D convolution's weights that differ from ``theirs`` only by more
+    input channels in the kernel (the bias and any other weights identical in shape)."""
+    if len(mine) != len(theirs) or not mine or mine[0].ndim != 4 or theirs[0].ndim != 4:
+        return False
+    (kh, kw, cin, cout), (dh, dw, din, dout) = mine[0].shape, theirs[0].shape
+    same_rest = all(a.shape == b.shape for a, b in zip(mine[1:], theirs[1:], strict=True))
+    return (kh, kw, cout) == (dh, dw, dout) and cin > din and same_rest
 
 
 class AnchorPenalty:

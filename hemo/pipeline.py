@@ -434,11 +434,11 @@ def make_dataset(
     if df.empty:
         raise DatasetError("no rows to build a dataset from (empty split?)")
     if training and augment is not None and augment.lesion > 0:
-        if spec.mode != "display" or tuple(labels) != BINARY_LABELS:
+        if spec.mode != "display" or spec.asymmetry or tuple(labels) != BINARY_LABELS:
             raise ConfigError(
                 "augment.lesion paints display-grayscale lesions and sets the 'any' label: it "
-                f"needs display input and labels 'any' (got mode {spec.mode!r}, labels "
-                f"{list(labels)})"
+                "needs display input without the asymmetry channel and labels 'any' (got mode "
+                f"{spec.mode!r}, asymmetry {spec.asymmetry}, labels {list(labels)})"
             )
     paths = df["path"].astype(str).to_numpy()
     y = label_matrix(df, labels)

@@ -8,7 +8,10 @@ An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any s
   instead of one per window; it is the same everywhere, so training and prediction agree.
 * mode ``"display"``: display grayscale (an image's pixels, or a DICOM through
   ``display_window``) -> optional crop -> pad to square with black -> resize -> repeated to
-  ``channels``.
+  ``channels``; with ``asymmetry`` the last channel is instead the left-right asymmetry map
+  ``max(0, x - mirror(x))``: how much brighter each pixel is than the pixel facing it across
+  the vertical centre line. After the head crop that line is close to the midline, and a bleed,
+  which is usually on one side, stands out against the normal brain facing it.
 
 Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 :data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
@@ -104,6 +107,9 @@ class InputSpec:
         mask_outside_head: After the crop, set everything outside the skull's convex hull to
             background (see the module docstring); off by default, and a card without the key
             means off.
+        asymmetry: Mode ``"display"``: the last of the ``channels`` (at least 2) is the
+            left-right asymmetry map (see the module docstring), the others the grayscale; off
+            by default, and a card without the key means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -116,6 +122,7 @@ class InputSpec:
     display_window: str = "brain"
     crop_head: bool = False
     mask_outside_head: bool = False
+    asymmetry: bool = False
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -154,6 +161,14 @@ class InputSpec:
         if not isinstance(self.mask_outside_head, bool):
             raise ConfigError(
                 f"InputSpec.mask_outside_head must be true or false, got {self.mask_outside_head!r}"
+            )
+        if not isinstance(self.asymmetry, bool):
+            raise ConfigError(f"InputSpec.asymmetry must be true or false, got {self.asymmetry!r}")
+        if self.asymmetry and (self.mode != "display" or self.channels < 2):
+            raise ConfigError(
+                "InputSpec.asymmetry adds the asymmetry map as the last channel of a display "
+                f"input: it needs mode 'display' and channels >= 2 (got mode {self.mode!r}, "
+                f"channels {self.channels})"
             )
 
     @property
@@ -420,7 +435,24 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
         SKULL_GRAY_THRESHOLD if spec.mask_outside_head else None,
     )
     np.clip(small, 0.0, 1.0, out=small)
+    if spec.asymmetry:
+        gray_channels = np.repeat(small[:, :, None], spec.channels - 1, axis=2)
+        return np.concatenate([gray_channels, asymmetry_map(small)[:, :, None]], axis=2)
     return np.repeat(small[:, :, None], spec.channels, axis=2)
+
+
+def asymmetry_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """``max(0, x - mirror(x))``: how much brighter each pixel is than the one facing it across
+    the image's vertical centre line (the midline, once the head is cropped and centred).
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1].
+
+    Returns:
+        float32 (H, W) in [0, 1]; 0 wherever the pixel is no brighter than its mirror.
+    """
+    x = np.asarray(gray, dtype=np.float32)
+    return np.clip(x - x[:, ::-1], 0.0, 1.0)
 
 
 def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDArray[np.float32]:

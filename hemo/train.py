@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         "display_window": "brain",
         "crop_head": False,
         "mask_outside_head": False,
+        "asymmetry": False,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,

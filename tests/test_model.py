@@ -170,6 +170,30 @@ def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) 
     )
 
 
+def test_init_from_a_donor_with_fewer_input_channels(tmp_path: Path) -> None:
+    """A 2-channel (asymmetry) model started from a 1-channel donor: every layer is copied, the
+    stem's kernel is the donor's on channel 0 and zero on the new channel, so the copy predicts
+    exactly what the donor does while the new channel is still unused."""
+    keras.utils.set_random_seed(5)
+    donor = hm.build_model("compact", GRAY, ("any",))
+    hm.save_model(donor, tmp_path / "gray", _card(GRAY))
+    two = dataclasses.replace(GRAY, channels=2, asymmetry=True)
+    model = hm.build_model("compact", two, ("any",))
+    names: list[str] = []
+    copied, total = hm.init_from_model(model, tmp_path / "gray.keras", names)
+    assert copied == total == len(names)
+    stem = next(layer for layer in model.layers if layer.weights)
+    kernel = stem.get_weights()[0]
+    assert kernel.shape[2] == 2 and not kernel[:, :, 1].any()
+    np.testing.assert_array_equal(kernel[:, :, :1], donor.get_layer(stem.name).get_weights()[0])
+    x = _x(two, n=3, seed=6)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), donor.predict(x[..., :1], verbose=0), atol=1e-5
+    )
+    # The other way round (fewer channels than the donor) is not an expansion
+    assert not hm._more_input_channels(donor.get_layer(stem.name).get_weights(), stem.get_weights())
+
+
 def test_anchor_weights_penalises_drift_from_the_donor_and_holds_training_back() -> None:
     """L2-SP: zero penalty at the anchor, strength * sum of squared drift away from it; the same
     steps at a high learning rate move anchored weights less than free ones."""

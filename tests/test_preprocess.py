@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from dicom_factory import ct_bytes
@@ -48,6 +50,9 @@ def _disc(shape=(200, 300), center=(80, 200), radius=50, value=0.6) -> np.ndarra
         ({"mode": "display", "channels": 0}, r"InputSpec.channels is 0: must be in \[1, 4\]"),
         ({"crop_head": "yes"}, "InputSpec.crop_head must be true or false"),
         ({"mask_outside_head": 1}, "InputSpec.mask_outside_head must be true or false"),
+        ({"mode": "display", "channels": 2, "asymmetry": 1}, "asymmetry must be true or false"),
+        ({"asymmetry": True}, "needs mode 'display' and channels >= 2"),
+        ({"mode": "display", "channels": 1, "asymmetry": True}, "got mode 'display', channels 1"),
     ],
 )
 def test_input_spec_validation(kwargs, message):
@@ -155,6 +160,35 @@ def test_input_spec_mask_outside_head_default_and_old_cards():
     assert InputSpec.from_dict(old_card) == spec
     masked = InputSpec(size=96, mode="display", channels=1, mask_outside_head=True)
     assert InputSpec.from_dict(masked.to_dict()) == masked
+
+
+def test_asymmetry_channel_shows_what_is_brighter_than_its_mirror():
+    """With asymmetry the last channel is max(0, x - mirror(x)) of the grayscale channel(s): 0
+    for a head symmetric about the midline, and a one-sided blob shows on its side only; the
+    option is off by default and in cards written before it."""
+    head = _disc((120, 120), (60, 60), 50, 0.5)
+    spec = InputSpec(size=64, mode="display", channels=2, crop_head=True, asymmetry=True)
+    plain = to_model_input(_image(head), InputSpec(size=64, mode="display", channels=1))
+    x = to_model_input(_image(head), spec)
+    assert x.shape == (64, 64, 2) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[..., 0], to_model_input(_image(head), dataclasses.replace(
+        spec, channels=1, asymmetry=False))[..., 0])  # fmt: skip
+    assert x[..., 1].max() < 0.02 and plain.shape == (64, 64, 1)
+    bleed = head.copy()
+    bleed[40:50, 25:35] = 0.9  # one side of the head only
+    y = to_model_input(_image(bleed), spec)
+    gray, asym = y[..., 0], y[..., 1]
+    np.testing.assert_allclose(asym, np.clip(gray - gray[:, ::-1], 0, 1), atol=1e-6)
+    left, right = asym[:, :32], asym[:, 32:]
+    assert left.max() > 0.3 and right.max() < 0.02
+    three = dataclasses.replace(spec, channels=3)
+    z = to_model_input(_image(bleed), three)
+    np.testing.assert_array_equal(z[..., 0], z[..., 1])
+    np.testing.assert_array_equal(z[..., 2], asym)
+    old_card = InputSpec(size=64, mode="display", channels=1).to_dict()
+    del old_card["asymmetry"]
+    assert InputSpec.from_dict(old_card).asymmetry is False
+    assert InputSpec.from_dict(spec.to_dict()) == spec
 
 
 def test_skull_hull_mask_drops_letter_and_background_keeps_inside():

@@ -261,6 +261,34 @@ def test_run_with_lesions_trains_on_display_input_and_says_so_in_the_card(
         train(resolve_config({"data": str(phantom_dir)}, hu))
 
 
+def test_run_with_the_asymmetry_channel_records_it_and_predicts(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """input.asymmetry trains a 2-channel display model whose card says so; the predictor
+    feeds it the same two channels (the probability equals the model on to_model_input)."""
+    import numpy as np
+
+    from hemo.datasets import load_index
+    from hemo.io import read_scan
+    from hemo.predict import Predictor
+    from hemo.preprocess import to_model_input
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "name": "asym", "labels": "any"}
+    overrides |= {"input.mode": "display", "input.channels": 2, "input.asymmetry": True}
+    overrides |= {"input.crop_head": True}
+    path = train(resolve_config({"data": str(phantom_dir)}, overrides))
+    with Predictor(path / runs.MODEL_FILE) as predictor:
+        spec = predictor.card.input_spec
+        assert spec.asymmetry and spec.input_shape[-1] == 2
+        scan_path = str(load_index(phantom_dir)["path"].iloc[0])
+        (result,) = predictor.predict([scan_path])
+        x = to_model_input(read_scan(scan_path), spec)
+        expected = float(np.asarray(predictor.forward(x[None]))[0, 0])
+    assert result.probability == pytest.approx(expected, abs=1e-5)
+
+
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
     tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
