@@ -111,6 +111,19 @@ def test_bad_config_is_refused() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "config_file",
+    sorted((Path(__file__).parents[1] / "configs").glob("*.toml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_config_resolves(config_file: Path) -> None:
+    """Each file in configs/ is a valid config: known keys, values in range, a valid InputSpec."""
+    from hemo.train import input_spec
+
+    config = resolve_config(load_config_file(config_file))
+    assert config["name"] and input_spec(config).size == config["image_size"]
+
+
 def test_l2sp_needs_a_non_negative_strength_and_an_init_model() -> None:
     """l2sp pulls towards the init model's weights: without init it is refused, as is < 0."""
     assert resolve_config({"data": "d"})["l2sp"] == 0.0
