@@ -9,7 +9,9 @@ parallel and, for small sets, cached in memory as preprocessed tensors::
 
 Augmentation uses Keras preprocessing layers: RandomRotation, RandomZoom and RandomFlip (the
 published method's three) plus RandomContrast and RandomBrightness (window jitter); it is seeded
-and applied to the training split only.
+and applied to the training split only. Optional extras, all off by default: a random display
+curve (``gamma``), blur, mixup, and synthetic hyperdense lesions pasted into negatives, which then
+count as positive (``lesion``, :func:`paste_lesions`).
 """
 
 from __future__ import annotations
@@ -250,8 +252,8 @@ def mix_batch(
 
 def _dilate(mask: tf.Tensor, k: int, outside: float = 0.0) -> tf.Tensor:
     """Binary dilation of (B, H, W, 1) 0/1 masks by a k x k square (k odd), the image
-    continued by ``outside``. Counted with cumulative sums: TF's max pool is hundreds of times
-    slower on a CPU at these window sizes."""
+    continued by ``outside``. Counted with cumulative sums: TF's max pool took about 50 times
+    longer on a CPU for a 15 x 15 window (measured on 16 images of 96 x 96)."""
     pad = k // 2
     m = tf.pad(mask, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=outside)
     rows = tf.cumsum(tf.pad(m, [[0, 0], [1, 0], [0, 0], [0, 0]]), axis=1)
@@ -267,7 +269,7 @@ def _erode(mask: tf.Tensor, k: int) -> tf.Tensor:
 
 
 def _odd(n: float) -> int:
-    """The odd integer >= 1 nearest to ``n`` (a pooling window with a centre)."""
+    """The odd integer >= 1 nearest to ``n`` (a window with a centre pixel)."""
     return max(1, 2 * int(round(n / 2)) + 1)
 
 
@@ -360,7 +362,7 @@ def train_preprocessing(
     Args:
         augmenter: From :func:`make_augmenter`, or None for no augmentation.
         mixup: Beta parameter of :func:`mix_batch`; 0 for none.
-        seed: Seed of the mixup and gamma draws.
+        seed: Seed of the mixup, gamma and lesion draws.
         gamma: Largest log-gamma (``Augment.gamma``); 0 for none.
         lesion: Share of negatives given a lesion (:func:`paste_lesions`, on target column
             0); 0 for none.
