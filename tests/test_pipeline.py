@@ -165,7 +165,8 @@ def test_blur_smooths_about_half_the_training_images(index: pd.DataFrame) -> Non
 
 
 def _head(n: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` drawn heads: air 0, a bone ring 0.95, brain 0.45; returns (x, brain, bone) masks."""
+    """``n`` drawn heads: air 0, a bone ring 0.95, brain 0.45; returns x and the brain and bone
+    masks."""
     yy, xx = np.mgrid[:size, :size]
     r = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
     brain = r < 0.40 * size
@@ -195,9 +196,9 @@ def test_dilate_and_erode_match_opencv() -> None:
 
 def test_paste_lesions_paints_a_brighter_blob_into_brain_only_and_relabels() -> None:
     """share 1: every negative gets one blob brighter than brain, painted on brain only (bone
-    and air untouched), its peak well inside the head, and its label becomes 1; positives are
-    left exactly as they were."""
-    x, brain, bone = _head(12)
+    and air untouched), its centre of mass clear of the bone, and its label becomes 1;
+    positives are left exactly as they were."""
+    x, brain, _ = _head(12)
     y = np.array([[0.0]] * 8 + [[1.0]] * 4, dtype=np.float32)
     out, labels = (np.asarray(t) for t in paste_lesions(x, y, 1.0, keras.random.SeedGenerator(1)))
     np.testing.assert_array_equal(labels, np.ones((12, 1)))
@@ -237,7 +238,7 @@ def test_paste_lesions_share_and_seed() -> None:
 def test_lesions_on_real_negatives_in_the_training_pipeline_only(head_ct_dir: Path) -> None:
     """Augment(lesion=1) on real Kaggle negatives: every training image gets a lesion and the
     label 1, inside the head; validation batches are the plain inputs with their labels; HU
-    input or subtype labels are refused by name."""
+    input, subtype labels or the asymmetry channel are refused by name."""
     from hemo.datasets import build_index
 
     rows = build_index(head_ct_dir)
