@@ -269,7 +269,8 @@ def _erode(mask: tf.Tensor, k: int) -> tf.Tensor:
 
 
 def _odd(n: float) -> int:
-    """The odd integer >= 1 nearest to ``n`` (a window with a centre pixel)."""
+    """Side of a window with a centre pixel and ``round(n / 2)`` pixels either side of it, so
+    ``_odd(2 * r)`` reaches ``r`` pixels from the centre."""
     return max(1, 2 * int(round(n / 2)) + 1)
 
 
