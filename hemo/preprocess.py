@@ -19,6 +19,13 @@ Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 square box around it with a :data:`HEAD_MARGIN_FRACTION` margin. Every function is pure: inputs
 are never modified.
 
+Optional midline alignment (``align_midline``, with the crop): before cropping, the slice is
+turned and moved so that the head's left-right symmetry axis (:func:`midline_transform`: the
+tilt and position across which the head best mirrors itself) becomes the vertical centre line,
+and the crop's box is widened to be symmetric about it. A head scanned tilted then comes out
+upright and centred on its midline, so the asymmetry map compares each pixel with the one truly
+facing it instead of showing a tilted skull's rim.
+
 Optional mask outside the head (``mask_outside_head``), after the crop: bone (HU >
 :data:`SKULL_HU_THRESHOLD`, gray > :data:`SKULL_GRAY_THRESHOLD`) -> its largest 8-connected
 component plus every other one at least :data:`SKULL_MIN_PART_FRACTION` of its area (a skull cut
@@ -110,6 +117,9 @@ class InputSpec:
         asymmetry: Mode ``"display"``: the last of the ``channels`` (at least 2) is the
             left-right asymmetry map (see the module docstring), the others the grayscale; off
             by default, and a card without the key means off.
+        align_midline: Turn and centre the head on its symmetry axis before the crop (see the
+            module docstring); needs ``crop_head``. Off by default, and a card without the key
+            means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -123,6 +133,7 @@ class InputSpec:
     crop_head: bool = False
     mask_outside_head: bool = False
     asymmetry: bool = False
+    align_midline: bool = False
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -161,6 +172,14 @@ class InputSpec:
         if not isinstance(self.mask_outside_head, bool):
             raise ConfigError(
                 f"InputSpec.mask_outside_head must be true or false, got {self.mask_outside_head!r}"
+            )
+        if not isinstance(self.align_midline, bool):
+            raise ConfigError(
+                f"InputSpec.align_midline must be true or false, got {self.align_midline!r}"
+            )
+        if self.align_midline and not self.crop_head:
+            raise ConfigError(
+                "InputSpec.align_midline needs crop_head = true (it centres the crop)"
             )
         if not isinstance(self.asymmetry, bool):
             raise ConfigError(f"InputSpec.asymmetry must be true or false, got {self.asymmetry!r}")
@@ -290,11 +309,7 @@ def _square_crop(
     image: npt.NDArray[np.float32], box: tuple[int, int, int, int], fill: float
 ) -> npt.NDArray[np.float32]:
     """A square around ``box`` with a margin, padded with ``fill`` outside the image (new array)."""
-    row0, row1, col0, col1 = box
-    side = max(row1 - row0, col1 - col0)
-    side += 2 * int(round(HEAD_MARGIN_FRACTION * side))
-    top = (row0 + row1 - side) // 2
-    left = (col0 + col1 - side) // 2
+    top, left, side = _square_box(box)
     out = np.full((side, side), fill, dtype=np.float32)
     src_r0, src_c0 = max(top, 0), max(left, 0)
     src_r1, src_c1 = min(top + side, image.shape[0]), min(left + side, image.shape[1])
@@ -302,6 +317,14 @@ def _square_crop(
         src_r0:src_r1, src_c0:src_c1
     ]
     return out
+
+
+def _square_box(box: tuple[int, int, int, int]) -> tuple[int, int, int]:
+    """``(top, left, side)`` of the square :func:`_square_crop` cuts around ``box``."""
+    row0, row1, col0, col1 = box
+    side = max(row1 - row0, col1 - col0)
+    side += 2 * int(round(HEAD_MARGIN_FRACTION * side))
+    return (row0 + row1 - side) // 2, (col0 + col1 - side) // 2, side
 
 
 def _pad_square(image: npt.NDArray[np.float32], fill: float) -> npt.NDArray[np.float32]:
@@ -323,6 +346,143 @@ def _resize(image: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.float32
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
+#: Side of the small copy on which the midline is searched.
+MIDLINE_SEARCH_SIZE = 64
+#: Tilts searched, in degrees either way.
+MIDLINE_MAX_ANGLE = 20.0
+#: Tilt steps in degrees: every tilt, then around the best one.
+MIDLINE_ANGLE_STEPS = (1.0, 0.25)
+#: Shifts of the mirror axis searched, as a fraction of the copy's side, either way.
+MIDLINE_MAX_SHIFT_FRACTION = 0.125
+#: HU scored by the midline search: air and fat 0, brain about 0.7, bone 1.
+MIDLINE_HU_RANGE = (-100.0, 100.0)
+#: Display grayscale scored by the midline search: as it is.
+MIDLINE_GRAY_RANGE = (0.0, 1.0)
+
+
+def _mirror_errors(
+    images: npt.NDArray[np.float32], known: npt.NDArray[np.float32], max_shift: int
+) -> npt.NDArray[np.float64]:
+    """Mean |x - mirror(x)| of each of ``images`` (N, H, W) for mirror axes at the centre column
+    moved by shift / 2 pixels, shift from ``-max_shift`` to ``max_shift``: (N, 2 * max_shift +
+    1). The mean is over the pixels that are ``known`` (1; 0 where the copy holds no image) and
+    whose mirror is too, so the image's own border never counts as an edge."""
+    width = images.shape[2]
+    flipped, known_flipped = images[:, :, ::-1], known[:, :, ::-1]
+    errors = []
+    for shift in range(-max_shift, max_shift + 1):
+        # x[:, c] faces flipped[:, c - shift], across the axis at column (width - 1 + shift) / 2
+        if shift >= 0:
+            mine, theirs = np.s_[:, :, shift:], np.s_[:, :, : width - shift]
+        else:
+            mine, theirs = np.s_[:, :, : width + shift], np.s_[:, :, -shift:]
+        both = known[mine] * known_flipped[theirs]
+        total = np.einsum("nhw,nhw->n", np.abs(images[mine] - flipped[theirs]), both)
+        errors.append(total / np.maximum(both.sum(axis=(1, 2)), 1.0))
+    return np.stack(errors, axis=1)
+
+
+def _best_tilt(
+    small: npt.NDArray[np.float32], known: npt.NDArray[np.float32], angles: npt.NDArray[np.float64]
+) -> tuple[float, int]:
+    """The tilt among ``angles`` whose turned ``small`` best mirrors itself, and its shift;
+    ``known`` is 1 where ``small`` holds the image, 0 where it was padded."""
+    side = small.shape[0]
+    centre = ((side - 1) / 2.0, (side - 1) / 2.0)
+    max_shift = int(round(MIDLINE_MAX_SHIFT_FRACTION * side))
+    turns = [cv2.getRotationMatrix2D(centre, float(a), 1.0) for a in angles]
+    turned = np.stack([cv2.warpAffine(small, t, (side, side)) for t in turns])
+    # a pixel is known when all of what it was interpolated from is
+    known_turned = np.stack([cv2.warpAffine(known, t, (side, side)) for t in turns]) > 0.999
+    errors = _mirror_errors(turned, known_turned.astype(np.float32), max_shift)
+    which, shift = np.unravel_index(int(np.argmin(errors)), errors.shape)
+    return float(angles[which]), int(shift) - max_shift
+
+
+def midline_transform(
+    image: npt.ArrayLike,
+    threshold: float = HEAD_GRAY_THRESHOLD,
+    value_range: tuple[float, float] = MIDLINE_GRAY_RANGE,
+) -> tuple[npt.NDArray[np.float64], int]:
+    """Affine map that turns the head's left-right symmetry axis into the centre column.
+
+    The axis is the line across which the head best mirrors itself: on a
+    :data:`MIDLINE_SEARCH_SIZE`-pixel copy of the head crop, slightly blurred, every tilt within
+    :data:`MIDLINE_MAX_ANGLE` degrees (1-degree steps, then quarter degrees around the best:
+    :data:`MIDLINE_ANGLE_STEPS`) and every axis position within
+    :data:`MIDLINE_MAX_SHIFT_FRACTION` of the centre is scored by the mean absolute difference
+    between the copy and its mirror; the smallest wins. The skull and the scalp, bright and
+    symmetric, mostly decide it; a large one-sided bleed can pull the tilt by a few degrees.
+
+    Args:
+        image: (H, W) display grayscale, or HU with ``threshold=HEAD_HU_THRESHOLD`` and
+            ``value_range=MIDLINE_HU_RANGE``. Not modified. NaN counts as background.
+        threshold: Head pixels are above it (as in :func:`head_bbox`).
+        value_range: Values are clipped to this range and scaled to [0, 1] before scoring.
+
+    Returns:
+        ``(matrix, side)``: a 2x3 matrix for ``cv2.warpAffine`` onto a (side, side) canvas that
+        holds the whole turned image, with the symmetry axis vertical through the canvas's
+        centre (x = ``(side - 1) / 2``). When no head is found, the matrix only centres the
+        image on the canvas.
+
+    Raises:
+        InputError: ``image`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    box = head_bbox(arr, threshold)
+    height, width = arr.shape
+    side = int(np.ceil(np.hypot(height, width))) + 2
+    if not np.any(arr > threshold):
+        return np.array([[1.0, 0.0, (side - width) / 2], [0.0, 1.0, (side - height) / 2]]), side
+    low, high = value_range
+    crop = _square_crop(np.clip((np.nan_to_num(arr, nan=low) - low) / (high - low), 0, 1), box, 0)
+    fine_side = MIDLINE_SEARCH_SIZE
+    coarse_step, fine_step = MIDLINE_ANGLE_STEPS
+    small = cv2.GaussianBlur(_resize(crop, fine_side), (3, 3), 0)
+    # the crop's padding is unknown, not black: a head cut by the image's border is common
+    inside = _resize(_square_crop(np.ones_like(arr), box, 0.0), fine_side)
+    known = cv2.erode((inside > 0.999).astype(np.float32), np.ones((3, 3), np.uint8))
+    angles = np.arange(-MIDLINE_MAX_ANGLE, MIDLINE_MAX_ANGLE + 1e-6, coarse_step)
+    angle, shift = _best_tilt(small, known, angles)
+    # then the quarter degrees up to 0.75 degrees either side of it (itself included)
+    angle, shift = _best_tilt(
+        small, known, angle + np.arange(-coarse_step + fine_step, coarse_step, fine_step)
+    )
+    # A point of the axis in the turned copy, back to the copy, then to the image's pixels
+    # (copy pixel i covers the crop's pixels around (i + 0.5) * scale - 0.5)
+    centre = ((fine_side - 1) / 2.0, (fine_side - 1) / 2.0)
+    back = cv2.invertAffineTransform(cv2.getRotationMatrix2D(centre, angle, 1.0))
+    qx, qy = back @ np.array([(fine_side - 1 + shift) / 2.0, centre[1], 1.0])
+    top, left, crop_side = _square_box(box)
+    scale = crop_side / fine_side
+    px, py = left + (qx + 0.5) * scale - 0.5, top + (qy + 0.5) * scale - 0.5
+    matrix = cv2.getRotationMatrix2D((float(px), float(py)), angle, 1.0)
+    matrix[:, 2] += (side - 1) / 2.0 - np.array([px, py])
+    return matrix, side
+
+
+def _align(
+    image: npt.NDArray[np.float32], matrix: npt.NDArray[np.float64], side: int, fill: float
+) -> npt.NDArray[np.float32]:
+    """``image`` warped by ``matrix`` onto a (side, side) canvas of ``fill``."""
+    return cv2.warpAffine(
+        np.asarray(image, dtype=np.float32),
+        matrix,
+        (side, side),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=float(fill),
+    )
+
+
+def _symmetric_box(box: tuple[int, int, int, int], side: int) -> tuple[int, int, int, int]:
+    """``box`` widened to be symmetric about the centre column of a (side, side) canvas."""
+    row0, row1, col0, col1 = box
+    half = max(side / 2.0 - col0, col1 - side / 2.0)
+    return row0, row1, int(np.floor(side / 2.0 - half)), int(np.ceil(side / 2.0 + half))
+
+
 def _prepare(
     image: npt.NDArray[np.float32],
     size: int,
@@ -330,10 +490,17 @@ def _prepare(
     threshold: float,
     fill: float,
     mask_threshold: float | None = None,
+    align_range: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.float32]:
-    """Crop (optional) -> mask outside the skull (when ``mask_threshold`` is given) -> pad -> resize."""
+    """Align the midline and crop (when ``align_range``, the values the midline search scores,
+    is given) or crop (optional) -> mask outside the skull (when ``mask_threshold`` is given)
+    -> pad -> resize."""
     image = np.asarray(image, dtype=np.float32)
-    if crop:
+    if align_range is not None:
+        matrix, side = midline_transform(image, threshold, align_range)
+        image = _align(image, matrix, side, fill)
+        image = _square_crop(image, _symmetric_box(head_bbox(image, threshold), side), fill)
+    elif crop:
         image = _square_crop(image, head_bbox(image, threshold), fill)
     if mask_threshold is not None:
         image = _mask_outside_head(image, mask_threshold, fill)
@@ -423,6 +590,7 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
             HEAD_HU_THRESHOLD,
             config.HU_AIR,
             SKULL_HU_THRESHOLD if spec.mask_outside_head else None,
+            MIDLINE_HU_RANGE if spec.align_midline else None,
         )
         return window_stack(small, spec.window_objects)
     gray = to_display(scan, spec.display_window)
@@ -433,6 +601,7 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
         HEAD_GRAY_THRESHOLD,
         GRAY_FILL,
         SKULL_GRAY_THRESHOLD if spec.mask_outside_head else None,
+        MIDLINE_GRAY_RANGE if spec.align_midline else None,
     )
     np.clip(small, 0.0, 1.0, out=small)
     if spec.asymmetry:
@@ -476,12 +645,19 @@ def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDAr
     side = spec.size if size is None else int(size)
     gray = to_display(scan, spec.display_window)
     if isinstance(scan, CTSlice) and spec.mode == "hu":
-        basis, basis_fill = scan.hu, config.HU_AIR
+        basis, basis_fill, basis_range = scan.hu, config.HU_AIR, MIDLINE_HU_RANGE
         head_threshold, skull_threshold = HEAD_HU_THRESHOLD, SKULL_HU_THRESHOLD
     else:
-        basis, basis_fill = gray, GRAY_FILL
+        basis, basis_fill, basis_range = gray, GRAY_FILL, MIDLINE_GRAY_RANGE
         head_threshold, skull_threshold = HEAD_GRAY_THRESHOLD, SKULL_GRAY_THRESHOLD
-    if spec.crop_head:
+    if spec.align_midline:
+        matrix, canvas = midline_transform(basis, head_threshold, basis_range)
+        basis = _align(np.asarray(basis, dtype=np.float32), matrix, canvas, basis_fill)
+        gray = _align(gray, matrix, canvas, GRAY_FILL)
+        box = _symmetric_box(head_bbox(basis, head_threshold), canvas)
+        basis = _square_crop(basis, box, basis_fill)
+        gray = _square_crop(gray, box, GRAY_FILL)
+    elif spec.crop_head:
         box = head_bbox(basis, head_threshold)
         basis = _square_crop(np.asarray(basis, dtype=np.float32), box, basis_fill)
         gray = _square_crop(gray, box, GRAY_FILL)
@@ -620,6 +796,7 @@ __all__ = [
     "SKULL_GRAY_THRESHOLD",
     "SKULL_HU_THRESHOLD",
     "head_bbox",
+    "midline_transform",
     "prepare_many",
     "skull_hull_mask",
     "to_display",

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_head": False,
         "mask_outside_head": False,
         "asymmetry": False,
+        "align_midline": False,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 from dicom_factory import ct_bytes
@@ -17,6 +18,7 @@ from hemo.preprocess import (
     SKULL_HU_THRESHOLD,
     InputSpec,
     head_bbox,
+    midline_transform,
     skull_hull_mask,
     to_display,
     to_model_input,
@@ -191,6 +193,86 @@ def test_asymmetry_channel_shows_what_is_brighter_than_its_mirror():
     assert InputSpec.from_dict(spec.to_dict()) == spec
 
 
+def _tilted_head(angle: float, shape=(220, 260), center=(118, 146)) -> np.ndarray:
+    """An oval head off the image centre (white skull round grey brain, two dark ventricles either
+    side of its long axis), its long axis turned ``angle`` degrees from vertical."""
+    gray = np.zeros(shape, dtype=np.float32)
+    cx, cy = float(center[1]), float(center[0])
+    cv2.ellipse(gray, ((cx, cy), (150.0, 190.0), angle), 1.0, -1)  # skull
+    cv2.ellipse(gray, ((cx, cy), (132.0, 172.0), angle), 0.5, -1)  # brain
+    theta = np.deg2rad(angle)
+    for side in (-1.0, 1.0):  # ventricles, mirror images across the long axis
+        dx, dy = side * 24.0, -15.0
+        vx = cx + dx * np.cos(theta) - dy * np.sin(theta)
+        vy = cy + dx * np.sin(theta) + dy * np.cos(theta)
+        cv2.ellipse(gray, ((float(vx), float(vy)), (14.0, 40.0), angle), 0.15, -1)
+    return gray
+
+
+@pytest.mark.parametrize("angle", [-14.0, 0.0, 9.0])
+def test_midline_transform_turns_the_symmetry_axis_into_the_centre_column(angle):
+    """A tilted, off-centre symmetric head comes out upright and mirrored onto itself across the
+    canvas's centre column, whatever its tilt."""
+    gray = _tilted_head(angle)
+    matrix, side = midline_transform(gray)
+    turned = cv2.warpAffine(gray, matrix, (side, side), flags=cv2.INTER_LINEAR)
+    # getRotationMatrix2D(angle) is [[cos, sin], [-sin, cos]]: the recovered turn
+    assert abs(np.degrees(np.arctan2(matrix[0, 1], matrix[0, 0])) - angle) <= 0.5
+    assert abs(np.nonzero(turned > 0.05)[1].mean() - (side - 1) / 2) < 0.5
+    assert float(np.abs(turned - turned[:, ::-1]).mean()) < 0.01
+    rows = np.nonzero((turned > 0.05).any(axis=1))[0]
+    cols = np.nonzero((turned > 0.05).any(axis=0))[0]
+    assert np.ptp(rows) > np.ptp(cols) + 30  # long axis vertical
+
+
+def test_midline_transform_of_a_head_that_fills_the_frame():
+    """Many real figures are cut tight round the head (its box is the whole image): the axis is
+    still found, off the image's centre column and tilted."""
+    gray = _tilted_head(10.0)[40:200, 90:215]  # skull cut off on every side, axis off-centre
+    assert head_bbox(gray) == (0, gray.shape[0], 0, gray.shape[1])
+    matrix, side = midline_transform(gray)
+    assert abs(np.degrees(np.arctan2(matrix[0, 1], matrix[0, 0])) - 10.0) <= 1.0
+    # the head's centre, (146, 118) before the cut, lands on the canvas's centre column
+    x = matrix @ np.array([146.0 - 90.0, 118.0 - 40.0, 1.0])
+    assert abs(x[0] - (side - 1) / 2) < 1.5
+
+
+def test_midline_transform_of_an_empty_image_only_centres_it():
+    """No head: the matrix moves the image onto the middle of its canvas and turns nothing."""
+    matrix, side = midline_transform(np.zeros((40, 30), dtype=np.float32))
+    assert side == int(np.ceil(np.hypot(40, 30))) + 2
+    np.testing.assert_allclose(matrix[:, :2], np.eye(2))
+    np.testing.assert_allclose(matrix[:, 2], [(side - 30) / 2, (side - 40) / 2])
+    with pytest.raises(InputError, match="non-empty"):
+        midline_transform(np.zeros((3, 4, 5)))
+
+
+def test_align_midline_makes_the_asymmetry_map_of_a_tilted_head_empty():
+    """With align_midline a tilted symmetric head gives a near-empty asymmetry map (without it,
+    the tilted skull's rim shows), the input is still cropped to the head, and a one-sided blob
+    still shows on its side; the option needs the crop and is off in older cards."""
+    spec = InputSpec(size=64, mode="display", channels=2, crop_head=True, asymmetry=True)
+    aligned = dataclasses.replace(spec, align_midline=True)
+    tilted = _image(_tilted_head(12.0))
+    assert to_model_input(tilted, spec)[..., 1].mean() > 0.02
+    x = to_model_input(tilted, aligned)
+    assert x.shape == (64, 64, 2) and x[..., 1].mean() < 0.005
+    head = np.nonzero(x[..., 0] > 0.05)
+    assert head[0].min() <= 4 and head[0].max() >= 59  # the crop keeps the head filling the frame
+    bleed = _tilted_head(12.0)
+    bleed[150:160, 105:115] = 0.9  # left of the midline, in plain brain
+    y = to_model_input(_image(bleed), aligned)[..., 1]
+    assert (y[:, :32] > 0.3).sum() >= 4 and (y[:, 32:] > 0.3).sum() == 0
+    with pytest.raises(ConfigError, match="align_midline needs crop_head"):
+        InputSpec(size=64, mode="display", channels=1, align_midline=True)
+    with pytest.raises(ConfigError, match="align_midline must be true or false"):
+        InputSpec(size=64, mode="display", crop_head=True, channels=1, align_midline="yes")
+    old_card = spec.to_dict()
+    del old_card["align_midline"]
+    assert InputSpec.from_dict(old_card) == spec
+    assert InputSpec.from_dict(aligned.to_dict()) == aligned
+
+
 def test_skull_hull_mask_drops_letter_and_background_keeps_inside():
     """Outside the ring skull's hull (letter, grey background) is zeroed; the inside is kept."""
     gray = _ring_head()
@@ -301,6 +383,7 @@ def test_input_view_lines_up_with_the_model_input_geometry(head_ct_dir) -> None:
         InputSpec(size=64, mode="display", channels=1, crop_head=True),
         InputSpec(size=64, mode="display", channels=1, crop_head=True, mask_outside_head=True),
         InputSpec(size=64, mode="display", channels=1, crop_head=False),
+        InputSpec(size=64, mode="display", channels=1, crop_head=True, align_midline=True),
     ):
         view = input_view(scan, spec)
         x = to_model_input(scan, spec)[:, :, 0]
@@ -324,3 +407,8 @@ def test_input_view_of_a_ct_slice_uses_the_hu_crop(ct_small) -> None:
     assert float(np.abs(view - brain[:, :, 0]).mean()) < 0.04
     uncropped = input_view(scan, InputSpec(size=64, crop_head=False))
     assert float(np.abs(uncropped - brain[:, :, 0]).mean()) > 0.1
+    aligned = InputSpec(size=64, crop_head=True, align_midline=True)
+    brain_aligned = to_model_input(
+        scan, dataclasses.replace(aligned, windows=("brain",), channels=1)
+    )
+    assert float(np.abs(input_view(scan, aligned) - brain_aligned[:, :, 0]).mean()) < 0.04
