@@ -274,11 +274,13 @@ def test_run_with_lesions_trains_on_display_input_and_says_so_in_the_card(
         train(resolve_config({"data": str(phantom_dir)}, hu))
 
 
+@pytest.mark.parametrize("align", [False, True], ids=["centre-line", "aligned-midline"])
 def test_run_with_the_asymmetry_channel_records_it_and_predicts(
-    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch, align: bool
 ) -> None:
-    """input.asymmetry trains a 2-channel display model whose card says so; the predictor
-    feeds it the same two channels (the probability equals the model on to_model_input)."""
+    """input.asymmetry (with or without input.align_midline) trains a 2-channel display model
+    whose card says so; the predictor feeds it the same two channels (the probability equals
+    the model on to_model_input)."""
     import numpy as np
 
     from hemo.datasets import load_index
@@ -290,16 +292,42 @@ def test_run_with_the_asymmetry_channel_records_it_and_predicts(
     monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
     overrides = parse_overrides(TINY) | {"epochs": 1, "name": "asym", "labels": "any"}
     overrides |= {"input.mode": "display", "input.channels": 2, "input.asymmetry": True}
-    overrides |= {"input.crop_head": True}
+    overrides |= {"input.crop_head": True, "input.align_midline": align}
     path = train(resolve_config({"data": str(phantom_dir)}, overrides))
     with Predictor(path / runs.MODEL_FILE) as predictor:
         spec = predictor.card.input_spec
         assert spec.asymmetry and spec.input_shape[-1] == 2
+        assert spec.align_midline is align
         scan_path = str(load_index(phantom_dir)["path"].iloc[0])
         (result,) = predictor.predict([scan_path])
         x = to_model_input(read_scan(scan_path), spec)
         expected = float(np.asarray(predictor.forward(x[None]))[0, 0])
     assert result.probability == pytest.approx(expected, abs=1e-5)
+
+
+def test_same_seed_trains_the_same_weights(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one config on one machine give bit-identical weights (augmentation, shuffle
+    and initialisation all follow the seed); another seed gives other weights. Comparisons of
+    recipes in docs/MODELS.md rest on this."""
+    import numpy as np
+
+    from hemo.model import load_model
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "labels": "any", "augment.strength": 2.0}
+    weights = []
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
+        path = train(
+            resolve_config({"data": str(phantom_dir)}, overrides | {"name": name, "seed": seed})
+        )
+        model, _ = load_model(path / runs.MODEL_FILE)
+        weights.append(model.get_weights())
+    first, again, other = weights
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
