@@ -46,6 +46,8 @@ GRAY_TO_RGB_LAYER = "gray_to_rgb"
 PREPROCESS_LAYER = "imagenet_preprocess"
 HEAD_POOL_LAYER = "head_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
+#: The training-only lesion map on the CAM layer (:func:`with_mask_head`); never saved.
+MASK_HEAD_LAYER = "mask_head"
 #: Global pooling of the head: the feature map's mean (the default) or its maximum (one strong
 #: local response, e.g. a small bleed, decides).
 HEAD_POOLS = {"average": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
@@ -459,6 +461,43 @@ def logits_model(model: keras.Model, layer_name: str | None = None) -> keras.Mod
         raise ModelError(f"model {model.name!r} has no layer {exc}") from exc
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, [features, logits], name=f"{model.name}_logits")
+
+
+def with_mask_head(model: keras.Model, layer_name: str | None = None) -> tuple[keras.Model, int]:
+    """A training-only view of ``model`` that also maps its CAM layer to a lesion map.
+
+    A 1x1 convolution with a sigmoid (:data:`MASK_HEAD_LAYER`) on the feature layer gives each
+    cell of its grid a lesion probability; the output is ``[model's outputs | the grid
+    flattened]`` in one tensor, so the training loss can score both (``hemo train``'s
+    ``mask_loss``). ``model`` is never changed and shares its layers, so training this view
+    trains ``model``; only ``model`` is saved.
+
+    Args:
+        model: A hemo model (from :func:`build_model`).
+        layer_name: Feature layer; defaults to the model's registered CAM layer.
+
+    Returns:
+        ``(view, grid)``: the model (N, H, W, C) -> (N, labels + grid * grid) and the side of
+        the feature layer's grid.
+
+    Raises:
+        ModelError: The layer is not in the graph or its map is not square.
+    """
+    name = layer_name or cam_layer_of(model)
+    try:
+        features = model.get_layer(name).output
+    except ValueError as exc:
+        raise ModelError(f"model {model.name!r} has no layer {exc}") from exc
+    height, width = features.shape[1], features.shape[2]
+    if height is None or height != width:
+        raise ModelError(
+            f"layer {name!r} gives a {height} x {width} map; a mask needs a square one"
+        )
+    lesion = layers.Conv2D(1, 1, activation="sigmoid", name=MASK_HEAD_LAYER)(features)
+    flat = layers.Reshape((height * width,), name=f"{MASK_HEAD_LAYER}_flat")(lesion)
+    out = layers.Concatenate(name=f"{MASK_HEAD_LAYER}_and_labels")([model.output, flat])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, out, name=f"{model.name}_with_mask"), int(height)
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

@@ -12,6 +12,11 @@ published method's three) plus RandomContrast and RandomBrightness (window jitte
 and applied to the training split only. Optional extras, all off by default: a random display
 curve (``gamma``), blur, mixup, and synthetic hyperdense lesions pasted into negatives, which then
 count as positive (``lesion``, :func:`paste_lesions`).
+
+With ``mask_grid`` (the trainer's ``mask_loss``), each row's lesion mask (``mask_path``, e.g.
+phantoms) is carried onto the input grid with the image, moved by the same random geometry, and
+appended to the targets as a row of lesion fractions on the CAM layer's grid
+(:func:`mask_targets`).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ LESION_NOISE = 0.03
 LESION_EDGE = (3.0, 10.0)
 LESION_OPACITY = (0.7, 1.0)
 FULL_TURN_DEG = 360.0
+#: Augmentation layers that move pixels: with masks they move the mask too (the others change
+#: intensities, the image only).
+GEOMETRIC_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomRotation, keras.layers.RandomZoom)
 #: Inputs live in [0, 1]; augmented values are kept there.
 VALUE_RANGE = (0.0, 1.0)
 SHUFFLE_BUFFER = 4096
@@ -174,6 +182,70 @@ def load_input(path: str, spec: InputSpec) -> NDArray[np.float32]:
 def load_inputs(paths: Sequence[str], spec: InputSpec) -> NDArray[np.float32]:
     """Stack :func:`load_input` over ``paths``: (N, size, size, C) float32."""
     return np.stack([load_input(p, spec) for p in paths]) if len(paths) else np.zeros(0)
+
+
+def load_input_and_mask(
+    path: str, mask_path: str, spec: InputSpec
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """:func:`load_input` plus the row's lesion mask (any subtype) on the input grid.
+
+    Args:
+        path: The image.
+        mask_path: Its bitmask PNG (docs/CONTRACTS.md, Phantoms), or "" for a row without a
+            mask (the mask is then empty and the row carries no mask target).
+        spec: The model's input spec.
+
+    Returns:
+        ``(x, m)``: float32 (size, size, C) and (size, size, 1), the mask as the share of each
+        input pixel that is lesion.
+    """
+    from hemo.cam.metrics import read_mask
+    from hemo.io import read_scan
+    from hemo.preprocess import mask_to_model_input, to_model_input
+
+    scan = read_scan(path)
+    x = np.asarray(to_model_input(scan, spec), dtype=np.float32)
+    if not mask_path:
+        return x, np.zeros((spec.size, spec.size, 1), dtype=np.float32)
+    mask = mask_to_model_input(read_mask(mask_path, "any"), scan, spec)
+    return x, mask[:, :, None]
+
+
+def mask_targets(y: tf.Tensor, has_mask: tf.Tensor, mask: tf.Tensor, grid: int) -> tf.Tensor:
+    """Targets of a mask-supervised batch: ``[labels | has_mask | grid x grid lesion fractions]``.
+
+    Args:
+        y: (N, L) label targets.
+        has_mask: (N,) 1 for rows with a mask, 0 for rows without (no mask loss for them).
+        mask: (N, size, size, 1) lesion fractions on the input grid.
+        grid: Side of the CAM layer's feature map; the mask is area-averaged onto it.
+
+    Returns:
+        float32 (N, L + 1 + grid * grid).
+    """
+    coarse = tf.image.resize(tf.cast(mask, tf.float32), (grid, grid), method="area")
+    flat = tf.reshape(coarse, (-1, grid * grid))
+    return tf.concat([tf.cast(y, tf.float32), tf.cast(has_mask, tf.float32)[:, None], flat], 1)
+
+
+def augment_with_mask(
+    augmenter: keras.Sequential, x: tf.Tensor, mask: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Run ``augmenter`` on a batch, moving ``mask`` with the image.
+
+    The geometric layers (:data:`GEOMETRIC_LAYERS`) see the image and the mask as one stack of
+    channels, so both get the same flip, rotation and zoom; the intensity layers see the image
+    only. Each layer draws its randomness per image from its own seed, so the image comes out
+    exactly as ``augmenter(x)`` would give it.
+    """
+    channels = x.shape[-1]
+    for layer in augmenter.layers:
+        if isinstance(layer, GEOMETRIC_LAYERS):
+            both = layer(tf.concat([x, tf.cast(mask, x.dtype)], axis=-1), training=True)
+            x, mask = both[..., :channels], both[..., channels:]
+        else:
+            x = layer(x, training=True)
+    return x, mask
 
 
 def make_augmenter(augment: Augment) -> keras.Sequential:
@@ -386,13 +458,42 @@ def train_preprocessing(
         x = tf.clip_by_value(x, *VALUE_RANGE)
         # Another display curve per image: x ** exp(u) keeps 0 and 1 where they are
         if curver is not None:
-            u = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), -gamma, gamma, seed=curver)
-            x = tf.pow(x, tf.exp(u))
+            x = _random_curve(x, gamma, curver)
         # Convex mixes of image pairs and their targets
         if mixer is not None:
             x, y, w = mix_batch(x, y, w, mixup, mixer)
         # Back into the model's input range
         return tf.clip_by_value(x, *VALUE_RANGE), y, w
+
+    return apply
+
+
+def _random_curve(x: tf.Tensor, gamma: float, seeds: keras.random.SeedGenerator) -> tf.Tensor:
+    """Each image through its own display curve ``x ** exp(u)``, u uniform in [-gamma, gamma]."""
+    u = keras.random.uniform((tf.shape(x)[0], 1, 1, 1), -gamma, gamma, seed=seeds)
+    return tf.pow(x, tf.exp(u))
+
+
+def train_preprocessing_with_masks(
+    augmenter: keras.Sequential | None, grid: int, seed: int = DEFAULT_SEED, gamma: float = 0.0
+):
+    """Batch map for mask-supervised training: augment image and mask together
+    (:func:`augment_with_mask`), random gamma on the image (if on), keep values in [0, 1], then
+    the extended targets of :func:`mask_targets`.
+
+    Returns:
+        A function ``(x, mask, y, has_mask, w) -> (x', targets, w)`` for ``Dataset.map``.
+    """
+    curver = keras.random.SeedGenerator(seed + 1) if gamma > 0 else None
+
+    def apply(x, mask, y, has_mask, w):
+        if augmenter is not None:
+            x, mask = augment_with_mask(augmenter, x, mask)
+        x = tf.clip_by_value(x, *VALUE_RANGE)
+        if curver is not None:
+            x = _random_curve(x, gamma, curver)
+        x = tf.clip_by_value(x, *VALUE_RANGE)
+        return x, mask_targets(y, has_mask, tf.clip_by_value(mask, 0.0, 1.0), grid), w
 
     return apply
 
@@ -412,6 +513,7 @@ def make_dataset(
     seed: int = DEFAULT_SEED,
     cache: bool | None = None,
     weights: dict[int, float] | None = None,
+    mask_grid: int = 0,
 ) -> tf.data.Dataset:
     """tf.data pipeline over index rows.
 
@@ -427,12 +529,16 @@ def make_dataset(
         cache: Keep the preprocessed tensors in memory; default: when the set has at most
             :data:`CACHE_MAX_IMAGES` rows.
         weights: Class weights on ``label_any`` turned into per-sample weights (training).
+        mask_grid: When > 0, the targets are :func:`mask_targets` on a grid of this side: each
+            row's lesion mask (``mask_path``; rows without one are flagged and carry none),
+            moved with the image by the augmentation. Not with ``lesion`` or ``mixup``.
 
     Returns:
         A batched, prefetched ``tf.data.Dataset``.
 
     Raises:
         DatasetError: Empty rows or missing label columns.
+        ConfigError: ``mask_grid`` with synthetic lesions or mixup.
     """
     if df.empty:
         raise DatasetError("no rows to build a dataset from (empty split?)")
@@ -443,6 +549,11 @@ def make_dataset(
                 "needs display input without the asymmetry channel and labels 'any' (got mode "
                 f"{spec.mode!r}, asymmetry {spec.asymmetry}, labels {list(labels)})"
             )
+    if mask_grid > 0 and training and augment is not None and (augment.lesion or augment.mixup):
+        raise ConfigError(
+            "mask supervision cannot follow synthetic lesions (augment.lesion) or mixes of "
+            "images (augment.mixup): their pixels have no mask; turn those off"
+        )
     paths = df["path"].astype(str).to_numpy()
     y = label_matrix(df, labels)
     size, channels = spec.size, spec.input_shape[-1]
@@ -464,6 +575,10 @@ def make_dataset(
         x.set_shape((size, size, channels))
         return x, target, weight
 
+    if mask_grid > 0:
+        return _masked_dataset(
+            df, spec, y, w, batch_size, training, augment, seed, cache, mask_grid
+        )
     # Rows -> decoded, preprocessed tensors (parallel, in order), optionally cached
     ds = tf.data.Dataset.from_tensor_slices((paths, y, w))
     ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -485,6 +600,64 @@ def make_dataset(
         )
     else:
         ds = ds.batch(batch_size).map(lambda x, t, _w: val_preprocessing(x, t))
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _masked_dataset(
+    df: pd.DataFrame,
+    spec: InputSpec,
+    y: NDArray[np.float32],
+    w: NDArray[np.float32],
+    batch_size: int,
+    training: bool,
+    augment: Augment | None,
+    seed: int,
+    cache: bool,
+    grid: int,
+) -> tf.data.Dataset:
+    """:func:`make_dataset` with ``mask_grid``: rows -> (x, mask, y, has_mask, w) -> batches of
+    ``(x, mask_targets, w)`` (training) or ``(x, mask_targets)``."""
+    paths = df["path"].astype(str).to_numpy()
+    if "mask_path" in df.columns:
+        mask_paths = df["mask_path"].astype("string").fillna("").astype(str).to_numpy()
+    else:
+        mask_paths = np.full(len(df), "", dtype=object).astype(str)
+    has_mask = (mask_paths != "").astype(np.float32)
+    size, channels = spec.size, spec.input_shape[-1]
+
+    def decode(path: bytes, mask_path: bytes):
+        try:
+            return load_input_and_mask(path.decode("utf-8"), mask_path.decode("utf-8"), spec)
+        except HemoError as exc:
+            raise DatasetError(f"cannot preprocess a training image or its mask: {exc}") from exc
+
+    def decode_tf(path, mask_path, target, has, weight):
+        x, mask = tf.numpy_function(
+            decode, [path, mask_path], (tf.float32, tf.float32), stateful=False
+        )
+        x.set_shape((size, size, channels))
+        mask.set_shape((size, size, 1))
+        return x, mask, target, has, weight
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, mask_paths, y, has_mask, w))
+    ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(df), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        on = augment is not None and (augment.strength > 0 or augment.blur > 0)
+        gamma = augment.gamma if augment is not None else 0.0
+        augment_seed = augment.seed if augment is not None else seed
+        step = train_preprocessing_with_masks(
+            make_augmenter(augment) if on else None, grid, augment_seed + 5, gamma
+        )
+        ds = ds.batch(batch_size).map(step)
+    else:
+        ds = ds.batch(batch_size).map(
+            lambda x, mask, t, has, _w: (tf.cast(x, tf.float32), mask_targets(t, has, mask, grid))
+        )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -644,27 +644,75 @@ def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDAr
     """
     side = spec.size if size is None else int(size)
     gray = to_display(scan, spec.display_window)
+    view = _with_input_geometry(scan, spec, gray, GRAY_FILL, side, gray)
+    return np.clip(view, 0.0, 1.0, out=view)
+
+
+def mask_to_model_input(
+    mask: npt.ArrayLike, scan: Scan, spec: InputSpec
+) -> npt.NDArray[np.float32]:
+    """A lesion mask drawn on ``scan`` carried onto the model input's pixel grid.
+
+    The mask goes through the geometry :func:`to_model_input` gives the scan (midline alignment,
+    head crop, skull mask, square padding, ``INTER_AREA`` resize; boxes and hulls found on the
+    scan itself), so that pixel ``(i, j)`` of the result describes pixel ``(i, j)`` of the
+    model input: a training target for where the lesion is, or a reference for a heatmap.
+
+    Args:
+        mask: (H, W) at the scan's size; bool, or a lesion fraction in [0, 1].
+        scan: The ``CTSlice`` or ``Image2D`` the mask belongs to. Not modified.
+        spec: The model's input spec.
+
+    Returns:
+        float32 (size, size) in [0, 1]: the share of each input pixel that is lesion.
+
+    Raises:
+        InputError: The mask is not 2-D or not the scan's shape.
+    """
+    area = np.asarray(mask, dtype=np.float32)
+    gray = to_display(scan, spec.display_window)
+    if area.shape != gray.shape:
+        raise InputError(
+            f"the lesion mask is {area.shape} but the scan is {gray.shape}: a mask must be "
+            "drawn on the scan it belongs to",
+            scan.source,
+        )
+    carried = _with_input_geometry(scan, spec, area, 0.0, spec.size, gray)
+    return np.clip(carried, 0.0, 1.0, out=carried)
+
+
+def _with_input_geometry(
+    scan: Scan,
+    spec: InputSpec,
+    image: npt.NDArray[np.float32],
+    fill: float,
+    side: int,
+    gray: npt.NDArray[np.float32],
+) -> npt.NDArray[np.float32]:
+    """``image`` (the scan's shape) aligned, cropped, skull-masked, padded and resized to
+    ``side`` as :func:`to_model_input` treats ``scan``; ``gray`` is the scan through
+    ``spec.display_window`` (the basis of display-mode geometry). A new array."""
     if isinstance(scan, CTSlice) and spec.mode == "hu":
         basis, basis_fill, basis_range = scan.hu, config.HU_AIR, MIDLINE_HU_RANGE
         head_threshold, skull_threshold = HEAD_HU_THRESHOLD, SKULL_HU_THRESHOLD
     else:
         basis, basis_fill, basis_range = gray, GRAY_FILL, MIDLINE_GRAY_RANGE
         head_threshold, skull_threshold = HEAD_GRAY_THRESHOLD, SKULL_GRAY_THRESHOLD
+    image = np.asarray(image, dtype=np.float32)
     if spec.align_midline:
         matrix, canvas = midline_transform(basis, head_threshold, basis_range)
         basis = _align(np.asarray(basis, dtype=np.float32), matrix, canvas, basis_fill)
-        gray = _align(gray, matrix, canvas, GRAY_FILL)
+        image = _align(image, matrix, canvas, fill)
         box = _symmetric_box(head_bbox(basis, head_threshold), canvas)
         basis = _square_crop(basis, box, basis_fill)
-        gray = _square_crop(gray, box, GRAY_FILL)
+        image = _square_crop(image, box, fill)
     elif spec.crop_head:
         box = head_bbox(basis, head_threshold)
         basis = _square_crop(np.asarray(basis, dtype=np.float32), box, basis_fill)
-        gray = _square_crop(gray, box, GRAY_FILL)
+        image = _square_crop(image, box, fill)
     if spec.mask_outside_head:
-        gray = np.where(skull_hull_mask(basis, skull_threshold), gray, np.float32(GRAY_FILL))
-    view = _resize(_pad_square(np.asarray(gray, dtype=np.float32), GRAY_FILL), side)
-    return np.clip(view, 0.0, 1.0, out=view)
+        image = np.where(skull_hull_mask(basis, skull_threshold), image, np.float32(fill))
+    return _resize(_pad_square(np.asarray(image, dtype=np.float32), fill), side)
 
 
 @dataclass(frozen=True, eq=False)

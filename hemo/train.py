@@ -14,6 +14,11 @@ atomically every few seconds; SIGTERM/SIGINT stop at the end of the current batc
 ``--strategy multiworker`` trains through hemo's own loop (:func:`_fit_multiworker`), because
 Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); it uses
 the same callbacks except the backup, so a rerun of such a run restarts the phase.
+
+``mask_loss`` > 0 adds pixel-level supervision where the data has lesion masks (phantoms):
+fit trains a view of the model (:func:`hemo.model.with_mask_head`) whose CAM layer also feeds a
+1x1-convolution lesion map, scored against each image's mask on that layer's grid
+(:func:`labels_and_mask_loss`); the saved model is the plain classifier.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "weights": "none",
     "init": "",
     "l2sp": 0.0,
+    "mask_loss": 0.0,
     "cam_layer": "",
     "labels": "auto",
     "image_size": 256,
@@ -278,6 +284,16 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"l2sp must be a number >= 0, got {l2sp!r}")
     if l2sp and not config["init"]:
         raise ConfigError("l2sp pulls weights towards an init model's: set init = 'MODEL.keras'")
+    mask_loss = config["mask_loss"]
+    if isinstance(mask_loss, bool) or not isinstance(mask_loss, int | float) or mask_loss < 0:
+        raise ConfigError(f"mask_loss must be a number >= 0, got {mask_loss!r}")
+    if mask_loss and config["strategy"] == "multiworker":
+        raise ConfigError("mask_loss trains through Keras fit: use strategy default or mirrored")
+    if mask_loss and (config["augment"]["lesion"] or config["augment"]["mixup"]):
+        raise ConfigError(
+            "mask_loss needs a lesion mask for every training pixel: synthetic lesions "
+            "(augment.lesion) and image mixes (augment.mixup) have none; turn them off"
+        )
     if not config["data"]:
         raise ConfigError("no training data: set data = 'DIR' in the config or --data DIR")
     if config["labels"] not in ("auto", "any", "rsna"):
@@ -613,13 +629,17 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         lesion=float(config["augment"]["lesion"]),
     )
     distributed = config["strategy"] == "multiworker"
-    train_ds = make_dataset(
-        train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights
-    )
-    val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache)
+    mask_weight = float(config["mask_loss"])
+    if mask_weight:
+        _check_masks(train_df, data)
+    else:
+        train_ds = make_dataset(
+            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights
+        )
+        val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache)
     steps = int(config["steps_per_epoch"]) or None
     val_steps = None
-    if distributed:
+    if distributed and not mask_weight:
         # Workers must agree on the number of steps: repeat and count
         steps = steps or max(1, len(train_df) // batch)
         val_steps = max(1, math.ceil(len(val_df) / batch))
@@ -644,6 +664,24 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             pool=str(config["head_pool"]),
         )
     _check_cam_layer(model, config["cam_layer"])
+    # What fit trains: the model, or (mask_loss) a view of it that also outputs a lesion map
+    fit_model = model
+    if mask_weight:
+        from hemo.model import with_mask_head
+
+        with strategy.scope():
+            fit_model, grid = with_mask_head(model, config["cam_layer"] or None)
+        train_ds = make_dataset(
+            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights,
+            mask_grid=grid,
+        )  # fmt: skip
+        val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache, mask_grid=grid)
+        log.info(
+            "mask_loss %g: lesion masks on the %d x %d grid of the CAM layer",
+            mask_weight,
+            grid,
+            grid,
+        )
     init_report = None
     if config["init"]:
         names: list[str] = []
@@ -669,10 +707,13 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
                 return runs.STOPPED, f"stopped by {by} during {phase.name}"
             continue
         with strategy.scope():
-            _compile(model, config, phase, steps or _cardinality(train_ds))
+            _compile(
+                fit_model, config, phase, steps or _cardinality(train_ds),
+                mask_labels=len(labels) if mask_weight else 0,
+            )  # fmt: skip
         callbacks = _callbacks(config, path, phase, flag, best, chief)
-        model._initial_epoch = None  # a previous phase's restore must not leak into this one
-        model.fit(
+        fit_model._initial_epoch = None  # a previous phase's restore must not leak into this one
+        fit_model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=phase.end,
@@ -699,7 +740,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     final.set_weights(model.get_weights())
     best_file = path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT
     if best_file.is_file() and config["checkpoint"] == "best":
-        model.load_weights(best_file)
+        fit_model.load_weights(best_file)
         final.set_weights(model.get_weights())
     runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
     _finish(config, path, final, index, data, labels, spec, init_report)
@@ -737,6 +778,16 @@ def extra_train_rows(config: Mapping[str, Any], labels: Sequence[str]):
     return rows.reset_index(drop=True).assign(split="train")
 
 
+def _check_masks(train_df, data: Path) -> None:
+    """Refuse ``mask_loss`` on training rows without a single lesion mask."""
+    if "mask_path" not in train_df.columns or not train_df["mask_path"].notna().any():
+        raise DatasetError(
+            "mask_loss needs lesion masks (an index column mask_path, as hemo demo-data "
+            "writes for its phantoms); none of the training rows has one",
+            source=data,
+        )
+
+
 def _split(index, split: str):
     """Rows of one split, refusing an empty one."""
     if "split" not in index.columns:
@@ -763,15 +814,64 @@ def _best_so_far(path: Path) -> float | None:
     return float(history[MONITOR].max())
 
 
-def _compile(model, config: Mapping[str, Any], phase: Phase, steps: int) -> None:
-    """Adam (cosine or constant LR), BCE, AUC of ``any`` and accuracy."""
+def _compile(
+    model, config: Mapping[str, Any], phase: Phase, steps: int, mask_labels: int = 0
+) -> None:
+    """Adam (cosine or constant LR), BCE, AUC of ``any`` and accuracy; with ``mask_labels``
+    (the number of labels of a :func:`hemo.model.with_mask_head` view) the loss adds the mask
+    term and accuracy counts the labels only."""
     import keras
 
+    accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
+    loss = _loss(config)
+    if mask_labels:
+        accuracy = labels_accuracy_metric(mask_labels)
+        loss = labels_and_mask_loss(
+            mask_labels, float(config["mask_loss"]), float(config["label_smoothing"])
+        )
     model.compile(
         optimizer=_optimizer(config, phase, steps),
-        loss=_loss(config),
-        metrics=[any_auc_metric(), keras.metrics.BinaryAccuracy(name="accuracy")],
+        loss=loss,
+        metrics=[any_auc_metric(), accuracy],
     )
+
+
+def labels_and_mask_loss(n_labels: int, weight: float, label_smoothing: float = 0.0):
+    """Loss of a mask-supervised batch (targets from :func:`hemo.pipeline.mask_targets`).
+
+    Per image: the labels' BCE (smoothed) plus ``weight`` x the mean BCE over the grid cells
+    between the lesion map and the mask's lesion fractions, for images that have a mask.
+    """
+    import keras
+
+    class LabelsAndMaskLoss(keras.losses.Loss):
+        """BCE of the labels + weight x mask BCE, on ``[labels | has_mask | grid]`` targets."""
+
+        def call(self, y_true, y_pred):
+            ops = keras.ops
+            y_true = ops.cast(y_true, y_pred.dtype)
+            labels = keras.losses.binary_crossentropy(
+                y_true[:, :n_labels], y_pred[:, :n_labels], label_smoothing=label_smoothing
+            )
+            lesion = keras.losses.binary_crossentropy(
+                y_true[:, n_labels + 1 :], y_pred[:, n_labels:]
+            )
+            return labels + weight * y_true[:, n_labels] * lesion
+
+    return LabelsAndMaskLoss(name="labels_and_mask")
+
+
+def labels_accuracy_metric(n_labels: int):
+    """Binary accuracy of the first ``n_labels`` columns (the labels, not the lesion map)."""
+    import keras
+
+    class LabelsAccuracy(keras.metrics.BinaryAccuracy):
+        """keras.metrics.BinaryAccuracy on the label columns of mask-supervised targets."""
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            return super().update_state(y_true[:, :n_labels], y_pred[:, :n_labels], sample_weight)
+
+    return LabelsAccuracy(name="accuracy")
 
 
 def _optimizer(config: Mapping[str, Any], phase: Phase, steps: int):

@@ -16,10 +16,12 @@ from hemo.pipeline import (
     Augment,
     _dilate,
     _erode,
+    augment_with_mask,
     class_weights,
     label_matrix,
     labels_for,
     load_inputs,
+    make_augmenter,
     make_dataset,
     mix_batch,
     paste_lesions,
@@ -299,3 +301,64 @@ def test_empty_rows_are_refused() -> None:
     """An empty split gives a DatasetError, not an empty dataset."""
     with pytest.raises(DatasetError, match="no rows"):
         make_dataset(pd.DataFrame({"path": [], "label_any": []}), SPEC, ("any",))
+
+
+def test_augment_with_mask_moves_the_mask_exactly_as_the_image() -> None:
+    """Flip, rotation and zoom move image and mask alike (an image equal to its mask stays
+    equal to it), intensity changes touch the image only, and the image comes out exactly as
+    the augmenter alone makes it."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    blobs = (rng.random((6, 32, 32, 1)) > 0.9).astype(np.float32)
+    geometric = Augment(strength=2.0, seed=3, contrast_factor=0.0, brightness_factor=0.0)
+    x, mask = augment_with_mask(make_augmenter(geometric), tf.constant(blobs), tf.constant(blobs))
+    np.testing.assert_allclose(np.asarray(x), np.asarray(mask), atol=1e-6)
+    assert not np.allclose(np.asarray(mask), blobs)  # it did move
+    full = Augment(strength=2.0, seed=3)
+    image = np.stack([rng.random((32, 32, 2))] * 6).astype(np.float32)
+    x, mask = augment_with_mask(make_augmenter(full), tf.constant(image), tf.constant(blobs))
+    alone = make_augmenter(full)(tf.constant(image), training=True)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(alone), atol=1e-6)
+    assert mask.shape == blobs.shape
+
+
+def test_mask_targets_carry_each_rows_mask_on_the_grid(index: pd.DataFrame) -> None:
+    """With mask_grid the targets are [labels | has_mask | grid lesion fractions]: validation
+    gives each row's carried mask area-averaged onto the grid, rows without a mask are flagged
+    0 with an empty grid, training images are exactly the plain pipeline's, and synthetic
+    lesions or mixup are refused."""
+    import cv2
+
+    from hemo.cam.metrics import read_mask
+    from hemo.io import read_scan
+    from hemo.preprocess import mask_to_model_input
+
+    spec = InputSpec(size=32, mode="display", channels=1, crop_head=True)
+    rows = pd.concat(
+        [index[index["label_any"] == 1].iloc[:5], index[index["label_any"] == 0].iloc[:3]]
+    )
+    rows = rows.reset_index(drop=True)
+    rows.loc[7, "mask_path"] = pd.NA  # a row from a dataset without masks
+    x, targets = _first_batch(make_dataset(rows, spec, ("any",), 8, mask_grid=4))
+    assert targets.shape == (8, 1 + 1 + 16)
+    np.testing.assert_array_equal(targets[:, 0], rows["label_any"].to_numpy())
+    np.testing.assert_array_equal(targets[:, 1], [1] * 7 + [0])
+    for i in range(7):
+        row = rows.iloc[i]
+        carried = mask_to_model_input(
+            read_mask(row["mask_path"], "any"), read_scan(row["path"]), spec
+        )
+        coarse = cv2.resize(carried, (4, 4), interpolation=cv2.INTER_AREA).ravel()
+        np.testing.assert_allclose(targets[i, 2:], coarse, atol=1e-5)
+    assert targets[:5, 2:].sum(axis=1).min() > 0  # positives have a lesion somewhere
+    assert not targets[5:, 2:].any()  # negatives and the maskless row have none
+    augment = Augment(strength=2.0, seed=4)
+    plain = _first_batch(make_dataset(rows, spec, ("any",), 8, True, augment, seed=2))
+    masked = _first_batch(make_dataset(rows, spec, ("any",), 8, True, augment, seed=2, mask_grid=4))
+    np.testing.assert_allclose(masked[0], plain[0], atol=1e-6)
+    np.testing.assert_array_equal(masked[1][:, 0], plain[1][:, 0])
+    np.testing.assert_array_equal(masked[2], plain[2])
+    for extra in ({"mixup": 0.2}, {"lesion": 0.3}):
+        with pytest.raises(ConfigError, match="mask supervision cannot follow"):
+            make_dataset(rows, spec, ("any",), 8, True, Augment(**extra), mask_grid=4)

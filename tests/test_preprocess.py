@@ -18,6 +18,7 @@ from hemo.preprocess import (
     SKULL_HU_THRESHOLD,
     InputSpec,
     head_bbox,
+    mask_to_model_input,
     midline_transform,
     skull_hull_mask,
     to_display,
@@ -412,3 +413,34 @@ def test_input_view_of_a_ct_slice_uses_the_hu_crop(ct_small) -> None:
         scan, dataclasses.replace(aligned, windows=("brain",), channels=1)
     )
     assert float(np.abs(input_view(scan, aligned) - brain_aligned[:, :, 0]).mean()) < 0.04
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"align_midline": True}, {"mask_outside_head": True}, {"crop_head": False}],
+    ids=["crop", "aligned", "skull-masked", "no-crop"],
+)
+def test_mask_to_model_input_lands_on_the_lesion_it_marks(extra) -> None:
+    """A lesion mask drawn on a tilted, off-centre head is carried onto the input grid where
+    to_model_input puts the lesion's pixels: the same place and the same area (the input
+    differs from the lesion-free head by 0.4 per lesion pixel)."""
+    spec = InputSpec(size=64, mode="display", channels=1, crop_head=True)
+    spec = dataclasses.replace(spec, **extra)
+    head = _tilted_head(12.0)
+    lesion = np.zeros(head.shape, dtype=bool)
+    lesion[150:162, 104:116] = True  # in plain brain (0.5), left of the midline
+    marked = np.where(lesion, np.float32(0.9), head)
+    scan = _image(marked)
+    carried = mask_to_model_input(lesion, scan, spec)
+    assert carried.shape == (64, 64) and carried.dtype == np.float32
+    assert carried.min() >= 0.0 and carried.max() <= 1.0
+    diff = to_model_input(scan, spec)[..., 0] - to_model_input(_image(head), spec)[..., 0]
+    assert carried.sum() == pytest.approx(diff.sum() / 0.4, rel=0.1)
+    rows, cols = np.mgrid[:64, :64]
+    for grid in (rows, cols):
+        where_mask = (grid * carried).sum() / carried.sum()
+        where_lesion = (grid * diff).sum() / diff.sum()
+        assert abs(where_mask - where_lesion) < 0.5
+    assert mask_to_model_input(np.zeros(head.shape, bool), scan, spec).max() == 0.0
+    with pytest.raises(InputError, match="synthetic.png: the lesion mask is"):
+        mask_to_model_input(lesion[:100], scan, spec)

@@ -159,6 +159,59 @@ def test_run_with_l2sp_anchors_the_init_weights_and_says_so_in_the_card(
     assert init["variables_anchored"] == len(donor.trainable_weights)
 
 
+def test_mask_loss_is_a_non_negative_weight_for_keras_fit_without_pixel_mixing() -> None:
+    """mask_loss is off by default, a number >= 0, and refused where the lesion masks cannot
+    follow the pixels (mixup, synthetic lesions) or fit is not used (multiworker)."""
+    assert resolve_config({"data": "d"})["mask_loss"] == 0.0
+    assert resolve_config({"data": "d"}, {"mask_loss": 10})["mask_loss"] == 10
+    with pytest.raises(ConfigError, match="mask_loss must be a number >= 0"):
+        resolve_config({"data": "d"}, {"mask_loss": -1})
+    with pytest.raises(ConfigError, match="mask_loss trains through Keras fit"):
+        resolve_config({"data": "d"}, {"mask_loss": 1, "strategy": "multiworker"})
+    for key in ("augment.mixup", "augment.lesion"):
+        with pytest.raises(ConfigError, match="mask_loss needs a lesion mask"):
+            resolve_config({"data": "d"}, {"mask_loss": 1, key: 0.2})
+
+
+@pytest.mark.slow
+def test_run_with_mask_loss_adds_the_mask_term_and_saves_the_plain_classifier(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mask_loss trains the CAM layer against the phantoms' lesion masks: the training loss
+    carries the mask term (one epoch, same seed: higher by about weight x BCE), history keeps
+    its columns, and the saved model is the plain one-output classifier with the weight in its
+    card. Data without masks is refused, naming the folder."""
+    from hemo.errors import DatasetError
+    from hemo.model import MASK_HEAD_LAYER, load_model
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "labels": "any", "seed": 4}
+    overrides |= {"input.mode": "display", "input.channels": 2, "input.asymmetry": True}
+    overrides |= {"input.crop_head": True}
+    plain = train(resolve_config({"data": str(phantom_dir)}, overrides | {"name": "plain"}))
+    masked = train(
+        resolve_config({"data": str(phantom_dir)}, overrides | {"name": "mask", "mask_loss": 5})
+    )
+    history = pd.read_csv(masked / runs.HISTORY_FILE)
+    assert {"accuracy", "auc", "loss", "val_accuracy", "val_auc", "val_loss"} <= set(history)
+    assert history["accuracy"].between(0, 1).all()
+    # every training row has a mask: the untrained lesion map's BCE (about 0.7) times 5 comes on top
+    extra = float(history["loss"].iloc[0] - pd.read_csv(plain / runs.HISTORY_FILE)["loss"].iloc[0])
+    assert 1.5 < extra < 6.0
+    model, card = load_model(masked / runs.MODEL_FILE)
+    assert tuple(model.output.shape) == (None, 1)
+    assert MASK_HEAD_LAYER not in {layer.name for layer in model.layers}
+    assert card.training["config"]["mask_loss"] == 5
+    bare = tmp_path / "no_masks"
+    bare.mkdir()
+    index = pd.read_parquet(phantom_dir / "index.parquet").drop(columns="mask_path")
+    index["path"] = [str(phantom_dir / p) for p in index["path"]]
+    index.to_parquet(bare / "index.parquet")
+    with pytest.raises(DatasetError, match="no_masks: mask_loss needs lesion masks"):
+        train(resolve_config({"data": str(bare)}, overrides | {"name": "bare", "mask_loss": 5}))
+
+
 def test_head_pool_is_average_or_max() -> None:
     """head_pool chooses the head's global pooling; anything else is refused by name."""
     assert resolve_config({"data": "d"})["head_pool"] == "average"

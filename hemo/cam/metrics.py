@@ -302,9 +302,9 @@ def read_mask(mask_path: str | Path, label: str) -> NDArray[np.bool_]:
 def mask_to_input(mask: NDArray, scan: Any, spec: Any) -> NDArray[np.bool_]:
     """A mask at the scan's size carried through the geometry of ``to_model_input``.
 
-    Same steps as :func:`hemo.preprocess.to_model_input` applies to the pixels: the optional
-    square crop around the head (box from the scan itself), padding to a square, ``INTER_AREA``
-    resize; a pixel is lesion when at least :data:`MASK_AREA_THRESHOLD` of it was.
+    :func:`hemo.preprocess.mask_to_model_input` (the same alignment, crop, skull mask, padding
+    and ``INTER_AREA`` resize as the pixels get); a pixel is lesion when at least
+    :data:`MASK_AREA_THRESHOLD` of it was.
 
     Args:
         mask: bool (H, W) at the scan's size.
@@ -317,26 +317,13 @@ def mask_to_input(mask: NDArray, scan: Any, spec: Any) -> NDArray[np.bool_]:
     Raises:
         DatasetError: The mask does not have the scan's shape.
     """
-    from hemo import preprocess
-    from hemo.dicom import CTSlice
-    from hemo.errors import DatasetError
+    from hemo.errors import DatasetError, InputError
+    from hemo.preprocess import mask_to_model_input
 
-    image = scan.hu if isinstance(scan, CTSlice) else preprocess.to_display(scan)
-    if np.shape(mask) != image.shape:
-        raise DatasetError(
-            f"mask shape {np.shape(mask)} differs from the scan's {image.shape}", source=scan.source
-        )
-    area = np.asarray(mask, dtype=np.float32)
-    if spec.crop_head:
-        threshold = (
-            preprocess.HEAD_HU_THRESHOLD
-            if isinstance(scan, CTSlice) and spec.mode == "hu"
-            else preprocess.HEAD_GRAY_THRESHOLD
-        )
-        source = image if spec.mode == "hu" else preprocess.to_display(scan, spec.display_window)
-        area = preprocess._square_crop(area, preprocess.head_bbox(source, threshold), 0.0)
-    area = preprocess._pad_square(area, 0.0)
-    area = cv2.resize(area, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+    try:
+        area = mask_to_model_input(mask, scan, spec)
+    except InputError as exc:
+        raise DatasetError(str(exc)) from exc
     return area >= MASK_AREA_THRESHOLD
 
 
