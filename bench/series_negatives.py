@@ -10,6 +10,11 @@ the model's threshold: over the whole series, in the lowest and highest ``--edge
 in between. ``--slab-mm 5`` first averages each thin slice with its neighbours into a 5 mm slab,
 the slice thickness of the training images.
 
+Fewer positives on a negative series is only half the measure: a model that leans negative on
+real DICOM everywhere also gets there. So each model also predicts a real hemorrhage-positive
+slice (``--positive``, default pydicom-data's ``693_UNCR.dcm``, CQ500-CT-310) and the table says
+how many of a run's fold models call it positive at the threshold.
+
 Models are shipped ``.keras`` files (``--models``, each at its card's threshold) or the fold
 models of finished ``hemo crossval`` runs (``--runs``, each at that run's pooled out-of-fold
 threshold; the fractions are averaged over the folds). None of them saw the series.
@@ -92,8 +97,11 @@ def fractions(probs, z_mm, threshold: float, edge_mm: float) -> dict[str, float]
     }
 
 
-def model_fractions(paths_and_thresholds, scans, z_mm, edge_mm: float) -> dict[str, float]:
-    """Mean over the given models of :func:`fractions`."""
+def model_fractions(
+    paths_and_thresholds, scans, z_mm, edge_mm: float, positive=None
+) -> tuple[dict[str, float], dict[str, object] | None]:
+    """Mean over the given models of :func:`fractions`, and (with ``positive``, a known
+    hemorrhage slice) each model's P(any) on it and how many call it positive."""
     import numpy as np
 
     from hemo.model import load_model
@@ -101,6 +109,8 @@ def model_fractions(paths_and_thresholds, scans, z_mm, edge_mm: float) -> dict[s
 
     inputs: dict[object, np.ndarray] = {}
     rows = []
+    on_positive: list[float] = []
+    called = 0
     for path, threshold in paths_and_thresholds:
         model, card = load_model(path)
         spec = card.input_spec
@@ -110,7 +120,33 @@ def model_fractions(paths_and_thresholds, scans, z_mm, edge_mm: float) -> dict[s
         any_column = list(card.labels).index("any")
         cut = card.threshold if threshold is None else threshold
         rows.append(fractions(probs[:, any_column], z_mm, cut, edge_mm))
-    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+        if positive is not None:
+            x = to_model_input(positive, spec)[None]
+            p = float(np.asarray(model.predict(x, verbose=0))[0, any_column])
+            on_positive.append(p)
+            called += p >= cut
+    means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    if positive is None:
+        return means, None
+    return means, {"called": int(called), "models": len(on_positive), "p_any": on_positive}
+
+
+def read_positive(name: str):
+    """The known hemorrhage slice: a DICOM file, or the name of a pydicom test file; None for
+    ''."""
+    from pydicom.data import get_testdata_file
+
+    from hemo.dicom import read_dicom
+
+    if not name:
+        return None
+    path = Path(name)
+    if not path.is_file():
+        found = get_testdata_file(name)
+        if found is None:
+            raise SystemExit(f"--positive {name}: no such file, nor a pydicom test file")
+        path = Path(found)
+    return read_dicom(path)
 
 
 def run_models(name: str, runs_dir: Path) -> list[tuple[Path, float]]:
@@ -128,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     parser.add_argument("--edge-mm", type=float, default=DEFAULT_EDGE_MM)
+    parser.add_argument(
+        "--positive",
+        default="693_UNCR.dcm",
+        help="a real hemorrhage slice: a file, or a pydicom test file name; '' to skip",
+    )
     parser.add_argument(
         "--slab-mm",
         type=float,
@@ -148,18 +189,23 @@ def main(argv: list[str] | None = None) -> int:
     scans, z_mm = read_series(args.series)
     scans = thick_slabs(scans, z_mm, args.slab_mm)
     log.info("%s: %d slices, %.1f to %.1f mm", args.series.name, len(scans), z_mm[0], z_mm[-1])
-    results = {
-        name: model_fractions(models, scans, z_mm, args.edge_mm) for name, models in groups.items()
-    }
-    log.info("%-40s %6s %10s %7s %7s", "model", "all", "skull base", "middle", "vertex")
+    positive = read_positive(args.positive)
+    results, known = {}, {}
+    for name, models in groups.items():
+        results[name], known[name] = model_fractions(models, scans, z_mm, args.edge_mm, positive)
+    log.info(
+        "%-40s %6s %10s %7s %7s %8s", "model", "all", "skull base", "middle", "vertex", "bleed"
+    )
     for name, r in results.items():
+        bleed = f"{known[name]['called']}/{known[name]['models']}" if known[name] else "-"
         log.info(
-            "%-40s %6.3f %10.3f %7.3f %7.3f",
+            "%-40s %6.3f %10.3f %7.3f %7.3f %8s",
             name,
             r["all"],
             r["skull_base"],
             r["middle"],
             r["vertex"],
+            bleed,
         )
     first = next(iter(results.values()))["all"]
     summary = {
@@ -168,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "edge_mm": args.edge_mm,
         "slab_mm": args.slab_mm,
         "positive_fractions": results,
+        "known_positive": {"file": args.positive or None, "models": known if positive else None},
         "positive_fraction_ratio": {
             name: (r["all"] / first if first > 0 else None) for name, r in results.items()
         },
