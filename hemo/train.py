@@ -907,9 +907,13 @@ def _callbacks(
         keras.callbacks.CSVLogger(str(path / runs.HISTORY_FILE), append=True),
     ]
     if backup:
+        # double_checkpoint: a kill while the weights are being overwritten leaves them
+        # unreadable; the rerun then restores the previous epoch's copy instead of failing
         callbacks.append(
             keras.callbacks.BackupAndRestore(
-                str(path / runs.BACKUP_DIR / phase.name), delete_checkpoint=False
+                str(path / runs.BACKUP_DIR / phase.name),
+                delete_checkpoint=False,
+                double_checkpoint=True,
             )
         )
     callbacks += [

@@ -416,13 +416,42 @@ def test_killed_run_resumes_from_backup(tmp_path: Path, phantom_dir: Path) -> No
     done = json.loads(backup.read_text())["epoch"]
     assert 1 <= done < 4
     assert runs.read_run("resume", tmp_path).state == "failed"
-    subprocess.run(
-        command, env=_env(tmp_path), check=True, timeout=RUN_TIMEOUT_S, capture_output=True
+    rerun = subprocess.run(
+        command, env=_env(tmp_path), timeout=RUN_TIMEOUT_S, capture_output=True, text=True
     )
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
     epochs = _raw_epochs(path)
     assert epochs.count(0) == 1, f"rerun started over: {epochs}"
     assert sorted(set(epochs)) == [0, 1, 2, 3]
     assert runs.read_run("resume", tmp_path).state == "finished"
+
+
+def test_kill_while_the_backup_is_written_resumes_from_the_previous_copy(
+    tmp_path: Path, phantom_dir: Path
+) -> None:
+    """kill -9 can land while the backup's weights are being overwritten: the file is then
+    unreadable. The rerun restores the previous epoch's copy and goes on instead of failing."""
+    command = _cli(phantom_dir, "torn", 5)
+    backup = tmp_path / "torn" / runs.BACKUP_DIR / "train"
+    previous = backup / "latest.weights.h5.bkp"  # written from the second epoch's backup on
+    process = subprocess.Popen(
+        command, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(previous.exists, RUN_TIMEOUT_S, "the second epoch's backup")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n torn by a kill")
+    rerun = subprocess.run(
+        command, env=_env(tmp_path), timeout=RUN_TIMEOUT_S, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    epochs = _raw_epochs(tmp_path / "torn")
+    assert epochs.count(0) == 1, f"rerun started over: {epochs}"
+    assert sorted(set(epochs)) == [0, 1, 2, 3, 4]
+    assert runs.read_run("torn", tmp_path).state == "finished"
 
 
 @pytest.mark.slow
