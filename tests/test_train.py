@@ -45,6 +45,27 @@ def _raw_epochs(path: Path) -> list[int]:
     return pd.read_csv(path / runs.HISTORY_FILE)["epoch"].tolist()
 
 
+def _kill_once(command: list[str], root: Path, marker: Path, what: str) -> None:
+    """Start ``hemo train``; kill -9 it as soon as ``marker`` exists."""
+    process = subprocess.Popen(
+        command, env=_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for(marker.exists, RUN_TIMEOUT_S, what)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+
+
+def _rerun(command: list[str], root: Path) -> None:
+    """Run ``hemo train`` again to the end; its stderr is the message if it fails."""
+    rerun = subprocess.run(
+        command, env=_env(root), timeout=RUN_TIMEOUT_S, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+
+
 def test_overrides_parse_types_aliases_and_dotted_keys() -> None:
     """--key value pairs become typed dotted overrides; dashes and aliases map to keys."""
     tokens = [
@@ -404,22 +425,11 @@ def test_killed_run_resumes_from_backup(tmp_path: Path, phantom_dir: Path) -> No
     command = _cli(phantom_dir, "resume", 4)
     path = tmp_path / "resume"
     backup = path / runs.BACKUP_DIR / "train" / "training_metadata.json"
-    process = subprocess.Popen(
-        command, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for(backup.exists, RUN_TIMEOUT_S, "the first epoch's backup")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        process.kill()
+    _kill_once(command, tmp_path, backup, "the first epoch's backup")
     done = json.loads(backup.read_text())["epoch"]
     assert 1 <= done < 4
     assert runs.read_run("resume", tmp_path).state == "failed"
-    rerun = subprocess.run(
-        command, env=_env(tmp_path), timeout=RUN_TIMEOUT_S, capture_output=True, text=True
-    )
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    _rerun(command, tmp_path)
     epochs = _raw_epochs(path)
     assert epochs.count(0) == 1, f"rerun started over: {epochs}"
     assert sorted(set(epochs)) == [0, 1, 2, 3]
@@ -434,20 +444,9 @@ def test_kill_while_the_backup_is_written_resumes_from_the_previous_copy(
     command = _cli(phantom_dir, "torn", 5)
     backup = tmp_path / "torn" / runs.BACKUP_DIR / "train"
     previous = backup / "latest.weights.h5.bkp"  # written from the second epoch's backup on
-    process = subprocess.Popen(
-        command, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait_for(previous.exists, RUN_TIMEOUT_S, "the second epoch's backup")
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        process.kill()
+    _kill_once(command, tmp_path, previous, "the second epoch's backup")
     (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n torn by a kill")
-    rerun = subprocess.run(
-        command, env=_env(tmp_path), timeout=RUN_TIMEOUT_S, capture_output=True, text=True
-    )
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    _rerun(command, tmp_path)
     epochs = _raw_epochs(tmp_path / "torn")
     assert epochs.count(0) == 1, f"rerun started over: {epochs}"
     assert sorted(set(epochs)) == [0, 1, 2, 3, 4]
