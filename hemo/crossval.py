@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from hemo import runs
 from hemo.config import portable_path
-from hemo.errors import ConfigError, DatasetError
+from hemo.errors import ConfigError, DatasetError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ SUMMARY_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 FIXED_THRESHOLD = 0.5
 FOLD_RUN_SUFFIX = "cv{fold}"
 FINAL_RUN_SUFFIX = "final"
+#: Ensemble members' run names: ``<name>_s<seed>-cv0`` ... and ``<name>_s<seed>-final``.
+MEMBER_SUFFIX = "_s{seed}"
+#: Probabilities are clipped this far from 0 and 1 before their logits are averaged.
+PROB_EPS = 1e-7
 #: Folder under the runs folder holding the fold indexes, OOF table and report.
 CROSSVAL_DIR_SUFFIX = "crossval"
 INDEX_FILE = "index.parquet"
@@ -265,7 +269,7 @@ def crossval(
         ConfigError, DatasetError, ModelError, TrainingError: As the training raises them.
     """
     from hemo.datasets import load_index, save_index
-    from hemo.evaluate import binary_metrics, choose_threshold, predict_index
+    from hemo.evaluate import predict_index
     from hemo.model import load_model
     from hemo.train import resolve_path, train
 
@@ -282,16 +286,19 @@ def crossval(
         run_name = f"{name}-{FOLD_RUN_SUFFIX.format(fold=fold)}"
         fold_df = fold_index(index_df, folds, fold)
         fold_file = work / f"fold{fold}" / INDEX_FILE
+        run_config = fold_config(config, run_name, fold_file)
+        path = finished_run(run_config, fold_file, fold_df)
         save_index(fold_df, fold_file)
         log.info(
-            "fold %d/%d: %d train, %d held out -> run %s",
+            "fold %d/%d: %d train, %d held out -> run %s%s",
             fold + 1,
             n_folds,
             int((fold_df["split"] == SPLIT_TRAIN).sum()),
             int((fold_df["split"] == SPLIT_HELD_OUT).sum()),
             run_name,
+            " (finished before: reused)" if path else "",
         )
-        path = train(fold_config(config, run_name, fold_file))
+        path = path or train(run_config)
         model, card = load_model(path / runs.MODEL_FILE)
         rows, probs, failed = predict_index(model, card, load_index(fold_file), SPLIT_HELD_OUT)
         if failed:
@@ -308,6 +315,25 @@ def crossval(
         )
         fold_meta.append((fold, run_name, int((fold_df["split"] == SPLIT_TRAIN).sum())))
     oof = pd.concat(parts, ignore_index=True)
+    measured_on = MEASURED_ON.format(
+        folds=n_folds, n=len(index_df), data=portable_path(data, config["data"])
+    )
+    return _report(config, name, oof, fold_meta, fold_seed, measured_on, work)
+
+
+def _report(
+    config: Mapping[str, Any],
+    name: str,
+    oof: pd.DataFrame,
+    fold_meta: Sequence[tuple[int, str, int]],
+    fold_seed: int,
+    measured_on: str,
+    work: Path,
+) -> CrossValReport:
+    """Threshold on the pooled OOF predictions, metrics per fold and pooled; written to ``work``."""
+    from hemo.evaluate import binary_metrics, choose_threshold
+
+    n_folds = len(fold_meta)
     # Operating threshold on the pooled OOF predictions, then metrics per fold and pooled
     method = str(config["threshold"]["method"])
     target = float(config["threshold"].get("target_sensitivity", 0.9))
@@ -341,15 +367,141 @@ def crossval(
         summary_fixed=_summary(results, "metrics_fixed"),
         pooled=pooled,
         oof=oof,
-        measured_on=MEASURED_ON.format(
-            folds=n_folds, n=len(index_df), data=portable_path(data, config["data"])
-        ),
+        measured_on=measured_on,
     )
     oof.to_csv(work / OOF_FILE, index=False)
     runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
     return report
 
 
+def finished_run(
+    run_config: Mapping[str, Any], index_file: Path, index_df: pd.DataFrame
+) -> Path | None:
+    """The folder of a finished training of exactly this config and split, else ``None``.
+
+    So a cross-validation that was stopped or killed goes on where it stopped when the same
+    command is run again: finished fold runs are reused, an unfinished one resumes from its
+    backup (:func:`hemo.train.train`). Checked before ``index_file`` is rewritten.
+
+    Args:
+        run_config: The run's resolved config (:func:`fold_config`), its ``name`` the run.
+        index_file: Where the run's index is (was) written.
+        index_df: The index the run would be trained on now.
+
+    Raises:
+        TrainingError: The run finished with another config or split, or without its model.
+    """
+    from hemo.datasets import load_index
+
+    path = runs.run_dir(run_config["name"])
+    if (runs.read_json(path / runs.STATUS_FILE) or {}).get("state") != runs.FINISHED:
+        return None
+    saved = runs.read_json(path / runs.CONFIG_FILE) or {}
+    wanted = json.loads(json.dumps(dict(run_config), default=str))
+    differ = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+    if differ:
+        why = f"with another config (differs in {', '.join(differ)})"
+    elif not index_file.is_file() or _split_rows(load_index(index_file)) != _split_rows(index_df):
+        why = "on another split of the data"
+    elif not (path / runs.MODEL_FILE).is_file():
+        why = f"but has no {runs.MODEL_FILE}"
+    else:
+        return path
+    raise TrainingError(
+        f"run {run_config['name']!r} already finished {why} in {path}; choose another name "
+        "(--set name=...) or remove that run"
+    )
+
+
+def _split_rows(index_df: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """(resolved path, split, label) per row: what a training run saw of its index."""
+    return [
+        (str(Path(path).resolve()), str(split), int(label))
+        for path, split, label in zip(
+            index_df["path"], index_df["split"], index_df[LABEL_COLUMN], strict=True
+        )
+    ]
+
+
+# Ensembles --------------------------------------------------------------------------------------
+def member_config(config: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """The config of the ensemble member with ``seed``: run names ``<name>_s<seed>-...``."""
+    name = runs.check_run_name(config["name"] or "crossval")
+    out = copy.deepcopy(dict(config))
+    out.update(seed=int(seed), name=f"{name}{MEMBER_SUFFIX.format(seed=int(seed))}")
+    return out
+
+
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """Distinct seeds, at least :data:`hemo.model.MIN_ENSEMBLE` of them.
+
+    Raises:
+        ConfigError: Too few or repeated seeds.
+    """
+    from hemo.model import MIN_ENSEMBLE
+
+    seeds = tuple(int(seed) for seed in seeds)
+    if len(seeds) < MIN_ENSEMBLE or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"an ensemble needs at least {MIN_ENSEMBLE} distinct seeds, got {list(seeds)}"
+        )
+    return seeds
+
+
+def crossval_ensemble(
+    config: Mapping[str, Any],
+    seeds: Sequence[int],
+    n_folds: int = DEFAULT_FOLDS,
+    fold_seed: int = DEFAULT_FOLD_SEED,
+) -> tuple[CrossValReport, list[CrossValReport]]:
+    """Cross-validate one member per seed on the same folds, then their logit-mean ensemble.
+
+    Each member is :func:`crossval` of ``config`` with its seed (runs ``<name>_s<seed>-cv0``
+    ...). The ensemble's out-of-fold probability of an image is the sigmoid of the mean of the
+    members' out-of-fold logits: every member that predicts it was trained without it, so the
+    ensemble's OOF predictions are as held out as each member's. Threshold and metrics follow
+    as in :func:`crossval`; the report goes to ``runs/<name>-crossval/`` (its ``oof.csv`` also
+    has each member's probability).
+
+    Returns:
+        (the ensemble's report, the members' reports in seed order).
+
+    Raises:
+        ConfigError: Fewer than two distinct seeds.
+        DatasetError: The members' held-out images differ.
+    """
+    seeds = check_seeds(seeds)
+    name = runs.check_run_name(config["name"] or "crossval")
+    members = [crossval(member_config(config, seed), n_folds, fold_seed) for seed in seeds]
+    base = members[0].oof[["path", LABEL_COLUMN, "fold"]].reset_index(drop=True)
+    logits = []
+    for seed, member in zip(seeds, members, strict=True):
+        rows = member.oof[["path", LABEL_COLUMN, "fold"]].reset_index(drop=True)
+        if not rows.equals(base):
+            raise DatasetError(
+                f"ensemble member with seed {seed} predicted other held-out images than the "
+                f"member with seed {seeds[0]} (a file that failed in one run?)"
+            )
+        p = np.clip(member.oof["probability"].to_numpy(dtype=float), PROB_EPS, 1 - PROB_EPS)
+        logits.append(np.log(p / (1 - p)))
+    oof = base.assign(probability=1 / (1 + np.exp(-np.mean(logits, axis=0))))
+    for seed, member in zip(seeds, members, strict=True):
+        oof[f"probability{MEMBER_SUFFIX.format(seed=seed)}"] = member.oof["probability"].to_numpy()
+    fold_meta = [
+        (fold.fold, ",".join(m.folds[i].run for m in members), fold.n_train)
+        for i, fold in enumerate(members[0].folds)
+    ]
+    measured_on = (
+        f"{members[0].measured_on}; ensemble: mean logit of {len(seeds)} models "
+        f"(seeds {', '.join(map(str, seeds))})"
+    )
+    work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
+    work.mkdir(parents=True, exist_ok=True)
+    report = _report(config, name, oof, fold_meta, fold_seed, measured_on, work)
+    return report, members
+
+
+# Final model ------------------------------------------------------------------------------------
 def train_final(
     config: Mapping[str, Any], report: CrossValReport, export: str | os.PathLike
 ) -> Path:
@@ -363,8 +515,55 @@ def train_final(
     Returns:
         The written ``.keras`` path (its card ``.json`` beside it).
     """
+    from hemo.model import save_model
+    from hemo.train import resolve_path
+
+    model, card, summary = _train_on_every_image(config)
+    return save_model(model, resolve_path(export), _final_card(card, report, export, summary))
+
+
+def train_final_ensemble(
+    config: Mapping[str, Any],
+    seeds: Sequence[int],
+    report: CrossValReport,
+    export: str | os.PathLike,
+) -> Path:
+    """Train one model per seed on every image, merge them, write with the ensemble's CV card.
+
+    The members are runs ``<name>_s<seed>-final`` (reused when finished with the same config);
+    :func:`hemo.model.merge_ensemble` makes one flat model whose logits are their mean, the
+    combination the ensemble's cross-validation (:func:`crossval_ensemble`) measured.
+
+    Returns:
+        The written ``.keras`` path (its card ``.json`` beside it).
+    """
+    from hemo.model import merge_ensemble, save_model
+    from hemo.train import resolve_path
+
+    seeds = check_seeds(seeds)
+    trained = [_train_on_every_image(member_config(config, seed)) for seed in seeds]
+    models, cards, summaries = zip(*trained, strict=True)
+    merged = merge_ensemble(models, cards)
+    card = _final_card(cards[0], report, export, summaries[0])
+    card = dataclasses.replace(
+        card,
+        training={
+            **card.training,
+            "ensemble": {
+                "members": len(seeds),
+                "seeds": list(seeds),
+                "runs": [c.training.get("run", "") for c in cards],
+                "combine": "mean of the members' logits (one merged graph)",
+            },
+        },
+    )
+    return save_model(merged, resolve_path(export), card)
+
+
+def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """Train (or reuse) run ``<name>-final`` on every image; (model, card, data summary)."""
     from hemo.datasets import load_index, save_index
-    from hemo.model import load_model, save_model
+    from hemo.model import load_model
     from hemo.train import resolve_path, train
 
     name = runs.check_run_name(config["name"] or "crossval")
@@ -372,13 +571,14 @@ def train_final(
     index_df = load_index(data).reset_index(drop=True)
     work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
     final_file = work / FINAL_RUN_SUFFIX / INDEX_FILE
-    save_index(final_index(index_df), final_file)
-    run_name = f"{name}-{FINAL_RUN_SUFFIX}"
-    path = train(fold_config(config, run_name, final_file))
+    run_config = fold_config(config, f"{name}-{FINAL_RUN_SUFFIX}", final_file)
+    all_rows = final_index(index_df)
+    path = finished_run(run_config, final_file, all_rows)
+    save_index(all_rows, final_file)
+    path = path or train(run_config)
     model, card = load_model(path / runs.MODEL_FILE)
     positives = int(pd.to_numeric(index_df[LABEL_COLUMN]).sum())
-    training = {
-        **card.training,
+    summary = {
         "images": {"train": len(index_df)},
         "positives_any": {"train": positives},
         "data": portable_path(data, config["data"]),
@@ -386,16 +586,24 @@ def train_final(
             f"{len(index_df)} images ({positives} hemorrhage, {len(index_df) - positives} "
             "without), every image in training; threshold and metrics from cross-validation"
         ),
+    }
+    return model, card, summary
+
+
+def _final_card(card: Any, report: CrossValReport, export: str | os.PathLike, summary: dict) -> Any:
+    """The exported model's card: the run's card with the CV threshold, metrics and command."""
+    training = {
+        **card.training,
+        **summary,
         "command": shlex.join(["hemo", *sys.argv[1:]]) if sys.argv[1:] else "",
     }
-    card = dataclasses.replace(
+    return dataclasses.replace(
         card,
         name=Path(export).name.removesuffix(".keras"),
         threshold=report.threshold,
         metrics=report.card_metrics(),
         training=training,
     )
-    return save_model(model, resolve_path(export), card)
 
 
 def format_report(report: CrossValReport) -> str:
@@ -431,10 +639,15 @@ __all__ = [
     "CrossValReport",
     "FoldResult",
     "assign_folds",
+    "check_seeds",
     "crossval",
+    "crossval_ensemble",
     "final_index",
+    "finished_run",
     "fold_index",
     "format_report",
+    "member_config",
     "report_json",
     "train_final",
+    "train_final_ensemble",
 ]

@@ -236,7 +236,8 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         model_path: The ``.keras`` file (its ``.json`` card lies beside it).
 
     Returns:
-        ``name``, ``architecture``, ``labels``, ``threshold``, ``input`` (a short description of
+        ``name``, ``architecture`` (with the member count of an ensemble), ``labels``,
+        ``threshold``, ``input`` (a short description of
         the input spec) and ``metrics`` (the card's test metrics, else its first metrics block).
 
     Raises:
@@ -256,9 +257,13 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
     block = metrics.get("test") or next(
         (v for v in metrics.values() if isinstance(v, dict)), metrics
     )
+    architecture = str(card.get("architecture", "?"))
+    members = ((card.get("training") or {}).get("ensemble") or {}).get("members")
+    if members:
+        architecture += f", ensemble of {members}"
     return {
         "name": card.get("name", Path(model_path).stem),
-        "architecture": card.get("architecture", "?"),
+        "architecture": architecture,
         "labels": list(card.get("labels", [])),
         "threshold": float(card.get("threshold", 0.5)),
         "input": f"{what}, {spec.get('size', '?')} px",

@@ -90,6 +90,10 @@ COMPACT_STAGES: tuple[tuple[tuple[int, ...], bool], ...] = (
 )
 COMPACT_KERNEL = 3
 COMPACT_WEIGHT_DECAY = 1e-4
+#: Ensembles (:func:`merge_ensemble`): member layer-name prefix, fewest members, architecture.
+ENSEMBLE_PREFIX = "m{member}_"
+MIN_ENSEMBLE = 2
+ENSEMBLE_ARCHITECTURE = "compact"
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,68 @@ def build_model(
     return model
 
 
+def merge_ensemble(members: Sequence[keras.Model], cards: Sequence[ModelCard]) -> keras.Model:
+    """One flat model that computes the mean of its members' logits (compact CNNs).
+
+    Every member's backbone is rebuilt in one graph with the prefix ``m<i>_`` on its layer names
+    and its weights copied; their last feature maps are concatenated into the layer
+    :data:`COMPACT_CAM_LAYER` (so Grad-CAM, :func:`logits_model` and the card work as for one
+    model), then the usual head: pooling, dropout, ``logits``, ``probabilities``. The logits
+    layer holds every member's kernel stacked and divided by the number of members, and the mean
+    of their biases: global pooling is per channel, so its output is exactly the mean of the
+    members' logits (soft voting on the logit scale).
+
+    Args:
+        members: Two or more trained compact models of one input spec, labels and head pooling.
+        cards: Their cards, in the same order.
+
+    Returns:
+        The merged, uncompiled ``keras.Model`` named ``hemo_compact_ensemble<N>``.
+
+    Raises:
+        ModelError: Fewer than two members, another architecture, or members that differ in
+            input spec, labels or head pooling.
+    """
+    if len(members) < MIN_ENSEMBLE or len(members) != len(cards):
+        raise ModelError(f"an ensemble needs at least {MIN_ENSEMBLE} members, each with its card")
+    first = cards[0]
+    if any(card.architecture != ENSEMBLE_ARCHITECTURE for card in cards):
+        raise ModelError(
+            f"ensembles are built from {ENSEMBLE_ARCHITECTURE!r} models only, got "
+            f"{sorted({card.architecture for card in cards})}"
+        )
+    for card in cards[1:]:
+        if card.input_spec != first.input_spec or tuple(card.labels) != tuple(first.labels):
+            raise ModelError(
+                f"ensemble members differ: {card.name!r} has input {card.input_spec} and labels "
+                f"{list(card.labels)}, {first.name!r} has {first.input_spec} and "
+                f"{list(first.labels)}"
+            )
+    pools = {type(member.get_layer(HEAD_POOL_LAYER)) for member in members}
+    if len(pools) != 1:
+        raise ModelError("ensemble members differ in their head pooling (average vs max)")
+    inputs = keras.Input(shape=tuple(members[0].inputs[0].shape[1:]), name=INPUT_LAYER)
+    features = [
+        _compact_backbone(inputs, prefix=ENSEMBLE_PREFIX.format(member=i))
+        for i in range(len(members))
+    ]
+    joined = layers.Concatenate(axis=-1, name=COMPACT_CAM_LAYER)(features)
+    x = pools.pop()(name=HEAD_POOL_LAYER)(joined)
+    x = layers.Dropout(members[0].get_layer(HEAD_DROPOUT_LAYER).rate, name=HEAD_DROPOUT_LAYER)(x)
+    logits = layers.Dense(len(first.labels), name=LOGITS_LAYER)(x)
+    probs = layers.Activation("sigmoid", name=PROBS_LAYER, dtype="float32")(logits)
+    model = keras.Model(inputs, probs, name=f"hemo_{ENSEMBLE_ARCHITECTURE}_ensemble{len(members)}")
+    for i, member in enumerate(members):
+        prefix = ENSEMBLE_PREFIX.format(member=i)
+        for layer in backbone_layers(member):
+            model.get_layer(prefix + layer.name).set_weights(layer.get_weights())
+    kernels, biases = zip(*(m.get_layer(LOGITS_LAYER).get_weights() for m in members), strict=True)
+    model.get_layer(LOGITS_LAYER).set_weights(
+        [np.concatenate(kernels, axis=0) / len(members), np.mean(biases, axis=0)]
+    )
+    return model
+
+
 def _weights_option(weights: str | os.PathLike | None) -> tuple[str | None, Path | None]:
     """Classify a weights option as (None | "imagenet" | "model" | "backbone", path)."""
     if weights is None or str(weights).strip().lower() in WEIGHTS_NONE:
@@ -379,23 +445,24 @@ def _is_network_error(exc: BaseException) -> bool:
     return "URL fetch failure" in str(exc)
 
 
-def _compact_backbone(inputs: keras.KerasTensor) -> keras.KerasTensor:
+def _compact_backbone(inputs: keras.KerasTensor, prefix: str = "") -> keras.KerasTensor:
     """Our small CNN: conv-BN-ReLU stages, last feature map at 1/8 of the input size.
 
     A stride-2 stem, then :data:`COMPACT_STAGES` (2x2 max pools before the first two stages), He
     init and a little L2 decay: about 1.2 M parameters, made for 128-256 px inputs and small
-    datasets; the 1/8 resolution of the last map keeps Grad-CAM heatmaps local.
+    datasets; the 1/8 resolution of the last map keeps Grad-CAM heatmaps local. ``prefix`` goes
+    before every layer name (the members of an ensemble, :func:`merge_ensemble`).
     """
     regularizer = keras.regularizers.L2(COMPACT_WEIGHT_DECAY)
-    x = _conv_bn_relu(inputs, COMPACT_STEM, "compact_stem", regularizer, strides=2)
+    x = _conv_bn_relu(inputs, COMPACT_STEM, f"{prefix}compact_stem", regularizer, strides=2)
     last_stage = len(COMPACT_STAGES) - 1
     for stage, (filters, pool) in enumerate(COMPACT_STAGES):
         if pool:
-            x = layers.MaxPooling2D(2, name=f"compact_pool{stage}")(x)
+            x = layers.MaxPooling2D(2, name=f"{prefix}compact_pool{stage}")(x)
         for i, n in enumerate(filters):
             last = stage == last_stage and i == len(filters) - 1
             name = COMPACT_CAM_LAYER if last else f"compact_s{stage}_c{i}"
-            x = _conv_bn_relu(x, n, name, regularizer)
+            x = _conv_bn_relu(x, n, f"{prefix}{name}", regularizer)
     return x
 
 

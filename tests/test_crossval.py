@@ -14,13 +14,14 @@ from hemo import runs
 from hemo.crossval import (
     SUMMARY_METRICS,
     assign_folds,
+    check_seeds,
     crossval,
     final_index,
     fold_config,
     fold_index,
     train_final,
 )
-from hemo.errors import ConfigError, DatasetError
+from hemo.errors import ConfigError, DatasetError, TrainingError
 from hemo.train import resolve_config
 
 N_PER_CLASS = 4
@@ -151,3 +152,96 @@ def test_crossval_cli_json(tiny_data: Path, tmp_path: Path, capsys: pytest.Captu
     assert payload["n_folds"] == 2
     assert len(payload["folds"]) == 2
     assert {"mean", "std"} <= set(payload["summary"]["roc_auc"])
+
+
+def test_rerun_reuses_finished_folds_and_refuses_another_recipe(
+    tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same command again reuses finished fold runs and retrains only a missing one; the
+    same name with another recipe or split is refused, naming what differs."""
+    import shutil
+
+    import hemo.train
+
+    config = resolve_config({**TINY, "data": str(tiny_data), "name": "tinyre"})
+    first = crossval(config, n_folds=2)
+    trained: list[str] = []
+    real_train = hemo.train.train
+
+    def counting_train(cfg):
+        trained.append(cfg["name"])
+        return real_train(cfg)
+
+    monkeypatch.setattr(hemo.train, "train", counting_train)
+    again = crossval(config, n_folds=2)
+    assert trained == []
+    pd.testing.assert_frame_equal(again.oof, first.oof)
+    # A fold whose run is gone (say, killed before it started) is the only one trained again
+    shutil.rmtree(runs.run_dir("tinyre-cv1"))
+    crossval(config, n_folds=2)
+    assert trained == ["tinyre-cv1"]
+    with pytest.raises(TrainingError, match="another config \\(differs in dropout\\)"):
+        crossval({**config, "dropout": 0.5}, n_folds=2)
+    with pytest.raises(TrainingError, match="another split"):
+        crossval(config, n_folds=2, fold_seed=5)
+
+
+def test_check_seeds_needs_two_distinct() -> None:
+    """An ensemble needs at least two different seeds."""
+    assert check_seeds([3, 1]) == (3, 1)
+    for bad in ([1], [2, 2], []):
+        with pytest.raises(ConfigError, match="at least 2 distinct seeds"):
+            check_seeds(bad)
+
+
+def test_crossval_ensemble_cli_reports_and_exports_the_merged_model(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--seeds 0,1`` cross-validates one member per seed on the same folds, reports their
+    logit-mean ensemble, and exports one merged model that predicts that mean."""
+    from hemo.cli import main
+    from hemo.model import load_model, logits_model
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(
+        f'name = "tinyens"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\nbatch_size = 4\n'
+        '[input]\nmode = "display"\nchannels = 1\n[augment]\nstrength = 0.0\n'
+    )
+    export = tmp_path / "models" / "tiny_ens"
+    argv = ["crossval", "--config", str(config_file), "--folds", "2", "--seeds", "0,1"]
+    assert main([*argv, "--export", str(export), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [m["seed"] for m in payload["members"]] == [0, 1]
+    assert [m["name"] for m in payload["members"]] == ["tinyens_s0", "tinyens_s1"]
+    assert payload["folds"][0]["run"] == "tinyens_s0-cv0,tinyens_s1-cv0"
+    assert "mean logit of 2 models" in payload["measured_on"]
+    # The ensemble's OOF probability is the sigmoid of the members' mean logit
+    oof = pd.read_csv(runs.run_dir("tinyens-crossval") / "oof.csv")
+    members = oof[["probability_s0", "probability_s1"]].to_numpy()
+    mean_logit = np.log(members / (1 - members)).mean(axis=1)
+    np.testing.assert_allclose(oof["probability"], 1 / (1 + np.exp(-mean_logit)), rtol=1e-6)
+    for seed in (0, 1):
+        member = pd.read_csv(runs.run_dir(f"tinyens_s{seed}-crossval") / "oof.csv")
+        np.testing.assert_allclose(member["probability"], oof[f"probability_s{seed}"])
+    # One merged model: its logits are the mean of the two final members' logits
+    model, card = load_model(export.with_suffix(".keras"))
+    assert card.training["ensemble"]["seeds"] == [0, 1]
+    assert card.training["ensemble"]["runs"] == ["tinyens_s0-final", "tinyens_s1-final"]
+    assert card.threshold == pytest.approx(payload["threshold"])
+    x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+    finals = [load_model(runs.run_dir(f"tinyens_s{s}-final") / "model.keras")[0] for s in (0, 1)]
+    expected = np.mean([np.asarray(logits_model(m)(x)[1]) for m in finals], axis=0)
+    np.testing.assert_allclose(np.asarray(logits_model(model)(x)[1]), expected, atol=1e-4)
+    # The text report names each member, then the ensemble's table
+    assert main([*argv]) == 0
+    text = capsys.readouterr().out
+    assert "member seed 0: accuracy" in text and "ensemble of 2 (mean logit)" in text
+
+
+def test_crossval_cli_refuses_bad_seeds(tiny_data: Path, tmp_path: Path) -> None:
+    """Seeds that are not integers stop argparse with its usage error (exit status 2)."""
+    from hemo.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["crossval", "--config", str(tmp_path / "x.toml"), "--seeds", "a,b"])
+    assert stop.value.code == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,15 @@ def test_card_summary_reads_the_json_without_keras(models):
     assert card["metrics"] == {"roc_auc": 0.75, "sensitivity": 0.8}
     with pytest.raises(HemoError, match="cannot read the model card"):
         dashboard.card_summary(models / "missing.keras")
+
+
+def test_card_summary_names_an_ensemble(tmp_path):
+    """A merged ensemble's card shows how many models it averages."""
+    card = {"name": "ens", "architecture": "compact", "training": {"ensemble": {"members": 5}}}
+    (tmp_path / "ens.json").write_text(json.dumps(card))
+    assert dashboard.card_summary(tmp_path / "ens.keras")["architecture"] == (
+        "compact, ensemble of 5"
+    )
 
 
 def test_open_dataset_detects_layout_and_refuses_missing(phantoms, tmp_path):

@@ -257,3 +257,81 @@ def test_set_trainable_top_freezes_backbone_but_head() -> None:
     assert hm.set_trainable_top(model, 2) == 1  # the top conv; its BatchNorm stays frozen
     assert model.get_layer(hm.COMPACT_CAM_LAYER + "_bn").trainable is False
     assert hm.set_trainable_top(model, None) == len(hm.backbone_layers(model))
+
+
+def _members(n: int, spec: InputSpec = GRAY, pool: str = "average") -> list[keras.Model]:
+    """``n`` compact models with different weights and non-trivial BatchNorm statistics."""
+    members = []
+    for seed in range(n):
+        keras.utils.set_random_seed(seed)
+        model = hm.build_model("compact", spec, ("any",), pool=pool)
+        rng = np.random.default_rng(seed)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                gamma, beta, mean, var = layer.get_weights()
+                layer.set_weights(
+                    [gamma, beta, rng.random(mean.shape), rng.random(var.shape) + 0.5]
+                )
+        logits = model.get_layer(hm.LOGITS_LAYER)
+        kernel, bias = logits.get_weights()
+        logits.set_weights([kernel, bias + rng.normal(size=bias.shape)])
+        members.append(model)
+    return members
+
+
+def test_merged_ensemble_computes_the_mean_of_the_members_logits(tmp_path: Path) -> None:
+    """One flat graph, the CAM layer concatenates the members' maps, logits are their mean."""
+    members = _members(3)
+    merged = hm.merge_ensemble(members, [_card(GRAY)] * 3)
+    assert not any(isinstance(layer, keras.Model) for layer in merged.layers)
+    assert hm.cam_layer_of(merged) == hm.COMPACT_CAM_LAYER
+    cam_layer = merged.get_layer(hm.COMPACT_CAM_LAYER)
+    assert (
+        cam_layer.output.shape[-1]
+        == 3 * members[0].get_layer(hm.COMPACT_CAM_LAYER).output.shape[-1]
+    )
+    x = _x(GRAY, n=4)
+    expected = np.mean([np.asarray(hm.logits_model(m)(x)[1]) for m in members], axis=0)
+    _, logits = hm.logits_model(merged)(x)
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-5)
+    # Saved and loaded through the safe path like any hemo model, predictions unchanged
+    path = hm.save_model(merged, tmp_path / "ens", _card(GRAY))
+    loaded, card = hm.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(merged(x)), rtol=1e-5, atol=1e-6)
+    assert card.cam_layer == hm.COMPACT_CAM_LAYER
+
+
+def test_merged_ensemble_with_max_pooling_is_still_the_mean_of_logits() -> None:
+    """Global max pooling is per channel too, so the merged head is exact with it as well."""
+    members = _members(2, pool="max")
+    merged = hm.merge_ensemble(members, [_card(GRAY)] * 2)
+    x = _x(GRAY, n=3, seed=5)
+    expected = np.mean([np.asarray(hm.logits_model(m)(x)[1]) for m in members], axis=0)
+    np.testing.assert_allclose(
+        np.asarray(hm.logits_model(merged)(x)[1]), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_gradcam_on_a_merged_ensemble() -> None:
+    """Grad-CAM explains the ensemble through its concatenated feature map."""
+    from hemo.cam import explain
+
+    merged = hm.merge_ensemble(_members(2), [_card(GRAY)] * 2)
+    cam = explain(merged, _x(GRAY, n=1)[0], method="gradcam", labels=("any",))
+    assert cam.heatmap.shape == (SIZE, SIZE)
+    assert np.nanmin(cam.heatmap) >= 0.0 and np.nanmax(cam.heatmap) <= 1.0
+
+
+def test_merge_ensemble_refuses_what_it_cannot_merge() -> None:
+    """One member, another architecture, another input spec or head pooling: clear errors."""
+    two = _members(2)
+    with pytest.raises(ModelError, match="at least 2 members"):
+        hm.merge_ensemble(two[:1], [_card(GRAY)])
+    with pytest.raises(ModelError, match="'compact' models only"):
+        hm.merge_ensemble(two, [_card(GRAY), _card(GRAY, arch="mobilenet_v2")])
+    other_spec = dataclasses.replace(GRAY, crop_head=not GRAY.crop_head)
+    with pytest.raises(ModelError, match="members differ"):
+        hm.merge_ensemble(two, [_card(GRAY), _card(other_spec)])
+    mixed = [two[0], _members(1, pool="max")[0]]
+    with pytest.raises(ModelError, match="head pooling"):
+        hm.merge_ensemble(mixed, [_card(GRAY)] * 2)
