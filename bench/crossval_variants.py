@@ -72,7 +72,14 @@ def _pooled(frames: list):
 
 def _report(name: str, runs_dir: Path) -> dict:
     """``crossval.json`` of crossval run ``name``."""
-    return json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    members = report["folds"][0]["run"].split(",")
+    if len(members) > 1:
+        bases = ",".join(run.rsplit("-cv", 1)[0] for run in members)
+        raise SystemExit(
+            f"{name} is an ensemble cross-validation; give its members: --runs {bases}"
+        )
+    return report
 
 
 def held_out_predictions(name: str, runs_dir: Path):

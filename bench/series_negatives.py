@@ -153,6 +153,13 @@ def run_models(name: str, runs_dir: Path) -> list[tuple[Path, float]]:
     """Fold models of crossval run ``name`` with the run's pooled OOF threshold."""
     report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
     threshold = float(report["threshold"])
+    members = report["folds"][0]["run"].split(",")
+    if len(members) > 1:
+        bases = ",".join(run.rsplit("-cv", 1)[0] for run in members)
+        raise SystemExit(
+            f"{name} is an ensemble cross-validation (hemo crossval --seeds); give its members "
+            f"(--runs {bases}) or its exported model (--models)"
+        )
     return [(runs_dir / fold["run"] / "model.keras", threshold) for fold in report["folds"]]
 
 

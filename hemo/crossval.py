@@ -392,12 +392,14 @@ def finished_run(
         TrainingError: The run finished with another config or split, or without its model.
     """
     from hemo.datasets import load_index
+    from hemo.train import DEFAULTS
 
     path = runs.run_dir(run_config["name"])
     if (runs.read_json(path / runs.STATUS_FILE) or {}).get("state") != runs.FINISHED:
         return None
-    saved = runs.read_json(path / runs.CONFIG_FILE) or {}
-    wanted = json.loads(json.dumps(dict(run_config), default=str))
+    # A key the run's hemo did not know yet counts as its default (what that run did)
+    saved = _over(_plain(DEFAULTS), runs.read_json(path / runs.CONFIG_FILE) or {})
+    wanted = _plain(run_config)
     differ = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
     if differ:
         why = f"with another config (differs in {', '.join(differ)})"
@@ -411,6 +413,21 @@ def finished_run(
         f"run {run_config['name']!r} already finished {why} in {path}; choose another name "
         "(--set name=...) or remove that run"
     )
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as its JSON text reads back (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def _over(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, tables (dicts) merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        both = isinstance(value, Mapping) and isinstance(below, Mapping)
+        out[key] = _over(below, value) if both else value
+    return out
 
 
 def _split_rows(index_df: pd.DataFrame) -> list[tuple[str, str, int]]:

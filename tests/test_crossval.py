@@ -176,6 +176,13 @@ def test_rerun_reuses_finished_folds_and_refuses_another_recipe(
     again = crossval(config, n_folds=2)
     assert trained == []
     pd.testing.assert_frame_equal(again.oof, first.oof)
+    # A run written before a config key existed (absent there, at its default here) is reused
+    saved_file = runs.run_dir("tinyre-cv0") / runs.CONFIG_FILE
+    saved = json.loads(saved_file.read_text())
+    del saved["mask_loss"], saved["augment"]["lesion"]
+    saved_file.write_text(json.dumps(saved))
+    crossval(config, n_folds=2)
+    assert trained == []
     # A fold whose run is gone (say, killed before it started) is the only one trained again
     shutil.rmtree(runs.run_dir("tinyre-cv1"))
     crossval(config, n_folds=2)
