@@ -78,3 +78,16 @@ def test_gradcam_on_shipped_model(predictor, cq500_uncompressed: Path) -> None:
     assert cam.heatmap.shape == x.shape[:2]
     assert np.nanmin(cam.heatmap) >= 0.0 and np.nanmax(cam.heatmap) <= 1.0
     assert not cam.flat
+
+
+def test_shipped_ensemble_has_the_members_its_card_names() -> None:
+    """The shipped model is the merged five-seed ensemble its card describes."""
+    from hemo.model import ENSEMBLE_PREFIX, load_model
+
+    model, card = load_model(MODEL_PATH)
+    ensemble = card.training["ensemble"]
+    assert ensemble["seeds"] == [0, 1, 2, 3, 4]
+    names = {layer.name for layer in model.layers}
+    tops = {f"{ENSEMBLE_PREFIX.format(member=i)}{card.cam_layer}" for i in range(6)}
+    assert tops & names == {f"{ENSEMBLE_PREFIX.format(member=i)}{card.cam_layer}" for i in range(5)}
+    assert "ensemble: mean logit of 5 models" in card.metrics["measured_on"]
