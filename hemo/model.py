@@ -619,6 +619,9 @@ def init_from_model(
 
     Returns:
         (layers copied, layers with weights in ``model``).
+
+    Raises:
+        ModelError: The donor cannot be loaded, or not one layer fits (e.g. a merged ensemble).
     """
     donor, _ = load_model(source)
     donor_layers = {layer.name: layer for layer in donor.layers}
@@ -643,6 +646,19 @@ def init_from_model(
         copied += 1
         if names is not None:
             names.append(layer.name)
+    if copied == 0:
+        members = sum(name.endswith(COMPACT_CAM_LAYER) for name in donor_layers) - 1
+        hint = (
+            f" (it is an ensemble of {members} models, whose layers are named "
+            f"{ENSEMBLE_PREFIX.format(member=0)}...; init from one of its member runs instead)"
+            if members > 1
+            else ""
+        )
+        raise ModelError(
+            f"the init model shares no layer (name and weight shapes) with this "
+            f"{model.name} model{hint}",
+            source=source,
+        )
     log.info("init from %s: copied %d of %d layers with weights", source, copied, len(weighted))
     return copied, len(weighted)
 

@@ -335,3 +335,13 @@ def test_merge_ensemble_refuses_what_it_cannot_merge() -> None:
     mixed = [two[0], _members(1, pool="max")[0]]
     with pytest.raises(ModelError, match="head pooling"):
         hm.merge_ensemble(mixed, [_card(GRAY)] * 2)
+
+
+def test_init_from_an_ensemble_is_refused_with_a_hint(tmp_path: Path) -> None:
+    """A merged ensemble shares no layer name with a single model: init says so, not silently
+    starting from random weights."""
+    merged = hm.merge_ensemble(_members(2), [_card(GRAY)] * 2)
+    hm.save_model(merged, tmp_path / "ens", _card(GRAY))
+    single = hm.build_model("compact", GRAY, ("any",))
+    with pytest.raises(ModelError, match="ensemble of 2 models.*m0_"):
+        hm.init_from_model(single, tmp_path / "ens.keras")
