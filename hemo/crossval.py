@@ -12,6 +12,12 @@ Steps of :func:`crossval`::
 :func:`train_final` then trains one model on every image with the same config and writes it with
 a card whose threshold and metrics come from the cross-validation: OOF predictions are validation
 data for the final model, never test data.
+
+:func:`crossval_ensemble` does this once per seed on the same folds and scores the ensemble (the
+mean of the members' OOF logits); :func:`train_final_ensemble` trains one final model per seed
+and writes them merged into one graph (:func:`hemo.model.merge_ensemble`). Every training goes
+through :func:`finished_run` first: a finished run of the same config and split is reused, so a
+stopped cross-validation goes on where it stopped.
 """
 
 from __future__ import annotations
