@@ -29,8 +29,10 @@ with model_col:
             st.markdown(f"**{card['name']}** · {card['architecture']} · {card['input']}")
             st.caption("Outputs: " + ", ".join(card["labels"]))
             shown = {"threshold": card["threshold"], **card["metrics"]}
-            for col, (name, value) in zip(st.columns(4), list(shown.items())[:4], strict=False):
-                col.metric(name.upper() if len(name) <= 3 else name, f"{value:.3f}")
+            for col, (name, value) in zip(st.columns(5), shown.items(), strict=False):
+                col.metric(name.replace("roc_auc", "ROC AUC"), f"{value:.3f}")
+            if card["measured_on"]:
+                st.caption(f"Measured on {card['measured_on']}")
 
 with data_col:
     st.subheader("Active dataset")

@@ -60,6 +60,9 @@ SAMPLES: dict[str, str] = {
 }
 #: Run states whose model can be picked.
 FINISHED_STATES = frozenset({"finished", "done", "completed", "succeeded"})
+#: Card metrics the Home page shows, in order: the test block's, else the pooled out-of-fold one.
+CARD_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
+CARD_METRIC_BLOCKS = ("test", "pooled_out_of_fold")
 
 
 # Paths ------------------------------------------------------------------------------------------
@@ -237,8 +240,9 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
 
     Returns:
         ``name``, ``architecture`` (with the member count of an ensemble), ``labels``,
-        ``threshold``, ``input`` (a short description of
-        the input spec) and ``metrics`` (the card's test metrics, else its first metrics block).
+        ``threshold``, ``input`` (a short description of the input spec), ``metrics``
+        (:data:`CARD_METRICS` from the card's test block, else from its pooled out-of-fold
+        block) and ``measured_on`` (what the card says they were measured on).
 
     Raises:
         HemoError: The card is missing or not JSON.
@@ -254,9 +258,7 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
     else:
         what = "display grayscale"
     metrics = card.get("metrics", {}) or {}
-    block = metrics.get("test") or next(
-        (v for v in metrics.values() if isinstance(v, dict)), metrics
-    )
+    block = next((metrics[k] for k in CARD_METRIC_BLOCKS if isinstance(metrics.get(k), dict)), {})
     architecture = str(card.get("architecture", "?"))
     members = ((card.get("training") or {}).get("ensemble") or {}).get("members")
     if members:
@@ -268,7 +270,8 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         "threshold": float(card.get("threshold", 0.5)),
         "input": f"{what}, {spec.get('size', '?')} px",
         "input_mode": spec.get("mode", "display"),
-        "metrics": {k: v for k, v in block.items() if isinstance(v, int | float)},
+        "metrics": {k: block[k] for k in CARD_METRICS if isinstance(block.get(k), int | float)},
+        "measured_on": str(metrics.get("measured_on", "")),
     }
 
 

@@ -97,7 +97,7 @@ def test_home_shows_model_and_dataset_numbers(env):
     index = load_index(env["data"] / "index.parquet")
     assert metrics["Images"] == str(len(index))
     assert metrics["Hemorrhage"] == str(int(index["label_any"].sum()))
-    assert metrics["threshold"] == "0.500" and metrics["roc_auc"] == "0.750"
+    assert metrics["threshold"] == "0.500" and metrics["ROC AUC"] == "0.750"
     assert len(at.get("page_link")) == 4
 
 

@@ -67,6 +67,22 @@ def test_card_summary_reads_the_json_without_keras(models):
         dashboard.card_summary(models / "missing.keras")
 
 
+def test_card_summary_of_a_cross_validated_card(tmp_path):
+    """A card measured by cross-validation shows its pooled out-of-fold metrics and what they
+    were measured on (not counts, not nested per-fold tables)."""
+    pooled = {"n": 140, "accuracy": 0.96, "roc_auc": 0.97, "sensitivity": 0.95, "brier": 0.05}
+    metrics = {
+        "measured_on": "5-fold CV, out-of-fold",
+        "mean_std_over_folds": {"accuracy": {"mean": 0.9, "std": 0.1}},
+        "pooled_out_of_fold": pooled,
+    }
+    (tmp_path / "cv.json").write_text(json.dumps({"name": "cv", "metrics": metrics}))
+    card = dashboard.card_summary(tmp_path / "cv.keras")
+    assert card["metrics"] == {"accuracy": 0.96, "roc_auc": 0.97, "sensitivity": 0.95}
+    assert list(card["metrics"]) == ["accuracy", "roc_auc", "sensitivity"]
+    assert card["measured_on"] == "5-fold CV, out-of-fold"
+
+
 def test_card_summary_names_an_ensemble(tmp_path):
     """A merged ensemble's card shows how many models it averages."""
     card = {"name": "ens", "architecture": "compact", "training": {"ensemble": {"members": 5}}}
