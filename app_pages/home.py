@@ -7,6 +7,8 @@ import streamlit as st
 from hemo import dashboard, eda, ui
 from hemo.errors import HemoError
 
+METRICS_PER_ROW = 3
+
 st.title("hemo — brain-hemorrhage workbench")
 st.markdown(
     "Detect intracranial hemorrhage on head CT, see **where** the model looks (Grad-CAM), "
@@ -28,9 +30,12 @@ with model_col:
         else:
             st.markdown(f"**{card['name']}** · {card['architecture']} · {card['input']}")
             st.caption("Outputs: " + ", ".join(card["labels"]))
-            shown = {"threshold": card["threshold"], **card["metrics"]}
-            for col, (name, value) in zip(st.columns(5), shown.items(), strict=False):
-                col.metric(name.replace("roc_auc", "ROC AUC"), f"{value:.3f}")
+            shown = list({"threshold": card["threshold"], **card["metrics"]}.items())
+            # Three to a row: five metrics side by side no longer fit half the page
+            for start in range(0, len(shown), METRICS_PER_ROW):
+                row = shown[start : start + METRICS_PER_ROW]
+                for col, (name, value) in zip(st.columns(METRICS_PER_ROW), row, strict=False):
+                    col.metric(name.replace("roc_auc", "ROC AUC"), f"{value:.3f}")
             if card["measured_on"]:
                 st.caption(f"Measured on {card['measured_on']}")
 
