@@ -107,6 +107,8 @@ PLATEAU_FACTOR = 0.5
 MIN_LEARNING_RATE = 1e-6
 ACCURACY_THRESHOLD = 0.5
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Prefix of a checkpoint being written (moved over the real name once complete).
+PARTIAL_PREFIX = "partial-"
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 #: Largest ``augment.gamma`` (log-gamma: x ** e^1 ... x ** e^-1) and ``augment.blur`` (sigma,
 #: input pixels): beyond these the images stop looking like a CT display; ``augment.lesion``
@@ -894,6 +896,35 @@ def _loss(config: Mapping[str, Any], reduction: str | None = "sum_over_batch_siz
     )
 
 
+def best_checkpoint(target: Path, initial_value: float | None):
+    """Keras ``ModelCheckpoint`` of the best epoch by :data:`MONITOR`, replaced atomically.
+
+    Keras writes the weights in place; a kill during that write would leave the run's only
+    best checkpoint unreadable, and a resumed run that never beats that epoch would then fail
+    at its final load. Here Keras writes to a temporary file beside ``target``, which is moved
+    over ``target`` once complete, so ``target`` is always a whole checkpoint.
+    """
+    import keras
+
+    partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}")
+
+    class _AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if partial.is_file():
+                os.replace(partial, target)
+
+    partial.unlink(missing_ok=True)  # a torn write of a killed run
+    return _AtomicCheckpoint(
+        str(partial),
+        monitor=MONITOR,
+        mode="max",
+        save_best_only=True,
+        save_weights_only=True,
+        initial_value_threshold=initial_value,
+    )
+
+
 def _callbacks(
     config, path: Path, phase: Phase, flag: StopFlag, best: dict, chief: bool, backup: bool = True
 ) -> list:
@@ -917,14 +948,7 @@ def _callbacks(
             )
         )
     callbacks += [
-        keras.callbacks.ModelCheckpoint(
-            str(path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT),
-            monitor=MONITOR,
-            mode="max",
-            save_best_only=True,
-            save_weights_only=True,
-            initial_value_threshold=best["value"],
-        ),
+        best_checkpoint(path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT, best["value"]),
         keras.callbacks.EarlyStopping(
             monitor=MONITOR, mode="max", patience=int(config["early_stopping_patience"])
         ),

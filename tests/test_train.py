@@ -508,3 +508,29 @@ def test_shipped_cards_name_no_absolute_path(card_name: str) -> None:
     card = json.loads((MODELS_DIR / card_name).read_text())
     absolute = [s for s in _strings(card) if s.startswith("/") or " /" in s]
     assert absolute == []
+
+
+def test_best_checkpoint_is_written_aside_then_moved_into_place(tmp_path: Path) -> None:
+    """The best checkpoint is always whole: Keras writes a partial file that replaces the real
+    one only once complete, and a partial file left by a killed write is cleared first."""
+    import keras
+    import numpy as np
+
+    from hemo.train import PARTIAL_PREFIX, best_checkpoint
+
+    target = tmp_path / runs.BEST_CHECKPOINT
+    partial = tmp_path / f"{PARTIAL_PREFIX}{runs.BEST_CHECKPOINT}"
+    partial.write_bytes(b"torn by a kill")
+    target.write_bytes(b"an earlier run's best")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy", metrics=[keras.metrics.AUC(name="auc")])
+    callback = best_checkpoint(target, None)
+    assert not partial.exists()
+    x = np.random.default_rng(0).random((16, 2), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("float32")
+    model.fit(x, y, validation_data=(x, y), epochs=2, verbose=0, callbacks=[callback])
+    assert not partial.exists()
+    clone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    clone.load_weights(target)  # a whole Keras weights file, no longer the bytes written above
+    assert clone.get_weights()[0].shape == (2, 1)
