@@ -104,7 +104,7 @@ def model_fractions(
     hemorrhage slice) each model's P(any) on it and how many call it positive."""
     import numpy as np
 
-    from hemo.model import load_model
+    from hemo.model import load_model, merge_ensemble
     from hemo.preprocess import to_model_input
 
     inputs: dict[object, np.ndarray] = {}
@@ -112,7 +112,13 @@ def model_fractions(
     on_positive: list[float] = []
     called = 0
     for path, threshold in paths_and_thresholds:
-        model, card = load_model(path)
+        if isinstance(path, tuple):
+            # One fold of an ensemble cross-validation: its members merged as --export does
+            members = [load_model(member) for member in path]
+            card = members[0][1]
+            model = merge_ensemble([m for m, _ in members], [c for _, c in members])
+        else:
+            model, card = load_model(path)
         spec = card.input_spec
         if spec not in inputs:
             inputs[spec] = np.stack([to_model_input(ct, spec) for ct in scans])
@@ -149,18 +155,16 @@ def read_positive(name: str):
     return read_dicom(path)
 
 
-def run_models(name: str, runs_dir: Path) -> list[tuple[Path, float]]:
-    """Fold models of crossval run ``name`` with the run's pooled OOF threshold."""
+def run_models(name: str, runs_dir: Path) -> list[tuple[Path | tuple[Path, ...], float]]:
+    """Fold models of crossval run ``name`` with the run's pooled OOF threshold (for an
+    ensemble cross-validation, each fold's member models, merged when they are predicted)."""
     report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
     threshold = float(report["threshold"])
-    members = report["folds"][0]["run"].split(",")
-    if len(members) > 1:
-        bases = ",".join(run.rsplit("-cv", 1)[0] for run in members)
-        raise SystemExit(
-            f"{name} is an ensemble cross-validation (hemo crossval --seeds); give its members "
-            f"(--runs {bases}) or its exported model (--models)"
-        )
-    return [(runs_dir / fold["run"] / "model.keras", threshold) for fold in report["folds"]]
+    # An ensemble cross-validation (hemo crossval --seeds) names each fold's member runs
+    return [
+        (tuple(runs_dir / run / "model.keras" for run in fold["run"].split(",")), threshold)
+        for fold in report["folds"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
