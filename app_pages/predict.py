@@ -13,6 +13,7 @@ from hemo.errors import HemoError
 SAMPLE_KEY = "predict_samples"
 SERIES_SLICE_KEY = "series_slice_{}"
 STRIP_COLOR = "#E8574C"
+OUT_COLOR = "#B0B0B0"
 PERCENT = 100.0
 
 st.title("Predict")
@@ -76,9 +77,18 @@ rows: list[dict] = []
 studies: list[dict] = []
 
 
-def _show_analysis(result: dashboard.Analysis, item: str) -> None:
+def _show_analysis(
+    result: dashboard.Analysis, item: str, outside_range: str | None = None, in_series=False
+) -> None:
     """Probability, verdict, subtypes, and the plain slice beside the overlay."""
     p = result.prediction
+    reason = outside_range or p.outside_range
+    if reason:
+        counts = " and does not count for the series verdict" if in_series else ""
+        st.warning(
+            f"Outside the model's range: {reason}. The model never saw such slices in training, "
+            f"so its probability here is not a finding{counts}."
+        )
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
     m2.metric("Verdict", reports.verdict(p.positive))
@@ -136,11 +146,25 @@ for j, series in enumerate(decoded.series):
         m1.metric("Study verdict", study["verdict"])
         m2.metric("Highest slice probability", f"{study['probability'] * PERCENT:.1f}%")
         m3.metric("Slices over threshold", study["positive_slices"])
+        outside = study["slices"] - study["slices_in_range"]
+        if outside:
+            st.caption(dashboard.range_caption(study))
         strip = dashboard.strip_frame(result)
-        fig = px.bar(strip, x="slice", y="probability", range_y=[0, 1], height=220)
-        fig.update_traces(marker_color=STRIP_COLOR)
+        fig = px.bar(
+            strip,
+            x="slice",
+            y="probability",
+            color="status",
+            color_discrete_map={
+                dashboard.IN_RANGE_LABEL: STRIP_COLOR,
+                dashboard.OUT_OF_RANGE_LABEL: OUT_COLOR,
+            },
+            hover_data=["outside_range"],
+            range_y=[0, 1],
+            height=220,
+        )
         fig.add_hline(y=card.threshold, line_dash="dot")
-        fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0)
+        fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0, legend_title_text="")
         st.plotly_chart(fig, key=f"strip_{j}")
         slider_key = SERIES_SLICE_KEY.format(j)
         st.session_state.setdefault(slider_key, result.most_suspicious + 1)
@@ -158,7 +182,9 @@ for j, series in enumerate(decoded.series):
         except HemoError as exc:
             st.error(str(exc))
         else:
-            _show_analysis(shown, f"r{j}")
+            _show_analysis(
+                shown, f"r{j}", result.predictions[position].outside_range, in_series=True
+            )
         studies.append(study)
         rows.extend(
             reports.prediction_row(p, slice_number=n)

@@ -587,7 +587,7 @@ def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str
     """Train (or reuse) run ``<name>-final`` on every image; (model, card, data summary)."""
     from hemo.datasets import load_index, save_index
     from hemo.model import load_model
-    from hemo.train import resolve_path, train
+    from hemo.train import resolve_path, train, training_slice_range
 
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
@@ -600,6 +600,8 @@ def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str
     save_index(all_rows, final_file)
     path = path or train(run_config)
     model, card = load_model(path / runs.MODEL_FILE)
+    # Measured again here: a reused run may predate the slice range
+    card = dataclasses.replace(card, slice_range=training_slice_range(run_config, index_df))
     positives = int(pd.to_numeric(index_df[LABEL_COLUMN]).sum())
     summary = {
         "images": {"train": len(index_df)},

@@ -13,6 +13,7 @@ so tests and demos can point the app at a temporary dataset or model folder:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -497,7 +498,8 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
         label: The output explained (``any`` or a subtype the model has).
 
     Returns:
-        The analysis.
+        The analysis; a DICOM slice outside the model's slice range (:mod:`hemo.anatomy`,
+        soft-tissue rule) has the reason in ``prediction.outside_range``.
 
     Raises:
         HemoError: The model cannot take this scan (e.g. a PNG for a model of HU windows).
@@ -508,6 +510,11 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
     card = predictor.card
     x = to_model_input(scan, card.input_spec)
     prediction = predict_scans(predictor, [scan])[0]
+    if predictor.slice_range is not None and hasattr(scan, "hu"):
+        from hemo.anatomy import scan_anatomy
+
+        reason = predictor.slice_range.reason(scan_anatomy(scan))
+        prediction = dataclasses.replace(prediction, outside_range=reason)
     cam = explain(
         predictor.model,
         x,
@@ -560,7 +567,8 @@ class SeriesResult:
         predictions: One per slice, in anatomical order.
         probabilities: float64 (N,), P(any) per slice.
         study: :func:`hemo.reports.study_summary` of the series.
-        most_suspicious: 0-based index of the slice with the highest probability.
+        most_suspicious: 0-based index of the slice with the highest probability among those
+            in the model's range (the study verdict's slice).
     """
 
     name: str
@@ -580,12 +588,27 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
     Returns:
         The per-slice and study results.
     """
+    from hemo.anatomy import scan_anatomy
     from hemo.reports import study_summary
 
     predictions = tuple(predict_scans(predictor, series.slices))
+    slice_range = predictor.slice_range
+    if slice_range is not None:
+        with ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="hemo-ui-range") as pool:
+            anatomies = list(pool.map(scan_anatomy, series.slices))
+        reasons = slice_range.reasons(anatomies)
+        predictions = tuple(
+            dataclasses.replace(p, outside_range=r)
+            for p, r in zip(predictions, reasons, strict=True)
+        )
     probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
     name = series_name(series)
-    study = study_summary(name, probabilities, predictor.card.threshold)
+    study = study_summary(
+        name,
+        probabilities,
+        predictor.card.threshold,
+        [p.outside_range for p in predictions],
+    )
     return SeriesResult(
         name=name,
         predictions=predictions,
@@ -595,15 +618,47 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
     )
 
 
+#: Strip status of a slice that counts for the series verdict.
+IN_RANGE_LABEL = "counts for the verdict"
+#: Strip status of a slice outside the model's range (:mod:`hemo.anatomy`).
+OUT_OF_RANGE_LABEL = "outside the model's range"
+
+
 def strip_frame(result: SeriesResult) -> pd.DataFrame:
-    """The per-slice probability strip: ``slice`` (1-based), ``slice_z_mm``, ``probability``."""
+    """The per-slice probability strip: ``slice`` (1-based), ``slice_z_mm``, ``probability``,
+    ``in_range`` (the slice counts for the verdict), ``status`` (:data:`IN_RANGE_LABEL` or
+    :data:`OUT_OF_RANGE_LABEL`) and ``outside_range`` (why not, or "")."""
     z = [getattr(p, "slice_z_mm", None) for p in result.predictions]
+    reasons = [getattr(p, "outside_range", None) or "" for p in result.predictions]
     return pd.DataFrame(
         {
             "slice": np.arange(1, len(result.predictions) + 1),
             "slice_z_mm": pd.to_numeric(pd.Series(z, dtype="object"), errors="coerce"),
             "probability": result.probabilities,
+            "in_range": [not r for r in reasons],
+            "status": [OUT_OF_RANGE_LABEL if r else IN_RANGE_LABEL for r in reasons],
+            "outside_range": reasons,
         }
+    )
+
+
+def range_caption(study: Mapping[str, Any]) -> str:
+    """What the slices outside the model's range mean for a series verdict (one sentence).
+
+    Args:
+        study: :func:`hemo.reports.study_summary` of the series.
+    """
+    outside = study["slices"] - study["slices_in_range"]
+    if not study["slices_in_range"]:
+        return (
+            f"No slice of this series is in the model's range (skull base or vertex only): "
+            f"the verdict pools all {study['slices']} slices and is not reliable."
+        )
+    return (
+        f"{outside} of {study['slices']} slices lie outside the slices the model was trained on "
+        f"(skull base, vertex: grey in the strip); the verdict pools the other "
+        f"{study['slices_in_range']}. Highest probability over every slice: "
+        f"{study['probability_all_slices']:.1%}."
     )
 
 

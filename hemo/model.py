@@ -26,7 +26,7 @@ import urllib.error
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -35,6 +35,9 @@ from keras import layers
 from hemo import __version__
 from hemo.errors import ModelError
 from hemo.preprocess import InputSpec
+
+if TYPE_CHECKING:
+    from hemo.anatomy import SliceRange
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,9 @@ class ModelCard:
         metrics: Metrics with the data they were measured on (e.g. ``{"test": {...}}``).
         training: Training summary (data, seed, epochs, run name, init weights).
         hemo_version: Version of hemo that wrote the card.
+        slice_range: :meth:`hemo.anatomy.SliceRange.to_dict` of the training images: DICOM
+            slices outside it are marked and left out of series verdicts. ``None`` (cards
+            written before it, or no image measured): every slice counts.
     """
 
     name: str
@@ -153,6 +159,13 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     hemo_version: str = __version__
+    slice_range: dict[str, Any] | None = None
+
+    def parse_slice_range(self) -> SliceRange | None:
+        """The card's :class:`hemo.anatomy.SliceRange`, or ``None``."""
+        from hemo.anatomy import SliceRange
+
+        return None if self.slice_range is None else SliceRange.from_dict(self.slice_range)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dictionary (the InputSpec as its own dict)."""
@@ -176,7 +189,9 @@ class ModelCard:
         values["input_spec"] = InputSpec.from_dict(values["input_spec"])
         values["labels"] = tuple(values["labels"])
         values["threshold"] = float(values.get("threshold", 0.5))
-        return cls(**values)
+        card = cls(**values)
+        card.parse_slice_range()  # a malformed range fails at load, not at the first series
+        return card
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:

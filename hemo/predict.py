@@ -18,7 +18,11 @@ Results come back in input order (zip members and folder files sorted by name, a
 
 A study result pools the slices of one series: its probability is the **maximum** slice
 probability (a bleed on one slice is a bleed in the head), and the mean of the ``top_k`` highest
-slices is reported beside it; the most suspicious slice is the one with the maximum.
+slices is reported beside it; the most suspicious slice is the one with the maximum. When the
+model's card has a slice range (:mod:`hemo.anatomy`: the slices its training images showed),
+DICOM slices outside it (skull base, vertex, for a model trained on mid-brain slices) are marked
+``outside_range`` with the reason and pooled only when no slice of the series is in range: the
+model has never seen such slices and its output there is not a finding.
 
 A :class:`Predictor` is safe to share between threads (Streamlit sessions): the model is never
 mutated, the forward function is traced once in the constructor, and model calls run on one
@@ -41,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from hemo.anatomy import SliceAnatomy, SliceRange, scan_anatomy
 from hemo.dicom import CTSlice
 from hemo.errors import ConfigError, HemoError, InputError, SeriesError
 from hemo.io import ScanResult, iter_scans
@@ -88,6 +93,8 @@ class Prediction:
         slice_z_mm: Slice position along the normal in mm (for ordering).
         index: Position of the slice in its series in anatomical order (0 = most inferior);
             ``None`` outside a series.
+        outside_range: Why this DICOM slice lies outside the slices the model was trained on
+            (:mod:`hemo.anatomy`), else ``None`` (also for images and cards without a range).
     """
 
     source: str
@@ -99,6 +106,7 @@ class Prediction:
     series_uid: str | None = None
     slice_z_mm: float | None = None
     index: int | None = None
+    outside_range: str | None = None
 
     @property
     def error(self) -> None:
@@ -117,6 +125,7 @@ class Prediction:
             "series_uid": self.series_uid,
             "slice_z_mm": self.slice_z_mm,
             "index": self.index,
+            "outside_range": self.outside_range,
         }
 
 
@@ -128,17 +137,22 @@ class StudyPrediction:
         study_uid: (0020,000D).
         series_uid: (0020,000E).
         n_slices: Slices predicted.
-        probability: Maximum slice P(any).
-        probabilities: Per label, the maximum over slices.
+        probability: Maximum P(any) over the slices in the model's range (every slice when the
+            card has no range or no slice is in it).
+        probabilities: Per label, the maximum over the same slices.
         positive: ``probability >= threshold``.
         threshold: The card's operating threshold.
-        top_k_mean: Mean of the ``top_k`` highest slice P(any) (all slices when fewer).
+        top_k_mean: Mean of the ``top_k`` highest P(any) of those slices (all when fewer).
         top_k: The k of ``top_k_mean``.
         most_suspicious_source: Source of the slice with the maximum P(any).
         most_suspicious_index: Its index in anatomical order.
         slice_probabilities: P(any) of every slice, in anatomical order (inferior -> superior).
         slice_sources: Sources of the slices, in the same order.
-        note: Why the order could not be checked (e.g. duplicate positions), else ``None``.
+        note: Why the order could not be checked (e.g. duplicate positions), or that no slice
+            was in the model's range, else ``None``.
+        slices_in_range: Slices inside the model's range (``n_slices`` without a range).
+        outside_range_indices: Indices (anatomical order) of the slices outside it.
+        probability_all_slices: Maximum P(any) over every slice, in range or not.
     """
 
     study_uid: str | None
@@ -155,12 +169,16 @@ class StudyPrediction:
     slice_probabilities: tuple[float, ...]
     slice_sources: tuple[str, ...]
     note: str | None = None
+    slices_in_range: int | None = None
+    outside_range_indices: tuple[int, ...] = ()
+    probability_all_slices: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples as lists)."""
         data = dataclasses.asdict(self)
         data["slice_probabilities"] = list(self.slice_probabilities)
         data["slice_sources"] = list(self.slice_sources)
+        data["outside_range_indices"] = list(self.outside_range_indices)
         return data
 
 
@@ -195,7 +213,12 @@ def result_to_dict(result: Result) -> dict[str, Any]:
 
 # Study pooling ----------------------------------------------------------------------------------
 def study_predictions(
-    predictions: Sequence[Prediction], slices: Sequence[CTSlice], top_k: int = DEFAULT_TOP_K
+    predictions: Sequence[Prediction],
+    slices: Sequence[CTSlice],
+    top_k: int = DEFAULT_TOP_K,
+    *,
+    anatomies: Sequence[SliceAnatomy] | None = None,
+    slice_range: SliceRange | None = None,
 ) -> tuple[list[Prediction], list[StudyPrediction]]:
     """Group DICOM slice predictions into series (:func:`hemo.series.group_series`) and pool them.
 
@@ -203,14 +226,24 @@ def study_predictions(
         predictions: Predictions of DICOM slices, aligned with ``slices``.
         slices: The slices they came from (pixels are not used).
         top_k: Slices averaged by the top-k score.
+        anatomies: :func:`hemo.anatomy.scan_anatomy` of each slice, aligned with ``slices``;
+            needed with ``slice_range``.
+        slice_range: The model's range; slices outside it get ``outside_range`` and are pooled
+            only when no slice of their series is in range.
 
     Returns:
-        (the predictions with ``index`` set, aligned with the input; one study result per series,
-        sorted by study and series UID). A series whose slices cannot be ordered (duplicate
-        positions) is pooled in position-then-name order and says so in ``note``.
+        (the predictions with ``index`` (and ``outside_range``) set, aligned with the input; one
+        study result per series, sorted by study and series UID). A series whose slices cannot
+        be ordered (duplicate positions) is pooled in position-then-name order and says so in
+        ``note``.
+
+    Raises:
+        ConfigError: ``top_k`` under 1, or ``slice_range`` without aligned ``anatomies``.
     """
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
+    if slice_range is not None and (anatomies is None or len(anatomies) != len(slices)):
+        raise ConfigError("study_predictions: a slice_range needs one anatomy per slice")
     by_id = {id(s): i for i, s in enumerate(slices)}
     buckets: dict[tuple[str | None, str | None], list[CTSlice]] = {}
     for s in slices:
@@ -229,11 +262,24 @@ def study_predictions(
                 members, key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source)
             )
         rows = [by_id[id(s)] for s in ordered]
+        reasons: list[str | None] = [None] * len(rows)
+        if slice_range is not None and anatomies is not None:
+            reasons = slice_range.reasons([anatomies[i] for i in rows])
         for position, i in enumerate(rows):
-            updated[i] = dataclasses.replace(updated[i], index=position)
+            updated[i] = dataclasses.replace(
+                updated[i], index=position, outside_range=reasons[position]
+            )
         members_p = [updated[i] for i in rows]
         p_any = np.asarray([p.probability for p in members_p], dtype=np.float64)
-        best = int(np.argmax(p_any))
+        pooled = [k for k, reason in enumerate(reasons) if reason is None]
+        if not pooled:
+            pooled = list(range(len(rows)))
+            note = _join_notes(
+                note,
+                "no slice is in the model's range (skull base or vertex only): the verdict "
+                "pools every slice",
+            )
+        best = pooled[int(np.argmax(p_any[pooled]))]
         labels = members_p[0].probabilities.keys()
         threshold = members_p[0].threshold
         studies.append(
@@ -242,19 +288,30 @@ def study_predictions(
                 series_uid=series_uid,
                 n_slices=len(members_p),
                 probability=float(p_any[best]),
-                probabilities={k: max(p.probabilities[k] for p in members_p) for k in labels},
+                probabilities={
+                    k: max(members_p[j].probabilities[k] for j in pooled) for k in labels
+                },
                 positive=bool(p_any[best] >= threshold),
                 threshold=threshold,
-                top_k_mean=float(np.sort(p_any)[::-1][:top_k].mean()),
+                top_k_mean=float(np.sort(p_any[pooled])[::-1][:top_k].mean()),
                 top_k=top_k,
                 most_suspicious_source=members_p[best].source,
                 most_suspicious_index=best,
                 slice_probabilities=tuple(float(v) for v in p_any),
                 slice_sources=tuple(p.source for p in members_p),
                 note=note,
+                slices_in_range=sum(reason is None for reason in reasons),
+                outside_range_indices=tuple(k for k, r in enumerate(reasons) if r is not None),
+                probability_all_slices=float(p_any.max()),
             )
         )
     return updated, studies
+
+
+def _join_notes(*notes: str | None) -> str | None:
+    """Notes joined with ``"; "``, ``None`` when there are none."""
+    present = [n for n in notes if n]
+    return "; ".join(present) if present else None
 
 
 # The predictor ----------------------------------------------------------------------------------
@@ -267,12 +324,15 @@ class _Prepared:
         tensor: (H, W, C) float32 model input, or ``None`` on error.
         error: Why the scan failed, or ``None``.
         meta: A pixel-free copy of a DICOM slice (UIDs, position), ``None`` for images.
+        anatomy: The DICOM slice's :class:`~hemo.anatomy.SliceAnatomy` when the model has a
+            slice range, else ``None``.
     """
 
     name: str
     tensor: NDArray[np.float32] | None
     error: HemoError | None
     meta: CTSlice | None
+    anatomy: SliceAnatomy | None = None
 
 
 class Predictor:
@@ -336,6 +396,7 @@ class Predictor:
         self.spec = card.input_spec
         self.labels: tuple[str, ...] = tuple(card.labels)
         self.threshold = float(card.threshold)
+        self.slice_range: SliceRange | None = card.parse_slice_range()
         self.batch_size = batch_size
         self.workers = workers
         self.top_k = top_k
@@ -401,6 +462,7 @@ class Predictor:
             raise ModelError("this Predictor was closed; create a new one")
         results: list[Result | None] = []
         metas: dict[int, CTSlice] = {}
+        anatomies: dict[int, SliceAnatomy] = {}
         reading: deque[Future[list[_Prepared]]] = deque()
         batches: deque[Future[list[tuple[int, Prediction]]]] = deque()
         batch: list[tuple[int, _Prepared]] = []
@@ -425,6 +487,8 @@ class Predictor:
                 results.append(None)
                 if prepared.meta is not None:
                     metas[slot] = prepared.meta
+                if prepared.anatomy is not None:
+                    anatomies[slot] = prepared.anatomy
                 batch.append((slot, prepared))
                 if len(batch) == self.batch_size:
                     send_batch()
@@ -441,9 +505,22 @@ class Predictor:
             collect(batches.popleft())
         study_results: list[StudyPrediction] = []
         grouped = [slot for slot, meta in metas.items() if meta.series_uid or meta.study_uid]
-        if studies and grouped:
+        if not studies:
+            grouped = []
+        if self.slice_range is not None:  # lone slices: the soft-tissue rule only
+            for slot, anatomy in anatomies.items():
+                if slot not in grouped:
+                    results[slot] = dataclasses.replace(
+                        results[slot], outside_range=self.slice_range.reason(anatomy)
+                    )
+        if grouped:
+            ranged = self.slice_range is not None and all(i in anatomies for i in grouped)
             pooled, study_results = study_predictions(
-                [results[i] for i in grouped], [metas[i] for i in grouped], self.top_k
+                [results[i] for i in grouped],
+                [metas[i] for i in grouped],
+                self.top_k,
+                anatomies=[anatomies[i] for i in grouped] if ranged else None,
+                slice_range=self.slice_range if ranged else None,
             )
             for slot, prediction in zip(grouped, pooled, strict=True):
                 results[slot] = prediction
@@ -479,15 +556,18 @@ class Predictor:
             if scan_result.error is not None:
                 out.append(_Prepared(name, None, scan_result.error, None))
                 continue
+            anatomy = None
             try:
                 tensor, error = self.prepare(scan), None
+                if self.slice_range is not None and isinstance(scan, CTSlice):
+                    anatomy = scan_anatomy(scan)
             except HemoError as exc:
                 tensor, error = None, exc
             except Exception as exc:  # a reader let through an array the pipeline cannot take
                 log.exception("preprocessing %s failed", name)
                 tensor = None
                 error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", name)
-            out.append(_Prepared(name, tensor, error, _pixel_free(scan)))
+            out.append(_Prepared(name, tensor, error, _pixel_free(scan), anatomy))
         return out
 
     def _run_batch(self, items: list[tuple[int, _Prepared]]) -> list[tuple[int, Prediction]]:

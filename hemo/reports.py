@@ -25,6 +25,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "probability",
     "verdict",
     "threshold",
+    "outside_range",
     "error",
 )
 POSITIVE = "hemorrhage"
@@ -45,7 +46,7 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
 
     Args:
         prediction: The prediction (``source``, ``probability``, ``probabilities``, ``positive``,
-            ``threshold``, ``slice_z_mm``).
+            ``threshold``, ``slice_z_mm``, ``outside_range``).
         slice_number: 1-based position of the slice in its series, if it is one.
 
     Returns:
@@ -58,6 +59,7 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
         "probability": _round(prediction.probability),
         "verdict": verdict(bool(prediction.positive)),
         "threshold": _round(prediction.threshold),
+        "outside_range": getattr(prediction, "outside_range", None),
         "error": None,
     }
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
@@ -105,28 +107,45 @@ def report_json(
     return json.dumps(payload, indent=2, default=str).encode("utf-8")
 
 
-def study_summary(name: str, probabilities: Sequence[float], threshold: float) -> dict[str, Any]:
+def study_summary(
+    name: str,
+    probabilities: Sequence[float],
+    threshold: float,
+    outside_range: Sequence[str | None] | None = None,
+) -> dict[str, Any]:
     """Study-level numbers of a series from its per-slice probabilities.
 
     The study probability is the highest slice probability (a bleed on any slice makes the study
-    positive), the rule of the RSNA-2019 ``any`` label lifted to the study.
+    positive), the rule of the RSNA-2019 ``any`` label lifted to the study, taken over the
+    slices inside the model's range (:mod:`hemo.anatomy`) when some are outside it.
 
     Args:
         name: The series' name (upload name or folder).
         probabilities: P(any) per slice, in anatomical order.
         threshold: The model's operating threshold.
+        outside_range: Per slice, why it is outside the model's range, else ``None``;
+            omitted: every slice is in range. When no slice is in range, every slice counts.
 
     Returns:
         ``source``, ``slices``, ``probability``, ``verdict``, ``threshold``,
-        ``most_suspicious_slice`` (1-based), ``positive_slices``.
+        ``most_suspicious_slice`` (1-based), ``positive_slices`` (in range),
+        ``slices_in_range``, ``outside_range_slices`` (1-based) and
+        ``probability_all_slices``.
 
     Raises:
-        ValueError: ``probabilities`` is empty.
+        ValueError: ``probabilities`` is empty, or ``outside_range`` has another length.
     """
     values = np.asarray(probabilities, dtype=np.float64)
     if values.size == 0:
         raise ValueError(f"{name}: a study needs at least one slice probability")
-    top = int(np.argmax(values))
+    reasons = [None] * values.size if outside_range is None else list(outside_range)
+    if len(reasons) != values.size:
+        raise ValueError(
+            f"{name}: {len(reasons)} range flags for {values.size} slice probabilities"
+        )
+    inside = np.array([r is None for r in reasons])
+    pooled = inside if inside.any() else np.ones_like(inside)
+    top = int(np.flatnonzero(pooled)[np.argmax(values[pooled])])
     return {
         "source": name,
         "slices": int(values.size),
@@ -134,7 +153,10 @@ def study_summary(name: str, probabilities: Sequence[float], threshold: float) -
         "verdict": verdict(bool(values[top] >= threshold)),
         "threshold": _round(threshold),
         "most_suspicious_slice": top + 1,
-        "positive_slices": int((values >= threshold).sum()),
+        "positive_slices": int((values[pooled] >= threshold).sum()),
+        "slices_in_range": int(inside.sum()),
+        "outside_range_slices": [int(i) + 1 for i in np.flatnonzero(~inside)],
+        "probability_all_slices": _round(values.max()),
     }
 
 

@@ -1131,6 +1131,7 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
         cam_layer=config["cam_layer"] or CAM_LAYERS[config["architecture"]],
         metrics={},
         training=_training_summary(config, index, data, history, init_report),
+        slice_range=training_slice_range(config, _split(index, "train")),
     )
     report = _evaluate(model, card, index)
     metrics = {
@@ -1150,6 +1151,22 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
             model, resolve_path(config["export"]), card, h5=bool(config["save_h5"])
         )
         log.info("exported the model to %s", exported)
+
+
+def training_slice_range(config: Mapping[str, Any], rows) -> dict[str, Any] | None:
+    """:func:`hemo.anatomy.fit_slice_range` of the training rows and ``extra_train``'s, for
+    the card (``None`` when no image could be measured)."""
+    import pandas as pd
+
+    from hemo.anatomy import fit_slice_range
+
+    extra = extra_train_rows(config, ("any",)) if config["extra_train"] else None
+    paths = pd.concat([rows["path"], extra["path"]]) if extra is not None else rows["path"]
+    fitted = fit_slice_range(paths.drop_duplicates().tolist())
+    if fitted is None:
+        log.warning("no training image could be measured: the card gets no slice range")
+        return None
+    return fitted.to_dict()
 
 
 def _training_summary(config, index, data: Path, history, init_report) -> dict[str, Any]:

@@ -180,6 +180,44 @@ def test_predict_series_pools_to_the_highest_slice(phantoms, predictors):
     assert strip["slice"].tolist() == list(range(1, PHANTOM_SLICES + 1))
 
 
+def test_predict_series_leaves_slices_outside_the_range_out_of_the_verdict(phantoms, predictors):
+    """With a slice range in the card, slices under it are flagged, greyed in the strip and left
+    out of the study verdict; a single slice gets the soft-tissue reason from analyse."""
+    import dataclasses
+
+    from hemo.anatomy import SliceRange, scan_anatomy
+    from hemo.predict import Predictor
+
+    index = load_index(phantoms / "index.parquet")
+    study = index[index["study_uid"] == index["study_uid"].iloc[0]]
+    series = dashboard.decode([("s.zip", zip_bytes([Path(p) for p in study["path"]]))]).series[0]
+    fractions = [scan_anatomy(s).soft_tissue_fraction for s in series.slices]
+    cut = float(np.median(fractions))
+    base = predictors[DISPLAY_MODEL]
+    card = dataclasses.replace(
+        base.card, slice_range=SliceRange(cut, 0.0, min(fractions), 1).to_dict()
+    )
+    predictor = Predictor.from_model(base.model, card)
+    try:
+        result = dashboard.predict_series(predictor, series)
+        out = [f < cut for f in fractions]
+        assert [p.outside_range is not None for p in result.predictions] == out
+        assert 0 < sum(out) < len(out)
+        inside = result.probabilities[~np.array(out)]
+        assert result.study["probability"] == pytest.approx(inside.max(), abs=1e-6)
+        assert result.study["slices_in_range"] == len(out) - sum(out)
+        assert not out[result.most_suspicious]
+        strip = dashboard.strip_frame(result)
+        assert strip["in_range"].tolist() == [not o for o in out]
+        assert set(strip.loc[strip["in_range"], "status"]) == {dashboard.IN_RANGE_LABEL}
+        assert f"{sum(out)} of {len(out)} slices" in dashboard.range_caption(result.study)
+        first_out = out.index(True)
+        single = dashboard.analyse(predictor, series.slices[first_out])
+        assert single.prediction.outside_range.startswith("soft tissue is")
+    finally:
+        predictor.close()
+
+
 def test_window_views_and_probe(phantoms):
     """Chosen, default and composite views have the slice's shape; the probe reads HU."""
     name, data = dashboard.sample_input(dashboard.SAMPLE_HEALTHY, phantoms)

@@ -132,6 +132,49 @@ def test_zipped_series_gives_an_ordered_study(display_predictor, series_zip):
     assert batch.results[0].index == SERIES_SLICES - 1
 
 
+def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small):
+    """With a slice range in the card, slices under it carry the reason, the study pools the
+    others (``probability_all_slices`` keeps every slice); none in range pools all with a note;
+    a lone DICOM slice gets the soft-tissue rule; a card without a range flags nothing."""
+    import dataclasses
+
+    from hemo.anatomy import SliceRange, scan_anatomy
+    from hemo.io import iter_scans
+
+    data, _ = series_zip
+    scans = [r.scan for r in iter_scans([("series.zip", data)])]
+    fractions = {s.source: scan_anatomy(s).soft_tissue_fraction for s in scans}
+    cut = float(np.median(list(fractions.values())))
+    base = Predictor(tiny_model_path("display"), batch_size=4)
+    try:
+        for minimum, expect_note in ((cut, False), (1.0, True)):
+            card = dataclasses.replace(
+                base.card, slice_range=SliceRange(minimum, 0.0, minimum, 1).to_dict()
+            )
+            with Predictor.from_model(base.model, card) as predictor:
+                batch = predictor.run([("series.zip", data)])
+            (study,) = batch.studies
+            out = {r.source: r.outside_range is not None for r in batch.results}
+            assert out == {name: f < minimum for name, f in fractions.items()}
+            inside = [r.probability for r in batch.results if not out[r.source]] or [
+                r.probability for r in batch.results
+            ]
+            assert study.probability == pytest.approx(max(inside))
+            assert study.probability_all_slices == pytest.approx(max(study.slice_probabilities))
+            assert study.slices_in_range == sum(not o for o in out.values())
+            assert len(study.outside_range_indices) == sum(out.values())
+            assert (study.note is not None) == expect_note
+            assert study.to_dict()["outside_range_indices"] == list(study.outside_range_indices)
+        card = dataclasses.replace(base.card, slice_range=SliceRange(1.0, 0.0, 1.0, 1).to_dict())
+        with Predictor.from_model(base.model, card) as predictor:
+            (lone,) = predictor.predict([ct_small])
+        assert lone.outside_range.startswith("soft tissue is")
+        assert lone.to_dict()["outside_range"] == lone.outside_range
+        assert all(r.outside_range is None for r in base.run([("series.zip", data)]).results)
+    finally:
+        base.close()
+
+
 def test_folder_input_walks_files_in_name_order(display_predictor, pngs, ct_small, tmp_path):
     """A folder: scans in name order, non-scan files skipped, the DICOM pooled as a series."""
     (tmp_path / "b.png").write_bytes(pngs[0].read_bytes())

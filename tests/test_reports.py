@@ -59,6 +59,20 @@ def test_study_summary_uses_the_highest_slice():
     assert study["positive_slices"] == 1 and study["slices"] == 3
 
 
+def test_study_summary_pools_only_slices_in_range():
+    """Slices outside the model's range do not decide the verdict; all count when none is in."""
+    reasons = ["vertex", None, None, "vertex"]
+    study = reports.study_summary("s", [0.95, 0.2, 0.4, 0.99], 0.5, reasons)
+    assert study["probability"] == 0.4 and study["verdict"] == "no hemorrhage"
+    assert study["most_suspicious_slice"] == 3 and study["positive_slices"] == 0
+    assert study["slices_in_range"] == 2 and study["outside_range_slices"] == [1, 4]
+    assert study["probability_all_slices"] == 0.99
+    none_in = reports.study_summary("s", [0.95, 0.2], 0.5, ["base", "base"])
+    assert none_in["probability"] == 0.95 and none_in["slices_in_range"] == 0
+    with pytest.raises(ValueError, match="s: 1 range flags for 2 slice probabilities"):
+        reports.study_summary("s", [0.1, 0.2], 0.5, [None])
+
+
 def test_study_summary_refuses_an_empty_series():
     """An empty series is refused with a message naming it."""
     with pytest.raises(ValueError, match="s: a study needs at least one slice"):

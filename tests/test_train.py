@@ -274,6 +274,17 @@ def test_two_epoch_run_writes_every_file(
     assert card.labels == ("any", *card.labels[1:]) and len(card.labels) == 6
     assert card.metrics["measured_on"]["split"] == "test" and 0.0 <= card.threshold <= 1.0
     assert card.cam_layer == "compact_s1_c1"
+    # The slice range is measured on the training split's images
+    from hemo.anatomy import RANGE_MARGIN, scan_anatomy
+    from hemo.datasets import load_index
+    from hemo.io import read_scan
+
+    index = load_index(phantom_dir)
+    train_paths = index.loc[index["split"] == "train", "path"]
+    lowest = min(scan_anatomy(read_scan(p)).soft_tissue_fraction for p in train_paths)
+    fitted = card.parse_slice_range()
+    assert fitted.images == len(train_paths) and fitted.lowest_seen == pytest.approx(lowest, 1e-3)
+    assert fitted.min_soft_tissue_fraction == pytest.approx(max(0.0, lowest - RANGE_MARGIN), 1e-3)
     report = json.loads((path / runs.REPORT_FILE).read_text())
     assert report["threshold"] == card.threshold
     with pytest.raises(TrainingError, match="already finished"):

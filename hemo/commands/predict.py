@@ -72,6 +72,8 @@ def _text(data: dict[str, Any]) -> str:
         verdict = "POSITIVE" if entry["positive"] else "negative"
         extra = [f"{k} {v:.3f}" for k, v in entry["probabilities"].items() if k != "any"]
         suffix = f"  ({', '.join(extra)})" if extra else ""
+        if entry.get("outside_range"):
+            suffix += "  [outside the model's range]"
         lines.append(
             f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
         )
@@ -83,6 +85,12 @@ def _text(data: dict[str, Any]) -> str:
             f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}; most suspicious "
             f"slice {study['most_suspicious_index']}: {_short(study['most_suspicious_source'])}"
         )
+        outside = study["n_slices"] - (study["slices_in_range"] or study["n_slices"])
+        if outside and study["slices_in_range"]:
+            lines.append(
+                f"  {outside} slice(s) outside the model's range (skull base, vertex) left out; "
+                f"P(any) max over every slice {study['probability_all_slices']:.3f}"
+            )
         if study["note"]:
             lines.append(f"  note: {study['note']}")
     return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Where in the head a slice lies, read from its pixels, and the range of slices a model knows.
+
+A model trained on mid-brain slices (the Kaggle head-CT images) has never seen the skull base
+(orbits, sinuses, petrous bones) or the vertex (the skull cut tangentially, then only scalp), and
+its output there is not a finding: the shipped real-scan model calls every vertex slice of a real
+negative series positive, so a whole series would be called positive by slices it cannot read.
+
+Two numbers describe a slice in display grayscale (the brain window for DICOM):
+
+- ``soft_tissue_fraction``: the share of the head's cross-section (its largest connected region
+  above the head crop's gray threshold, holes filled) that is neither air nor saturated bone. About
+  0.6-1.0 on mid-brain slices; lower where bone and air sinuses fill the section (skull base) or
+  the skull is cut tangentially (vertex).
+- ``head_area_px``: that section's area. Within one series (one pixel spacing), a slice whose
+  section is under :data:`MIN_RELATIVE_HEAD_AREA` of the series' largest is an end of the head.
+
+A :class:`SliceRange` fitted on a model's training images (:func:`fit_slice_range`: the lowest
+soft-tissue fraction seen, less :data:`RANGE_MARGIN`) goes in the model card; predictions then
+mark DICOM slices outside it, and a series' verdict is taken over the slices inside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from hemo.errors import HemoError, InputError, ModelError
+from hemo.preprocess import HEAD_GRAY_THRESHOLD
+
+log = logging.getLogger(__name__)
+
+#: Display gray of soft tissue: above air and fat, below bone saturated by the brain window.
+SOFT_TISSUE_GRAY_RANGE = (0.10, 0.98)
+#: Taken off the lowest soft-tissue fraction of the training images, so that slices like the
+#: least typical training image are still in range.
+RANGE_MARGIN = 0.03
+#: A slice whose head section is under this share of its series' largest is an end of the head.
+MIN_RELATIVE_HEAD_AREA = 0.4
+#: Threads reading training images for :func:`fit_slice_range`.
+FIT_WORKERS = 4
+
+
+@dataclass(frozen=True)
+class SliceAnatomy:
+    """What a slice shows of the head.
+
+    Attributes:
+        soft_tissue_fraction: Share of the head section neither air nor bone, in [0, 1]
+            (0 when no head is found).
+        head_area_px: Area of the head section in pixels (0 when none is found).
+    """
+
+    soft_tissue_fraction: float
+    head_area_px: int
+
+
+@dataclass(frozen=True)
+class SliceRange:
+    """The slices a model was trained on, as :class:`SliceAnatomy` bounds (stored in its card).
+
+    Attributes:
+        min_soft_tissue_fraction: Slices below it are outside the range.
+        min_relative_head_area: Series slices whose head section is under this share of the
+            series' largest are outside the range.
+        lowest_seen: The lowest soft-tissue fraction among the training images.
+        images: Training images measured.
+    """
+
+    min_soft_tissue_fraction: float
+    min_relative_head_area: float
+    lowest_seen: float
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict for the model card."""
+        return {
+            "min_soft_tissue_fraction": round(self.min_soft_tissue_fraction, 4),
+            "min_relative_head_area": self.min_relative_head_area,
+            "lowest_seen": round(self.lowest_seen, 4),
+            "images": self.images,
+            "rule": (
+                "a DICOM slice is outside the model's range when its soft-tissue fraction is "
+                "under min_soft_tissue_fraction or, in a series, its head section is under "
+                "min_relative_head_area of the series' largest; series verdicts use the "
+                "slices in range"
+            ),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SliceRange:
+        """The range from :meth:`to_dict` output.
+
+        Raises:
+            ModelError: a field is missing or not a number in [0, 1].
+        """
+        try:
+            values = (
+                float(data["min_soft_tissue_fraction"]),
+                float(data["min_relative_head_area"]),
+                float(data["lowest_seen"]),
+            )
+            images = int(data["images"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card: slice_range is malformed ({exc!r})") from exc
+        if not all(0.0 <= v <= 1.0 for v in values) or images < 1:
+            raise ModelError(f"model card: slice_range values out of range: {data}")
+        return cls(*values, images)
+
+    def reason(self, anatomy: SliceAnatomy, largest_area_px: int | None = None) -> str | None:
+        """Why a slice is outside the range, or ``None`` when it is inside.
+
+        Args:
+            anatomy: The slice's :class:`SliceAnatomy`.
+            largest_area_px: The largest head section of its series; ``None`` for a lone slice
+                (the area rule is then not applied).
+        """
+        fraction = anatomy.soft_tissue_fraction
+        if fraction < self.min_soft_tissue_fraction:
+            return (
+                f"soft tissue is {fraction:.0%} of the head section, under the "
+                f"{self.min_soft_tissue_fraction:.0%} of the images the model was trained on "
+                "(skull base or vertex)"
+            )
+        if largest_area_px:
+            share = anatomy.head_area_px / largest_area_px
+            if share < self.min_relative_head_area:
+                return (
+                    f"the head section is {share:.0%} of the series' largest, under "
+                    f"{self.min_relative_head_area:.0%} (top or bottom of the head)"
+                )
+        return None
+
+    def reasons(self, anatomies: Sequence[SliceAnatomy]) -> list[str | None]:
+        """:meth:`reason` for every slice of one series (the area rule over the series)."""
+        largest = max((a.head_area_px for a in anatomies), default=0)
+        return [self.reason(a, largest) for a in anatomies]
+
+
+def slice_anatomy(gray: npt.ArrayLike) -> SliceAnatomy:
+    """The :class:`SliceAnatomy` of one display-grayscale slice.
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1] (an image, or a DICOM slice through the brain
+            window: :func:`hemo.preprocess.to_display`). Not modified.
+
+    Returns:
+        The slice's soft-tissue fraction and head area; zeros when no head is found.
+
+    Raises:
+        InputError: ``gray`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(gray, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"slice_anatomy needs a non-empty (H, W) image, got shape {arr.shape}")
+    foreground = (arr > HEAD_GRAY_THRESHOLD).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    if count <= 1:
+        return SliceAnatomy(0.0, 0)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    contours, _ = cv2.findContours(
+        (labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    head = np.zeros(arr.shape, dtype=np.uint8)
+    cv2.drawContours(head, contours, -1, 1, thickness=cv2.FILLED)
+    inside = head.astype(bool)
+    area = int(inside.sum())
+    low, high = SOFT_TISSUE_GRAY_RANGE
+    tissue = int(np.count_nonzero((arr > low) & (arr < high) & inside))
+    return SliceAnatomy(tissue / area if area else 0.0, area)
+
+
+def scan_anatomy(scan: Any) -> SliceAnatomy:
+    """:func:`slice_anatomy` of a ``CTSlice`` (through the brain window) or an ``Image2D``."""
+    from hemo.preprocess import to_display
+
+    return slice_anatomy(to_display(scan))
+
+
+def fit_slice_range(
+    sources: Iterable[Any], *, margin: float = RANGE_MARGIN, workers: int = FIT_WORKERS
+) -> SliceRange | None:
+    """The range of a model's training images: their lowest soft-tissue fraction less ``margin``.
+
+    Args:
+        sources: Paths of the training images or DICOM slices.
+        margin: Taken off the lowest fraction seen.
+        workers: Reading threads.
+
+    Returns:
+        The range, or ``None`` when no image could be read. Unreadable files are logged and
+        left out (training already reported them).
+    """
+    from hemo.io import read_scan
+
+    def measure(source: Any) -> float | None:
+        try:
+            return scan_anatomy(read_scan(source)).soft_tissue_fraction
+        except HemoError as exc:
+            log.warning("slice range: %s left out: %s", source, exc)
+            return None
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="hemo-range") as pool:
+        fractions = [f for f in pool.map(measure, sources) if f is not None]
+    if not fractions:
+        return None
+    lowest = min(fractions)
+    return SliceRange(
+        min_soft_tissue_fraction=max(0.0, lowest - margin),
+        min_relative_head_area=MIN_RELATIVE_HEAD_AREA,
+        lowest_seen=lowest,
+        images=len(fractions),
+    )
