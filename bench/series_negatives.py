@@ -15,6 +15,12 @@ real DICOM everywhere also gets there. So each model also predicts a real hemorr
 slice (``--positive``, default pydicom-data's ``693_UNCR.dcm``, CQ500-CT-310) and the table says
 how many of a run's fold models call it positive at the threshold.
 
+A model whose card has a slice range (:mod:`hemo.anatomy`; fold models written before it use
+the range of ``--range-model``, by default the shipped real-scan model, trained on the same
+images) also gets: the share of slices inside its range, the positive fraction among those, and
+the study verdict a series gets from them (``study_positive``: the highest in-range slice at or
+above the threshold) beside the verdict over every slice (``study_positive_all``).
+
 Models are shipped ``.keras`` files (``--models``, each at its card's threshold) or the fold
 models of finished ``hemo crossval`` runs (``--runs``, each at that run's pooled out-of-fold
 threshold; the fractions are averaged over the folds). None of them saw the series.
@@ -79,8 +85,10 @@ def thick_slabs(scans, z_mm, slab_mm: float):
     return out
 
 
-def fractions(probs, z_mm, threshold: float, edge_mm: float) -> dict[str, float]:
-    """Fraction of slices at or above ``threshold``: all, lowest/highest ``edge_mm``, middle."""
+def fractions(probs, z_mm, threshold: float, edge_mm: float, in_range=None) -> dict[str, float]:
+    """Fraction of slices at or above ``threshold``: all, lowest/highest ``edge_mm``, middle;
+    with ``in_range`` (bool per slice) also the in-range share, their positive fraction and
+    the study verdicts with and without the range."""
     import numpy as np
 
     p = np.asarray(probs)
@@ -89,23 +97,35 @@ def fractions(probs, z_mm, threshold: float, edge_mm: float) -> dict[str, float]
     high = z >= z.max() - edge_mm
     middle = ~(low | high)
     positive = p >= threshold
-    return {
+    out = {
         "all": float(positive.mean()),
         "skull_base": float(positive[low].mean()),
         "vertex": float(positive[high].mean()),
         "middle": float(positive[middle].mean()) if middle.any() else float("nan"),
+        "study_positive_all": float(positive.any()),
     }
+    if in_range is not None:
+        inside = np.asarray(in_range, dtype=bool)
+        pooled = inside if inside.any() else np.ones_like(inside)
+        out["in_range"] = float(inside.mean())
+        out["in_range_positive"] = float(positive[inside].mean()) if inside.any() else 0.0
+        out["study_positive"] = float(positive[pooled].any())
+    return out
 
 
 def model_fractions(
-    paths_and_thresholds, scans, z_mm, edge_mm: float, positive=None
+    paths_and_thresholds, scans, z_mm, edge_mm: float, positive=None, fallback_range=None
 ) -> tuple[dict[str, float], dict[str, object] | None]:
     """Mean over the given models of :func:`fractions`, and (with ``positive``, a known
-    hemorrhage slice) each model's P(any) on it and how many call it positive."""
+    hemorrhage slice) each model's P(any) on it and how many call it positive. A model whose
+    card has no slice range uses ``fallback_range`` (none: no in-range figures)."""
     import numpy as np
 
+    from hemo.anatomy import scan_anatomy
     from hemo.model import load_model, merge_ensemble
     from hemo.preprocess import to_model_input
+
+    anatomies = [scan_anatomy(ct) for ct in scans]
 
     inputs: dict[object, np.ndarray] = {}
     rows = []
@@ -125,13 +145,18 @@ def model_fractions(
         probs = np.asarray(model.predict(inputs[spec], batch_size=32, verbose=0))
         any_column = list(card.labels).index("any")
         cut = card.threshold if threshold is None else threshold
-        rows.append(fractions(probs[:, any_column], z_mm, cut, edge_mm))
+        slice_range = card.parse_slice_range() or fallback_range
+        in_range = (
+            None if slice_range is None else [r is None for r in slice_range.reasons(anatomies)]
+        )
+        rows.append(fractions(probs[:, any_column], z_mm, cut, edge_mm, in_range))
         if positive is not None:
             x = to_model_input(positive, spec)[None]
             p = float(np.asarray(model.predict(x, verbose=0))[0, any_column])
             on_positive.append(p)
             called += p >= cut
-    means = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+    keys = [key for key in rows[0] if all(key in r for r in rows)]
+    means = {key: float(np.mean([r[key] for r in rows])) for key in keys}
     if positive is None:
         return means, None
     return means, {"called": int(called), "models": len(on_positive), "p_any": on_positive}
@@ -176,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
     parser.add_argument("--edge-mm", type=float, default=DEFAULT_EDGE_MM)
     parser.add_argument(
+        "--range-model",
+        default=str(PROJECT_DIR / "models" / "headct_real.keras"),
+        help="slice range for models whose card has none ('' for none)",
+    )
+    parser.add_argument(
         "--positive",
         default="693_UNCR.dcm",
         help="a real hemorrhage slice: a file, or a pydicom test file name; '' to skip",
@@ -201,22 +231,41 @@ def main(argv: list[str] | None = None) -> int:
     scans = thick_slabs(scans, z_mm, args.slab_mm)
     log.info("%s: %d slices, %.1f to %.1f mm", args.series.name, len(scans), z_mm[0], z_mm[-1])
     positive = read_positive(args.positive)
+    fallback = None
+    if args.range_model:
+        from hemo.model import read_card
+
+        fallback = read_card(args.range_model).parse_slice_range()
     results, known = {}, {}
     for name, models in groups.items():
-        results[name], known[name] = model_fractions(models, scans, z_mm, args.edge_mm, positive)
+        results[name], known[name] = model_fractions(
+            models, scans, z_mm, args.edge_mm, positive, fallback
+        )
     log.info(
-        "%-40s %6s %10s %7s %7s %8s", "model", "all", "skull base", "middle", "vertex", "bleed"
+        "%-40s %6s %10s %7s %7s %8s %8s %9s %9s",
+        "model",
+        "all",
+        "skull base",
+        "middle",
+        "vertex",
+        "bleed",
+        "in range",
+        "in-r pos",
+        "study",
     )
     for name, r in results.items():
         bleed = f"{known[name]['called']}/{known[name]['models']}" if known[name] else "-"
         log.info(
-            "%-40s %6.3f %10.3f %7.3f %7.3f %8s",
+            "%-40s %6.3f %10.3f %7.3f %7.3f %8s %8s %9s %9s",
             name,
             r["all"],
             r["skull_base"],
             r["middle"],
             r["vertex"],
             bleed,
+            _cell(r.get("in_range")),
+            _cell(r.get("in_range_positive")),
+            f"{_cell(r.get('study_positive'))}/{r['study_positive_all']:.2f}",
         )
     first = next(iter(results.values()))["all"]
     summary = {
@@ -232,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def _cell(value: float | None) -> str:
+    """A table cell: three decimals, or '-' when the figure does not exist."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
