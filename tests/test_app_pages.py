@@ -25,6 +25,8 @@ APP = str(PROJECT_DIR / "streamlit_app.py")
 #: First runs import TensorFlow and trace the model: give them time on 2 busy cores.
 TIMEOUT_S = 240
 pytestmark = pytest.mark.slow
+#: Real CQ500 slices uploaded from the skull base and from the middle of the series, each.
+REAL_SERIES_EACH = 4
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +220,35 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
     at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
     at.button(key="jump_0").click().run()
     assert at.slider(key="series_slice_0").value == top
+
+
+def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_dir, monkeypatch):
+    """With the shipped real-scan model, skull-base slices of the real CQ500 series are grey in
+    the strip, counted out of the verdict in a caption, and named in a warning when shown."""
+    import pydicom
+
+    from hemo.config import MODELS_DIR
+
+    def z_of(path: Path) -> float:
+        return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
+
+    files = sorted(cq500_dir.glob("*.dcm"), key=z_of)
+    middle = len(files) // 2
+    chosen = files[:REAL_SERIES_EACH] + files[middle : middle + REAL_SERIES_EACH]
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(MODELS_DIR))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, "headct_real")
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        ("cq500.zip", zip_bytes(chosen, "cq500"), "application/zip")
+    ).run()
+    _ok(at)
+    n = 2 * REAL_SERIES_EACH
+    caption = f"{REAL_SERIES_EACH} of {n} slices lie outside the slices the model was trained on"
+    assert any(caption in c.value for c in at.caption), [c.value for c in at.caption]
+    at.slider(key="series_slice_0").set_value(1).run()
+    assert any("Outside the model's range: soft tissue is" in w.value for w in at.warning)
+    at.slider(key="series_slice_0").set_value(n).run()
+    assert not any("Outside the model's range" in w.value for w in at.warning)
 
 
 def test_predict_samples_and_png_on_display_model(env):
