@@ -17,7 +17,10 @@ the pages. Conventions, stated once:
 * Study-level results group slices by ``study_uid``: a study is positive when any slice is, and
   its score is either the **maximum** slice probability (one bleed on one slice is a bleed) or the
   **mean of the top k** slice probabilities (k = :data:`DEFAULT_TOP_K`, or every slice when a
-  study has fewer), which is less swayed by one noisy slice. Both are reported.
+  study has fewer), which is less swayed by one noisy slice. Both are reported. When the model's
+  card has a slice range (:mod:`hemo.anatomy`), both scores use only the slices inside it, as
+  ``hemo predict`` does (every slice when none is); the study's label stays the maximum over
+  all of its slices.
 * The RSNA-2019 metric is the weighted multi-label log loss with ``config.RSNA_LABEL_WEIGHTS``
   (``any`` counts twice), probabilities clipped to ``[LOG_LOSS_EPS, 1 - LOG_LOSS_EPS]``; unknown
   labels (NaN) are left out of both the sum and the weights.
@@ -392,7 +395,11 @@ def rsna_weighted_log_loss(
 
 
 def study_scores(
-    y_true: ArrayLike, p: ArrayLike, study_uids: Sequence[str | None], top_k: int = DEFAULT_TOP_K
+    y_true: ArrayLike,
+    p: ArrayLike,
+    study_uids: Sequence[str | None],
+    top_k: int = DEFAULT_TOP_K,
+    in_range: ArrayLike | None = None,
 ) -> tuple[list[str], NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
     """Slice results pooled per study.
 
@@ -401,19 +408,26 @@ def study_scores(
         p: (N,) slice probabilities.
         study_uids: (N,) study of each slice; slices without one are left out.
         top_k: Slices averaged by the top-k score (all of them when a study has fewer).
+        in_range: (N,) bool, the slice is inside the model's slice range; the scores pool a
+            study's in-range slices (all of them when it has none). ``None``: every slice.
 
     Returns:
-        (study UIDs sorted, (S,) study labels = max over slices, (S,) max probability,
+        (study UIDs sorted, (S,) study labels = max over all slices, (S,) max probability,
         (S,) mean of the top-k probabilities).
     """
     y, q = _as_binary(y_true, p)
     if top_k < 1:
         raise ConfigError(f"top_k must be at least 1, got {top_k}")
-    frame = pd.DataFrame({"study": list(study_uids), "y": y, "p": q}).dropna(subset=["study"])
+    inside = np.ones(y.shape, bool) if in_range is None else np.asarray(in_range, dtype=bool)
+    if inside.shape != y.shape:
+        raise ValueError(f"{inside.size} range flags for {y.size} cases")
+    frame = pd.DataFrame({"study": list(study_uids), "y": y, "p": q, "in": inside})
+    frame = frame.dropna(subset=["study"])
     uids: list[str] = []
     labels, p_max, p_top = [], [], []
     for uid, group in frame.groupby("study", sort=True):
-        ordered = np.sort(group["p"].to_numpy())[::-1]
+        pooled = group[group["in"]] if group["in"].any() else group
+        ordered = np.sort(pooled["p"].to_numpy())[::-1]
         uids.append(str(uid))
         labels.append(int(group["y"].max()))
         p_max.append(float(ordered[0]))
@@ -430,6 +444,7 @@ def evaluate_predictions(
     top_k: int = DEFAULT_TOP_K,
     split: str | None = None,
     model: str | None = None,
+    in_range: ArrayLike | None = None,
 ) -> EvalReport:
     """A full report from labels and probabilities.
 
@@ -445,6 +460,8 @@ def evaluate_predictions(
         top_k: Slices averaged by the top-k study score.
         split: Recorded in the report.
         model: Recorded in the report.
+        in_range: (N,) bool, the case is inside the model's slice range (study scores pool
+            those, see :func:`study_scores`); ``None``: every case.
 
     Returns:
         :class:`EvalReport`.
@@ -485,7 +502,13 @@ def evaluate_predictions(
     if study_uids is not None:
         if len(study_uids) != y.shape[0]:
             raise ValueError(f"{len(study_uids)} study UIDs for {y.shape[0]} cases")
-        uids, ys, p_max, p_top = study_scores(y[:, head], q[:, head], study_uids, top_k)
+        uids, ys, p_max, p_top = study_scores(y[:, head], q[:, head], study_uids, top_k, in_range)
+        outside = 0 if in_range is None else int((~np.asarray(in_range, dtype=bool)).sum())
+        if outside and uids:
+            notes.append(
+                f"{outside} slice(s) outside the model's slice range left out of the study "
+                "scores (every slice of a study that has none in range counts)"
+            )
         n_studies = len(uids) or None
         n_with_uid = int(pd.notna(pd.Series(list(study_uids), dtype=object)).sum())
         if uids and n_with_uid > len(uids):
@@ -618,11 +641,21 @@ def predict_index(
     Raises:
         DatasetError: No such split, or nothing could be predicted.
     """
+    rows, probs, failed, _ = _predict_rows(model, card, index_df, split, batch_size)
+    return rows, probs, failed
+
+
+def _predict_rows(
+    model: keras.Model, card: ModelCard, index_df: pd.DataFrame, split: str, batch_size: int
+) -> tuple[pd.DataFrame, NDArray[np.float64], list[str], NDArray[np.bool_]]:
+    """:func:`predict_index`, plus whether each predicted row is inside the card's slice range
+    (series rules applied, as ``hemo predict`` applies them)."""
     from hemo.predict import Predictor
 
     rows = _split_rows(index_df, split)
     with Predictor.from_model(model, card, batch_size=batch_size) as predictor:
-        results = predictor.predict([str(p) for p in rows["path"]])
+        batch = predictor.run([str(p) for p in rows["path"]], studies=card.slice_range is not None)
+    results = batch.results
     if len(results) != len(rows):
         raise DatasetError(
             f"{len(results)} results for {len(rows)} index rows: index paths must be single "
@@ -636,7 +669,8 @@ def predict_index(
         [[r.probabilities[name] for name in card.labels] for r in results if r.error is None],
         dtype=np.float64,
     )
-    return rows[ok].reset_index(drop=True), probs, failed
+    in_range = np.asarray([r.outside_range is None for r in results if r.error is None])
+    return rows[ok].reset_index(drop=True), probs, failed, in_range
 
 
 def evaluate_model(
@@ -667,7 +701,7 @@ def evaluate_model(
     Raises:
         DatasetError: No such split, no readable image, or no known labels.
     """
-    rows, probs, failed = predict_index(model, card, index_df, split, batch_size)
+    rows, probs, failed, in_range = _predict_rows(model, card, index_df, split, batch_size)
     if failed:
         log.warning(
             "%d %s image(s) could not be predicted; first: %s", len(failed), split, failed[0]
@@ -689,6 +723,7 @@ def evaluate_model(
         top_k=top_k,
         split=split,
         model=card.name,
+        in_range=in_range[known],
     )
     return dataclasses.replace(
         report, n_failed=len(failed), failed=tuple(failed[:MAX_FAILED_LISTED])

@@ -148,6 +148,23 @@ def test_study_scores_max_and_top_k_mean() -> None:
     assert report.study_top_k.confusion.matrix() == [[1, 0], [2, 0]]
 
 
+def test_study_scores_pool_only_slices_in_range() -> None:
+    """Out-of-range slices do not score their study (unless none is in range); labels keep
+    every slice; a flag count that does not fit is refused."""
+    y = [0, 0, 0, 1, 1]
+    p = [0.95, 0.2, 0.3, 0.9, 0.1]
+    uids = ["s1", "s1", "s1", "s2", "s2"]
+    inside = [False, True, True, False, False]
+    _, ys, p_max, p_top = study_scores(y, p, uids, top_k=2, in_range=inside)
+    assert ys.tolist() == [0, 1]
+    assert p_max == pytest.approx([0.3, 0.9]) and p_top == pytest.approx([0.25, 0.5])
+    report = evaluate_predictions(y, p, 0.5, study_uids=uids, in_range=inside)
+    assert report.study_max.confusion.matrix() == [[1, 0], [0, 1]]
+    assert any("3 slice(s) outside the model's slice range" in n for n in report.notes)
+    with pytest.raises(ValueError, match="2 range flags for 5 cases"):
+        study_scores(y, p, uids, in_range=[True, False])
+
+
 def test_evaluate_predictions_multilabel_per_label_and_rsna() -> None:
     """A six-label report carries per-label metrics and the RSNA loss; JSON is strict."""
     rng = np.random.default_rng(1)
@@ -225,3 +242,13 @@ def test_evaluate_model_on_phantom_series_has_study_level_and_rsna(tmp_path: Pat
     assert report.study_max.n == report.n_studies
     assert report.rsna_log_loss is not None and report.rsna_log_loss > 0
     assert set(report.per_label) == set(config.RSNA_LABELS)
+    # With a slice range that leaves every slice out, the study scores still pool every slice
+    # (none is in range) and the report says how many were outside
+    import dataclasses
+
+    from hemo.anatomy import SliceRange
+
+    ranged = dataclasses.replace(card, slice_range=SliceRange(1.0, 0.0, 1.0, 1).to_dict())
+    strict = evaluate_model(model, ranged, index, split="val")
+    assert strict.study_max.to_dict() == report.study_max.to_dict()
+    assert any(f"{report.n} slice(s) outside" in n for n in strict.notes)
