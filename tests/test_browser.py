@@ -8,18 +8,20 @@ README).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
 
 from hemo import dashboard, runs
-from hemo.config import PROJECT_DIR
+from hemo.config import MODELS_DIR, PROJECT_DIR
 from hemo.datasets import load_index
 from hemo.errors import HemoError
 from hemo.serve import CHROMIUM, chromium_launch_options, free_port, streamlit_command, wait_healthy
@@ -56,20 +58,15 @@ def material(tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="module")
-def server(material):
-    """``streamlit run`` on a free loopback port; killed after the module."""
+@contextlib.contextmanager
+def _streamlit(env_overrides: dict[str, str], log_path: Path):
+    """``streamlit run`` on a free loopback port with ``env_overrides``; yields its URL."""
     port = free_port()
-    env = {
-        **os.environ,
-        dashboard.ENV_DATASET: str(material["data"]),
-        dashboard.ENV_MODELS_DIR: str(material["models"]),
-        dashboard.ENV_DEFAULT_MODEL: HU_MODEL,
-        "HEMO_RUNS_DIR": str(material["runs"]),
-    }
-    command = streamlit_command(port)
-    log = (material["runs"].parent / "streamlit.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, **env_overrides}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        streamlit_command(port), env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process, SERVER_START_S)
@@ -81,6 +78,19 @@ def server(material):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(material):
+    """The app on the tiny phantoms and models; killed after the module."""
+    env = {
+        dashboard.ENV_DATASET: str(material["data"]),
+        dashboard.ENV_MODELS_DIR: str(material["models"]),
+        dashboard.ENV_DEFAULT_MODEL: HU_MODEL,
+        "HEMO_RUNS_DIR": str(material["runs"]),
+    }
+    with _streamlit(env, material["runs"].parent / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +149,34 @@ def test_every_page_renders_without_exception(server, page):
     _shot(page, "eda")
     _visit(page, f"{server}/training", "Start a new run")
     assert page.locator(EXCEPTION).count() == 0
+
+
+def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500_dir, tmp_path):
+    """The real CQ500 series zipped and dropped on Predict with the shipped real-scan model: a
+    study verdict, the caption counting the slices outside the model's range, both legend
+    entries of the strip."""
+    archive = tmp_path / f"{cq500_dir.name}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
+        for path in sorted(cq500_dir.glob("*.dcm")):
+            out.write(path, f"{cq500_dir.name}/{path.name}")
+    env = {
+        dashboard.ENV_DATASET: str(material["data"]),
+        dashboard.ENV_MODELS_DIR: str(MODELS_DIR),
+        dashboard.ENV_DEFAULT_MODEL: "headct_real",
+        "HEMO_RUNS_DIR": str(material["runs"]),
+    }
+    with _streamlit(env, tmp_path / "streamlit.log") as url:
+        _visit(page, f"{url}/predict", "Try a sample")
+        page.locator('input[type="file"]').set_input_files(str(archive))
+        page.get_by_text("Study verdict").wait_for(timeout=PREDICT_S * 1000)
+        _settle(page, PREDICT_S)
+        page.locator(IMAGE).nth(1).wait_for(timeout=60_000)
+        assert page.get_by_text(re.compile(r"\d+ of 238 slices lie outside")).count() == 1
+        strip = page.locator(PLOT).first
+        assert strip.get_by_text(dashboard.OUT_OF_RANGE_LABEL).count() >= 1
+        assert strip.get_by_text(dashboard.IN_RANGE_LABEL).count() >= 1
+        assert page.locator(EXCEPTION).count() == 0
+        _shot(page, "predict_series")
 
 
 def test_window_slider_changes_the_image(server, page):
