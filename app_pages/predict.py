@@ -144,9 +144,10 @@ for j, series in enumerate(decoded.series):
         st.subheader(f"{result.name} — {study['slices']} slices")
         m1, m2, m3 = st.columns(3)
         m1.metric("Study verdict", study["verdict"])
-        m2.metric("Highest slice probability", f"{study['probability'] * PERCENT:.1f}%")
-        m3.metric("Slices over threshold", study["positive_slices"])
         outside = study["slices"] - study["slices_in_range"]
+        in_range = " in range" if outside and study["slices_in_range"] else ""
+        m2.metric(f"Highest slice probability{in_range}", f"{study['probability'] * PERCENT:.1f}%")
+        m3.metric(f"Slices over threshold{in_range}", study["positive_slices"])
         if outside:
             st.caption(dashboard.range_caption(study))
         strip = dashboard.strip_frame(result)

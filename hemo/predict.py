@@ -448,7 +448,9 @@ class Predictor:
 
         Args:
             inputs: One input or many (see :func:`hemo.io.iter_scans`).
-            studies: Also pool DICOM slices into per-series results.
+            studies: Also pool DICOM slices into per-series results. With a slice range in the
+                card, ``outside_range`` then applies both of its rules; without pooling only
+                the soft-tissue rule (a lone slice has no series to compare its size with).
 
         Returns:
             :class:`PredictionBatch` with one result per scan, in input order.

@@ -245,6 +245,9 @@ def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_
     n = 2 * REAL_SERIES_EACH
     caption = f"{REAL_SERIES_EACH} of {n} slices lie outside the slices the model was trained on"
     assert any(caption in c.value for c in at.caption), [c.value for c in at.caption]
+    assert {"Highest slice probability in range", "Slices over threshold in range"} <= set(
+        _metrics(at)
+    )
     at.slider(key="series_slice_0").set_value(1).run()
     assert any("Outside the model's range: soft tissue is" in w.value for w in at.warning)
     at.slider(key="series_slice_0").set_value(n).run()
