@@ -16,7 +16,7 @@ Two numbers describe a slice in display grayscale (the brain window for DICOM):
 
 A :class:`SliceRange` fitted on a model's training images (:func:`fit_slice_range`: the lowest
 soft-tissue fraction seen, less :data:`RANGE_MARGIN`) goes in the model card; predictions then
-mark DICOM slices outside it, and a series' verdict is taken over the slices inside it.
+mark slices and images outside it, and a series' verdict is taken over the slices inside it.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class SliceRange:
             "lowest_seen": round(self.lowest_seen, 4),
             "images": self.images,
             "rule": (
-                "a DICOM slice is outside the model's range when its soft-tissue fraction is "
+                "a slice or image is outside the model's range when its soft-tissue fraction is "
                 "under min_soft_tissue_fraction or, in a series, its head section is under "
                 "min_relative_head_area of the series' largest; series verdicts use the "
                 "slices in range"

@@ -498,7 +498,7 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
         label: The output explained (``any`` or a subtype the model has).
 
     Returns:
-        The analysis; a DICOM slice outside the model's slice range (:mod:`hemo.anatomy`,
+        The analysis; a slice or image outside the model's slice range (:mod:`hemo.anatomy`,
         soft-tissue rule) has the reason in ``prediction.outside_range``.
 
     Raises:
@@ -510,7 +510,7 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
     card = predictor.card
     x = to_model_input(scan, card.input_spec)
     prediction = predict_scans(predictor, [scan])[0]
-    if predictor.slice_range is not None and hasattr(scan, "hu"):
+    if predictor.slice_range is not None:
         from hemo.anatomy import scan_anatomy
 
         reason = predictor.slice_range.reason(scan_anatomy(scan))

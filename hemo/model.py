@@ -145,8 +145,8 @@ class ModelCard:
         metrics: Metrics with the data they were measured on (e.g. ``{"test": {...}}``).
         training: Training summary (data, seed, epochs, run name, init weights).
         hemo_version: Version of hemo that wrote the card.
-        slice_range: :meth:`hemo.anatomy.SliceRange.to_dict` of the training images: DICOM
-            slices outside it are marked and left out of series verdicts. ``None`` (cards
+        slice_range: :meth:`hemo.anatomy.SliceRange.to_dict` of the training images: slices
+            and images outside it are marked, and left out of series verdicts. ``None`` (cards
             written before it, or no image measured): every slice counts.
     """
 

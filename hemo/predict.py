@@ -20,9 +20,9 @@ A study result pools the slices of one series: its probability is the **maximum*
 probability (a bleed on one slice is a bleed in the head), and the mean of the ``top_k`` highest
 slices is reported beside it; the most suspicious slice is the one with the maximum. When the
 model's card has a slice range (:mod:`hemo.anatomy`: the slices its training images showed),
-DICOM slices outside it (skull base, vertex, for a model trained on mid-brain slices) are marked
-``outside_range`` with the reason and pooled only when no slice of the series is in range: the
-model has never seen such slices and its output there is not a finding.
+slices and images outside it (skull base, vertex, for a model trained on mid-brain slices) are
+marked ``outside_range`` with the reason, and a series pools them only when none of its slices
+is in range: the model has never seen such slices and its output there is not a finding.
 
 A :class:`Predictor` is safe to share between threads (Streamlit sessions): the model is never
 mutated, the forward function is traced once in the constructor, and model calls run on one
@@ -93,8 +93,8 @@ class Prediction:
         slice_z_mm: Slice position along the normal in mm (for ordering).
         index: Position of the slice in its series in anatomical order (0 = most inferior);
             ``None`` outside a series.
-        outside_range: Why this DICOM slice lies outside the slices the model was trained on
-            (:mod:`hemo.anatomy`), else ``None`` (also for images and cards without a range).
+        outside_range: Why this slice or image lies outside the slices the model was trained on
+            (:mod:`hemo.anatomy`), else ``None`` (always for cards without a range).
     """
 
     source: str
@@ -324,8 +324,8 @@ class _Prepared:
         tensor: (H, W, C) float32 model input, or ``None`` on error.
         error: Why the scan failed, or ``None``.
         meta: A pixel-free copy of a DICOM slice (UIDs, position), ``None`` for images.
-        anatomy: The DICOM slice's :class:`~hemo.anatomy.SliceAnatomy` when the model has a
-            slice range, else ``None``.
+        anatomy: The scan's :class:`~hemo.anatomy.SliceAnatomy` when the model has a slice
+            range, else ``None``.
     """
 
     name: str
@@ -561,7 +561,7 @@ class Predictor:
             anatomy = None
             try:
                 tensor, error = self.prepare(scan), None
-                if self.slice_range is not None and isinstance(scan, CTSlice):
+                if self.slice_range is not None:
                     anatomy = scan_anatomy(scan)
             except HemoError as exc:
                 tensor, error = None, exc

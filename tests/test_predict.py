@@ -132,7 +132,7 @@ def test_zipped_series_gives_an_ordered_study(display_predictor, series_zip):
     assert batch.results[0].index == SERIES_SLICES - 1
 
 
-def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small):
+def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small, pngs):
     """With a slice range in the card, slices under it carry the reason, the study pools the
     others (``probability_all_slices`` keeps every slice); none in range pools all with a note;
     a lone DICOM slice gets the soft-tissue rule; a card without a range flags nothing."""
@@ -167,8 +167,9 @@ def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small
             assert study.to_dict()["outside_range_indices"] == list(study.outside_range_indices)
         card = dataclasses.replace(base.card, slice_range=SliceRange(1.0, 0.0, 1.0, 1).to_dict())
         with Predictor.from_model(base.model, card) as predictor:
-            (lone,) = predictor.predict([ct_small])
+            lone, image = predictor.predict([ct_small, pngs[0]])
         assert lone.outside_range.startswith("soft tissue is")
+        assert image.outside_range.startswith("soft tissue is")  # images are measured too
         assert lone.to_dict()["outside_range"] == lone.outside_range
         assert all(r.outside_range is None for r in base.run([("series.zip", data)]).results)
     finally:
