@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "head_pool": "average",
     "alpha": 1.0,
     "label_smoothing": 0.0,
+    "ema": 0.0,
     "lr_schedule": "plateau",
     "early_stopping_patience": 8,
     "checkpoint": "best",
@@ -286,6 +287,19 @@ def _validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"l2sp must be a number >= 0, got {l2sp!r}")
     if l2sp and not config["init"]:
         raise ConfigError("l2sp pulls weights towards an init model's: set init = 'MODEL.keras'")
+    ema = config["ema"]
+    if isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 <= ema < 1:
+        raise ConfigError(f"ema must be a number in [0, 1), got {ema!r}")
+    if ema and config["checkpoint"] != "last":
+        raise ConfigError(
+            "ema averages the weights up to the last step; the best checkpoint holds one "
+            "epoch's raw weights: set checkpoint = last"
+        )
+    if ema and config["strategy"] == "multiworker":
+        raise ConfigError(
+            "ema swaps the averaged weights in at the end of Keras fit: use "
+            "strategy default or mirrored"
+        )
     mask_loss = config["mask_loss"]
     if isinstance(mask_loss, bool) or not isinstance(mask_loss, int | float) or mask_loss < 0:
         raise ConfigError(f"mask_loss must be a number >= 0, got {mask_loss!r}")
@@ -877,13 +891,18 @@ def labels_accuracy_metric(n_labels: int):
 
 
 def _optimizer(config: Mapping[str, Any], phase: Phase, steps: int):
-    """Adam at the phase's LR, cosine-decayed over the phase's steps or constant."""
+    """Adam at the phase's LR, cosine-decayed over the phase's steps or constant; with ``ema``
+    > 0 it keeps an exponential moving average of the weights (that momentum per step), which
+    Keras fit swaps into the model when the phase ends."""
     import keras
 
     lr: Any = phase.learning_rate
     if config["lr_schedule"] == "cosine":
         decay = max(1, (phase.end - phase.start) * steps)
         lr = keras.optimizers.schedules.CosineDecay(phase.learning_rate, decay)
+    ema = float(config["ema"])
+    if ema:
+        return keras.optimizers.Adam(learning_rate=lr, use_ema=True, ema_momentum=ema)
     return keras.optimizers.Adam(learning_rate=lr)
 
 

@@ -427,6 +427,39 @@ def test_same_seed_trains_the_same_weights(
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
 
 
+def test_ema_config_is_checked_and_changes_the_final_weights(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ema must lie in [0, 1) and needs Keras fit; a run with it ends on the averaged weights,
+    not the last step's (same seed, other weights) and records it in the card's config."""
+    import numpy as np
+
+    from hemo.model import load_model
+    from hemo.train import _optimizer, plan_phases, train
+
+    with pytest.raises(ConfigError, match=r"ema must be a number in \[0, 1\), got 1"):
+        resolve_config({"data": "d"}, {"ema": 1})
+    with pytest.raises(ConfigError, match="the best checkpoint holds one epoch's raw weights"):
+        resolve_config({"data": "d"}, {"ema": 0.9})
+    last = {"data": "d", "checkpoint": "last"}
+    with pytest.raises(ConfigError, match="ema swaps the averaged weights in at the end of Keras"):
+        resolve_config({**last, "strategy": "multiworker"}, {"ema": 0.9})
+    config = resolve_config(last, {"ema": 0.9})
+    optimizer = _optimizer(config, plan_phases(config)[0], steps=3)
+    assert optimizer.use_ema and optimizer.ema_momentum == pytest.approx(0.9)
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 2, "labels": "any", "checkpoint": "last"}
+    weights = []
+    for name, ema in (("plain", 0.0), ("averaged", 0.9)):
+        path = train(
+            resolve_config({"data": str(phantom_dir)}, overrides | {"name": name, "ema": ema})
+        )
+        model, card = load_model(path / runs.MODEL_FILE)
+        weights.append(model.get_weights())
+        assert card.training["config"]["ema"] == ema
+    assert not all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
     tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
