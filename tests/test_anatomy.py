@@ -103,6 +103,9 @@ def test_fit_on_real_images_leaves_out_a_corrupt_file(head_ct_dir, tmp_path, cap
     assert fitted.min_soft_tissue_fraction == pytest.approx(lowest - RANGE_MARGIN)
     assert "broken.png" in caplog.text
     assert fit_slice_range([broken]) is None
+    sampled = fit_slice_range(pngs, max_images=3)
+    assert sampled.images == 3 and sampled.lowest_seen >= lowest
+    assert fit_slice_range(pngs, max_images=3) == sampled  # the sample is seeded
 
 
 @pytest.fixture(scope="module")
