@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hemo.errors import HemoError, InputError, ModelError
-from hemo.preprocess import HEAD_GRAY_THRESHOLD
+from hemo.preprocess import CONNECTIVITY, HEAD_GRAY_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,9 @@ def slice_anatomy(gray: npt.ArrayLike) -> SliceAnatomy:
     stride = _stride(arr.shape)
     arr = arr[::stride, ::stride]
     foreground = (arr > HEAD_GRAY_THRESHOLD).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        foreground, connectivity=CONNECTIVITY
+    )
     if count <= 1:
         return SliceAnatomy(0.0, 0)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
