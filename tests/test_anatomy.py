@@ -144,3 +144,18 @@ def test_real_images_are_inside_the_shipped_range(head_ct_dir, cq500_uncompresse
     assert len(pngs) == shipped_range.images
     for path in [*pngs, cq500_uncompressed]:
         assert shipped_range.reason(scan_anatomy(read_scan(path))) is None, path.name
+
+
+@pytest.mark.parametrize("model", ["headct_real", "phantom_rsna3"])
+def test_demo_phantom_series_are_inside_both_shipped_ranges(model, phantom_dir):
+    """The app's own phantoms (every slice of every study, series rule included) are inside the
+    range of both shipped models, so the demo never greys out a slice."""
+    from hemo.datasets import load_index
+    from hemo.model import read_card
+
+    fitted = read_card(MODELS_DIR / f"{model}.keras").parse_slice_range()
+    assert fitted is not None, f"models/{model}.json has no slice_range"
+    index = load_index(phantom_dir)
+    for _, study in index.sort_values("slice_z").groupby("study_uid"):
+        anatomies = [scan_anatomy(read_scan(p)) for p in study["path"]]
+        assert fitted.reasons(anatomies) == [None] * len(anatomies)
