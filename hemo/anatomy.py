@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hemo.errors import HemoError, InputError, ModelError
-from hemo.preprocess import CONNECTIVITY, HEAD_GRAY_THRESHOLD
+from hemo.preprocess import HEAD_GRAY_THRESHOLD, largest_component
 
 log = logging.getLogger(__name__)
 
@@ -174,13 +174,10 @@ def slice_anatomy(gray: npt.ArrayLike) -> SliceAnatomy:
         raise InputError(f"slice_anatomy needs a non-empty (H, W) image, got shape {arr.shape}")
     stride = _stride(arr.shape)
     arr = arr[::stride, ::stride]
-    foreground = (arr > HEAD_GRAY_THRESHOLD).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        foreground, connectivity=CONNECTIVITY
-    )
-    if count <= 1:
+    found = largest_component(arr > HEAD_GRAY_THRESHOLD)
+    if found is None:
         return SliceAnatomy(0.0, 0)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    labels, largest, _ = found
     contours, _ = cv2.findContours(
         (labels == largest).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )

@@ -245,13 +245,33 @@ def head_bbox(
     arr = np.asarray(gray)
     if arr.ndim != 2 or arr.size == 0:
         raise InputError(f"head_bbox needs a non-empty (H, W) image, got shape {arr.shape}")
-    mask = (arr > threshold).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=CONNECTIVITY)
-    if count <= 1:
+    found = largest_component(arr > threshold)
+    if found is None:
         return (0, arr.shape[0], 0, arr.shape[1])
+    _, _, box = found
+    return box
+
+
+def largest_component(
+    mask: npt.ArrayLike,
+) -> tuple[npt.NDArray[np.int32], int, tuple[int, int, int, int]] | None:
+    """The largest :data:`CONNECTIVITY`-connected region of a binary mask (the head's search).
+
+    Args:
+        mask: (H, W) bool or 0/1 array; non-zero is foreground.
+
+    Returns:
+        ``(labels, label, box)``: the component label image, the largest region's label in it
+        (``labels == label`` is the region) and its box ``(row0, row1, col0, col1)``, half-open;
+        ``None`` when the mask has no foreground.
+    """
+    binary = np.asarray(mask).astype(np.uint8, copy=False)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=CONNECTIVITY)
+    if count <= 1:
+        return None
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     left, top, width, height = (int(v) for v in stats[largest, :4])
-    return (top, top + height, left, left + width)
+    return labels, largest, (top, top + height, left, left + width)
 
 
 def skull_hull_mask(
@@ -844,6 +864,7 @@ __all__ = [
     "SKULL_GRAY_THRESHOLD",
     "SKULL_HU_THRESHOLD",
     "head_bbox",
+    "largest_component",
     "midline_transform",
     "prepare_many",
     "skull_hull_mask",

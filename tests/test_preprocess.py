@@ -18,6 +18,7 @@ from hemo.preprocess import (
     SKULL_HU_THRESHOLD,
     InputSpec,
     head_bbox,
+    largest_component,
     mask_to_model_input,
     midline_transform,
     skull_hull_mask,
@@ -120,6 +121,22 @@ def test_head_bbox_keeps_largest_component():
     gray[-1, :] = 1.0  # border line
     assert head_bbox(gray) == (30, 131, 150, 251)
     assert head_bbox(np.zeros((10, 12))) == (0, 10, 0, 12)
+
+
+def test_largest_component_is_the_region_and_its_box():
+    """The largest 8-connected region comes back as a label image, its label and its box; a
+    diagonal neighbour joins it (8-connectivity), a separate bigger blob wins, an empty mask is
+    None."""
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[2:5, 2:5] = True
+    mask[5, 5] = True  # touches (4, 4) only by a corner
+    labels, label, box = largest_component(mask)
+    assert box == (2, 6, 2, 6)
+    assert int((labels == label).sum()) == 10
+    mask[10:18, 10:25] = True
+    labels, label, box = largest_component(mask)
+    assert box == (10, 18, 10, 25) and int((labels == label).sum()) == 8 * 15
+    assert largest_component(np.zeros((4, 4), dtype=bool)) is None
 
 
 def test_crop_centres_the_head():
