@@ -281,7 +281,11 @@ def build_model(
     if entry.application is None:
         features = _compact_backbone(inputs)
     else:
-        backbone_weights = weights_path if weights_kind == "backbone" else weights_kind
+        backbone_weights: str | Path | None = None  # random; a whole-model file loads below
+        if weights_kind == "backbone":
+            backbone_weights = weights_path
+        elif weights_kind == WEIGHTS_IMAGENET:
+            backbone_weights = WEIGHTS_IMAGENET
         features = _application_backbone(entry, inputs, backbone_weights, alpha)
     # Head: pool, dropout, logits, sigmoid
     x = HEAD_POOLS[pool](name=HEAD_POOL_LAYER)(features)

@@ -219,6 +219,20 @@ def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) 
     )
 
 
+def test_weights_file_loads_into_an_application_backbone(tmp_path: Path) -> None:
+    """A whole-model .weights.h5 file loads into an application architecture too (the backbone is
+    built from random weights, then the file fills every layer); it used to reach Keras'
+    constructor as weights="model" and fail as 'backbone weights do not fit'."""
+    keras.utils.set_random_seed(0)
+    donor = hm.build_model("mobilenet_v2", GRAY, ("any",), alpha=0.35)
+    weights = tmp_path / "m.weights.h5"
+    donor.save_weights(weights)
+    keras.utils.set_random_seed(1)
+    same = hm.build_model("mobilenet_v2", GRAY, ("any",), weights=weights, alpha=0.35)
+    x = _x(GRAY, seed=3)
+    np.testing.assert_allclose(same.predict(x, verbose=0), donor.predict(x, verbose=0), atol=1e-6)
+
+
 def test_init_from_a_donor_with_fewer_input_channels(tmp_path: Path) -> None:
     """A 2-channel (asymmetry) model started from a 1-channel donor: every layer is copied, the
     stem's kernel is the donor's on channel 0 and zero on the new channel, so the copy predicts
