@@ -132,6 +132,8 @@ def model_fractions(
     on_positive: list[float] = []
     called = 0
     for path, threshold in paths_and_thresholds:
+        if isinstance(path, tuple) and len(path) == 1:
+            path = path[0]
         if isinstance(path, tuple):
             # One fold of an ensemble cross-validation: its members merged as --export does
             members = [load_model(member) for member in path]
