@@ -132,8 +132,6 @@ def model_fractions(
     on_positive: list[float] = []
     called = 0
     for path, threshold in paths_and_thresholds:
-        if isinstance(path, tuple) and len(path) == 1:
-            path = path[0]
         if isinstance(path, tuple):
             # One fold of an ensemble cross-validation: its members merged as --export does
             members = [load_model(member) for member in path]
@@ -188,10 +186,11 @@ def run_models(name: str, runs_dir: Path) -> list[tuple[Path | tuple[Path, ...],
     report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
     threshold = float(report["threshold"])
     # An ensemble cross-validation (hemo crossval --seeds) names each fold's member runs
-    return [
-        (tuple(runs_dir / run / "model.keras" for run in fold["run"].split(",")), threshold)
-        for fold in report["folds"]
-    ]
+    models = []
+    for fold in report["folds"]:
+        paths = tuple(runs_dir / run / "model.keras" for run in fold["run"].split(","))
+        models.append((paths[0] if len(paths) == 1 else paths, threshold))
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:
