@@ -13,6 +13,15 @@ An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any s
   the vertical centre line. After the head crop that line is close to the midline, and a bleed,
   which is usually on one side, stands out against the normal brain facing it.
 
+Optional brain-level normalisation (``brain_level``, mode ``"display"``): after the resize the
+grayscale is multiplied so that the median of its soft-tissue pixels (display value in
+:data:`TISSUE_GRAY_RANGE`: brain, blood and scalp, not the black background or white bone) lands
+on ``brain_level``, the gain kept within :data:`BRAIN_GAIN_RANGE`. Exported images come through
+many windows and display curves (the Kaggle PNGs' brain sits anywhere from 0.3 to 0.6), a DICOM
+through one; black stays black, so in a brain window whose lower edge is 0 HU this is a change of
+window width. Too little tissue (under :data:`MIN_TISSUE_FRACTION` of the pixels) leaves the
+image as is. The asymmetry map is computed after it.
+
 Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 :data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
 (``cv2.connectedComponentsWithStats``), which drops borders and burned-in panel letters, then a
@@ -91,6 +100,12 @@ SKULL_MIN_HULL_FRACTION = 0.3
 CONNECTIVITY = 8
 #: Value outside the image when padding display grayscale (black).
 GRAY_FILL = 0.0
+#: ``brain_level``: display values counted as soft tissue (above the background, below bone).
+TISSUE_GRAY_RANGE = (0.1, 0.9)
+#: ``brain_level``: the gain applied is clipped to this range.
+BRAIN_GAIN_RANGE = (0.5, 2.0)
+#: ``brain_level``: below this fraction of tissue pixels the image is left as is.
+MIN_TISSUE_FRACTION = 0.05
 #: Files per task of :func:`prepare_many`'s pool: enough to amortise sending a task and its
 #: (CHUNK_FILES, size, size, C) result between processes, few enough to keep the workers busy
 #: to the end.
@@ -120,6 +135,9 @@ class InputSpec:
         align_midline: Turn and centre the head on its symmetry axis before the crop (see the
             module docstring); needs ``crop_head``. Off by default, and a card without the key
             means off.
+        brain_level: Mode ``"display"``: scale the grayscale so that the median of its soft
+            tissue lands here (see the module docstring), in (0, 1); 0 (the default, and a card
+            without the key) leaves it as is.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -134,6 +152,7 @@ class InputSpec:
     mask_outside_head: bool = False
     asymmetry: bool = False
     align_midline: bool = False
+    brain_level: float = 0.0
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -183,6 +202,15 @@ class InputSpec:
             )
         if not isinstance(self.asymmetry, bool):
             raise ConfigError(f"InputSpec.asymmetry must be true or false, got {self.asymmetry!r}")
+        level = self.brain_level
+        if isinstance(level, bool) or not isinstance(level, int | float | np.number):
+            raise ConfigError(f"InputSpec.brain_level must be a number, got {level!r}")
+        if level and (not 0.0 < float(level) < 1.0 or self.mode != "display"):
+            raise ConfigError(
+                "InputSpec.brain_level scales display grayscale: it needs mode 'display' and a "
+                f"level in (0, 1), or 0 for off (got mode {self.mode!r}, brain_level {level!r})"
+            )
+        object.__setattr__(self, "brain_level", float(level))
         if self.asymmetry and (self.mode != "display" or self.channels < 2):
             raise ConfigError(
                 "InputSpec.asymmetry adds the asymmetry map as the last channel of a display "
@@ -624,10 +652,35 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
         MIDLINE_GRAY_RANGE if spec.align_midline else None,
     )
     np.clip(small, 0.0, 1.0, out=small)
+    if spec.brain_level:
+        small = normalize_brain_level(small, spec.brain_level)
     if spec.asymmetry:
         gray_channels = np.repeat(small[:, :, None], spec.channels - 1, axis=2)
         return np.concatenate([gray_channels, asymmetry_map(small)[:, :, None]], axis=2)
     return np.repeat(small[:, :, None], spec.channels, axis=2)
+
+
+def normalize_brain_level(gray: npt.ArrayLike, level: float) -> npt.NDArray[np.float32]:
+    """Scale display grayscale so that the median of its soft tissue lands on ``level``.
+
+    Soft tissue is every pixel in :data:`TISSUE_GRAY_RANGE`; the gain is clipped to
+    :data:`BRAIN_GAIN_RANGE`, and an image with under :data:`MIN_TISSUE_FRACTION` of such
+    pixels (a blank or bone-only image) is returned unchanged.
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1].
+        level: Where the tissue's median goes, in (0, 1).
+
+    Returns:
+        float32 (H, W) in [0, 1], a new array; 0 stays 0.
+    """
+    x = np.asarray(gray, dtype=np.float32)
+    low, high = TISSUE_GRAY_RANGE
+    tissue = x[(x > low) & (x < high)]
+    if tissue.size < MIN_TISSUE_FRACTION * x.size:
+        return x.copy()
+    gain = float(np.clip(level / float(np.median(tissue)), *BRAIN_GAIN_RANGE))
+    return np.clip(x * gain, 0.0, 1.0)
 
 
 def asymmetry_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "mask_outside_head": False,
         "asymmetry": False,
         "align_midline": False,
+        "brain_level": 0.0,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,
