@@ -465,6 +465,76 @@ def test_ema_config_is_checked_and_changes_the_final_weights(
     assert not all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
 
 
+def test_sam_step_applies_the_gradient_taken_at_the_perturbed_weights() -> None:
+    """sharpness_aware: one fit step moves the weights by the optimizer's step of the gradient
+    taken at w + rho * g / ||g|| (computed here by hand), not of the gradient at w, and puts
+    the weights back before applying it."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from hemo.train import sharpness_aware
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    x = np.random.default_rng(0).random((8, 3)).astype("float32")
+    y = np.array([[0], [1], [1], [0], [1], [0], [0], [1]], dtype="float32")
+    start = [v.numpy() for v in model.trainable_weights]
+
+    def gradient_at(values):
+        for variable, value in zip(model.trainable_weights, values, strict=True):
+            variable.assign(value)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(y, model(x)))
+        return [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
+
+    rho, lr = 0.3, 0.5
+    g = gradient_at(start)
+    loss_at_start = float(np.mean(keras.losses.binary_crossentropy(y, model(x))))
+    norm = np.sqrt(sum(float((a**2).sum()) for a in g))
+    sharp = gradient_at([w + rho * a / norm for w, a in zip(start, g, strict=True)])
+    for variable, value in zip(model.trainable_weights, start, strict=True):
+        variable.assign(value)
+    trainer = sharpness_aware(model, rho)
+    trainer.compile(optimizer=keras.optimizers.SGD(lr), loss="binary_crossentropy")
+    history = trainer.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    after = [v.numpy() for v in model.trainable_weights]
+    for w, w0, a, b in zip(after, start, sharp, g, strict=True):
+        np.testing.assert_allclose(w, w0 - lr * a, atol=1e-6)
+        assert np.abs(w - (w0 - lr * b)).max() > 1e-3  # not the plain step
+    assert history.history["loss"][0] == pytest.approx(loss_at_start, abs=1e-5)  # first pass
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        sharpness_aware(model, 0.0)
+
+
+def test_sam_config_is_checked_and_a_run_trains_with_it(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sam must be >= 0 and needs Keras fit; a run with it (backup, checkpoints, EMA) writes a
+    plain model whose weights differ from the same seed's without it."""
+    import numpy as np
+
+    from hemo.model import load_model
+    from hemo.train import train
+
+    with pytest.raises(ConfigError, match="sam is the radius of the weight perturbation"):
+        resolve_config({"data": "d"}, {"sam": -0.1})
+    with pytest.raises(ConfigError, match="sam replaces Keras fit's training step"):
+        resolve_config({"data": "d", "strategy": "multiworker"}, {"sam": 0.05})
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {"epochs": 2, "labels": "any", "checkpoint": "last"}
+    weights = []
+    for name, sam in (("plain", 0.0), ("sam", 0.05)):
+        config = {"name": name, "sam": sam, "ema": 0.9}
+        path = train(resolve_config({"data": str(phantom_dir)}, overrides | config))
+        model, card = load_model(path / runs.MODEL_FILE)
+        assert type(model).__name__ == "Functional"
+        weights.append(model.get_weights())
+        assert card.training["config"]["sam"] == sam
+    assert not all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+
+
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
     tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
