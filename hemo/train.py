@@ -905,7 +905,7 @@ def sharpness_aware(model, rho: float):
         def _loss_at(self, x, y, sample_weight):
             with tf.GradientTape() as tape:
                 y_pred = self(x, training=True)
-                loss = self._compute_loss(
+                loss = self.compute_loss(
                     x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
                 )
                 scaled = self.optimizer.scale_loss(loss)
@@ -915,6 +915,7 @@ def sharpness_aware(model, rho: float):
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             weights = self.trainable_weights
             y_pred, loss, grads = self._loss_at(x, y, sample_weight)
+            # Keras fit reports "loss" from this tracker (as its own train_step does)
             self._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
             norm = tf.linalg.global_norm([g for g in grads if g is not None])
             scale = self.radius / (norm + 1e-12)
