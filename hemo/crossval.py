@@ -111,7 +111,8 @@ class CrossValReport:
         summary: ``{metric: {"mean", "std"}}`` over folds at the OOF threshold (std: population).
         summary_fixed: The same at :data:`FIXED_THRESHOLD`.
         pooled: Metrics of all OOF predictions at the OOF threshold (``BinaryMetrics.to_dict``
-            without curves).
+            without curves), plus ``ci95``: their bootstrap intervals
+            (:func:`hemo.evaluate.bootstrap_ci`).
         oof: ``path``, ``label_any``, ``fold``, ``probability`` per image.
         measured_on: What the numbers were measured on.
     """
@@ -337,7 +338,7 @@ def _report(
     work: Path,
 ) -> CrossValReport:
     """Threshold on the pooled OOF predictions, metrics per fold and pooled; written to ``work``."""
-    from hemo.evaluate import binary_metrics, choose_threshold
+    from hemo.evaluate import binary_metrics, bootstrap_ci, choose_threshold
 
     n_folds = len(fold_meta)
     # Operating threshold on the pooled OOF predictions, then metrics per fold and pooled
@@ -362,6 +363,9 @@ def _report(
     pooled = binary_metrics(y, p, threshold).to_dict()
     for curve in ("roc", "pr"):
         pooled.pop(curve, None)
+    # How much the pooled figures could move on another sample of this size (the threshold
+    # was chosen on these same predictions, so the threshold metrics' intervals are optimistic)
+    pooled["ci95"] = bootstrap_ci(y, p, threshold)
     report = CrossValReport(
         name=name,
         n_folds=n_folds,
@@ -643,6 +647,12 @@ def format_report(report: CrossValReport) -> str:
         )
     )
     lines.append(f"{'pooled':>6} " + " ".join(_cell(report.pooled.get(m)) for m in SUMMARY_METRICS))
+    ci = {k: v for k, v in report.pooled.get("ci95", {}).items() if v is not None}
+    if ci:
+        lines.append(
+            "pooled 95 % CI (stratified bootstrap): "
+            + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in ci.items())
+        )
     lines.append(f"threshold {report.threshold:.4f} ({report.threshold_method}, out-of-fold)")
     return "\n".join(lines)
 

@@ -130,6 +130,9 @@ def test_crossval_report_and_export(tiny_data: Path, tmp_path: Path) -> None:
     assert all(f.n_test == N_PER_CLASS for f in report.folds)
     saved = json.loads((runs.run_dir("tinycv-crossval") / "crossval.json").read_text())
     assert saved["threshold"] == pytest.approx(report.threshold)
+    for name in ("accuracy", "roc_auc"):  # pooled bootstrap intervals hold the pooled figure
+        low, high = saved["pooled"]["ci95"][name]
+        assert low <= saved["pooled"][name] <= high
     written = train_final(config, report, tmp_path / "models" / "tiny_real")
     card = json.loads(written.with_suffix(".json").read_text())
     assert card["threshold"] == pytest.approx(report.threshold)

@@ -16,11 +16,13 @@ from hemo.errors import ConfigError, DatasetError
 from hemo.evaluate import (
     MAX_CURVE_POINTS,
     binary_metrics,
+    bootstrap_ci,
     brier_score,
     choose_threshold,
     evaluate_model,
     evaluate_predictions,
     expected_calibration_error,
+    report_resamples,
     rsna_weighted_log_loss,
     select_threshold,
     study_scores,
@@ -163,6 +165,67 @@ def test_study_scores_pool_only_slices_in_range() -> None:
     assert any("3 slice(s) outside the model's slice range" in n for n in report.notes)
     with pytest.raises(ValueError, match="2 range flags for 5 cases"):
         study_scores(y, p, uids, in_range=[True, False])
+
+
+def _brute_force_ci(y, p, threshold, n=2000, seed=5):
+    """Percentile intervals from explicit stratified index resamples and scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    values: dict[str, list[float]] = {"accuracy": [], "sensitivity": [], "roc_auc": []}
+    for _ in range(n):
+        idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
+        yy, pp = y[idx], p[idx]
+        values["accuracy"].append(float(((pp >= threshold) == yy).mean()))
+        values["sensitivity"].append(float((pp[yy == 1] >= threshold).mean()))
+        values["roc_auc"].append(float(roc_auc_score(yy, pp)))
+    return {k: np.percentile(v, [2.5, 97.5]) for k, v in values.items()}
+
+
+def test_bootstrap_ci_agrees_with_explicit_resampling_and_narrows_with_more_cases() -> None:
+    """bootstrap_ci's weighted resamples give the intervals of explicit index resamples scored
+    by scikit-learn (ties in the scores included), each interval holds the point estimate, and
+    four times the cases give about half the width."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(40), np.zeros(40)].astype(int)
+    p = np.round(np.clip(np.r_[rng.normal(0.65, 0.2, 40), rng.normal(0.35, 0.2, 40)], 0, 1), 1)
+    ci = bootstrap_ci(y, p, 0.5)
+    brute = _brute_force_ci(y, p, 0.5)
+    point = binary_metrics(y, p, 0.5)
+    for name in ("accuracy", "sensitivity", "roc_auc"):  # Monte-Carlo noise: one step of 1/40
+        np.testing.assert_allclose(ci[name], brute[name], atol=0.026)
+    for name in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        low, high = ci[name]
+        assert low <= getattr(point, name) <= high and high - low > 0.05
+    wide = bootstrap_ci(np.tile(y, 4), np.tile(p, 4), 0.5)
+    for name in ("accuracy", "roc_auc"):
+        ratio = (wide[name][1] - wide[name][0]) / (ci[name][1] - ci[name][0])
+        assert 0.35 < ratio < 0.65, (name, ratio)
+    assert bootstrap_ci(y, p, 0.5) == ci  # seeded
+
+
+def test_bootstrap_ci_edge_cases() -> None:
+    """Perfectly separated scores give AUC [1, 1]; equal scores [0.5, 0.5]; one class gives
+    None for what it cannot measure; bad settings are refused; large sets use fewer resamples."""
+    assert bootstrap_ci(Y10, np.where(Y10 == 1, 0.9, 0.1), 0.5)["roc_auc"] == [1.0, 1.0]
+    assert bootstrap_ci(Y10, np.full(10, 0.4), 0.5)["roc_auc"] == [0.5, 0.5]
+    only_negatives = bootstrap_ci(np.zeros(6), np.linspace(0, 1, 6), 0.5, n_resamples=50)
+    assert only_negatives["sensitivity"] is None and only_negatives["roc_auc"] is None
+    assert only_negatives["specificity"] is not None
+    with pytest.raises(ValueError, match="n_resamples >= 1 and level in"):
+        bootstrap_ci(Y10, P10, 0.5, level=1.0)
+    assert report_resamples(140) == 2000 and report_resamples(100_000) == 200
+    assert report_resamples(20_000) == 1000
+
+
+def test_evaluate_predictions_reports_intervals_in_json() -> None:
+    """evaluate_predictions carries the headline label's bootstrap intervals in its JSON."""
+    report = evaluate_predictions(Y10, P10, 0.5)
+    payload = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert payload["ci95"] == bootstrap_ci(Y10, P10, 0.5)
+    low, high = payload["ci95"]["accuracy"]
+    assert low <= 0.8 <= high
 
 
 def test_evaluate_predictions_multilabel_per_label_and_rsna() -> None:

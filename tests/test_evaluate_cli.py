@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def test_json_report_on_real_pngs(capsys, head_ct_dir):
     assert data["model"] == model.stem and data["data"] == str(head_ct_dir)
     assert sum(sum(row) for row in data["confusion"]["matrix"]) == 20
     assert len(data["roc"]["x"]) == len(data["roc"]["y"]) >= 2
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        low, high = data["ci95"][key]
+        assert low <= data[key] <= high
 
 
 def test_text_table(capsys, head_ct_dir):
@@ -41,6 +45,7 @@ def test_text_table(capsys, head_ct_dir):
     out = capsys.readouterr().out
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece", "truth 1"):
         assert key in out
+    assert re.search(r"95 % CI \(stratified bootstrap\): accuracy \d\.\d{3}-\d\.\d{3}", out)
 
 
 def test_cam_without_masks_is_refused(capsys, head_ct_dir):

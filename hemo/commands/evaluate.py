@@ -85,6 +85,12 @@ def _text(data: dict[str, Any]) -> str:
         f"confusion   called 0  called 1\n  truth 0 {c['tn']:>10}{c['fp']:>10}\n"
         f"  truth 1 {c['fn']:>10}{c['tp']:>10}",
     ]
+    ci = {k: v for k, v in data.get("ci95", {}).items() if v is not None}
+    if ci:
+        lines.append(
+            "95 % CI (stratified bootstrap): "
+            + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in ci.items())
+        )
     if data["rsna_log_loss"] is not None:
         lines.append(f"RSNA weighted log loss {data['rsna_log_loss']:.4f}")
     for key, title in (("study_max", "max"), ("study_top_k", f"top-{data['top_k']} mean")):
