@@ -39,8 +39,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -824,6 +826,60 @@ def evaluate_model(
     )
     return dataclasses.replace(
         report, n_failed=len(failed), failed=tuple(failed[:MAX_FAILED_LISTED])
+    )
+
+
+def _data_folder(path: str | os.PathLike, base: Path) -> Path:
+    """A dataset folder (an ``index.parquet`` or ``labels.csv`` stands for its folder)."""
+    p = Path(path).expanduser()
+    p = (p if p.is_absolute() else base / p).resolve()
+    return p.parent if p.suffix.lower() in (".parquet", ".csv") else p
+
+
+def training_overlap(card: ModelCard, data: str | os.PathLike, split: str) -> str | None:
+    """Why figures on ``split`` of ``data`` are not held out from ``card``'s model, or ``None``.
+
+    The card records the folder the model was trained on (``training.data``, as given, relative
+    to the project or absolute) and its images per split (``training.images``). Evaluating the
+    same folder is in-sample when the model was trained on every image (a final model of
+    ``hemo crossval --export``: only a ``train`` split), or on a split it trained on (``train``,
+    ``all``) or chose its checkpoint and threshold on (``val``); ``test`` of the same split is
+    held out. A folder mixed into its training (``extra_train``) counts as trained on.
+
+    Args:
+        card: The model's card.
+        data: The dataset folder or index file being evaluated.
+        split: The split being evaluated (``"all"`` for every row).
+
+    Returns:
+        A sentence for the report's notes, or ``None`` when nothing overlaps as far as the card
+        can tell (it records folders and counts, not the images themselves).
+    """
+    training = card.training or {}
+    target = _data_folder(data, Path.cwd())
+    extra = (training.get("extra_train") or {}).get("data")
+    folders = [f for f in (training.get("data"), extra) if f]
+    matches = [
+        f
+        for f in folders
+        if target in {_data_folder(f, Path.cwd()), _data_folder(f, config.PROJECT_DIR)}
+    ]
+    if not matches:
+        return None
+    images = training.get("images") or {}
+    if extra in matches:
+        why = f"images of {extra} were mixed into its training"
+    elif not images.get("test") and not images.get("val"):
+        why = f"it was trained on every image of {matches[0]} ({sum(images.values())} images)"
+    elif split in ("train", ALL_SPLITS):
+        why = f"it was trained on the 'train' split of {matches[0]}"
+    elif split == "val":
+        why = f"its checkpoint and threshold were chosen on the 'val' split of {matches[0]}"
+    else:
+        return None
+    return (
+        f"not held out: {why}, so these figures are in-sample and say little about unseen "
+        "scans (a model's card carries its held-out figures)"
     )
 
 

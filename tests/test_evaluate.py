@@ -26,6 +26,7 @@ from hemo.evaluate import (
     rsna_weighted_log_loss,
     select_threshold,
     study_scores,
+    training_overlap,
 )
 
 # A fixed 10-case example. At threshold 0.5 the calls are 1 1 1 0 | 1 0 0 0 0 0, so by hand:
@@ -226,6 +227,36 @@ def test_evaluate_predictions_reports_intervals_in_json() -> None:
     assert payload["ci95"] == bootstrap_ci(Y10, P10, 0.5)
     low, high = payload["ci95"]["accuracy"]
     assert low <= 0.8 <= high
+
+
+def test_training_overlap_names_in_sample_evaluations(tmp_path: Path, tiny_display) -> None:
+    """A card trained on every image of a folder makes any split of that folder in-sample; a
+    card with train/val/test splits only its train, val and all; another folder, or the test
+    split, is held out; an index file stands for its folder, and an extra_train folder counts."""
+    import dataclasses
+
+    _, card = tiny_display
+    data, other, extra = tmp_path / "kaggle", tmp_path / "other", tmp_path / "phantoms"
+    final = dataclasses.replace(card, training={"data": str(data), "images": {"train": 140}})
+    for split in ("test", "val", "all"):
+        note = training_overlap(final, data, split)
+        assert note and "trained on every image" in note and "(140 images)" in note
+    assert "in-sample" in training_overlap(final, data / "index.parquet", "test")
+    assert training_overlap(final, other, "test") is None
+    run = dataclasses.replace(
+        card,
+        training={
+            "data": str(data),
+            "images": {"train": 100, "val": 20, "test": 20},
+            "extra_train": {"data": str(extra), "images": 56},
+        },
+    )
+    assert training_overlap(run, data, "test") is None
+    assert "trained on the 'train' split" in training_overlap(run, data, "train")
+    assert "trained on the 'train' split" in training_overlap(run, data, "all")
+    assert "chosen on the 'val' split" in training_overlap(run, data, "val")
+    assert "mixed into its training" in training_overlap(run, extra, "test")
+    assert training_overlap(dataclasses.replace(card, training={}), data, "test") is None
 
 
 def test_evaluate_predictions_multilabel_per_label_and_rsna() -> None:

@@ -68,3 +68,13 @@ def test_phantoms_with_cam_study_level_and_rsna(capsys, phantom_index):
     assert data["cam"]["method"] == "gradcam" and data["cam"]["n_slices"] >= 1
     code = main([*argv, "--cam", "nosuchcam"])
     assert code == EXIT_ERROR and "unknown CAM method 'nosuchcam'" in capsys.readouterr().err
+
+
+def test_shipped_model_on_its_own_training_images_is_flagged_in_sample(capsys, head_ct_dir):
+    """The shipped real-scan model was trained on all 140 Kaggle images: evaluating it there
+    prints (and puts in the JSON notes) that the figures are in-sample."""
+    model = Path(__file__).parents[1] / "models" / "headct_real.keras"
+    code = main(["evaluate", "--model", str(model), "--data", str(head_ct_dir), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["n"] == 20
+    assert any("not held out: it was trained on every image" in n for n in data["notes"])

@@ -10,6 +10,7 @@ with lesion masks; the dataset must have masks (e.g. ``hemo demo-data``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from hemo.cli import emit_json
     from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
-    from hemo.evaluate import evaluate_model
+    from hemo.evaluate import evaluate_model, training_overlap
     from hemo.model import load_model
 
     if args.batch_size < 1:
@@ -149,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
         )
     model, card = load_model(args.model)
     report = evaluate_model(model, card, index_df, split=args.split, batch_size=args.batch_size)
+    overlap = training_overlap(card, args.data, args.split)
+    if overlap:
+        log.warning("%s: %s", args.model, overlap)
+        report = dataclasses.replace(report, notes=(*report.notes, overlap))
     data = report.to_dict()
     data["data"] = str(args.data)
     data["cam"] = None
