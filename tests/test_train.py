@@ -533,6 +533,11 @@ def test_sam_config_is_checked_and_a_run_trains_with_it(
         weights.append(model.get_weights())
         assert card.training["config"]["sam"] == sam
     assert not all(np.array_equal(a, b) for a, b in zip(*weights, strict=True))
+    # The best-epoch checkpoint of the wrapper loads back into the model the card describes
+    best = overrides | {"name": "sam_best", "sam": 0.05, "checkpoint": "best"}
+    path = train(resolve_config({"data": str(phantom_dir)}, best))
+    assert (path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT).is_file()
+    assert load_model(path / runs.MODEL_FILE)[1].training["config"]["checkpoint"] == "best"
 
 
 def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
