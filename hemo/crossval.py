@@ -2,7 +2,8 @@
 
 Steps of :func:`crossval`::
 
-    config -> index -> folds (stratified on label_any, grouped by patient, seeded)
+    config -> index -> folds (stratified on label_any, grouped by patient and by look-alike
+       images (hemo.lookalike), seeded)
     -> per fold: index with the other folds as "train" and the held-out fold as "val"
        -> hemo.train.train (checkpoint "last", no early stopping: nothing is selected on the
           held-out fold) -> held-out predictions through hemo.evaluate (the prediction path)
@@ -29,6 +30,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from numpy.typing import NDArray
 from hemo import runs
 from hemo.config import portable_path
 from hemo.errors import ConfigError, DatasetError, TrainingError
+from hemo.lookalike import DEFAULT_THRESHOLD as DEFAULT_LOOKALIKE
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,12 @@ CHECKPOINT_LAST = "last"
 SPLIT_TRAIN = "train"
 SPLIT_HELD_OUT = "val"
 MEASURED_ON = "{folds}-fold stratified CV of the {n} images of {data}, out-of-fold"
+#: Appended to MEASURED_ON when look-alike images were kept in one fold.
+MEASURED_GROUPED = (
+    "; look-alike images kept in one fold (correlation >= {threshold:g}: {images} images in "
+    "{multi} groups)"
+)
+LOOKALIKE_FILE = "lookalikes.csv"
 
 
 # Results ----------------------------------------------------------------------------------------
@@ -115,6 +124,9 @@ class CrossValReport:
             (:func:`hemo.evaluate.bootstrap_ci`).
         oof: ``path``, ``label_any``, ``fold``, ``probability`` per image.
         measured_on: What the numbers were measured on.
+        lookalike: How look-alike images were grouped into folds (:func:`fold_groups`:
+            ``threshold``, ``groups``, ``images_grouped``, ``multi_groups``, ``pairs``), or
+            ``None`` when the check was off or every image had a patient id.
     """
 
     name: str
@@ -128,6 +140,7 @@ class CrossValReport:
     pooled: dict[str, Any]
     oof: pd.DataFrame = field(repr=False)
     measured_on: str = ""
+    lookalike: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (the OOF table as a list of records)."""
@@ -152,6 +165,7 @@ class CrossValReport:
             "threshold_from": f"pooled out-of-fold predictions ({self.threshold_method})",
             "folds": self.n_folds,
             "fold_seed": self.fold_seed,
+            "fold_groups": self.lookalike,
             "mean_std_over_folds": self.summary,
             "mean_std_over_folds_at_0.5": self.summary_fixed,
             "pooled_out_of_fold": self.pooled,
@@ -160,20 +174,28 @@ class CrossValReport:
 
 
 # Folds ------------------------------------------------------------------------------------------
-def assign_folds(index_df: pd.DataFrame, n_folds: int, seed: int = DEFAULT_FOLD_SEED) -> NDArray:
-    """Fold number of every row: stratified on ``label_any``, one patient never in two folds.
+def assign_folds(
+    index_df: pd.DataFrame,
+    n_folds: int,
+    seed: int = DEFAULT_FOLD_SEED,
+    groups: NDArray | None = None,
+) -> NDArray:
+    """Fold number of every row: stratified on ``label_any``, one group never in two folds.
 
     Args:
         index_df: Index table with ``label_any`` and (optionally) ``patient_id``. Not modified.
         n_folds: Number of folds, at least :data:`MIN_FOLDS`.
         seed: Seed of the shuffled assignment (same seed, same folds).
+        groups: (N,) group of every row (e.g. :func:`fold_groups`); by default the patient
+            (a row without one is its own group).
 
     Returns:
         int64 (N,) fold numbers in ``[0, n_folds)``, aligned with ``index_df`` rows.
 
     Raises:
         ConfigError: Fewer than :data:`MIN_FOLDS` folds.
-        DatasetError: Unknown labels, or a class with fewer cases than folds.
+        DatasetError: Unknown labels, a class with fewer cases than folds, or groups that
+            leave a fold without one of the classes.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -191,11 +213,25 @@ def assign_folds(index_df: pd.DataFrame, n_folds: int, seed: int = DEFAULT_FOLD_
             f"cannot make {n_folds} stratified folds from {counts.to_dict()} cases per class; "
             "every class needs at least one case per fold"
         )
-    groups = _groups(index_df)
+    groups = _groups(index_df) if groups is None else np.asarray(groups)
+    if len(np.unique(groups)) < n_folds:
+        raise DatasetError(
+            f"cannot make {n_folds} folds from {len(np.unique(groups))} group(s) of images "
+            "(patients and look-alike images stay in one fold); use fewer folds"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     folds = np.full(len(index_df), -1, dtype=np.int64)
     for fold, (_, held_out) in enumerate(splitter.split(index_df, labels.astype(int), groups)):
         folds[held_out] = fold
+    for fold in range(n_folds):
+        held = labels[folds == fold].astype(int)
+        if held.nunique() < 2:
+            raise DatasetError(
+                f"fold {fold} of {n_folds} holds only label {int(held.iloc[0])}: the groups "
+                "(patients and look-alike images stay in one fold) are too few or too large "
+                "to stratify; use fewer folds, or a higher look-alike threshold "
+                "(hemo crossval --lookalike)"
+            )
     return folds
 
 
@@ -206,6 +242,66 @@ def _groups(index_df: pd.DataFrame) -> NDArray:
     patients = index_df[GROUP_COLUMN].astype("string")
     own = pd.Series([f"row-{i}" for i in range(len(index_df))], index=index_df.index)
     return patients.fillna(own).to_numpy()
+
+
+def fold_groups(
+    index_df: pd.DataFrame, threshold: float
+) -> tuple[NDArray | None, dict[str, Any] | None, pd.DataFrame | None]:
+    """Groups for :func:`assign_folds`: patients, joined with their look-alike images.
+
+    A set where every row has a patient id is grouped by patient alone (no images read).
+    Otherwise every image is read and look-alike pairs (:mod:`hemo.lookalike`: the same picture
+    at another size, or neighbouring slices of one head) are linked, together with rows of one
+    patient, so no test fold holds a copy of a training image.
+
+    Args:
+        index_df: Index table with ``path`` and (optionally) ``patient_id``. Not modified.
+        threshold: Look-alike correlation threshold in (0, 1]; 0 turns the check off.
+
+    Returns:
+        (groups, summary, pairs): (N,) group numbers, the report's ``lookalike`` summary and
+        the linked pairs as ``path_a``, ``path_b``, ``similarity``; ``(None, None, None)``
+        when the check is off or not needed (patients alone decide).
+
+    Raises:
+        ConfigError: A threshold outside [0, 1].
+        LimitError: Too many images to compare every pair (:data:`hemo.lookalike.MAX_IMAGES`).
+    """
+    from hemo.lookalike import check_threshold, find_lookalikes
+
+    if threshold == 0:
+        return None, None, None
+    threshold = check_threshold(threshold)
+    patients = index_df[GROUP_COLUMN] if GROUP_COLUMN in index_df.columns else None
+    if patients is not None and patients.notna().all():
+        return None, None, None
+    paths = index_df["path"].astype(str).tolist()
+    found = find_lookalikes(paths, threshold, None if patients is None else patients.tolist())
+    _, counts = np.unique(found.groups, return_counts=True)
+    summary = {
+        "threshold": threshold,
+        "groups": found.n_groups,
+        "images_grouped": found.n_grouped,
+        "multi_groups": int((counts > 1).sum()),
+        "pairs": len(found.pairs),
+        "unreadable": len(found.failed),
+    }
+    pairs = pd.DataFrame(
+        {
+            "path_a": [paths[i] for i in found.pairs["a"]],
+            "path_b": [paths[i] for i in found.pairs["b"]],
+            "similarity": found.pairs["similarity"].round(4).to_numpy(),
+        }
+    )
+    log.info(
+        "look-alike images kept in one fold: %d images in %d groups (%d pairs at correlation "
+        ">= %g)",
+        summary["images_grouped"],
+        summary["multi_groups"],
+        summary["pairs"],
+        threshold,
+    )
+    return found.groups, summary, pairs
 
 
 def fold_index(index_df: pd.DataFrame, folds: NDArray, fold: int) -> pd.DataFrame:
@@ -258,6 +354,7 @@ def crossval(
     config: Mapping[str, Any],
     n_folds: int = DEFAULT_FOLDS,
     fold_seed: int = DEFAULT_FOLD_SEED,
+    lookalike: float = DEFAULT_LOOKALIKE,
 ) -> CrossValReport:
     """Train one model per fold with ``config`` and evaluate on the pooled held-out predictions.
 
@@ -267,6 +364,8 @@ def crossval(
             table says how the OOF threshold is chosen.
         n_folds: Number of folds.
         fold_seed: Seed of the fold assignment.
+        lookalike: Look-alike correlation threshold (:func:`fold_groups`): images at least
+            this alike stay in one fold; 0 groups by patient alone.
 
     Returns:
         The :class:`CrossValReport`; also written with the OOF table under
@@ -283,9 +382,13 @@ def crossval(
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
     index_df = load_index(data).reset_index(drop=True)
-    folds = assign_folds(index_df, n_folds, fold_seed)
+    groups, grouped, pairs = fold_groups(index_df, lookalike)
+    folds = assign_folds(index_df, n_folds, fold_seed, groups)
     work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
     work.mkdir(parents=True, exist_ok=True)
+    (work / LOOKALIKE_FILE).unlink(missing_ok=True)
+    if pairs is not None:
+        pairs.to_csv(work / LOOKALIKE_FILE, index=False)
     # One training per fold; predictions of its held-out images through the prediction path
     parts: list[pd.DataFrame] = []
     fold_meta: list[tuple[int, str, int]] = []
@@ -325,7 +428,13 @@ def crossval(
     measured_on = MEASURED_ON.format(
         folds=n_folds, n=len(index_df), data=portable_path(data, config["data"])
     )
-    return _report(config, name, oof, fold_meta, fold_seed, measured_on, work)
+    if grouped:
+        measured_on += MEASURED_GROUPED.format(
+            threshold=grouped["threshold"],
+            images=grouped["images_grouped"],
+            multi=grouped["multi_groups"],
+        )
+    return _report(config, name, oof, fold_meta, fold_seed, measured_on, work, grouped)
 
 
 def _report(
@@ -336,6 +445,7 @@ def _report(
     fold_seed: int,
     measured_on: str,
     work: Path,
+    lookalike: dict[str, Any] | None = None,
 ) -> CrossValReport:
     """Threshold on the pooled OOF predictions, metrics per fold and pooled; written to ``work``."""
     from hemo.evaluate import binary_metrics, bootstrap_ci, choose_threshold
@@ -378,6 +488,7 @@ def _report(
         pooled=pooled,
         oof=oof,
         measured_on=measured_on,
+        lookalike=lookalike,
     )
     oof.to_csv(work / OOF_FILE, index=False)
     runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
@@ -480,6 +591,7 @@ def crossval_ensemble(
     seeds: Sequence[int],
     n_folds: int = DEFAULT_FOLDS,
     fold_seed: int = DEFAULT_FOLD_SEED,
+    lookalike: float = DEFAULT_LOOKALIKE,
 ) -> tuple[CrossValReport, list[CrossValReport]]:
     """Cross-validate one member per seed on the same folds, then their logit-mean ensemble.
 
@@ -499,7 +611,9 @@ def crossval_ensemble(
     """
     seeds = check_seeds(seeds)
     name = runs.check_run_name(config["name"] or "crossval")
-    members = [crossval(member_config(config, seed), n_folds, fold_seed) for seed in seeds]
+    members = [
+        crossval(member_config(config, seed), n_folds, fold_seed, lookalike) for seed in seeds
+    ]
     base = members[0].oof[["path", LABEL_COLUMN, "fold"]].reset_index(drop=True)
     logits = []
     for seed, member in zip(seeds, members, strict=True):
@@ -524,7 +638,13 @@ def crossval_ensemble(
     )
     work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
     work.mkdir(parents=True, exist_ok=True)
-    report = _report(config, name, oof, fold_meta, fold_seed, measured_on, work)
+    first = runs.run_dir(f"{members[0].name}-{CROSSVAL_DIR_SUFFIX}") / LOOKALIKE_FILE
+    (work / LOOKALIKE_FILE).unlink(missing_ok=True)
+    if members[0].lookalike and first.is_file():
+        shutil.copyfile(first, work / LOOKALIKE_FILE)
+    report = _report(
+        config, name, oof, fold_meta, fold_seed, measured_on, work, members[0].lookalike
+    )
     return report, members
 
 
@@ -654,6 +774,13 @@ def format_report(report: CrossValReport) -> str:
             + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in ci.items())
         )
     lines.append(f"threshold {report.threshold:.4f} ({report.threshold_method}, out-of-fold)")
+    if report.lookalike:
+        grouped = report.lookalike
+        lines.append(
+            f"look-alike images kept in one fold: {grouped['images_grouped']} images in "
+            f"{grouped['multi_groups']} groups (correlation >= {grouped['threshold']:g}; "
+            f"pairs in {LOOKALIKE_FILE})"
+        )
     return "\n".join(lines)
 
 

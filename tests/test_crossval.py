@@ -36,19 +36,31 @@ TINY = {
 }
 
 
-def _kaggle_folder(root: Path) -> Path:
-    """A tiny Kaggle head-CT layout: gray discs, positives with a bright blob."""
+def _head(i: int, positive: bool) -> np.ndarray:
+    """A gray disc with its own texture (no two alike), positives with a bright blob."""
+    texture = np.random.default_rng(i).normal(0, 45, (IMAGE_SIDE, IMAGE_SIDE))
+    disc = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)
+    cv2.circle(disc, (24, 24), 18, 1, -1)
+    img = np.where(disc > 0, np.clip(110 + texture, 20, 200), 0).astype(np.uint8)
+    if positive:
+        cv2.circle(img, (20 + i, 22), 5, 230, -1)
+    return img
+
+
+def _kaggle_folder(root: Path, copies: dict[int, int] | None = None) -> Path:
+    """A tiny Kaggle head-CT layout; ``copies`` maps a new id to an image it is a resized copy
+    of (the same picture at another size, as the real set has)."""
     images = root / "head_ct"
     images.mkdir(parents=True)
     rows = []
     for i in range(2 * N_PER_CLASS):
         positive = int(i < N_PER_CLASS)
-        img = np.zeros((IMAGE_SIDE, IMAGE_SIDE), np.uint8)
-        cv2.circle(img, (24, 24), 18, 110, -1)
-        if positive:
-            cv2.circle(img, (20 + i, 22), 5, 230, -1)
-        cv2.imwrite(str(images / f"{i:03d}.png"), img)
+        cv2.imwrite(str(images / f"{i:03d}.png"), _head(i, bool(positive)))
         rows.append({"id": i, " hemorrhage": positive})
+    for new, old in (copies or {}).items():
+        original = cv2.imread(str(images / f"{old:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(images / f"{new:03d}.png"), cv2.resize(original, (60, 60)))
+        rows.append({"id": new, " hemorrhage": int(old < N_PER_CLASS)})
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return root
 
@@ -89,6 +101,47 @@ def test_assign_folds_errors() -> None:
         assign_folds(df, 1)
     with pytest.raises(DatasetError, match="one case per fold"):
         assign_folds(df, 2)
+
+
+def test_assign_folds_keeps_given_groups_together_and_refuses_one_class_folds() -> None:
+    """Given groups never straddle folds; groups that leave a fold one class are refused."""
+    df = pd.DataFrame({"label_any": [1] * 6 + [0] * 6})
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5])
+    folds = assign_folds(df, 3, groups=groups)
+    for g in range(6):
+        assert len(set(folds[groups == g])) == 1
+    with pytest.raises(DatasetError, match="fold 1 of 2 holds only label|fold 0 of 2 holds only"):
+        assign_folds(df, 2, groups=np.array([0] * 6 + [1] * 6))
+    with pytest.raises(DatasetError, match="from 2 group\\(s\\) of images"):
+        assign_folds(df, 3, groups=np.array([0] * 6 + [1] * 6))
+
+
+def test_fold_groups_joins_lookalikes_with_patients(tmp_path: Path) -> None:
+    """A resized copy joins its original's group, and rows of one patient join theirs; a set
+    where every row has a patient id is not read at all; 0 turns the check off."""
+    from hemo.crossval import fold_groups
+
+    root = _kaggle_folder(tmp_path / "d", copies={8: 2})
+    paths = [str(root / "head_ct" / f"{i:03d}.png") for i in range(9)]
+    df = pd.DataFrame({"path": paths, "patient_id": [None] * 5 + ["p", "p", None, None]})
+    groups, summary, pairs = fold_groups(df, 0.93)
+    assert groups[2] == groups[8] and groups[5] == groups[6]
+    assert len(set(groups.tolist())) == 7
+    assert summary == {
+        "threshold": 0.93,
+        "groups": 7,
+        "images_grouped": 4,
+        "multi_groups": 2,
+        "pairs": 1,
+        "unreadable": 0,
+    }
+    assert pairs[["path_a", "path_b"]].values.tolist() == [[paths[2], paths[8]]]
+    assert pairs["similarity"].iloc[0] > 0.97
+    assert fold_groups(df, 0) == (None, None, None)
+    everyone = df.assign(path="/nonexistent.png", patient_id=[f"p{i}" for i in range(9)])
+    assert fold_groups(everyone, 0.93) == (None, None, None)
+    with pytest.raises(ConfigError, match="must be in \\(0, 1\\]"):
+        fold_groups(df, 1.5)
 
 
 def test_fold_and_final_index_splits() -> None:
@@ -137,7 +190,32 @@ def test_crossval_report_and_export(tiny_data: Path, tmp_path: Path) -> None:
     card = json.loads(written.with_suffix(".json").read_text())
     assert card["threshold"] == pytest.approx(report.threshold)
     assert card["metrics"]["folds"] == 2
+    assert card["metrics"]["fold_groups"] == report.lookalike
     assert card["training"]["images"] == {"train": 2 * N_PER_CLASS}
+
+
+def test_crossval_keeps_a_resized_copy_in_its_original_fold(tiny_data: Path) -> None:
+    """A copy of a training image at another size is never in another fold than the original:
+    the report, its text and the pairs file say how the folds were grouped."""
+    from hemo.crossval import format_report
+
+    data = _kaggle_folder(tiny_data.parent / "with_copy", copies={8: 1, 9: 6})
+    config = resolve_config({**TINY, "data": str(data), "name": "tinycopy"})
+    report = crossval(config, n_folds=2)
+    fold_of = dict(
+        zip(report.oof["path"].map(lambda p: Path(p).stem), report.oof["fold"], strict=True)
+    )
+    assert fold_of["008"] == fold_of["001"] and fold_of["009"] == fold_of["006"]
+    assert report.lookalike["images_grouped"] == 4 and report.lookalike["multi_groups"] == 2
+    assert "look-alike images kept in one fold (correlation >= 0.93: 4 images in 2 groups)" in (
+        report.measured_on
+    )
+    assert "look-alike images kept in one fold: 4 images in 2 groups" in format_report(report)
+    pairs = pd.read_csv(runs.run_dir("tinycopy-crossval") / "lookalikes.csv")
+    assert sorted(Path(p).stem for p in pairs["path_b"]) == ["008", "009"]
+    off = crossval({**config, "name": "tinycopyoff"}, n_folds=2, lookalike=0)
+    assert off.lookalike is None and "look-alike" not in off.measured_on
+    assert not (runs.run_dir("tinycopyoff-crossval") / "lookalikes.csv").exists()
 
 
 def test_crossval_cli_json(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -153,6 +231,7 @@ def test_crossval_cli_json(tiny_data: Path, tmp_path: Path, capsys: pytest.Captu
     assert status == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["n_folds"] == 2
+    assert payload["lookalike"]["threshold"] == 0.93
     assert len(payload["folds"]) == 2
     assert {"mean", "std"} <= set(payload["summary"]["roc_auc"])
 
@@ -225,6 +304,7 @@ def test_crossval_ensemble_cli_reports_and_exports_the_merged_model(
     assert [m["name"] for m in payload["members"]] == ["tinyens_s0", "tinyens_s1"]
     assert payload["folds"][0]["run"] == "tinyens_s0-cv0,tinyens_s1-cv0"
     assert "mean logit of 2 models" in payload["measured_on"]
+    assert payload["lookalike"]["images_grouped"] == 0
     # The ensemble's OOF probability is the sigmoid of the members' mean logit
     oof = pd.read_csv(runs.run_dir("tinyens-crossval") / "oof.csv")
     members = oof[["probability_s0", "probability_s1"]].to_numpy()

@@ -6,6 +6,9 @@ mean/std accuracy, ROC AUC, sensitivity and specificity (see :mod:`hemo.crossval
 ``--export`` it then trains the final model on every image with the same recipe and writes it
 with a card carrying the cross-validated threshold and metrics.
 
+Images that look alike (the same picture at another size, neighbouring slices of one head) are
+kept in one fold when the set has no patient ids (``--lookalike``, :mod:`hemo.lookalike`).
+
 With ``--seeds`` it does that once per seed (runs ``<name>_s<seed>-cv0`` ...) and reports the
 ensemble of those models (the mean of their logits) on the same folds; ``--export`` then trains
 one final model per seed and writes them merged into one model. Finished runs of the same
@@ -24,6 +27,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FOLDS = 5
 DEFAULT_FOLD_SEED = 0
+#: hemo.lookalike.DEFAULT_THRESHOLD (not imported: the parser is built without numpy).
+DEFAULT_LOOKALIKE = 0.93
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="number of folds")
     parser.add_argument(
         "--fold-seed", type=int, default=DEFAULT_FOLD_SEED, help="seed of the fold assignment"
+    )
+    parser.add_argument(
+        "--lookalike",
+        type=float,
+        default=DEFAULT_LOOKALIKE,
+        metavar="CORRELATION",
+        help="keep look-alike images (the same picture at another size, neighbouring slices of "
+        "one head; found from the pixels when the set has no patient ids) in one fold: images "
+        f"whose head crops correlate at least this much (default {DEFAULT_LOOKALIKE}); 0 "
+        "groups by patient id alone",
     )
     parser.add_argument(
         "--set",
@@ -93,9 +108,11 @@ def run(args: argparse.Namespace) -> int:
     members = []
     with quiet:
         if seeds is None:
-            report = crossval(config, n_folds=args.folds, fold_seed=args.fold_seed)
+            report = crossval(config, args.folds, args.fold_seed, args.lookalike)
         else:
-            report, members = crossval_ensemble(config, seeds, args.folds, args.fold_seed)
+            report, members = crossval_ensemble(
+                config, seeds, args.folds, args.fold_seed, args.lookalike
+            )
         payload = report.to_dict()
         if members:
             payload["members"] = [

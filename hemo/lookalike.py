@@ -1,0 +1,252 @@
+"""Look-alike images: the same picture at another size, or a neighbouring slice of one head.
+
+Sets without patient ids (the Kaggle head-CT images, folders of PNGs cut from papers) hold the
+same image more than once at different sizes and crops, and runs of neighbouring slices of one
+patient. A split that puts one copy in training and the other in the test fold measures memory,
+not generalisation. This module finds them from the pixels so cross-validation can keep them in
+one fold (:func:`hemo.crossval.assign_folds`) and the data-quality report can list them.
+
+The signature of an image is its head, cropped and resized to ``SIGNATURE_SIZE`` pixels in
+display grayscale (DICOM through the brain window), with its mean removed and scaled to unit
+length. The similarity of two images is the Pearson correlation of their signatures, the larger
+of the image as is and left-right mirrored (one copy may be flipped). Pairs at or above the
+threshold are linked; the groups are the connected components of those links.
+
+The default threshold, 0.93, was set by eye on the 140 Kaggle head-CT images (``docs/MODELS.md``,
+"Look-alike images"): at 0.93 each of the 26 groups is one picture at several sizes (005 = 022 =
+058, 004 = 057, 009 = 065, ...) or neighbouring slices of one head, with one exception (063 with
+102, two heads of similar shape); at 0.92 groups begin to join different patients.
+
+Every pair is compared, so time and memory grow with the square of the image count; above
+``MAX_IMAGES`` the check refuses with a message (give the set a ``patient_id`` column instead).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from hemo.errors import ConfigError, HemoError, LimitError
+
+log = logging.getLogger(__name__)
+
+#: Side of the signature image, pixels (64 x 64 head crop).
+SIGNATURE_SIZE = 64
+#: Correlation at or above which two images are look-alikes.
+DEFAULT_THRESHOLD = 0.93
+#: Most images one check compares (every pair: 20 000 images are 2e8 pairs, about a minute).
+MAX_IMAGES = 20_000
+#: Rows of the similarity matrix computed at once (memory: BLOCK_ROWS x N float32).
+BLOCK_ROWS = 1024
+#: Below this norm (after removing the mean) an image is flat: its signature is all zeros.
+FLAT_NORM = 1e-4
+#: Threads reading and preprocessing images (decoders release the GIL).
+READ_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Lookalikes:
+    """What a look-alike check found.
+
+    Attributes:
+        threshold: Correlation at or above which two images were linked.
+        groups: int64 (N,) group number of every input, aligned with the inputs; inputs in
+            one group are linked by a chain of look-alike pairs; an input that could not be
+            read is its own group.
+        pairs: One row per linked pair: ``a``, ``b`` (input positions, a < b) and
+            ``similarity``, most similar first.
+        failed: ``(input position, error message)`` of inputs that could not be read.
+    """
+
+    threshold: float
+    groups: npt.NDArray[np.int64]
+    pairs: pd.DataFrame = field(repr=False)
+    failed: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups (an image without look-alikes is a group of one)."""
+        return int(len(np.unique(self.groups)))
+
+    @property
+    def n_grouped(self) -> int:
+        """Inputs that share their group with at least one other."""
+        _, counts = np.unique(self.groups, return_counts=True)
+        return int(counts[counts > 1].sum())
+
+
+def check_threshold(threshold: float) -> float:
+    """The threshold as a float in (0, 1]; anything else raises ConfigError."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"look-alike threshold must be a number, got {threshold!r}") from exc
+    if not 0.0 < value <= 1.0:
+        raise ConfigError(
+            f"look-alike threshold is {value}: must be in (0, 1] (a correlation; "
+            f"{DEFAULT_THRESHOLD} by default), or 0 to turn the check off"
+        )
+    return value
+
+
+def signature(scan) -> npt.NDArray[np.float32]:
+    """The look-alike signature of one scan.
+
+    Args:
+        scan: A :class:`hemo.dicom.CTSlice` or :class:`hemo.images.Image2D`. Not modified.
+
+    Returns:
+        float32 (SIGNATURE_SIZE, SIGNATURE_SIZE), zero mean and unit norm (all zeros for a
+        blank image, which then correlates 0 with everything).
+    """
+    from hemo.preprocess import InputSpec, to_model_input
+
+    spec = InputSpec(size=SIGNATURE_SIZE, mode="display", channels=1, crop_head=True)
+    image = to_model_input(scan, spec)[:, :, 0].astype(np.float64)
+    image -= image.mean()
+    norm = float(np.linalg.norm(image))
+    if norm < FLAT_NORM:
+        return np.zeros_like(image, dtype=np.float32)
+    return (image / norm).astype(np.float32)
+
+
+def similarity(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
+    """Similarity of two signatures: their correlation, as is or with ``b`` mirrored."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return float(max(np.sum(a * b), np.sum(a * b[:, ::-1])))
+
+
+def similar_pairs(signatures: npt.ArrayLike, threshold: float) -> pd.DataFrame:
+    """Every pair of signatures whose :func:`similarity` is at least ``threshold``.
+
+    Args:
+        signatures: float32 (N, S, S) signatures (:func:`signature`).
+        threshold: Correlation in (0, 1].
+
+    Returns:
+        ``a``, ``b`` (positions, a < b), ``similarity``; most similar first.
+    """
+    sigs = np.asarray(signatures, np.float32)
+    n = len(sigs)
+    flat = sigs.reshape(n, -1)
+    mirrored = sigs[:, :, ::-1].reshape(n, -1)
+    found_a, found_b, found_s = [], [], []
+    for start in range(0, n, BLOCK_ROWS):
+        rows = flat[start : start + BLOCK_ROWS]
+        scores = np.maximum(rows @ flat.T, rows @ mirrored.T)
+        a, b = np.nonzero(scores >= threshold)
+        a += start
+        keep = a < b
+        found_a.append(a[keep])
+        found_b.append(b[keep])
+        found_s.append(scores[a[keep] - start, b[keep]])
+    pairs = pd.DataFrame(
+        {
+            "a": np.concatenate(found_a).astype(np.int64) if n else np.zeros(0, np.int64),
+            "b": np.concatenate(found_b).astype(np.int64) if n else np.zeros(0, np.int64),
+            "similarity": np.concatenate(found_s).astype(float) if n else np.zeros(0),
+        }
+    )
+    return pairs.sort_values(["similarity", "a", "b"], ascending=[False, True, True]).reset_index(
+        drop=True
+    )
+
+
+def link_groups(
+    n: int, pairs: pd.DataFrame, base_groups: Sequence | None = None
+) -> npt.NDArray[np.int64]:
+    """Connected components of ``n`` items linked by ``pairs`` (and by equal ``base_groups``).
+
+    Args:
+        n: Number of items.
+        pairs: ``a``, ``b`` positions of linked items.
+        base_groups: Optional (n,) labels (e.g. patient ids); items with equal labels are
+            linked too.
+
+    Returns:
+        int64 (n,) component numbers, numbered in order of first appearance.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a = list(pairs["a"].to_numpy(np.int64)) if len(pairs) else []
+    b = list(pairs["b"].to_numpy(np.int64)) if len(pairs) else []
+    if base_groups is not None:
+        codes = pd.factorize(pd.Series(list(base_groups)))[0]
+        first: dict[int, int] = {}
+        for i, code in enumerate(codes):
+            if code < 0:
+                continue
+            if code in first:
+                a.append(first[code])
+                b.append(i)
+            else:
+                first[code] = i
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return pd.factorize(labels)[0].astype(np.int64)
+
+
+def _read_signature(path: str) -> tuple[npt.NDArray[np.float32] | None, str | None]:
+    """(signature, None) of one file, or (None, the error message)."""
+    from hemo.io import read_scan
+
+    try:
+        return signature(read_scan(path)), None
+    except HemoError as exc:
+        return None, str(exc)
+    except (OSError, ValueError) as exc:  # a decoder's own failure on a damaged file
+        return None, f"{path}: {exc}"
+
+
+def find_lookalikes(
+    paths: Iterable[str],
+    threshold: float = DEFAULT_THRESHOLD,
+    base_groups: Sequence | None = None,
+) -> Lookalikes:
+    """Read every image, link look-alike pairs, and group them.
+
+    Args:
+        paths: Image or DICOM files (any :func:`hemo.io.read_scan` source path).
+        threshold: Correlation at or above which two images are linked, in (0, 1].
+        base_groups: Optional (N,) labels (e.g. ``patient_id``, missing as None/NaN) whose equal
+            values are linked as well, so a patient's images stay together with their
+            look-alikes.
+
+    Returns:
+        The :class:`Lookalikes`; a file that cannot be read is listed in ``failed`` (and is its
+        own group), the others are still compared.
+
+    Raises:
+        ConfigError: A threshold outside (0, 1].
+        LimitError: More than :data:`MAX_IMAGES` paths.
+    """
+    threshold = check_threshold(threshold)
+    paths = [str(p) for p in paths]
+    if len(paths) > MAX_IMAGES:
+        raise LimitError(
+            f"look-alike check of {len(paths)} images: at most {MAX_IMAGES} (every pair is "
+            "compared); give the set a patient_id column instead, or turn the check off "
+            "(hemo crossval --lookalike 0)"
+        )
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        results = list(pool.map(_read_signature, paths))
+    failed = tuple((i, err) for i, (sig, err) in enumerate(results) if sig is None)
+    for i, err in failed:
+        log.warning("look-alike check: %s is its own group (%s)", paths[i], err)
+    readable = [i for i, (sig, _) in enumerate(results) if sig is not None]
+    if readable:
+        sigs = np.stack([results[i][0] for i in readable])
+        local = similar_pairs(sigs, threshold)
+        positions = np.asarray(readable, np.int64)
+        pairs = local.assign(a=positions[local["a"].to_numpy()], b=positions[local["b"].to_numpy()])
+    else:
+        pairs = similar_pairs(np.zeros((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.float32), 1.0)
+    groups = link_groups(len(paths), pairs, base_groups)
+    return Lookalikes(threshold=threshold, groups=groups, pairs=pairs, failed=failed)
