@@ -315,6 +315,50 @@ def test_quality_report_duplicates_missing_files_and_unreadable(
     assert set(rsna_report["kind"]) >= {"unreadable", "missing_label", "missing_image"}
 
 
+def test_quality_report_lists_lookalikes_once_with_their_conflicts(
+    head_ct_dir: Path, tmp_path: Path
+) -> None:
+    """Real copies of one picture at other sizes are listed as look-alikes (a label conflict
+    named); a byte-identical copy stays a duplicate only; another head is not listed."""
+    root = tmp_path / "classes"
+    (root / "hemorrhage").mkdir(parents=True)
+    (root / "normal").mkdir()
+    for image_id in ("005", "022", "100"):
+        shutil.copy(head_ct_dir / "head_ct" / f"{image_id}.png", root / "hemorrhage")
+    shutil.copy(head_ct_dir / "head_ct" / "058.png", root / "normal")  # same picture as 005
+    shutil.copy(head_ct_dir / "head_ct" / "005.png", root / "hemorrhage" / "005_copy.png")
+    report = quality_report(root)
+    found = report[report["kind"] == "lookalike"]
+    named = sorted(Path(p).name for p in found["path"])
+    assert named == ["022.png", "058.png"]  # each once, against 005 (listed first)
+    assert found["reason"].str.contains(r"looks like \S*005.png \(correlation 0.99").all()
+    assert found["reason"].str.contains("with a different label").tolist() == [False, True]
+    duplicate = report[report["kind"] == "duplicate"]
+    assert [Path(p).name for p in duplicate["path"]] == ["005_copy.png"]
+
+
+def test_split_keeps_lookalikes_together(
+    head_ct_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    """Every Kaggle picture that appears at several sizes lands in one split, with any seed;
+    above the look-alike limit the split says it could not check."""
+    import hemo.datasets.index as index_module
+
+    for seed in (0, 1, 2):
+        frame = build_index(head_ct_dir, seed=seed)
+        frame.index = frame["path"].map(lambda p: Path(p).stem)
+        for same in (("005", "022", "058"), ("004", "057"), ("009", "065"), ("011", "061")):
+            assert frame.loc[list(same), "split"].nunique() == 1, (seed, same)
+    images = tmp_path / "head_ct"
+    images.mkdir()
+    for image_id in ("004", "057", "100"):
+        shutil.copy(head_ct_dir / "head_ct" / f"{image_id}.png", images)
+    (tmp_path / "labels.csv").write_text("id, hemorrhage\n4,1\n57,1\n100,0\n")
+    monkeypatch.setattr(index_module, "LOOKALIKE_MAX_IMAGES", 2)
+    build_index(tmp_path)
+    assert "too many for the look-alike check (at most 2)" in caplog.text
+
+
 def test_split_is_grouped_stratified_and_seeded(head_ct_dir: Path, phantom_dir: Path) -> None:
     """No group straddles splits; every split holds both labels; same seed, same split."""
     kaggle = build_index(head_ct_dir, seed=3)

@@ -308,7 +308,7 @@ def test_evaluate_model_on_real_pngs(head_ct_index, tiny_display) -> None:
     """evaluate_model predicts the 20 test PNGs and reports at the card's threshold."""
     model, card = tiny_display
     report = evaluate_model(model, card, head_ct_index, split="test", batch_size=8)
-    assert (report.n, report.positives, report.n_failed) == (20, 10, 0)
+    assert (report.n, report.positives, report.n_failed) == (21, 11, 0)
     assert report.threshold == card.threshold and report.split == "test"
     assert report.study_max is None and report.rsna_log_loss is None
     assert report.roc_auc is not None and 0.0 <= report.roc_auc <= 1.0
@@ -316,7 +316,7 @@ def test_evaluate_model_on_real_pngs(head_ct_index, tiny_display) -> None:
     first_test = broken.index[broken["split"] == "test"][0]
     broken.loc[first_test, "path"] = str(Path(broken.loc[first_test, "path"]).with_name("no.png"))
     partial = evaluate_model(model, card, broken, split="test")
-    assert (partial.n, partial.n_failed) == (19, 1) and "no such file" in partial.failed[0]
+    assert (partial.n, partial.n_failed) == (20, 1) and "no such file" in partial.failed[0]
     with pytest.raises(DatasetError, match="the index has no 'holdout' rows"):
         evaluate_model(model, card, head_ct_index, split="holdout")
 

@@ -29,9 +29,9 @@ def test_json_report_on_real_pngs(capsys, head_ct_dir):
     code = main(["evaluate", "--model", str(model), "--data", str(head_ct_dir), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert (data["n"], data["positives"], data["split"], data["cam"]) == (20, 10, "test", None)
+    assert (data["n"], data["positives"], data["split"], data["cam"]) == (21, 11, "test", None)
     assert data["model"] == model.stem and data["data"] == str(head_ct_dir)
-    assert sum(sum(row) for row in data["confusion"]["matrix"]) == 20
+    assert sum(sum(row) for row in data["confusion"]["matrix"]) == 21
     assert len(data["roc"]["x"]) == len(data["roc"]["y"]) >= 2
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
         low, high = data["ci95"][key]
@@ -76,5 +76,5 @@ def test_shipped_model_on_its_own_training_images_is_flagged_in_sample(capsys, h
     model = Path(__file__).parents[1] / "models" / "headct_real.keras"
     code = main(["evaluate", "--model", str(model), "--data", str(head_ct_dir), "--json"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 0 and data["n"] == 20
+    assert code == 0 and data["n"] == 21
     assert any("not held out: it was trained on every image" in n for n in data["notes"])

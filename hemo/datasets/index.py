@@ -6,7 +6,10 @@ module picks the adapter, assigns the patient-grouped, label-stratified, seeded 
 to the Parquet file's folder, so a dataset folder can move as a whole.
 
 Grouping for the split: ``patient_id``; where it is missing, ``study_uid``; where that is missing
-too, the file itself (each image its own group, e.g. Kaggle head-CT and plain image folders).
+too (Kaggle head-CT, plain image folders), look-alike images (:mod:`hemo.lookalike`: the same
+picture at another size, neighbouring slices of one head) form a group and every other image is
+its own. Above ``LOOKALIKE_MAX_IMAGES`` such images the look-alike check is skipped, with a
+warning, because it reads every image.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hemo.config import SUBTYPES
@@ -27,6 +31,7 @@ from hemo.datasets import cq500, folders, kaggle_head_ct, manifest, rsna
 from hemo.datasets.schema import (
     DUPLICATE,
     INDEX_COLUMNS,
+    LOOKALIKE,
     MISSING_FILE,
     SPLITS,
     AdapterResult,
@@ -36,6 +41,7 @@ from hemo.datasets.schema import (
 )
 from hemo.datasets.split import assign_splits
 from hemo.errors import DatasetError
+from hemo.lookalike import find_lookalikes
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,9 @@ LAYOUTS: tuple[str, ...] = (
 )
 #: Threads hashing files for the duplicate check (hashlib releases the GIL on large buffers).
 HASH_THREADS = 4
+#: Most images without patient id that the split and the quality report compare for look-alikes
+#: (every image is read: 5000 take about a minute on 2 cores).
+LOOKALIKE_MAX_IMAGES = 5000
 HASH_BLOCK_BYTES = 1 << 20
 
 
@@ -121,8 +130,27 @@ def detect_layout(root: Path) -> str:
 
 
 def _group_keys(frame: pd.DataFrame) -> pd.Series:
-    """Split group per row: patient_id, else study_uid, else the file."""
-    return frame["patient_id"].fillna(frame["study_uid"]).fillna(frame["path"]).astype(str)
+    """Split group per row: patient_id, else study_uid, else its look-alike group or the file."""
+    keys = frame["patient_id"].fillna(frame["study_uid"]).fillna(frame["path"]).astype(str)
+    own = (frame["patient_id"].isna() & frame["study_uid"].isna()).to_numpy()
+    if own.sum() < 2:
+        return keys
+    if own.sum() > LOOKALIKE_MAX_IMAGES:
+        log.warning(
+            "%d images without patient or study id: too many for the look-alike check (at most "
+            "%d), so copies of one picture or neighbouring slices of one head may land in "
+            "different splits; give the set a patient_id column (manifest) to group them",
+            int(own.sum()),
+            LOOKALIKE_MAX_IMAGES,
+        )
+        return keys
+    found = find_lookalikes(frame.loc[own, "path"].astype(str).tolist())
+    grouped = np.flatnonzero(np.bincount(found.groups)[found.groups] > 1)
+    rows = np.flatnonzero(own)[grouped]
+    keys.iloc[rows] = [f"lookalike-{g}" for g in found.groups[grouped]]
+    if len(rows):
+        log.info("look-alike images kept in one split: %d images", len(rows))
+    return keys
 
 
 def index_dataset(
@@ -295,11 +323,19 @@ def _sha1(path: str) -> str | None:
     return digest.hexdigest()
 
 
-def _duplicates(frame: pd.DataFrame) -> list[Problem]:
+def _differences(frame: pd.DataFrame, i: int, j: int) -> list[str]:
+    """What rows ``i`` and ``j`` disagree on that matters for a copy: label, split."""
+    notes = []
+    if frame["label_any"].iat[i] != frame["label_any"].iat[j]:
+        notes.append("with a different label")
+    if frame["split"].iat[i] != frame["split"].iat[j]:
+        notes.append(f"in another split ({frame['split'].iat[i]} vs {frame['split'].iat[j]})")
+    return notes
+
+
+def _duplicates(frame: pd.DataFrame, hashes: list[str | None]) -> list[Problem]:
     """Rows whose file has the same bytes as an earlier row's (first one not listed)."""
     paths = frame["path"].astype(str).tolist()
-    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
-        hashes = list(pool.map(_sha1, paths))
     first_of: dict[str, int] = {}
     problems = []
     for i, digest in enumerate(hashes):
@@ -309,13 +345,50 @@ def _duplicates(frame: pd.DataFrame) -> list[Problem]:
             first_of[digest] = i
             continue
         j = first_of[digest]
-        notes = []
-        if frame["label_any"].iat[i] != frame["label_any"].iat[j]:
-            notes.append("with a different label")
-        if frame["split"].iat[i] != frame["split"].iat[j]:
-            notes.append(f"in another split ({frame['split'].iat[i]} vs {frame['split'].iat[j]})")
         reason = f"same bytes as {paths[j]} (sha1 {digest[:12]})"
-        problems.append(Problem(DUPLICATE, paths[i], " ".join([reason, *notes])))
+        problems.append(
+            Problem(DUPLICATE, paths[i], " ".join([reason, *_differences(frame, i, j)]))
+        )
+    return problems
+
+
+def _lookalikes(frame: pd.DataFrame, hashes: list[str | None]) -> list[Problem]:
+    """Rows without a patient id whose image looks like an earlier row's (:mod:`hemo.lookalike`).
+
+    Each group of look-alikes is listed once per member after its first, against the earlier
+    member it is most like; a byte-identical copy is left to the duplicate check. Skipped, with
+    a log line, above ``LOOKALIKE_MAX_IMAGES`` images.
+    """
+    own = frame["patient_id"].isna().to_numpy()
+    if own.sum() < 2:
+        return []
+    if own.sum() > LOOKALIKE_MAX_IMAGES:
+        log.info(
+            "look-alike check skipped: %d images (at most %d)", own.sum(), LOOKALIKE_MAX_IMAGES
+        )
+        return []
+    rows = np.flatnonzero(own)
+    paths = frame["path"].astype(str).tolist()
+    found = find_lookalikes([paths[r] for r in rows])
+    closest: dict[int, tuple[int, float]] = {}  # later member -> (earlier member, correlation)
+    for a, b, score in found.pairs[["a", "b", "similarity"]].itertuples(index=False):
+        closest.setdefault(int(b), (int(a), float(score)))
+    problems = []
+    for member, (partner, score) in sorted(closest.items()):
+        i, j = int(rows[member]), int(rows[partner])
+        earlier = [
+            hashes[int(r)] for r in rows[:member][found.groups[:member] == found.groups[member]]
+        ]
+        if hashes[i] is not None and hashes[i] in earlier:
+            continue
+        reason = (
+            f"looks like {paths[j]} (correlation {score:.3f} of the head crops): the same "
+            "picture at another size or crop, or a neighbouring slice of the same head; "
+            "cross-validation and the split keep them together"
+        )
+        problems.append(
+            Problem(LOOKALIKE, paths[i], " ".join([reason, *_differences(frame, i, j)]))
+        )
     return problems
 
 
@@ -323,8 +396,9 @@ def quality_report(root_or_index: Path | str | pd.DataFrame) -> pd.DataFrame:
     """Data-quality findings of a dataset, for the EDA page and ``hemo index``.
 
     Lists what the adapter met while indexing (unreadable files with the reason, label rows
-    without image, images without label), indexed files that no longer exist, and files whose
-    bytes duplicate another's (sha1), noting when the copies disagree on label or split.
+    without image, images without label), indexed files that no longer exist, files whose
+    bytes duplicate another's (sha1), and, in sets without patient ids, images that look like
+    another (:mod:`hemo.lookalike`), noting when the copies disagree on label or split.
 
     Args:
         root_or_index: A dataset folder, an ``index.parquet``, a manifest CSV, or an index frame
@@ -347,7 +421,11 @@ def quality_report(root_or_index: Path | str | pd.DataFrame) -> pd.DataFrame:
         Problem(MISSING_FILE, str(p), "in the index but the file is gone")
         for p in frame.loc[~exists, "path"]
     )
-    problems.extend(_duplicates(frame[exists]))
+    present = frame[exists]
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        hashes = list(pool.map(_sha1, present["path"].astype(str).tolist()))
+    problems.extend(_duplicates(present, hashes))
+    problems.extend(_lookalikes(present, hashes))
     return problems_frame(problems)
 
 

@@ -58,6 +58,7 @@ MISSING_IMAGE = "missing_image"
 MISSING_LABEL = "missing_label"
 BAD_LABEL = "bad_label"
 DUPLICATE = "duplicate"
+LOOKALIKE = "lookalike"
 MISSING_FILE = "missing_file"
 UNSUPPORTED = "unsupported"
 
@@ -68,7 +69,7 @@ class Problem:
 
     Attributes:
         kind: One of the kinds above (``unreadable``, ``missing_image``, ``missing_label``,
-            ``bad_label``, ``duplicate``, ``missing_file``, ``unsupported``).
+            ``bad_label``, ``duplicate``, ``lookalike``, ``missing_file``, ``unsupported``).
         path: The file (or label row, e.g. ``labels.csv:id=12``) the finding is about.
         reason: What is wrong, in words a person can act on.
     """
