@@ -261,19 +261,28 @@ def fold_groups(
     Returns:
         (groups, summary, pairs): (N,) group numbers, the report's ``lookalike`` summary and
         the linked pairs as ``path_a``, ``path_b``, ``similarity``; ``(None, None, None)``
-        when the check is off or not needed (patients alone decide).
+        when the check is off, not needed (patients alone decide), or over
+        :data:`hemo.lookalike.MAX_IMAGES` images (with a warning).
 
     Raises:
         ConfigError: A threshold outside [0, 1].
-        LimitError: Too many images to compare every pair (:data:`hemo.lookalike.MAX_IMAGES`).
     """
-    from hemo.lookalike import check_threshold, find_lookalikes
+    from hemo.lookalike import MAX_IMAGES, check_threshold, find_lookalikes
 
     if threshold == 0:
         return None, None, None
     threshold = check_threshold(threshold)
     patients = index_df[GROUP_COLUMN] if GROUP_COLUMN in index_df.columns else None
     if patients is not None and patients.notna().all():
+        return None, None, None
+    if len(index_df) > MAX_IMAGES:
+        log.warning(
+            "%d images: too many for the look-alike check (at most %d); folds are grouped by "
+            "patient id alone, so copies of one picture may land in different folds (give the "
+            "set a patient_id column, or --lookalike 0 to silence this)",
+            len(index_df),
+            MAX_IMAGES,
+        )
         return None, None, None
     paths = index_df["path"].astype(str).tolist()
     found = find_lookalikes(paths, threshold, None if patients is None else patients.tolist())

@@ -116,9 +116,12 @@ def test_assign_folds_keeps_given_groups_together_and_refuses_one_class_folds() 
         assign_folds(df, 3, groups=np.array([0] * 6 + [1] * 6))
 
 
-def test_fold_groups_joins_lookalikes_with_patients(tmp_path: Path) -> None:
+def test_fold_groups_joins_lookalikes_with_patients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A resized copy joins its original's group, and rows of one patient join theirs; a set
-    where every row has a patient id is not read at all; 0 turns the check off."""
+    where every row has a patient id is not read at all; 0 turns the check off; above the
+    limit the folds fall back to patients with a warning."""
     from hemo.crossval import fold_groups
 
     root = _kaggle_folder(tmp_path / "d", copies={8: 2})
@@ -142,6 +145,11 @@ def test_fold_groups_joins_lookalikes_with_patients(tmp_path: Path) -> None:
     assert fold_groups(everyone, 0.93) == (None, None, None)
     with pytest.raises(ConfigError, match="must be in \\(0, 1\\]"):
         fold_groups(df, 1.5)
+    import hemo.lookalike
+
+    monkeypatch.setattr(hemo.lookalike, "MAX_IMAGES", 8)
+    assert fold_groups(df, 0.93) == (None, None, None)
+    assert "9 images: too many for the look-alike check (at most 8)" in caplog.text
 
 
 def test_fold_and_final_index_splits() -> None:
