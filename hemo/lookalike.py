@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_SIZE = 64
 #: Correlation at or above which two images are look-alikes.
 DEFAULT_THRESHOLD = 0.93
-#: Most images one check compares (every pair: 20 000 images are 2e8 pairs, about a minute).
+#: Most images one check compares (every pair: 20 000 images are 2e8 pairs of 4096 values).
 MAX_IMAGES = 20_000
 #: Rows of the similarity matrix computed at once (memory: BLOCK_ROWS x N float32).
 BLOCK_ROWS = 1024

@@ -62,7 +62,7 @@ LAYOUTS: tuple[str, ...] = (
 #: Threads hashing files for the duplicate check (hashlib releases the GIL on large buffers).
 HASH_THREADS = 4
 #: Most images without patient id that the split and the quality report compare for look-alikes
-#: (every image is read: 5000 take about a minute on 2 cores).
+#: (every image is read: 140 Kaggle PNGs take 1.2 s on 2 cores, so 5000 about 45 s).
 LOOKALIKE_MAX_IMAGES = 5000
 HASH_BLOCK_BYTES = 1 << 20
 
