@@ -51,7 +51,7 @@ from numpy.typing import ArrayLike, NDArray
 from sklearn import metrics as skm
 
 from hemo import config
-from hemo.errors import ConfigError, DatasetError
+from hemo.errors import ConfigError, DatasetError, HemoError
 
 if TYPE_CHECKING:
     import keras
@@ -881,6 +881,99 @@ def training_overlap(card: ModelCard, data: str | os.PathLike, split: str) -> st
         f"not held out: {why}, so these figures are in-sample and say little about unseen "
         "scans (a model's card carries its held-out figures)"
     )
+
+
+def _training_rows(card: ModelCard) -> tuple[str, list[str]] | None:
+    """(folder as the card gives it, paths of the images the model saw) when it is here."""
+    from hemo.datasets import load_index
+
+    training = card.training or {}
+    folder = training.get("data")
+    if not folder:
+        return None
+    found = [
+        _data_folder(folder, base)
+        for base in (Path.cwd(), config.PROJECT_DIR)
+        if _data_folder(folder, base).exists()
+    ]
+    if not found:
+        return None
+    try:
+        rows = load_index(found[0])
+    except HemoError as exc:
+        log.info("look-alike check against the training images skipped: %s", exc)
+        return None
+    images = training.get("images") or {}
+    if (images.get("test") or images.get("val")) and "split" in rows.columns:
+        rows = rows[rows["split"].isin(["train", "val"])]  # trained on, or chose by
+    return str(folder), rows["path"].astype(str).tolist()
+
+
+def training_lookalikes(
+    card: ModelCard,
+    index_df: pd.DataFrame,
+    split: str,
+    threshold: float | None = None,
+) -> tuple[str, dict[str, Any]] | None:
+    """Evaluated images that look like images ``card``'s model was trained on.
+
+    A copy of a training image at another size, or a neighbouring slice of a training head, in
+    an evaluation set makes its figures partly in-sample even when the folders differ. When the
+    card's training folder is on this machine, every evaluated image is compared with the
+    images the model saw (its ``train`` and ``val`` splits, or every image for a final model)
+    by :func:`hemo.lookalike.find_matches`.
+
+    Args:
+        card: The model's card.
+        index_df: The evaluated index.
+        split: The evaluated split (``"all"`` for every row).
+        threshold: Look-alike correlation (default :data:`hemo.lookalike.DEFAULT_THRESHOLD`).
+
+    Returns:
+        (a sentence for the report's notes, ``{"threshold", "images", "of", "training_data",
+        "examples"}``) when some evaluated images match, else ``None`` (also when the training
+        folder is not here, or either side has more than :data:`hemo.lookalike.MAX_IMAGES`).
+    """
+    from hemo.lookalike import DEFAULT_THRESHOLD, MAX_IMAGES, find_matches
+
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    training = _training_rows(card)
+    if training is None:
+        return None
+    folder, reference = training
+    queries = _split_rows(index_df, split)["path"].astype(str).tolist()
+    if len(reference) > MAX_IMAGES or len(queries) > MAX_IMAGES:
+        log.info(
+            "look-alike check against the training images skipped: %d evaluated, %d training "
+            "images (at most %d each)",
+            len(queries),
+            len(reference),
+            MAX_IMAGES,
+        )
+        return None
+    matches = find_matches(queries, reference, threshold)
+    if matches.empty:
+        return None
+    examples = [
+        {"image": q, "training_image": r, "similarity": round(float(sim), 4)}
+        for q, r, sim in matches.head(5).itertuples(index=False)
+    ]
+    first = examples[0]
+    note = (
+        f"{len(matches)} of the {len(queries)} evaluated images look like images the model was "
+        f"trained on (head crops correlating >= {threshold:g} with one of {folder}: the same "
+        "picture at another size, or a neighbouring slice of one head), e.g. "
+        f"{first['image']} ~ {first['training_image']} ({first['similarity']:.3f}); the "
+        "figures on them are not held out"
+    )
+    summary = {
+        "threshold": threshold,
+        "images": len(matches),
+        "of": len(queries),
+        "training_data": folder,
+        "examples": examples,
+    }
+    return note, summary
 
 
 def select_threshold(

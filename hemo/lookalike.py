@@ -250,3 +250,90 @@ def find_lookalikes(
         pairs = similar_pairs(np.zeros((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.float32), 1.0)
     groups = link_groups(len(paths), pairs, base_groups)
     return Lookalikes(threshold=threshold, groups=groups, pairs=pairs, failed=failed)
+
+
+def best_matches(
+    queries: npt.ArrayLike, references: npt.ArrayLike, threshold: float
+) -> pd.DataFrame:
+    """For each query signature, the most similar reference at or above ``threshold``.
+
+    Args:
+        queries: float32 (Q, S, S) signatures.
+        references: float32 (R, S, S) signatures.
+        threshold: Correlation in (0, 1].
+
+    Returns:
+        ``query``, ``reference`` (positions), ``similarity``: one row per query that has a
+        match, in query order.
+    """
+    q_sigs, refs = np.asarray(queries, np.float32), np.asarray(references, np.float32)
+    found_q, found_r, found_s = [], [], []
+    if len(q_sigs) and len(refs):
+        q = q_sigs.reshape(len(q_sigs), -1)
+        r = refs.reshape(len(refs), -1)
+        r_mirrored = refs[:, :, ::-1].reshape(len(refs), -1)
+        for start in range(0, len(q), BLOCK_ROWS):
+            rows = q[start : start + BLOCK_ROWS]
+            scores = np.maximum(rows @ r.T, rows @ r_mirrored.T)
+            best = scores.argmax(axis=1)
+            score = scores[np.arange(len(rows)), best]
+            hit = np.flatnonzero(score >= threshold)
+            found_q.append(hit + start)
+            found_r.append(best[hit])
+            found_s.append(score[hit])
+    empty = np.zeros(0, np.int64)
+    return pd.DataFrame(
+        {
+            "query": np.concatenate(found_q).astype(np.int64) if found_q else empty,
+            "reference": np.concatenate(found_r).astype(np.int64) if found_r else empty,
+            "similarity": np.concatenate(found_s).astype(float) if found_s else np.zeros(0),
+        }
+    )
+
+
+def find_matches(
+    query_paths: Iterable[str],
+    reference_paths: Iterable[str],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> pd.DataFrame:
+    """Which query images look like one of the reference images (e.g. a model's training set).
+
+    Files that cannot be read are skipped with a log line (they match nothing).
+
+    Args:
+        query_paths: Images to check.
+        reference_paths: Images to check them against.
+        threshold: Correlation in (0, 1].
+
+    Returns:
+        ``query``, ``reference`` (the paths as given), ``similarity``; one row per query with
+        a match, in query order.
+
+    Raises:
+        ConfigError: A threshold outside (0, 1].
+        LimitError: More than :data:`MAX_IMAGES` queries or references.
+    """
+    threshold = check_threshold(threshold)
+    queries, references = [str(p) for p in query_paths], [str(p) for p in reference_paths]
+    for what, paths in (("images to check", queries), ("reference images", references)):
+        if len(paths) > MAX_IMAGES:
+            raise LimitError(f"look-alike check of {len(paths)} {what}: at most {MAX_IMAGES}")
+    signatures = []
+    for paths in (queries, references):
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            read = list(pool.map(_read_signature, paths))
+        for path, (sig, err) in zip(paths, read, strict=True):
+            if sig is None:
+                log.warning("look-alike check: %s skipped (%s)", path, err)
+        keep = [i for i, (sig, _) in enumerate(read) if sig is not None]
+        stack = np.stack([read[i][0] for i in keep]) if keep else np.zeros((0, 1, 1), np.float32)
+        signatures.append((np.asarray(keep, np.int64), stack))
+    (q_keep, q_sigs), (r_keep, r_sigs) = signatures
+    found = best_matches(q_sigs, r_sigs, threshold)
+    return pd.DataFrame(
+        {
+            "query": [queries[i] for i in q_keep[found["query"].to_numpy()]],
+            "reference": [references[i] for i in r_keep[found["reference"].to_numpy()]],
+            "similarity": found["similarity"].to_numpy(),
+        }
+    )

@@ -78,3 +78,38 @@ def test_shipped_model_on_its_own_training_images_is_flagged_in_sample(capsys, h
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["n"] == 21
     assert any("not held out: it was trained on every image" in n for n in data["notes"])
+    assert data["training_lookalikes"] is None  # the folder says it all; images not compared
+
+
+def test_copies_of_training_images_in_another_folder_are_flagged(
+    capsys, head_ct_dir: Path, tmp_path: Path
+) -> None:
+    """Resized copies of the shipped model's training images in another folder are named as
+    not held out (notes and ``training_lookalikes``); turned copies and unseen heads are not."""
+    import cv2
+
+    for image_id, folder, turn in (
+        ("005", "hemorrhage", False),
+        ("010", "hemorrhage", True),
+        ("100", "normal", False),
+        ("101", "normal", True),
+    ):
+        image = cv2.imread(str(head_ct_dir / "head_ct" / f"{image_id}.png"))
+        if turn:
+            image = cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+        else:
+            image = cv2.resize(image, None, fx=0.8, fy=0.8)
+        (tmp_path / folder).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / folder / f"{image_id}.png"), image)
+    model = Path(__file__).parents[1] / "models" / "headct_real.keras"
+    argv = ["evaluate", "--model", str(model), "--data", str(tmp_path), "--split", "all"]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    found = data["training_lookalikes"]
+    assert (found["images"], found["of"], found["threshold"]) == (2, 4, 0.93)
+    pairs = {(Path(e["image"]).name, Path(e["training_image"]).name) for e in found["examples"]}
+    assert pairs == {("005.png", "005.png"), ("100.png", "100.png")}
+    assert all(e["similarity"] > 0.99 for e in found["examples"])
+    assert any(n.startswith("2 of the 4 evaluated images look like images") for n in data["notes"])
+    assert main(argv) == 0
+    assert "not held out" in capsys.readouterr().out

@@ -13,10 +13,18 @@ from hemo import lookalike
 from hemo.commands import crossval as crossval_command
 from hemo.errors import ConfigError, LimitError
 from hemo.images import read_image
-from hemo.lookalike import find_lookalikes, link_groups, signature, similar_pairs, similarity
+from hemo.lookalike import (
+    best_matches,
+    find_lookalikes,
+    find_matches,
+    link_groups,
+    signature,
+    similar_pairs,
+    similarity,
+)
 
 
-def _head(seed: int, side: int = 80) -> np.ndarray:
+def _head(seed: int, side: int = 160) -> np.ndarray:
     """A disc with a smooth texture (uint8): heads with different seeds do not look alike."""
     noise = np.random.default_rng(seed).normal(0, 1, (side, side))
     texture = cv2.GaussianBlur(noise, (0, 0), 3)
@@ -35,7 +43,7 @@ def test_signature_survives_resize_and_mirror_but_not_another_head(tmp_path: Pat
     """The same picture at 60 % size, or mirrored, correlates > 0.95; another head does not."""
     head = _head(1)
     original = signature(read_image(_png(tmp_path / "a.png", head)))
-    smaller = signature(read_image(_png(tmp_path / "b.png", cv2.resize(head, (48, 48)))))
+    smaller = signature(read_image(_png(tmp_path / "b.png", cv2.resize(head, (96, 96)))))
     mirrored = signature(read_image(_png(tmp_path / "c.png", head[:, ::-1])))
     other = signature(read_image(_png(tmp_path / "d.png", _head(2))))
     assert original.shape == (lookalike.SIGNATURE_SIZE,) * 2 and original.dtype == np.float32
@@ -72,6 +80,37 @@ def test_similar_pairs_match_brute_force_across_blocks(monkeypatch: pytest.Monke
     assert found["similarity"].is_monotonic_decreasing
 
 
+def test_best_matches_pick_the_most_similar_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each query gets its most similar reference (mirror included) when it reaches the
+    threshold, in blocks or not; an empty side gives no rows."""
+    monkeypatch.setattr(lookalike, "BLOCK_ROWS", 2)
+    rng = np.random.default_rng(1)
+    refs = rng.normal(size=(4, 8, 8))
+    refs -= refs.mean(axis=(1, 2), keepdims=True)
+    refs /= np.linalg.norm(refs.reshape(4, -1), axis=1)[:, None, None]
+    queries = np.stack([refs[2][:, ::-1], refs[0] * 0.9 + refs[1] * 0.1, -refs[3]])
+    queries /= np.linalg.norm(queries.reshape(3, -1), axis=1)[:, None, None]
+    found = best_matches(queries.astype(np.float32), refs.astype(np.float32), 0.9)
+    assert found[["query", "reference"]].values.tolist() == [[0, 2], [1, 0]]
+    for q, r, score in found.itertuples(index=False):
+        assert score == pytest.approx(similarity(queries[q], refs[r]), abs=1e-5)
+        assert score == pytest.approx(max(similarity(queries[q], x) for x in refs), abs=1e-5)
+    assert best_matches(queries[:0], refs, 0.9).empty and best_matches(queries, refs[:0], 0.9).empty
+
+
+def test_find_matches_names_the_training_image_and_skips_bad_files(tmp_path: Path) -> None:
+    """A resized copy is matched to its original by path; another head and a corrupt file are
+    not (the corrupt one is skipped, not fatal)."""
+    references = [_png(tmp_path / f"train{i}.png", _head(i)) for i in range(3)]
+    copy = _png(tmp_path / "copy.png", cv2.resize(_head(2), (120, 120)))
+    other = _png(tmp_path / "other.png", _head(9))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image at all")
+    found = find_matches([other, str(bad), copy], references)
+    assert found[["query", "reference"]].values.tolist() == [[copy, references[2]]]
+    assert found["similarity"].iloc[0] > 0.95
+
+
 def test_link_groups_chains_pairs_and_patients() -> None:
     """Groups are connected components of the pairs plus equal patient labels."""
     pairs = pd.DataFrame({"a": [0, 3], "b": [1, 4]})
@@ -84,7 +123,7 @@ def test_link_groups_chains_pairs_and_patients() -> None:
 def test_find_lookalikes_reports_a_bad_file_and_groups_the_rest(tmp_path: Path) -> None:
     """A corrupt file is its own group with its error; the copies among the others are found."""
     paths = [_png(tmp_path / f"{i}.png", _head(i)) for i in range(3)]
-    paths.append(_png(tmp_path / "copy.png", cv2.resize(_head(1), (50, 50))))
+    paths.append(_png(tmp_path / "copy.png", cv2.resize(_head(1), (100, 100))))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     found = find_lookalikes([*paths[:2], str(bad), *paths[2:]])

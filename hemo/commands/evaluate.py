@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from hemo.cli import emit_json
     from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
-    from hemo.evaluate import evaluate_model, training_overlap
+    from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
     from hemo.model import load_model
 
     if args.batch_size < 1:
@@ -151,10 +151,14 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_model(args.model)
     report = evaluate_model(model, card, index_df, split=args.split, batch_size=args.batch_size)
     overlap = training_overlap(card, args.data, args.split)
+    lookalikes = None if overlap else training_lookalikes(card, index_df, args.split)
+    if lookalikes:
+        overlap = lookalikes[0]
     if overlap:
         log.warning("%s: %s", args.model, overlap)
         report = dataclasses.replace(report, notes=(*report.notes, overlap))
     data = report.to_dict()
+    data["training_lookalikes"] = lookalikes[1] if lookalikes else None
     data["data"] = str(args.data)
     data["cam"] = None
     if args.cam:
