@@ -78,10 +78,16 @@ studies: list[dict] = []
 
 
 def _show_analysis(
-    result: dashboard.Analysis, item: str, outside_range: str | None = None, in_series=False
+    result: dashboard.Analysis,
+    item: str,
+    outside_range: str | None = None,
+    in_series=False,
+    seen: tuple[str, float] | None = None,
 ) -> None:
     """Probability, verdict, subtypes, and the plain slice beside the overlay."""
     p = result.prediction
+    if seen:
+        st.info(dashboard.training_match_message(seen))
     reason = outside_range or p.outside_range
     if reason:
         counts = " and does not count for the series verdict" if in_series else ""
@@ -130,7 +136,7 @@ for i, scan in enumerate(decoded.singles):
             st.error(str(exc))
             rows.append(reports.error_row(scan.source, str(exc)))
             continue
-        _show_analysis(result, f"s{i}")
+        _show_analysis(result, f"s{i}", seen=ui.training_match(model_path, scan))
         rows.append(reports.prediction_row(result.prediction))
 
 for j, series in enumerate(decoded.series):
@@ -184,7 +190,11 @@ for j, series in enumerate(decoded.series):
             st.error(str(exc))
         else:
             _show_analysis(
-                shown, f"r{j}", result.predictions[position].outside_range, in_series=True
+                shown,
+                f"r{j}",
+                result.predictions[position].outside_range,
+                in_series=True,
+                seen=ui.training_match(model_path, series.slices[position]),
             )
         studies.append(study)
         rows.extend(

@@ -1012,3 +1012,13 @@ def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
         summary=summary,
         note=report.get("error"),
     )
+
+
+def training_match_message(match: tuple[str, float]) -> str:
+    """What the Predict page says when a scan looks like one of the model's training images."""
+    path, similarity = match
+    return (
+        f"This looks like an image the model was trained on ({Path(path).name}, correlation "
+        f"{similarity:.3f} of the head crops: the same picture, or a neighbouring slice of the "
+        "same head). Its result here is not a test of the model."
+    )

@@ -56,6 +56,7 @@ from hemo.errors import ConfigError, DatasetError, HemoError
 if TYPE_CHECKING:
     import keras
 
+    from hemo.lookalike import ReferenceSet
     from hemo.model import ModelCard
 
 log = logging.getLogger(__name__)
@@ -974,6 +975,24 @@ def training_lookalikes(
         "examples": examples,
     }
     return note, summary
+
+
+def training_reference(card: ModelCard) -> ReferenceSet | None:
+    """The images ``card``'s model saw, ready to match scans to (:class:`ReferenceSet`).
+
+    Returns:
+        ``None`` when the card's training folder is not on this machine, cannot be indexed, or
+        holds more than :data:`hemo.lookalike.MAX_IMAGES` images.
+    """
+    from hemo.lookalike import MAX_IMAGES, ReferenceSet
+
+    training = _training_rows(card)
+    if training is None:
+        return None
+    if len(training[1]) > MAX_IMAGES:
+        log.info("%d training images: too many to match scans to", len(training[1]))
+        return None
+    return ReferenceSet.from_paths(training[1])
 
 
 def select_threshold(

@@ -337,3 +337,52 @@ def find_matches(
             "similarity": found["similarity"].to_numpy(),
         }
     )
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Signatures of a fixed set of images (say, a model's training images), to match scans to.
+
+    Attributes:
+        paths: The images, in order.
+        signatures: float32 (N, SIGNATURE_SIZE, SIGNATURE_SIZE), read-only.
+        threshold: Correlation at or above which a scan matches.
+    """
+
+    paths: tuple[str, ...]
+    signatures: npt.NDArray[np.float32] = field(repr=False)
+    threshold: float = DEFAULT_THRESHOLD
+
+    @classmethod
+    def from_paths(cls, paths: Iterable[str], threshold: float = DEFAULT_THRESHOLD) -> ReferenceSet:
+        """Read every image (one that cannot be read is left out with a log line).
+
+        Raises:
+            ConfigError: A threshold outside (0, 1].
+            LimitError: More than :data:`MAX_IMAGES` paths.
+        """
+        threshold = check_threshold(threshold)
+        paths = [str(p) for p in paths]
+        if len(paths) > MAX_IMAGES:
+            raise LimitError(f"reference set of {len(paths)} images: at most {MAX_IMAGES}")
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+            read = list(pool.map(_read_signature, paths))
+        kept = [(p, sig) for p, (sig, err) in zip(paths, read, strict=True) if sig is not None]
+        for p, (sig, err) in zip(paths, read, strict=True):
+            if sig is None:
+                log.warning("reference set: %s left out (%s)", p, err)
+        size = (0, SIGNATURE_SIZE, SIGNATURE_SIZE)
+        signatures = np.stack([sig for _, sig in kept]) if kept else np.zeros(size, np.float32)
+        signatures.setflags(write=False)
+        return cls(tuple(p for p, _ in kept), signatures, threshold)
+
+    def match(self, scan) -> tuple[str, float] | None:
+        """The reference image ``scan`` looks most like, with the correlation, or ``None``.
+
+        Args:
+            scan: A :class:`hemo.dicom.CTSlice` or :class:`hemo.images.Image2D` (not modified).
+        """
+        found = best_matches(signature(scan)[None], self.signatures, self.threshold)
+        if found.empty:
+            return None
+        return self.paths[int(found["reference"].iloc[0])], float(found["similarity"].iloc[0])

@@ -112,6 +112,21 @@ def decode(key: str, _files: Sequence[tuple[str, bytes]]) -> dashboard.Decoded:
     return dashboard.decode(_files)
 
 
+@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Reading the model's training images…")
+def training_reference(model_path: str) -> Any | None:
+    """The images the model at ``model_path`` was trained on, when they are on this machine
+    (:func:`hemo.evaluate.training_reference`), read once per process; else ``None``."""
+    from hemo.evaluate import training_reference as reference
+
+    return reference(predictor(model_path).card)
+
+
+def training_match(model_path: str, scan: Any) -> tuple[str, float] | None:
+    """The training image ``scan`` looks like (path, correlation), or ``None``."""
+    reference = training_reference(model_path)
+    return None if reference is None else reference.match(scan)
+
+
 @st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting…")
 def analyse(
     model_path: str, key: str, item: str, method: str, label: str, _scan: Any

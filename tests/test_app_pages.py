@@ -271,6 +271,33 @@ def test_predict_samples_and_png_on_display_model(env):
     assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 4
 
 
+def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, monkeypatch):
+    """With a model whose card names its training folder, an upload of one of those images is
+    flagged as seen in training, and an unseen real scan (the CQ500 sample) is not."""
+    import json
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copy(env["models"] / f"{DISPLAY_MODEL}{suffix}", models)
+    card_file = models / f"{DISPLAY_MODEL}.json"
+    card = json.loads(card_file.read_text())
+    card["training"] = {"data": str(env["kaggle"]), "images": {"train": 8}}
+    card_file.write_text(json.dumps(card))
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(models))
+    at = _open("app_pages/predict.py")
+    at.session_state[ui.MODEL_CHOICE_KEY] = DISPLAY_MODEL
+    png = (env["kaggle"] / "head_ct" / "003.png").read_bytes()
+    at.file_uploader(key="predict_upload").set_value(("upload.png", png, "image/png")).run()
+    at.button(key=f"sample_{dashboard.SAMPLE_CQ500}").click().run()
+    _ok(at)
+    assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 2
+    seen = [i.value for i in at.info if "trained on" in i.value]
+    assert len(seen) == 1  # the upload, not the CQ500 slice
+    assert "looks like an image the model was trained on (003.png, correlation 1.000" in seen[0]
+
+
 def test_training_shows_runs_curves_report_and_comparison(env):
     """Finished runs: table, train/val curves, confusion/ROC/PR, threshold and comparison."""
     make_finished_run(env["runs"], "alpha")

@@ -14,6 +14,7 @@ from hemo.commands import crossval as crossval_command
 from hemo.errors import ConfigError, LimitError
 from hemo.images import read_image
 from hemo.lookalike import (
+    ReferenceSet,
     best_matches,
     find_lookalikes,
     find_matches,
@@ -109,6 +110,22 @@ def test_find_matches_names_the_training_image_and_skips_bad_files(tmp_path: Pat
     found = find_matches([other, str(bad), copy], references)
     assert found[["query", "reference"]].values.tolist() == [[copy, references[2]]]
     assert found["similarity"].iloc[0] > 0.95
+
+
+def test_reference_set_matches_a_scan_to_its_training_image(tmp_path: Path) -> None:
+    """A reference set names the image a scan copies; another head matches nothing; an
+    unreadable reference is left out; its signatures cannot be changed."""
+    references = [_png(tmp_path / f"train{i}.png", _head(i)) for i in range(3)]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n")
+    reference = ReferenceSet.from_paths([*references, str(bad)])
+    assert reference.paths == tuple(references)
+    assert not reference.signatures.flags.writeable
+    copy = read_image(_png(tmp_path / "copy.png", cv2.resize(_head(1), (120, 120))))
+    path, score = reference.match(copy)
+    assert path == references[1] and score > 0.95
+    assert reference.match(read_image(_png(tmp_path / "new.png", _head(7)))) is None
+    assert ReferenceSet.from_paths([]).match(copy) is None
 
 
 def test_link_groups_chains_pairs_and_patients() -> None:
