@@ -131,3 +131,34 @@ def test_subprocess_stdout_is_only_json_without_phi(model_path, tmp_path, cq500_
     assert "error" in data["results"][0] and "probability" in data["results"][1]
     for secret in ("Doe", "PHI-ID-12345", "19700101", "Secret General"):
         assert secret not in proc.stdout and secret not in proc.stderr
+
+
+def test_training_lookalikes_name_the_training_image(
+    capsys, tmp_path, head_ct_dir, cq500_uncompressed, model_path, caplog
+):
+    """``--training-lookalikes``: a resized Kaggle image given to the shipped model (trained on
+    all of them) names its training twin; a CQ500 slice it never saw gets null; without the
+    flag the key is absent; a model whose training folder is not here says so."""
+    import cv2
+
+    image = cv2.imread(str(head_ct_dir / "head_ct" / "004.png"))
+    copy = tmp_path / "copy.png"
+    cv2.imwrite(str(copy), cv2.resize(image, None, fx=0.7, fy=0.7))
+    shipped = Path(__file__).parents[1] / "models" / "headct_real.keras"
+    argv = ["predict", "--model", str(shipped), str(copy), str(cq500_uncompressed), "--json"]
+    code, data = _run_json(capsys, [*argv, "--training-lookalikes"])
+    assert code == 0
+    seen, unseen = data["results"]
+    assert Path(seen["training_lookalike"]["image"]).name in {"004.png", "057.png"}
+    assert seen["training_lookalike"]["similarity"] > 0.97
+    assert unseen["training_lookalike"] is None
+    _, plain = _run_json(capsys, argv)
+    assert all("training_lookalike" not in r for r in plain["results"])
+    assert main(argv[:-1] + ["--training-lookalikes"]) == 0
+    assert "[looks like training image 0" in capsys.readouterr().out
+    code, tiny = _run_json(
+        capsys,
+        ["predict", "--model", str(model_path), str(copy), "--json", "--training-lookalikes"],
+    )
+    assert tiny["results"][0]["training_lookalike"] is None
+    assert "is not on this machine" in caplog.text

@@ -6,6 +6,11 @@ One result per scan, in input order (folder files and zip members sorted by name
 the others are still predicted. DICOM slices are also pooled per series (``studies``). The JSON
 carries no patient data: paths, probabilities, UIDs and slice positions only.
 
+With ``--training-lookalikes`` each result also says whether the scan looks like one of the
+images the model was trained on (``training_lookalike``: the training image and the correlation,
+or null; :mod:`hemo.lookalike`), when the card's training folder is on this machine: a result on
+such a scan is no test of the model.
+
 Exit status: 0 when every input was predicted, 1 when any failed, 2 when the model or an option
 is bad.
 """
@@ -40,7 +45,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per model call"
     )
+    parser.add_argument(
+        "--training-lookalikes",
+        action="store_true",
+        help="also say, per scan, whether it looks like one of the model's training images "
+        "(the same picture at another size, a neighbouring slice), when the card's training "
+        "folder is on this machine",
+    )
     parser.set_defaults(func=run)
+
+
+def training_lookalikes(card: Any, inputs: list[str]) -> dict[str, dict[str, Any] | None] | None:
+    """``{result path: {"image", "similarity"} or None}`` for every readable scan of ``inputs``,
+    or ``None`` when the card's training images are not on this machine."""
+    from hemo.evaluate import training_reference
+    from hemo.io import iter_scans
+
+    reference = training_reference(card)
+    if reference is None:
+        log.warning(
+            "--training-lookalikes: the training folder of %s (%s) is not on this machine; "
+            "nothing to compare with",
+            card.name,
+            (card.training or {}).get("data", "not in its card"),
+        )
+        return None
+    found: dict[str, dict[str, Any] | None] = {}
+    for item in iter_scans(inputs):
+        if item.scan is None:
+            continue
+        match = reference.match(item.scan)
+        found[item.name] = (
+            None if match is None else {"image": match[0], "similarity": round(match[1], 4)}
+        )
+    return found
 
 
 def payload(model_name: str, threshold: float, batch: Any) -> dict[str, Any]:
@@ -74,6 +112,9 @@ def _text(data: dict[str, Any]) -> str:
         suffix = f"  ({', '.join(extra)})" if extra else ""
         if entry.get("outside_range"):
             suffix += "  [outside the model's range]"
+        if entry.get("training_lookalike"):
+            seen = entry["training_lookalike"]
+            suffix += f"  [looks like training image {Path(seen['image']).name}: no test]"
         lines.append(
             f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
         )
@@ -107,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     with Predictor(args.model, batch_size=args.batch_size) as predictor:
         batch = predictor.run(args.inputs)
         data = payload(predictor.card.name, predictor.threshold, batch)
+        if args.training_lookalikes:
+            found = training_lookalikes(predictor.card, args.inputs) or {}
+            for entry in data["results"]:
+                if "error" not in entry:
+                    entry["training_lookalike"] = found.get(entry["path"])
     for result in batch.results:
         if result.error is not None:
             log.error("%s", result.error)
