@@ -161,11 +161,27 @@ problems = ui.quality_report(str(view.path), ui.mtime_of(view.path))
 failures = stats.failures.assign(kind="unreadable")[["kind", "path", "reason"]]
 table = eda.concat_problems(problems, failures)
 st.dataframe(
-    eda.problem_counts(table, ("unreadable", "duplicate", "missing_label")),
+    eda.problem_counts(table, ("unreadable", "duplicate", "lookalike", "missing_label")),
     hide_index=True,
     key="quality_counts",
 )
 if table.empty:
-    st.success("No unreadable files, duplicates or missing labels found.")
+    st.success("No unreadable files, duplicates, look-alike images or missing labels found.")
 else:
     st.dataframe(table, hide_index=True, key="quality_table")
+pairs = ui.lookalike_pairs(str(view.path), ui.mtime_of(view.path), window)
+if pairs:
+    st.markdown("**Look-alike images**")
+    st.caption(
+        "The same picture at another size, or neighbouring slices of one head, found from the "
+        "pixels in a set without patient ids. The split and cross-validation keep each group "
+        "together, so a copy never tests a model trained on its twin. One pair per group."
+    )
+    for pair in pairs:
+        left, right = st.columns(2)
+        left.image(pair.first.image, caption=pair.first.caption, clamp=True)
+        right.image(
+            pair.second.image,
+            caption=f"{pair.second.caption} · correlation {pair.similarity:.3f}",
+            clamp=True,
+        )

@@ -40,6 +40,8 @@ HIST_BINS = 64
 SAMPLE_PER_CLASS = 8
 #: Images per class in the sample grid.
 GRID_PER_CLASS = 4
+#: Look-alike pairs the EDA page shows (one per group, the most alike first).
+LOOKALIKE_PAIRS = 6
 
 ProgressFn = Callable[[float, str], None]
 
@@ -361,6 +363,65 @@ def sample_grid(
         name = str(row["path"]).replace("\\", "/").rsplit("/", 1)[-1]
         tiles.append(GridTile(label=row["class"], caption=name, image=image))
     return tiles
+
+
+@dataclass(frozen=True)
+class LookalikePair:
+    """Two images of a dataset that look alike (the EDA page shows them side by side).
+
+    Attributes:
+        first: The earlier image of the pair (index order).
+        second: The later one.
+        similarity: Correlation of their head crops (:mod:`hemo.lookalike`).
+    """
+
+    first: GridTile
+    second: GridTile
+    similarity: float
+
+
+def lookalike_pairs(
+    index: pd.DataFrame,
+    window: str | object = "brain",
+    max_pairs: int = LOOKALIKE_PAIRS,
+) -> list[LookalikePair]:
+    """The most alike pair of each look-alike group among images without a patient id.
+
+    Args:
+        index: Index frame.
+        window: Window for CT slices.
+        max_pairs: Most pairs returned (groups with the most alike pair first).
+
+    Returns:
+        Pairs, most alike first; empty when every image has a patient id, or above
+        :data:`hemo.datasets.index.LOOKALIKE_MAX_IMAGES` images without one.
+    """
+    from hemo.datasets.index import LOOKALIKE_MAX_IMAGES
+    from hemo.io import read_scan
+    from hemo.lookalike import find_lookalikes
+    from hemo.preprocess import to_display
+
+    own = index[index["patient_id"].isna()] if "patient_id" in index else index
+    if not 2 <= len(own) <= LOOKALIKE_MAX_IMAGES:
+        return []
+    paths = own["path"].astype(str).tolist()
+    labels = _classes(own).tolist()
+    found = find_lookalikes(paths)
+    chosen, groups_seen = [], set()
+    for a, b, score in found.pairs[["a", "b", "similarity"]].itertuples(index=False):
+        if found.groups[a] in groups_seen:
+            continue
+        groups_seen.add(found.groups[a])
+        chosen.append((int(a), int(b), float(score)))
+        if len(chosen) == max_pairs:
+            break
+
+    def tile(i: int) -> GridTile:
+        name = paths[i].replace("\\", "/").rsplit("/", 1)[-1]
+        image = to_display(read_scan(paths[i]), window)
+        return GridTile(label=labels[i], caption=f"{name} ({labels[i]})", image=image)
+
+    return [LookalikePair(tile(a), tile(b), score) for a, b, score in chosen]
 
 
 def missing_labels(index: pd.DataFrame) -> pd.DataFrame:

@@ -96,6 +96,14 @@ def sample_grid(path: str, mtime: float, window: str, per_class: int, seed: int)
     return eda.sample_grid(view.index, window=window, per_class=per_class, seed=seed)
 
 
+@st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner="Comparing the images…")
+def lookalike_pairs(path: str, mtime: float, window: str) -> list:
+    """Look-alike pairs of the dataset at ``path`` (:func:`hemo.eda.lookalike_pairs`)."""
+    del mtime
+    view = dashboard.open_dataset(path)
+    return eda.lookalike_pairs(view.index, window=window)
+
+
 @st.cache_resource(max_entries=MAX_UPLOAD_SETS, ttl=CACHE_TTL_S, show_spinner="Reading the scans…")
 def decode(key: str, _files: Sequence[tuple[str, bytes]]) -> dashboard.Decoded:
     """Decode uploads (kept in memory, never written to disk), cached by content hash ``key``.

@@ -122,6 +122,12 @@ def test_eda_on_a_kaggle_png_layout(env):
     assert any("subtype labels" in c.value for c in at.caption)
     charts = [c.key for c in at.get("plotly_chart")]
     assert charts == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
+    # Its synthetic discs all look alike: one pair of one group, side by side, and counted
+    assert any("Look-alike images" in m.value for m in at.markdown)
+    captions = [c for i in at.image for c in i.captions if "correlation" in c]
+    assert len(captions) == 1
+    counts = at.dataframe[0].value.set_index("kind")["files"]
+    assert counts["lookalike"] == 11  # every image after the group's first
 
 
 def test_eda_bad_dataset_path_shows_error(env, tmp_path):

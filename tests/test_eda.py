@@ -149,3 +149,23 @@ def test_missing_labels_and_problem_counts():
     }
     joined = eda.concat_problems(missing, missing)
     assert len(joined) == 1
+
+
+def test_lookalike_pairs_one_per_group_on_real_images(head_ct_dir) -> None:
+    """On the real Kaggle images: one pair per look-alike group, the most alike first, with
+    display images and captions; a set where every image has a patient id gives none."""
+    from pathlib import Path
+
+    index = load_index(head_ct_dir)
+    pairs = eda.lookalike_pairs(index, max_pairs=4)
+    assert len(pairs) == 4
+    scores = [p.similarity for p in pairs]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.99
+    first = {Path(p.first.caption.split(" ")[0]).stem for p in pairs}
+    second = {Path(p.second.caption.split(" ")[0]).stem for p in pairs}
+    assert len(first | second) == 8  # four different groups
+    assert ("005" in first and "058" in second) or ("022" in first)
+    assert pairs[0].first.image.dtype == np.float32 and pairs[0].first.image.max() <= 1.0
+    assert pairs[0].first.caption.endswith("(hemorrhage)")
+    with_ids = index.assign(patient_id=[f"p{i}" for i in range(len(index))])
+    assert eda.lookalike_pairs(with_ids) == []
