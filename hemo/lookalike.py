@@ -134,6 +134,10 @@ def similar_pairs(signatures: npt.ArrayLike, threshold: float) -> pd.DataFrame:
     """
     sigs = np.asarray(signatures, np.float32)
     n = len(sigs)
+    if n == 0:
+        return pd.DataFrame(
+            {"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "similarity": np.zeros(0)}
+        )
     flat = sigs.reshape(n, -1)
     mirrored = sigs[:, :, ::-1].reshape(n, -1)
     found_a, found_b, found_s = [], [], []
@@ -148,9 +152,9 @@ def similar_pairs(signatures: npt.ArrayLike, threshold: float) -> pd.DataFrame:
         found_s.append(scores[a[keep] - start, b[keep]])
     pairs = pd.DataFrame(
         {
-            "a": np.concatenate(found_a).astype(np.int64) if n else np.zeros(0, np.int64),
-            "b": np.concatenate(found_b).astype(np.int64) if n else np.zeros(0, np.int64),
-            "similarity": np.concatenate(found_s).astype(float) if n else np.zeros(0),
+            "a": np.concatenate(found_a).astype(np.int64),
+            "b": np.concatenate(found_b).astype(np.int64),
+            "similarity": np.concatenate(found_s).astype(float),
         }
     )
     return pairs.sort_values(["similarity", "a", "b"], ascending=[False, True, True]).reset_index(

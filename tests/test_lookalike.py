@@ -149,6 +149,8 @@ def test_find_lookalikes_reports_a_bad_file_and_groups_the_rest(tmp_path: Path) 
     assert "broken.png" in found.failed[0][1]
     assert found.pairs[["a", "b"]].values.tolist() == [[1, 4]]
     assert (found.n_groups, found.n_grouped) == (4, 2)
+    nothing = find_lookalikes([str(bad), str(bad)])
+    assert nothing.groups.tolist() == [0, 1] and nothing.pairs.empty and len(nothing.failed) == 2
 
 
 def test_find_lookalikes_limits_and_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
