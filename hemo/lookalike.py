@@ -23,7 +23,9 @@ Every pair is compared, so time and memory grow with the square of the image cou
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ MAX_IMAGES = 20_000
 BLOCK_ROWS = 1024
 #: Below this norm (after removing the mean) an image is flat: its signature is all zeros.
 FLAT_NORM = 1e-4
+#: File sets whose pairs are kept (the split, the quality report and the EDA page reuse them).
+PAIR_CACHE_SIZE = 4
 #: Threads reading and preprocessing images (decoders release the GIL).
 READ_THREADS = 2
 
@@ -209,6 +213,26 @@ def _read_signature(path: str) -> tuple[npt.NDArray[np.float32] | None, str | No
         return None, f"{path}: {exc}"
 
 
+def _read_signatures(
+    paths: Sequence[str], what: str
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], tuple[tuple[int, str], ...]]:
+    """Signatures of the readable ``paths``, read in threads.
+
+    Returns:
+        (positions of the readable paths, their (K, S, S) signatures, ``(position, error)`` of
+        the others, each also logged as a warning naming ``what`` the check is).
+    """
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        read = list(pool.map(_read_signature, paths))
+    failed = tuple((i, err) for i, (sig, err) in enumerate(read) if sig is None)
+    for i, err in failed:
+        log.warning("%s: %s left out (%s)", what, paths[i], err)
+    keep = np.asarray([i for i, (sig, _) in enumerate(read) if sig is not None], np.int64)
+    size = (0, SIGNATURE_SIZE, SIGNATURE_SIZE)
+    stack = np.stack([read[i][0] for i in keep]) if len(keep) else np.zeros(size, np.float32)
+    return keep, stack, failed
+
+
 def find_lookalikes(
     paths: Iterable[str],
     threshold: float = DEFAULT_THRESHOLD,
@@ -239,21 +263,31 @@ def find_lookalikes(
             "compared); give the set a patient_id column instead, or turn the check off "
             "(hemo crossval --lookalike 0)"
         )
-    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        results = list(pool.map(_read_signature, paths))
-    failed = tuple((i, err) for i, (sig, err) in enumerate(results) if sig is None)
-    for i, err in failed:
-        log.warning("look-alike check: %s is its own group (%s)", paths[i], err)
-    readable = [i for i, (sig, _) in enumerate(results) if sig is not None]
-    if readable:
-        sigs = np.stack([results[i][0] for i in readable])
-        local = similar_pairs(sigs, threshold)
-        positions = np.asarray(readable, np.int64)
-        pairs = local.assign(a=positions[local["a"].to_numpy()], b=positions[local["b"].to_numpy()])
-    else:
-        pairs = similar_pairs(np.zeros((0, SIGNATURE_SIZE, SIGNATURE_SIZE), np.float32), 1.0)
+    pairs, failed = _pairs_of(tuple(paths), tuple(_stamp(p) for p in paths), threshold)
     groups = link_groups(len(paths), pairs, base_groups)
-    return Lookalikes(threshold=threshold, groups=groups, pairs=pairs, failed=failed)
+    return Lookalikes(threshold=threshold, groups=groups, pairs=pairs.copy(), failed=failed)
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    """(mtime in ns, size) of a file, or ``None``: a rewritten file is read again."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+@functools.lru_cache(maxsize=PAIR_CACHE_SIZE)
+def _pairs_of(
+    paths: tuple[str, ...], stamps: tuple, threshold: float
+) -> tuple[pd.DataFrame, tuple[tuple[int, str], ...]]:
+    """Linked pairs and unreadable inputs of ``paths`` (cached: the split, the quality report
+    and the EDA page ask about the same files; ``stamps`` key a changed file out)."""
+    del stamps
+    positions, sigs, failed = _read_signatures(paths, "look-alike check (its own group)")
+    local = similar_pairs(sigs, threshold)
+    pairs = local.assign(a=positions[local["a"].to_numpy()], b=positions[local["b"].to_numpy()])
+    return pairs, failed
 
 
 def best_matches(
@@ -322,17 +356,8 @@ def find_matches(
     for what, paths in (("images to check", queries), ("reference images", references)):
         if len(paths) > MAX_IMAGES:
             raise LimitError(f"look-alike check of {len(paths)} {what}: at most {MAX_IMAGES}")
-    signatures = []
-    for paths in (queries, references):
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            read = list(pool.map(_read_signature, paths))
-        for path, (sig, err) in zip(paths, read, strict=True):
-            if sig is None:
-                log.warning("look-alike check: %s skipped (%s)", path, err)
-        keep = [i for i, (sig, _) in enumerate(read) if sig is not None]
-        stack = np.stack([read[i][0] for i in keep]) if keep else np.zeros((0, 1, 1), np.float32)
-        signatures.append((np.asarray(keep, np.int64), stack))
-    (q_keep, q_sigs), (r_keep, r_sigs) = signatures
+    q_keep, q_sigs, _ = _read_signatures(queries, "look-alike check")
+    r_keep, r_sigs, _ = _read_signatures(references, "look-alike check (reference)")
     found = best_matches(q_sigs, r_sigs, threshold)
     return pd.DataFrame(
         {
@@ -369,16 +394,9 @@ class ReferenceSet:
         paths = [str(p) for p in paths]
         if len(paths) > MAX_IMAGES:
             raise LimitError(f"reference set of {len(paths)} images: at most {MAX_IMAGES}")
-        with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-            read = list(pool.map(_read_signature, paths))
-        kept = [(p, sig) for p, (sig, err) in zip(paths, read, strict=True) if sig is not None]
-        for p, (sig, err) in zip(paths, read, strict=True):
-            if sig is None:
-                log.warning("reference set: %s left out (%s)", p, err)
-        size = (0, SIGNATURE_SIZE, SIGNATURE_SIZE)
-        signatures = np.stack([sig for _, sig in kept]) if kept else np.zeros(size, np.float32)
+        keep, signatures, _ = _read_signatures(paths, "reference set")
         signatures.setflags(write=False)
-        return cls(tuple(p for p, _ in kept), signatures, threshold)
+        return cls(tuple(paths[i] for i in keep), signatures, threshold)
 
     def match(self, scan) -> tuple[str, float] | None:
         """The reference image ``scan`` looks most like, with the correlation, or ``None``.

@@ -183,3 +183,23 @@ def test_real_kaggle_set_groups_its_copies(head_ct_dir: Path) -> None:
     _, sizes = np.unique(found.groups, return_counts=True)
     assert sizes.max() <= 6
     assert 40 <= found.n_grouped <= 90 and not found.failed
+
+
+def test_repeated_checks_reuse_the_pairs_until_a_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same files asked about twice are read once; a rewritten file is read again."""
+    import os
+
+    reads: list[str] = []
+    real = lookalike._read_signature
+    monkeypatch.setattr(lookalike, "_read_signature", lambda p: reads.append(p) or real(p))
+    original = _png(tmp_path / "a.png", _head(3))
+    copy = _png(tmp_path / "b.png", cv2.resize(_head(3), (120, 120)))
+    assert find_lookalikes([original, copy]).groups.tolist() == [0, 0]
+    assert find_lookalikes([original, copy]).groups.tolist() == [0, 0]
+    assert len(reads) == 2
+    cv2.imwrite(copy, cv2.resize(_head(4), (120, 120)))
+    os.utime(copy, ns=(1, 1))  # a new stamp even on a coarse clock
+    assert find_lookalikes([original, copy]).groups.tolist() == [0, 1]
+    assert len(reads) == 4
