@@ -885,7 +885,10 @@ def training_overlap(card: ModelCard, data: str | os.PathLike, split: str) -> st
 
 
 def _training_rows(card: ModelCard) -> tuple[str, list[str]] | None:
-    """(folder as the card gives it, paths of the images the model saw) when it is here."""
+    """(folder as the card gives it, paths of the images the model saw) when it is here.
+
+    Only images without a patient id count: look-alike checks are for sets without ids.
+    """
     from hemo.datasets import load_index
 
     training = card.training or {}
@@ -907,6 +910,12 @@ def _training_rows(card: ModelCard) -> tuple[str, list[str]] | None:
     images = training.get("images") or {}
     if (images.get("test") or images.get("val")) and "split" in rows.columns:
         rows = rows[rows["split"].isin(["train", "val"])]  # trained on, or chose by
+    if "patient_id" in rows.columns:
+        # Sets with patient ids are split by patient; their pixels are not compared (synthetic
+        # phantoms all look alike, and slices of one series are alike by nature)
+        rows = rows[rows["patient_id"].isna()]
+    if rows.empty:
+        return None
     return str(folder), rows["path"].astype(str).tolist()
 
 
@@ -922,7 +931,8 @@ def training_lookalikes(
     an evaluation set makes its figures partly in-sample even when the folders differ. When the
     card's training folder is on this machine, every evaluated image is compared with the
     images the model saw (its ``train`` and ``val`` splits, or every image for a final model)
-    by :func:`hemo.lookalike.find_matches`.
+    by :func:`hemo.lookalike.find_matches`. Training images with a patient id are not compared
+    (such sets are split by patient; synthetic phantoms would all look alike).
 
     Args:
         card: The model's card.
@@ -981,8 +991,8 @@ def training_reference(card: ModelCard) -> ReferenceSet | None:
     """The images ``card``'s model saw, ready to match scans to (:class:`ReferenceSet`).
 
     Returns:
-        ``None`` when the card's training folder is not on this machine, cannot be indexed, or
-        holds more than :data:`hemo.lookalike.MAX_IMAGES` images.
+        ``None`` when the card's training folder is not on this machine, cannot be indexed,
+        holds no image without a patient id, or more than :data:`hemo.lookalike.MAX_IMAGES`.
     """
     from hemo.lookalike import MAX_IMAGES, ReferenceSet
 

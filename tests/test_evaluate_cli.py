@@ -113,3 +113,21 @@ def test_copies_of_training_images_in_another_folder_are_flagged(
     assert any(n.startswith("2 of the 4 evaluated images look like images") for n in data["notes"])
     assert main(argv) == 0
     assert "not held out" in capsys.readouterr().out
+
+
+def test_training_sets_with_patient_ids_are_not_compared_by_pixels(phantom_index: Path) -> None:
+    """A model trained on phantoms (patient ids; synthetic heads all alike) gets no look-alike
+    verdict on other phantoms, nor a reference set for the Predict page."""
+    import dataclasses
+
+    from hemo.datasets import load_index
+    from hemo.evaluate import training_lookalikes, training_reference
+    from hemo.model import read_card
+
+    card = read_card(tiny_model_path("hu"))
+    card = dataclasses.replace(
+        card, training={"data": str(phantom_index.parent), "images": {"train": 24}}
+    )
+    index_df = load_index(phantom_index)
+    assert training_lookalikes(card, index_df, "all") is None
+    assert training_reference(card) is None
