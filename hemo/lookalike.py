@@ -290,6 +290,38 @@ def _pairs_of(
     return pairs, failed
 
 
+def group_weights(
+    paths: Sequence[str], patient_ids: Sequence | None = None, threshold: float = DEFAULT_THRESHOLD
+) -> npt.NDArray[np.float32]:
+    """Per-image training weights that count each look-alike group once.
+
+    An image in a group of ``k`` look-alikes weighs ``1 / k``, so a picture stored three times
+    or a run of six neighbouring slices weighs as much as one image; images with a patient id
+    are not compared and weigh 1. The weights are scaled to a mean of 1.
+
+    Args:
+        paths: Training images.
+        patient_ids: Optional (N,) ids (missing as None/NaN); rows with one are left at 1.
+        threshold: Look-alike correlation.
+
+    Returns:
+        float32 (N,) weights, mean 1.
+    """
+    n = len(paths)
+    weights = np.ones(n, np.float64)
+    own = (
+        np.ones(n, bool)
+        if patient_ids is None
+        else pd.isna(pd.Series(list(patient_ids), dtype=object)).to_numpy()
+    )
+    rows = np.flatnonzero(own)
+    if len(rows) >= 2:
+        found = find_lookalikes([str(paths[i]) for i in rows], threshold)
+        sizes = np.bincount(found.groups)[found.groups]
+        weights[rows] = 1.0 / sizes
+    return (weights * n / weights.sum()).astype(np.float32) if n else weights.astype(np.float32)
+
+
 def best_matches(
     queries: npt.ArrayLike, references: npt.ArrayLike, threshold: float
 ) -> pd.DataFrame:

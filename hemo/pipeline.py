@@ -514,6 +514,7 @@ def make_dataset(
     cache: bool | None = None,
     weights: dict[int, float] | None = None,
     mask_grid: int = 0,
+    row_weights: NDArray[np.float32] | None = None,
 ) -> tf.data.Dataset:
     """tf.data pipeline over index rows.
 
@@ -529,6 +530,8 @@ def make_dataset(
         cache: Keep the preprocessed tensors in memory; default: when the set has at most
             :data:`CACHE_MAX_IMAGES` rows.
         weights: Class weights on ``label_any`` turned into per-sample weights (training).
+        row_weights: Optional (N,) factors multiplied into each row's sample weight (training;
+            e.g. :func:`hemo.lookalike.group_weights`).
         mask_grid: When > 0, the targets are :func:`mask_targets` on a grid of this side: each
             row's lesion mask (``mask_path``; rows without one are flagged and carry none),
             moved with the image by the augmentation. Not with ``lesion`` or ``mixup``.
@@ -563,6 +566,11 @@ def make_dataset(
     if weights is not None:
         any_col = df[LABEL_COLUMNS["any"]].to_numpy(dtype=np.int64)
         w = np.where(any_col == 1, weights[1], weights[0]).astype(np.float32)
+    if row_weights is not None:
+        factors = np.asarray(row_weights, np.float32)
+        if factors.shape != (len(df),):
+            raise DatasetError(f"row_weights has shape {factors.shape}; expected ({len(df)},)")
+        w = w * factors
 
     def decode(path: bytes) -> NDArray[np.float32]:
         try:

@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "early_stopping_patience": 8,
     "checkpoint": "best",
     "class_weights": True,
+    "lookalike_weights": False,
     "cache": "auto",
     "extra_train": "",
     "extra_train_rows": 0,
@@ -645,6 +646,20 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     batch = int(config["batch_size"])
     cache = None if config["cache"] == "auto" else bool(config["cache"])
     weights = class_weights(train_df) if config["class_weights"] else None
+    row_weights = None
+    if config["lookalike_weights"]:
+        from hemo.lookalike import group_weights
+
+        patients = train_df["patient_id"] if "patient_id" in train_df else None
+        row_weights = group_weights(train_df["path"].astype(str).tolist(), patients)
+        log.info(
+            "lookalike_weights: %d of %d training images share a look-alike group (weights "
+            "%.2f-%.2f)",
+            int((row_weights < row_weights.max()).sum()),
+            len(row_weights),
+            float(row_weights.min()),
+            float(row_weights.max()),
+        )
     augment = Augment(
         strength=float(config["augment"]["strength"]),
         seed=seed,
@@ -659,8 +674,9 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         _check_masks(train_df, data)
     else:
         train_ds = make_dataset(
-            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights
-        )
+            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights,
+            row_weights=row_weights,
+        )  # fmt: skip
         val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache)
     steps = int(config["steps_per_epoch"]) or None
     val_steps = None
@@ -698,7 +714,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             fit_model, grid = with_mask_head(model, config["cam_layer"] or None)
         train_ds = make_dataset(
             train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights,
-            mask_grid=grid,
+            mask_grid=grid, row_weights=row_weights,
         )  # fmt: skip
         val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache, mask_grid=grid)
         log.info(

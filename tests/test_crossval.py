@@ -202,13 +202,21 @@ def test_crossval_report_and_export(tiny_data: Path, tmp_path: Path) -> None:
     assert card["training"]["images"] == {"train": 2 * N_PER_CLASS}
 
 
-def test_crossval_keeps_a_resized_copy_in_its_original_fold(tiny_data: Path) -> None:
+def test_crossval_keeps_a_resized_copy_in_its_original_fold(
+    tiny_data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A copy of a training image at another size is never in another fold than the original:
-    the report, its text and the pairs file say how the folds were grouped."""
+    the report, its text and the pairs file say how the folds were grouped; with
+    ``lookalike_weights`` the fold runs weigh each group once."""
+    import logging
+
     from hemo.crossval import format_report
 
+    caplog.set_level(logging.INFO, logger="hemo.train")
     data = _kaggle_folder(tiny_data.parent / "with_copy", copies={8: 1, 9: 6})
-    config = resolve_config({**TINY, "data": str(data), "name": "tinycopy"})
+    config = resolve_config(
+        {**TINY, "data": str(data), "name": "tinycopy", "lookalike_weights": True}
+    )
     report = crossval(config, n_folds=2)
     fold_of = dict(
         zip(report.oof["path"].map(lambda p: Path(p).stem), report.oof["fold"], strict=True)
@@ -221,6 +229,10 @@ def test_crossval_keeps_a_resized_copy_in_its_original_fold(tiny_data: Path) -> 
     assert "look-alike images kept in one fold: 4 images in 2 groups" in format_report(report)
     pairs = pd.read_csv(runs.run_dir("tinycopy-crossval") / "lookalikes.csv")
     assert sorted(Path(p).stem for p in pairs["path_b"]) == ["008", "009"]
+    # Each fold trains on 5 images, one pair of copies among them: weights 0.5 * 5/4 and 5/4
+    assert "lookalike_weights: 2 of 5 training images share a look-alike group (weights " in (
+        caplog.text
+    )
     off = crossval({**config, "name": "tinycopyoff"}, n_folds=2, lookalike=0)
     assert off.lookalike is None and "look-alike" not in off.measured_on
     assert not (runs.run_dir("tinycopyoff-crossval") / "lookalikes.csv").exists()

@@ -18,6 +18,7 @@ from hemo.lookalike import (
     best_matches,
     find_lookalikes,
     find_matches,
+    group_weights,
     link_groups,
     signature,
     similar_pairs,
@@ -203,3 +204,19 @@ def test_repeated_checks_reuse_the_pairs_until_a_file_changes(
     os.utime(copy, ns=(1, 1))  # a new stamp even on a coarse clock
     assert find_lookalikes([original, copy]).groups.tolist() == [0, 1]
     assert len(reads) == 4
+
+
+def test_group_weights_count_each_group_once(tmp_path: Path) -> None:
+    """A picture stored three times weighs as much as one other image; rows with a patient id
+    are not compared; the weights average 1."""
+    paths = [_png(tmp_path / "a.png", _head(1))]
+    paths += [
+        _png(tmp_path / f"a{k}.png", cv2.resize(_head(1), (s, s))) for k, s in ((1, 120), (2, 140))
+    ]
+    paths += [_png(tmp_path / f"o{k}.png", _head(10 + k)) for k in range(2)]
+    weights = group_weights(paths)
+    assert weights.dtype == np.float32 and weights.mean() == pytest.approx(1.0)
+    np.testing.assert_allclose(weights, np.array([1 / 3] * 3 + [1, 1]) * 5 / 3, rtol=1e-6)
+    with_ids = group_weights(paths, ["p", None, None, None, None])
+    np.testing.assert_allclose(with_ids, np.array([1, 0.5, 0.5, 1, 1]) * 5 / 4, rtol=1e-6)
+    assert group_weights([]).shape == (0,)

@@ -282,6 +282,20 @@ def test_training_batches_carry_sample_weights(index: pd.DataFrame) -> None:
     np.testing.assert_array_equal(w, np.where(y[:, 0] == 1, 3.0, 0.5))
 
 
+def test_row_weights_multiply_the_class_weights(index: pd.DataFrame) -> None:
+    """Per-row factors (e.g. look-alike group weights) multiply each row's class weight; a
+    factor vector of the wrong length is refused."""
+    factors = np.where(index["label_any"].to_numpy() == 1, 2.0, 0.25).astype(np.float32)
+    weights = {0: 0.5, 1: 3.0}
+    dataset = make_dataset(
+        index, SPEC, ("any",), 16, True, None, weights=weights, row_weights=factors
+    )
+    _, y, w = _first_batch(dataset)
+    np.testing.assert_allclose(w, np.where(y[:, 0] == 1, 6.0, 0.125))
+    with pytest.raises(DatasetError, match="row_weights has shape"):
+        make_dataset(index, SPEC, ("any",), 16, True, None, row_weights=factors[:-1])
+
+
 def test_labels_follow_the_dataset() -> None:
     """Six RSNA labels when every subtype is known, else the binary any."""
     full = pd.DataFrame({c: [0] for c in ("label_any", *RSNA_LABELS[1:])})
