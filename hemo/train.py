@@ -653,12 +653,10 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         patients = train_df["patient_id"] if "patient_id" in train_df else None
         row_weights = group_weights(train_df["path"].astype(str).tolist(), patients)
         log.info(
-            "lookalike_weights: %d of %d training images share a look-alike group (weights "
-            "%.2f-%.2f)",
-            int((row_weights < row_weights.max()).sum()),
-            len(row_weights),
+            "lookalike_weights: sample weights from %.2f to %.2f over %d training images",
             float(row_weights.min()),
             float(row_weights.max()),
+            len(row_weights),
         )
     augment = Augment(
         strength=float(config["augment"]["strength"]),

@@ -230,7 +230,7 @@ def test_crossval_keeps_a_resized_copy_in_its_original_fold(
     pairs = pd.read_csv(runs.run_dir("tinycopy-crossval") / "lookalikes.csv")
     assert sorted(Path(p).stem for p in pairs["path_b"]) == ["008", "009"]
     # Each fold trains on 5 images, one pair of copies among them: weights 0.5 * 5/4 and 5/4
-    assert "lookalike_weights: 2 of 5 training images share a look-alike group (weights " in (
+    assert "lookalike_weights: sample weights from 0.62 to 1.25 over 5 training images" in (
         caplog.text
     )
     off = crossval({**config, "name": "tinycopyoff"}, n_folds=2, lookalike=0)
