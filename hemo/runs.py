@@ -71,6 +71,10 @@ STATUS_FIELDS = (
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 #: Words that must appear in a process command line for it to count as a hemo training.
 TRAIN_CMDLINE_WORDS = ("hemo", "train")
+#: A process that has just been started can show an empty command line for a moment (between
+#: the exec and the kernel setting up its arguments): read it again this often, this far apart.
+CMDLINE_RETRIES = 20
+CMDLINE_RETRY_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -193,11 +197,16 @@ def is_training_process(pid: int | None) -> bool:
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.exists():
         return True
-    try:
-        words = cmdline.read_bytes().decode("utf-8", "replace").split("\0")
-    except OSError:
-        return False
-    text = " ".join(words)
+    raw = b""
+    for _ in range(CMDLINE_RETRIES):
+        try:
+            raw = cmdline.read_bytes()
+        except OSError:
+            return False
+        if raw:
+            break
+        time.sleep(CMDLINE_RETRY_S)  # just started (or a zombie: then empty for good)
+    text = " ".join(raw.decode("utf-8", "replace").split("\0"))
     return all(word in text for word in TRAIN_CMDLINE_WORDS)
 
 

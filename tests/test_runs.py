@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,6 +72,19 @@ def test_stop_refuses_a_pid_that_is_not_a_training(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_just_started_process_with_an_empty_command_line_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Right after its exec a process can show an empty /proc cmdline for a moment: the check
+    reads it again instead of calling a just-launched training something else."""
+    reads = iter([b"", b"", b"/usr/bin/python\0-m\0hemo\0train\0--name\0x\0"])
+    monkeypatch.setattr(runs, "CMDLINE_RETRY_S", 0.0)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: next(reads))
+    assert runs.is_training_process(os.getpid())
+    monkeypatch.setattr(Path, "read_bytes", lambda self: b"")
+    assert not runs.is_training_process(os.getpid())
 
 
 @pytest.mark.slow
