@@ -230,8 +230,9 @@ def test_training_run_curve_appears_then_stops(server, page, material, no_stray_
     page.get_by_label("Epochs").fill("30")
     page.get_by_label("Run name").fill(RUN_NAME)
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Image size").click()
-    # 128 px: slow enough that early stopping (patience 8) cannot end the run before Stop
-    page.get_by_role("option", name="128", exact=True).click()
+    # 256 px: slow enough that early stopping (patience 8, so 10 epochs at the least) cannot end
+    # the run before Stop (at 128 px an idle machine once finished 10 epochs first)
+    page.get_by_role("option", name="256", exact=True).click()
     page.get_by_role("button", name="Start training").click()
     page.get_by_text(re.compile(rf"^{RUN_NAME}: running")).wait_for(timeout=60_000)
     page.locator(PLOT).first.wait_for(timeout=FIRST_EPOCH_S * 1000)
