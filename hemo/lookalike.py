@@ -213,6 +213,15 @@ def _read_signature(path: str) -> tuple[npt.NDArray[np.float32] | None, str | No
         return None, f"{path}: {exc}"
 
 
+def _within_limit(paths: Iterable[str], what: str, hint: str = "") -> list[str]:
+    """``paths`` as strings; more than :data:`MAX_IMAGES` raise LimitError (``what`` names the
+    check, with ``{n}`` for the count; ``hint`` says what to do)."""
+    paths = [str(p) for p in paths]
+    if len(paths) > MAX_IMAGES:
+        raise LimitError(f"{what.format(n=len(paths))}: at most {MAX_IMAGES}{hint}")
+    return paths
+
+
 def _read_signatures(
     paths: Sequence[str], what: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], tuple[tuple[int, str], ...]]:
@@ -256,13 +265,12 @@ def find_lookalikes(
         LimitError: More than :data:`MAX_IMAGES` paths.
     """
     threshold = check_threshold(threshold)
-    paths = [str(p) for p in paths]
-    if len(paths) > MAX_IMAGES:
-        raise LimitError(
-            f"look-alike check of {len(paths)} images: at most {MAX_IMAGES} (every pair is "
-            "compared); give the set a patient_id column instead, or turn the check off "
-            "(hemo crossval --lookalike 0)"
-        )
+    paths = _within_limit(
+        paths,
+        "look-alike check of {n} images",
+        " (every pair is compared); give the set a patient_id column instead, or turn the "
+        "check off (hemo crossval --lookalike 0)",
+    )
     pairs, failed = _pairs_of(tuple(paths), tuple(_stamp(p) for p in paths), threshold)
     groups = link_groups(len(paths), pairs, base_groups)
     return Lookalikes(threshold=threshold, groups=groups, pairs=pairs.copy(), failed=failed)
@@ -384,10 +392,8 @@ def find_matches(
         LimitError: More than :data:`MAX_IMAGES` queries or references.
     """
     threshold = check_threshold(threshold)
-    queries, references = [str(p) for p in query_paths], [str(p) for p in reference_paths]
-    for what, paths in (("images to check", queries), ("reference images", references)):
-        if len(paths) > MAX_IMAGES:
-            raise LimitError(f"look-alike check of {len(paths)} {what}: at most {MAX_IMAGES}")
+    queries = _within_limit(query_paths, "look-alike check of {n} images to check")
+    references = _within_limit(reference_paths, "look-alike check of {n} reference images")
     q_keep, q_sigs, _ = _read_signatures(queries, "look-alike check")
     r_keep, r_sigs, _ = _read_signatures(references, "look-alike check (reference)")
     found = best_matches(q_sigs, r_sigs, threshold)
@@ -423,9 +429,7 @@ class ReferenceSet:
             LimitError: More than :data:`MAX_IMAGES` paths.
         """
         threshold = check_threshold(threshold)
-        paths = [str(p) for p in paths]
-        if len(paths) > MAX_IMAGES:
-            raise LimitError(f"reference set of {len(paths)} images: at most {MAX_IMAGES}")
+        paths = _within_limit(paths, "reference set of {n} images")
         keep, signatures, _ = _read_signatures(paths, "reference set")
         signatures.setflags(write=False)
         return cls(tuple(paths[i] for i in keep), signatures, threshold)
