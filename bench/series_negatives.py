@@ -27,7 +27,7 @@ threshold; the fractions are averaged over the folds). None of them saw the seri
 
 Usage::
 
-    python bench/series_negatives.py --models models/headct_real.keras
+    python bench/series_negatives.py                  # the shipped models/headct_real.keras
     python bench/series_negatives.py --runs headct_real_pretrained_large,headct_real_pretrained_edge
 
 Prints a table on stderr and, last, one JSON line on stdout with the fractions per model and
@@ -225,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in filter(None, args.runs.split(",")):
         groups[name] = run_models(name, args.runs_dir)
     if not groups:
-        parser.error("give --models and/or --runs")
+        # On its own: the shipped model
+        default = PROJECT_DIR / "models" / "headct_real.keras"
+        groups[str(default)] = [(default, None)]
     if not args.series.is_dir():
         parser.error(f"--series {args.series}: not a folder (is ../shared present?)")
     scans, z_mm = read_series(args.series)
