@@ -22,6 +22,14 @@ through one; black stays black, so in a brain window whose lower edge is 0 HU th
 window width. Too little tissue (under :data:`MIN_TISSUE_FRACTION` of the pixels) leaves the
 image as is. The asymmetry map is computed after it.
 
+Optional black background (``black_background``, mode ``"display"``), first of all: an exported
+image whose background is a flat gray (a photographed film, a screenshot, a gray frame) gets
+everything outside the head's outline set to black, as air is in a DICOM through any brain
+window (:func:`blacken_background`: the background's level is the median of a ring along the
+image's edge; the head is the largest region brighter than it by
+:data:`BACKGROUND_HEAD_MARGIN`). The head crop then finds the head instead of the whole gray
+picture. An image whose background is black already, or not one flat gray, is left as it is.
+
 Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 :data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
 (``cv2.connectedComponentsWithStats``), which drops borders and burned-in panel letters, then a
@@ -100,6 +108,21 @@ SKULL_MIN_HULL_FRACTION = 0.3
 CONNECTIVITY = 8
 #: Value outside the image when padding display grayscale (black).
 GRAY_FILL = 0.0
+#: ``black_background``: the edge ring whose median is the background's level, as a fraction of
+#: the image's shorter side (at least one pixel).
+BACKGROUND_RING_FRACTION = 0.01
+#: ``black_background``: side of the median filter the background is judged on (noise, grain).
+BACKGROUND_FILTER_SIZE = 5
+#: ``black_background``: images with a shorter side than this are left as they are.
+BACKGROUND_MIN_SIDE = 16
+#: ``black_background``: a background brighter than this is not one (a head filling the image).
+BACKGROUND_MAX_LEVEL = 0.4
+#: ``black_background``: at least this share of the edge ring must lie within
+#: :data:`BACKGROUND_TOLERANCE` of the background's level (one flat level, not a cut head).
+BACKGROUND_MIN_EDGE_SHARE = 0.5
+BACKGROUND_TOLERANCE = 0.06
+#: ``black_background``: the head is brighter than the background by this much (scalp, skull).
+BACKGROUND_HEAD_MARGIN = 0.1
 #: ``brain_level``: display values counted as soft tissue (above the background, below bone).
 TISSUE_GRAY_RANGE = (0.1, 0.9)
 #: ``brain_level``: the gain applied is clipped to this range.
@@ -138,6 +161,9 @@ class InputSpec:
         brain_level: Mode ``"display"``: scale the grayscale so that the median of its soft
             tissue lands here (see the module docstring), in (0, 1); 0 (the default, and a card
             without the key) leaves it as is.
+        black_background: Mode ``"display"``: set a flat gray background to black before
+            anything else (see the module docstring); off by default, and a card without the key
+            means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -153,6 +179,7 @@ class InputSpec:
     asymmetry: bool = False
     align_midline: bool = False
     brain_level: float = 0.0
+    black_background: bool = False
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -211,6 +238,15 @@ class InputSpec:
                 f"level in (0, 1), or 0 for off (got mode {self.mode!r}, brain_level {level!r})"
             )
         object.__setattr__(self, "brain_level", float(level))
+        if not isinstance(self.black_background, bool):
+            raise ConfigError(
+                f"InputSpec.black_background must be true or false, got {self.black_background!r}"
+            )
+        if self.black_background and self.mode != "display":
+            raise ConfigError(
+                "InputSpec.black_background blackens the gray background of display grayscale: "
+                f"it needs mode 'display' (got {self.mode!r}; in HU, air is already air)"
+            )
         if self.asymmetry and (self.mode != "display" or self.channels < 2):
             raise ConfigError(
                 "InputSpec.asymmetry adds the asymmetry map as the last channel of a display "
@@ -300,6 +336,56 @@ def largest_component(
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     left, top, width, height = (int(v) for v in stats[largest, :4])
     return labels, largest, (top, top + height, left, left + width)
+
+
+def blacken_background(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Everything outside the head's outline set to black when the background is a flat gray.
+
+    See the module docstring. On a copy median-filtered over 5 x 5 pixels (JPEG noise, film
+    grain): the level is the median of the edge ring; when it is above
+    :data:`HEAD_GRAY_THRESHOLD` and at most :data:`BACKGROUND_MAX_LEVEL`, and at least
+    :data:`BACKGROUND_MIN_EDGE_SHARE` of the ring is within :data:`BACKGROUND_TOLERANCE` of it,
+    the head is the largest 8-connected region of the image (unfiltered) brighter than the level
+    by :data:`BACKGROUND_HEAD_MARGIN`, and every pixel outside its outer outline becomes 0.
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1]. Not modified. NaN counts as black.
+
+    Returns:
+        float32 (H, W): a new array with the background black, or ``gray`` itself (as float32)
+        when the background is already black, not one flat level, or no head stands out of it.
+
+    Raises:
+        InputError: ``gray`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(gray, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(
+            f"blacken_background needs a non-empty (H, W) image, got shape {arr.shape}"
+        )
+    if min(arr.shape) < BACKGROUND_MIN_SIDE:
+        return arr
+    width = max(1, round(BACKGROUND_RING_FRACTION * min(arr.shape)))
+    ring = np.zeros(arr.shape, dtype=bool)
+    ring[:width] = ring[-width:] = True
+    ring[:, :width] = ring[:, -width:] = True
+    smooth = cv2.medianBlur(np.nan_to_num(arr, nan=GRAY_FILL), BACKGROUND_FILTER_SIZE)
+    level = float(np.median(smooth[ring]))
+    if not HEAD_GRAY_THRESHOLD < level <= BACKGROUND_MAX_LEVEL:
+        return arr
+    if np.mean(np.abs(smooth[ring] - level) <= BACKGROUND_TOLERANCE) < BACKGROUND_MIN_EDGE_SHARE:
+        return arr
+    # the outline on the pixels themselves, so that not one pixel of the head's rim is lost
+    found = largest_component(np.nan_to_num(arr, nan=GRAY_FILL) > level + BACKGROUND_HEAD_MARGIN)
+    if found is None:
+        return arr
+    labels, label, _ = found
+    outline, _ = cv2.findContours(
+        (labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    inside = np.zeros(arr.shape, dtype=np.uint8)
+    cv2.drawContours(inside, outline, -1, 1, thickness=cv2.FILLED)
+    return np.where(inside > 0, arr, np.float32(GRAY_FILL)).astype(np.float32, copy=False)
 
 
 def skull_hull_mask(
@@ -641,7 +727,7 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
             MIDLINE_HU_RANGE if spec.align_midline else None,
         )
         return window_stack(small, spec.window_objects)
-    gray = to_display(scan, spec.display_window)
+    gray = _display_basis(scan, spec)
     small = _prepare(
         gray,
         spec.size,
@@ -658,6 +744,13 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
         gray_channels = np.repeat(small[:, :, None], spec.channels - 1, axis=2)
         return np.concatenate([gray_channels, asymmetry_map(small)[:, :, None]], axis=2)
     return np.repeat(small[:, :, None], spec.channels, axis=2)
+
+
+def _display_basis(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
+    """The scan in display grayscale through ``spec.display_window``, its gray background
+    blackened when ``spec.black_background``: what display-mode geometry is found on."""
+    gray = to_display(scan, spec.display_window)
+    return blacken_background(gray) if spec.black_background else gray
 
 
 def normalize_brain_level(gray: npt.ArrayLike, level: float) -> npt.NDArray[np.float32]:
@@ -716,7 +809,7 @@ def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDAr
         float32 (size, size) in [0, 1]: DICOM through ``spec.display_window``, images as they are.
     """
     side = spec.size if size is None else int(size)
-    gray = to_display(scan, spec.display_window)
+    gray = _display_basis(scan, spec)
     view = _with_input_geometry(scan, spec, gray, GRAY_FILL, side, gray)
     return np.clip(view, 0.0, 1.0, out=view)
 
@@ -743,7 +836,7 @@ def mask_to_model_input(
         InputError: The mask is not 2-D or not the scan's shape.
     """
     area = np.asarray(mask, dtype=np.float32)
-    gray = to_display(scan, spec.display_window)
+    gray = _display_basis(scan, spec)
     if area.shape != gray.shape:
         raise InputError(
             f"the lesion mask is {area.shape} but the scan is {gray.shape}: a mask must be "
@@ -916,6 +1009,7 @@ __all__ = [
     "PreparedBatch",
     "SKULL_GRAY_THRESHOLD",
     "SKULL_HU_THRESHOLD",
+    "blacken_background",
     "head_bbox",
     "largest_component",
     "midline_transform",

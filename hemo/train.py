@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
         "asymmetry": False,
         "align_midline": False,
         "brain_level": 0.0,
+        "black_background": False,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,

@@ -372,14 +372,20 @@ def test_run_with_lesions_trains_on_display_input_and_says_so_in_the_card(
 
 
 @pytest.mark.parametrize(
-    ("align", "level"),
-    [(False, 0.0), (True, 0.0), (False, 0.45)],
-    ids=["centre-line", "aligned-midline", "brain-level"],
+    ("align", "level", "black"),
+    [(False, 0.0, False), (True, 0.0, False), (False, 0.45, False), (False, 0.0, True)],
+    ids=["centre-line", "aligned-midline", "brain-level", "black-background"],
 )
 def test_run_with_the_asymmetry_channel_records_it_and_predicts(
-    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch, align: bool, level: float
+    tmp_path: Path,
+    phantom_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    align: bool,
+    level: float,
+    black: bool,
 ) -> None:
-    """input.asymmetry (with or without input.align_midline or input.brain_level) trains a
+    """input.asymmetry (with or without input.align_midline, input.brain_level or
+    input.black_background) trains a
     2-channel display model whose card says so; the predictor feeds it the same two channels
     (the probability equals the model on to_model_input)."""
     import numpy as np
@@ -394,12 +400,13 @@ def test_run_with_the_asymmetry_channel_records_it_and_predicts(
     overrides = parse_overrides(TINY) | {"epochs": 1, "name": "asym", "labels": "any"}
     overrides |= {"input.mode": "display", "input.channels": 2, "input.asymmetry": True}
     overrides |= {"input.crop_head": True, "input.align_midline": align}
-    overrides |= {"input.brain_level": level}
+    overrides |= {"input.brain_level": level, "input.black_background": black}
     path = train(resolve_config({"data": str(phantom_dir)}, overrides))
     with Predictor(path / runs.MODEL_FILE) as predictor:
         spec = predictor.card.input_spec
         assert spec.asymmetry and spec.input_shape[-1] == 2
         assert spec.align_midline is align and spec.brain_level == level
+        assert spec.black_background is black
         scan_path = str(load_index(phantom_dir)["path"].iloc[0])
         (result,) = predictor.predict([scan_path])
         x = to_model_input(read_scan(scan_path), spec)
