@@ -146,6 +146,30 @@ if not stats.geometry.empty:
                 title="Pixel spacing vs slice thickness (mm)",
             )
             st.plotly_chart(fig, key="spacing")
+    fig = px.strip(
+        stats.geometry,
+        x="class",
+        y="background",
+        color="class",
+        color_discrete_map=CLASS_COLORS,
+        category_orders=CLASS_ORDER,
+        title="Background level per image (0: black, as air in a DICOM; above: a flat gray)",
+        labels={"background": "background (display gray, 0-1)"},
+        height=320,
+    )
+    st.plotly_chart(fig, key="backgrounds")
+    backgrounds = eda.backgrounds_by_class(stats.geometry)
+    imbalance = eda.background_imbalance(backgrounds)
+    if imbalance:
+        st.warning(imbalance)
+    else:
+        st.caption(
+            "Gray backgrounds per class: "
+            + ", ".join(
+                f"{row['class']} {row['gray_background']} of {row['images']}"
+                for row in backgrounds.to_dict("records")
+            )
+        )
 
 st.subheader("Sample grid")
 window = st.selectbox("Window", list(PRESETS), key="eda_window")

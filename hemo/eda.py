@@ -38,6 +38,10 @@ HIST_RANGE_INTENSITY: tuple[float, float] = (0.0, 1.0)
 HIST_BINS = 64
 #: Images read per class for histograms and geometry.
 SAMPLE_PER_CLASS = 8
+#: :func:`background_imbalance`: warn when the classes' shares of gray backgrounds differ by this.
+BACKGROUND_IMBALANCE = 0.25
+#: :func:`background_imbalance`: classes with fewer sampled images are not compared.
+BACKGROUND_MIN_IMAGES = 8
 #: Images per class in the sample grid.
 GRID_PER_CLASS = 4
 #: Look-alike pairs the EDA page shows (one per group, the most alike first).
@@ -204,7 +208,10 @@ class SampleStats:
             ``fraction`` (of that class's pixels inside the range: :data:`HIST_RANGE_BRAIN_HU`
             for CT, [0, 1] for images).
         geometry: One row per readable image: ``class``, ``kind``, ``rows``, ``cols``,
-            ``spacing_row_mm``, ``spacing_col_mm``, ``thickness_mm`` (NaN where unknown).
+            ``spacing_row_mm``, ``spacing_col_mm``, ``thickness_mm`` (NaN where unknown) and
+            ``background``: the level of its flat gray background in display grayscale
+            (:func:`hemo.preprocess.flat_background`; DICOM through the brain window), 0 when it
+            has none (black, as air is in a DICOM).
         failures: Columns ``path``, ``reason`` for sampled files that could not be read.
     """
 
@@ -262,6 +269,7 @@ def scan_sample(
         The histograms, geometry and unreadable files of the sample.
     """
     from hemo.io import read_scan
+    from hemo.preprocess import flat_background, to_display
 
     sample = stratified_sample(index, per_class, seed)
     values: dict[tuple[str, str], list[npt.NDArray[np.float32]]] = {}
@@ -275,6 +283,7 @@ def scan_sample(
         else:
             pixels, unit = _values_and_unit(scan)
             values.setdefault((row["class"], unit), []).append(pixels)
+            background = flat_background(to_display(scan))
             spacing = getattr(scan, "pixel_spacing_mm", None) or (np.nan, np.nan)
             thickness = getattr(scan, "slice_thickness_mm", None)
             geometry.append(
@@ -286,6 +295,7 @@ def scan_sample(
                     "spacing_row_mm": float(spacing[0]),
                     "spacing_col_mm": float(spacing[1]),
                     "thickness_mm": np.nan if thickness is None else float(thickness),
+                    "background": 0.0 if background is None else background,
                 }
             )
         if on_progress is not None:
@@ -310,11 +320,63 @@ def scan_sample(
         "spacing_row_mm",
         "spacing_col_mm",
         "thickness_mm",
+        "background",
     ]
     return SampleStats(
         histograms=histograms,
         geometry=pd.DataFrame(geometry, columns=geo_columns),
         failures=pd.DataFrame(failures, columns=["path", "reason"]),
+    )
+
+
+def backgrounds_by_class(geometry: pd.DataFrame) -> pd.DataFrame:
+    """How many images of each class have a flat gray background (``background`` > 0).
+
+    Args:
+        geometry: :attr:`SampleStats.geometry`.
+
+    Returns:
+        Columns ``class``, ``images``, ``gray_background`` (count), ``share``; one row per class.
+    """
+    columns = ["class", "images", "gray_background", "share"]
+    if geometry.empty:
+        return pd.DataFrame(columns=columns)
+    gray = geometry.assign(gray=geometry["background"] > 0)
+    table = gray.groupby("class", sort=True)["gray"].agg(images="size", gray_background="sum")
+    table = table.reset_index()
+    table["gray_background"] = table["gray_background"].astype(int)
+    table["share"] = table["gray_background"] / table["images"]
+    return table[columns]
+
+
+def background_imbalance(
+    table: pd.DataFrame, min_images: int = BACKGROUND_MIN_IMAGES
+) -> str | None:
+    """A warning when gray backgrounds are much more common in one class than another.
+
+    Args:
+        table: :func:`backgrounds_by_class` output.
+        min_images: Classes with fewer sampled images are not compared.
+
+    Returns:
+        The warning (shares per class, why it matters, what to do), or ``None`` when the shares
+        of the compared classes differ by less than :data:`BACKGROUND_IMBALANCE`.
+    """
+    compared = table[(table["images"] >= min_images) & (table["class"] != "unlabelled")]
+    if len(compared) < 2:
+        return None
+    high, low = compared["share"].max(), compared["share"].min()
+    if high - low < BACKGROUND_IMBALANCE:
+        return None
+    shares = ", ".join(
+        f"{row['class']} {row['gray_background']} of {row['images']}"
+        for row in compared.to_dict("records")
+    )
+    return (
+        f"Gray backgrounds are far more common in one class ({shares} sampled images): a model "
+        "can learn the background instead of the bleed, and it sees a head on gray smaller "
+        "(the head crop takes the whole gray picture). Train with input.black_background = true "
+        "to set such backgrounds to black, as air is in a DICOM."
     )
 
 

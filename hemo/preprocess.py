@@ -338,15 +338,50 @@ def largest_component(
     return labels, largest, (top, top + height, left, left + width)
 
 
+def flat_background(gray: npt.ArrayLike) -> float | None:
+    """The level of a flat gray background, or ``None`` when there is none.
+
+    On a copy median-filtered over :data:`BACKGROUND_FILTER_SIZE` pixels (JPEG noise, film
+    grain): the median of a ring along the image's edge, :data:`BACKGROUND_RING_FRACTION` of its
+    shorter side wide. It is a flat gray background when that level is above
+    :data:`HEAD_GRAY_THRESHOLD` (not black) and at most :data:`BACKGROUND_MAX_LEVEL`, and at
+    least :data:`BACKGROUND_MIN_EDGE_SHARE` of the ring lies within
+    :data:`BACKGROUND_TOLERANCE` of it.
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1]. Not modified. NaN counts as black.
+
+    Returns:
+        The level, or ``None``: a black background, an edge that is not one flat level (a head
+        cut by the image's edge), or an image under :data:`BACKGROUND_MIN_SIDE` pixels a side.
+
+    Raises:
+        InputError: ``gray`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(gray, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"flat_background needs a non-empty (H, W) image, got shape {arr.shape}")
+    if min(arr.shape) < BACKGROUND_MIN_SIDE:
+        return None
+    width = max(1, round(BACKGROUND_RING_FRACTION * min(arr.shape)))
+    ring = np.zeros(arr.shape, dtype=bool)
+    ring[:width] = ring[-width:] = True
+    ring[:, :width] = ring[:, -width:] = True
+    edge = cv2.medianBlur(np.nan_to_num(arr, nan=GRAY_FILL), BACKGROUND_FILTER_SIZE)[ring]
+    level = float(np.median(edge))
+    if not HEAD_GRAY_THRESHOLD < level <= BACKGROUND_MAX_LEVEL:
+        return None
+    if np.mean(np.abs(edge - level) <= BACKGROUND_TOLERANCE) < BACKGROUND_MIN_EDGE_SHARE:
+        return None
+    return level
+
+
 def blacken_background(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Everything outside the head's outline set to black when the background is a flat gray.
 
-    See the module docstring. On a copy median-filtered over 5 x 5 pixels (JPEG noise, film
-    grain): the level is the median of the edge ring; when it is above
-    :data:`HEAD_GRAY_THRESHOLD` and at most :data:`BACKGROUND_MAX_LEVEL`, and at least
-    :data:`BACKGROUND_MIN_EDGE_SHARE` of the ring is within :data:`BACKGROUND_TOLERANCE` of it,
-    the head is the largest 8-connected region of the image (unfiltered) brighter than the level
-    by :data:`BACKGROUND_HEAD_MARGIN`, and every pixel outside its outer outline becomes 0.
+    See the module docstring. When :func:`flat_background` finds a flat gray background, the
+    head is the largest 8-connected region of the image brighter than it by
+    :data:`BACKGROUND_HEAD_MARGIN`, and every pixel outside the head's outer outline becomes 0.
 
     Args:
         gray: (H, W) display grayscale in [0, 1]. Not modified. NaN counts as black.
@@ -363,17 +398,8 @@ def blacken_background(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
         raise InputError(
             f"blacken_background needs a non-empty (H, W) image, got shape {arr.shape}"
         )
-    if min(arr.shape) < BACKGROUND_MIN_SIDE:
-        return arr
-    width = max(1, round(BACKGROUND_RING_FRACTION * min(arr.shape)))
-    ring = np.zeros(arr.shape, dtype=bool)
-    ring[:width] = ring[-width:] = True
-    ring[:, :width] = ring[:, -width:] = True
-    smooth = cv2.medianBlur(np.nan_to_num(arr, nan=GRAY_FILL), BACKGROUND_FILTER_SIZE)
-    level = float(np.median(smooth[ring]))
-    if not HEAD_GRAY_THRESHOLD < level <= BACKGROUND_MAX_LEVEL:
-        return arr
-    if np.mean(np.abs(smooth[ring] - level) <= BACKGROUND_TOLERANCE) < BACKGROUND_MIN_EDGE_SHARE:
+    level = flat_background(arr)
+    if level is None:
         return arr
     # the outline on the pixels themselves, so that not one pixel of the head's rim is lost
     found = largest_component(np.nan_to_num(arr, nan=GRAY_FILL) > level + BACKGROUND_HEAD_MARGIN)
@@ -1010,6 +1036,7 @@ __all__ = [
     "SKULL_GRAY_THRESHOLD",
     "SKULL_HU_THRESHOLD",
     "blacken_background",
+    "flat_background",
     "head_bbox",
     "largest_component",
     "midline_transform",

@@ -108,7 +108,7 @@ def test_eda_draws_every_chart_on_phantoms(env):
     at = _open("app_pages/eda.py")
     _ok(at)
     assert _metrics(at)["Studies"] == "4"
-    assert len(at.get("plotly_chart")) == 8
+    assert len(at.get("plotly_chart")) == 9
     assert len(at.image) >= 4
     assert len(at.dataframe) >= 1
     assert not at.error
@@ -121,13 +121,28 @@ def test_eda_on_a_kaggle_png_layout(env):
     assert _metrics(at)["Images"] == "12"
     assert any("subtype labels" in c.value for c in at.caption)
     charts = [c.key for c in at.get("plotly_chart")]
-    assert charts == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
+    assert charts[:5] == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
+    assert charts[5:] == ["backgrounds"]
     # Its synthetic discs all look alike: one pair of one group, side by side, and counted
     assert any("Look-alike images" in m.value for m in at.markdown)
     captions = [c for i in at.image for c in i.captions if "correlation" in c]
     assert len(captions) == 1
     counts = at.dataframe[0].value.set_index("kind")["files"]
     assert counts["lookalike"] == 11  # every image after the group's first
+
+
+def test_eda_warns_of_gray_backgrounds_on_the_real_kaggle_set(env, head_ct_dir):
+    """On the real Kaggle set the EDA page plots each image's background level and warns that
+    gray backgrounds sit mostly in one class, naming the fix."""
+    at = _with_dataset(head_ct_dir, "app_pages/eda.py")
+    _ok(at)
+    at.slider(key="eda_per_class").set_value(16).run()
+    _ok(at)
+    assert "backgrounds" in [c.key for c in at.get("plotly_chart")]
+    warnings = [w.value for w in at.warning if "Gray backgrounds" in w.value]
+    assert len(warnings) == 1
+    assert "hemorrhage 8 of 16, no hemorrhage 3 of 16" in warnings[0]
+    assert "input.black_background = true" in warnings[0]
 
 
 def test_eda_bad_dataset_path_shows_error(env, tmp_path):
