@@ -340,8 +340,8 @@ def test_blacken_background_only_touches_a_flat_background_reached_from_the_edge
 
 
 def test_black_background_on_real_kaggle_images_blackens_only_gray_pictures(head_ct_dir):
-    """On the real Kaggle PNGs: pictures whose background is gray (35 of the 70 positives, 9 of
-    the 70 negatives) come out with a black edge and a tenth or more of their pixels black, the
+    """On the real Kaggle PNGs: pictures whose background is a flat gray (33 of the 70 positives,
+    10 of the 70 negatives) come out with a black edge and a tenth or more of their pixels black, the
     head untouched; a picture whose background is black is returned as it was."""
     from hemo.images import read_image
 
