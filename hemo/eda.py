@@ -375,8 +375,9 @@ def background_imbalance(
     return (
         f"Gray backgrounds are far more common in one class ({shares} sampled images): a model "
         "can learn the background instead of the bleed, and it sees a head on gray smaller "
-        "(the head crop takes the whole gray picture). Train with input.black_background = true "
-        "to set such backgrounds to black, as air is in a DICOM."
+        "(the head crop takes the whole gray picture). input.black_background = true sets such "
+        "backgrounds to black before training and prediction, as air is in a DICOM; check "
+        "whether it helps on held-out data (on the Kaggle set it did not: docs/MODELS.md)."
     )
 
 
