@@ -120,6 +120,7 @@ BACKGROUND_MAX_LEVEL = 0.4
 #: ``black_background``: at least this share of the edge ring must lie within
 #: :data:`BACKGROUND_TOLERANCE` of the background's level (one flat level, not a cut head).
 BACKGROUND_MIN_EDGE_SHARE = 0.5
+#: ``black_background``: edge pixels this close to the background's level are background.
 BACKGROUND_TOLERANCE = 0.06
 #: ``black_background``: the head is brighter than the background by this much (scalp, skull).
 BACKGROUND_HEAD_MARGIN = 0.1
