@@ -166,7 +166,8 @@ def shipped_model(model: Path, data: Path) -> tuple[float, list[dict]]:
 
 
 def predict_fold(models: list[Path], rows: list[dict], names: list[str]) -> dict[str, np.ndarray]:
-    """P(any) of the fold's held-out images, as stored and per re-export in ``names``."""
+    """P(any) of the fold's images (held out, or the shipped model's own), as stored and per
+    re-export in ``names``."""
     from hemo.io import read_scan
     from hemo.model import load_model, merge_ensemble
     from hemo.preprocess import to_model_input
