@@ -26,6 +26,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +54,13 @@ FLAT_NORM = 1e-4
 PAIR_CACHE_SIZE = 4
 #: Threads reading and preprocessing images (decoders release the GIL).
 READ_THREADS = 2
+#: Signatures kept in memory, keyed by file and stamp (16 KB each: 32 MB at most), so that the
+#: checks asking about one folder (its split, its quality report, the training images a scan is
+#: matched against) read each file once; the least recently used go first.
+SIGNATURE_CACHE_IMAGES = 2048
+
+_signature_cache: OrderedDict[tuple[str, tuple[int, int]], npt.NDArray[np.float32]] = OrderedDict()
+_signature_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,28 @@ def _read_signature(path: str) -> tuple[npt.NDArray[np.float32] | None, str | No
         return None, f"{path}: {exc}"
 
 
+def _cached_signature(path: str) -> tuple[npt.NDArray[np.float32] | None, str | None]:
+    """:func:`_read_signature` through the signature cache (a file whose stamp changed, or
+    that has none, is read again)."""
+    stamp = _stamp(path)
+    key = (path, stamp)
+    if stamp is not None:
+        with _signature_lock:
+            found = _signature_cache.get(key)
+            if found is not None:
+                _signature_cache.move_to_end(key)
+                return found, None
+    sig, err = _read_signature(path)
+    if sig is not None and stamp is not None:
+        sig.setflags(write=False)
+        with _signature_lock:
+            _signature_cache[key] = sig
+            _signature_cache.move_to_end(key)
+            while len(_signature_cache) > SIGNATURE_CACHE_IMAGES:
+                _signature_cache.popitem(last=False)
+    return sig, err
+
+
 def _within_limit(paths: Iterable[str], what: str, hint: str = "") -> list[str]:
     """``paths`` as strings; more than :data:`MAX_IMAGES` raise LimitError (``what`` names the
     check, with ``{n}`` for the count; ``hint`` says what to do)."""
@@ -225,14 +256,14 @@ def _within_limit(paths: Iterable[str], what: str, hint: str = "") -> list[str]:
 def _read_signatures(
     paths: Sequence[str], what: str
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], tuple[tuple[int, str], ...]]:
-    """Signatures of the readable ``paths``, read in threads.
+    """Signatures of the readable ``paths``, read in threads (or taken from the cache).
 
     Returns:
         (positions of the readable paths, their (K, S, S) signatures, ``(position, error)`` of
         the others, each also logged as a warning naming ``what`` the check is).
     """
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
-        read = list(pool.map(_read_signature, paths))
+        read = list(pool.map(_cached_signature, paths))
     failed = tuple((i, err) for i, (sig, err) in enumerate(read) if sig is None)
     for i, err in failed:
         log.warning("%s: %s left out (%s)", what, paths[i], err)

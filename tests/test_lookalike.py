@@ -189,7 +189,9 @@ def test_real_kaggle_set_groups_its_copies(head_ct_dir: Path) -> None:
 def test_repeated_checks_reuse_the_pairs_until_a_file_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same files asked about twice are read once; a rewritten file is read again."""
+    """The same files asked about twice are read once, by the look-alike check and by a
+    reference set alike; a rewritten file is read again, and only it; the signature cache
+    keeps at most SIGNATURE_CACHE_IMAGES files."""
     import os
 
     reads: list[str] = []
@@ -200,10 +202,17 @@ def test_repeated_checks_reuse_the_pairs_until_a_file_changes(
     assert find_lookalikes([original, copy]).groups.tolist() == [0, 0]
     assert find_lookalikes([original, copy]).groups.tolist() == [0, 0]
     assert len(reads) == 2
+    assert ReferenceSet.from_paths([copy, original]).paths == (copy, original)
+    assert len(reads) == 2
     cv2.imwrite(copy, cv2.resize(_head(4), (120, 120)))
     os.utime(copy, ns=(1, 1))  # a new stamp even on a coarse clock
     assert find_lookalikes([original, copy]).groups.tolist() == [0, 1]
-    assert len(reads) == 4
+    assert reads[2:] == [copy]
+    monkeypatch.setattr(lookalike, "SIGNATURE_CACHE_IMAGES", 1)
+    third = _png(tmp_path / "c.png", _head(5))
+    ReferenceSet.from_paths([original, third])
+    ReferenceSet.from_paths([original])  # pushed out by the third file: read again
+    assert reads[3:] == [third, original]
 
 
 def test_group_weights_count_each_group_once(tmp_path: Path) -> None:
