@@ -446,6 +446,7 @@ def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
                     series_uid=getattr(scan, "series_uid", None),
                     slice_z_mm=getattr(scan, "slice_z_mm", None),
                     index=start + offset,
+                    frame=getattr(scan, "frame", None),
                 )
             )
     return out

@@ -23,13 +23,20 @@ white after the VOI transform); the modality LUT already yields HU in physical u
 never inverted and every CT is rendered with HU increasing towards white. The photometric
 interpretation is kept in the metadata.
 
-Refused on purpose, each with the tag, value and rule in the message: multi-frame files, non-CT
-modalities, colour (Samples per Pixel != 1), missing or short pixel data, and sizes over the
-limits in :mod:`hemo.config` (checked before any pixel buffer is allocated).
+Multi-frame files (Enhanced CT Image Storage, or any CT with (0028,0008) Number of Frames > 1)
+hold a whole series: :func:`read_dicom_frames` gives one :class:`CTSlice` per frame, each with
+the frame's own position, orientation, spacing, rescale and window from the Per-frame
+Functional Groups Sequence, else the Shared Functional Groups Sequence, else the top level
+(PS3.3 C.7.6.16). :func:`read_dicom` reads one slice and refuses a file of several frames.
+
+Refused on purpose, each with the tag, value and rule in the message: non-CT modalities, colour
+(Samples per Pixel != 1), missing or short pixel data, and sizes over the limits in
+:mod:`hemo.config` (checked before any pixel buffer is allocated).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -38,7 +45,7 @@ import math
 import os
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -165,6 +172,16 @@ HEADER_KEYWORDS: tuple[str, ...] = (
 )
 #: Every element whose value hemo reads from a slice; each is converted once per file.
 VALUE_KEYWORDS: tuple[str, ...] = METADATA_KEYWORDS + HEADER_KEYWORDS
+#: Functional group macros of a multi-frame image that hemo reads, and the elements each holds
+#: that replace the top-level ones for a frame (PS3.3 C.7.6.16.2: Plane Position, Plane
+#: Orientation, Pixel Measures, Pixel Value Transformation, Frame VOI LUT).
+FRAME_GROUP_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+    "PixelValueTransformationSequence": ("RescaleIntercept", "RescaleSlope", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+}
 #: Binary VRs decoded without pydicom's element machinery: ``struct`` format of one value
 #: (PS3.5 section 6.2, Table 6.2-1).
 BINARY_VR_FORMATS: dict[str, str] = {
@@ -242,6 +259,8 @@ class CTSlice:
         modality: Always ``"CT"`` (other modalities are refused).
         metadata: PHI-free whitelist plus hemo's notes (``transfer_syntax``,
             ``rsna_12bit_fault_corrected``, ``rescale_assumed``).
+        frame: The frame's number (1-based, as DICOM counts frames) in a multi-frame file;
+            ``None`` for a single-frame file.
     """
 
     hu: npt.NDArray[np.float32] = field(repr=False)
@@ -259,11 +278,17 @@ class CTSlice:
     default_window: Window | None
     modality: str
     metadata: Mapping[str, Any] = field(repr=False)
+    frame: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the slice in pixels."""
         return self.hu.shape  # type: ignore[return-value]
+
+    @property
+    def label(self) -> str:
+        """``source``, with the frame number for a frame of a multi-frame file (for messages)."""
+        return self.source if self.frame is None else f"{self.source} (frame {self.frame})"
 
 
 # Reading -----------------------------------------------------------------------------------------
@@ -458,15 +483,15 @@ def _dictionary_vr(keyword: str) -> str:
     return dictionary_VR(_tag(keyword))
 
 
-def _values(ds: Dataset) -> dict[str, Any]:
-    """Values of :data:`VALUE_KEYWORDS` present in ``ds``, each converted once.
+def _values(ds: Dataset, keywords: tuple[str, ...] = VALUE_KEYWORDS) -> dict[str, Any]:
+    """Values of ``keywords`` (default :data:`VALUE_KEYWORDS`) present in ``ds``, each converted once.
 
     Raw elements of common VRs are decoded directly (see :func:`_decode_raw`); the rest go
     through :func:`_get` (pydicom). Absent, empty and unparsable values are left out, as
     :func:`_get` returns ``None`` for them. ``ds`` is not modified.
     """
     out: dict[str, Any] = {}
-    for keyword in VALUE_KEYWORDS:
+    for keyword in keywords:
         elem = ds.get_item(_tag(keyword), keep_deferred=True)
         if elem is None:
             continue
@@ -687,12 +712,12 @@ def read_dicom_header(source: Source, name: str | None = None) -> DicomHeader:
 
 def _check_image(
     ds: Dataset, header: DicomHeader, values: Mapping[str, Any]
-) -> tuple[Decoder, str]:
+) -> tuple[Decoder, str, int]:
     """Refuse what hemo does not read, before any pixel buffer is allocated.
 
     Returns:
-        pydicom's decoder for the transfer syntax and the plugin to use (see
-        :data:`PREFERRED_PLUGINS`), ``""`` for pydicom's default choice.
+        pydicom's decoder for the transfer syntax, the plugin to use (see
+        :data:`PREFERRED_PLUGINS`; ``""`` for pydicom's default choice) and the number of frames.
     """
     label = header.source
     if "PixelData" not in ds:
@@ -716,16 +741,17 @@ def _check_image(
             "CT must be grayscale (Samples per Pixel 1)",
             label,
         )
-    if "NumberOfFrames" in values:
-        frames = _int(values["NumberOfFrames"])
-        if frames is not None and frames > 1:
-            raise DicomError(
-                f"(0028,0008) Number of Frames is {frames}: multi-frame DICOM is not supported; "
-                "export single-frame slices",
-                label,
-            )
-        if frames is not None and frames < 1:
-            raise DicomError(f"(0028,0008) Number of Frames is {frames}: must be at least 1", label)
+    frames = _int(values.get("NumberOfFrames"))
+    if frames is None:
+        frames = 1
+    elif frames < 1:
+        raise DicomError(f"(0028,0008) Number of Frames is {frames}: must be at least 1", label)
+    elif frames > config.MAX_SLICES_PER_SERIES:
+        raise LimitError(
+            f"(0028,0008) Number of Frames is {frames}, more than the limit of "
+            f"{config.MAX_SLICES_PER_SERIES} slices (config.MAX_SLICES_PER_SERIES)",
+            label,
+        )
     rows, columns = header.rows, header.columns
     if rows <= 0 or columns <= 0:
         raise DicomError(
@@ -757,13 +783,19 @@ def _check_image(
             label,
         ) from exc
     if not encapsulated:
-        expected = rows * columns * bits // 8
+        expected = rows * columns * bits // 8 * frames
         actual = len(ds.PixelData or b"")
         if actual < expected:
+            formula = "(0028,0010) Rows x (0028,0011) Columns x (0028,0100) Bits Allocated / 8"
+            numbers = f"{rows} x {columns} x {bits} / 8"
+            if frames > 1:
+                formula, numbers = (
+                    f"{formula} x (0028,0008) Number of Frames",
+                    f"{numbers} x {frames}",
+                )
             raise DicomError(
-                f"(7FE0,0010) Pixel Data is {actual} bytes, shorter than (0028,0010) Rows x "
-                f"(0028,0011) Columns x (0028,0100) Bits Allocated / 8 = {rows} x {columns} x "
-                f"{bits} / 8 = {expected} bytes: the file is truncated or its header lies",
+                f"(7FE0,0010) Pixel Data is {actual} bytes, shorter than {formula} = {numbers} = "
+                f"{expected} bytes: the file is truncated or its header lies",
                 label,
             )
     try:
@@ -783,7 +815,8 @@ def _check_image(
             label,
         )
     available = decoder.available_plugins
-    return decoder, next((p for p in PREFERRED_PLUGINS.get(syntax, ()) if p in available), "")
+    plugin = next((p for p in PREFERRED_PLUGINS.get(syntax, ()) if p in available), "")
+    return decoder, plugin, frames
 
 
 class _Rescale(NamedTuple):
@@ -802,8 +835,11 @@ class _Rescale(NamedTuple):
     assumed: bool
 
 
-def _rescale(ds: Dataset, label: str, values: Mapping[str, Any]) -> _Rescale:
-    """Validate (0028,1052)/(0028,1053), filling a missing one with the identity (also in ``ds``).
+def _rescale(ds: Dataset, label: str, values: Mapping[str, Any], *, fill: bool = True) -> _Rescale:
+    """Validate (0028,1052)/(0028,1053), filling a missing one with the identity.
+
+    With ``fill`` the identity is also set in ``ds`` (for ``apply_modality_lut``); a frame of an
+    enhanced file leaves ``ds`` alone, as each frame has its own rescale.
 
     Raises:
         DicomError: a slope or intercept that is not a finite number, or a zero slope.
@@ -829,7 +865,8 @@ def _rescale(ds: Dataset, label: str, values: Mapping[str, Any]) -> _Rescale:
             except Exception as exc:
                 raise DicomError(f"{tag} cannot be parsed ({_cause(exc)})", label) from exc
             if raw is None or raw == "":
-                setattr(ds, keyword, identity)
+                if fill:
+                    setattr(ds, keyword, identity)
                 assumed.append(f"{tag} missing, taken as {identity:g}")
                 parsed[keyword] = identity
                 continue
@@ -964,14 +1001,15 @@ def _to_hu(
 
 
 def _in_place_pixels(
-    ds: Dataset, values: Mapping[str, Any], header: DicomHeader
+    ds: Dataset, values: Mapping[str, Any], header: DicomHeader, index: int = 0
 ) -> npt.NDArray[np.integer] | None:
-    """Stored values of uncompressed little-endian pixel data, read in place, or ``None``.
+    """Stored values of frame ``index`` (0-based) of uncompressed little-endian pixel data.
 
-    Gives what pydicom's native decoder gives (PS3.5 section 8.1.1: unused high bits are
-    masked, or sign-extended for Pixel Representation 1) for the single-frame, one-sample
-    slices :func:`_check_image` lets through; ``None`` (pydicom decodes) for anything else.
-    The array is a read-only view of the pixel data unless unused bits had to be cleared.
+    Read in place, or ``None`` (pydicom decodes) for anything but the one-sample images
+    :func:`_check_image` lets through in those syntaxes. Gives what pydicom's native decoder
+    gives (PS3.5 section 8.1.1: unused high bits are masked, or sign-extended for Pixel
+    Representation 1; frames follow one another, PS3.5 section 8.1.1). The array is a read-only
+    view of the pixel data unless unused bits had to be cleared.
     """
     syntax = ds.file_meta.get("TransferSyntaxUID")
     bits_allocated = _int(values.get("BitsAllocated"))
@@ -983,7 +1021,9 @@ def _in_place_pixels(
         return None
     count = header.rows * header.columns
     dtype = np.dtype(f"<{kind}{bits_allocated // 8}")
-    stored = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+    stored = np.frombuffer(
+        ds.PixelData, dtype=dtype, count=count, offset=index * count * dtype.itemsize
+    )
     stored = stored.reshape(header.rows, header.columns)
     unused = bits_allocated - bits_stored
     if unused:
@@ -993,7 +1033,7 @@ def _in_place_pixels(
 
 
 def read_dicom(source: Source, name: str | None = None) -> CTSlice:
-    """Read one single-frame CT DICOM slice into Hounsfield units.
+    """Read one CT DICOM slice into Hounsfield units.
 
     Args:
         source: Path, bytes or binary file-like object (an upload); any extension or none.
@@ -1003,26 +1043,142 @@ def read_dicom(source: Source, name: str | None = None) -> CTSlice:
 
     Returns:
         The slice, with ``hu`` float32 (H, W) read-only (see the module docstring for the rules).
+        An enhanced (functional-group) file of one frame is read through its functional groups.
 
     Raises:
         InputError: missing or empty file.
         LimitError: file over ``config.MAX_FILE_BYTES`` or Rows x Columns over
             ``config.MAX_PIXELS_PER_SLICE`` (checked before decoding).
-        DicomError: not DICOM; no pixel data; non-CT modality; colour; multi-frame; pixel data
-            shorter than the header says; a rescale that is not a finite non-zero slope; no
-            decoder installed for the transfer syntax; the decoder failed. The message names the
-            file, the tag, the value and the rule; a library exception is kept as ``__cause__``.
+        DicomError: not DICOM; no pixel data; non-CT modality; colour; several frames (use
+            :func:`read_dicom_frames`); pixel data shorter than the header says; a rescale that
+            is not a finite non-zero slope; no decoder installed for the transfer syntax; the
+            decoder failed. The message names the file, the tag, the value and the rule; a
+            library exception is kept as ``__cause__``.
     """
+    image = _open_image(source, name)
+    if image.frames > 1:
+        raise DicomError(
+            f"(0028,0008) Number of Frames is {image.frames}: the file holds {image.frames} "
+            "slices, not one; read it with hemo.dicom.read_dicom_frames or hemo.io.iter_scans "
+            "(hemo predict, hemo explain and the app read every frame)",
+            image.label,
+        )
+    return _read_frame(image, 0)
+
+
+def read_dicom_frames(source: Source, name: str | None = None) -> Iterator[CTSlice | DicomError]:
+    """Read every frame of a CT DICOM file, single- or multi-frame, as slices in HU.
+
+    The file is parsed and checked at once (a problem with the file as a whole raises here);
+    frames are then decoded one at a time as the iterator is consumed, so a long series never
+    sits in memory as HU all at once, and a frame that cannot be decoded is yielded as its
+    :class:`~hemo.errors.DicomError` (naming the frame) while the other frames are still read.
+
+    Args:
+        source: Path, bytes or binary file-like object; any extension or none.
+        name: Display name for messages and ``CTSlice.source``.
+
+    Returns:
+        An iterator over the frames in file order: a :class:`CTSlice` (``frame`` is its 1-based
+        number when the file has several, else ``None``) or the frame's error.
+
+    Raises:
+        The errors of :func:`read_dicom` for the file as a whole (not "several frames").
+        LimitError: more frames than ``config.MAX_SLICES_PER_SERIES``.
+    """
+    image = _open_image(source, name)
+    return _iter_frames(image)
+
+
+def _iter_frames(image: _Image) -> Iterator[CTSlice | DicomError]:
+    for index in range(image.frames):
+        try:
+            yield _read_frame(image, index)
+        except DicomError as exc:
+            yield exc
+
+
+class _Image(NamedTuple):
+    """A parsed and checked DICOM image, ready to decode frame by frame."""
+
+    ds: Dataset
+    label: str
+    values: dict[str, Any]
+    header: DicomHeader
+    decoder: Decoder
+    plugin: str
+    frames: int
+    enhanced: bool
+
+
+def _open_image(source: Source, name: str | None) -> _Image:
     ds, label = _parse(source, name, pixels=True)
     values = _values(ds)
     header = _header(ds, label, values)
-    decoder, plugin = _check_image(ds, header, values)
-    rescale = _rescale(ds, label, values)
+    decoder, plugin, frames = _check_image(ds, header, values)
+    enhanced = any(
+        _tag(keyword) in ds
+        for keyword in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+    )
+    return _Image(ds, label, values, header, decoder, plugin, frames, enhanced)
+
+
+def _group_item(ds: Dataset, keyword: str, index: int) -> Dataset | None:
+    """Item ``index`` of a functional groups sequence (not size-capped like header values)."""
+    try:
+        groups = ds.get(keyword)
+    except Exception:  # a corrupt sequence counts as absent; the top-level values then apply
+        log.debug("unparsable %s ignored", keyword, exc_info=True)
+        return None
+    if not groups or index >= len(groups):
+        return None
+    item = groups[index]
+    return item if isinstance(item, Dataset) else None
+
+
+def _frame_values(image: _Image, index: int) -> dict[str, Any]:
+    """The top-level values, overlaid by the shared and then the frame's functional groups."""
+    out = dict(image.values)
+    for keyword, item_index in (
+        ("SharedFunctionalGroupsSequence", 0),
+        ("PerFrameFunctionalGroupsSequence", index),
+    ):
+        groups = _group_item(image.ds, keyword, item_index)
+        if groups is None:
+            continue
+        for macro, keywords in FRAME_GROUP_KEYWORDS.items():
+            item = _group_item(groups, macro, 0)
+            if item is not None:
+                out.update(_values(item, keywords))
+    return out
+
+
+def _rescale_dataset(rescale: _Rescale) -> Dataset:
+    """A dataset holding only a frame's rescale, for ``apply_modality_lut``."""
+    ds = Dataset()
+    ds.RescaleSlope = rescale.slope
+    ds.RescaleIntercept = rescale.intercept
+    return ds
+
+
+def _read_frame(image: _Image, index: int) -> CTSlice:
+    """Frame ``index`` (0-based) of a checked image as a :class:`CTSlice`."""
+    ds, decoder, plugin = image.ds, image.decoder, image.plugin
+    values, header, label = image.values, image.header, image.label
+    multi = image.frames > 1
+    if image.enhanced:
+        values = _frame_values(image, index)
+        header = _header(ds, label, values)
+    elif multi:  # frames without functional groups: the top-level position is not each frame's
+        header = dataclasses.replace(header, position_mm=None, slice_z_mm=None)
+    if multi:
+        label = f"{label} (frame {index + 1})"
+    rescale = _rescale(ds, label, values, fill=not image.enhanced)
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     try:
-        stored = _in_place_pixels(ds, values, header)
+        stored = _in_place_pixels(ds, values, header, index)
         if stored is None:
-            stored, _ = decoder.as_array(ds, decoding_plugin=plugin)
+            stored, _ = decoder.as_array(ds, index=index if multi else None, decoding_plugin=plugin)
     except Exception as exc:  # decoders raise many types on corrupt data
         raise DicomError(
             f"cannot decode (7FE0,0010) Pixel Data ({syntax.name}): {_cause(exc)}", label
@@ -1046,8 +1202,9 @@ def read_dicom(source: Source, name: str | None = None) -> CTSlice:
         rescale = rescale._replace(intercept=RSNA_FAULT_INTERCEPT)
     elif padding is not None and not _padding_below_floor(rescale, padding, max_abs_stored):
         mask = _padding_mask(stored, padding)
+    lut_ds = _rescale_dataset(rescale) if image.enhanced and not rescale.lut else ds
     try:
-        hu = _to_hu(stored, ds, rescale, max_abs_stored)
+        hu = _to_hu(stored, lut_ds, rescale, max_abs_stored)
     except Exception as exc:
         raise DicomError(f"cannot apply the modality LUT/rescale: {_cause(exc)}", label) from exc
     if mask is not None:
@@ -1058,7 +1215,7 @@ def read_dicom(source: Source, name: str | None = None) -> CTSlice:
     metadata["rescale_assumed"] = rescale.assumed
     return CTSlice(
         hu=hu,
-        source=label,
+        source=image.label,
         pixel_spacing_mm=header.pixel_spacing_mm,
         slice_thickness_mm=header.slice_thickness_mm,
         position_mm=header.position_mm,
@@ -1072,6 +1229,7 @@ def read_dicom(source: Source, name: str | None = None) -> CTSlice:
         default_window=header.default_window,
         modality=header.modality or "CT",
         metadata=metadata,
+        frame=index + 1 if multi else None,
     )
 
 

@@ -11,6 +11,8 @@ Batch rules (documented so results are predictable):
 * In folders and zips, a file whose bytes are not DICOM/PNG/JPEG/TIFF is read anyway (and its
   error reported) only when its suffix is a scan suffix or it has none (DICOM files often have no
   extension); other files (``.csv``, ``.txt``, ``.json`` ...) are skipped quietly.
+* A multi-frame DICOM gives one result per frame, each named by the file (the scan's ``frame``
+  tells them apart); a frame that cannot be decoded is that frame's error, the rest are read.
 * Zip members are named ``zipname/member``; a member with an absolute path or a ``..`` part is
   refused (SeriesError) and the other members are still read. An archive with more than
   ``config.MAX_ZIP_MEMBERS`` members, more than ``config.MAX_ZIP_UNCOMPRESSED_BYTES`` declared
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hemo import config
-from hemo.dicom import CTSlice, read_dicom
+from hemo.dicom import CTSlice, read_dicom, read_dicom_frames
 from hemo.errors import DicomError, HemoError, InputError, LimitError, SeriesError
 from hemo.images import IMAGE_KINDS, SNIFF_BYTES, Image2D, read_image, sniff_kind
 from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, source_name
@@ -81,7 +83,8 @@ def read_scan(source: Source, name: str | None = None) -> Scan:
 
     Raises:
         InputError: unknown kind, a zip (use :func:`iter_scans`), missing or empty file.
-        DicomError, ImageError, LimitError: from the readers.
+        DicomError, ImageError, LimitError: from the readers; a multi-frame DICOM is several
+            scans (DicomError; use :func:`iter_scans`).
     """
     label = source_name(source, name)
     data = read_bytes(source, label)
@@ -95,11 +98,7 @@ def read_scan(source: Source, name: str | None = None) -> Scan:
     try:
         return read_dicom(data, label)
     except DicomError as exc:
-        raise InputError(
-            "not a DICOM, PNG, JPEG or TIFF file (the kind is read from the bytes, not the "
-            "extension)",
-            label,
-        ) from exc
+        raise _not_a_scan(label, exc) from exc
 
 
 def _skipped(parts: Iterable[str]) -> bool:
@@ -114,11 +113,38 @@ def _worth_reading(name: str, head: bytes) -> bool:
     return suffix == "" or suffix in SCAN_SUFFIXES
 
 
-def _result(name: str, data: bytes) -> ScanResult:
+def _results(name: str, data: bytes) -> Iterator[ScanResult]:
+    """One result per scan of one file: every frame of a DICOM, else the one image."""
+    kind = sniff_kind(data[:SNIFF_BYTES])
+    if kind is not None and kind != "dicom":
+        try:
+            yield ScanResult(name, read_scan(data, name), None)
+        except HemoError as exc:
+            yield ScanResult(name, None, exc)
+        return
     try:
-        return ScanResult(name, read_scan(data, name), None)
+        frames = read_dicom_frames(data, name)
+    except DicomError as exc:
+        error: HemoError = exc if kind == "dicom" else _not_a_scan(name, exc)
+        yield ScanResult(name, None, error)
+        return
     except HemoError as exc:
-        return ScanResult(name, None, exc)
+        yield ScanResult(name, None, exc)
+        return
+    for frame in frames:
+        if isinstance(frame, CTSlice):
+            yield ScanResult(name, frame, None)
+        else:
+            yield ScanResult(name, None, frame)
+
+
+def _not_a_scan(label: str, cause: DicomError) -> InputError:
+    error = InputError(
+        "not a DICOM, PNG, JPEG or TIFF file (the kind is read from the bytes, not the extension)",
+        label,
+    )
+    error.__cause__ = cause
+    return error
 
 
 def _unsafe_member(member: str) -> bool:
@@ -213,7 +239,7 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
             if not _worth_reading(member, content[:SNIFF_BYTES]):
                 log.debug("skipped non-scan zip member %s", name)
                 continue
-            yield _result(name, content)
+            yield from _results(name, content)
 
 
 def _iter_folder(root: Path) -> Iterator[ScanResult]:
@@ -243,7 +269,7 @@ def _iter_file(source: Source, label: str) -> Iterator[ScanResult]:
     if sniff_kind(data[:SNIFF_BYTES]) == "zip":
         yield from _iter_zip(data, label)
     else:
-        yield _result(label, data)
+        yield from _results(label, data)
 
 
 def iter_scans(inputs: Iterable[Source | tuple[str, bytes]]) -> Iterator[ScanResult]:

@@ -95,6 +95,8 @@ class Prediction:
             ``None`` outside a series.
         outside_range: Why this slice or image lies outside the slices the model was trained on
             (:mod:`hemo.anatomy`), else ``None`` (always for cards without a range).
+        frame: The frame's number (1-based) when the slice is one frame of a multi-frame DICOM
+            file (several results then share ``source``), else ``None``.
     """
 
     source: str
@@ -107,6 +109,7 @@ class Prediction:
     slice_z_mm: float | None = None
     index: int | None = None
     outside_range: str | None = None
+    frame: int | None = None
 
     @property
     def error(self) -> None:
@@ -126,6 +129,7 @@ class Prediction:
             "slice_z_mm": self.slice_z_mm,
             "index": self.index,
             "outside_range": self.outside_range,
+            "frame": self.frame,
         }
 
 
@@ -153,6 +157,10 @@ class StudyPrediction:
         slices_in_range: Slices inside the model's range (``n_slices`` without a range).
         outside_range_indices: Indices (anatomical order) of the slices outside it.
         probability_all_slices: Maximum P(any) over every slice, in range or not.
+        most_suspicious_frame: The frame number of that slice when it is one frame of a
+            multi-frame file, else ``None``.
+        slice_frames: Frame numbers of the slices in anatomical order (``None`` for a
+            single-frame file); empty when no slice is a frame of a multi-frame file.
     """
 
     study_uid: str | None
@@ -172,12 +180,15 @@ class StudyPrediction:
     slices_in_range: int | None = None
     outside_range_indices: tuple[int, ...] = ()
     probability_all_slices: float | None = None
+    most_suspicious_frame: int | None = None
+    slice_frames: tuple[int | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples as lists)."""
         data = dataclasses.asdict(self)
         data["slice_probabilities"] = list(self.slice_probabilities)
         data["slice_sources"] = list(self.slice_sources)
+        data["slice_frames"] = list(self.slice_frames)
         data["outside_range_indices"] = list(self.outside_range_indices)
         return data
 
@@ -259,7 +270,8 @@ def study_predictions(
         except SeriesError as exc:
             note = exc.reason
             ordered = sorted(
-                members, key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source)
+                members,
+                key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source, s.frame or 0),
             )
         rows = [by_id[id(s)] for s in ordered]
         reasons: list[str | None] = [None] * len(rows)
@@ -303,6 +315,12 @@ def study_predictions(
                 slices_in_range=sum(reason is None for reason in reasons),
                 outside_range_indices=tuple(k for k, r in enumerate(reasons) if r is not None),
                 probability_all_slices=float(p_any.max()),
+                most_suspicious_frame=ordered[best].frame,
+                slice_frames=(
+                    tuple(s.frame for s in ordered)
+                    if any(s.frame is not None for s in ordered)
+                    else ()
+                ),
             )
         )
     return updated, studies
@@ -593,6 +611,7 @@ class Predictor:
             study_uid=None if meta is None else meta.study_uid,
             series_uid=None if meta is None else meta.series_uid,
             slice_z_mm=None if meta is None else meta.slice_z_mm,
+            frame=None if meta is None else meta.frame,
         )
 
 

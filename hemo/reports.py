@@ -26,6 +26,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "verdict",
     "threshold",
     "outside_range",
+    "frame",
     "error",
 )
 POSITIVE = "hemorrhage"
@@ -46,7 +47,8 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
 
     Args:
         prediction: The prediction (``source``, ``probability``, ``probabilities``, ``positive``,
-            ``threshold``, ``slice_z_mm``, ``outside_range``).
+            ``threshold``, ``slice_z_mm``, ``outside_range``; ``frame`` for a frame of a
+            multi-frame DICOM).
         slice_number: 1-based position of the slice in its series, if it is one.
 
     Returns:
@@ -60,6 +62,7 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
         "verdict": verdict(bool(prediction.positive)),
         "threshold": _round(prediction.threshold),
         "outside_range": getattr(prediction, "outside_range", None),
+        "frame": getattr(prediction, "frame", None),
         "error": None,
     }
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():

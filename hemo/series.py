@@ -3,7 +3,8 @@
 Slices are grouped by (0020,000E) Series Instance UID and ordered by ``slice_z_mm`` (Image
 Position (Patient) projected on the slice normal, PS3.3 C.7.6.2.1.1), ascending (inferior ->
 superior for axial head CT). When any slice of a series lacks a position, the series is ordered
-by (0020,0013) Instance Number instead; when that is missing too, by source name (logged).
+by (0020,0013) Instance Number (then frame number, for the frames of a multi-frame file)
+instead; when that is missing too, by source name (logged).
 
 Two slices at the same position (within :data:`POSITION_TOLERANCE_MM`), or with the same
 instance number when ordering by it, are refused: hemo does not guess which copy is right.
@@ -68,24 +69,24 @@ def _order(uid: str | None, slices: list[CTSlice]) -> list[CTSlice]:
             if abs(b.slice_z_mm - a.slice_z_mm) < POSITION_TOLERANCE_MM:  # type: ignore[operator]
                 raise SeriesError(
                     f"series {label}: two slices at the same position z = {a.slice_z_mm:.3f} mm "
-                    f"((0020,0032) Image Position (Patient)): {a.source} and {b.source}; remove "
+                    f"((0020,0032) Image Position (Patient)): {a.label} and {b.label}; remove "
                     "the duplicate"
                 )
         return ordered
     if all(s.instance_number is not None for s in slices):
-        ordered = sorted(slices, key=lambda s: s.instance_number)  # type: ignore[arg-type,return-value]
+        ordered = sorted(slices, key=lambda s: (s.instance_number, s.frame or 0))  # type: ignore[arg-type,return-value]
         for a, b in zip(ordered, ordered[1:], strict=False):
-            if a.instance_number == b.instance_number:
+            if (a.instance_number, a.frame) == (b.instance_number, b.frame):
                 raise SeriesError(
                     f"series {label}: no (0020,0032) Image Position (Patient) on every slice, and "
                     f"two slices share (0020,0013) Instance Number {a.instance_number}: "
-                    f"{a.source} and {b.source}; remove the duplicate"
+                    f"{a.label} and {b.label}; remove the duplicate"
                 )
         return ordered
     log.warning(
         "series %s: neither positions nor instance numbers on every slice; ordered by name", label
     )
-    return sorted(slices, key=lambda s: s.source)
+    return sorted(slices, key=lambda s: (s.source, s.frame or 0))
 
 
 def group_series(slices: Iterable[CTSlice]) -> list[Series]:

@@ -57,12 +57,16 @@ class Expect:
         pattern: Regex the message must match after the input's name (``re.search``).
         via: ``"scan"``, ``"batch"`` (a zip: ``member`` is checked) or ``"series"``.
         member: For ``batch``: name of the result (``name`` or ``name/member``) that carries it.
+        frames: For a multi-frame DICOM: ``read_scan`` (one scan) refuses it with ``error``,
+            while the batch readers (``iter_scans``, ``hemo predict``, ``hemo inspect``) read
+            this many slices from it.
     """
 
     error: type[HemoError] | None
     pattern: str = ""
     via: str = "scan"
     member: str | None = None
+    frames: int = 0
 
 
 def ct_dataset(hu=None, **kwargs):
@@ -291,7 +295,9 @@ EXPECTED: dict[str, Expect] = {
     "huge_declared": Expect(
         LimitError, r"65535 x 65535 = 4294836225 pixels, more than the limit of \d+"
     ),
-    "multiframe": Expect(DicomError, r"\(0028,0008\) Number of Frames is 4: multi-frame DICOM"),
+    "multiframe": Expect(
+        DicomError, r"\(0028,0008\) Number of Frames is 4: the file holds 4 slices", frames=4
+    ),
     "missing_rescale": Expect(None),
     "zero_slope": Expect(
         DicomError, r"\(0028,1053\) Rescale Slope is 0: must be a finite non-zero"

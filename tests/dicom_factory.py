@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 #: Patient data written into test files; none of it may ever come out of hemo.
@@ -94,3 +96,101 @@ def to_bytes(ds: Dataset, preamble: bool = True) -> bytes:
 def ct_bytes(hu: np.ndarray | None = None, preamble: bool = True, **kwargs: Any) -> bytes:
     """:func:`ct_dataset` encoded by :func:`to_bytes`."""
     return to_bytes(ct_dataset(hu, **kwargs), preamble=preamble)
+
+
+#: SOP Class UID of Enhanced CT Image Storage (PS3.4 B.5).
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+#: How much :func:`enhanced_ct` raises the stored values of its ``shift_frame``.
+STORED_SHIFT = 1000
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def enhanced_ct(
+    slices: list[Path], *, functional_groups: bool = True, shift_frame: int | None = None
+) -> Dataset:
+    """An Enhanced CT (or, without functional groups, a plain multi-frame CT) of real slices.
+
+    The stored values of ``shift_frame`` are raised by :data:`STORED_SHIFT` and its Rescale
+    Intercept lowered by as much, so its HU stay the same only if the per-frame rescale is read.
+    """
+    sources = [pydicom.dcmread(p) for p in slices]
+    first = sources[0]
+    frames = []
+    for k, src in enumerate(sources):
+        stored = src.pixel_array.astype(np.int32)
+        if k == shift_frame:
+            stored = stored + STORED_SHIFT
+        frames.append(stored.astype(np.uint16 if stored.min() >= 0 else np.int16))
+    signed = any(f.dtype == np.int16 for f in frames)
+    pixels = np.stack([f.astype(np.int16 if signed else np.uint16) for f in frames])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ENHANCED_CT
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = first.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.InstanceNumber = 1
+    ds.Rows, ds.Columns = pixels.shape[1:]
+    ds.NumberOfFrames = len(frames)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = int(signed)
+    if functional_groups:
+        ds.SharedFunctionalGroupsSequence = Sequence(
+            [
+                _item(
+                    PlaneOrientationSequence=Sequence(
+                        [_item(ImageOrientationPatient=first.ImageOrientationPatient)]
+                    ),
+                    PixelMeasuresSequence=Sequence(
+                        [
+                            _item(
+                                PixelSpacing=first.PixelSpacing,
+                                SliceThickness=first.SliceThickness,
+                            )
+                        ]
+                    ),
+                    FrameVOILUTSequence=Sequence([_item(WindowCenter=40, WindowWidth=80)]),
+                )
+            ]
+        )
+        per_frame = []
+        for k, src in enumerate(sources):
+            intercept = float(src.RescaleIntercept) - (STORED_SHIFT if k == shift_frame else 0)
+            per_frame.append(
+                _item(
+                    PlanePositionSequence=Sequence(
+                        [_item(ImagePositionPatient=src.ImagePositionPatient)]
+                    ),
+                    PixelValueTransformationSequence=Sequence(
+                        [
+                            _item(
+                                RescaleIntercept=intercept,
+                                RescaleSlope=float(src.RescaleSlope),
+                                RescaleType="HU",
+                            )
+                        ]
+                    ),
+                )
+            )
+        ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    else:
+        ds.RescaleIntercept = first.RescaleIntercept
+        ds.RescaleSlope = first.RescaleSlope
+        ds.ImagePositionPatient = first.ImagePositionPatient
+        ds.ImageOrientationPatient = first.ImageOrientationPatient
+        ds.PixelSpacing = first.PixelSpacing
+    ds.PixelData = pixels.tobytes()
+    return ds

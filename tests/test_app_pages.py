@@ -275,6 +275,28 @@ def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_
     assert not any("Outside the model's range" in w.value for w in at.warning)
 
 
+def test_predict_upload_of_a_multiframe_file_is_a_series(env, cq500_dir, monkeypatch):
+    """One Enhanced CT file of real CQ500 slices: a series with a study verdict and a slider
+    over its frames, each of which can be shown."""
+    from dicom_factory import enhanced_ct, to_bytes
+
+    from hemo.config import MODELS_DIR
+
+    files = sorted(cq500_dir.glob("*.dcm"))[100 : 100 + REAL_SERIES_EACH]
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(MODELS_DIR))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, "headct_real")
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        ("enhanced.dcm", to_bytes(enhanced_ct(files)), "application/dicom")
+    ).run()
+    _ok(at)
+    assert _metrics(at)["Study verdict"] in {"hemorrhage", "no hemorrhage"}
+    assert at.slider(key="series_slice_0").max == REAL_SERIES_EACH
+    assert any(f"{REAL_SERIES_EACH} slices" in h.value for h in at.subheader)
+    at.slider(key="series_slice_0").set_value(REAL_SERIES_EACH).run()
+    _ok(at)
+
+
 def test_predict_samples_and_png_on_display_model(env):
     """The three sample buttons predict; a PNG with the HU model errors, with the display model works."""
     at = _open("app_pages/predict.py")

@@ -38,6 +38,10 @@ CORPUS = corpus()
 BY_KIND = {kind: (name, data) for kind, name, data in CORPUS}
 SCAN_KINDS = [k for k, e in EXPECTED.items() if e.via == "scan"]
 BAD_SCAN_KINDS = [k for k in SCAN_KINDS if EXPECTED[k].error is not None]
+#: Refused by read_scan (one scan) but read frame by frame by the batch readers.
+FRAME_KINDS = [k for k in SCAN_KINDS if EXPECTED[k].frames]
+#: Kinds every batch reader reports as failed.
+BATCH_FAILED_KINDS = [k for k in BAD_SCAN_KINDS if k not in FRAME_KINDS]
 BATCH_KINDS = [k for k, e in EXPECTED.items() if e.via == "batch"]
 
 
@@ -117,7 +121,10 @@ def test_whole_corpus_in_one_batch_keeps_the_good_files(tmp_path):
     by_name = {r.name: r for r in results}
     assert by_name[str(good_dicom)].ok and by_name["upload.png"].ok
     failed = [r for r in results if not r.ok]
-    assert len(failed) >= len(BAD_SCAN_KINDS) + len(BATCH_KINDS)
+    assert len(failed) >= len(BATCH_FAILED_KINDS) + len(BATCH_KINDS)
+    for kind in FRAME_KINDS:
+        frames = [r for r in results if r.name.startswith(str(tmp_path / "bad" / kind))]
+        assert [r.scan.frame for r in frames] == list(range(1, EXPECTED[kind].frames + 1))
     for r in failed:
         assert isinstance(r.error, HemoError) and str(r.error).startswith(r.name)
 
@@ -227,8 +234,9 @@ def test_cli_inspect_each_kind(kind, tmp_path, capsys):
     out, err = capsys.readouterr()
     report = json.loads(out)
     assert "Traceback" not in err
-    if EXPECTED[kind].error is None:
+    if EXPECTED[kind].error is None or EXPECTED[kind].frames:
         assert status == 0 and "error" not in report and report["path"] == str(path)
+        assert report.get("frames", 0) == EXPECTED[kind].frames
         return
     assert status == cli.EXIT_ERROR
     assert re.search(_message(str(path), EXPECTED[kind].pattern), report["error"])
@@ -279,8 +287,12 @@ def test_cli_predict_batch_of_corpus_and_good_files(tmp_path, ct_small):
     for kind in accepted:
         (entry,) = [r for r in results if r["path"].startswith(str(tmp_path / "bad" / kind))]
         assert "probability" in entry, entry
+    for kind in FRAME_KINDS:
+        entries = [r for r in results if r["path"].startswith(str(tmp_path / "bad" / kind))]
+        assert [r["frame"] for r in entries] == list(range(1, EXPECTED[kind].frames + 1))
+        assert all("probability" in r for r in entries)
     failures = [r for r in results if "error" in r]
-    assert len(failures) >= len(BAD_SCAN_KINDS) + len(BATCH_KINDS)
+    assert len(failures) >= len(BATCH_FAILED_KINDS) + len(BATCH_KINDS)
     lines = [line for line in _hemo_lines(done.stderr) if line.startswith("ERROR ")]
     assert len(lines) == len(failures)
     for entry, line in zip(failures, lines, strict=True):

@@ -179,15 +179,16 @@ def test_zero_slope_refused():
         read_dicom(ct_bytes(RescaleSlope=0))
 
 
-def test_multiframe_refused():
-    """Multi-frame DICOM is refused on purpose."""
+def test_multiframe_is_not_one_slice():
+    """read_dicom reads one slice: a file of three frames is refused, naming the frame reader
+    (tests/test_multiframe.py reads them)."""
     ds = ct_dataset()
     ds.NumberOfFrames = 3
     ds.PixelData = ds.PixelData * 3
     with pytest.raises(
         DicomError,
-        match=r"\(0028,0008\) Number of Frames is 3: multi-frame DICOM is not supported; "
-        "export single-frame slices",
+        match=r"\(0028,0008\) Number of Frames is 3: the file holds 3 slices, not one; read it "
+        "with hemo.dicom.read_dicom_frames",
     ):
         read_dicom(to_bytes(ds))
 

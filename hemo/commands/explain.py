@@ -62,18 +62,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def overlay_name(source: str, method: str, taken: set[str]) -> str:
+def overlay_name(source: str, method: str, taken: set[str], frame: int | None = None) -> str:
     """``<stem>_<method>.png`` for an input, made unique among ``taken`` (which it extends).
 
     Args:
         source: Input name, e.g. ``dir/ID_1.dcm`` or ``series.zip/IM0001``.
         method: Method name.
         taken: Names already used in this run.
+        frame: The frame number of a multi-frame DICOM's slice: ``<stem>_frame0007_<method>.png``.
 
     Returns:
         A file name (no folder).
     """
     stem = Path(source.replace("\\", "/")).stem or "scan"
+    if frame is not None:
+        stem = f"{stem}_frame{frame:04d}"
     name = f"{stem}_{method}.png"
     counter = 2
     while name in taken:
@@ -145,13 +148,15 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 contour_level=args.contour,
                 box=args.box,
             )
-            path = args.out / overlay_name(scan_result.name, args.method, taken)
+            frame = getattr(scan_result.scan, "frame", None)
+            path = args.out / overlay_name(scan_result.name, args.method, taken, frame)
             if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
                 raise ConfigError(f"--out {args.out}: cannot write {path.name}")
             row, col = result.peak
             results.append(
                 {
                     "path": scan_result.name,
+                    "frame": frame,
                     "probability": result.probability,
                     "logit": result.logit,
                     "label": result.label,
@@ -185,8 +190,9 @@ def _text(data: dict[str, Any]) -> str:
             lines.append(f"{_short(entry['path']):<{PATH_WIDTH}}  error: {entry['error']}")
             continue
         peak = "flat" if entry["flat"] else f"{entry['peak']['row']},{entry['peak']['col']}"
+        name = entry["path"] if entry.get("frame") is None else f"{entry['path']}#{entry['frame']}"
         lines.append(
-            f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
+            f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
             f"{entry['overlay']}"
         )
     return "\n".join(lines)

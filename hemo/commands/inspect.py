@@ -1,8 +1,12 @@
 """``hemo inspect FILE [--json]``: PHI-free metadata and intensity statistics of one scan.
 
 For a DICOM: the whitelisted metadata (:func:`hemo.dicom.phi_free_metadata`), geometry and HU
-statistics (min, max, mean, 1st and 99th percentiles). For a PNG/JPEG/TIFF: kind, decoded shape,
-bit depth and display-intensity statistics in [0, 1]. No UIDs, names, IDs or dates are printed.
+statistics (min, max, mean, 1st and 99th percentiles). A multi-frame DICOM is described by its
+first frame, plus ``frames`` (how many), ``frame_z_mm`` (each frame's position, file order),
+``frame_errors`` (frames that could not be decoded) and HU statistics over every frame (over
+every ``hu_sampled_every``-th pixel when the frames hold more than :data:`MAX_STAT_PIXELS`). For a
+PNG/JPEG/TIFF: kind, decoded shape, bit depth and display-intensity statistics in [0, 1]. No
+UIDs, names, IDs or dates are printed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import Any
 
 #: Percentiles reported besides min, max and mean.
 PERCENTILES = (1.0, 99.0)
+#: Most HU values a multi-frame file's statistics hold in memory (256 MB of float32).
+MAX_STAT_PIXELS = 64 * 1024 * 1024
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,6 +77,31 @@ def describe(scan: Any) -> dict[str, Any]:
     }
 
 
+def describe_frames(frames: list[Any], errors: list[str]) -> dict[str, Any]:
+    """The report of a multi-frame DICOM: its first frame's, with every frame's statistics.
+
+    Args:
+        frames: The frames that were read (``CTSlice`` with ``frame`` set), in file order.
+        errors: Messages of the frames that could not be decoded.
+    """
+    import numpy as np
+
+    report = describe(frames[0])
+    pixels = sum(f.hu.size for f in frames)
+    step = 1
+    while pixels / (step * step) > MAX_STAT_PIXELS:
+        step += 1
+    values = np.concatenate([f.hu[::step, ::step].ravel() for f in frames])
+    report["slice_z_mm"] = None
+    report["frames"] = len(frames) + len(errors)
+    report["frame_z_mm"] = [f.slice_z_mm for f in frames]
+    report["frame_errors"] = errors
+    report["hu"] = _stats(values)
+    if step > 1:
+        report["hu_sampled_every"] = step
+    return report
+
+
 def _text(report: dict[str, Any]) -> str:
     lines = [f"{report['path']}: {report['kind']}"]
     for key, value in report.items():
@@ -90,10 +121,9 @@ def run(args: argparse.Namespace) -> int:
     """Read the file and print its report; on a bad file, one error (JSON or a line) and exit 2."""
     from hemo.cli import EXIT_ERROR, emit_json
     from hemo.errors import HemoError
-    from hemo.io import read_scan
 
     try:
-        report = describe(read_scan(args.file))
+        report = _report(args.file)
     except HemoError as exc:
         if not args.json:
             raise
@@ -107,4 +137,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["describe", "register", "run"]
+def _report(path: str) -> dict[str, Any]:
+    """Read ``path`` (every frame of a multi-frame DICOM) and describe it; raises its error."""
+    from hemo.dicom import read_dicom_frames
+    from hemo.errors import DicomError
+    from hemo.images import SNIFF_BYTES, sniff_kind
+    from hemo.io import read_scan
+    from hemo.sources import read_head
+
+    if sniff_kind(read_head(path, SNIFF_BYTES)) != "dicom":
+        return describe(read_scan(path))  # an image; a zip or unknown bytes raise
+    frames, errors = [], []
+    for item in read_dicom_frames(path):
+        if isinstance(item, Exception):
+            errors.append(str(item))
+        else:
+            frames.append(item)
+    if not frames:
+        raise DicomError(f"none of its {len(errors)} frames could be decoded: {errors[0]}", path)
+    if frames[0].frame is None:
+        return describe(frames[0])
+    return describe_frames(frames, errors)
+
+
+__all__ = ["describe", "describe_frames", "register", "run"]

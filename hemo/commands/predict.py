@@ -55,9 +55,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def training_lookalikes(card: Any, inputs: list[str]) -> dict[str, dict[str, Any] | None] | None:
-    """``{result path: {"image", "similarity"} or None}`` for every readable scan of ``inputs``,
-    or ``None`` when the card's training images are not on this machine."""
+def training_lookalikes(
+    card: Any, inputs: list[str]
+) -> dict[tuple[str, int | None], dict[str, Any] | None] | None:
+    """``{(result path, frame): {"image", "similarity"} or None}`` for every readable scan of
+    ``inputs`` (frame ``None`` unless the scan is a frame of a multi-frame DICOM), or ``None``
+    when the card's training images are not on this machine."""
     from hemo.evaluate import training_reference
     from hemo.io import iter_scans
 
@@ -70,12 +73,12 @@ def training_lookalikes(card: Any, inputs: list[str]) -> dict[str, dict[str, Any
             (card.training or {}).get("data", "not in its card"),
         )
         return None
-    found: dict[str, dict[str, Any] | None] = {}
+    found: dict[tuple[str, int | None], dict[str, Any] | None] = {}
     for item in iter_scans(inputs):
         if item.scan is None:
             continue
         match = reference.match(item.scan)
-        found[item.name] = (
+        found[(item.name, getattr(item.scan, "frame", None))] = (
             None if match is None else {"image": match[0], "similarity": round(match[1], 4)}
         )
     return found
@@ -115,8 +118,9 @@ def _text(data: dict[str, Any]) -> str:
         if entry.get("training_lookalike"):
             seen = entry["training_lookalike"]
             suffix += f"  [looks like training image {Path(seen['image']).name}: no test]"
+        name = entry["path"] if entry.get("frame") is None else f"{entry['path']}#{entry['frame']}"
         lines.append(
-            f"{_short(entry['path']):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
+            f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
         )
     for study in data["studies"]:
         verdict = "POSITIVE" if study["positive"] else "negative"
@@ -125,6 +129,11 @@ def _text(data: dict[str, Any]) -> str:
             f"series of {study['n_slices']} slice(s): P(any) max {study['probability']:.3f} "
             f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}; most suspicious "
             f"slice {study['most_suspicious_index']}: {_short(study['most_suspicious_source'])}"
+            + (
+                ""
+                if study.get("most_suspicious_frame") is None
+                else f" frame {study['most_suspicious_frame']}"
+            )
         )
         outside = study["n_slices"] - (study["slices_in_range"] or study["n_slices"])
         if outside and study["slices_in_range"]:
@@ -152,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             found = training_lookalikes(predictor.card, args.inputs) or {}
             for entry in data["results"]:
                 if "error" not in entry:
-                    entry["training_lookalike"] = found.get(entry["path"])
+                    entry["training_lookalike"] = found.get((entry["path"], entry["frame"]))
     for result in batch.results:
         if result.error is not None:
             log.error("%s", result.error)
