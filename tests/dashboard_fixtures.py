@@ -62,10 +62,22 @@ def make_kaggle_pngs(root: Path, seed: int = 0) -> Path:
     return root
 
 
+#: Seed of the untrained page-test models' weights.
+MODELS_SEED = 0
+
+
 def make_models(root: Path) -> Path:
-    """Two untrained compact models with cards under ``root``: ``tiny_hu`` and ``tiny_display``."""
+    """Two untrained compact models with cards under ``root``: ``tiny_hu`` and ``tiny_display``.
+
+    Seeded, so their weights (and whether a heatmap comes out flat) do not depend on what ran
+    before in the process.
+    """
+    import keras
+
     from hemo.model import CAM_LAYERS, ModelCard, build_model, save_model
     from hemo.preprocess import InputSpec
+
+    keras.utils.set_random_seed(MODELS_SEED)
 
     root.mkdir(parents=True, exist_ok=True)
     specs = (

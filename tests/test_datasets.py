@@ -217,6 +217,25 @@ def test_folders_layout_case_insensitive_with_dicom_and_junk(
     assert [(p.kind, Path(p.path).name) for p in result.problems] == [("unsupported", "notes.txt")]
 
 
+def test_folders_layout_reports_a_multiframe_file_and_indexes_the_rest(
+    cq500_dir: Path, tmp_path: Path
+) -> None:
+    """A label row is one slice: an Enhanced CT file of several frames is reported by name and
+    reason, and the single-frame slices beside it are indexed."""
+    from dicom_factory import enhanced_ct, to_bytes
+
+    (tmp_path / "normal").mkdir()
+    for name in ("CT000001.dcm", "CT000002.dcm"):
+        shutil.copy(cq500_dir / name, tmp_path / "normal" / name)
+    frames = [cq500_dir / f"CT00010{k}.dcm" for k in range(3)]
+    (tmp_path / "normal" / "enhanced.dcm").write_bytes(to_bytes(enhanced_ct(frames)))
+    result = index_dataset(tmp_path, layout="folders", workers=1)
+    assert sorted(Path(p).name for p in result.frame["path"]) == ["CT000001.dcm", "CT000002.dcm"]
+    (problem,) = result.problems
+    assert Path(problem.path).name == "enhanced.dcm" and problem.kind == "unreadable"
+    assert "Number of Frames is 3: a dataset index holds single-frame slices" in problem.reason
+
+
 def test_folder_class_names() -> None:
     """The documented class folder names map to 1/0, anything else to None."""
     assert [class_of(n) for n in ("hemorrhage", "Positive", "1", "YES")] == [1, 1, 1, 1]

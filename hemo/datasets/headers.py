@@ -54,8 +54,9 @@ def read_fields(path: str) -> HeaderFields:
         path: A DICOM file (any extension).
 
     Returns:
-        The fields, or a record whose ``error`` says why the file is unreadable (not DICOM, or a
-        header without image size: nothing to index).
+        The fields, or a record whose ``error`` says why the file cannot be indexed (not DICOM,
+        a header without image size: nothing to index, or several frames: a label row is one
+        slice).
     """
     from hemo.dicom import read_dicom_header
 
@@ -69,6 +70,13 @@ def read_fields(path: str) -> HeaderFields:
         return HeaderFields(
             path=path,
             error="(0028,0010) Rows / (0028,0011) Columns missing or 0: the file holds no image",
+        )
+    frames = header.metadata.get("NumberOfFrames")
+    if isinstance(frames, int) and frames > 1:
+        return HeaderFields(
+            path=path,
+            error=f"(0028,0008) Number of Frames is {frames}: a dataset index holds single-frame "
+            "slices (one label row per file); hemo predict, explain and inspect read every frame",
         )
     return HeaderFields(
         path=path,
