@@ -17,6 +17,10 @@ Two numbers describe a slice in display grayscale (the brain window for DICOM):
 A :class:`SliceRange` fitted on a model's training images (:func:`fit_slice_range`: the lowest
 soft-tissue fraction seen, less :data:`RANGE_MARGIN`) goes in the model card; predictions then
 mark slices and images outside it, and a series' verdict is taken over the slices inside it.
+
+Whatever the card, a DICOM localizer (scout) and a sagittal or coronal reformat are outside
+every model's range too (:func:`plane_reason`, read from the header): the models were trained
+on axial slices.
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ MEASURE_SIDE_PX = 128
 MAX_FIT_IMAGES = 2000
 #: Seed of that sample.
 FIT_SEED = 0
+#: A slice whose plane is tilted more than this from axial is a sagittal or coronal reformat
+#: (degrees; head CT gantry tilt stays within about 30).
+MAX_AXIAL_TILT_DEG = 45.0
+#: (0008,0008) Image Type value of a localizer (scout) image.
+LOCALIZER = "LOCALIZER"
 #: Threads reading training images for :func:`fit_slice_range`.
 FIT_WORKERS = 4
 
@@ -205,6 +214,68 @@ def scan_anatomy(scan: Any) -> SliceAnatomy:
     small = dataclasses.replace(scan, hu=hu[::stride, ::stride])
     anatomy = slice_anatomy(to_display(small))
     return dataclasses.replace(anatomy, head_area_px=anatomy.head_area_px * stride * stride)
+
+
+def plane_reason(scan: Any) -> str | None:
+    """Why a DICOM slice is not an axial cross-section like every model's training slices.
+
+    Read from the header, for every model whatever its card: a localizer (scout, topogram) is a
+    projection, not a slice ((0008,0008) Image Type holds ``LOCALIZER``), and a slice whose plane
+    is more than :data:`MAX_AXIAL_TILT_DEG` from axial ((0020,0037) Image Orientation (Patient))
+    is a sagittal or coronal reformat. Gantry tilt on head CT stays well inside that angle.
+
+    Args:
+        scan: A ``CTSlice``; images (no header) and slices without orientation give ``None``.
+
+    Returns:
+        The reason in words, or ``None`` for an axial slice (or when the header cannot tell).
+    """
+    metadata = getattr(scan, "metadata", None) or {}
+    image_type = metadata.get("ImageType")
+    values = image_type if isinstance(image_type, list | tuple) else [image_type]
+    if any(str(v).strip().upper() == LOCALIZER for v in values if v is not None):
+        return (
+            "a localizer (scout) image, not a cross-sectional slice ((0008,0008) Image Type "
+            "LOCALIZER)"
+        )
+    orientation = getattr(scan, "orientation", None)
+    if orientation is None or len(orientation) != 6:
+        return None
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    norm = float(np.linalg.norm(normal))
+    if norm == 0.0:
+        return None
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / norm))))
+    if tilt > MAX_AXIAL_TILT_DEG:
+        return (
+            f"not an axial slice: its plane is {tilt:.0f} degrees from axial ((0020,0037) Image "
+            "Orientation (Patient); a sagittal or coronal reformat), and the models were trained "
+            "on axial slices"
+        )
+    return None
+
+
+def outside_reasons(
+    planes: Sequence[str | None],
+    slice_range: SliceRange | None = None,
+    anatomies: Sequence[SliceAnatomy] | None = None,
+) -> list[str | None]:
+    """Per slice of one series: its :func:`plane_reason`, else the slice range's reason.
+
+    Args:
+        planes: :func:`plane_reason` of each slice.
+        slice_range: The model's range, or ``None`` (then only the plane counts).
+        anatomies: The slices' anatomies, aligned with ``planes``; needed with ``slice_range``.
+            The area rule compares axial slices only (a localizer's area is not a section's).
+    """
+    if slice_range is None or anatomies is None:
+        return list(planes)
+    axial = [a for a, plane in zip(anatomies, planes, strict=True) if plane is None]
+    largest = max((a.head_area_px for a in axial), default=0)
+    return [
+        plane or slice_range.reason(anatomy, largest)
+        for plane, anatomy in zip(planes, anatomies, strict=True)
+    ]
 
 
 def _stride(shape: tuple[int, ...]) -> int:

@@ -499,23 +499,24 @@ def analyse(predictor: Any, scan: Any, method: str = "gradcam", label: str = "an
         label: The output explained (``any`` or a subtype the model has).
 
     Returns:
-        The analysis; a slice or image outside the model's slice range (:mod:`hemo.anatomy`,
-        soft-tissue rule) has the reason in ``prediction.outside_range``.
+        The analysis; a slice or image outside the model's slice range (:mod:`hemo.anatomy`:
+        a localizer or reformat, or the soft-tissue rule) has the reason in
+        ``prediction.outside_range``.
 
     Raises:
         HemoError: The model cannot take this scan (e.g. a PNG for a model of HU windows).
     """
+    from hemo.anatomy import plane_reason, scan_anatomy
     from hemo.cam import explain
     from hemo.preprocess import input_view, to_model_input
 
     card = predictor.card
     x = to_model_input(scan, card.input_spec)
     prediction = predict_scans(predictor, [scan])[0]
-    if predictor.slice_range is not None:
-        from hemo.anatomy import scan_anatomy
-
+    reason = plane_reason(scan)
+    if reason is None and predictor.slice_range is not None:
         reason = predictor.slice_range.reason(scan_anatomy(scan))
-        prediction = dataclasses.replace(prediction, outside_range=reason)
+    prediction = dataclasses.replace(prediction, outside_range=reason)
     cam = explain(
         predictor.model,
         x,
@@ -589,19 +590,19 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
     Returns:
         The per-slice and study results.
     """
-    from hemo.anatomy import scan_anatomy
+    from hemo.anatomy import outside_reasons, plane_reason, scan_anatomy
     from hemo.reports import study_summary
 
     predictions = tuple(predict_scans(predictor, series.slices))
     slice_range = predictor.slice_range
+    anatomies = None
     if slice_range is not None:
         with ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="hemo-ui-range") as pool:
             anatomies = list(pool.map(scan_anatomy, series.slices))
-        reasons = slice_range.reasons(anatomies)
-        predictions = tuple(
-            dataclasses.replace(p, outside_range=r)
-            for p, r in zip(predictions, reasons, strict=True)
-        )
+    reasons = outside_reasons([plane_reason(s) for s in series.slices], slice_range, anatomies)
+    predictions = tuple(
+        dataclasses.replace(p, outside_range=r) for p, r in zip(predictions, reasons, strict=True)
+    )
     probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
     name = series_name(series)
     study = study_summary(

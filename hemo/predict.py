@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hemo.anatomy import SliceAnatomy, SliceRange, scan_anatomy
+from hemo.anatomy import SliceAnatomy, SliceRange, outside_reasons, plane_reason, scan_anatomy
 from hemo.dicom import CTSlice
 from hemo.errors import ConfigError, HemoError, InputError, SeriesError
 from hemo.io import ScanResult, iter_scans
@@ -230,6 +230,7 @@ def study_predictions(
     *,
     anatomies: Sequence[SliceAnatomy] | None = None,
     slice_range: SliceRange | None = None,
+    planes: Sequence[str | None] | None = None,
 ) -> tuple[list[Prediction], list[StudyPrediction]]:
     """Group DICOM slice predictions into series (:func:`hemo.series.group_series`) and pool them.
 
@@ -241,6 +242,9 @@ def study_predictions(
             needed with ``slice_range``.
         slice_range: The model's range; slices outside it get ``outside_range`` and are pooled
             only when no slice of their series is in range.
+        planes: :func:`hemo.anatomy.plane_reason` of each slice, aligned with ``slices``: a
+            localizer or a reformat is outside every model's range, with or without
+            ``slice_range``.
 
     Returns:
         (the predictions with ``index`` (and ``outside_range``) set, aligned with the input; one
@@ -274,9 +278,11 @@ def study_predictions(
                 key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source, s.frame or 0),
             )
         rows = [by_id[id(s)] for s in ordered]
-        reasons: list[str | None] = [None] * len(rows)
-        if slice_range is not None and anatomies is not None:
-            reasons = slice_range.reasons([anatomies[i] for i in rows])
+        reasons = outside_reasons(
+            [None if planes is None else planes[i] for i in rows],
+            slice_range,
+            None if anatomies is None else [anatomies[i] for i in rows],
+        )
         for position, i in enumerate(rows):
             updated[i] = dataclasses.replace(
                 updated[i], index=position, outside_range=reasons[position]
@@ -288,7 +294,8 @@ def study_predictions(
             pooled = list(range(len(rows)))
             note = _join_notes(
                 note,
-                "no slice is in the model's range (skull base or vertex only): the verdict "
+                "no slice is in the model's range (skull base, vertex, localizers or "
+                "reformats only): the verdict "
                 "pools every slice",
             )
         best = pooled[int(np.argmax(p_any[pooled]))]
@@ -344,6 +351,8 @@ class _Prepared:
         meta: A pixel-free copy of a DICOM slice (UIDs, position), ``None`` for images.
         anatomy: The scan's :class:`~hemo.anatomy.SliceAnatomy` when the model has a slice
             range, else ``None``.
+        plane: :func:`hemo.anatomy.plane_reason` of a DICOM slice (a localizer, a reformat),
+            else ``None``.
     """
 
     name: str
@@ -351,6 +360,7 @@ class _Prepared:
     error: HemoError | None
     meta: CTSlice | None
     anatomy: SliceAnatomy | None = None
+    plane: str | None = None
 
 
 class Predictor:
@@ -483,6 +493,7 @@ class Predictor:
         results: list[Result | None] = []
         metas: dict[int, CTSlice] = {}
         anatomies: dict[int, SliceAnatomy] = {}
+        planes: dict[int, str] = {}
         reading: deque[Future[list[_Prepared]]] = deque()
         batches: deque[Future[list[tuple[int, Prediction]]]] = deque()
         batch: list[tuple[int, _Prepared]] = []
@@ -509,6 +520,8 @@ class Predictor:
                     metas[slot] = prepared.meta
                 if prepared.anatomy is not None:
                     anatomies[slot] = prepared.anatomy
+                if prepared.plane is not None:
+                    planes[slot] = prepared.plane
                 batch.append((slot, prepared))
                 if len(batch) == self.batch_size:
                     send_batch()
@@ -527,12 +540,12 @@ class Predictor:
         grouped = [slot for slot, meta in metas.items() if meta.series_uid or meta.study_uid]
         if not studies:
             grouped = []
-        if self.slice_range is not None:  # lone slices: the soft-tissue rule only
-            for slot, anatomy in anatomies.items():
-                if slot not in grouped:
-                    results[slot] = dataclasses.replace(
-                        results[slot], outside_range=self.slice_range.reason(anatomy)
-                    )
+        lone = set(anatomies) | set(planes)
+        for slot in sorted(lone.difference(grouped)):  # lone slices: the soft-tissue rule only
+            reason = planes.get(slot)
+            if reason is None and self.slice_range is not None and slot in anatomies:
+                reason = self.slice_range.reason(anatomies[slot])
+            results[slot] = dataclasses.replace(results[slot], outside_range=reason)
         if grouped:
             ranged = self.slice_range is not None and all(i in anatomies for i in grouped)
             pooled, study_results = study_predictions(
@@ -541,6 +554,7 @@ class Predictor:
                 self.top_k,
                 anatomies=[anatomies[i] for i in grouped] if ranged else None,
                 slice_range=self.slice_range if ranged else None,
+                planes=[planes.get(i) for i in grouped],
             )
             for slot, prediction in zip(grouped, pooled, strict=True):
                 results[slot] = prediction
@@ -576,18 +590,19 @@ class Predictor:
             if scan_result.error is not None:
                 out.append(_Prepared(name, None, scan_result.error, None))
                 continue
-            anatomy = None
+            anatomy = plane = None
             try:
                 tensor, error = self.prepare(scan), None
                 if self.slice_range is not None:
                     anatomy = scan_anatomy(scan)
+                plane = plane_reason(scan)
             except HemoError as exc:
                 tensor, error = None, exc
             except Exception as exc:  # a reader let through an array the pipeline cannot take
                 log.exception("preprocessing %s failed", name)
                 tensor = None
                 error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", name)
-            out.append(_Prepared(name, tensor, error, _pixel_free(scan), anatomy))
+            out.append(_Prepared(name, tensor, error, _pixel_free(scan), anatomy, plane))
         return out
 
     def _run_batch(self, items: list[tuple[int, _Prepared]]) -> list[tuple[int, Prediction]]:
