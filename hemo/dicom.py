@@ -259,8 +259,9 @@ class CTSlice:
         modality: Always ``"CT"`` (other modalities are refused).
         metadata: PHI-free whitelist plus hemo's notes (``transfer_syntax``,
             ``rsna_12bit_fault_corrected``, ``rescale_assumed``).
-        frame: The frame's number (1-based, as DICOM counts frames) in a multi-frame file;
-            ``None`` for a single-frame file.
+        frame: The frame's number (1-based, as DICOM counts frames) in a multi-frame file, or
+            the slice's number in a NIfTI volume (:mod:`hemo.nifti`); ``None`` for a
+            single-frame file.
     """
 
     hu: npt.NDArray[np.float32] = field(repr=False)

@@ -31,8 +31,14 @@ TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 DICM_OFFSET = 128
 DICM_MAGIC = b"DICM"
-#: Bytes needed by :func:`sniff_kind`.
-SNIFF_BYTES = DICM_OFFSET + len(DICM_MAGIC)
+#: gzip (RFC 1952 2.3.1), e.g. a ``.nii.gz`` volume.
+GZIP_MAGIC = b"\x1f\x8b"
+#: NIfTI-1 and NIfTI-2 (header size, offset of the magic, single-file magic): nifti1.h, nifti2.h.
+NIFTI_SIGNATURES = ((1, 348, 344, b"n+1\x00"), (2, 540, 4, b"n+2\x00"))
+#: Magic of a NIfTI header whose image is in a separate ``.img`` file.
+NIFTI_PAIR_MAGICS = (b"ni1\x00", b"ni2\x00")
+#: Bytes needed by :func:`sniff_kind` (a NIfTI-1 magic ends at byte 348).
+SNIFF_BYTES = 348
 #: JPEG end-of-image marker (ITU T.81 B.1.1.2); a file without it is truncated.
 JPEG_EOI = b"\xff\xd9"
 #: JPEG start-of-frame markers that carry the image size (T.81 Table B.1), i.e. 0xC0-0xCF
@@ -76,12 +82,17 @@ def sniff_kind(head: bytes) -> str | None:
         head: The first :data:`SNIFF_BYTES` (132) bytes or more; fewer is fine for images.
 
     Returns:
-        ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"zip"`` or ``None`` when unknown.
-        A DICOM without the PS3.10 preamble is ``None`` here (see :mod:`hemo.io`).
+        ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"zip"``, ``"nifti"`` (a NIfTI-1 or -2
+        volume, header and image in one file), ``"gzip"`` (e.g. a ``.nii.gz``) or ``None`` when
+        unknown. A DICOM without the PS3.10 preamble is ``None`` here (see :mod:`hemo.io`).
     """
     head = bytes(head[:SNIFF_BYTES])
-    if head[DICM_OFFSET:SNIFF_BYTES] == DICM_MAGIC:
+    if head[DICM_OFFSET : DICM_OFFSET + len(DICM_MAGIC)] == DICM_MAGIC:
         return "dicom"
+    if nifti_version(head) is not None:
+        return "nifti"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
     if head.startswith(PNG_MAGIC):
         return "png"
     if head.startswith(JPEG_MAGIC):
@@ -90,6 +101,21 @@ def sniff_kind(head: bytes) -> str | None:
         return "tiff"
     if head.startswith(ZIP_MAGICS):
         return "zip"
+    return None
+
+
+def nifti_version(head: bytes) -> int | None:
+    """1 or 2 when ``head`` starts a NIfTI-1 / NIfTI-2 header (single file or .hdr), else None.
+
+    The header size (348 or 540, either byte order) and the magic must both match.
+    """
+    for version, size, offset, magic in NIFTI_SIGNATURES:
+        if len(head) < offset + len(magic):
+            continue
+        sizes = {struct.unpack("<i", head[:4])[0], struct.unpack(">i", head[:4])[0]}
+        found = head[offset : offset + len(magic)]
+        if size in sizes and (found == magic or found in NIFTI_PAIR_MAGICS):
+            return version
     return None
 
 

@@ -13,6 +13,8 @@ Batch rules (documented so results are predictable):
   extension); other files (``.csv``, ``.txt``, ``.json`` ...) are skipped quietly.
 * A multi-frame DICOM gives one result per frame, each named by the file (the scan's ``frame``
   tells them apart); a frame that cannot be decoded is that frame's error, the rest are read.
+  A NIfTI volume (``.nii``, ``.nii.gz``; :mod:`hemo.nifti`) gives one result per axial slice the
+  same way. In folders and zips a gzip file is read only when named ``*.nii.gz``.
 * Zip members are named ``zipname/member``; a member with an absolute path or a ``..`` part is
   refused (SeriesError) and the other members are still read. An archive with more than
   ``config.MAX_ZIP_MEMBERS`` members, more than ``config.MAX_ZIP_UNCOMPRESSED_BYTES`` declared
@@ -34,6 +36,7 @@ from hemo import config
 from hemo.dicom import CTSlice, read_dicom, read_dicom_frames
 from hemo.errors import DicomError, HemoError, InputError, LimitError, SeriesError
 from hemo.images import IMAGE_KINDS, SNIFF_BYTES, Image2D, read_image, sniff_kind
+from hemo.nifti import read_nifti
 from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, source_name
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,13 @@ Scan = CTSlice | Image2D
 
 #: Suffixes of files that are scans even when their bytes cannot be sniffed (lower case).
 SCAN_SUFFIXES = frozenset(
-    {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff"}
+    {".dcm", ".dicom", ".dic", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii"}
 )
+#: Kinds (:func:`hemo.images.sniff_kind`) read as a NIfTI volume; a gzip stream must hold one.
+VOLUME_KINDS = ("nifti", "gzip")
+#: A gzip file in a folder or zip is read only under this suffix (others, e.g. ``x.csv.gz``,
+#: are skipped quietly).
+NIFTI_GZ_SUFFIX = ".nii.gz"
 #: File and folder names skipped in folders and zips.
 SKIPPED_NAMES = frozenset({"DICOMDIR", "__MACOSX", "Thumbs.db"})
 
@@ -95,6 +103,17 @@ def read_scan(source: Source, name: str | None = None) -> Scan:
         return read_image(data, label)
     if kind == "zip":
         raise InputError("is a zip archive, not one scan: read it with iter_scans", label)
+    if kind in VOLUME_KINDS:
+        slices = read_nifti(data, label)
+        first = next(slices, None)
+        if first is None or first.frame is not None:
+            count = 0 if first is None else first.metadata["NumberOfFrames"]
+            raise InputError(
+                f"is a NIfTI volume of {count} slices, not one scan: read it with iter_scans "
+                "(hemo predict, hemo explain and the app read every slice)",
+                label,
+            )
+        return first
     try:
         return read_dicom(data, label)
     except DicomError as exc:
@@ -107,15 +126,27 @@ def _skipped(parts: Iterable[str]) -> bool:
 
 def _worth_reading(name: str, head: bytes) -> bool:
     """Whether a folder/zip member is read (see the module docstring)."""
-    if sniff_kind(head) is not None:
+    kind = sniff_kind(head)
+    if kind == "gzip":
+        return name.lower().endswith(NIFTI_GZ_SUFFIX)
+    if kind is not None:
         return True
     suffix = PurePosixPath(name).suffix.lower()
     return suffix == "" or suffix in SCAN_SUFFIXES
 
 
 def _results(name: str, data: bytes) -> Iterator[ScanResult]:
-    """One result per scan of one file: every frame of a DICOM, else the one image."""
+    """One result per scan of one file: every frame of a DICOM, every slice of a NIfTI volume,
+    else the one image."""
     kind = sniff_kind(data[:SNIFF_BYTES])
+    if kind in VOLUME_KINDS:
+        try:
+            slices = read_nifti(data, name)
+            for scan in slices:
+                yield ScanResult(name, scan, None)
+        except HemoError as exc:
+            yield ScanResult(name, None, exc)
+        return
     if kind is not None and kind != "dicom":
         try:
             yield ScanResult(name, read_scan(data, name), None)

@@ -1,7 +1,8 @@
 """``hemo inspect FILE [--json]``: PHI-free metadata and intensity statistics of one scan.
 
 For a DICOM: the whitelisted metadata (:func:`hemo.dicom.phi_free_metadata`), geometry and HU
-statistics (min, max, mean, 1st and 99th percentiles). A multi-frame DICOM is described by its
+statistics (min, max, mean, 1st and 99th percentiles). A multi-frame DICOM (or a NIfTI volume,
+its axial slices in place of frames) is described by its
 first frame, plus ``frames`` (how many), ``frame_z_mm`` (each frame's position, file order),
 ``frame_errors`` (frames that could not be decoded) and HU statistics over every frame (over
 every ``hu_sampled_every``-th pixel when the frames hold more than :data:`MAX_STAT_PIXELS`). For a
@@ -142,10 +143,15 @@ def _report(path: str) -> dict[str, Any]:
     from hemo.dicom import read_dicom_frames
     from hemo.errors import DicomError
     from hemo.images import SNIFF_BYTES, sniff_kind
-    from hemo.io import read_scan
+    from hemo.io import VOLUME_KINDS, read_scan
+    from hemo.nifti import read_nifti
     from hemo.sources import read_head
 
-    if sniff_kind(read_head(path, SNIFF_BYTES)) != "dicom":
+    kind = sniff_kind(read_head(path, SNIFF_BYTES))
+    if kind in VOLUME_KINDS:
+        slices = list(read_nifti(path))
+        return describe(slices[0]) if len(slices) == 1 else describe_frames(slices, [])
+    if kind != "dicom":
         return describe(read_scan(path))  # an image; a zip or unknown bytes raise
     frames, errors = [], []
     for item in read_dicom_frames(path):
