@@ -119,3 +119,11 @@ def test_overlay_names_unique() -> None:
     assert overlay_name("a/ID_1.dcm", "gradcam", taken) == "ID_1_gradcam.png"
     assert overlay_name("b/ID_1.dcm", "gradcam", taken) == "ID_1_2_gradcam.png"
     assert overlay_name("s.zip/ID_1", "gradcam", taken) == "ID_1_3_gradcam.png"
+
+
+def test_overlay_names_of_frames_and_volume_slices() -> None:
+    """A frame or a NIfTI slice is named by its number; a .nii.gz loses both suffixes."""
+    taken: set[str] = set()
+    assert overlay_name("x/enh.dcm", "gradcam", taken, 7) == "enh_frame0007_gradcam.png"
+    assert overlay_name("x/head.nii.gz", "hirescam", taken, 12) == "head_frame0012_hirescam.png"
+    assert overlay_name("x/head.nii", "hirescam", taken, 12) == "head_frame0012_2_hirescam.png"

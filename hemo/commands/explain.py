@@ -74,7 +74,9 @@ def overlay_name(source: str, method: str, taken: set[str], frame: int | None = 
     Returns:
         A file name (no folder).
     """
-    stem = Path(source.replace("\\", "/")).stem or "scan"
+    base = Path(source.replace("\\", "/")).name
+    gz = ".nii.gz"
+    stem = (base[: -len(gz)] if base.lower().endswith(gz) else Path(base).stem) or "scan"
     if frame is not None:
         stem = f"{stem}_frame{frame:04d}"
     name = f"{stem}_{method}.png"
