@@ -18,7 +18,8 @@ PERCENT = 100.0
 
 st.title("Predict")
 st.caption(
-    "Drop DICOM files (with or without extension), PNG/JPG images, or a zip of a series. "
+    "Drop DICOM files (with or without extension, single- or multi-frame), PNG/JPG images, a "
+    "zip of a series, or a NIfTI volume (.nii, .nii.gz). "
     "Files stay in memory: nothing you upload is written to disk."
 )
 

@@ -49,13 +49,13 @@ if source == SOURCE_DATASET:
         st.error(str(exc))
 else:
     uploads = st.file_uploader(
-        "DICOM file(s) or a zip of a series (files without extension are fine)",
+        "DICOM file(s), a zip of a series or a NIfTI volume (files without extension are fine)",
         accept_multiple_files=True,
         key="win_upload",
     )
     files = ui.uploaded_files(uploads)
     if not files:
-        st.info("Drop a DICOM slice, several slices, or a zip of a series.")
+        st.info("Drop a DICOM slice, several slices, a zip of a series or a NIfTI volume.")
         st.stop()
     decoded = ui.decode(dashboard.content_key(files), files)
     for name, message in decoded.errors:

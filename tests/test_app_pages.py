@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from dashboard_fixtures import (
     DISPLAY_MODEL,
@@ -295,6 +296,39 @@ def test_predict_upload_of_a_multiframe_file_is_a_series(env, cq500_dir, monkeyp
     assert any(f"{REAL_SERIES_EACH} slices" in h.value for h in at.subheader)
     at.slider(key="series_slice_0").set_value(REAL_SERIES_EACH).run()
     _ok(at)
+
+
+def test_predict_and_windowing_take_a_nifti_volume(env, cq500_dir, monkeypatch):
+    """A .nii.gz of real CQ500 slices: a series on the Predict page, a slice slider on the
+    windowing explorer."""
+    import gzip
+
+    import nibabel
+
+    from hemo.config import MODELS_DIR
+    from hemo.dicom import read_dicom
+
+    slices = sorted(
+        (read_dicom(p) for p in sorted(cq500_dir.glob("*.dcm"))[100 : 100 + REAL_SERIES_EACH]),
+        key=lambda s: s.slice_z_mm,
+    )
+    data = np.stack([s.hu.T for s in slices], axis=-1).round().astype(np.int16)
+    affine = np.diag([-0.5, -0.5, 0.625, 1.0])
+    volume = gzip.compress(nibabel.Nifti1Image(data, affine).to_bytes())
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(MODELS_DIR))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, "headct_real")
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        ("head.nii.gz", volume, "application/gzip")
+    ).run()
+    _ok(at)
+    assert _metrics(at)["Study verdict"] in {"hemorrhage", "no hemorrhage"}
+    assert at.slider(key="series_slice_0").max == REAL_SERIES_EACH
+    at = _open("app_pages/windowing.py")
+    at.radio(key="win_source").set_value("Upload DICOM").run()
+    at.file_uploader(key="win_upload").set_value(("head.nii.gz", volume, "application/gzip")).run()
+    _ok(at)
+    assert at.slider(key="win_upload_slice").max == REAL_SERIES_EACH
 
 
 def test_predict_samples_and_png_on_display_model(env):
