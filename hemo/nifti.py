@@ -22,6 +22,9 @@ Rules (all in memory: an upload is never written to disk):
   :data:`MAX_AIR_HU` HU in its sampled slices) is refused: it is not CT in HU (e.g. a volume
   scaled to 0-1 or 0-255). Values under ``config.HU_FLOOR`` become ``config.HU_AIR``, as for
   DICOM.
+* A header whose ``qform_code`` and ``sform_code`` are both 0 has no orientation: its voxel axes
+  are taken as RAS (nibabel's fallback affine), logged as a warning and kept as
+  ``metadata["orientation_assumed"]``.
 * ``frame`` is the slice's 1-based number in that order (``None`` for a single slice); the
   series and study are named ``nifti:<name>``. No free-text header field (``descrip``,
   ``aux_file``, ``intent_name``, ``db_name``) is ever read into the metadata.
@@ -216,7 +219,14 @@ def _slices(
         "scl_inter": None if inter is None else float(inter),
         "qform_code": int(header["qform_code"]),
         "sform_code": int(header["sform_code"]),
+        "orientation_assumed": not (int(header["qform_code"]) or int(header["sform_code"])),
     }
+    if base["orientation_assumed"]:
+        log.warning(
+            "%s: neither qform nor sform sets the orientation (both codes 0): the voxel axes are "
+            "taken as RAS, so the slices may be mirrored or upside down",
+            label,
+        )
     series = f"{SERIES_PREFIX}{label}"
 
     def generate() -> Iterator[CTSlice]:

@@ -171,3 +171,17 @@ def test_predict_inspect_and_the_app(
     decoded = dashboard.decode([("head.nii.gz", path.read_bytes())])
     assert not decoded.errors and len(decoded.series) == 1
     assert len(decoded.series[0].slices) == COUNT
+
+
+def test_a_header_without_orientation_is_read_and_flagged(
+    layouts: dict[str, bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    image = nibabel.Nifti1Image.from_bytes(layouts["converter.nii"])
+    image.set_qform(None, code=0)
+    image.set_sform(None, code=0)
+    with caplog.at_level("WARNING", logger="hemo.nifti"):
+        slices = list(read_nifti(image.to_bytes(), "bare.nii"))
+    assert len(slices) == COUNT and all(s.metadata["orientation_assumed"] for s in slices)
+    assert "bare.nii: neither qform nor sform" in caplog.text
+    (first, *_) = read_nifti(layouts["converter.nii"], "oriented.nii")
+    assert first.metadata["orientation_assumed"] is False
