@@ -32,6 +32,7 @@ Rules (all in memory: an upload is never written to disk):
 
 from __future__ import annotations
 
+import io
 import logging
 import zlib
 from collections.abc import Iterator
@@ -134,6 +135,22 @@ def _load(
         raise InputError(
             f"cannot read the NIfTI header ({type(exc).__name__}: {exc})", label
         ) from exc
+    try:  # the header as stored (an image made from bytes reports its data offset as 0)
+        stored = cls.header_class.from_fileobj(io.BytesIO(data))
+        itemsize = np.dtype(stored.get_data_dtype()).itemsize
+        offset = int(stored.get_data_offset())
+    except Exception as exc:
+        raise InputError(
+            f"cannot read the NIfTI header ({type(exc).__name__}: {exc})", label
+        ) from exc
+    declared = offset + int(np.prod(shape, dtype=np.int64)) * itemsize
+    if any(n < 1 for n in shape) or declared > len(data):
+        raise InputError(
+            f"the NIfTI header declares {shape} voxels of {itemsize} bytes from byte {offset} "
+            f"({declared} bytes), but the file holds {len(data)}: it is truncated or its header "
+            "lies",
+            label,
+        )
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:

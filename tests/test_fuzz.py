@@ -42,7 +42,8 @@ CALL_DEADLINE_S = 5.0
 CALL_PEAK_BYTES = 96 * 1024 * 1024
 #: Examples per target; the total is the figure reported in docs/HARDENING.md.
 EXAMPLES = {"read_scan_dicom": 220, "read_dicom_bare": 80, "read_dicom_header": 80,
-            "read_image": 140, "iter_scans_zip": 40}  # fmt: skip
+            "read_image": 140, "iter_scans_zip": 40, "iter_scans_multiframe": 60,
+            "iter_scans_nifti": 80}  # fmt: skip
 FUZZ = settings(
     max_examples=1,  # replaced per target below
     derandomize=True,
@@ -130,6 +131,47 @@ def zip_seed() -> bytes:
         archive.writestr("series/a.dcm", dicom_seeds()["ct_small"])
         archive.writestr("series/b.png", image_seeds()["png16"])
     return buffer.getvalue()
+
+
+@functools.cache
+def multiframe_seeds() -> dict[str, bytes]:
+    """Real Enhanced CT (pydicom's eCT_Supplemental) and one made from two phantom slices."""
+    import pydicom
+    from dicom_factory import enhanced_ct, to_bytes
+
+    from hemo.phantom import write_demo_dataset
+
+    seeds = {"ect_supplemental": _testfile("eCT_Supplemental.dcm")}
+    with tempfile.TemporaryDirectory() as folder:
+        index = write_demo_dataset(Path(folder), n_studies=1, seed=7, slices_per_study=2, size=64)
+        paths = [Path(folder) / p for p in index["path"]]
+        paths.sort(key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+        seeds["enhanced_phantom"] = to_bytes(enhanced_ct(paths, shift_frame=1))
+    return seeds
+
+
+@functools.cache
+def nifti_seeds() -> dict[str, bytes]:
+    """A small CT volume in HU (a phantom series) as NIfTI-1, NIfTI-2 and gzip."""
+    import gzip
+
+    import nibabel
+
+    from hemo.dicom import read_dicom
+    from hemo.phantom import write_demo_dataset
+
+    with tempfile.TemporaryDirectory() as folder:
+        index = write_demo_dataset(Path(folder), n_studies=1, seed=7, slices_per_study=3, size=64)
+        slices = sorted((read_dicom(Path(folder) / p) for p in index["path"]),
+                        key=lambda s: s.slice_z_mm)  # fmt: skip
+    data = np.stack([s.hu.T for s in slices], axis=-1).round().astype(np.int16)
+    affine = np.diag([-0.9, -0.9, 5.0, 1.0])
+    nifti1 = nibabel.Nifti1Image(data, affine).to_bytes()
+    return {
+        "nifti1": nifti1,
+        "nifti2": nibabel.Nifti2Image(data, affine).to_bytes(),
+        "nifti1_gz": gzip.compress(nifti1),
+    }
 
 
 def _value_slots(data: bytes) -> list[tuple[int, int]]:
@@ -285,6 +327,35 @@ def test_iter_scans_on_mutated_zips(case):
         return results
 
     _bounded("iter_scans_zip", batch, case.data, "upload.zip")
+
+
+def _batch(target: str):
+    """iter_scans on one upload; each result (a scan, or the error it carries) is counted."""
+
+    def run(payload: bytes, label: str):
+        results = list(iter_scans([(label, payload)]))
+        assert all((r.scan is None) != (r.error is None) for r in results)
+        for r in results:
+            OUTCOMES[f"{target}:result_{'scan' if r.ok else type(r.error).__name__}"] += 1
+        return results
+
+    return run
+
+
+@settings(FUZZ, max_examples=EXAMPLES["iter_scans_multiframe"])
+@given(case=mutated(multiframe_seeds()))
+def test_iter_scans_on_mutated_multiframe_dicom(case):
+    """Mutated Enhanced CT (functional groups, several frames): frames or HemoErrors."""
+    _bounded(
+        "iter_scans_multiframe", _batch("iter_scans_multiframe"), case.data, f"{case.seed}.dcm"
+    )
+
+
+@settings(FUZZ, max_examples=EXAMPLES["iter_scans_nifti"])
+@given(case=mutated(nifti_seeds(), tag_edits=False))
+def test_iter_scans_on_mutated_nifti(case):
+    """Mutated NIfTI-1/-2 and gzip volumes: slices or HemoErrors, bounded in time and memory."""
+    _bounded("iter_scans_nifti", _batch("iter_scans_nifti"), case.data, f"{case.seed}.nii")
 
 
 def _regressions() -> list[tuple[str, bytes]]:
