@@ -11,6 +11,7 @@ Nothing here touches the disk.
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import zipfile
@@ -168,6 +169,18 @@ def _multiframe() -> bytes:
     return to_bytes(ds)
 
 
+def _nifti(hu: bool = True) -> bytes:
+    """A 3-slice NIfTI-1 volume: a disc of brain in air, in HU (int16) or scaled to 0-1."""
+    import nibabel
+
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    disc = (yy - SIDE / 2) ** 2 + (xx - SIDE / 2) ** 2 < (SIDE / 3) ** 2
+    plane = np.where(disc, 40.0, -1000.0)
+    volume = np.stack([plane] * 3, axis=-1)
+    data = volume.astype(np.int16) if hu else ((volume + 1000) / 1040).astype(np.float32)
+    return nibabel.Nifti1Image(data, np.diag([-0.5, -0.5, 5.0, 1.0])).to_bytes()
+
+
 def _rgb() -> bytes:
     ds = ct_dataset()
     ds.SamplesPerPixel = 3
@@ -245,6 +258,9 @@ def corpus() -> list[tuple[str, str, bytes]]:
         ("png_huge_ihdr", "huge.png", _huge_ihdr_png()),
         ("jpeg_named_png", "photo.png", _jpeg(_head_png())),
         ("jpeg_truncated", "cut.jpg", _jpeg(_head_png())[:-200]),
+        ("nifti_not_hu", "unit.nii", _nifti(hu=False)),
+        ("nifti_truncated", "cut.nii", _nifti()[:1000]),
+        ("gzip_not_nifti", "table.nii.gz", gzip.compress(b"id,label\n1,0\n" * 20)),
         ("zip_traversal", "traversal.zip", _zip({"../../etc/evil.dcm": good, "ok.dcm": good})),
         ("zip_bomb", "bomb.zip", _zip({"zeros.dcm": bytes(BOMB_BYTES)})),
         ("zip_huge_declared", "declared.zip", _zip_declaring_huge_size()),
@@ -314,6 +330,9 @@ EXPECTED: dict[str, Expect] = {
     "png_huge_ihdr": Expect(LimitError, r"image is 100000 x 100000 = 10000000000 pixels"),
     "jpeg_named_png": Expect(None),
     "jpeg_truncated": Expect(ImageError, r"JPEG ends without its end-of-image marker"),
+    "nifti_not_hu": Expect(InputError, r"its values do not look like Hounsfield units"),
+    "nifti_truncated": Expect(InputError, r"the NIfTI header declares .* but the file holds 1000"),
+    "gzip_not_nifti": Expect(InputError, r"not a NIfTI-1 or NIfTI-2 volume"),
     "zip_traversal": Expect(
         SeriesError,
         r"zip member path '\.\./\.\./etc/evil\.dcm' leaves the archive",
