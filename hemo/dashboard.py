@@ -552,8 +552,11 @@ def overlay_image(
 
 
 def series_name(series: Any) -> str:
-    """A series' display name: the common folder or archive of its slices' names."""
+    """A series' display name: the file holding every slice (a multi-frame DICOM, a NIfTI
+    volume), else the common folder or archive of its slices' names."""
     names = [str(s.source).replace("\\", "/") for s in series.slices]
+    if len(set(names)) == 1:
+        return names[0]
     prefix = os.path.commonprefix(names)
     if "/" in prefix:
         return prefix.rsplit("/", 1)[0] or names[0]

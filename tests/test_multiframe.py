@@ -221,6 +221,6 @@ def test_dashboard_upload_of_a_multiframe_file_is_one_series(enhanced_file: Path
     decoded = dashboard.decode([("upload.dcm", enhanced_file.read_bytes())])
     assert not decoded.errors and not decoded.singles
     (series,) = decoded.series
-    assert len(series.slices) == 4
+    assert len(series.slices) == 4 and dashboard.series_name(series) == "upload.dcm"
     z = [s.slice_z_mm for s in series.slices]
     assert z == sorted(z)

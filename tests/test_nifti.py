@@ -175,6 +175,7 @@ def test_predict_inspect_and_the_app(
     decoded = dashboard.decode([("head.nii.gz", path.read_bytes())])
     assert not decoded.errors and len(decoded.series) == 1
     assert len(decoded.series[0].slices) == COUNT
+    assert dashboard.series_name(decoded.series[0]) == "head.nii.gz"
 
 
 def test_a_header_without_orientation_is_read_and_flagged(
