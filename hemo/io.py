@@ -171,7 +171,8 @@ def _results(name: str, data: bytes) -> Iterator[ScanResult]:
 
 def _not_a_scan(label: str, cause: DicomError) -> InputError:
     error = InputError(
-        "not a DICOM, PNG, JPEG or TIFF file (the kind is read from the bytes, not the extension)",
+        "not a DICOM, PNG, JPEG, TIFF or NIfTI file (the kind is read from the bytes, not the "
+        "extension)",
         label,
     )
     error.__cause__ = cause

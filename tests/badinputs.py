@@ -260,7 +260,7 @@ def corpus() -> list[tuple[str, str, bytes]]:
         ("jpeg_truncated", "cut.jpg", _jpeg(_head_png())[:-200]),
         ("nifti_not_hu", "unit.nii", _nifti(hu=False)),
         ("nifti_truncated", "cut.nii", _nifti()[:1000]),
-        ("gzip_not_nifti", "table.nii.gz", gzip.compress(b"id,label\n1,0\n" * 20)),
+        ("gzip_not_nifti", "table.nii.gz", gzip.compress(b"id,label\n1,0\n" * 20, mtime=0)),
         ("zip_traversal", "traversal.zip", _zip({"../../etc/evil.dcm": good, "ok.dcm": good})),
         ("zip_bomb", "bomb.zip", _zip({"zeros.dcm": bytes(BOMB_BYTES)})),
         ("zip_huge_declared", "declared.zip", _zip_declaring_huge_size()),
@@ -280,7 +280,7 @@ def _strip_image(ds):
     return ds
 
 
-_NOT_A_SCAN = r"not a DICOM, PNG, JPEG or TIFF file \(the kind is read from the bytes"
+_NOT_A_SCAN = r"not a DICOM, PNG, JPEG, TIFF or NIfTI file \(the kind is read from the bytes"
 _SHORT = r"\(7FE0,0010\) Pixel Data is \d+ bytes, shorter than .*: the file is truncated or its header lies"
 
 #: Per kind: what the library must do (see :class:`Expect`).

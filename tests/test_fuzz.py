@@ -170,7 +170,7 @@ def nifti_seeds() -> dict[str, bytes]:
     return {
         "nifti1": nifti1,
         "nifti2": nibabel.Nifti2Image(data, affine).to_bytes(),
-        "nifti1_gz": gzip.compress(nifti1),
+        "nifti1_gz": gzip.compress(nifti1, mtime=0),
     }
 
 

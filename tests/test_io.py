@@ -39,7 +39,7 @@ def test_read_scan_dispatches_on_bytes(tmp_path):
 
 def test_read_scan_refuses_unknown_and_zip():
     """Unknown bytes and archives are refused with their reason."""
-    with pytest.raises(InputError, match=r"u\.bin: not a DICOM, PNG, JPEG or TIFF file"):
+    with pytest.raises(InputError, match=r"u\.bin: not a DICOM, PNG, JPEG, TIFF or NIfTI file"):
         read_scan(b"MZ\x90\x00 an executable" * 8, name="u.bin")
     with pytest.raises(InputError, match="is a zip archive, not one scan: read it with iter_scans"):
         read_scan(_zip({"a.png": PNG}), name="a.zip")

@@ -199,7 +199,7 @@ def test_bad_file_among_good_ones(display_predictor, pngs, tmp_path):
     assert isinstance(results[0], Prediction) and isinstance(results[2], Prediction)
     assert isinstance(results[1], ScanResult) and results[1].name == str(bad)
     assert isinstance(results[1].error, InputError)
-    assert "not a DICOM, PNG, JPEG or TIFF file" in str(results[1].error)
+    assert "not a DICOM, PNG, JPEG, TIFF or NIfTI file" in str(results[1].error)
 
 
 def test_hu_model_refuses_png_with_a_clear_message(hu_predictor, pngs, ct_small):
