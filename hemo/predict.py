@@ -96,7 +96,8 @@ class Prediction:
         outside_range: Why this slice or image lies outside the slices the model was trained on
             (:mod:`hemo.anatomy`), else ``None`` (always for cards without a range).
         frame: The frame's number (1-based) when the slice is one frame of a multi-frame DICOM
-            file (several results then share ``source``), else ``None``.
+            file, or the slice's number in a NIfTI volume (several results then share
+            ``source``), else ``None``.
     """
 
     source: str
@@ -157,10 +158,10 @@ class StudyPrediction:
         slices_in_range: Slices inside the model's range (``n_slices`` without a range).
         outside_range_indices: Indices (anatomical order) of the slices outside it.
         probability_all_slices: Maximum P(any) over every slice, in range or not.
-        most_suspicious_frame: The frame number of that slice when it is one frame of a
-            multi-frame file, else ``None``.
+        most_suspicious_frame: The frame number of that slice when it comes from a multi-frame
+            file or a NIfTI volume, else ``None``.
         slice_frames: Frame numbers of the slices in anatomical order (``None`` for a
-            single-frame file); empty when no slice is a frame of a multi-frame file.
+            single-frame file); empty when no slice has one.
     """
 
     study_uid: str | None
