@@ -37,6 +37,11 @@ def _jump(slider_key: str, index: int) -> None:
 uploads = st.file_uploader(
     "Scans", accept_multiple_files=True, key="predict_upload", label_visibility="collapsed"
 )
+folder = st.file_uploader(
+    "Or a whole folder (an exported study: DICOMDIR, hidden and non-scan files are skipped)",
+    accept_multiple_files="directory",
+    key="predict_folder",
+)
 st.markdown("**Try a sample**")
 sample_cols = st.columns(len(dashboard.SAMPLES) + 1)
 for col, (key, label) in zip(sample_cols, dashboard.SAMPLES.items(), strict=False):
@@ -47,6 +52,10 @@ if st.session_state.get(SAMPLE_KEY):
     )
 
 files = ui.uploaded_files(uploads)
+in_folder, skipped = ui.uploaded_folder(folder)
+files += in_folder
+if skipped:
+    st.caption(f"{skipped} file(s) of the folder skipped: DICOMDIR, hidden or not scans.")
 for key in st.session_state.get(SAMPLE_KEY, []):
     try:
         files.append(dashboard.sample_input(key))

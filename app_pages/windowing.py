@@ -53,7 +53,16 @@ else:
         accept_multiple_files=True,
         key="win_upload",
     )
+    folder = st.file_uploader(
+        "Or a whole folder (DICOMDIR, hidden and non-scan files are skipped)",
+        accept_multiple_files="directory",
+        key="win_folder",
+    )
     files = ui.uploaded_files(uploads)
+    in_folder, skipped = ui.uploaded_folder(folder)
+    files += in_folder
+    if skipped:
+        st.caption(f"{skipped} file(s) of the folder skipped: DICOMDIR, hidden or not scans.")
     if not files:
         st.info("Drop a DICOM slice, several slices, a zip of a series or a NIfTI volume.")
         st.stop()

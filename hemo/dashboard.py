@@ -656,12 +656,14 @@ def range_caption(study: Mapping[str, Any]) -> str:
     outside = study["slices"] - study["slices_in_range"]
     if not study["slices_in_range"]:
         return (
-            f"No slice of this series is in the model's range (skull base or vertex only): "
+            f"No slice of this series is in the model's range (skull base, vertex, localizers "
+            f"or reformats only): "
             f"the verdict pools all {study['slices']} slices and is not reliable."
         )
     return (
         f"{outside} of {study['slices']} slices lie outside the slices the model was trained on "
-        f"(skull base, vertex: grey in the strip); the verdict pools the other "
+        f"(skull base, vertex, localizers, reformats: grey in the strip); the verdict pools the "
+        f"other "
         f"{study['slices_in_range']}. Highest probability over every slice: "
         f"{study['probability_all_slices']:.1%}."
     )

@@ -304,6 +304,30 @@ def _iter_file(source: Source, label: str) -> Iterator[ScanResult]:
         yield from _results(label, data)
 
 
+def folder_upload(files: Iterable[tuple[str, bytes]]) -> tuple[list[tuple[str, bytes]], int]:
+    """The files of an uploaded folder that a folder walk would read, and how many it skips.
+
+    A browser's folder upload (an exported study, say) arrives as ``(name, bytes)`` pairs; the
+    folder rules of the module docstring then apply to each as if walked from disk: hidden
+    files, ``DICOMDIR``, ``__MACOSX`` and files that are neither scans by their bytes nor named
+    like one are left out, so they do not show up as errors.
+
+    Args:
+        files: ``(name, bytes)`` per uploaded file (the name may hold its relative path).
+
+    Returns:
+        (the files to read, in the order given; the number skipped).
+    """
+    kept, skipped = [], 0
+    for name, data in files:
+        path = PurePosixPath(name.replace("\\", "/"))
+        if _skipped(path.parts) or not _worth_reading(path.name, data[:SNIFF_BYTES]):
+            skipped += 1
+            continue
+        kept.append((name, data))
+    return kept, skipped
+
+
 def iter_scans(inputs: Iterable[Source | tuple[str, bytes]]) -> Iterator[ScanResult]:
     """Read a batch of inputs, one :class:`ScanResult` per scan, never raising for a bad one.
 

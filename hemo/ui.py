@@ -279,6 +279,14 @@ def uploaded_files(uploads: Sequence[Any] | Any | None) -> list[tuple[str, bytes
     return [(u.name, u.getvalue()) for u in items]
 
 
+def uploaded_folder(uploads: Sequence[Any] | None) -> tuple[list[tuple[str, bytes]], int]:
+    """``(name, bytes)`` of a folder upload that a folder walk would read, and how many files
+    it skips (:func:`hemo.io.folder_upload`: DICOMDIR, hidden and non-scan files)."""
+    from hemo.io import folder_upload
+
+    return folder_upload(uploaded_files(uploads))
+
+
 def progress_callback(bar: Any) -> Callable[[float, str], None]:
     """A progress function drawing on an ``st.progress`` bar (file names shortened)."""
 

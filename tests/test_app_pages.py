@@ -331,6 +331,37 @@ def test_predict_and_windowing_take_a_nifti_volume(env, cq500_dir, monkeypatch):
     assert at.slider(key="win_upload_slice").max == REAL_SERIES_EACH
 
 
+def test_predict_takes_an_exported_study_folder(env, cq500_dir, monkeypatch):
+    """A folder upload with real slices (no extension), a scout, DICOMDIR and a note: the two
+    non-scans are skipped and counted, the scout is named and left out of the verdict."""
+    import pydicom
+    from dicom_factory import to_bytes
+
+    from hemo.config import MODELS_DIR
+
+    names = sorted(p.name for p in cq500_dir.glob("*.dcm"))[100:103]
+    files = [(f"study/IMAGES/IM{k:04d}", (cq500_dir / n).read_bytes()) for k, n in enumerate(names)]
+    scout = pydicom.dcmread(cq500_dir / names[0])
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImagePositionPatient = [0.0, 0.0, 999.0]
+    files.append(("study/IMAGES/IM0099", to_bytes(scout)))
+    files += [("study/DICOMDIR", b"\x00" * 300), ("study/notes.txt", b"exported from PACS")]
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(MODELS_DIR))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, "headct_real")
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_folder").set_value(
+        [(name, data, "application/octet-stream") for name, data in files]
+    ).run()
+    _ok(at)
+    assert not at.error, [e.value for e in at.error]
+    captions = [c.value for c in at.caption]
+    assert any("2 file(s) of the folder skipped" in c for c in captions), captions
+    assert any("of 4 slices lie outside" in c and "localizers" in c for c in captions), captions
+    assert at.slider(key="series_slice_0").max == 4
+    at.slider(key="series_slice_0").set_value(4).run()  # the scout sits highest (z 999)
+    assert any("localizer (scout)" in w.value for w in at.warning)
+
+
 def test_predict_samples_and_png_on_display_model(env):
     """The three sample buttons predict; a PNG with the HU model errors, with the display model works."""
     at = _open("app_pages/predict.py")

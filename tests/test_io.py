@@ -15,7 +15,7 @@ from hemo import config
 from hemo.dicom import CTSlice
 from hemo.errors import DicomError, InputError, LimitError, SeriesError
 from hemo.images import Image2D
-from hemo.io import iter_scans, read_scan
+from hemo.io import folder_upload, iter_scans, read_scan
 
 PNG = cv2.imencode(".png", np.full((32, 32), 200, dtype=np.uint8))[1].tobytes()
 
@@ -121,3 +121,29 @@ def test_uploads_never_touch_disk(tmp_path, monkeypatch):
     results = list(iter_scans([upload, ("x.dcm", ct_bytes()), PNG]))
     assert [r.ok for r in results] == [True, True, True, True]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_upload_keeps_what_a_folder_walk_reads():
+    """A browser folder upload: DICOMDIR, hidden, __MACOSX and non-scan files are counted out;
+    extension-less DICOM, images, unreadable .dcm files and *.nii.gz are kept, in order."""
+    png = cv2.imencode(".png", np.full((32, 32), 99, np.uint8))[1].tobytes()
+    files = [
+        ("study/DICOMDIR", ct_bytes()),
+        ("study/IMAGES/IM0001", ct_bytes()),
+        ("study/IMAGES/.DS_Store", b"\x00\x00\x00\x01Bud1" + bytes(64)),
+        ("study/__MACOSX/IM0001", ct_bytes()),
+        ("study/report.pdf", b"%PDF-1.4 " + bytes(200)),
+        ("study/notes.txt", b"seen today"),
+        ("study/labels.csv.gz", b"\x1f\x8b" + bytes(40)),
+        ("study/cut.dcm", b"not really a dicom"),
+        ("study/head.png", png),
+        ("study/vol.nii.gz", b"\x1f\x8b" + bytes(40)),
+    ]
+    kept, skipped = folder_upload(files)
+    assert [name for name, _ in kept] == [
+        "study/IMAGES/IM0001",
+        "study/cut.dcm",
+        "study/head.png",
+        "study/vol.nii.gz",
+    ]
+    assert skipped == 6
