@@ -134,10 +134,10 @@ def bare_timings(model: Path, slice_bytes: bytes, zipped: bytes | None, repeats:
 def upload(page, name: str, data: bytes | Path) -> None:
     """Drop one file on the Predict page's uploader (bytes, or a file the browser reads)."""
     if isinstance(data, Path):
-        page.locator('input[type="file"]').set_input_files(str(data))
+        page.locator('.st-key-predict_upload input[type="file"]').set_input_files(str(data))
         return
     payload = {"name": name, "mimeType": "application/octet-stream", "buffer": data}
-    page.locator('input[type="file"]').set_input_files(payload)
+    page.locator('.st-key-predict_upload input[type="file"]').set_input_files(payload)
 
 
 def ui_timings(

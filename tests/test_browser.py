@@ -167,7 +167,7 @@ def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500
     }
     with _streamlit(env, tmp_path / "streamlit.log") as url:
         _visit(page, f"{url}/predict", "Try a sample")
-        page.locator('input[type="file"]').set_input_files(str(archive))
+        page.locator('.st-key-predict_upload input[type="file"]').set_input_files(str(archive))
         page.get_by_text("Study verdict").wait_for(timeout=PREDICT_S * 1000)
         _settle(page, PREDICT_S)
         page.locator(IMAGE).nth(1).wait_for(timeout=60_000)
@@ -202,7 +202,7 @@ def test_upload_shows_probability_and_heatmap(server, page, material):
     index = load_index(material["data"] / "index.parquet")
     path = Path(index.loc[index["label_any"] == 1, "path"].iloc[0])
     _visit(page, f"{server}/predict", "Try a sample")
-    page.locator('input[type="file"]').set_input_files(str(path))
+    page.locator('.st-key-predict_upload input[type="file"]').set_input_files(str(path))
     page.get_by_text("Probability of hemorrhage").wait_for(timeout=PREDICT_S * 1000)
     _settle(page, PREDICT_S)
     page.locator(IMAGE).nth(1).wait_for(timeout=30_000)
@@ -211,6 +211,24 @@ def test_upload_shows_probability_and_heatmap(server, page, material):
     assert value.endswith("%") and 0.0 <= float(value.rstrip("%")) <= 100.0
     assert page.locator(IMAGE).count() >= 2  # the plain slice and the overlay
     assert page.get_by_text("gradcam · any").count() == 1
+    assert page.locator(EXCEPTION).count() == 0
+
+
+def test_folder_upload_of_an_exported_study(server, page, cq500_dir, tmp_path):
+    """A study folder (slices without extension, DICOMDIR, a note) chosen in the browser's
+    folder picker: the non-scans are skipped and counted, the slices make one series."""
+    study = tmp_path / "study"
+    (study / "IMAGES").mkdir(parents=True)
+    for k, path in enumerate(sorted(cq500_dir.glob("*.dcm"))[100:103]):
+        (study / "IMAGES" / f"IM{k:04d}").write_bytes(path.read_bytes())
+    (study / "DICOMDIR").write_bytes(b"\x00" * 300)
+    (study / "notes.txt").write_text("exported from PACS")
+    _visit(page, f"{server}/predict", "Try a sample")
+    page.locator('.st-key-predict_folder input[type="file"]').set_input_files(str(study))
+    page.get_by_text("Study verdict").wait_for(timeout=PREDICT_S * 1000)
+    _settle(page, PREDICT_S)
+    assert page.get_by_text("2 file(s) of the folder skipped").count() == 1
+    assert page.get_by_text(re.compile(r"— 3 slices")).count() == 1
     assert page.locator(EXCEPTION).count() == 0
 
 
