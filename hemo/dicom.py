@@ -836,11 +836,14 @@ class _Rescale(NamedTuple):
     assumed: bool
 
 
-def _rescale(ds: Dataset, label: str, values: Mapping[str, Any], *, fill: bool = True) -> _Rescale:
+def _rescale(
+    ds: Dataset, label: str, values: Mapping[str, Any], *, fill: bool = True, warn: bool = True
+) -> _Rescale:
     """Validate (0028,1052)/(0028,1053), filling a missing one with the identity.
 
-    With ``fill`` the identity is also set in ``ds`` (for ``apply_modality_lut``); a frame of an
-    enhanced file leaves ``ds`` alone, as each frame has its own rescale.
+    With ``fill`` the identity is also set in ``ds`` (for ``apply_modality_lut``); a frame of a
+    multi-frame or enhanced file leaves ``ds`` alone (each frame has its own rescale, applied
+    through :func:`_rescale_dataset`), and only its first frame logs an assumed rescale.
 
     Raises:
         DicomError: a slope or intercept that is not a finite number, or a zero slope.
@@ -877,7 +880,7 @@ def _rescale(ds: Dataset, label: str, values: Mapping[str, Any], *, fill: bool =
         if keyword == "RescaleSlope" and value == 0:
             raise DicomError(f"{tag} is 0: must be a finite non-zero number", label)
         parsed[keyword] = value
-    if assumed:
+    if assumed and warn:
         log.warning("%s: %s (stored values are read as HU)", label, "; ".join(assumed))
     return _Rescale(False, parsed["RescaleSlope"], parsed["RescaleIntercept"], bool(assumed))
 
@@ -1174,7 +1177,9 @@ def _read_frame(image: _Image, index: int) -> CTSlice:
         header = dataclasses.replace(header, position_mm=None, slice_z_mm=None)
     if multi:
         label = f"{label} (frame {index + 1})"
-    rescale = _rescale(ds, label, values, fill=not image.enhanced)
+    # a frame of a multi-frame or enhanced file leaves ds alone and warns once per file
+    per_frame = image.enhanced or multi
+    rescale = _rescale(ds, label, values, fill=not per_frame, warn=index == 0)
     syntax = UID(str(ds.file_meta.TransferSyntaxUID))
     try:
         stored = _in_place_pixels(ds, values, header, index)
@@ -1203,7 +1208,7 @@ def _read_frame(image: _Image, index: int) -> CTSlice:
         rescale = rescale._replace(intercept=RSNA_FAULT_INTERCEPT)
     elif padding is not None and not _padding_below_floor(rescale, padding, max_abs_stored):
         mask = _padding_mask(stored, padding)
-    lut_ds = _rescale_dataset(rescale) if image.enhanced and not rescale.lut else ds
+    lut_ds = _rescale_dataset(rescale) if per_frame and not rescale.lut else ds
     try:
         hu = _to_hu(stored, lut_ds, rescale, max_abs_stored)
     except Exception as exc:

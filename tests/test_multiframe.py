@@ -224,3 +224,20 @@ def test_dashboard_upload_of_a_multiframe_file_is_one_series(enhanced_file: Path
     assert len(series.slices) == 4 and dashboard.series_name(series) == "upload.dcm"
     z = [s.slice_z_mm for s in series.slices]
     assert z == sorted(z)
+
+
+def test_a_missing_rescale_is_assumed_for_every_frame_and_logged_once(
+    cq500_slices: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Frames without functional groups or a top-level rescale: identity for each, one warning."""
+    ds = enhanced_ct(cq500_slices, functional_groups=False)
+    del ds.RescaleIntercept, ds.RescaleSlope
+    stored = [pydicom.dcmread(p).pixel_array.astype(np.float32) for p in cq500_slices]
+    with caplog.at_level("WARNING", logger="hemo.dicom"):
+        frames = _frames(to_bytes(ds), "norescale.dcm")
+    assert [f.metadata["rescale_assumed"] for f in frames] == [True] * len(frames)
+    for frame, values in zip(frames, stored, strict=True):
+        expected = values.copy()
+        expected[expected < config.HU_FLOOR] = config.HU_AIR
+        np.testing.assert_array_equal(frame.hu, expected)
+    assert caplog.text.count("stored values are read as HU") == 1
