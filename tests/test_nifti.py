@@ -172,6 +172,7 @@ def test_predict_inspect_and_the_app(
     assert main(["inspect", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == COUNT and report["metadata"]["format"] == "NIfTI-1"
+    assert report["kind"] == "nifti"
     decoded = dashboard.decode([("head.nii.gz", path.read_bytes())])
     assert not decoded.errors and len(decoded.series) == 1
     assert len(decoded.series[0].slices) == COUNT

@@ -2,12 +2,12 @@
 
 For a DICOM: the whitelisted metadata (:func:`hemo.dicom.phi_free_metadata`), geometry and HU
 statistics (min, max, mean, 1st and 99th percentiles). A multi-frame DICOM (or a NIfTI volume,
-its axial slices in place of frames) is described by its
-first frame, plus ``frames`` (how many), ``frame_z_mm`` (each frame's position, file order),
-``frame_errors`` (frames that could not be decoded) and HU statistics over every frame (over
-every ``hu_sampled_every``-th pixel when the frames hold more than :data:`MAX_STAT_PIXELS`). For a
-PNG/JPEG/TIFF: kind, decoded shape, bit depth and display-intensity statistics in [0, 1]. No
-UIDs, names, IDs or dates are printed.
+``kind`` ``nifti``, its axial slices in place of frames) is described by its first frame, plus
+``frames`` (how many), ``frame_z_mm`` (each frame's position, in file order; for a volume
+inferior to superior), ``frame_errors`` (frames that could not be decoded) and HU statistics
+over every frame (over every ``hu_sampled_every``-th pixel when the frames hold more than
+:data:`MAX_STAT_PIXELS`). For a PNG/JPEG/TIFF: kind, decoded shape, bit depth and
+display-intensity statistics in [0, 1]. No UIDs, names, IDs or dates are printed.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def describe(scan: Any) -> dict[str, Any]:
         window = scan.default_window
         return {
             "path": scan.source,
-            "kind": "dicom",
+            "kind": "nifti"
+            if str(scan.metadata.get("format", "")).startswith("NIfTI")
+            else "dicom",
             "modality": scan.modality,
             "shape": list(scan.hu.shape),
             "pixel_spacing_mm": scan.pixel_spacing_mm,
