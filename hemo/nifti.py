@@ -10,6 +10,8 @@ Rules (all in memory: an upload is never written to disk):
 * The kind is read from the bytes: a single-file NIfTI-1 (``n+1`` at byte 344, header size 348)
   or NIfTI-2 (``n+2`` at byte 4, header size 540), or a gzip stream holding one, decompressed
   under :data:`hemo.config.MAX_VOLUME_BYTES`. Header/image pairs (``.hdr``/``.img``) are refused.
+  A file is read whole, so ``config.MAX_FILE_BYTES`` bounds a ``.nii`` as any file (gzip a
+  larger volume).
 * A 3-D volume, or 4-D with one volume; at most ``config.MAX_SLICES_PER_SERIES`` slices of at most
   ``config.MAX_PIXELS_PER_SLICE`` pixels (checked from the header, before any voxel is read).
 * Axial slices are found from the affine (``nibabel.orientations.io_orientation``: the array axis
