@@ -9,7 +9,11 @@ Built for large sets (RSNA-2019: ~750k slices):
 * **shardable** -- :class:`Shard` ``i/n`` takes inputs ``i, i+n, i+2n, ...`` of the sorted list
   (0-based ``i``), so ``n`` machines converting shards ``0/n ... n-1/n`` cover every input
   exactly once, into one shared output tree;
-* **reporting** -- a bad file is recorded with its reason and the rest go on.
+* **reporting** -- a bad file is recorded with its reason and the rest go on;
+* **volumes** -- a multi-frame DICOM or a NIfTI volume (``.nii``, ``.nii.gz``) gives one PNG per
+  slice, ``<stem>_frame0001.png`` ... in the file's slice order (a volume: inferior to superior),
+  and then ``<stem>_frames.json`` (each slice's frame number, PNG and ``slice_z_mm``), written
+  last: it marks the file done, so a rerun skips it, and a file stopped half-way is redone.
 
 No PHI in the outputs: PNG pixels only (no text chunks), output names mirror the input file names
 (never tags such as PatientName), the folder structure mirrors the input's.
@@ -44,6 +48,10 @@ MAX_SIZE_PX = 4096
 CHUNK_FILES = 16
 #: Suffixes replaced by ``.png``; any other name gets ``.png`` appended (UID-named files).
 DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
+#: NIfTI volume names (converted slice by slice); their suffix is dropped from the outputs.
+VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: Suffix of the list of a volume's PNGs, written once every slice is converted.
+FRAMES_SUFFIX = "_frames.json"
 TMP_SUFFIX = ".tmp"
 #: Bytes read to sniff whether an extension-less file is DICOM ("DICM" at offset 128).
 SNIFF_BYTES = 132
@@ -207,22 +215,27 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def convert_one(source: str, output: str, windows: Sequence[Window], size: int) -> Outcome:
-    """Convert one DICOM file; a failure is returned as an outcome, never raised.
+    """Convert one DICOM file or NIfTI volume; a failure is returned as an outcome, never raised.
 
     Args:
-        source: DICOM file.
-        output: PNG to write.
+        source: DICOM file (single- or multi-frame) or NIfTI volume.
+        output: PNG to write (a file of several slices: its frames list, see the module
+            docstring).
         windows: One or three windows.
         size: Output side in pixels; 0 keeps the native size.
 
     Returns:
-        ``converted``, or ``failed`` with the reason.
+        ``converted`` (``output``: the PNG, or the frames list), or ``failed`` with the reason.
     """
-    from hemo.dicom import read_dicom
-
     try:
-        ct = read_dicom(source)
-        write_atomic(Path(output), encode_png(render(ct.hu, windows, size)))
+        slices = _read_slices(source)
+        first = next(slices)
+        if isinstance(first, HemoError):
+            raise first
+        if first.frame is None:
+            write_atomic(Path(output), encode_png(render(first.hu, windows, size)))
+        else:
+            output = _convert_frames(first, slices, Path(output), windows, size)
     except HemoError as exc:
         return Outcome(source, output, FAILED, exc.reason)
     except OSError as exc:
@@ -231,6 +244,54 @@ def convert_one(source: str, output: str, windows: Sequence[Window], size: int) 
         log.exception("unexpected failure converting %s", source)
         return Outcome(source, output, FAILED, f"unexpected {type(exc).__name__}: {exc}")
     return Outcome(source, output, CONVERTED)
+
+
+def _read_slices(source: str) -> Any:
+    """Every slice of a DICOM (a frame's error in its place) or of a NIfTI volume."""
+    from hemo.dicom import read_dicom_frames
+
+    if _volume_suffix(Path(source)):
+        from hemo.nifti import read_nifti
+
+        return read_nifti(source)
+    return read_dicom_frames(source)
+
+
+def _convert_frames(
+    first: Any, rest: Any, output: Path, windows: Sequence[Window], size: int
+) -> str:
+    """Write each slice of a volume as ``<stem>_frameNNNN.png``, then ``<stem>_frames.json``.
+
+    Returns:
+        The path of the frames list.
+
+    Raises:
+        HemoError: a frame that could not be read (the list is then not written: a rerun
+            converts the file again).
+    """
+    import json
+
+    stem = output.with_suffix("")
+    listed = []
+    for item in (first, *rest):
+        if isinstance(item, HemoError):
+            raise item
+        png = stem.with_name(f"{stem.name}_frame{item.frame:04d}.png")
+        write_atomic(png, encode_png(render(item.hu, windows, size)))
+        listed.append({"frame": item.frame, "png": png.name, "slice_z_mm": item.slice_z_mm})
+    frames = frames_list(output)
+    write_atomic(frames, (json.dumps({"frames": listed}, indent=1) + "\n").encode())
+    return str(frames)
+
+
+def frames_list(output: Path) -> Path:
+    """The frames list a volume converted for the planned PNG ``output`` leaves behind."""
+    return output.with_name(output.with_suffix("").name + FRAMES_SUFFIX)
+
+
+def _volume_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
 
 
 def _convert_chunk(
@@ -243,16 +304,20 @@ def _convert_chunk(
 def output_name(relative: Path) -> Path:
     """The PNG path (relative to OUT) of an input path relative to SRC.
 
-    ``CT000001.dcm`` -> ``CT000001.png``; ``1.2.840.1234`` (no DICOM suffix) -> ``1.2.840.1234.png``.
+    ``CT000001.dcm`` -> ``CT000001.png``; ``1.2.840.1234`` (no DICOM suffix) -> ``1.2.840.1234.png``;
+    ``head.nii.gz`` -> ``head.png`` (a volume's slices then go to ``head_frame0001.png`` ...).
     """
+    volume = _volume_suffix(relative)
+    if volume:
+        return relative.with_name(relative.name[: -len(volume)] + ".png")
     if relative.suffix.lower() in DICOM_SUFFIXES:
         return relative.with_suffix(".png")
     return relative.with_name(relative.name + ".png")
 
 
 def _is_dicom_candidate(path: Path) -> bool:
-    """A ``.dcm``/``.dicom`` name, or bytes that carry the DICM preamble marker."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
+    """A ``.dcm``/``.dicom``/``.nii``/``.nii.gz`` name, or bytes with the DICM preamble marker."""
+    if path.suffix.lower() in DICOM_SUFFIXES or _volume_suffix(path):
         return True
     from hemo.images import sniff_kind
 
@@ -267,8 +332,9 @@ def find_inputs(src: Path) -> list[tuple[Path, Path]]:
     """List the DICOM inputs of ``src`` with their relative output names, sorted.
 
     Args:
-        src: A folder (searched recursively; ``.dcm``/``.dicom`` files and extension-less files
-            sniffed as DICOM; hidden files skipped) or an index (``.parquet``): every row's file.
+        src: A folder (searched recursively; ``.dcm``/``.dicom`` files, extension-less files
+            sniffed as DICOM, NIfTI volumes; hidden files skipped) or an index (``.parquet``):
+            every row's file.
 
     Returns:
         ``[(input file, output path relative to OUT)]`` sorted by output path.
@@ -360,7 +426,9 @@ def convert(
     shard = shard or Shard()
     inputs = find_inputs(src)
     if not inputs:
-        raise DatasetError("no DICOM file found (.dcm/.dicom, or files starting with DICM)", src)
+        raise DatasetError(
+            "no DICOM file found (.dcm/.dicom, files starting with DICM, .nii/.nii.gz)", src
+        )
     out = Path(out)
     mine = shard.select(inputs)
     outcomes: dict[int, Outcome] = {}
@@ -370,6 +438,8 @@ def convert(
         target = out / relative
         if target.is_file():
             outcomes[i] = Outcome(str(path), str(target), SKIPPED)
+        elif frames_list(target).is_file():
+            outcomes[i] = Outcome(str(path), str(frames_list(target)), SKIPPED)
         else:
             jobs.append((str(path), str(target)))
             positions.append(i)

@@ -194,3 +194,18 @@ def enhanced_ct(
         ds.PixelSpacing = first.PixelSpacing
     ds.PixelData = pixels.tobytes()
     return ds
+
+
+def nifti_volume(slices: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels (column, row, slice) in HU as int16 and their RAS affine, as DICOM-to-NIfTI
+    converters make them from consecutive ``CTSlice``s (the LPS affine of PS3.3 C.7.6.2.1.1
+    turned to RAS)."""
+    data = np.stack([s.hu.T for s in slices], axis=-1).round().astype(np.int16)
+    row_cos, col_cos = np.asarray(slices[0].orientation[:3]), np.asarray(slices[0].orientation[3:])
+    row_mm, col_mm = slices[0].pixel_spacing_mm
+    lps = np.eye(4)
+    lps[:3, 0] = row_cos * col_mm  # along i: the next column
+    lps[:3, 1] = col_cos * row_mm  # along j: the next row
+    lps[:3, 2] = np.subtract(slices[1].position_mm, slices[0].position_mm)
+    lps[:3, 3] = slices[0].position_mm
+    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps

@@ -206,3 +206,43 @@ def test_cli_json_shape_and_exit_codes(
     assert payload["windows"] == ["brain"] and payload["shard"] == "0/1"
     assert main([*args, "--shard", "2/2"]) == EXIT_ERROR
     assert "hemo: error: shard must be i/n" in capsys.readouterr().err
+
+
+def test_volumes_give_one_png_per_slice_and_a_frames_list(cq500_dir: Path, tmp_path: Path) -> None:
+    """An Enhanced CT and a .nii.gz of the same real slices: per-slice PNGs equal to the
+    single-frame slices' PNGs, a frames list written last; a rerun skips both; a file stopped
+    before its list is converted again."""
+    import gzip
+
+    import nibabel
+    from dicom_factory import enhanced_ct, nifti_volume, to_bytes
+
+    from hemo.dicom import read_dicom
+
+    by_z = sorted(cq500_dir.glob("*.dcm"), key=lambda p: read_dicom(p).slice_z_mm)[120:123]
+    singles = [read_dicom(p) for p in by_z]
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "enhanced.dcm").write_bytes(to_bytes(enhanced_ct(by_z)))
+    data, affine = nifti_volume(singles)
+    volume = gzip.compress(nibabel.Nifti1Image(data, affine).to_bytes(), mtime=0)
+    (src / "head.nii.gz").write_bytes(volume)
+    out = tmp_path / "out"
+    report = convert(src, out, window="brain", size=64, workers=1)
+    assert report.count("converted") == 2 and not report.failures
+    windows = resolve_windows("brain")
+    for stem in ("enhanced", "head"):
+        listed = json.loads((out / f"{stem}_frames.json").read_text())["frames"]
+        assert [f["frame"] for f in listed] == [1, 2, 3]
+        assert [f["slice_z_mm"] for f in listed] == pytest.approx(
+            [s.slice_z_mm for s in singles], abs=1e-3
+        )
+        for entry, single in zip(listed, singles, strict=True):
+            got = np.asarray(Image.open(out / entry["png"]))
+            np.testing.assert_array_equal(got, render(np.round(single.hu), windows, 64))
+    again = convert(src, out, window="brain", size=64, workers=1)
+    assert again.count("skipped") == 2
+    (out / "head_frames.json").unlink()  # as if stopped before the list was written
+    third = convert(src, out, window="brain", size=64, workers=1)
+    assert third.count("converted") == 1 and third.count("skipped") == 1
+    assert output_name(Path("a/head.nii.gz")) == Path("a/head.png")

@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel
 import numpy as np
 import pytest
+from dicom_factory import nifti_volume
 
 from hemo import config
 from hemo.cli import main
@@ -34,19 +35,6 @@ def dicom_slices(cq500_dir: Path) -> list[CTSlice]:
     return slices[FIRST : FIRST + COUNT]
 
 
-def _volume(slices: list[CTSlice]) -> tuple[np.ndarray, np.ndarray]:
-    """Voxels (column, row, slice) in HU as int16 and their RAS affine."""
-    data = np.stack([s.hu.T for s in slices], axis=-1).round().astype(np.int16)
-    row_cos, col_cos = np.asarray(slices[0].orientation[:3]), np.asarray(slices[0].orientation[3:])
-    row_mm, col_mm = slices[0].pixel_spacing_mm
-    lps = np.eye(4)
-    lps[:3, 0] = row_cos * col_mm  # along i: the next column
-    lps[:3, 1] = col_cos * row_mm  # along j: the next row
-    lps[:3, 2] = np.subtract(slices[1].position_mm, slices[0].position_mm)
-    lps[:3, 3] = slices[0].position_mm
-    return data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-
-
 def _bytes(image: nibabel.Nifti1Image, gz: bool = False) -> bytes:
     raw = image.to_bytes()
     return gzip.compress(raw) if gz else raw
@@ -54,7 +42,7 @@ def _bytes(image: nibabel.Nifti1Image, gz: bool = False) -> bytes:
 
 @pytest.fixture(scope="module")
 def layouts(dicom_slices: list[CTSlice]) -> dict[str, bytes]:
-    data, affine = _volume(dicom_slices)
+    data, affine = nifti_volume(dicom_slices)
     plain = nibabel.Nifti1Image(data, affine)
     canonical = nibabel.as_closest_canonical(plain)
     slices_first = nibabel.Nifti1Image(

@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Convert every DICOM slice under SRC (a folder, recursive, or an "
         "index.parquet) to a windowed, resized 8-bit PNG under OUT, mirroring the input tree. "
         "Outputs that exist are skipped, so a killed run resumes where it stopped. PNGs carry "
-        "pixels only (no metadata).",
+        "pixels only (no metadata). A multi-frame DICOM or a NIfTI volume (.nii, .nii.gz) gives "
+        "one PNG per slice (STEM_frame0001.png ...) and STEM_frames.json, written last.",
     )
     parser.add_argument("src", metavar="SRC", type=Path, help="DICOM folder or index.parquet")
     parser.add_argument("out", metavar="OUT", type=Path, help="output folder")
