@@ -312,9 +312,12 @@ def test_cli_convert_folder_with_bad_dicoms(tmp_path):
     assert "Traceback" not in done.stderr
     summary = json.loads(done.stdout)
     failed = {Path(e["path"]).parent.name for e in summary["errors"]}
-    expected_failed = {k for k in dicom_kinds if EXPECTED[k].error is not None}
+    expected_failed = {k for k in dicom_kinds if k in BATCH_FAILED_KINDS}
     assert failed == expected_failed
     assert summary["converted"] == len(dicom_kinds) - len(expected_failed) + 2
+    for kind in set(dicom_kinds) & set(FRAME_KINDS):  # one PNG per frame, then the list
+        (listed,) = (tmp_path / "out" / kind).glob("*_frames.json")
+        assert len(json.loads(listed.read_text())["frames"]) == EXPECTED[kind].frames
     lines = [line for line in _hemo_lines(done.stderr) if line.startswith("ERROR ")]
     assert len(lines) == len(expected_failed)
     for png in (tmp_path / "out").rglob("*.png"):
