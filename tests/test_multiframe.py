@@ -241,3 +241,16 @@ def test_a_missing_rescale_is_assumed_for_every_frame_and_logged_once(
         expected[expected < config.HU_FLOOR] = config.HU_AIR
         np.testing.assert_array_equal(frame.hu, expected)
     assert caplog.text.count("stored values are read as HU") == 1
+
+
+def test_inspect_text_sums_up_a_long_frame_list(
+    cq500_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nine frames: the text output gives the first and last position and the count."""
+    paths = sorted(cq500_dir.glob("*.dcm"), key=lambda p: read_dicom(p).slice_z_mm)[100:109]
+    path = tmp_path / "nine.dcm"
+    path.write_bytes(to_bytes(enhanced_ct(paths)))
+    assert main(["inspect", str(path)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "frame_z_mm" in x]
+    first, last = (read_dicom(p).slice_z_mm for p in (paths[0], paths[-1]))
+    assert line.strip() == f"frame_z_mm: {first:.6g} .. {last:.6g} (9 values; --json lists them)"

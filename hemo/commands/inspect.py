@@ -18,6 +18,8 @@ from typing import Any
 
 #: Percentiles reported besides min, max and mean.
 PERCENTILES = (1.0, 99.0)
+#: Longer lists (a volume's frame positions) are summed up in the text output.
+TEXT_LIST_ITEMS = 8
 #: Most HU values a multi-frame file's statistics hold in memory (256 MB of float32).
 MAX_STAT_PIXELS = 64 * 1024 * 1024
 
@@ -114,6 +116,9 @@ def _text(report: dict[str, Any]) -> str:
             value = ", ".join(
                 f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
             )
+        elif isinstance(value, list) and len(value) > TEXT_LIST_ITEMS:  # JSON keeps them all
+            shown = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in (value[0], value[-1])]
+            value = f"{shown[0]} .. {shown[1]} ({len(value)} values; --json lists them)"
         lines.append(f"  {key}: {value}")
     for key, value in report.get("metadata", {}).items():
         lines.append(f"  {key}: {value}")
