@@ -12,7 +12,8 @@ Built for large sets (RSNA-2019: ~750k slices):
 * **reporting** -- a bad file is recorded with its reason and the rest go on;
 * **volumes** -- a multi-frame DICOM or a NIfTI volume (``.nii``, ``.nii.gz``) gives one PNG per
   slice, ``<stem>_frame0001.png`` ... in the file's slice order (a volume: inferior to superior),
-  and then ``<stem>_frames.json`` (each slice's frame number, PNG and ``slice_z_mm``), written
+  and then ``<stem>_frames.json`` (each slice's frame number, PNG and ``slice_z_mm``; for a
+  NIfTI slice also its index in the file's array, ``nifti_slice_index``), written
   last: it marks the file done, so a rerun skips it, and a file stopped half-way is redone.
 
 No PHI in the outputs: PNG pixels only (no text chunks), output names mirror the input file names
@@ -278,7 +279,10 @@ def _convert_frames(
             raise item
         png = stem.with_name(f"{stem.name}_frame{item.frame:04d}.png")
         write_atomic(png, encode_png(render(item.hu, windows, size)))
-        listed.append({"frame": item.frame, "png": png.name, "slice_z_mm": item.slice_z_mm})
+        entry = {"frame": item.frame, "png": png.name, "slice_z_mm": item.slice_z_mm}
+        if "nifti_slice_index" in item.metadata:  # the slice's index in the file's array
+            entry["nifti_slice_index"] = item.metadata["nifti_slice_index"]
+        listed.append(entry)
     frames = frames_list(output)
     write_atomic(frames, (json.dumps({"frames": listed}, indent=1) + "\n").encode())
     return str(frames)

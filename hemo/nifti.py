@@ -27,7 +27,9 @@ Rules (all in memory: an upload is never written to disk):
 * A header whose ``qform_code`` and ``sform_code`` are both 0 has no orientation: its voxel axes
   are taken as RAS (nibabel's fallback affine), logged as a warning and kept as
   ``metadata["orientation_assumed"]``.
-* ``frame`` is the slice's 1-based number in that order (``None`` for a single slice); the
+* ``frame`` is the slice's 1-based number in that order (``None`` for a single slice) and
+  ``metadata["nifti_slice_index"]`` its 0-based index along the file's slice axis (to join
+  labels given in the file's array order); the
   series and study are named ``nifti:<name>``. No free-text header field (``descrip``,
   ``aux_file``, ``intent_name``, ``db_name``) is ever read into the metadata.
 """
@@ -259,7 +261,7 @@ def _slices(
             voxel[ax_r] = columns - 1 if reverse_columns else 0
             position = tuple(float(v) for v in (affine @ voxel)[:3] * RAS_TO_LPS)
             orientation = geometry["orientation"]
-            metadata = dict(base, ImagePositionPatient=list(position))
+            metadata = dict(base, ImagePositionPatient=list(position), nifti_slice_index=index)
             metadata["rescale_assumed"] = False
             metadata["rsna_12bit_fault_corrected"] = False
             yield CTSlice(

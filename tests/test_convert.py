@@ -234,6 +234,9 @@ def test_volumes_give_one_png_per_slice_and_a_frames_list(cq500_dir: Path, tmp_p
     for stem in ("enhanced", "head"):
         listed = json.loads((out / f"{stem}_frames.json").read_text())["frames"]
         assert [f["frame"] for f in listed] == [1, 2, 3]
+        assert [f.get("nifti_slice_index") for f in listed] == (
+            [0, 1, 2] if stem == "head" else [None] * 3
+        )
         assert [f["slice_z_mm"] for f in listed] == pytest.approx(
             [s.slice_z_mm for s in singles], abs=1e-3
         )

@@ -77,6 +77,8 @@ def test_every_layout_reads_back_as_the_dicom_slices(
         assert got.series_uid == f"nifti:{name}" and got.source == name
         assert not got.hu.flags.writeable
     assert slices[0].metadata["format"] == ("NIfTI-2" if name == "nifti2.nii" else "NIfTI-1")
+    # the canonical layout stores the slices in the same order; none is reversed along z here
+    assert [s.metadata["nifti_slice_index"] for s in slices] == list(range(COUNT))
 
 
 def test_free_text_header_fields_never_reach_the_metadata(layouts: dict[str, bytes]) -> None:
@@ -179,3 +181,18 @@ def test_a_header_without_orientation_is_read_and_flagged(
     assert "bare.nii: neither qform nor sform" in caplog.text
     (first, *_) = read_nifti(layouts["converter.nii"], "oriented.nii")
     assert first.metadata["orientation_assumed"] is False
+
+
+def test_slice_index_follows_the_file_when_stored_top_down(dicom_slices: list[CTSlice]) -> None:
+    """A volume stored superior -> inferior: frames still go up, the array index goes down."""
+    data, affine = nifti_volume(dicom_slices)
+    flipped = affine.copy()
+    flipped[:3, 2] = -affine[:3, 2]
+    flipped[:3, 3] = affine[:3, 3] + affine[:3, 2] * (COUNT - 1)
+    image = nibabel.Nifti1Image(np.ascontiguousarray(data[..., ::-1]), flipped)
+    slices = list(read_nifti(image.to_bytes(), "top_down.nii"))
+    assert [s.frame for s in slices] == list(range(1, COUNT + 1))
+    assert [s.metadata["nifti_slice_index"] for s in slices] == list(range(COUNT - 1, -1, -1))
+    for got, want in zip(slices, dicom_slices, strict=True):
+        np.testing.assert_array_equal(got.hu, np.round(want.hu))
+        assert got.slice_z_mm == pytest.approx(want.slice_z_mm, abs=1e-3)
