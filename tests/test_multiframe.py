@@ -8,6 +8,7 @@ slices, so every frame can be checked against the single-frame slice it came fro
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pydicom
 import pytest
 from dicom_factory import STORED_SHIFT, enhanced_ct, to_bytes
 from pydicom.data import get_testdata_file
-from pydicom.uid import RLELossless
+from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from hemo import config
 from hemo.cli import main
@@ -78,13 +79,44 @@ def test_read_dicom_refuses_several_frames_and_names_the_way(enhanced_file: Path
         read_dicom(enhanced_file)
 
 
-def test_compressed_frames_decode_one_by_one(cq500_slices: list[Path]) -> None:
-    """RLE Lossless, one fragment per frame: the decoder's per-frame path gives the same HU."""
-    ds = enhanced_ct(cq500_slices, shift_frame=SHIFTED_FRAME)
-    ds.compress(RLELossless, encoding_plugin="pydicom")
-    frames = _frames(to_bytes(ds), "rle.dcm")
-    plain = _frames(to_bytes(enhanced_ct(cq500_slices, shift_frame=SHIFTED_FRAME)), "raw.dcm")
-    for a, b in zip(frames, plain, strict=True):
+def _gdcm_jpeg_lossless(data: bytes, tmp: Path) -> bytes:
+    """``data`` re-encoded as JPEG Lossless (process 14, SV1) by GDCM, the CQ500 files' syntax."""
+    import gdcm
+
+    src, dst = tmp / "plain.dcm", tmp / "jpeg_lossless.dcm"
+    src.write_bytes(data)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(dst))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return dst.read_bytes()
+
+
+@pytest.mark.parametrize("syntax", ["rle", "jpeg2000", "jpeg_lossless"])
+def test_compressed_frames_decode_one_by_one(
+    syntax: str, cq500_slices: list[Path], tmp_path: Path
+) -> None:
+    """One fragment per frame, through each decoder hemo uses (pydicom RLE, pylibjpeg's
+    OpenJPEG, GDCM): the per-frame path gives the HU of the uncompressed frames."""
+    # GDCM's re-encoding writes one rescale for every frame, so its file has no shifted frame
+    shift = None if syntax == "jpeg_lossless" else SHIFTED_FRAME
+    plain = to_bytes(enhanced_ct(cq500_slices, shift_frame=shift))
+    if syntax == "jpeg_lossless":
+        data = _gdcm_jpeg_lossless(plain, tmp_path)
+    else:
+        ds = enhanced_ct(cq500_slices, shift_frame=shift)
+        ds.compress(RLELossless if syntax == "rle" else JPEG2000Lossless)
+        data = to_bytes(ds)
+    assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID.is_compressed
+    for a, b in zip(_frames(data, f"{syntax}.dcm"), _frames(plain, "raw.dcm"), strict=True):
         np.testing.assert_array_equal(a.hu, b.hu)
 
 
