@@ -105,9 +105,11 @@ def _show_analysis(
             f"Outside the model's range: {reason}. The model never saw such slices in training, "
             f"so its probability here is not a finding{counts}."
         )
+    if p.uncertain:
+        st.warning(dashboard.referral_message(card, p.probability))
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
-    m2.metric("Verdict", reports.verdict(p.positive))
+    m2.metric("Verdict", reports.verdict(p.positive) + (" (uncertain)" if p.uncertain else ""))
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
     picture = dashboard.overlay_image(result, alpha, colormap)
     left, right = st.columns(2)
@@ -158,8 +160,12 @@ for j, series in enumerate(decoded.series):
             continue
         study = result.study
         st.subheader(f"{result.name} — {study['slices']} slices")
+        if study["uncertain"]:
+            st.warning(dashboard.referral_message(card, study["probability"], "series"))
         m1, m2, m3 = st.columns(3)
-        m1.metric("Study verdict", study["verdict"])
+        m1.metric(
+            "Study verdict", study["verdict"] + (" (uncertain)" if study["uncertain"] else "")
+        )
         outside = study["slices"] - study["slices_in_range"]
         in_range = " in range" if outside and study["slices_in_range"] else ""
         m2.metric(f"Highest slice probability{in_range}", f"{study['probability'] * PERCENT:.1f}%")
@@ -214,7 +220,12 @@ for j, series in enumerate(decoded.series):
 
 if rows or studies:
     st.subheader("Report")
-    model_info = {"name": card.name, "architecture": card.architecture, "threshold": card.threshold}
+    model_info = {
+        "name": card.name,
+        "architecture": card.architecture,
+        "threshold": card.threshold,
+        "referral": card.referral,
+    }
     left, right = st.columns(2)
     left.download_button(
         "Download CSV report",

@@ -45,6 +45,7 @@ from hemo import runs
 from hemo.config import portable_path
 from hemo.errors import ConfigError, DatasetError, TrainingError
 from hemo.lookalike import DEFAULT_THRESHOLD as DEFAULT_LOOKALIKE
+from hemo.referral import DEFAULT_TARGET_ACCURACY as DEFAULT_REFERRAL_ACCURACY
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,10 @@ class CrossValReport:
         lookalike: How look-alike images were grouped into folds (:func:`fold_groups`:
             ``threshold``, ``groups``, ``images_grouped``, ``multi_groups``, ``pairs``), or
             ``None`` when the check was off or every image had a patient id.
+        referral: The referral band chosen on the pooled OOF predictions (:mod:`hemo.referral`):
+            ``band``, what it does on those predictions (``out_of_fold``, optimistic: chosen on
+            them) and held out (``nested``: threshold and band from the other folds), or
+            ``error`` when no band reached the target; ``None`` when the config turns it off.
     """
 
     name: str
@@ -141,6 +146,11 @@ class CrossValReport:
     oof: pd.DataFrame = field(repr=False)
     measured_on: str = ""
     lookalike: dict[str, Any] | None = None
+    referral: dict[str, Any] | None = None
+
+    def band(self) -> dict[str, Any] | None:
+        """The referral band for the final model's card, or ``None``."""
+        return None if self.referral is None else self.referral.get("band")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (the OOF table as a list of records)."""
@@ -170,6 +180,7 @@ class CrossValReport:
             "mean_std_over_folds_at_0.5": self.summary_fixed,
             "pooled_out_of_fold": self.pooled,
             "per_fold": [dataclasses.asdict(f) for f in self.folds],
+            "referral": self.referral,
         }
 
 
@@ -485,6 +496,7 @@ def _report(
     # How much the pooled figures could move on another sample of this size (the threshold
     # was chosen on these same predictions, so the threshold metrics' intervals are optimistic)
     pooled["ci95"] = bootstrap_ci(y, p, threshold)
+    referral = _referral(config, y, p, threshold, oof["fold"].to_numpy(), measured_on)
     report = CrossValReport(
         name=name,
         n_folds=n_folds,
@@ -498,10 +510,42 @@ def _report(
         oof=oof,
         measured_on=measured_on,
         lookalike=lookalike,
+        referral=referral,
     )
     oof.to_csv(work / OOF_FILE, index=False)
     runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
     return report
+
+
+def _referral(
+    config: Mapping[str, Any],
+    y: NDArray,
+    p: NDArray,
+    threshold: float,
+    folds: NDArray,
+    measured_on: str,
+) -> dict[str, Any] | None:
+    """The referral band on the pooled OOF predictions, and its nested held-out estimate."""
+    from hemo.referral import choose_band, nested_estimate, selective_metrics
+
+    section = config["threshold"]
+    target = float(section.get("referral_accuracy", DEFAULT_REFERRAL_ACCURACY))
+    if target <= 0:
+        return None
+    try:
+        band = choose_band(
+            y, p, threshold, target, f"pooled out-of-fold predictions: {measured_on}"
+        )
+    except DatasetError as exc:
+        log.warning("no referral band: %s", exc)
+        return {"error": str(exc), "target_accuracy": target}
+    method = str(section["method"])
+    target_sensitivity = float(section.get("target_sensitivity", 0.9))
+    return {
+        "band": band.to_dict(),
+        "out_of_fold": selective_metrics(y, p, threshold, band),
+        "nested": nested_estimate(y, p, folds, method, target_sensitivity, target),
+    }
 
 
 def finished_run(
@@ -761,6 +805,7 @@ def _final_card(card: Any, report: CrossValReport, export: str | os.PathLike, su
         threshold=report.threshold,
         metrics=report.card_metrics(),
         training=training,
+        referral=report.band(),
     )
 
 
@@ -790,7 +835,33 @@ def format_report(report: CrossValReport) -> str:
             f"{grouped['multi_groups']} groups (correlation >= {grouped['threshold']:g}; "
             f"pairs in {LOOKALIKE_FILE})"
         )
+    lines += _referral_lines(report.referral)
     return "\n".join(lines)
+
+
+def _referral_lines(referral: dict[str, Any] | None) -> list[str]:
+    """The referral band's lines of :func:`format_report`."""
+    if not referral:
+        return []
+    if "band" not in referral:
+        return [f"no referral band: {referral['error']}"]
+    band = referral["band"]
+    lines = [
+        f"referral band {band['low']:.4f}-{band['high']:.4f} (decided calls to reach accuracy "
+        f"{band['target_accuracy']:g} out-of-fold):"
+    ]
+    for key, title in (("out_of_fold", "out-of-fold"), ("nested", "held out (nested)")):
+        r = referral[key]
+        lines.append(
+            f"  {title}: {r['referred']} of {r['n']} referred, {r['errors_referred']} of "
+            f"{r['errors']} errors among them; decided accuracy {_share(r['accuracy'])}, "
+            f"sensitivity {_share(r['sensitivity'])}, specificity {_share(r['specificity'])}"
+        )
+    return lines
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _cell(value: float | None, spread: float | None = None) -> str:

@@ -447,6 +447,7 @@ def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
                     slice_z_mm=getattr(scan, "slice_z_mm", None),
                     index=start + offset,
                     frame=getattr(scan, "frame", None),
+                    uncertain=predictor.refers(probability),
                 )
             )
     return out
@@ -613,6 +614,7 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
         probabilities,
         predictor.card.threshold,
         [p.outside_range for p in predictions],
+        predictor.referral,
     )
     return SeriesResult(
         name=name,
@@ -667,6 +669,30 @@ def range_caption(study: Mapping[str, Any]) -> str:
         f"{study['slices_in_range']}. Highest probability over every slice: "
         f"{study['probability_all_slices']:.1%}."
     )
+
+
+def referral_message(card: Any, probability: float, what: str = "image") -> str:
+    """Why a call in the card's referral band goes to a reader (one paragraph).
+
+    Args:
+        card: The model's :class:`hemo.model.ModelCard` (it has a band).
+        probability: The call's P(any).
+        what: What is referred ("image", "series").
+    """
+    band = card.parse_referral()
+    text = (
+        f"Uncertain call: {probability:.1%} lies in the model's referral band "
+        f"({band.low:.1%} to {band.high:.1%} around its {card.threshold:.1%} threshold), where "
+        f"its validation calls were too often wrong. Refer this {what} to a reader."
+    )
+    held = ((card.metrics or {}).get("referral") or {}).get("nested")
+    if held and held.get("accuracy") is not None:
+        text += (
+            f" In the model's cross-validation, held out, the band took {held['referred']} of "
+            f"{held['n']} images and {held['errors_referred']} of its {held['errors']} errors; "
+            f"the calls outside it were {held['accuracy']:.1%} right."
+        )
+    return text
 
 
 # Windowing --------------------------------------------------------------------------------------

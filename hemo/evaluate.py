@@ -202,6 +202,9 @@ class EvalReport(BinaryMetrics):
         failed: Up to :data:`MAX_FAILED_LISTED` of their sources with the error.
         ci95: 95 % bootstrap intervals of the headline label's accuracy, sensitivity,
             specificity and ROC AUC (:func:`bootstrap_ci`), ``{metric: [low, high] or None}``.
+        referral: What the card's referral band does on these cases
+            (:func:`hemo.referral.selective_metrics` plus ``band``); ``None`` when the card has
+            no band.
     """
 
     split: str | None = None
@@ -215,6 +218,7 @@ class EvalReport(BinaryMetrics):
     n_failed: int = 0
     failed: tuple[str, ...] = ()
     ci95: dict[str, list[float] | None] = field(default_factory=dict)
+    referral: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the whole report (what ``hemo evaluate --json`` prints)."""
@@ -231,6 +235,7 @@ class EvalReport(BinaryMetrics):
             n_failed=self.n_failed,
             failed=list(self.failed),
             ci95=dict(self.ci95),
+            referral=self.referral,
         )
         return data
 
@@ -825,8 +830,20 @@ def evaluate_model(
         model=card.name,
         in_range=in_range[known],
     )
+    band = card.parse_referral()
+    referral = None
+    if band is not None:
+        from hemo.referral import selective_metrics
+
+        referral = {
+            "band": band.to_dict(),
+            **selective_metrics(y[known, head], probs[known, head], card.threshold, band),
+        }
     return dataclasses.replace(
-        report, n_failed=len(failed), failed=tuple(failed[:MAX_FAILED_LISTED])
+        report,
+        n_failed=len(failed),
+        failed=tuple(failed[:MAX_FAILED_LISTED]),
+        referral=referral,
     )
 
 

@@ -38,6 +38,7 @@ from hemo.preprocess import InputSpec
 
 if TYPE_CHECKING:
     from hemo.anatomy import SliceRange
+    from hemo.referral import ReferralBand
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class ModelCard:
         slice_range: :meth:`hemo.anatomy.SliceRange.to_dict` of the training images: slices
             and images outside it are marked, and left out of series verdicts. ``None`` (cards
             written before it, or no image measured): every slice counts.
+        referral: :meth:`hemo.referral.ReferralBand.to_dict`: predictions this close to the
+            threshold are flagged ``uncertain`` (refer to a reader), chosen on the same
+            validation predictions as the threshold. ``None`` (cards written before it, or no
+            band reached its target): nothing is flagged.
     """
 
     name: str
@@ -167,6 +172,15 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     hemo_version: str = __version__
     slice_range: dict[str, Any] | None = None
+    referral: dict[str, Any] | None = None
+
+    def parse_referral(self) -> ReferralBand | None:
+        """The card's :class:`hemo.referral.ReferralBand`, or ``None``."""
+        from hemo.referral import ReferralBand
+
+        return (
+            None if self.referral is None else ReferralBand.from_dict(self.referral, self.threshold)
+        )
 
     def parse_slice_range(self) -> SliceRange | None:
         """The card's :class:`hemo.anatomy.SliceRange`, or ``None``."""
@@ -198,6 +212,7 @@ class ModelCard:
         values["threshold"] = float(values.get("threshold", 0.5))
         card = cls(**values)
         card.parse_slice_range()  # a malformed range fails at load, not at the first series
+        card.parse_referral()
         return card
 
     @classmethod

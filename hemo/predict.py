@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     import keras
 
     from hemo.model import ModelCard
+    from hemo.referral import ReferralBand
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class Prediction:
         frame: The frame's number (1-based) when the slice is one frame of a multi-frame DICOM
             file, or the slice's number in a NIfTI volume (several results then share
             ``source``), else ``None``.
+        uncertain: Whether ``probability`` lies in the card's referral band
+            (:mod:`hemo.referral`): too close to the threshold to call, refer to a reader (the
+            verdict ``positive`` is still given); ``None`` when the card has no band.
     """
 
     source: str
@@ -111,6 +115,7 @@ class Prediction:
     index: int | None = None
     outside_range: str | None = None
     frame: int | None = None
+    uncertain: bool | None = None
 
     @property
     def error(self) -> None:
@@ -131,6 +136,7 @@ class Prediction:
             "index": self.index,
             "outside_range": self.outside_range,
             "frame": self.frame,
+            "uncertain": self.uncertain,
         }
 
 
@@ -162,6 +168,8 @@ class StudyPrediction:
             file or a NIfTI volume, else ``None``.
         slice_frames: Frame numbers of the slices in anatomical order (``None`` for a
             single-frame file); empty when no slice has one.
+        uncertain: The referral flag of the slice that decides the verdict (the study's
+            ``probability`` is that slice's); ``None`` when the card has no band.
     """
 
     study_uid: str | None
@@ -183,6 +191,7 @@ class StudyPrediction:
     probability_all_slices: float | None = None
     most_suspicious_frame: int | None = None
     slice_frames: tuple[int | None, ...] = ()
+    uncertain: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples as lists)."""
@@ -329,6 +338,7 @@ def study_predictions(
                     if any(s.frame is not None for s in ordered)
                     else ()
                 ),
+                uncertain=members_p[best].uncertain,
             )
         )
     return updated, studies
@@ -426,6 +436,7 @@ class Predictor:
         self.labels: tuple[str, ...] = tuple(card.labels)
         self.threshold = float(card.threshold)
         self.slice_range: SliceRange | None = card.parse_slice_range()
+        self.referral: ReferralBand | None = card.parse_referral()
         self.batch_size = batch_size
         self.workers = workers
         self.top_k = top_k
@@ -457,6 +468,10 @@ class Predictor:
     def forward(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
         """Probabilities of a prepared batch: (N, H, W, C) float32 -> (N, labels) float32."""
         return self._forward(np.asarray(x, dtype=np.float32)).numpy()
+
+    def refers(self, probability: float) -> bool | None:
+        """Whether ``probability`` lies in the card's referral band (``None``: no band)."""
+        return None if self.referral is None else self.referral.refers(probability)
 
     def prepare(self, scan: Any) -> NDArray[np.float32]:
         """The model input of one scan (the one preprocessing path): (H, W, C) float32."""
@@ -628,6 +643,7 @@ class Predictor:
             series_uid=None if meta is None else meta.series_uid,
             slice_z_mm=None if meta is None else meta.slice_z_mm,
             frame=None if meta is None else meta.frame,
+            uncertain=self.refers(probability),
         )
 
 

@@ -27,6 +27,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "threshold",
     "outside_range",
     "frame",
+    "uncertain",
     "error",
 )
 POSITIVE = "hemorrhage"
@@ -48,7 +49,7 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
     Args:
         prediction: The prediction (``source``, ``probability``, ``probabilities``, ``positive``,
             ``threshold``, ``slice_z_mm``, ``outside_range``; ``frame`` for a frame of a
-            multi-frame DICOM).
+            multi-frame DICOM; ``uncertain`` when the card has a referral band).
         slice_number: 1-based position of the slice in its series, if it is one.
 
     Returns:
@@ -63,6 +64,7 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
         "threshold": _round(prediction.threshold),
         "outside_range": getattr(prediction, "outside_range", None),
         "frame": getattr(prediction, "frame", None),
+        "uncertain": getattr(prediction, "uncertain", None),
         "error": None,
     }
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
@@ -115,6 +117,7 @@ def study_summary(
     probabilities: Sequence[float],
     threshold: float,
     outside_range: Sequence[str | None] | None = None,
+    referral: Any | None = None,
 ) -> dict[str, Any]:
     """Study-level numbers of a series from its per-slice probabilities.
 
@@ -128,12 +131,14 @@ def study_summary(
         threshold: The model's operating threshold.
         outside_range: Per slice, why it is outside the model's range, else ``None``;
             omitted: every slice is in range. When no slice is in range, every slice counts.
+        referral: The card's :class:`hemo.referral.ReferralBand`, or ``None``.
 
     Returns:
         ``source``, ``slices``, ``probability``, ``verdict``, ``threshold``,
         ``most_suspicious_slice`` (1-based), ``positive_slices`` (in range),
-        ``slices_in_range``, ``outside_range_slices`` (1-based) and
-        ``probability_all_slices``.
+        ``slices_in_range``, ``outside_range_slices`` (1-based),
+        ``probability_all_slices`` and ``uncertain`` (the study probability lies in the
+        referral band; ``None`` without a band).
 
     Raises:
         ValueError: ``probabilities`` is empty, or ``outside_range`` has another length.
@@ -160,6 +165,7 @@ def study_summary(
         "slices_in_range": int(inside.sum()),
         "outside_range_slices": [int(i) + 1 for i in np.flatnonzero(~inside)],
         "probability_all_slices": _round(values.max()),
+        "uncertain": None if referral is None else bool(referral.refers(float(values[top]))),
     }
 
 

@@ -92,7 +92,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_train": "",
     "extra_train_rows": 0,
     "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0, "lesion": 0.0},
-    "threshold": {"method": "youden", "target_sensitivity": 0.9},
+    "threshold": {"method": "youden", "target_sensitivity": 0.9, "referral_accuracy": 0.98},
     "strategy": "default",
     "steps_per_epoch": 0,
     "save_h5": False,
@@ -338,6 +338,16 @@ def _validate(config: dict[str, Any]) -> None:
     for key, most in AUGMENT_LIMITS.items():
         if config["augment"][key] > most:
             raise ConfigError(f"augment.{key} must be at most {most}, got {config['augment'][key]}")
+    referral = config["threshold"]["referral_accuracy"]
+    if (
+        isinstance(referral, bool)
+        or not isinstance(referral, int | float)
+        or not (referral == 0 or 0.5 < referral <= 1)
+    ):
+        raise ConfigError(
+            "threshold.referral_accuracy is the accuracy calls outside the referral band must "
+            f"reach on validation data, in (0.5, 1], or 0 for no band; got {referral!r}"
+        )
 
 
 def _check_cam_layer(model, name: str) -> None:
@@ -1238,7 +1248,7 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
     """Threshold on val, card, model files, evaluation report (chief only)."""
     from hemo.model import CAM_LAYERS, ModelCard, save_model
 
-    threshold = _val_threshold(model, index, labels, spec, config)
+    threshold, referral = _val_threshold(model, index, labels, spec, config)
     history = runs.read_history(path)
     card = ModelCard(
         name=config["name"],
@@ -1250,6 +1260,7 @@ def _finish(config, path: Path, model, index, data: Path, labels, spec, init_rep
         metrics={},
         training=_training_summary(config, index, data, history, init_report),
         slice_range=training_slice_range(config, _split(index, "train")),
+        referral=referral,
     )
     report = _evaluate(model, card, index)
     metrics = {
@@ -1318,23 +1329,35 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
     }
 
 
-def _val_threshold(model, index, labels, spec, config) -> float:
-    """Operating threshold on P(any) chosen on the validation split only."""
+def _val_threshold(model, index, labels, spec, config) -> tuple[float, dict[str, Any] | None]:
+    """Operating threshold on P(any) and its referral band, both chosen on the validation
+    split only (the band ``None`` when turned off or out of reach)."""
     import numpy as np
 
     from hemo.evaluate import choose_threshold
     from hemo.pipeline import label_matrix, make_dataset
+    from hemo.referral import choose_band
 
     val = _split(index, "val")
     probs = model.predict(make_dataset(val, spec, labels, int(config["batch_size"])), verbose=0)
     y = label_matrix(val, labels)[:, 0]
+    p = np.asarray(probs)[:, 0]
     method = config["threshold"]["method"]
     target = float(config["threshold"].get("target_sensitivity", 0.9))
     try:
-        return float(choose_threshold(y, np.asarray(probs)[:, 0], method, target))
+        threshold = float(choose_threshold(y, p, method, target))
     except DatasetError as exc:
         log.warning("keeping threshold %.2f: %s", ACCURACY_THRESHOLD, exc)
-        return ACCURACY_THRESHOLD
+        return ACCURACY_THRESHOLD, None
+    accuracy = float(config["threshold"]["referral_accuracy"])
+    if not accuracy:
+        return threshold, None
+    try:
+        band = choose_band(y, p, threshold, accuracy, f"val split ({len(val)} images)")
+    except DatasetError as exc:
+        log.warning("no referral band: %s", exc)
+        return threshold, None
+    return threshold, band.to_dict()
 
 
 def _evaluate(model, card, index) -> dict[str, Any]:

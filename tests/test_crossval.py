@@ -194,9 +194,15 @@ def test_crossval_report_and_export(tiny_data: Path, tmp_path: Path) -> None:
     for name in ("accuracy", "roc_auc"):  # pooled bootstrap intervals hold the pooled figure
         low, high = saved["pooled"]["ci95"][name]
         assert low <= saved["pooled"][name] <= high
+    # The referral band, chosen on the same OOF predictions (or why none could be)
+    assert report.referral is not None
+    assert ("band" in report.referral) != ("error" in report.referral)
+    assert saved["referral"] == json.loads(json.dumps(report.referral))
     written = train_final(config, report, tmp_path / "models" / "tiny_real")
     card = json.loads(written.with_suffix(".json").read_text())
     assert card["threshold"] == pytest.approx(report.threshold)
+    assert card["referral"] == report.band()
+    assert card["metrics"]["referral"] == saved["referral"]
     assert card["metrics"]["folds"] == 2
     assert card["metrics"]["fold_groups"] == report.lookalike
     assert card["training"]["images"] == {"train": 2 * N_PER_CLASS}

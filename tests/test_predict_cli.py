@@ -14,6 +14,7 @@ from tiny_models import tiny_model_path
 from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
 
 RESULT_KEYS = {
+    "uncertain",
     "path",
     "probability",
     "probabilities",
@@ -45,12 +46,14 @@ def test_json_shape_and_exit_zero(capsys, model_path, ct_small, head_ct_dir):
         capsys, ["predict", "--model", str(model_path), str(png), str(ct_small), "--json"]
     )
     assert code == 0
-    assert set(data) == {"model", "threshold", "results", "studies"}
+    assert set(data) == {"model", "threshold", "referral", "results", "studies"}
     assert data["model"] == model_path.stem and data["threshold"] == 0.5
+    assert data["referral"] is None  # the tiny model's card has no band: nothing is flagged
     assert [r["path"] for r in data["results"]] == [str(png), str(ct_small)]
     for entry in data["results"]:
         assert RESULT_KEYS <= set(entry)
         assert entry["positive"] == (entry["probability"] >= entry["threshold"])
+        assert entry["uncertain"] is None
     assert data["results"][1]["series_uid"] is not None
     (study,) = data["studies"]
     assert study["n_slices"] == 1 and study["slice_sources"] == [str(ct_small)]

@@ -92,6 +92,16 @@ def _text(data: dict[str, Any]) -> str:
             "95 % CI (stratified bootstrap): "
             + "  ".join(f"{k} {lo:.3f}-{hi:.3f}" for k, (lo, hi) in ci.items())
         )
+    referral = data.get("referral")
+    if referral:
+        band = referral["band"]
+        lines.append(
+            f"referral band {band['low']:.3f}-{band['high']:.3f}: {referral['referred']} of "
+            f"{referral['n']} referred ({referral['errors_referred']} of the {referral['errors']}"
+            f" errors); the {referral['decided']} decided: accuracy {_fmt(referral['accuracy'])}"
+            f"  sensitivity {_fmt(referral['sensitivity'])}  specificity "
+            f"{_fmt(referral['specificity'])}"
+        )
     if data["rsna_log_loss"] is not None:
         lines.append(f"RSNA weighted log loss {data['rsna_log_loss']:.4f}")
     for key, title in (("study_max", "max"), ("study_top_k", f"top-{data['top_k']} mean")):

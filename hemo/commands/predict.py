@@ -84,13 +84,16 @@ def training_lookalikes(
     return found
 
 
-def payload(model_name: str, threshold: float, batch: Any) -> dict[str, Any]:
-    """The ``--json`` document of one prediction batch."""
+def payload(
+    model_name: str, threshold: float, batch: Any, referral: Any | None = None
+) -> dict[str, Any]:
+    """The ``--json`` document of one prediction batch (``referral``: the card's band)."""
     from hemo.predict import result_to_dict
 
     return {
         "model": model_name,
         "threshold": threshold,
+        "referral": None if referral is None else referral.to_dict(),
         "results": [result_to_dict(r) for r in batch.results],
         "studies": [s.to_dict() for s in batch.studies],
     }
@@ -102,7 +105,14 @@ def _short(path: str) -> str:
 
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results and studies."""
-    lines = [f"model {data['model']}  threshold {data['threshold']:.3f}", ""]
+    lines = [f"model {data['model']}  threshold {data['threshold']:.3f}"]
+    band = data.get("referral")
+    if band:
+        lines.append(
+            f"calls with P(any) between {band['low']:.3f} and {band['high']:.3f} are uncertain: "
+            "refer them to a reader"
+        )
+    lines.append("")
     lines.append(f"{'input':<{PATH_WIDTH}}  {'P(any)':>7}  verdict")
     for entry in data["results"]:
         if "error" in entry:
@@ -113,6 +123,8 @@ def _text(data: dict[str, Any]) -> str:
         verdict = "POSITIVE" if entry["positive"] else "negative"
         extra = [f"{k} {v:.3f}" for k, v in entry["probabilities"].items() if k != "any"]
         suffix = f"  ({', '.join(extra)})" if extra else ""
+        if entry.get("uncertain"):
+            suffix += "  [uncertain: refer]"
         if entry.get("outside_range"):
             suffix += "  [outside the model's range]"
         if entry.get("training_lookalike"):
@@ -127,7 +139,8 @@ def _text(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"series of {study['n_slices']} slice(s): P(any) max {study['probability']:.3f} "
-            f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}; most suspicious "
+            f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}"
+            f"{' (uncertain: refer)' if study.get('uncertain') else ''}; most suspicious "
             f"slice {study['most_suspicious_index']}: {_short(study['most_suspicious_source'])}"
             + (
                 ""
@@ -156,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     with Predictor(args.model, batch_size=args.batch_size) as predictor:
         batch = predictor.run(args.inputs)
-        data = payload(predictor.card.name, predictor.threshold, batch)
+        data = payload(predictor.card.name, predictor.threshold, batch, predictor.referral)
         if args.training_lookalikes:
             found = training_lookalikes(predictor.card, args.inputs) or {}
             for entry in data["results"]:
