@@ -406,6 +406,46 @@ def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, mon
     assert "looks like an image the model was trained on (003.png, correlation 1.000" in seen[0]
 
 
+def test_predict_flags_calls_in_the_referral_band(env, tmp_path, monkeypatch):
+    """With a band in the card, an image and a series whose calls fall in it are marked
+    uncertain, with the card's held-out figures; the reports carry the flag."""
+    import json
+    import shutil
+
+    from hemo.referral import band_for_margin
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".keras", ".json"):
+        shutil.copy(env["models"] / f"{DISPLAY_MODEL}{suffix}", models)
+    card_file = models / f"{DISPLAY_MODEL}.json"
+    card = json.loads(card_file.read_text())
+    # A band wide enough to hold every probability the untrained model can give
+    card["referral"] = band_for_margin(card["threshold"], 40.0, 0.98, "test").to_dict()
+    card["metrics"]["referral"] = {
+        "nested": {"referred": 31, "n": 140, "errors_referred": 7, "errors": 10, "accuracy": 0.98}
+    }
+    card_file.write_text(json.dumps(card))
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(models))
+    at = _open("app_pages/predict.py")
+    at.session_state[ui.MODEL_CHOICE_KEY] = DISPLAY_MODEL
+    png = (env["kaggle"] / "head_ct" / "003.png").read_bytes()
+    at.file_uploader(key="predict_upload").set_value(
+        [
+            ("upload.png", png, "image/png"),
+            ("series.zip", zip_bytes(_dicoms(env)), "application/zip"),
+        ]
+    ).run()
+    _ok(at)
+    warned = [w.value for w in at.warning if w.value.startswith("Uncertain call")]
+    assert len(warned) == 3, warned  # the image, the series, the series' shown slice
+    assert "Refer this image to a reader" in warned[0]
+    assert any("Refer this series to a reader" in w for w in warned)
+    assert "took 31 of 140 images and 7 of its 10 errors" in warned[0]
+    verdicts = [m.value for m in at.metric if m.label in ("Verdict", "Study verdict")]
+    assert verdicts and all(v.endswith("(uncertain)") for v in verdicts)
+
+
 def test_training_shows_runs_curves_report_and_comparison(env):
     """Finished runs: table, train/val curves, confusion/ROC/PR, threshold and comparison."""
     make_finished_run(env["runs"], "alpha")
