@@ -61,6 +61,49 @@ def test_real_cq500_hemorrhage_called_positive(predictor, cq500_uncompressed: Pa
     assert result.positive, f"P(any) = {result.probability:.3f} < {result.threshold:.3f}"
 
 
+def test_card_referral_band_is_the_crossval_one() -> None:
+    """The card's band was chosen on the pooled OOF predictions for accuracy 0.98, holds the
+    threshold, and its held-out (nested) figures add up."""
+    from hemo.model import ModelCard
+
+    card = ModelCard.from_json(CARD_PATH.read_text())
+    band = card.parse_referral()
+    assert band is not None and band.low < card.threshold < band.high
+    assert band.target_accuracy == 0.98
+    assert "pooled out-of-fold predictions" in band.chosen_on
+    section = card.metrics["referral"]
+    assert section["band"] == card.referral
+    for key in ("out_of_fold", "nested"):
+        figures = section[key]
+        assert figures["n"] == 140 and figures["referred"] + figures["decided"] == 140
+        assert figures["errors_referred"] + figures["errors_decided"] == figures["errors"]
+    assert section["out_of_fold"]["errors"] == 9  # the card's confusion: FP 3 + FN 6
+    assert section["out_of_fold"]["accuracy"] >= 0.98
+    assert len(section["nested"]["per_fold"]) == 5
+
+
+def test_real_bleed_is_positive_but_in_the_band(predictor, cq500_uncompressed: Path) -> None:
+    """693_UNCR.dcm (P about 0.85) is called positive and flagged uncertain: the band reaches
+    up to 0.905, so the model's call on this real bleed goes to a reader."""
+    (result,) = predictor.predict([cq500_uncompressed])
+    assert result.positive and result.uncertain is True
+    assert result.to_dict()["uncertain"] is True
+
+
+def test_negative_real_series_has_no_decided_positive(predictor, cq500_dir: Path) -> None:
+    """The whole real CQ500-CT-0 series (contrast-enhanced, negative by majority): every
+    in-range slice the model calls positive lies in the referral band, so none is a decided
+    positive, and the series' positive verdict is flagged uncertain."""
+    batch = predictor.run(sorted(cq500_dir.glob("*.dcm")))
+    assert batch.n_failed == 0
+    in_range = [r for r in batch.results if r.outside_range is None]
+    positives = [r for r in in_range if r.positive]
+    assert positives, "the contrast-enhanced series still has slices over the threshold"
+    assert all(r.uncertain for r in positives), [r.probability for r in positives]
+    (study,) = batch.studies
+    assert study.uncertain is True
+
+
 def test_clear_negatives_called_negative(predictor, head_ct_dir: Path) -> None:
     """Two shared images without hemorrhage are called negative."""
     results = predictor.predict([head_ct_dir / name for name in CLEAR_NEGATIVES])
