@@ -15,6 +15,9 @@ SERIES_SLICE_KEY = "series_slice_{}"
 STRIP_COLOR = "#E8574C"
 OUT_COLOR = "#B0B0B0"
 PERCENT = 100.0
+UNCERTAIN_DELTA = "uncertain: refer to a reader"
+BAND_COLOR = "#F0A030"
+BAND_OPACITY = 0.25
 
 st.title("Predict")
 st.caption(
@@ -87,6 +90,13 @@ rows: list[dict] = []
 studies: list[dict] = []
 
 
+def _uncertain_delta(uncertain: bool | None) -> dict:
+    """Metric arguments that mark a verdict in the referral band (none otherwise)."""
+    if not uncertain:
+        return {}
+    return {"delta": UNCERTAIN_DELTA, "delta_color": "orange", "delta_arrow": "off"}
+
+
 def _show_analysis(
     result: dashboard.Analysis,
     item: str,
@@ -109,7 +119,7 @@ def _show_analysis(
         st.warning(dashboard.referral_message(card, p.probability))
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
-    m2.metric("Verdict", reports.verdict(p.positive) + (" (uncertain)" if p.uncertain else ""))
+    m2.metric("Verdict", reports.verdict(p.positive), **_uncertain_delta(p.uncertain))
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
     picture = dashboard.overlay_image(result, alpha, colormap)
     left, right = st.columns(2)
@@ -163,9 +173,7 @@ for j, series in enumerate(decoded.series):
         if study["uncertain"]:
             st.warning(dashboard.referral_message(card, study["probability"], "series"))
         m1, m2, m3 = st.columns(3)
-        m1.metric(
-            "Study verdict", study["verdict"] + (" (uncertain)" if study["uncertain"] else "")
-        )
+        m1.metric("Study verdict", study["verdict"], **_uncertain_delta(study["uncertain"]))
         outside = study["slices"] - study["slices_in_range"]
         in_range = " in range" if outside and study["slices_in_range"] else ""
         m2.metric(f"Highest slice probability{in_range}", f"{study['probability'] * PERCENT:.1f}%")
@@ -187,6 +195,18 @@ for j, series in enumerate(decoded.series):
             height=220,
         )
         fig.add_hline(y=card.threshold, line_dash="dot")
+        band = predictor.referral
+        if band is not None and band.high > band.low:
+            fig.add_hrect(
+                y0=band.low,
+                y1=band.high,
+                fillcolor=BAND_COLOR,
+                opacity=BAND_OPACITY,
+                line_width=0,
+                layer="below",
+                annotation_text="referral band",
+                annotation_position="top left",
+            )
         fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0, legend_title_text="")
         st.plotly_chart(fig, key=f"strip_{j}")
         slider_key = SERIES_SLICE_KEY.format(j)

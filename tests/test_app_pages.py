@@ -408,7 +408,7 @@ def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, mon
 
 def test_predict_flags_calls_in_the_referral_band(env, tmp_path, monkeypatch):
     """With a band in the card, an image and a series whose calls fall in it are marked
-    uncertain, with the card's held-out figures; the reports carry the flag."""
+    uncertain, with the card's held-out figures, and the series' strip shades the band."""
     import json
     import shutil
 
@@ -442,8 +442,15 @@ def test_predict_flags_calls_in_the_referral_band(env, tmp_path, monkeypatch):
     assert "Refer this image to a reader" in warned[0]
     assert any("Refer this series to a reader" in w for w in warned)
     assert "took 31 of 140 images and 7 of its 10 errors" in warned[0]
-    verdicts = [m.value for m in at.metric if m.label in ("Verdict", "Study verdict")]
-    assert verdicts and all(v.endswith("(uncertain)") for v in verdicts)
+    verdicts = [m for m in at.metric if m.label in ("Verdict", "Study verdict")]
+    assert len(verdicts) == 3 and all(m.delta == "uncertain: refer to a reader" for m in verdicts)
+    assert {m.value for m in verdicts} <= {"hemorrhage", "no hemorrhage"}
+    (strip,) = at.get("plotly_chart")  # the series' strip shades the band
+    shapes = json.loads(strip.proto.spec)["layout"]["shapes"]
+    band = card["referral"]
+    assert any(
+        s["type"] == "rect" and (s["y0"], s["y1"]) == (band["low"], band["high"]) for s in shapes
+    ), shapes
 
 
 def test_training_shows_runs_curves_report_and_comparison(env):

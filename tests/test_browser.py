@@ -153,8 +153,8 @@ def test_every_page_renders_without_exception(server, page):
 
 def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500_dir, tmp_path):
     """The real CQ500 series zipped and dropped on Predict with the shipped real-scan model: a
-    study verdict, the caption counting the slices outside the model's range, both legend
-    entries of the strip."""
+    study verdict flagged uncertain (in the referral band), the caption counting the slices
+    outside the model's range, both legend entries of the strip."""
     archive = tmp_path / f"{cq500_dir.name}.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as out:
         for path in sorted(cq500_dir.glob("*.dcm")):
@@ -175,6 +175,9 @@ def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500
         strip = page.locator(PLOT).first
         assert strip.get_by_text(dashboard.OUT_OF_RANGE_LABEL).count() >= 1
         assert strip.get_by_text(dashboard.IN_RANGE_LABEL).count() >= 1
+        # The verdict (P 0.88) lies in the card's referral band: said, with the advice
+        assert page.get_by_text("Refer this series to a reader").count() == 1
+        assert page.get_by_text("uncertain: refer to a reader").count() >= 1
         assert page.locator(EXCEPTION).count() == 0
         _shot(page, "predict_series")
 
