@@ -243,7 +243,8 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         ``name``, ``architecture`` (with the member count of an ensemble), ``labels``,
         ``threshold``, ``input`` (a short description of the input spec), ``metrics``
         (:data:`CARD_METRICS` from the card's test block, else from its pooled out-of-fold
-        block) and ``measured_on`` (what the card says they were measured on).
+        block), ``measured_on`` (what the card says they were measured on) and ``referral``
+        (:func:`referral_summary`).
 
     Raises:
         HemoError: The card is missing or not JSON.
@@ -273,7 +274,28 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         "input_mode": spec.get("mode", "display"),
         "metrics": {k: block[k] for k in CARD_METRICS if isinstance(block.get(k), int | float)},
         "measured_on": str(metrics.get("measured_on", "")),
+        "referral": referral_summary(card),
     }
+
+
+def referral_summary(card: Mapping[str, Any]) -> str | None:
+    """One sentence on a card's referral band and its held-out figures, or ``None`` without
+    a band (``card``: the card's JSON)."""
+    band = card.get("referral")
+    if not isinstance(band, Mapping):
+        return None
+    text = (
+        f"Referral band: calls with P between {band['low']:.1%} and {band['high']:.1%} are "
+        "flagged uncertain (refer to a reader)"
+    )
+    held = ((card.get("metrics") or {}).get("referral") or {}).get("nested")
+    if isinstance(held, Mapping) and held.get("accuracy") is not None and held.get("n"):
+        text += (
+            f"; held out, it took {held['referred'] / held['n']:.0%} of the images and "
+            f"{held['errors_referred']} of {held['errors']} errors, and the other calls were "
+            f"{held['accuracy']:.1%} right"
+        )
+    return text + "."
 
 
 # Uploads and samples ----------------------------------------------------------------------------

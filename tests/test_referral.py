@@ -239,6 +239,10 @@ def test_evaluate_reports_the_band_on_the_data(head_ct_dir, banded) -> None:
     assert referral["n"] == report.n
     assert referral["referred"] + referral["decided"] == report.n
     assert referral["errors"] == report.confusion.fp + report.confusion.fn
+    from hemo.commands.evaluate import _text
+
+    line = next(t for t in _text(report.to_dict()).splitlines() if t.startswith("referral band"))
+    assert f"{referral['referred']} of {referral['n']} referred" in line
 
 
 def test_referral_message_quotes_the_card() -> None:
@@ -295,3 +299,20 @@ def test_crossval_report_section_and_its_text() -> None:
     wrong = _referral(config, 1 - Y10, P10, 0.5, folds, "x")
     assert "most confident calls" in wrong["error"]
     assert _referral_lines(wrong) == [f"no referral band: {wrong['error']}"]
+
+
+def test_home_page_sentence_on_the_band() -> None:
+    """The Home page's line: the band, then the held-out figures when the card has them;
+    nothing for a card without a band."""
+    from hemo.dashboard import referral_summary
+
+    band = band_for_margin(0.5, 1.0, 0.98).to_dict()
+    nested = {"referred": 41, "n": 140, "errors_referred": 10, "errors": 13, "accuracy": 0.97}
+    text = referral_summary({"referral": band, "metrics": {"referral": {"nested": nested}}})
+    assert text == (
+        f"Referral band: calls with P between {band['low']:.1%} and {band['high']:.1%} are "
+        "flagged uncertain (refer to a reader); held out, it took 29% of the images and 10 of "
+        "13 errors, and the other calls were 97.0% right."
+    )
+    assert referral_summary({"referral": band}).endswith("(refer to a reader).")
+    assert referral_summary({"referral": None}) is None and referral_summary({}) is None
