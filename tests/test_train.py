@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from hemo import runs
-from hemo.errors import ConfigError, TrainingError
+from hemo.errors import ConfigError, DatasetError, TrainingError
 from hemo.train import load_config_file, parse_overrides, plan_phases, resolve_config
 
 #: Tiny runs: 32 px phantoms, small batches.
@@ -274,6 +274,8 @@ def test_two_epoch_run_writes_every_file(
     monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
     overrides = parse_overrides(TINY) | {"epochs": 2, "head_epochs": 1, "name": "two"}
     overrides["cam_layer"] = "compact_s1_c1"  # a card may name another layer than the default
+    # A 2-epoch model is far from 0.98 on any calls; 0.6 gives it a band to choose
+    overrides["threshold.referral_accuracy"] = 0.6
     path = train(resolve_config({"data": str(phantom_dir)}, overrides))
     assert path == tmp_path / "two"
     status = json.loads((path / runs.STATUS_FILE).read_text())
@@ -299,6 +301,19 @@ def test_two_epoch_run_writes_every_file(
     assert fitted.min_soft_tissue_fraction == pytest.approx(max(0.0, lowest - RANGE_MARGIN), 1e-3)
     report = json.loads((path / runs.REPORT_FILE).read_text())
     assert report["threshold"] == card.threshold
+    # The referral band is chosen on the val split's predictions, as the threshold is
+    from hemo.evaluate import predict_index
+    from hemo.referral import choose_band
+
+    rows, probs, _ = predict_index(model, card, index, "val")
+    try:
+        expected = choose_band(rows["label_any"], probs[:, 0], card.threshold, 0.6)
+    except DatasetError:
+        assert card.referral is None
+    else:
+        band = card.parse_referral()
+        assert (band.low, band.high) == pytest.approx((expected.low, expected.high), abs=1e-4)
+        assert band.chosen_on == f"val split ({int((index['split'] == 'val').sum())} images)"
     with pytest.raises(TrainingError, match="already finished"):
         train(resolve_config({"data": str(phantom_dir)}, overrides))
 
