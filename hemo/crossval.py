@@ -83,6 +83,9 @@ MEASURED_GROUPED = (
     "{multi} groups)"
 )
 LOOKALIKE_FILE = "lookalikes.csv"
+#: Config keys a finished fold run is reused across: the threshold and referral band are chosen
+#: here on the pooled OOF predictions, not by the fold runs.
+REUSE_IGNORED = frozenset({"threshold"})
 
 
 # Results ----------------------------------------------------------------------------------------
@@ -551,7 +554,8 @@ def _referral(
 def finished_run(
     run_config: Mapping[str, Any], index_file: Path, index_df: pd.DataFrame
 ) -> Path | None:
-    """The folder of a finished training of exactly this config and split, else ``None``.
+    """The folder of a finished training of exactly this config and split, else ``None``
+    (:data:`REUSE_IGNORED` keys may differ).
 
     So a cross-validation that was stopped or killed goes on where it stopped when the same
     command is run again: finished fold runs are reused, an unfinished one resumes from its
@@ -571,10 +575,15 @@ def finished_run(
     path = runs.run_dir(run_config["name"])
     if (runs.read_json(path / runs.STATUS_FILE) or {}).get("state") != runs.FINISHED:
         return None
-    # A key the run's hemo did not know yet counts as its default (what that run did)
+    # A key the run's hemo did not know yet counts as its default (what that run did); keys
+    # that do not change what a fold run trains are not compared
     saved = _over(_plain(DEFAULTS), runs.read_json(path / runs.CONFIG_FILE) or {})
     wanted = _plain(run_config)
-    differ = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+    differ = sorted(
+        key
+        for key in set(saved) | set(wanted)
+        if key not in REUSE_IGNORED and saved.get(key) != wanted.get(key)
+    )
     if differ:
         why = f"with another config (differs in {', '.join(differ)})"
     elif not index_file.is_file() or _split_rows(load_index(index_file)) != _split_rows(index_df):

@@ -291,6 +291,11 @@ def test_rerun_reuses_finished_folds_and_refuses_another_recipe(
     saved_file.write_text(json.dumps(saved))
     crossval(config, n_folds=2)
     assert trained == []
+    # The threshold section is crossval's own business: another referral target reuses the runs
+    other = resolve_config(
+        {**TINY, "data": str(tiny_data), "name": "tinyre", "threshold": {"referral_accuracy": 0}}
+    )
+    assert crossval(other, n_folds=2).referral is None and trained == []
     # A fold whose run is gone (say, killed before it started) is the only one trained again
     shutil.rmtree(runs.run_dir("tinyre-cv1"))
     crossval(config, n_folds=2)
