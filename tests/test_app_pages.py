@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +73,20 @@ def _ok(at: AppTest) -> None:
 
 def _metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
+
+
+def _display_card(env) -> dict:
+    """The tiny display model's card as JSON, to edit."""
+    return json.loads((env["models"] / f"{DISPLAY_MODEL}.json").read_text())
+
+
+def _models_with_display_card(env, tmp_path: Path, card: dict) -> Path:
+    """A models folder holding the tiny display model with ``card`` as its card."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(env["models"] / f"{DISPLAY_MODEL}.keras", models)
+    (models / f"{DISPLAY_MODEL}.json").write_text(json.dumps(card))
+    return models
 
 
 def _dicoms(env) -> list[Path]:
@@ -382,17 +398,9 @@ def test_predict_samples_and_png_on_display_model(env):
 def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, monkeypatch):
     """With a model whose card names its training folder, an upload of one of those images is
     flagged as seen in training, and an unseen real scan (the CQ500 sample) is not."""
-    import json
-    import shutil
-
-    models = tmp_path / "models"
-    models.mkdir()
-    for suffix in (".keras", ".json"):
-        shutil.copy(env["models"] / f"{DISPLAY_MODEL}{suffix}", models)
-    card_file = models / f"{DISPLAY_MODEL}.json"
-    card = json.loads(card_file.read_text())
+    card = _display_card(env)
     card["training"] = {"data": str(env["kaggle"]), "images": {"train": 8}}
-    card_file.write_text(json.dumps(card))
+    models = _models_with_display_card(env, tmp_path, card)
     monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(models))
     at = _open("app_pages/predict.py")
     at.session_state[ui.MODEL_CHOICE_KEY] = DISPLAY_MODEL
@@ -409,23 +417,15 @@ def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, mon
 def test_predict_flags_calls_in_the_referral_band(env, tmp_path, monkeypatch):
     """With a band in the card, an image and a series whose calls fall in it are marked
     uncertain, with the card's held-out figures, and the series' strip shades the band."""
-    import json
-    import shutil
-
     from hemo.referral import band_for_margin
 
-    models = tmp_path / "models"
-    models.mkdir()
-    for suffix in (".keras", ".json"):
-        shutil.copy(env["models"] / f"{DISPLAY_MODEL}{suffix}", models)
-    card_file = models / f"{DISPLAY_MODEL}.json"
-    card = json.loads(card_file.read_text())
+    card = _display_card(env)
     # A band wide enough to hold every probability the untrained model can give
     card["referral"] = band_for_margin(card["threshold"], 40.0, 0.98, "test").to_dict()
     card["metrics"]["referral"] = {
         "nested": {"referred": 31, "n": 140, "errors_referred": 7, "errors": 10, "accuracy": 0.98}
     }
-    card_file.write_text(json.dumps(card))
+    models = _models_with_display_card(env, tmp_path, card)
     monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(models))
     at = _open("app_pages/predict.py")
     at.session_state[ui.MODEL_CHOICE_KEY] = DISPLAY_MODEL
