@@ -145,6 +145,8 @@ if report is not None:
     for col, key in zip(cols, ("threshold", "roc_auc", "sensitivity", "specificity"), strict=True):
         value = shown.get(key)
         col.metric(key, "n/a" if value is None else f"{value:.3f}")
+    if report.referral:
+        st.caption(report.referral)
     left, middle, right = st.columns(3)
     if report.confusion is not None:
         fig = px.imshow(report.confusion, text_auto=True, title="Confusion matrix", height=320)

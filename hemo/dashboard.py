@@ -1029,6 +1029,8 @@ class RunReport:
         pr: Columns ``recall``, ``precision``.
         summary: Headline numbers (AUC, sensitivity, specificity, ...).
         note: Why parts are missing, if they are.
+        referral: What the run's referral band did on the evaluated split (one sentence,
+            :func:`referral_outcome`), or None when the card has no band.
     """
 
     threshold: float | None
@@ -1038,6 +1040,24 @@ class RunReport:
     pr: pd.DataFrame
     summary: dict[str, float]
     note: str | None = None
+    referral: str | None = None
+
+
+def referral_outcome(referral: Mapping[str, Any] | None) -> str | None:
+    """One sentence on what a referral band did on evaluated cases (the ``referral`` block of
+    an evaluation report), or None without one."""
+    if not referral or "band" not in referral:
+        return None
+    band = referral["band"]
+    text = (
+        f"Referral band P {band['low']:.3f}-{band['high']:.3f} (chosen on "
+        f"{band.get('chosen_on') or 'validation data'}): {referral['referred']} of "
+        f"{referral['n']} calls referred, {referral['errors_referred']} of the "
+        f"{referral['errors']} errors among them"
+    )
+    if referral.get("accuracy") is not None:
+        text += f"; the {referral['decided']} decided calls {referral['accuracy']:.1%} right"
+    return text + "."
 
 
 def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
@@ -1066,6 +1086,7 @@ def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
         pr=pd.DataFrame({"recall": pr.get("x", []), "precision": pr.get("y", [])}),
         summary=summary,
         note=report.get("error"),
+        referral=referral_outcome(report.get("referral")),
     )
 
 

@@ -316,3 +316,20 @@ def test_home_page_sentence_on_the_band() -> None:
     )
     assert referral_summary({"referral": band}).endswith("(refer to a reader).")
     assert referral_summary({"referral": None}) is None and referral_summary({}) is None
+
+
+def test_training_page_sentence_on_a_runs_band() -> None:
+    """A run's evaluation report with a referral block gives the Training page one sentence;
+    a report without one gives none."""
+    from hemo.dashboard import run_report
+
+    band = band_for_margin(0.5, 1.0, 0.98, "val split (8 images)")
+    figures = selective_metrics(Y10, P10, 0.5, band)
+    report = run_report({"threshold": 0.5, "referral": {"band": band.to_dict(), **figures}})
+    assert report.referral == (
+        f"Referral band P {band.low:.3f}-{band.high:.3f} (chosen on val split (8 images)): "
+        f"{figures['referred']} of 10 calls referred, {figures['errors_referred']} of the 2 "
+        f"errors among them; the {figures['decided']} decided calls "
+        f"{figures['accuracy']:.1%} right."
+    )
+    assert run_report({"threshold": 0.5}).referral is None
