@@ -441,6 +441,8 @@ class Predictor:
         self.workers = workers
         self.top_k = top_k
         self._head = self.labels.index(ANY_LABEL) if ANY_LABEL in self.labels else 0
+        #: The output the card's threshold and referral band apply to.
+        self.head_label: str = self.labels[self._head]
         self.input_shape: tuple[int, int, int] = tuple(int(d) for d in model.inputs[0].shape[1:])
         # One graph for every batch size: traced here, never again
         signature = tf.TensorSpec((None, *self.input_shape), tf.float32)

@@ -61,7 +61,9 @@ def test_writes_the_overlays_it_reports(
         assert 0.0 <= entry["probability"] <= 1.0
         assert 0 <= entry["peak"]["row"] < TINY_SIZE and 0 <= entry["peak"]["col"] < TINY_SIZE
         assert isinstance(entry["flat"], bool) and entry["seconds"] >= 0.0
-        assert entry["label"] == "any"
+        assert entry["label"] == "any" and isinstance(entry["positive"], bool)
+        assert entry["uncertain"] is None  # no referral band in the tiny model's card
+    assert data["referral"] is None and 0.0 <= data["threshold"] <= 1.0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{d.stem}_{method}.png" for d in dicoms)
 
 
@@ -81,6 +83,7 @@ def test_bad_input_gives_error_entry(
     assert broken["path"] == str(bad) and "error" in broken
     assert photo["path"] == str(png) and "model expects HU windows" in photo["error"]
     assert good["label"] == "subdural" and Path(good["overlay"]).is_file()
+    assert good["positive"] is None  # the card's threshold applies to `any` only
     assert [p.name for p in out.iterdir()] == [f"{dicoms[0].stem}_gradcam.png"]
 
 

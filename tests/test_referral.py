@@ -203,6 +203,30 @@ def test_predictions_reports_and_cli_text_flag_the_band(banded, capsys) -> None:
     assert "[uncertain: refer]" in rows[0] and "uncertain" not in rows[1]
 
 
+def test_explain_gives_the_verdict_and_flag_of_predict(banded, tmp_path, capsys) -> None:
+    """``hemo explain`` on the same two images: the same probability, verdict and flag as
+    ``hemo predict``, the card's band at the top; the text table marks the uncertain one."""
+    import json
+
+    from hemo.cli import main
+    from hemo.model import save_model
+
+    predictor, inside, outside = banded
+    path = save_model(predictor.model, tmp_path / "banded", predictor.card)
+    argv = ["explain", "--model", str(path), str(inside), str(outside), "--out", str(tmp_path)]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["referral"] == predictor.referral.to_dict()
+    assert data["threshold"] == pytest.approx(predictor.threshold)
+    for entry, expected in zip(data["results"], predictor.predict([inside, outside]), strict=True):
+        assert entry["probability"] == pytest.approx(expected.probability, abs=1e-5)
+        assert (entry["positive"], entry["uncertain"]) == (expected.positive, expected.uncertain)
+    assert [e["uncertain"] for e in data["results"]] == [True, False]
+    assert main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert "[uncertain: refer]" in rows[0] and "uncertain" not in rows[1]
+
+
 def test_series_and_study_follow_the_deciding_slice(banded, cq500_dir) -> None:
     """A real series (eight CQ500 slices): the study's ``uncertain`` is its deciding slice's
     flag, and the page's series summary agrees."""

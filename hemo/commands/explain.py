@@ -155,11 +155,15 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
             if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
                 raise ConfigError(f"--out {args.out}: cannot write {path.name}")
             row, col = result.peak
+            decides = result.label == predictor.head_label
             results.append(
                 {
                     "path": scan_result.name,
                     "frame": frame,
                     "probability": result.probability,
+                    # The verdict at the card's threshold, only for the output it applies to
+                    "positive": result.probability >= predictor.threshold if decides else None,
+                    "uncertain": predictor.refers(result.probability) if decides else None,
                     "logit": result.logit,
                     "label": result.label,
                     "method": result.method,
@@ -175,6 +179,8 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
         "label": args.label,
         "layer": explainer.layer,
         "input_size": card.input_spec.size,
+        "threshold": predictor.threshold,
+        "referral": None if predictor.referral is None else predictor.referral.to_dict(),
         "results": results,
     }
 
@@ -193,9 +199,10 @@ def _text(data: dict[str, Any]) -> str:
             continue
         peak = "flat" if entry["flat"] else f"{entry['peak']['row']},{entry['peak']['col']}"
         name = entry["path"] if entry.get("frame") is None else f"{entry['path']}#{entry['frame']}"
+        mark = "  [uncertain: refer]" if entry.get("uncertain") else ""
         lines.append(
             f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
-            f"{entry['overlay']}"
+            f"{entry['overlay']}{mark}"
         )
     return "\n".join(lines)
 
