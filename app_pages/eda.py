@@ -100,7 +100,7 @@ stats = ui.scan_sample(
     ui.mtime_of(view.path),
     per_class,
     SAMPLE_SEED,
-    _on_progress=ui.progress_callback(bar),
+    on_progress=ui.progress_callback(bar),
 )
 bar.empty()
 if not stats.histograms.empty:

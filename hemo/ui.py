@@ -4,8 +4,11 @@
   sessions and never mutated; bounded by :data:`MAX_MODELS`.
 * ``st.cache_resource`` also holds decoded uploads, keyed by a hash of their bytes (frozen scans
   with read-only pixels: shared without copies), bounded by :data:`MAX_UPLOAD_SETS`.
-* ``st.cache_data``: dataset indexes, EDA samples and per-scan analyses; each bounded by
-  ``max_entries`` and a time to live.
+* ``st.cache_data``: dataset indexes and per-scan analyses; each bounded by ``max_entries`` and
+  a time to live.
+* :class:`ProgressMemo`: EDA samples, whose computation draws a progress bar. Streamlit's caches
+  record the elements a cached function draws and replay them on a hit, which fails in any
+  later session (the bar belonged to the first one), so these results are cached without it.
 * Widget helpers draw the sidebar's pickers and return plain values; pages read the choice back
   through :func:`dataset_path` and :func:`model_path`.
 
@@ -15,8 +18,12 @@ Everything the functions compute is done by the headless modules (:mod:`hemo.das
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +85,70 @@ def quality_report(path: str, mtime: float) -> pd.DataFrame:
     return pd.concat([report(view.index), eda.missing_labels(view.index)], ignore_index=True)
 
 
-@st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner=False)
+class ProgressMemo:
+    """A process-wide cache, bounded and with a time to live, for work that draws progress.
+
+    Unlike ``st.cache_data`` it records nothing the computation draws, so a hit in another
+    session neither replays nor needs the first session's elements. Thread-safe; two sessions
+    missing the same key at once both compute it (the later result is kept).
+
+    Args:
+        max_entries: Results kept; the least recently used goes first.
+        ttl_s: Seconds a result is kept.
+    """
+
+    def __init__(self, max_entries: int, ttl_s: float) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """The result cached under ``key``, else ``compute()``'s (then cached)."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and now - entry[0] <= self.ttl_s:
+                self._entries.move_to_end(key)
+                return entry[1]
+        value = compute()
+        with self._lock:
+            self._entries[key] = (time.monotonic(), value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        """Forget every result."""
+        with self._lock:
+            self._entries.clear()
+
+
+_samples = ProgressMemo(MAX_SAMPLES, CACHE_TTL_S)
+
+
 def scan_sample(
-    path: str, mtime: float, per_class: int, seed: int, _on_progress: Callable | None = None
+    path: str, mtime: float, per_class: int, seed: int, on_progress: Callable | None = None
 ) -> eda.SampleStats:
-    """Histograms and geometry of a class-stratified sample (:func:`hemo.eda.scan_sample`)."""
-    del mtime
-    view = dashboard.open_dataset(path)
-    return eda.scan_sample(view.index, per_class=per_class, seed=seed, on_progress=_on_progress)
+    """Histograms and geometry of a class-stratified sample (:func:`hemo.eda.scan_sample`),
+    cached per process; ``on_progress`` is called only when the sample is read.
+
+    Returns:
+        The sample's statistics (the tables are copies: callers may change them).
+    """
+
+    def compute() -> eda.SampleStats:
+        view = dashboard.open_dataset(path)
+        return eda.scan_sample(view.index, per_class=per_class, seed=seed, on_progress=on_progress)
+
+    stats = _samples.get((path, mtime, per_class, seed), compute)
+    return dataclasses.replace(
+        stats,
+        histograms=stats.histograms.copy(),
+        geometry=stats.geometry.copy(),
+        failures=stats.failures.copy(),
+    )
 
 
 @st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner="Rendering the sample…")

@@ -131,6 +131,40 @@ def test_eda_draws_every_chart_on_phantoms(env):
     assert not at.error
 
 
+def test_eda_second_visit_reuses_the_cached_sample(env):
+    """A second session on EDA (a reload, another user) gets the cached sample and draws every
+    chart: nothing of the first session's progress bar is replayed."""
+    first = _open("app_pages/eda.py")
+    _ok(first)
+    again = _open("app_pages/eda.py")
+    _ok(again)
+    assert len(again.get("plotly_chart")) == len(first.get("plotly_chart")) == 9
+    assert len(again.dataframe) == len(first.dataframe)
+
+
+def test_progress_memo_bounds_expires_and_reports_only_on_a_miss(monkeypatch):
+    """The EDA sample cache: a hit computes nothing (so draws no progress), the least recently
+    used entry goes first, and an entry older than the time to live is computed again."""
+    clock = [0.0]
+    monkeypatch.setattr(ui.time, "monotonic", lambda: clock[0])
+    memo = ui.ProgressMemo(max_entries=2, ttl_s=10.0)
+    calls: list[str] = []
+
+    def compute(key: str):
+        return lambda: calls.append(key) or key.upper()
+
+    assert memo.get("a", compute("a")) == "A" and memo.get("a", compute("a")) == "A"
+    memo.get("b", compute("b"))
+    memo.get("a", compute("a"))  # a is now the most recently used
+    memo.get("c", compute("c"))  # evicts b
+    memo.get("a", compute("a"))
+    memo.get("b", compute("b"))
+    assert calls == ["a", "b", "c", "b"]
+    clock[0] = 11.0
+    memo.get("b", compute("b"))
+    assert calls[-1] == "b" and len(calls) == 5
+
+
 def test_eda_on_a_kaggle_png_layout(env):
     """EDA on a Kaggle head-CT layout draws intensity histograms and no subtype charts."""
     at = _with_dataset(env["kaggle"], "app_pages/eda.py")
