@@ -17,14 +17,23 @@ MAX_STUDIES = 200
 SOURCE_DATASET, SOURCE_UPLOAD = "From the dataset", "Upload DICOM"
 BAND_COLOR = "rgba(232, 87, 76, 0.25)"
 
+# The chosen window lives in keys of its own: Streamlit forgets a widget's state after a run
+# that does not draw it (an upload with no file yet), and would redraw the sliders at their
+# minimum while the page still used the old window.
+KEPT = {CENTER_KEY: "win_center_kept", WIDTH_KEY: "win_width_kept"}
+
 st.title("Windowing")
-st.session_state.setdefault(CENTER_KEY, int(START_WINDOW.center_hu))
-st.session_state.setdefault(WIDTH_KEY, int(START_WINDOW.width_hu))
+st.session_state.setdefault(KEPT[CENTER_KEY], int(START_WINDOW.center_hu))
+st.session_state.setdefault(KEPT[WIDTH_KEY], int(START_WINDOW.width_hu))
 
 
 def _apply_preset(name: str) -> None:
-    st.session_state[CENTER_KEY] = int(PRESETS[name].center_hu)
-    st.session_state[WIDTH_KEY] = int(PRESETS[name].width_hu)
+    st.session_state[KEPT[CENTER_KEY]] = int(PRESETS[name].center_hu)
+    st.session_state[KEPT[WIDTH_KEY]] = int(PRESETS[name].width_hu)
+
+
+def _keep(key: str) -> None:
+    st.session_state[KEPT[key]] = st.session_state[key]
 
 
 source = st.radio("Scan", [SOURCE_DATASET, SOURCE_UPLOAD], horizontal=True, key="win_source")
@@ -100,9 +109,15 @@ for col, name in zip(st.columns(len(PRESETS)), PRESETS, strict=True):
         args=(name,),
         width="stretch",
     )
+for key, kept in KEPT.items():
+    st.session_state[key] = st.session_state[kept]
 left, right = st.columns(2)
-center = left.slider("Level (centre, HU)", *CENTER_RANGE_HU, key=CENTER_KEY)
-width = right.slider("Width (HU)", *WIDTH_RANGE_HU, key=WIDTH_KEY)
+center = left.slider(
+    "Level (centre, HU)", *CENTER_RANGE_HU, key=CENTER_KEY, on_change=_keep, args=(CENTER_KEY,)
+)
+width = right.slider(
+    "Width (HU)", *WIDTH_RANGE_HU, key=WIDTH_KEY, on_change=_keep, args=(WIDTH_KEY,)
+)
 
 try:
     views = dashboard.window_views(scan, center, width)

@@ -224,6 +224,29 @@ def test_windowing_slider_preset_probe_and_metadata(env):
     assert at.slider(key="win_slice").max == PHANTOM_SLICES
 
 
+def test_windowing_keeps_the_chosen_window_across_sources(env):
+    """A preset chosen on a dataset scan stays chosen through an upload with no file yet (whose
+    run draws no slider) and on the uploaded scan; sliders and caption agree."""
+    at = _open("app_pages/windowing.py")
+    at.button(key="preset_bone").click().run()
+    at.radio(key="win_source").set_value("Upload DICOM").run()
+    path = _dicoms(env)[0]
+    at.file_uploader(key="win_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")
+    ).run()
+    _ok(at)
+    center, width = at.slider(key="win_center"), at.slider(key="win_width")
+    assert (center.value, width.value) == (600, 2800)
+
+    def shown(slider) -> list[float]:  # what the browser draws: the value sent, else the default
+        return list(slider.proto.value) if slider.proto.set_value else list(slider.proto.default)
+
+    assert (shown(center), shown(width)) == ([600.0], [2800.0])
+    assert at.image[0].captions[0] == "Chosen window 600/2800 HU"
+    at.radio(key="win_source").set_value("From the dataset").run()
+    assert (at.slider(key="win_center").value, at.slider(key="win_width").value) == (600, 2800)
+
+
 def test_windowing_upload_of_a_zipped_series(env):
     """An uploaded zip of a series gets a slice slider; a bad upload shows an error."""
     at = _open("app_pages/windowing.py")
