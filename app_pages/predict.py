@@ -86,7 +86,8 @@ decoded = ui.decode(key, files)
 for name, message in decoded.errors:
     st.error(message if name in message else f"{name}: {message}")
 
-rows: list[dict] = []
+# One report row per uploaded file: those that could not be read carry their error
+rows: list[dict] = [reports.error_row(name, message) for name, message in decoded.errors]
 studies: list[dict] = []
 
 
@@ -167,6 +168,7 @@ for j, series in enumerate(decoded.series):
             result = ui.predict_series(model_path, key, f"r{j}", series)
         except HemoError as exc:
             st.error(str(exc))
+            rows.extend(reports.error_row(s.source, str(exc)) for s in series.slices)
             continue
         study = result.study
         st.subheader(f"{result.name} — {study['slices']} slices")

@@ -217,6 +217,31 @@ def test_upload_shows_probability_and_heatmap(server, page, material):
     assert page.locator(EXCEPTION).count() == 0
 
 
+def test_report_download_lists_every_uploaded_file(server, page, material, tmp_path):
+    """The CSV report downloaded after a mixed upload has one row per file: the slice with its
+    probability, the unreadable file with its error."""
+    import pandas as pd
+
+    index = load_index(material["data"] / "index.parquet")
+    good = Path(index["path"].iloc[0])
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    _visit(page, f"{server}/predict", "Try a sample")
+    page.locator('.st-key-predict_upload input[type="file"]').set_input_files(
+        [str(good), str(empty)]
+    )
+    page.get_by_text("Probability of hemorrhage").wait_for(timeout=PREDICT_S * 1000)
+    _settle(page, PREDICT_S)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Download CSV report").click()
+    report = pd.read_csv(download.value.path())
+    assert sorted(report["source"]) == sorted([good.name, empty.name])
+    failed = report.set_index("source").loc[empty.name]
+    assert "empty" in str(failed["error"]).lower() and pd.isna(failed["probability"])
+    assert 0.0 <= report.set_index("source").loc[good.name, "probability"] <= 1.0
+    assert page.locator(EXCEPTION).count() == 0
+
+
 def test_folder_upload_of_an_exported_study(server, page, cq500_dir, tmp_path):
     """A study folder (slices without extension, DICOMDIR, a note) chosen in the browser's
     folder picker: the non-scans are skipped and counted, the slices make one series."""
