@@ -809,7 +809,10 @@ def evaluate_model(
     rows, probs, failed, in_range = _predict_rows(model, card, index_df, split, batch_size)
     if failed:
         log.warning(
-            "%d %s image(s) could not be predicted; first: %s", len(failed), split, failed[0]
+            "%d image(s) of split %r could not be predicted; first: %s",
+            len(failed),
+            split,
+            failed[0],
         )
     y = label_matrix(rows, card.labels)
     head = card.labels.index(ANY_LABEL) if ANY_LABEL in card.labels else 0
@@ -839,8 +842,16 @@ def evaluate_model(
             "band": band.to_dict(),
             **selective_metrics(y[known, head], probs[known, head], card.threshold, band),
         }
+    notes = report.notes
+    if failed:
+        notes = (
+            *notes,
+            f"{len(failed)} image(s) could not be read or preprocessed and are left out of every "
+            f"metric; first: {failed[0]}",
+        )
     return dataclasses.replace(
         report,
+        notes=notes,
         n_failed=len(failed),
         failed=tuple(failed[:MAX_FAILED_LISTED]),
         referral=referral,

@@ -317,6 +317,8 @@ def test_evaluate_model_on_real_pngs(head_ct_index, tiny_display) -> None:
     broken.loc[first_test, "path"] = str(Path(broken.loc[first_test, "path"]).with_name("no.png"))
     partial = evaluate_model(model, card, broken, split="test")
     assert (partial.n, partial.n_failed) == (20, 1) and "no such file" in partial.failed[0]
+    assert any("1 image(s) could not be read" in note for note in partial.notes)
+    assert not any("could not be read" in note for note in report.notes)
     with pytest.raises(DatasetError, match="the index has no 'holdout' rows"):
         evaluate_model(model, card, head_ct_index, split="holdout")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,28 @@ def test_text_table(capsys, head_ct_dir):
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc", "ece", "truth 1"):
         assert key in out
     assert re.search(r"95 % CI \(stratified bootstrap\): accuracy \d\.\d{3}-\d\.\d{3}", out)
+
+
+def test_unreadable_image_is_counted_noted_and_exits_1(capsys, tmp_path, phantom_index):
+    """A truncated slice in the evaluated split: the others are evaluated, the JSON counts and
+    notes the failure naming the file, and the exit status is 1 (some inputs failed)."""
+    import pandas as pd
+
+    index = pd.read_parquet(phantom_index)
+    root = phantom_index.parent
+    victim = root / index["path"].iloc[0]
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    broken = copy / victim.relative_to(root)
+    broken.write_bytes(broken.read_bytes()[:5000])
+    model = tiny_model_path("hu", tuple(config.RSNA_LABELS))
+    argv = ["evaluate", "--model", str(model), "--data", str(copy), "--split", "all", "--json"]
+    code = main(argv)
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert (data["n"], data["n_failed"]) == (len(index) - 1, 1)
+    assert broken.name in data["failed"][0]
+    assert any(note.startswith("1 image(s) could not be read") for note in data["notes"])
 
 
 def test_cam_without_masks_is_refused(capsys, head_ct_dir):

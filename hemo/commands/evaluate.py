@@ -135,8 +135,9 @@ def _has_masks(index_df: Any, split: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model and the index, evaluate, print JSON or a table."""
-    from hemo.cli import emit_json
+    """Load the model and the index, evaluate, print JSON or a table; exit 1 when some images
+    could not be read (they are left out of the metrics and counted in ``n_failed``)."""
+    from hemo.cli import EXIT_PARTIAL, emit_json
     from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
     from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         emit_json(data)
     else:
         print(_text(data))
-    return 0
+    return EXIT_PARTIAL if data["n_failed"] else 0
 
 
 __all__ = ["register", "run"]
