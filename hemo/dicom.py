@@ -103,6 +103,8 @@ PIXEL_KINDS = {0: "u", 1: "i"}
 #: (found by fuzzing: a header tag given the pixel data's 512 KB took 10 s to convert; the longest
 #: real ones, UIDs and multi-valued windows, are well under 100 bytes).
 MAX_HEADER_VALUE_BYTES = 1024
+#: Root of the instance-UID pseudonyms (UUID-derived UIDs, PS3.5 B.2).
+UID_PSEUDONYM_ROOT = "2.25."
 #: Length of the patient pseudonym: hex characters of HMAC-SHA256(secret, PatientID).
 PATIENT_KEY_HEX_CHARS = 16
 #: Bytes of a newly created per-installation pseudonym secret.
@@ -162,8 +164,9 @@ METADATA_KEYWORDS: tuple[str, ...] = (
     "GantryDetectorTilt",
     "ReconstructionDiameter",
 )
-#: Elements read besides the whitelist: the UIDs kept in the result, and (0010,0020) Patient ID,
-#: which is only hashed into a pseudonym (:data:`PATIENT_KEY_HEX_CHARS`) and never returned.
+#: Elements read besides the whitelist: the instance UIDs, returned only as keyed pseudonyms
+#: (:func:`pseudonymize_uid`), and (0010,0020) Patient ID, which is only hashed into a
+#: pseudonym (:data:`PATIENT_KEY_HEX_CHARS`) and never returned.
 HEADER_KEYWORDS: tuple[str, ...] = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
@@ -209,9 +212,9 @@ class DicomHeader:
         orientation: (0020,0037) Image Orientation (Patient), six direction cosines.
         slice_z_mm: Position projected on the slice normal in mm (for ordering a series).
         instance_number: (0020,0013).
-        study_uid: (0020,000D).
-        series_uid: (0020,000E).
-        sop_uid: (0008,0018).
+        study_uid: :func:`pseudonymize_uid` of (0020,000D).
+        series_uid: :func:`pseudonymize_uid` of (0020,000E).
+        sop_uid: :func:`pseudonymize_uid` of (0008,0018).
         patient_key: :func:`pseudonymize` of PatientID; for grouping splits only.
         default_window: First (0028,1050)/(0028,1051) pair, or ``None`` when absent or invalid.
         transfer_syntax: (0002,0010) Transfer Syntax UID.
@@ -251,9 +254,9 @@ class CTSlice:
         orientation: Image Orientation (Patient), six direction cosines.
         slice_z_mm: Position projected on the slice normal in mm.
         instance_number: Instance Number.
-        study_uid: Study Instance UID.
-        series_uid: Series Instance UID.
-        sop_uid: SOP Instance UID.
+        study_uid: Pseudonym of the Study Instance UID (:func:`pseudonymize_uid`).
+        series_uid: Pseudonym of the Series Instance UID.
+        sop_uid: Pseudonym of the SOP Instance UID.
         patient_key: :func:`pseudonymize` of PatientID, for grouping splits only.
         default_window: The file's first window, or ``None``.
         modality: Always ``"CT"`` (other modalities are refused).
@@ -612,6 +615,30 @@ def pseudonymize(patient_id: str) -> str:
     return digest.hexdigest()[:PATIENT_KEY_HEX_CHARS]
 
 
+def pseudonymize_uid(uid: str) -> str:
+    """Pseudonym of an instance UID (study, series, SOP): ``2.25.`` and a keyed 128-bit number.
+
+    Instance UIDs are in the PS3.15 Annex E basic profile (action U: replace, consistently),
+    and real ones often embed the device's serial number or the acquisition date and time, so
+    they never leave this module as read. The replacement is a valid UID under the ``2.25``
+    (UUID-derived) root, 44 characters at most, the same for the same UID wherever
+    :func:`patient_key_secret` is the same, so slices still group into their series and study.
+
+    Args:
+        uid: The UID as read.
+
+    Returns:
+        ``2.25.<decimal>``.
+    """
+    digest = hmac.new(patient_key_secret(), b"uid\0" + uid.encode("utf-8"), hashlib.sha256)
+    return f"{UID_PSEUDONYM_ROOT}{int.from_bytes(digest.digest()[:16], 'big')}"
+
+
+def _uid_pseudonym(value: Any) -> str | None:
+    uid = _str(value)
+    return None if uid is None else pseudonymize_uid(uid)
+
+
 def _patient_key(values: Mapping[str, Any]) -> str | None:
     patient_id = values.get("PatientID")
     if patient_id is None or not str(patient_id).strip():
@@ -679,9 +706,9 @@ def _header(ds: Dataset, label: str, values: Mapping[str, Any]) -> DicomHeader:
         orientation=orientation,
         slice_z_mm=_slice_z(position, orientation),
         instance_number=_int(values.get("InstanceNumber")),
-        study_uid=_str(values.get("StudyInstanceUID")),
-        series_uid=_str(values.get("SeriesInstanceUID")),
-        sop_uid=_str(values.get("SOPInstanceUID")),
+        study_uid=_uid_pseudonym(values.get("StudyInstanceUID")),
+        series_uid=_uid_pseudonym(values.get("SeriesInstanceUID")),
+        sop_uid=_uid_pseudonym(values.get("SOPInstanceUID")),
         patient_key=_patient_key(values),
         default_window=_default_window(values, label),
         transfer_syntax=None if transfer_syntax is None else str(transfer_syntax),

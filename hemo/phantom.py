@@ -1203,6 +1203,13 @@ def patient_key(patient_id: str) -> str:
     return pseudonymize(patient_id)
 
 
+def pseudonymize_uid(uid: str) -> str:
+    """Pseudonym of an instance UID as the readers derive it (:func:`hemo.dicom.pseudonymize_uid`)."""
+    from hemo.dicom import pseudonymize_uid as pseudonym
+
+    return pseudonym(uid)
+
+
 @dataclass(frozen=True)
 class SliceIdentity:
     """Identifiers written into one slice's DICOM header (all synthetic).
@@ -1397,7 +1404,8 @@ def write_demo_dataset(
     ``masks/ID_<id>.png`` (uint8 bitmask, bit ``i`` = ``SUBTYPES[i]``) and ``index.parquet``
     (index columns of docs/CONTRACTS.md plus ``mask_path``; paths relative to ``out``). Each study
     is one synthetic patient (PatientID ``PHANTOM-0001`` ...); ``patient_id`` in the index is its
-    pseudonym (:func:`patient_key`), as the DICOM readers derive it. Splits are by patient,
+    pseudonym (:func:`patient_key`) and ``study_uid``/``series_uid`` the UIDs' pseudonyms, as the
+    DICOM readers derive them. Splits are by patient,
     stratified by positivity (:func:`hemo.datasets.split.assign_splits`). Files of an earlier run
     that this run does not write are removed from ``stage_2_train/`` and ``masks/``.
 
@@ -1496,8 +1504,8 @@ def write_demo_dataset(
                         "label_any": labels["any"],
                         **{name: labels[name] for name in SUBTYPES},
                         "patient_id": patient_key(patient),
-                        "study_uid": study_uid,
-                        "series_uid": series_uid,
+                        "study_uid": pseudonymize_uid(study_uid),
+                        "series_uid": pseudonymize_uid(series_uid),
                         "slice_z": slc.z_mm,
                         "mask_path": f"{MASK_DIR}/{ident.image_id}.png",
                     }

@@ -45,9 +45,16 @@ PHI = {
     "StudyID": "STUDY8841",
     "DeviceSerialNumber": "SN7731XQZ",
 }
+#: Instance UIDs (Annex E action U), made as many devices make them: with the study date and
+#: time in them. Only their keyed pseudonyms may come out.
+UIDS = {
+    "study_uid": "1.2.826.0.1.3680043.99.20110913134209.7731",
+    "series_uid": "1.2.826.0.1.3680043.99.20110913134209.7732",
+}
 #: Forms a value could take once reformatted (dates as ISO, names without carets).
 NEEDLES = sorted(
     {v for v in PHI.values()}
+    | set(UIDS.values())
     | {f"{d[:4]}-{d[4:6]}-{d[6:]}" for k, d in PHI.items() if k.endswith("Date")}
     | {part for k, v in PHI.items() if k.endswith("Name") for part in v.split("^")}
 )
@@ -59,7 +66,7 @@ def _phi_slices(root: Path) -> list[Path]:
     for i, label in enumerate(("hemorrhage", "normal")):
         path = root / label / f"slice{i}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(ct_bytes(z_mm=5.0 * i, instance=i + 1, **PHI))
+        path.write_bytes(ct_bytes(z_mm=5.0 * i, instance=i + 1, **UIDS, **PHI))
         paths.append(path)
     return paths
 

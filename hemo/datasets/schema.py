@@ -10,8 +10,8 @@ column                 dtype       meaning
 ``label_any``          int8        1 if any hemorrhage, else 0
 ``epidural`` ...       Int8        one column per RSNA subtype; ``<NA>`` where the source has none
 ``patient_id``         str / NA    pseudonym of the patient; ``<NA>`` where the source has none
-``study_uid``          str / NA    StudyInstanceUID (0020,000D) where known
-``series_uid``         str / NA    SeriesInstanceUID (0020,000E) where known
+``study_uid``          str / NA    pseudonym of StudyInstanceUID (0020,000D) where known
+``series_uid``         str / NA    pseudonym of SeriesInstanceUID (0020,000E) where known
 ``slice_z``            float64     position along the slice normal in mm; NaN where unknown
 ``split``              str         ``train`` / ``val`` / ``test``
 ``mask_path``          str / NA    optional: per-slice subtype bitmask PNG (phantoms)
