@@ -10,6 +10,14 @@ Built for large sets (RSNA-2019: ~750k slices):
   (0-based ``i``), so ``n`` machines converting shards ``0/n ... n-1/n`` cover every input
   exactly once, into one shared output tree;
 * **reporting** -- a bad file is recorded with its reason and the rest go on;
+* **one output per input** -- :func:`plan_outputs`: an input whose PNG name would be shared
+  with another input (``a.dcm`` and ``a``, ``a.dcm`` and ``a.DCM``, ``x.dcm`` and ``x.nii``) takes
+  its whole file name plus ``.png`` (``a.dcm.png``, ``a.png``, ``a.DCM.png``); every other input
+  keeps its usual name. The plan is made from the whole input list, so every shard picks the
+  same names;
+* **settings recorded** -- ``OUT/.hemo_convert.json`` holds the windows and size, written before
+  any PNG; a run into that OUT with other settings is refused (its skipped PNGs would not be
+  what it reports);
 * **volumes** -- a multi-frame DICOM or a NIfTI volume (``.nii``, ``.nii.gz``) gives one PNG per
   slice, ``<stem>_frame0001.png`` ... in the file's slice order (a volume: inferior to superior),
   and then ``<stem>_frames.json`` (each slice's frame number, PNG and ``slice_z_mm``; for a
@@ -25,8 +33,11 @@ whose channels are the windows in order. Pixels: ``round(window(hu) * 255)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -37,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hemo.errors import ConfigError, DatasetError, HemoError
-from hemo.windowing import Window, multi_window, resolve_windows
+from hemo.windowing import COMPOSITES, PRESETS, Window, multi_window, resolve_windows
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,10 @@ DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom")
 VOLUME_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 #: Suffix of the list of a volume's PNGs, written once every slice is converted.
 FRAMES_SUFFIX = "_frames.json"
+#: A volume's slice PNG name without ``.png``: its input's stem, then ``_frameNNNN``.
+FRAME_STEM = re.compile(r"(?P<stem>.+)_frame\d{4,}")
+#: Record of a conversion's settings in OUT (hidden, so never taken for an input).
+SETTINGS_FILE = ".hemo_convert.json"
 TMP_SUFFIX = ".tmp"
 #: Bytes read to sniff whether an extension-less file is DICOM ("DICM" at offset 128).
 SNIFF_BYTES = 132
@@ -115,6 +130,22 @@ class Outcome:
     output: str
     status: str
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One input and its output, planned before any conversion.
+
+    Attributes:
+        source: The input file.
+        output: Its PNG, relative to OUT.
+        clashes: Other inputs whose outputs would still overlap this one (an input is then not
+            converted and reported as failed); empty normally.
+    """
+
+    source: Path
+    output: Path
+    clashes: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -319,6 +350,67 @@ def output_name(relative: Path) -> Path:
     return relative.with_name(relative.name + ".png")
 
 
+def whole_name_output(relative: Path) -> Path:
+    """The PNG of an input whose usual name is shared: its whole file name plus ``.png``.
+
+    ``a.dcm`` -> ``a.dcm.png``; ``a`` -> ``a.png``; ``head.nii.gz`` -> ``head.nii.gz.png``.
+    """
+    return relative.with_name(relative.name + ".png")
+
+
+def _overlaps(names: Sequence[Path]) -> dict[int, set[int]]:
+    """For each planned output that overlaps another, the positions of the others.
+
+    Two outputs overlap when they are equal, or when one is a slice PNG of the other
+    (``head_frame0001.png`` beside ``head.png``: any input may turn out to be a volume).
+    Names are compared exactly (case-sensitive).
+    """
+    by_name: dict[Path, list[int]] = {}
+    for i, name in enumerate(names):
+        by_name.setdefault(name, []).append(i)
+    overlaps: dict[int, set[int]] = {}
+    for name, owners in by_name.items():
+        frame = FRAME_STEM.fullmatch(name.stem)
+        if frame:
+            owners = owners + by_name.get(name.with_name(frame["stem"] + ".png"), [])
+        if len(owners) > 1:
+            for i in owners:
+                overlaps.setdefault(i, set()).update(j for j in owners if j != i)
+    return overlaps
+
+
+def plan_outputs(inputs: Sequence[tuple[Path, Path]]) -> list[Planned]:
+    """Give every input its own output, from the whole input list (the same in every shard).
+
+    An input keeps :func:`output_name` unless that output overlaps another input's (same PNG, or
+    a volume's slice PNGs); then it takes :func:`whole_name_output` instead, repeated until no
+    two outputs overlap. Whole names differ for different files of one folder, so what is still
+    shared after that (two index rows outside the index's folder with one file name) is
+    reported in ``clashes``.
+
+    Args:
+        inputs: ``[(input file, its path relative to SRC)]``, each file once.
+
+    Returns:
+        One :class:`Planned` per input, sorted by output path, then input path.
+    """
+    names = [output_name(relative) for _, relative in inputs]
+    renamed: set[int] = set()
+    while True:
+        overlaps = _overlaps(names)
+        fresh = overlaps.keys() - renamed
+        if not fresh:
+            break
+        for i in fresh:
+            names[i] = whole_name_output(inputs[i][1])
+        renamed |= fresh
+    planned = [
+        Planned(path, names[i], tuple(sorted(inputs[j][0] for j in overlaps.get(i, ()))))
+        for i, (path, _) in enumerate(inputs)
+    ]
+    return sorted(planned, key=lambda p: (p.output.as_posix(), str(p.source)))
+
+
 def _is_dicom_candidate(path: Path) -> bool:
     """A ``.dcm``/``.dicom``/``.nii``/``.nii.gz`` name, or bytes with the DICM preamble marker."""
     if path.suffix.lower() in DICOM_SUFFIXES or _volume_suffix(path):
@@ -332,16 +424,16 @@ def _is_dicom_candidate(path: Path) -> bool:
         return False
 
 
-def find_inputs(src: Path) -> list[tuple[Path, Path]]:
-    """List the DICOM inputs of ``src`` with their relative output names, sorted.
+def find_inputs(src: Path) -> list[Planned]:
+    """List the DICOM inputs of ``src`` with their outputs (see :func:`plan_outputs`), sorted.
 
     Args:
         src: A folder (searched recursively; ``.dcm``/``.dicom`` files, extension-less files
             sniffed as DICOM, NIfTI volumes; hidden files skipped) or an index (``.parquet``):
-            every row's file.
+            every row's file (a file listed twice is one input).
 
     Returns:
-        ``[(input file, output path relative to OUT)]`` sorted by output path.
+        One :class:`Planned` per input, sorted by output path relative to OUT.
 
     Raises:
         DatasetError: ``src`` does not exist.
@@ -352,21 +444,113 @@ def find_inputs(src: Path) -> list[tuple[Path, Path]]:
 
         base = src.resolve().parent
         pairs = []
-        for value in load_index(src)["path"]:
-            path = Path(str(value))
+        for value in dict.fromkeys(str(v) for v in load_index(src)["path"]):
+            path = Path(value)
             relative = Path(os.path.relpath(path, base))
             if relative.parts and relative.parts[0] == os.pardir:
                 relative = Path(path.name)
-            pairs.append((path, output_name(relative)))
+            pairs.append((path, relative))
     elif src.is_dir():
         pairs = [
-            (path, output_name(path.relative_to(src)))
+            (path, path.relative_to(src))
             for path in src.rglob("*")
             if path.is_file() and not path.name.startswith(".") and _is_dicom_candidate(path)
         ]
     else:
         raise DatasetError("not a folder or an index.parquet", src)
-    return sorted(pairs, key=lambda pair: pair[1].as_posix())
+    return plan_outputs(pairs)
+
+
+def describe_settings(windows: Sequence[Window], size: int) -> str:
+    """``"window brain, size 256"``: a composite or preset by its name, else ``C/W`` in HU."""
+    names = tuple(w.name for w in windows)
+    if all(PRESETS.get(w.name) == w for w in windows):
+        text = next((c for c, members in COMPOSITES.items() if members == names), ",".join(names))
+    else:
+        text = ",".join(f"{w.center_hu:g}/{w.width_hu:g}" for w in windows)
+    return f"window {text}, size {size}"
+
+
+def settings_record(windows: Sequence[Window], size: int) -> dict[str, Any]:
+    """The JSON-ready settings of a conversion: what decides its PNGs' pixels (not the shard)."""
+    return {
+        "windows": [
+            {"name": w.name, "center_hu": w.center_hu, "width_hu": w.width_hu} for w in windows
+        ],
+        "size": size,
+    }
+
+
+def _recorded_settings(path: Path) -> tuple[tuple[Window, ...], int]:
+    """The windows and size of a settings record.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a settings record.
+    """
+    try:
+        record = json.loads(path.read_text())
+        windows = tuple(
+            Window(str(w["name"]), float(w["center_hu"]), float(w["width_hu"]))
+            for w in record["windows"]
+        )
+        return windows, int(record["size"])
+    except (OSError, ValueError, TypeError, KeyError, HemoError) as exc:
+        raise ConfigError(
+            f"not a hemo convert settings record ({exc}); if the PNGs beside it were made with "
+            "the settings you give now, delete it and rerun",
+            path,
+        ) from exc
+
+
+def claim_settings(out: Path, windows: Sequence[Window], size: int) -> None:
+    """Record the settings in ``OUT/.hemo_convert.json``, or check them against the record.
+
+    Written once, atomically (a uniquely named temp file, then a hard link that fails if another
+    shard got there first, then both compare); on a file system without hard links the temp is
+    renamed over the record instead. An OUT without a record (converted before records existed)
+    is resumed with a warning: its PNGs cannot be checked.
+
+    Raises:
+        ConfigError: OUT was converted with other windows (centre/width) or size, or its record
+            is unreadable, or it cannot be written.
+    """
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+            log.warning(
+                "%s: no %s (converted by an older hemo): assuming its outputs have %s",
+                out,
+                SETTINGS_FILE,
+                describe_settings(windows, size),
+            )
+        data = json.dumps(settings_record(windows, size), indent=1) + "\n"
+        tmp = None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(prefix=SETTINGS_FILE + ".", suffix=TMP_SUFFIX, dir=out)
+            with os.fdopen(handle, "w") as stream:
+                stream.write(data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another shard recorded first: compared below
+            except OSError:
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {SETTINGS_FILE}: {exc.strerror or exc}", out) from exc
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+    recorded, recorded_size = _recorded_settings(path)
+    same_windows = [(w.center_hu, w.width_hu) for w in recorded] == [
+        (w.center_hu, w.width_hu) for w in windows
+    ]
+    if not same_windows or recorded_size != size:
+        raise ConfigError(
+            f"converted with {describe_settings(recorded, recorded_size)} (see {SETTINGS_FILE}), "
+            f"not {describe_settings(windows, size)}; rerun with those settings or another OUT",
+            out,
+        )
 
 
 def _run_pool(
@@ -411,10 +595,12 @@ def convert(
         shard: Which 1/n of the sorted inputs to convert (``None``: all).
 
     Returns:
-        The report: one outcome per input of the shard (skipped ones included).
+        The report: one outcome per input of the shard (skipped ones included; an input whose
+        output would still be shared with another's fails, see :func:`plan_outputs`).
 
     Raises:
-        ConfigError: bad window, size or shard.
+        ConfigError: bad window, size or shard, or ``out`` was converted with other windows or
+            size (nothing is written then).
         DatasetError: ``src`` missing, or it has no DICOM file.
     """
     from tqdm import tqdm
@@ -434,13 +620,22 @@ def convert(
             "no DICOM file found (.dcm/.dicom, files starting with DICM, .nii/.nii.gz)", src
         )
     out = Path(out)
+    claim_settings(out, windows, size)
     mine = shard.select(inputs)
     outcomes: dict[int, Outcome] = {}
     jobs: list[tuple[str, str]] = []
     positions: list[int] = []
-    for i, (path, relative) in enumerate(mine):
-        target = out / relative
-        if target.is_file():
+    for i, planned in enumerate(mine):
+        path, target = planned.source, out / planned.output
+        if planned.clashes:
+            others = ", ".join(str(p) for p in planned.clashes)
+            outcomes[i] = Outcome(
+                str(path),
+                str(target),
+                FAILED,
+                f"its output {target} would also be written from {others}; rename one of them",
+            )
+        elif target.is_file():
             outcomes[i] = Outcome(str(path), str(target), SKIPPED)
         elif frames_list(target).is_file():
             outcomes[i] = Outcome(str(path), str(frames_list(target)), SKIPPED)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
-from hemo.convert import Shard, convert, output_name, render
+from hemo.convert import SETTINGS_FILE, Shard, convert, output_name, plan_outputs, render
 from hemo.errors import ConfigError, DatasetError
 from hemo.windowing import resolve_windows
 
@@ -145,11 +145,11 @@ def test_no_phi_in_names_or_bytes_and_no_png_text_chunks(ct_small: Path, tmp_pat
     source.mkdir()
     ds.save_as(source / "scan.dcm")
     convert(source, tmp_path / "out", window="rsna3", size=SIZE, workers=1)
-    outputs = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert [p.name for p in outputs] == ["scan.png"]
-    data = outputs[0].read_bytes()
+    outputs = sorted(p for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert [p.name for p in outputs] == [SETTINGS_FILE, "scan.png"]
+    record, data = (p.read_bytes() for p in outputs)
     for value in PHI_VALUES:
-        assert value.encode() not in data
+        assert value.encode() not in data and value.encode() not in record
     assert not {b"tEXt", b"iTXt", b"zTXt", b"eXIf", b"tIME"} & set(_png_chunk_types(data))
 
 
@@ -249,3 +249,206 @@ def test_volumes_give_one_png_per_slice_and_a_frames_list(cq500_dir: Path, tmp_p
     third = convert(src, out, window="brain", size=64, workers=1)
     assert third.count("converted") == 1 and third.count("skipped") == 1
     assert output_name(Path("a/head.nii.gz")) == Path("a/head.png")
+
+
+@pytest.fixture()
+def clashing(cq500_dir: Path, tmp_path: Path) -> Path:
+    """A folder of real slices whose usual PNG names clash in pairs, plus one that does not."""
+    import gzip
+
+    import nibabel
+    from dicom_factory import nifti_volume
+
+    from hemo.dicom import read_dicom
+
+    root = tmp_path / "clashing"
+    (root / "sub").mkdir(parents=True)
+    names = ("sub/a.dcm", "sub/a", "b.dcm", "b.DCM", "x.dcm", "c.dcm")
+    for i, name in enumerate(names, start=1):
+        shutil.copy(cq500_dir / f"CT{i:06d}.dcm", root / name)
+    by_z = sorted(cq500_dir.glob("*.dcm"), key=lambda p: read_dicom(p).slice_z_mm)[120:122]
+    data, affine = nifti_volume([read_dicom(p) for p in by_z])
+    volume = nibabel.Nifti1Image(data, affine).to_bytes()
+    (root / "x.nii.gz").write_bytes(gzip.compress(volume, mtime=0))
+    return root
+
+
+#: Outputs of the ``clashing`` inputs: whole name + .png where the usual name is shared.
+CLASH_OUTPUTS = {
+    "sub/a.dcm": "sub/a.dcm.png",
+    "sub/a": "sub/a.png",
+    "b.dcm": "b.dcm.png",
+    "b.DCM": "b.DCM.png",
+    "x.dcm": "x.dcm.png",
+    "x.nii.gz": "x.nii.gz_frames.json",
+    "c.dcm": "c.png",
+}
+
+
+def _outputs(report, src: Path, out: Path) -> dict[str, str]:
+    """{input relative to src: output relative to out} of a report's outcomes."""
+    return {
+        Path(o.source).relative_to(src).as_posix(): Path(o.output).relative_to(out).as_posix()
+        for o in report.outcomes
+    }
+
+
+def test_inputs_sharing_a_png_name_each_get_their_own_output(
+    clashing: Path, tmp_path: Path
+) -> None:
+    """a.dcm/a, b.dcm/b.DCM and x.dcm/x.nii.gz each keep their whole name; c.dcm stays c.png."""
+    out = tmp_path / "out"
+    report = convert(clashing, out, size=SIZE, workers=1)
+    assert report.count("converted") == len(CLASH_OUTPUTS) and not report.failures
+    assert _outputs(report, clashing, out) == CLASH_OUTPUTS
+    for output in CLASH_OUTPUTS.values():
+        assert (out / output).is_file()
+    frames = json.loads((out / "x.nii.gz_frames.json").read_text())["frames"]
+    assert [f["png"] for f in frames] == ["x.nii.gz_frame0001.png", "x.nii.gz_frame0002.png"]
+    pngs = [(out / v).read_bytes() for v in CLASH_OUTPUTS.values() if v.endswith(".png")]
+    assert len(set(pngs)) == len(pngs)  # six different slices, none overwritten
+    assert len(_pngs(out)) == len(pngs) + len(frames)
+    again = convert(clashing, out, size=SIZE, workers=1)
+    assert again.count("skipped") == len(CLASH_OUTPUTS)
+
+
+def test_shards_pick_the_names_a_single_job_picks(clashing: Path, tmp_path: Path) -> None:
+    """Shards run apart (0/3, 1/3, 2/3) give every input the output one job gives it."""
+    whole = convert(clashing, tmp_path / "one", size=SIZE, workers=1)
+    sharded: dict[str, str] = {}
+    for index in range(3):
+        report = convert(clashing, tmp_path / "many", size=SIZE, workers=1, shard=Shard(index, 3))
+        sharded.update(_outputs(report, clashing, tmp_path / "many"))
+    assert sharded == _outputs(whole, clashing, tmp_path / "one") == CLASH_OUTPUTS
+    names = sorted(p.relative_to(tmp_path / "many") for p in (tmp_path / "many").rglob("*"))
+    assert names == sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*"))
+
+
+def test_plan_outputs_renames_only_clashes_and_reports_what_still_clashes() -> None:
+    """A PNG overlapping a volume's slice PNGs clashes too; names still shared are reported."""
+    planned = plan_outputs(
+        [
+            (Path("/s/head.nii.gz"), Path("head.nii.gz")),
+            (Path("/s/head_frame0001.dcm"), Path("head_frame0001.dcm")),
+            (Path("/s/CT1.dcm"), Path("CT1.dcm")),
+            (Path("/s/d1/x.dcm"), Path("x.dcm")),
+            (Path("/s/d2/x.dcm"), Path("x.dcm")),
+        ]
+    )
+    got = {p.source.as_posix(): (p.output.as_posix(), p.clashes) for p in planned}
+    assert got == {
+        "/s/CT1.dcm": ("CT1.png", ()),
+        "/s/head.nii.gz": ("head.nii.gz.png", ()),
+        "/s/head_frame0001.dcm": ("head_frame0001.dcm.png", ()),
+        "/s/d1/x.dcm": ("x.dcm.png", (Path("/s/d2/x.dcm"),)),
+        "/s/d2/x.dcm": ("x.dcm.png", (Path("/s/d1/x.dcm"),)),
+    }
+    assert [p.output.as_posix() for p in planned] == sorted(v[0] for v in got.values())
+
+
+def test_index_rows_still_sharing_a_name_fail_naming_each_other(
+    cq500_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two index rows outside the index's folder with one file name: both fail, exit 1."""
+    from hemo.datasets import build_index, save_index
+
+    root = tmp_path / "folder"
+    for i, label in enumerate(("positive", "negative"), start=1):
+        (root / label).mkdir(parents=True)
+        shutil.copy(cq500_dir / f"CT{i:06d}.dcm", root / label / "x.dcm")
+    index = tmp_path / "folder" / "lists" / "index.parquet"
+    save_index(build_index(root, workers=1), index)
+    out = tmp_path / "out"
+    argv = ["convert", str(index), str(out), "--size", "32", "--workers", "1", "--json"]
+    assert main(argv) == EXIT_PARTIAL
+    errors = json.loads(capsys.readouterr().out)["errors"]
+    assert len(errors) == 2 and not _pngs(out)
+    for error, other in zip(errors, reversed(errors), strict=True):
+        assert error["error"] == (
+            f"its output {out / 'x.dcm.png'} would also be written from {other['path']}; "
+            "rename one of them"
+        )
+
+
+def _tree(out: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under out with its bytes and mtime."""
+    return {
+        p.relative_to(out).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in out.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_rerun_with_other_settings_is_refused_before_writing(
+    src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Other window or size into a recorded OUT: exit 2, one line naming both, nothing written."""
+    out = tmp_path / "out"
+    args = ["convert", str(src), str(out), "--workers", "1"]
+    assert main(args) == EXIT_PARTIAL  # the corrupt .dcm
+    capsys.readouterr()
+    assert json.loads((out / SETTINGS_FILE).read_text()) == {
+        "windows": [{"name": "brain", "center_hu": 40.0, "width_hu": 80.0}],
+        "size": 256,
+    }
+    before = _tree(out)
+    (out / "series" / "CT000002.png").unlink()  # a rerun would convert it
+    del before["series/CT000002.png"]
+    for other, wanted in (
+        (["--window", "bone", "--size", "32"], "window bone, size 32"),
+        (["--window", "rsna3"], "window rsna3, size 256"),
+        (["--window", "41/80"], "window 41/80, size 256"),
+    ):
+        assert main([*args, *other]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert err == (
+            f"hemo: error: {out}: converted with window brain, size 256 (see {SETTINGS_FILE}), "
+            f"not {wanted}; rerun with those settings or another OUT\n"
+        )
+        assert _tree(out) == before
+
+
+def test_same_settings_resume_and_shards_share_one_record(src: Path, tmp_path: Path) -> None:
+    """Equal windows (brain or 40/80) resume; a shard finding an equal record goes on."""
+    out = tmp_path / "out"
+    first = convert(src, out, window="brain", size=SIZE, workers=1, shard=Shard(0, 2))
+    record = (out / SETTINGS_FILE).read_bytes()
+    second = convert(src, out, window="40/80", size=SIZE, workers=1, shard=Shard(1, 2))
+    assert first.count("converted") + second.count("converted") == N_SLICES
+    assert (out / SETTINGS_FILE).read_bytes() == record
+    again = convert(src, out, window="brain", size=SIZE, workers=1)
+    assert again.count("skipped") == N_SLICES and again.count("converted") == 0
+    assert not list(out.glob(f"{SETTINGS_FILE}*.tmp"))
+
+
+def test_out_without_record_resumes_and_gets_one(
+    src: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An OUT from before records resumes with a warning and is recorded from then on."""
+    out = tmp_path / "out"
+    convert(src, out, size=SIZE, workers=1)
+    (out / SETTINGS_FILE).unlink()
+    with caplog.at_level("WARNING", logger="hemo.convert"):
+        again = convert(src, out, size=SIZE, workers=1)
+    assert again.count("skipped") == N_SLICES
+    assert f"no {SETTINGS_FILE} (converted by an older hemo)" in caplog.text
+    with pytest.raises(ConfigError, match=f"converted with window brain, size {SIZE} "):
+        convert(src, out, size=SIZE + 1, workers=1)
+
+
+def test_record_written_without_hard_links_and_unreadable_record_refused(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without hard links the record is renamed into place; a garbled record is refused."""
+    import hemo.convert
+
+    def no_link(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(hemo.convert.os, "link", no_link)
+    out = tmp_path / "out"
+    convert(src, out, size=SIZE, workers=1)
+    assert json.loads((out / SETTINGS_FILE).read_text())["size"] == SIZE
+    (out / SETTINGS_FILE).write_text("{")
+    with pytest.raises(ConfigError, match=r"not a hemo convert settings record \("):
+        convert(src, out, size=SIZE, workers=1)

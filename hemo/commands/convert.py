@@ -1,7 +1,8 @@
 """``hemo convert SRC OUT``: DICOM slices -> windowed, resized PNGs (parallel, resumable, sharded).
 
 Exit status: 0 when every input converted or was already done, 1 when some inputs failed (each
-listed with its reason), 2 when the options or SRC are wrong.
+listed with its reason), 2 when the options or SRC are wrong, or OUT was converted with another
+window or size.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "index.parquet) to a windowed, resized 8-bit PNG under OUT, mirroring the input tree. "
         "Outputs that exist are skipped, so a killed run resumes where it stopped. PNGs carry "
         "pixels only (no metadata). A multi-frame DICOM or a NIfTI volume (.nii, .nii.gz) gives "
-        "one PNG per slice (STEM_frame0001.png ...) and STEM_frames.json, written last.",
+        "one PNG per slice (STEM_frame0001.png ...) and STEM_frames.json, written last. "
+        "Inputs whose PNG names would be shared (a.dcm and a, a.dcm and a.DCM, x.dcm and x.nii) "
+        "each take their whole file name plus .png (a.dcm.png, a.png, a.DCM.png); other names "
+        "are unchanged. OUT/.hemo_convert.json records the window and size before any PNG is "
+        "written; a rerun into OUT with other settings is refused (exit 2).",
     )
     parser.add_argument("src", metavar="SRC", type=Path, help="DICOM folder or index.parquet")
     parser.add_argument("out", metavar="OUT", type=Path, help="output folder")
