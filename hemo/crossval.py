@@ -84,8 +84,8 @@ MEASURED_GROUPED = (
 )
 LOOKALIKE_FILE = "lookalikes.csv"
 #: Config keys a finished fold run is reused across: the threshold and referral band are chosen
-#: here on the pooled OOF predictions, not by the fold runs.
-REUSE_IGNORED = frozenset({"threshold"})
+#: here on the pooled OOF predictions, not by the fold runs; ``export`` is never a fold run's.
+REUSE_IGNORED = frozenset({"threshold", "export"})
 
 
 # Results ----------------------------------------------------------------------------------------
@@ -342,11 +342,14 @@ def final_index(index_df: pd.DataFrame) -> pd.DataFrame:
 
 # Training ---------------------------------------------------------------------------------------
 def fold_config(config: Mapping[str, Any], name: str, data: Path) -> dict[str, Any]:
-    """A copy of ``config`` for one training: its name, data, last-epoch weights, no early stop."""
+    """A copy of ``config`` for one training: its name, data, last-epoch weights, no early stop,
+    and no export (a config's ``export`` key would have every fold overwrite that model;
+    ``hemo crossval --export`` writes the final model itself)."""
     out = copy.deepcopy(dict(config))
     out.update(
         name=name,
         data=str(data),
+        export="",
         checkpoint=CHECKPOINT_LAST,
         early_stopping_patience=int(config["epochs"]) + 1,
     )

@@ -798,7 +798,7 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     """The card beside a model file (``NAME.json``).
 
     Raises:
-        ModelError: The card is missing or malformed.
+        ModelError: The card is missing or malformed (the message names the card file).
     """
     _, card_path, _ = model_paths(path)
     if not card_path.is_file():
@@ -806,19 +806,31 @@ def read_card(path: str | os.PathLike) -> ModelCard:
             f"no model card {card_path.name} beside the model; cards are written by save_model",
             source=path,
         )
-    return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+    try:
+        return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelError(f"model card is not UTF-8 text: {exc}", source=card_path) from exc
+    except ModelError as exc:
+        if exc.source is not None:
+            raise
+        raise ModelError(exc.reason, source=card_path) from exc
 
 
 def check_model_file(path: str | os.PathLike) -> Path:
     """Refuse anything but a real ``.keras`` zip or ``.h5`` HDF5 file (pickles above all).
 
     Raises:
-        ModelError: Missing file, pickle (by suffix or by bytes), or wrong format.
+        ModelError: Missing file, a folder, pickle (by suffix or by bytes), or wrong format.
     """
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ModelError(
             "refusing to load a pickle (arbitrary code execution); models are .keras files",
+            source=path,
+        )
+    if path.is_dir():
+        raise ModelError(
+            "is a folder, not a model; give the NAME.keras file (its card NAME.json beside it)",
             source=path,
         )
     if not path.is_file():

@@ -256,11 +256,30 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
         known = sorted(k for k in DEFAULTS if not isinstance(DEFAULTS[k], dict))
         raise ConfigError(f"unknown {source} key {dotted!r}; known keys: {', '.join(known)}")
     default = node[parts[-1]]
+    if isinstance(default, dict):
+        raise ConfigError(f"{dotted} is a table: set its keys ({dotted}.KEY), got {value!r}")
     if isinstance(default, bool) and not isinstance(value, bool):
         raise ConfigError(f"{dotted} must be true or false, got {value!r}")
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(default, str) and not isinstance(value, str) and dotted not in TEXT_OR_BOOL_KEYS:
+        if not _is_number(value):  # --name with no value is true; a list is no name either
+            raise ConfigError(f"{dotted} must be text, got {value!r}")
+        value = str(value)  # --name 123: the run name "123"
+    if _is_number(default) and not _is_number(value):
+        raise ConfigError(f"{dotted} must be a number, got {value!r}")
+    if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+        raise ConfigError(f"{dotted} must be an integer, got {value!r}")
+    if isinstance(default, float):
         value = float(value)
     node[parts[-1]] = value
+
+
+#: Text keys that also take true or false.
+TEXT_OR_BOOL_KEYS = frozenset({"cache"})
+
+
+def _is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _validate(config: dict[str, Any]) -> None:
@@ -286,6 +305,20 @@ def _validate(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
     if not 0 <= int(config["head_epochs"]) <= config["epochs"]:
         raise ConfigError("head_epochs must be between 0 and epochs")
+    for key in ("seed", "fine_tune_layers", "early_stopping_patience", "steps_per_epoch"):
+        if config[key] < 0:
+            raise ConfigError(f"{key} must be an integer >= 0, got {config[key]!r}")
+    for key in ("learning_rate", "fine_tune_learning_rate", "alpha"):
+        if config[key] <= 0:
+            raise ConfigError(f"{key} must be a number > 0, got {config[key]!r}")
+    for key in ("dropout", "label_smoothing"):
+        if not 0 <= config[key] < 1:
+            raise ConfigError(f"{key} must be a number in [0, 1), got {config[key]!r}")
+    sensitivity = config["threshold"]["target_sensitivity"]
+    if not 0 < sensitivity <= 1:
+        raise ConfigError(
+            f"threshold.target_sensitivity must be a number in (0, 1], got {sensitivity!r}"
+        )
     l2sp = config["l2sp"]
     if isinstance(l2sp, bool) or not isinstance(l2sp, int | float) or l2sp < 0:
         raise ConfigError(f"l2sp must be a number >= 0, got {l2sp!r}")
@@ -368,6 +401,34 @@ def resolve_path(value: str | os.PathLike) -> Path:
     if path.is_absolute() or path.exists():
         return path.resolve()
     return (PROJECT_DIR / path).resolve()
+
+
+def check_export(value: str | os.PathLike) -> Path:
+    """Refuse an export path whose folder cannot be made or written, before any training.
+
+    Creates the folder when missing and writes (then removes) a probe file in it.
+
+    Args:
+        value: The ``export`` path as the user gave it (``models/NAME``, with or without
+            ``.keras``); resolved as :func:`resolve_path` does.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        ConfigError: Naming the path and why (a file in the way, no such place, read-only).
+    """
+    path = resolve_path(value)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hemo-export-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the exported model to {folder}: {exc.strerror or exc}", source=value
+        ) from exc
+    return path
 
 
 def input_spec(config: Mapping[str, Any]):
@@ -596,6 +657,8 @@ def train(config: Mapping[str, Any]) -> Path:
     name = runs.check_run_name(config.get("name") or default_run_name())
     config = {**config, "name": name}
     chief = is_chief()
+    if chief and config.get("export"):
+        check_export(config["export"])  # before the run folder and hours of training
     # Where this process writes: the run folder (chief) or a throwaway folder (other workers)
     path = runs.run_dir(name) if chief else Path(tempfile.mkdtemp(prefix=f"hemo-{name}-worker-"))
     previous = runs.read_json(path / runs.STATUS_FILE) or {}

@@ -164,9 +164,10 @@ def test_fold_and_final_index_splits() -> None:
 
 
 def test_fold_config_never_selects_on_held_out() -> None:
-    """Fold runs keep last-epoch weights and effectively disable early stopping."""
-    config = resolve_config({"data": "x", "epochs": 7})
+    """Fold runs keep last-epoch weights, effectively disable early stopping, never export."""
+    config = resolve_config({"data": "x", "epochs": 7, "export": "models/phantom_rsna3"})
     out = fold_config(config, "r-cv0", Path("/tmp/i.parquet"))
+    assert out["export"] == "", "a fold run must never overwrite the config's export"
     assert out["checkpoint"] == "last"
     assert out["early_stopping_patience"] > out["epochs"]
     assert config["checkpoint"] == "best"
@@ -366,3 +367,33 @@ def test_crossval_cli_refuses_bad_seeds(tiny_data: Path, tmp_path: Path) -> None
     with pytest.raises(SystemExit) as stop:
         main(["crossval", "--config", str(tmp_path / "x.toml"), "--seeds", "a,b"])
     assert stop.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--set", "epochs"],
+            "hemo: error: --set 'epochs': expected KEY=VALUE, e.g. --set epochs=2",
+        ),
+        (["--set", "dropout=x"], "hemo: error: dropout must be a number, got 'x'"),
+        (["--export", "/proc/hemo/model"], "hemo: error: /proc/hemo/model: cannot write the "),
+    ],
+)
+def test_crossval_cli_bad_option_fails_before_any_fold(
+    extra: list[str],
+    message: str,
+    tiny_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """--set without =VALUE, a bad value or an unwritable --export: one line, exit 2, no run."""
+    from hemo.cli import EXIT_ERROR, main
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(f'name = "tinybad"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\n')
+    assert main(["crossval", "--config", str(config_file), "--folds", "2", *extra]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1 and errors[0].startswith(message) and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from hemo.cli import main
+from hemo.cli import EXIT_ERROR, main
+from hemo.commands.demo_data import MAX_SIZE_PX
 from hemo.config import RSNA_LABELS
 
 
@@ -66,3 +68,47 @@ def test_demo_data_does_not_import_tensorflow(tmp_path: Path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False False"
+
+
+def _one_error_line(err: str) -> str:
+    """The single 'hemo: error:' line of stderr (and no traceback)."""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("file", "--out is a file; give a folder"),
+        ("under_file", "cannot create the output folder"),
+        ("proc_child", "cannot create the output folder"),
+        ("proc", "cannot write the dataset there"),
+    ],
+)
+def test_demo_data_unwritable_out_is_one_line_error(
+    where: str, reason: str, tmp_path: Path, capsys
+) -> None:
+    """An --out that is a file, under a file, or in /proc exits 2 with one line naming a path."""
+    (tmp_path / "file").write_text("x")
+    out = {
+        "file": tmp_path / "file",
+        "under_file": tmp_path / "file" / "demo",
+        "proc_child": Path("/proc") / f"hemo-{tmp_path.name}",
+        "proc": Path("/proc"),
+    }[where]
+    status = main(["demo-data", "--out", str(out), "--n", "1", "--slices-per-study", "1"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert status == EXIT_ERROR
+    assert line.startswith(f"hemo: error: {out}") and reason in line
+
+
+def test_demo_data_size_is_capped(tmp_path: Path, capsys) -> None:
+    """--size above MAX_SIZE_PX exits 2 at once, before the output folder is made."""
+    out = tmp_path / "demo"
+    status = main(["demo-data", "--out", str(out), "--n", "1", "--size", str(MAX_SIZE_PX + 1)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert status == EXIT_ERROR
+    assert line == f"hemo: error: --size must be at most {MAX_SIZE_PX} px, got {MAX_SIZE_PX + 1}"
+    assert not out.exists()

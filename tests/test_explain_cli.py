@@ -67,6 +67,23 @@ def test_writes_the_overlays_it_reports(
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{d.stem}_{method}.png" for d in dicoms)
 
 
+def test_default_out_is_documented_and_used(
+    model_path: Path,
+    dicoms: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+) -> None:
+    """--help names the default folder, ./explanations/, and a run without --out writes there."""
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    assert "./explanations/ in the current folder" in " ".join(capsys.readouterr().out.split())
+    monkeypatch.chdir(tmp_path)
+    code, data = run_json(capsys, ["explain", "--model", str(model_path), str(dicoms[0]), "--json"])
+    assert code == 0
+    assert Path(data["results"][0]["overlay"]).parent.resolve() == tmp_path / "explanations"
+
+
 def test_bad_input_gives_error_entry(
     model_path: Path, dicoms: list[Path], tmp_path: Path, capsys
 ) -> None:

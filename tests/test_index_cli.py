@@ -73,3 +73,50 @@ def test_index_layout_option_overrides_detection(
     """--layout forces an adapter; a wrong one fails with that adapter's message."""
     assert main(["index", str(head_ct_dir), "--layout", "cq500"]) == EXIT_ERROR
     assert "no reads.csv" in capsys.readouterr().err
+
+
+def _one_error_line(captured: pytest.CaptureResult[str]) -> str:
+    """The single 'hemo: error:' line of a failed command (no traceback on stderr)."""
+    assert "Traceback" not in captured.err
+    errors = [line for line in captured.err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1, captured.err
+    return errors[0]
+
+
+@pytest.mark.parametrize("where", ["folder", "under_file"])
+def test_index_unwritable_out_fails_before_indexing(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out that is a folder, or lies under a file, exits 2 naming it, before any indexing."""
+    (tmp_path / "file").write_text("x")
+    out = {"folder": tmp_path / "taken", "under_file": tmp_path / "file" / "x.parquet"}[where]
+    (tmp_path / "taken").mkdir()
+    empty = tmp_path / "empty"  # an unknown layout: indexing first would fail with that message
+    empty.mkdir()
+    assert main(["index", str(empty), "--out", str(out)]) == EXIT_ERROR
+    line = _one_error_line(capsys.readouterr())
+    assert line.startswith(f"hemo: error: {out}: ")
+    assert ("is a folder" if where == "folder" else "is a file, not a folder") in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken"]
+
+
+def test_index_write_failure_is_one_line_and_leaves_no_temp_file(
+    phantom_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An --out whose folder exists but takes no files (/proc) exits 2 naming the path."""
+    out = Path("/proc") / f"hemo-{tmp_path.name}.parquet"
+    assert main(["index", str(phantom_dir), "--out", str(out)]) == EXIT_ERROR
+    line = _one_error_line(capsys.readouterr())
+    assert line.startswith(f"hemo: error: {out}: cannot write the index there: ")
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_save_index_into_a_folder_is_refused(phantom_dir: Path, tmp_path: Path) -> None:
+    """save_index refuses a folder as its file and leaves no temporary file behind."""
+    from hemo.datasets import save_index
+    from hemo.errors import DatasetError
+
+    frame = load_index(phantom_dir)
+    with pytest.raises(DatasetError, match="is a folder; give the FILE.parquet"):
+        save_index(frame, tmp_path)
+    assert not (tmp_path.parent / f"{tmp_path.name}.tmp").exists()

@@ -58,6 +58,16 @@ def test_bad_file_one_line_and_json_error(tmp_path, capsys):
     assert "not a DICOM" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_folder_says_what_to_use_instead(tmp_path, capsys):
+    """A folder exits 2 with one line naming it and the commands that take folders."""
+    assert main(["inspect", str(tmp_path)]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"hemo: error: {tmp_path}: is a folder; hemo inspect takes one file "
+        "(for a folder use hemo predict or hemo index)"
+    ]
+
+
 def test_inspect_does_not_import_tensorflow(ct_small):
     """hemo inspect runs without importing TensorFlow or Keras."""
     code = (

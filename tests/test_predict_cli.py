@@ -84,6 +84,18 @@ def test_bad_model_exits_two_with_one_line(capsys, tmp_path, head_ct_dir):
     assert captured.err.strip().startswith("hemo: error:") and "pickle" in captured.err
 
 
+def test_model_folder_exits_two_saying_it_is_a_folder(capsys, tmp_path, head_ct_dir):
+    """A folder as --model: exit 2, one line naming it and what --model expects."""
+    code = main(["predict", "--model", str(tmp_path), str(head_ct_dir / "head_ct" / "002.png")])
+    captured = capsys.readouterr()
+    assert code == EXIT_ERROR and captured.out == ""
+    errors = [line for line in captured.err.splitlines() if line.startswith("hemo: error:")]
+    assert "Traceback" not in captured.err and errors == [
+        f"hemo: error: {tmp_path}: is a folder, not a model; "
+        "give the NAME.keras file (its card NAME.json beside it)"
+    ]
+
+
 def test_text_output_is_a_table(capsys, model_path, head_ct_dir):
     """Without --json the output is a readable table with a verdict per input."""
     png = head_ct_dir / "head_ct" / "002.png"

@@ -9,6 +9,7 @@ and the remaining card mismatches.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -167,18 +168,29 @@ def test_card_that_does_not_match_is_refused(saved, tmp_path, change, pattern):
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [(None, r"m\.keras: no model card m\.json beside the model"),
-     ("{not json", r"model card is not valid JSON"),
-     ("[1, 2]", r"model card must be a JSON object"),
-     ('{"name": "m"}', r"model card lacks the field\(s\)")],
+     ("{not json", r"m\.json: model card is not valid JSON"),
+     ("[1, 2]", r"m\.json: model card must be a JSON object"),
+     ('{"name": "m"}', r"m\.json: model card lacks the field\(s\)"),
+     (b"\xff\xfe{", r"m\.json: model card is not UTF-8 text")],
 )  # fmt: skip
 def test_missing_or_malformed_card_is_refused(saved, tmp_path, text, pattern):
-    """No card, or a card that is not a hemo card, refuses the model before Keras reads it."""
+    """No card, or a card that is not a hemo card, refuses the model naming the file at fault."""
     path = tmp_path / "m.keras"
     path.write_bytes(saved.read_bytes())
-    if text is not None:
+    if isinstance(text, bytes):
+        path.with_suffix(".json").write_bytes(text)
+    elif text is not None:
         path.with_suffix(".json").write_text(text)
-    with pytest.raises(ModelError, match=pattern):
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(tmp_path))}/{pattern}"):
         hm.load_model(path)
+
+
+def test_a_folder_as_model_says_it_is_a_folder(tmp_path):
+    """A folder (even one named like a model) is refused as a folder, saying what to give."""
+    for folder in (tmp_path / "models", tmp_path / "m.keras"):
+        folder.mkdir()
+        with pytest.raises(ModelError, match=r"is a folder, not a model; give the NAME\.keras"):
+            hm.load_model(folder)
 
 
 def test_shipped_models_load_safely():

@@ -125,7 +125,7 @@ def test_bad_config_is_refused() -> None:
         resolve_config({"data": "d", "cache": "maybe"})
     with pytest.raises(ConfigError, match="augment.mixup must be a number >= 0"):
         resolve_config({"data": "d"}, {"augment.mixup": -0.2})
-    with pytest.raises(ConfigError, match="augment.strength must be a number >= 0"):
+    with pytest.raises(ConfigError, match="augment.strength must be a number, got 'high'"):
         resolve_config({"data": "d", "augment": {"strength": "high"}})
     assert resolve_config({"data": "d"}, {"augment.mixup": 0.4})["augment"]["mixup"] == 0.4
     with pytest.raises(ConfigError, match="augment.gamma must be at most 1.0"):
@@ -155,6 +155,79 @@ def test_every_shipped_config_resolves(config_file: Path) -> None:
 
     config = resolve_config(load_config_file(config_file))
     assert config["name"] and input_spec(config).size == config["image_size"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"learning_rate": "abc"}, "learning_rate must be a number, got 'abc'"),
+        ({"dropout": "x"}, "dropout must be a number, got 'x'"),
+        ({"fine_tune_learning_rate": True}, "fine_tune_learning_rate must be a number, got True"),
+        ({"threshold.target_sensitivity": None}, "target_sensitivity must be a number, got None"),
+        ({"alpha": float("nan")}, "alpha must be a number, got nan"),
+        ({"seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"steps_per_epoch": "10x"}, "steps_per_epoch must be a number, got '10x'"),
+        ({"learning_rate": 0}, r"learning_rate must be a number > 0, got 0.0"),
+        ({"alpha": -1}, r"alpha must be a number > 0, got -1.0"),
+        ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
+        ({"label_smoothing": 1}, r"label_smoothing must be a number in \[0, 1\), got 1.0"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"fine_tune_layers": -3}, "fine_tune_layers must be an integer >= 0, got -3"),
+        ({"threshold.target_sensitivity": 0}, r"target_sensitivity must be a number in \(0, 1\]"),
+        ({"threshold": 0.5}, r"threshold is a table: set its keys \(threshold.KEY\)"),
+    ],
+)
+def test_numeric_keys_refuse_other_values_naming_key_and_value(
+    overrides: dict, message: str
+) -> None:
+    """Every number key refuses text, bools, none, NaN and out-of-range values by name."""
+    with pytest.raises(ConfigError, match=message):
+        resolve_config({"data": "d"}, overrides)
+
+
+def test_text_keys_take_numbers_as_text_and_refuse_flags() -> None:
+    """``--name 123`` names the run "123"; ``--name`` with no value (true) is refused by name."""
+    assert resolve_config({"data": "d"}, {"name": 123})["name"] == "123"
+    with pytest.raises(ConfigError, match="name must be text, got True"):
+        resolve_config({"data": "d"}, {"name": True})
+
+
+@pytest.mark.parametrize(
+    "option", [["--learning_rate", "abc"], ["--dropout", "x"], ["--export", "/proc/hemo/model"]]
+)
+def test_train_cli_bad_option_is_one_line_and_makes_no_run_folder(
+    option: list[str],
+    tmp_path: Path,
+    phantom_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad number or an unwritable --export exits 2 with one line before any run folder."""
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    argv = ["train", "--data", str(phantom_dir), "--name", "bad", "--epochs", "1", *TINY]
+    assert main([*argv, *option]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    key, value = option[0].removeprefix("--"), option[1]
+    if key == "export":
+        assert errors[0].startswith(f"hemo: error: {value}: cannot write the exported model to ")
+    else:
+        assert errors[0] == f"hemo: error: {key} must be a number, got {value!r}"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_check_export_makes_the_folder_and_refuses_a_file_in_the_way(tmp_path: Path) -> None:
+    """check_export creates the model's folder (leaving nothing in it) and names a bad path."""
+    from hemo.train import check_export
+
+    assert check_export(tmp_path / "models" / "m") == tmp_path / "models" / "m"
+    assert list((tmp_path / "models").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match=r"file/m: cannot write the exported model to .*file"):
+        check_export(tmp_path / "file" / "m")
 
 
 def test_l2sp_needs_a_non_negative_strength_and_an_init_model() -> None:

@@ -98,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
         train_final,
         train_final_ensemble,
     )
-    from hemo.train import load_config_file, parse_overrides, resolve_config
+    from hemo.errors import ConfigError
+    from hemo.train import check_export, load_config_file, parse_overrides, resolve_config
 
+    for item in args.overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=2")
     overrides = parse_overrides([f"--{item}" for item in args.overrides])
     config = resolve_config(load_config_file(args.config), overrides)
     seeds = check_seeds(args.seeds) if args.seeds is not None else None
+    if args.export:
+        check_export(args.export)  # before any fold is trained
     # Keras progress lines go to stdout: keep them on stderr so --json stdout stays pure JSON
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     members = []

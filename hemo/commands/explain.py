@@ -48,7 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--label", default=DEFAULT_LABEL, help="output to explain: 'any' or a subtype the model has"
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="folder for the overlay PNGs (created)"
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder for the overlay PNGs, created (default: ./{DEFAULT_OUT}/ in the current "
+        "folder)",
     )
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="heatmap opacity 0-1")
     parser.add_argument(

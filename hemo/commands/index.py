@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     """Build the index of ``args.root``; print counts; write Parquet with ``--out``."""
     from hemo.cli import EXIT_PARTIAL, emit_json
     from hemo.datasets import index_dataset, save_index
+    from hemo.datasets.index import check_index_path
 
+    if args.out is not None:
+        check_index_path(args.out)  # a bad --out fails before any header is read
     result = index_dataset(
         args.root,
         layout=args.layout,

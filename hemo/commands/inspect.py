@@ -147,13 +147,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(path: str) -> dict[str, Any]:
     """Read ``path`` (every frame of a multi-frame DICOM) and describe it; raises its error."""
+    from pathlib import Path
+
     from hemo.dicom import read_dicom_frames
-    from hemo.errors import DicomError
+    from hemo.errors import DicomError, InputError
     from hemo.images import SNIFF_BYTES, sniff_kind
     from hemo.io import VOLUME_KINDS, read_scan
     from hemo.nifti import read_nifti
     from hemo.sources import read_head
 
+    if Path(path).is_dir():
+        raise InputError(
+            "is a folder; hemo inspect takes one file (for a folder use hemo predict or hemo index)",
+            path,
+        )
     kind = sniff_kind(read_head(path, SNIFF_BYTES))
     if kind in VOLUME_KINDS:
         slices = list(read_nifti(path))

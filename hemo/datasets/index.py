@@ -237,15 +237,53 @@ def build_index(
     return index_dataset(root, layout, seed, val_fraction, test_fraction, workers).frame
 
 
+def check_index_path(path: str | os.PathLike) -> Path:
+    """Refuse a place an index cannot be written to; create its folder when missing.
+
+    Cheap, so that ``hemo index --out`` fails before any header is read.
+
+    Args:
+        path: The ``.parquet`` file to write.
+
+    Returns:
+        The path, resolved.
+
+    Raises:
+        DatasetError: The path is a folder or lies under a file, or its folder cannot be created.
+    """
+    resolved = Path(path).resolve()
+    if resolved.is_dir():
+        raise DatasetError("is a folder; give the FILE.parquet to write the index to", path)
+    nearest = next(p for p in resolved.parents if p.exists())
+    if not nearest.is_dir():
+        raise DatasetError(f"{nearest} is a file, not a folder", path)
+    try:
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot create its folder {resolved.parent}: {_os_reason(exc)}", path
+        ) from exc
+    return resolved
+
+
+def _os_reason(exc: OSError) -> str:
+    """The short reason of an OS error ("Permission denied"), also for pyarrow's long ones."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
 def save_index(df: pd.DataFrame, path: Path) -> None:
     """Write an index as Parquet, paths relative to the file's folder, atomically.
 
     Args:
         df: An index table (absolute or relative paths). Not modified.
         path: The ``.parquet`` file to write; its folder is created when missing.
+
+    Raises:
+        DatasetError: The file cannot be written there (a folder, a read-only or missing
+            place); no temporary file is left behind.
     """
-    path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    given = path
+    path = check_index_path(path)
     base = path.parent
 
     def relative(value: object) -> object:
@@ -259,8 +297,13 @@ def save_index(df: pd.DataFrame, path: Path) -> None:
         out["mask_path"] = out["mask_path"].map(relative).astype("string")
     out.attrs = {ATTRS_KEY: dict(df.attrs.get(ATTRS_KEY, {}))}
     tmp = path.with_name(path.name + ".tmp")
-    out.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        out.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp.is_file():
+            tmp.unlink()
+        raise DatasetError(f"cannot write the index there: {_os_reason(exc)}", given) from exc
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
