@@ -68,7 +68,9 @@ def path_size(path: str | os.PathLike, name: str | None = None) -> int:
         raise InputError(f"cannot read the file: {exc.strerror or exc}", label) from exc
     if p.is_dir():
         raise InputError(
-            "is a folder, not a file (give a file, or use iter_scans for folders)", label
+            "is a folder, not a file (give one of its files; hemo predict and hemo index take "
+            "folders)",
+            label,
         )
     _check_size(stat.st_size, label)
     return stat.st_size

@@ -147,3 +147,13 @@ def test_folder_upload_keeps_what_a_folder_walk_reads():
         "study/vol.nii.gz",
     ]
     assert skipped == 6
+
+
+def test_a_folder_given_as_a_file_names_the_commands_that_take_folders(tmp_path) -> None:
+    """Reading a folder as one file says so and points to the commands that walk folders."""
+    from hemo.sources import read_bytes
+
+    with pytest.raises(InputError, match="is a folder, not a file") as err:
+        read_bytes(tmp_path)
+    assert err.value.source == str(tmp_path) and "hemo predict" in str(err.value)
+    assert "iter_scans" not in str(err.value)
