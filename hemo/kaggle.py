@@ -2,7 +2,7 @@
 
 Sources:
 
-* ``head-ct`` -- the dataset ``felipekitamura/head-ct-hemorrhage`` (200 PNGs, ~60 MB).
+* ``head-ct`` -- the dataset ``felipekitamura/head-ct-hemorrhage`` (200 PNGs).
 * ``rsna`` -- the competition ``rsna-intracranial-hemorrhage-detection`` (~180 GB zip, ~450 GB
   unpacked). Kaggle serves competition data only to accounts that accepted the competition's
   rules on the website.
