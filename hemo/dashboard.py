@@ -957,13 +957,17 @@ def runs_table(runs: Sequence[Any]) -> pd.DataFrame:
 
 def run_progress(run: Any) -> tuple[float, str]:
     """Fraction done and a line of text (epoch, step, ETA) from a run's status."""
+    from hemo.runs import FINISHED
+
     status = run.status or {}
     epochs = status.get("epochs") or 0
-    epoch = status.get("epoch") or 0
+    epoch = status.get("epoch") or 0  # the epoch under way (1-based), or the last one done
     steps = status.get("steps") or 0
     step = status.get("step") or 0
-    done = epoch + (step / steps if steps else 0.0)
+    done = max(epoch - 1, 0) + (step / steps if steps else 0.0)
     fraction = min(max(done / epochs, 0.0), 1.0) if epochs else 0.0
+    if run.state == FINISHED:
+        fraction = 1.0  # early stopping ends a run before its last epoch
     eta = status.get("eta_s")
     eta_text = f" · ETA {int(eta) // 60} min {int(eta) % 60:02d} s" if eta is not None else ""
     phase = f" · {status['phase']}" if status.get("phase") else ""

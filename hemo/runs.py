@@ -23,7 +23,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,15 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+#: One read-merge-write of a status file at a time in this process (training thread, heartbeat).
+_STATUS_LOCK = threading.Lock()
+#: Seconds between the heartbeat's rewrites of a live run's status.
+HEARTBEAT_S = 3.0
+#: Config keys a stopped or killed run may be resumed with other values of: they do not change
+#: the weights (the threshold and referral band are chosen after training).
+RESUME_IGNORED = frozenset({"export", "notes", "threshold"})
+
+
 def write_status(path: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``path/status.json`` (atomically) and stamp ``updated``.
 
@@ -148,12 +159,74 @@ def write_status(path: Path, **fields: Any) -> dict[str, Any]:
     Returns:
         The status written.
     """
-    status = {key: None for key in STATUS_FIELDS}
-    status.update(read_json(path / STATUS_FILE) or {})
-    status.update(fields)
-    status["updated"] = time.time()
-    write_json_atomic(path / STATUS_FILE, status)
+    with _STATUS_LOCK:
+        status = {key: None for key in STATUS_FIELDS}
+        status.update(read_json(path / STATUS_FILE) or {})
+        status.update(fields)
+        status["updated"] = time.time()
+        write_json_atomic(path / STATUS_FILE, status)
     return status
+
+
+class Heartbeat:
+    """Rewrites a live run's status every :data:`HEARTBEAT_S` from a thread of its own, so the
+    file stays fresh through slow steps and validation (a context manager)."""
+
+    def __init__(self, path: Path, interval_s: float = HEARTBEAT_S) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="hemo-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                write_status(self.path)
+            except OSError as exc:  # a full disk must not kill the training
+                log.warning("cannot refresh %s: %s", self.path / STATUS_FILE, exc)
+
+
+def resume_refusal(name: str, state: str, differ: Sequence[str], option: str = "name") -> str:
+    """The message refusing to resume run ``name`` with other settings (``option``: what the
+    user types the run name into)."""
+    return (
+        f"run {name!r} ({state}) would be resumed from its backup, but it was started with "
+        f"other settings (differs in {', '.join(differ)}); resume it with the same settings "
+        f"or choose another {option}"
+    )
+
+
+def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
+    """Config keys whose values differ from those a resumable run was started with.
+
+    A run can be resumed when it has a backup (``BACKUP_DIR``: it trained at least one epoch
+    and did not finish). Resuming it with other settings would mix two trainings in one model
+    and describe the whole by the second, so callers refuse that.
+
+    Args:
+        path: The run directory.
+        config: The resolved config of the new attempt.
+
+    Returns:
+        The differing keys, sorted (empty: nothing to resume, or the same settings).
+    """
+    saved = read_json(path / CONFIG_FILE)
+    if not (path / BACKUP_DIR).is_dir() or not isinstance(saved, dict):
+        return []
+    config = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it
+    return sorted(
+        key
+        for key in set(saved) | set(config)
+        if key not in RESUME_IGNORED and saved.get(key) != config.get(key)
+    )
 
 
 def read_history(path: Path) -> pd.DataFrame:
@@ -280,6 +353,11 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
             raise TrainingError(f"run {name!r} is already running (pid {current.status['pid']})")
         if current.state == FINISHED:
             raise TrainingError(f"run {name!r} already finished; choose another name")
+        from hemo.train import resolve_config
+
+        differ = resume_conflict(path, {**resolve_config(config), "name": name})
+        if differ:
+            raise TrainingError(resume_refusal(name, current.state, differ))
     path.mkdir(parents=True, exist_ok=True)
     request = path / REQUEST_FILE
     write_json_atomic(request, {**config, "name": name})
@@ -297,7 +375,13 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
             close_fds=True,
         )
     write_status(
-        path, name=name, state=RUNNING, pid=process.pid, started=time.time(), message="starting"
+        path,
+        name=name,
+        state=RUNNING,
+        pid=process.pid,
+        started=time.time(),
+        phase="setup",
+        message="starting",
     )
     log.info("launched run %s (pid %d), log %s", name, process.pid, path / LOG_FILE)
     return read_run(name, root)

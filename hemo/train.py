@@ -8,8 +8,12 @@ Steps of :func:`train`::
     -> threshold on val -> final model + card -> evaluation report on test
 
 Every phase uses ``BackupAndRestore`` (kept until the run finishes), so rerunning a killed or
-stopped run with the same name resumes where it left off. ``status.json`` is rewritten
-atomically every few seconds; SIGTERM/SIGINT stop at the end of the current batch.
+stopped run with the same name and settings resumes at the first epoch it had not completed;
+with other settings it is refused (:func:`hemo.runs.resume_conflict`). ``status.json`` is
+rewritten atomically at least every :data:`hemo.runs.HEARTBEAT_S` seconds (a heartbeat thread
+beside the callbacks' writes); its ``epoch`` is the one under way, 1-based. SIGTERM/SIGINT stop
+at the end of the current batch, leaving the epoch under way out of the history and the backup
+(the rerun repeats it).
 
 ``--strategy multiworker`` trains through hemo's own loop (:func:`_fit_multiworker`), because
 Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585); it uses
@@ -481,6 +485,10 @@ def is_chief() -> bool:
 
 
 # Callbacks --------------------------------------------------------------------------------------
+class StopNow(Exception):
+    """Raised from a training batch's end when a stop was requested: leaves ``fit`` at once."""
+
+
 class StopFlag:
     """Set by SIGTERM/SIGINT; the status callback stops training at the end of the batch."""
 
@@ -535,7 +543,9 @@ def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, be
 
         def on_train_begin(self, logs=None):
             self.t0 = time.monotonic()
-            self._write(0, message=f"{phase} started")
+            # No epoch yet: a resumed phase learns its first one from the backup, later
+            runs.write_status(path, phase=phase, message=f"{phase} started")
+            self.last_write = time.monotonic()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
@@ -543,7 +553,10 @@ def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, be
         def on_train_batch_end(self, batch, logs=None):
             self.steps_done += 1
             if flag.requested:
-                self.model.stop_training = True
+                # Leave mid-epoch: no history row and no backup for a part of an epoch; the
+                # rerun repeats this epoch from the last one completed
+                self._write(batch + 1, message="stopping")
+                raise StopNow
             if time.monotonic() - self.last_write >= STATUS_INTERVAL_S:
                 self._write(batch + 1)
 
@@ -664,6 +677,11 @@ def train(config: Mapping[str, Any]) -> Path:
     previous = runs.read_json(path / runs.STATUS_FILE) or {}
     if previous.get("state") == runs.FINISHED:
         raise TrainingError(f"run {name!r} already finished in {path}; choose another --name")
+    differ = runs.resume_conflict(path, config)
+    if differ:
+        state = previous.get("state") or "unfinished"
+        raise TrainingError(runs.resume_refusal(name, state, differ, option="--name"))
+    resuming = (path / runs.BACKUP_DIR).is_dir()
     path.mkdir(parents=True, exist_ok=True)
     runs.write_json_atomic(path / runs.CONFIG_FILE, dict(config))
     runs.write_status(
@@ -673,12 +691,13 @@ def train(config: Mapping[str, Any]) -> Path:
         pid=os.getpid(),
         started=previous.get("started") or time.time(),
         phase="setup",
-        message="loading data" if not previous else "resuming",
+        message="resuming" if resuming else "loading data",
     )
     flag = StopFlag()
     flag.install()
     try:
-        state, message = _run(config, path, chief, flag)
+        with runs.Heartbeat(path):
+            state, message = _run(config, path, chief, flag)
     except BaseException as exc:
         runs.write_status(path, state=runs.FAILED, message=f"{type(exc).__name__}: {exc}")
         raise
@@ -811,7 +830,9 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     # Phases: head only, then fine-tuning; each resumable from its backup
     best = {"value": _best_so_far(path)}
     verbose = 1 if sys.stderr.isatty() else 2
+    note = None  # why training ended before its last epoch
     for phase in plan_phases(config):
+        note = None
         set_trainable_top(model, phase.n_top)
         if distributed:
             # Keras 3's fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585)
@@ -830,19 +851,29 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             )  # fmt: skip
         callbacks = _callbacks(config, path, phase, flag, best, chief)
         fit_model._initial_epoch = None  # a previous phase's restore must not leak into this one
-        fit_model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=phase.end,
-            initial_epoch=phase.start,
-            steps_per_epoch=steps,
-            validation_steps=val_steps,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles, seeded
-        )
+        try:
+            fit_model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=phase.end,
+                initial_epoch=phase.start,
+                steps_per_epoch=steps,
+                validation_steps=val_steps,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the dataset shuffles, seeded
+            )
+        except StopNow:
+            pass
         if flag.requested:
             return runs.STOPPED, f"stopped by {flag.signal_name} during {phase.name}"
+        early = next(c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping))
+        if early.stopped_epoch:
+            note = (
+                f"early stopping after epoch {early.stopped_epoch + 1} of {phase.end} "
+                f"({MONITOR} had not improved for {early.patience} epoch(s))"
+            )
+            log.info("%s", note)
     if not chief:
         return runs.FINISHED, "worker done"
     # Final model: a clean copy with the best weights, threshold on val, card, report
@@ -862,7 +893,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
     _finish(config, path, final, index, data, labels, spec, init_report)
     shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
-    return runs.FINISHED, "finished"
+    return runs.FINISHED, "finished" if note is None else f"finished: {note}"
 
 
 def extra_train_rows(config: Mapping[str, Any], labels: Sequence[str]):

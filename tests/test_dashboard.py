@@ -268,6 +268,21 @@ def test_training_helpers_read_a_finished_run(tmp_path):
     assert set(table["state"]) == {"finished"}
 
 
+def test_run_progress_counts_the_epoch_under_way_as_unfinished():
+    """Status epoch N is the one under way (1-based): step 3/6 of epoch 1 of 3 is a sixth done,
+    the end of epoch 2 two thirds; a finished run, early-stopped or not, is whole."""
+    from types import SimpleNamespace
+
+    def progress(state: str, **status):
+        return dashboard.run_progress(SimpleNamespace(state=state, status=status))[0]
+
+    assert progress("running", epoch=1, epochs=3, step=3, steps=6) == pytest.approx(1 / 6)
+    assert progress("running", epoch=2, epochs=3, step=6, steps=6) == pytest.approx(2 / 3)
+    assert progress("running", epoch=3, epochs=3, step=0, steps=6) == pytest.approx(2 / 3)
+    assert progress("finished", epoch=16, epochs=20, step=6, steps=6) == 1.0
+    assert progress("stopped", epoch=16, epochs=20, step=6, steps=6) == pytest.approx(0.8)
+
+
 def test_training_config_uses_init_for_a_model_file():
     """A model picked as initial weights goes to `init`; none/imagenet go to `weights`."""
     config = dashboard.training_config("/d", "compact", "/m/x.keras", 2, 64, 1e-3, "hu")

@@ -107,3 +107,27 @@ def test_launch_then_stop_a_run(tmp_path: Path, phantom_dir: Path) -> None:
     assert json.loads((run.path / runs.CONFIG_FILE).read_text())["epochs"] == 50
     with pytest.raises(TrainingError, match="is not running"):
         runs.stop_run("bg", tmp_path)
+
+
+def test_a_stopped_run_with_a_backup_is_not_relaunched_with_other_settings(tmp_path: Path) -> None:
+    """The Training page's form resumes a stopped run of that name: with other settings it is
+    refused before anything starts, naming the keys; settings that do not touch the weights
+    (the threshold, export) may differ; a run with nothing to resume is not compared."""
+    from hemo.train import resolve_config
+
+    config = {"data": "/d", "image_size": 32, "epochs": 6}
+    path = runs.run_dir("paused", tmp_path)
+    path.mkdir(parents=True)
+    runs.write_json_atomic(path / runs.CONFIG_FILE, {**resolve_config(config), "name": "paused"})
+    runs.write_status(path, name="paused", state=runs.STOPPED, epoch=4, epochs=6)
+    assert runs.resume_conflict(path, {**resolve_config(config), "name": "paused"}) == []
+    (path / runs.BACKUP_DIR).mkdir()
+    other = {**config, "image_size": 64, "epochs": 9, "export": "models/x"}
+    differ = runs.resume_conflict(path, {**resolve_config(other), "name": "paused"})
+    assert differ == ["epochs", "image_size"]
+    with pytest.raises(TrainingError, match=r"differs in epochs, image_size\); .*another name"):
+        runs.launch_run(other, "paused", tmp_path)
+    assert runs.read_run("paused", tmp_path).state == runs.STOPPED
+    assert not (path / runs.REQUEST_FILE).exists()
+    same = {**config, "threshold": {"method": "sensitivity"}}
+    assert runs.resume_conflict(path, {**resolve_config(same), "name": "paused"}) == []

@@ -692,6 +692,93 @@ def test_kill_while_the_backup_is_written_resumes_from_the_previous_copy(
     assert runs.read_run("torn", tmp_path).state == "finished"
 
 
+def test_stop_mid_epoch_keeps_whole_epochs_and_resumes_only_with_the_same_settings(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM one batch into the second epoch: no history row and no backup for that part of
+    an epoch; a rerun with other settings is refused by name and leaves the run stopped; the
+    same settings resume at the second epoch, whose status then names the real epoch."""
+    import keras
+
+    import hemo.train as train_module
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    real_callbacks = train_module._callbacks
+
+    class SignalInSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(
+        train_module,
+        "_callbacks",
+        lambda *args, **kwargs: [SignalInSecondEpoch(), *real_callbacks(*args, **kwargs)],
+    )
+    overrides = parse_overrides(TINY) | {"epochs": 3, "batch_size": 2, "name": "midway"}
+    config = resolve_config({"data": str(phantom_dir)}, overrides)
+    path = train_module.train(config)
+    run = runs.read_run("midway", tmp_path)
+    assert run.state == "stopped" and "SIGTERM" in run.status["message"]
+    assert run.status["steps"] > 1, "the signal must land before the epoch's last batch"
+    assert _raw_epochs(path) == [0]
+    backup = path / runs.BACKUP_DIR / "train" / "training_metadata.json"
+    assert json.loads(backup.read_text())["epoch"] == 1
+    monkeypatch.setattr(train_module, "_callbacks", real_callbacks)
+    other = resolve_config({"data": str(phantom_dir)}, overrides | {"learning_rate": 0.01})
+    with pytest.raises(TrainingError, match=r"differs in learning_rate\); .*another --name"):
+        train_module.train(other)
+    assert runs.read_run("midway", tmp_path).state == "stopped"
+    train_module.train(config)
+    assert _raw_epochs(path) == [0, 1, 2]
+    run = runs.read_run("midway", tmp_path)
+    assert run.state == "finished" and run.status["epoch"] == 3
+
+
+def test_early_stopping_says_so_in_the_finished_status(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run ended by early stopping says after which epoch and why, not only "finished"."""
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    overrides = parse_overrides(TINY) | {
+        "epochs": 8,
+        "early_stopping_patience": 1,
+        "learning_rate": 1e-12,  # nothing moves: val AUC never improves on the first epoch
+        "name": "early",
+    }
+    train(resolve_config({"data": str(phantom_dir)}, overrides))
+    run = runs.read_run("early", tmp_path)
+    assert run.state == "finished"
+    assert run.status["message"] == (
+        "finished: early stopping after epoch 2 of 8 (val_auc had not improved for 1 epoch(s))"
+    )
+    assert len(run.history) == 2
+
+
+def test_heartbeat_refreshes_a_live_status_and_keeps_its_fields(tmp_path: Path) -> None:
+    """Between the training's own writes the heartbeat restamps ``updated`` and changes nothing
+    else; it stops with its context."""
+    runs.write_status(tmp_path, state=runs.RUNNING, epoch=4, phase="train")
+    first = runs.read_json(tmp_path / runs.STATUS_FILE)
+    with runs.Heartbeat(tmp_path, interval_s=0.05):
+        _wait_for(
+            lambda: runs.read_json(tmp_path / runs.STATUS_FILE)["updated"] > first["updated"],
+            5,
+            "a heartbeat",
+        )
+    after = runs.read_json(tmp_path / runs.STATUS_FILE)
+    assert {k: v for k, v in after.items() if k != "updated"} == {
+        k: v for k, v in first.items() if k != "updated"
+    }
+    time.sleep(0.2)
+    assert runs.read_json(tmp_path / runs.STATUS_FILE)["updated"] == after["updated"]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_cleanly(tmp_path: Path, phantom_dir: Path) -> None:
     """SIGTERM during training ends the run at the end of the batch with state 'stopped'."""
