@@ -544,7 +544,7 @@ def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, be
         def on_train_begin(self, logs=None):
             self.t0 = time.monotonic()
             # No epoch yet: a resumed phase learns its first one from the backup, later
-            runs.write_status(path, phase=phase, message=f"{phase} started")
+            runs.write_status(path, phase=phase, epochs=epochs, message=f"{phase} started")
             self.last_write = time.monotonic()
 
         def on_epoch_begin(self, epoch, logs=None):
