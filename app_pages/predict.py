@@ -212,7 +212,12 @@ for j, series in enumerate(decoded.series):
         fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0, legend_title_text="")
         st.plotly_chart(fig, key=f"strip_{j}")
         slider_key = SERIES_SLICE_KEY.format(j)
-        st.session_state.setdefault(slider_key, result.most_suspicious + 1)
+        # A series shown here for the first time (another upload, another model) opens at its
+        # most suspicious slice; the same one keeps the slice the user chose
+        shown_series = (key, series.series_uid, model_path)
+        if st.session_state.get(f"{slider_key}_series") != shown_series:
+            st.session_state[f"{slider_key}_series"] = shown_series
+            st.session_state[slider_key] = result.most_suspicious + 1
         st.button(
             f"Jump to the most suspicious slice ({result.most_suspicious + 1})",
             key=f"jump_{j}",

@@ -415,12 +415,18 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
         else:
             singles.append(result.scan)
     series: list[Any] = []
-    try:
-        groups = group_series(slices) if slices else []
-    except HemoError as exc:
-        errors.append(("series", f"{exc}; its slices are shown one by one"))
-        groups = []
-        singles.extend(slices)
+    # Series by series: a fault in one (two slices at one position) leaves the others whole
+    by_uid: dict[str | None, list[Any]] = {}
+    for scan in slices:
+        by_uid.setdefault(scan.series_uid, []).append(scan)
+    groups: list[Any] = []
+    for members in by_uid.values():
+        try:
+            groups.extend(group_series(members))
+        except HemoError as exc:
+            errors.append((_slices_name(members), f"{exc}; its slices are shown one by one"))
+            singles.extend(members)
+    groups.sort(key=lambda g: (g.series_uid is None, g.study_uid or "", g.series_uid or ""))
     for group in groups:
         if len(group.slices) > 1:
             series.append(group)
@@ -577,7 +583,12 @@ def overlay_image(
 def series_name(series: Any) -> str:
     """A series' display name: the file holding every slice (a multi-frame DICOM, a NIfTI
     volume), else the common folder or archive of its slices' names."""
-    names = [str(s.source).replace("\\", "/") for s in series.slices]
+    return _slices_name(series.slices)
+
+
+def _slices_name(slices: Sequence[Any]) -> str:
+    """:func:`series_name` of the slices of one series."""
+    names = [str(s.source).replace("\\", "/") for s in slices]
     if len(set(names)) == 1:
         return names[0]
     prefix = os.path.commonprefix(names)

@@ -10,7 +10,8 @@ Batch rules (documented so results are predictable):
   ``.``), ``__MACOSX`` and ``DICOMDIR`` are skipped.
 * In folders and zips, a file whose bytes are not DICOM/PNG/JPEG/TIFF is read anyway (and its
   error reported) only when its suffix is a scan suffix or it has none (DICOM files often have no
-  extension); other files (``.csv``, ``.txt``, ``.json`` ...) are skipped quietly.
+  extension) and its first bytes are not plain text; other files (``.csv``, ``.txt``, ``.json``,
+  a ``notes`` or ``README`` without extension ...) are skipped quietly.
 * A multi-frame DICOM gives one result per frame, each named by the file (the scan's ``frame``
   tells them apart); a frame that cannot be decoded is that frame's error, the rest are read.
   A NIfTI volume (``.nii``, ``.nii.gz``; :mod:`hemo.nifti`) gives one result per axial slice the
@@ -132,7 +133,22 @@ def _worth_reading(name: str, head: bytes) -> bool:
     if kind is not None:
         return True
     suffix = PurePosixPath(name).suffix.lower()
-    return suffix == "" or suffix in SCAN_SUFFIXES
+    if suffix == "":
+        # DICOM often has no extension (and sometimes no preamble): read it, unless it is text
+        return not _is_text(head)
+    return suffix in SCAN_SUFFIXES
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether a file's first bytes are plain text (a note, a README without extension).
+
+    Binary formats, DICOM without a preamble included (it starts with a little-endian tag,
+    ``08 00 ...``), hold NUL or other control bytes within their first bytes.
+    """
+    if not head or b"\0" in head:
+        return False
+    text = head.decode("utf-8", errors="ignore")  # a character cut at the end is dropped
+    return all(c.isprintable() or c in "\t\n\r\f" for c in text)
 
 
 def _results(name: str, data: bytes) -> Iterator[ScanResult]:

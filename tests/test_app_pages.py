@@ -315,6 +315,16 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
     at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
     at.button(key="jump_0").click().run()
     assert at.slider(key="series_slice_0").value == top
+    # Another series in the same place opens at its own most suspicious slice, not the old one
+    at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
+    shorter = _dicoms(env)[:-1]
+    at.file_uploader(key="predict_upload").set_value(
+        ("shorter.zip", zip_bytes(shorter, "shorter"), "application/zip")
+    ).run()
+    _ok(at)
+    label = at.button(key="jump_0").label
+    assert at.slider(key="series_slice_0").value == int(label.rsplit("(", 1)[1].rstrip(")"))
+    assert at.slider(key="series_slice_0").max == len(shorter)
 
 
 def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_dir, monkeypatch):

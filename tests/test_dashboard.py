@@ -131,6 +131,28 @@ def test_decode_groups_a_zipped_series_and_reports_bad_files(phantoms):
     assert dashboard.series_name(decoded.series[0]) == "study.zip/study"
 
 
+def test_a_duplicate_slice_breaks_up_only_its_own_series(phantoms):
+    """Two studies uploaded together, one holding the same slice twice (in the zip and again
+    on its own): that series is shown slice by slice with an error naming it, the other stays
+    one series."""
+    index = load_index(phantoms / "index.parquet")
+    uids = index["study_uid"].unique()
+    first = [Path(p) for p in index.loc[index["study_uid"] == uids[0], "path"]]
+    second = [Path(p) for p in index.loc[index["study_uid"] == uids[1], "path"]]
+    files = [
+        ("first.zip", zip_bytes(first, "first")),
+        ("again.dcm", first[0].read_bytes()),
+        ("second.zip", zip_bytes(second, "second")),
+    ]
+    decoded = dashboard.decode(files)
+    assert [dashboard.series_name(s) for s in decoded.series] == ["second.zip/second"]
+    assert len(decoded.series[0].slices) == len(second)
+    assert len(decoded.singles) == len(first) + 1
+    ((name, message),) = decoded.errors
+    assert "two slices at the same position" in message and "shown one by one" in message
+    assert name == f"series of {len(first) + 1} slices"
+
+
 def test_content_key_depends_on_bytes_and_names():
     """The cache key changes with the bytes or the name, not otherwise."""
     a = dashboard.content_key([("a.dcm", b"123")])

@@ -124,8 +124,9 @@ def test_uploads_never_touch_disk(tmp_path, monkeypatch):
 
 
 def test_folder_upload_keeps_what_a_folder_walk_reads():
-    """A browser folder upload: DICOMDIR, hidden, __MACOSX and non-scan files are counted out;
-    extension-less DICOM, images, unreadable .dcm files and *.nii.gz are kept, in order."""
+    """A browser folder upload: DICOMDIR, hidden, __MACOSX and non-scan files (a text note
+    without extension too) are counted out; extension-less DICOM (with or without preamble) and
+    broken files, images, unreadable .dcm files and *.nii.gz are kept, in order."""
     png = cv2.imencode(".png", np.full((32, 32), 99, np.uint8))[1].tobytes()
     files = [
         ("study/DICOMDIR", ct_bytes()),
@@ -134,6 +135,9 @@ def test_folder_upload_keeps_what_a_folder_walk_reads():
         ("study/__MACOSX/IM0001", ct_bytes()),
         ("study/report.pdf", b"%PDF-1.4 " + bytes(200)),
         ("study/notes.txt", b"seen today"),
+        ("study/notes", "Seen by Dr. Ödön today.\n\tNothing to add.\n".encode()),
+        ("study/IMAGES/IM0002", ct_bytes(preamble=False)),  # no preamble, no extension
+        ("study/IMAGES/IM0003", b"\x00" * 10),  # extension-less and broken: read, reported
         ("study/labels.csv.gz", b"\x1f\x8b" + bytes(40)),
         ("study/cut.dcm", b"not really a dicom"),
         ("study/head.png", png),
@@ -142,11 +146,14 @@ def test_folder_upload_keeps_what_a_folder_walk_reads():
     kept, skipped = folder_upload(files)
     assert [name for name, _ in kept] == [
         "study/IMAGES/IM0001",
+        "study/IMAGES/IM0002",
+        "study/IMAGES/IM0003",
         "study/cut.dcm",
         "study/head.png",
         "study/vol.nii.gz",
     ]
-    assert skipped == 6
+    assert skipped == 7
+    assert [r.ok for r in iter_scans(kept[:2])] == [True, True]
 
 
 def test_a_folder_given_as_a_file_names_the_commands_that_take_folders(tmp_path) -> None:

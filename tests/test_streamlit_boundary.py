@@ -76,9 +76,11 @@ def test_navigation_titles_in_order():
 
 
 def test_streamlit_settings_match_hemo():
-    """Dark theme, no usage stats, and the upload limit equal to hemo's MAX_FILE_BYTES."""
+    """Dark theme, no usage stats, the upload limit equal to hemo's MAX_FILE_BYTES, and no
+    module reloading under cached predictors (they would keep the old classes)."""
     settings = tomllib.loads((PROJECT_DIR / ".streamlit" / "config.toml").read_text("utf-8"))
     assert settings["theme"]["base"] == "dark"
+    assert settings["server"]["fileWatcherType"] == "none"
     assert settings["browser"]["gatherUsageStats"] is False
     assert settings["server"]["maxUploadSize"] * MIB == MAX_FILE_BYTES
 
