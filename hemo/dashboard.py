@@ -166,7 +166,8 @@ def open_dataset(path: str | os.PathLike) -> DatasetView:
             "no such file or folder; give a dataset folder or an index.parquet", path
         )
     if path.is_file():
-        return DatasetView(path=path, layout="index", index=load_index(path))
+        layout = "index" if path.suffix.lower() == ".parquet" else detect_layout(path)
+        return DatasetView(path=path, layout=layout, index=load_index(path))
     if (path / INDEX_NAME).is_file():
         layout = detect_layout(path)
         return DatasetView(path=path, layout=layout, index=load_index(path / INDEX_NAME))

@@ -13,6 +13,7 @@ before decoding. The result is float32 (H, W) in [0, 1]:
 from __future__ import annotations
 
 import io
+import os
 import struct
 from dataclasses import dataclass, field
 
@@ -73,6 +74,33 @@ class Image2D:
     def shape(self) -> tuple[int, int]:
         """(H, W) of the image in pixels."""
         return self.pixels.shape  # type: ignore[return-value]
+
+
+#: A whole PNG ends with its IEND chunk (empty, then its CRC).
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+#: A whole JPEG ends with the end-of-image marker.
+JPEG_END = b"\xff\xd9"
+#: Bytes read from a file's end to look for those (writers may pad a little after them).
+TAIL_BYTES = 1024
+
+
+def truncation_reason(path: str | os.PathLike) -> str | None:
+    """Why a PNG or JPEG file is cut short, from its first and last bytes only (no decoding:
+    cheap enough for every image of a large dataset); ``None`` for a whole one or another kind.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(len(PNG_MAGIC))
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - TAIL_BYTES))
+        tail = handle.read()
+    if head.startswith(PNG_MAGIC) and PNG_END not in tail:
+        return "the PNG ends before its IEND chunk: the file is truncated"
+    if head.startswith(JPEG_MAGIC) and JPEG_END not in tail:
+        return "the JPEG has no end-of-image marker: the file is truncated"
+    return None
 
 
 def sniff_kind(head: bytes) -> str | None:

@@ -100,6 +100,16 @@ def test_open_dataset_detects_layout_and_refuses_missing(phantoms, tmp_path):
         dashboard.open_dataset(tmp_path / "nowhere")
 
 
+def test_a_manifest_csv_opened_as_a_file_is_named_a_manifest(phantoms, tmp_path):
+    """A manifest CSV typed as the dataset path shows layout "manifest", not "index"."""
+    index = load_index(phantoms / "index.parquet")
+    csv = tmp_path / "list.csv"
+    index[["path", "label_any"]].head(6).to_csv(csv, index=False)
+    view = dashboard.open_dataset(csv)
+    assert view.layout == "manifest" and len(view.index) == 6
+    assert dashboard.open_dataset(phantoms / "index.parquet").layout == "index"
+
+
 def test_samples_are_a_bleed_a_healthy_slice_and_cq500(phantoms):
     """The three samples give DICOM bytes: positive phantom, negative phantom, 693_UNCR.dcm."""
     index = load_index(phantoms / "index.parquet")

@@ -55,6 +55,70 @@ def test_index_exits_1_and_lists_unreadable_files(
     assert [Path(p["path"]).name for p in unreadable] == ["broken.dcm"]
 
 
+def test_index_leaves_out_cut_short_images_and_fake_pngs(
+    head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated real PNG and a text file named .png in class folders are listed as
+    unreadable, left out of the counts, and make the exit status 1; whole images are kept."""
+    pngs = sorted((head_ct_dir / "head_ct").glob("*.png"))
+    for folder, picks in (("Hemorrhage", pngs[:3]), ("NORMAL", pngs[-3:])):
+        (tmp_path / folder).mkdir()
+        for png in picks:
+            shutil.copy(png, tmp_path / folder)
+    (tmp_path / "Hemorrhage" / "broken.png").write_bytes(pngs[3].read_bytes()[:500])
+    (tmp_path / "NORMAL" / "notes.png").write_text("not an image\n")
+    assert main(["index", str(tmp_path), "--json"]) == EXIT_PARTIAL
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["total"] == 6 and payload["labels"]["label_any"]["positive"] == 3
+    unreadable = {Path(p["path"]).name: p["reason"] for p in payload["problems"]}
+    assert set(unreadable) == {"broken.png", "notes.png"}
+    assert "truncated" in unreadable["broken.png"]
+    assert all(p["kind"] == "unreadable" for p in payload["problems"])
+
+
+def test_index_lists_a_manifest_file_once_and_drops_conflicting_rows(
+    head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file listed twice alike is indexed once (and said so); listed with two labels it is
+    left out, naming what differs; a bad label is quoted as written."""
+    pngs = sorted((head_ct_dir / "head_ct").glob("*.png"))
+    lines = ["path,label_any,patient_id"]
+    lines += [f"{p},{1 if i < 4 else 0},p{i}" for i, p in enumerate(pngs[:8])]
+    lines += [f"{pngs[0]},1,p0", f"{pngs[1]},0,p1", f"{pngs[2]},2,p2"]
+    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
+    assert main(["index", str(tmp_path), "--json", "--seed", "1"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["total"] == 7  # 8 files, 001 left out for its two labels
+    problems = {(p["kind"], Path(p["path"]).name): p["reason"] for p in payload["problems"]}
+    assert problems[("duplicate", pngs[0].name)] == "listed 2 times; indexed once"
+    assert (
+        problems[("bad_label", pngs[1].name)] == "listed 2 times with different label_any; left out"
+    )
+    bad = next(
+        reason for (kind, _), reason in problems.items() if kind == "bad_label" and "must" in reason
+    )
+    assert bad == "label_any must be 0 or 1, got 2"
+
+
+def test_index_warns_when_the_folders_own_index_has_other_splits(
+    phantom_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The folder's index.parquet is what everything reads: a re-split that differs says so."""
+    copy = tmp_path / "data"
+    shutil.copytree(phantom_dir, copy)
+    saved = load_index(copy / "index.parquet")
+    for seed in range(20):
+        caplog.clear()
+        assert main(["index", str(copy), "--seed", str(seed)]) == 0
+        warned = [r.message for r in caplog.records if "its splits differ" in r.message]
+        printed = load_index(copy / "index.parquet")
+        assert printed["split"].tolist() == saved["split"].tolist()  # never rewritten here
+        if warned:
+            assert str(copy / "index.parquet") in warned[0]
+            return
+    raise AssertionError("no seed gave other splits than the saved index")
+
+
 def test_index_unknown_folder_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_index(result.frame, args.out)
         log.info("wrote %s", args.out)
+    _warn_if_the_saved_index_differs(result, args.root, args.out)
     payload = _payload(result)
     if args.json:
         emit_json(payload)
@@ -106,3 +107,34 @@ def run(args: argparse.Namespace) -> int:
         _print_text(payload, args.out)
     failed = [p for p in result.problems if p.kind in FAILED_KINDS]
     return EXIT_PARTIAL if failed else 0
+
+
+def _warn_if_the_saved_index_differs(result, root: Path, out: Path | None) -> None:
+    """Say so when ``root`` holds an ``index.parquet`` (which training, evaluation and the pages
+    read) whose splits differ from the ones just printed and that was not just overwritten."""
+    import pandas as pd
+
+    from hemo.datasets import load_index
+    from hemo.datasets.index import INDEX_FILE
+    from hemo.errors import HemoError
+
+    saved = Path(root) / INDEX_FILE
+    if not saved.is_file() or (out is not None and Path(out).resolve() == saved.resolve()):
+        return
+    try:
+        before = load_index(saved)
+    except (HemoError, OSError) as exc:  # an unreadable old index is the user's to replace
+        log.warning("%s: cannot be read (%s); hemo reads it in place of this folder", saved, exc)
+        return
+    fresh = result.frame[["path", "split"]].astype(str)
+    kept = before[["path", "split"]].astype(str)
+    merged = pd.merge(fresh, kept, on="path", how="outer", suffixes=("", "_saved"))
+    moved = int((merged["split"] != merged["split_saved"]).sum())
+    if moved:
+        log.warning(
+            "%s exists and is what training, evaluation and the pages read; its splits differ "
+            "from the ones printed here for %d image(s) (write this index there with --out %s)",
+            saved,
+            moved,
+            saved,
+        )

@@ -35,6 +35,8 @@ NEGATIVE_NAMES: frozenset[str] = frozenset({"normal", "negative", "0", "no"})
 SUPPORTED_KINDS: frozenset[str] = frozenset({"dicom", "png", "jpeg", "tiff"})
 #: Bytes read to sniff a file's kind (DICOM's "DICM" sits at offset 128).
 SNIFF_BYTES = 132
+#: Suffixes that promise a scan: such a file that is none is unreadable, not merely unsupported.
+SCAN_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def class_of(folder_name: str) -> int | None:
@@ -111,6 +113,14 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
                 dicoms.append((path, label))
             elif kind in SUPPORTED_KINDS:
                 images.append((path, label))
+            elif path.suffix.lower() in SCAN_SUFFIXES:
+                problems.append(
+                    Problem(
+                        UNREADABLE,
+                        str(path),
+                        "named like a scan but not a DICOM, PNG, JPEG or TIFF",
+                    )
+                )
             else:
                 problems.append(Problem(UNSUPPORTED, str(path), "not a DICOM, PNG, JPEG or TIFF"))
     rows = [{"path": str(p.resolve()), "label_any": label} for p, label in images]

@@ -29,11 +29,13 @@ import pandas as pd
 from hemo.config import SUBTYPES
 from hemo.datasets import cq500, folders, kaggle_head_ct, manifest, rsna
 from hemo.datasets.schema import (
+    BAD_LABEL,
     DUPLICATE,
     INDEX_COLUMNS,
     LOOKALIKE,
     MISSING_FILE,
     SPLITS,
+    UNREADABLE,
     AdapterResult,
     Problem,
     normalize_frame,
@@ -153,6 +155,60 @@ def _group_keys(frame: pd.DataFrame) -> pd.Series:
     return keys
 
 
+#: Index columns that must agree between rows listing the same file.
+_AGREEING_COLUMNS = ("label_any", *SUBTYPES, "patient_id", "study_uid", "series_uid", "split")
+#: Suffixes of image rows checked for truncation (:func:`hemo.images.truncation_reason`).
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def screen_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
+    """One row per file, and no cut-short image: what every layout's rows go through.
+
+    A file listed several times (a manifest can) is indexed once when its rows agree and left
+    out when they do not (two labels, two patients, two splits); a PNG or JPEG whose end is
+    missing is left out as unreadable (a full decode would cost seconds per thousand images;
+    a truncated copy is the usual damage).
+
+    Returns:
+        The rows kept (order unchanged) and the problems, each naming the file.
+    """
+    from hemo.images import truncation_reason
+
+    problems: list[Problem] = []
+    columns = [c for c in _AGREEING_COLUMNS if c in frame.columns]
+    counts = frame["path"].value_counts()
+    drop: set[str] = set()
+    for path in counts.index[counts > 1]:
+        rows = frame.loc[frame["path"] == path, columns].astype(object).where(pd.notna, None)
+        n = int(counts[path])
+        if len({tuple(r) for r in rows.itertuples(index=False)}) == 1:
+            problems.append(Problem(DUPLICATE, path, f"listed {n} times; indexed once"))
+        else:
+            differ = [c for c in columns if rows[c].nunique(dropna=False) > 1]
+            problems.append(
+                Problem(
+                    BAD_LABEL,
+                    path,
+                    f"listed {n} times with different {', '.join(differ)}; left out",
+                )
+            )
+            drop.add(path)
+    keep = ~frame["path"].isin(drop) & ~frame["path"].duplicated()
+    for path in frame.loc[keep, "path"]:
+        if Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
+            continue
+        try:
+            reason = truncation_reason(path)
+        except OSError as exc:
+            reason = f"cannot read the file: {exc.strerror or exc}"
+        if reason is not None:
+            problems.append(Problem(UNREADABLE, path, reason))
+            keep &= frame["path"] != path
+    for problem in problems:
+        log.warning("%s: %s: %s", problem.kind, problem.path, problem.reason)
+    return frame[keep], problems
+
+
 def index_dataset(
     root: Path,
     layout: str | None = None,
@@ -183,12 +239,13 @@ def index_dataset(
     if chosen not in _ADAPTERS:
         raise DatasetError(f"unknown layout {chosen!r}: use one of {', '.join(LAYOUTS)}", root)
     result = _ADAPTERS[chosen](root, workers=workers)
+    frame, screened = screen_rows(result.frame)
+    result = AdapterResult(frame, (*result.problems, *screened))
     if result.frame.empty:
         first = f"; first problem: {result.problems[0].reason}" if result.problems else ""
         raise DatasetError(
             f"no image could be indexed as {chosen} ({len(result.problems)} problems{first})", root
         )
-    frame = result.frame
     if frame["split"].isna().any():
         grouped = frame.drop(columns="split").assign(_group=_group_keys(frame))
         split = assign_splits(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hemo.datasets.schema import (
@@ -109,7 +110,7 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
             Problem(
                 BAD_LABEL,
                 f"{csv_path}:{frame.at[i, 'path']}",
-                f"label_any must be 0 or 1, got {raw.at[i, 'label_any']!r}",
+                f"label_any must be 0 or 1, got {_plain(raw.at[i, 'label_any'])!r}",
             )
         )
     for i in frame.index[~exists & ~bad_label]:
@@ -122,3 +123,8 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
     for problem in problems:
         log.warning("%s: %s: %s", problem.kind, problem.path, problem.reason)
     return AdapterResult(normalize_frame(frame), tuple(problems))
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds (``2``, not ``np.int64(2)``), for messages."""
+    return value.item() if isinstance(value, np.generic) else value
