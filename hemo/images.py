@@ -1,8 +1,8 @@
 """Read PNG, JPEG and TIFF images into display grayscale (no Hounsfield units).
 
 The kind is sniffed from the bytes (magic numbers), never from the file name. Images are decoded
-with ``cv2.imdecode(..., IMREAD_UNCHANGED)``; TIFFs OpenCV cannot decode go through ``tifffile``
-(first page only). Declared width and height are checked against ``config.MAX_PIXELS_PER_SLICE``
+with ``cv2.imdecode(..., IMREAD_UNCHANGED)``; TIFFs go through ``tifffile`` (first page only),
+and through OpenCV when their compression needs a codec tifffile does not have (LZW). Declared width and height are checked against ``config.MAX_PIXELS_PER_SLICE``
 before decoding. The result is float32 (H, W) in [0, 1]:
 
 * 8-bit values / 255, 16-bit values / 65535;
@@ -207,8 +207,26 @@ def _decode_tiff(data: bytes, label: str) -> npt.NDArray:
         raise
     except LimitError:
         raise
+    except ValueError as exc:
+        if "imagecodecs" not in str(exc):
+            raise ImageError(f"cannot decode the TIFF (ValueError: {exc})", label) from exc
+        # A compression tifffile leaves to imagecodecs (LZW, as OpenCV and many scanners
+        # write): the structure was read and checked above; OpenCV's libtiff decodes it
+        return _decode_tiff_with_opencv(data, label, exc)
     except Exception as exc:  # tifffile raises many types on corrupt data
         raise ImageError(f"cannot decode the TIFF ({type(exc).__name__}: {exc})", label) from exc
+
+
+def _decode_tiff_with_opencv(data: bytes, label: str, cause: Exception) -> npt.NDArray:
+    import cv2
+
+    try:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise ImageError(f"cannot decode the TIFF ({cause}; OpenCV: {exc.err})", label) from exc
+    if array is None:
+        raise ImageError(f"cannot decode the TIFF ({cause}; OpenCV could not either)", label)
+    return array
 
 
 def _decode(data: bytes, kind: str, label: str) -> npt.NDArray:

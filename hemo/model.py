@@ -833,6 +833,8 @@ def check_model_file(path: str | os.PathLike) -> Path:
             "is a folder, not a model; give the NAME.keras file (its card NAME.json beside it)",
             source=path,
         )
+    if not path.is_file() and not path.suffix and path.with_suffix(".keras").is_file():
+        path = path.with_suffix(".keras")  # models/NAME, as save_model and --export take it
     if not path.is_file():
         raise ModelError("model file not found", source=path)
     with path.open("rb") as fh:
@@ -901,7 +903,8 @@ def load_model(path: str | os.PathLike) -> tuple[keras.Model, ModelCard]:
     """Load a hemo model safely and check its card.
 
     Args:
-        path: ``NAME.keras`` or ``NAME.h5`` (the card ``NAME.json`` must be beside it).
+        path: ``NAME.keras`` or ``NAME.h5`` (the card ``NAME.json`` must be beside it), or
+            ``NAME`` for ``NAME.keras``.
 
     Returns:
         (model, card). The model is uncompiled; treat it as read-only (share it, never mutate).

@@ -452,11 +452,17 @@ class Predictor:
         self._prep_pool = ThreadPoolExecutor(workers, thread_name_prefix="hemo-prep")
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="hemo-model")
         self._closed = threading.Event()
+        # Runs in progress: close() waits for them, so no run loses its pools half-way
+        self._running = 0
+        self._idle = threading.Condition()
 
     # Lifecycle ----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker threads (the predictor cannot be used afterwards)."""
+        """Refuse new runs, wait for those in progress, stop the worker threads (the predictor
+        cannot be used afterwards)."""
         self._closed.set()
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0)
         self._prep_pool.shutdown(wait=True)
         self._model_pool.shutdown(wait=True)
 
@@ -480,8 +486,10 @@ class Predictor:
         return to_model_input(scan, self.spec)
 
     def predict(self, inputs: Input | Iterable[Input]) -> list[Result]:
-        """Predict every input; see :meth:`run` (this returns only the per-image results)."""
-        return list(self.run(inputs, studies=False).results)
+        """Predict every input; see :meth:`run` (this returns only the per-image results, the
+        same as ``run(inputs).results``: a series' slices carry their ``index`` and both rules
+        of ``outside_range``)."""
+        return list(self.run(inputs).results)
 
     def run(self, inputs: Input | Iterable[Input], *, studies: bool = True) -> PredictionBatch:
         """Predict files, folders, zips and ``(name, bytes)`` uploads.
@@ -504,10 +512,21 @@ class Predictor:
         Raises:
             ModelError: The predictor was closed.
         """
-        if self._closed.is_set():
-            from hemo.errors import ModelError
+        with self._idle:
+            if self._closed.is_set():
+                from hemo.errors import ModelError
 
-            raise ModelError("this Predictor was closed; create a new one")
+                raise ModelError("this Predictor was closed; create a new one")
+            self._running += 1
+        try:
+            return self._run(inputs, studies)
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def _run(self, inputs: Input | Iterable[Input], studies: bool) -> PredictionBatch:
+        """:meth:`run`'s work, between the close check and the count of runs in progress."""
         results: list[Result | None] = []
         metas: dict[int, CTSlice] = {}
         anatomies: dict[int, SliceAnatomy] = {}

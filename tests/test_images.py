@@ -94,6 +94,25 @@ def test_tiff_16bit():
     assert im.kind == "tiff" and im.bit_depth == 16 and float(im.pixels.min()) == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_lzw_tiff_reads_without_imagecodecs(dtype):
+    """An LZW-compressed TIFF (OpenCV's default, common from scanners) reads exactly, though
+    tifffile needs the imagecodecs package for it; a corrupt one still names the file."""
+    rng = np.random.default_rng(0)
+    full = np.iinfo(dtype).max
+    pixels = rng.integers(0, full, (SIDE, SIDE), dtype=dtype)
+    ok, buf = cv2.imencode(".tif", pixels)
+    assert ok
+    with tifffile.TiffFile(io.BytesIO(buf.tobytes())) as tif:
+        assert tif.pages[0].compression == 5  # LZW
+    im = read_image(buf.tobytes(), name="scan.tif")
+    assert im.kind == "tiff" and im.bit_depth == 8 * np.dtype(dtype).itemsize
+    np.testing.assert_allclose(im.pixels, pixels / full, atol=1e-6)
+    damaged = buf.tobytes()[:-200]
+    with pytest.raises(ImageError, match="scan.tif"):
+        read_image(damaged, name="scan.tif")
+
+
 def test_jpeg_with_png_name():
     """A JPEG named .png is read as JPEG."""
     ok, buf = cv2.imencode(".jpg", np.full((SIDE, SIDE), 128, dtype=np.uint8))

@@ -130,6 +130,8 @@ def test_zipped_series_gives_an_ordered_study(display_predictor, series_zip):
     assert study.positive == (study.probability >= study.threshold)
     # Member 01 is the most superior slice, so it is last in anatomical order
     assert batch.results[0].index == SERIES_SLICES - 1
+    # predict() gives the same per-image results, series positions included
+    assert display_predictor.predict([("series.zip", data)]) == list(batch.results)
 
 
 def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small, pngs):
@@ -235,6 +237,28 @@ def test_closed_predictor_refuses_work(pngs):
     """A closed predictor raises ModelError instead of hanging."""
     predictor = Predictor(tiny_model_path("display"))
     predictor.close()
+    with pytest.raises(ModelError, match="this Predictor was closed"):
+        predictor.predict([pngs[0]])
+
+
+def test_close_waits_for_a_run_in_progress(pngs, cq500_dir):
+    """close() from another thread while a run is going: the run finishes with every result
+    (its pools are not pulled away), then the predictor refuses work."""
+    import time
+
+    predictor = Predictor(tiny_model_path("display"), batch_size=2, workers=1)
+    files = [*pngs, *sorted(cq500_dir.glob("*.dcm"))[100:124]]
+    out: list = []
+    runner = threading.Thread(target=lambda: out.append(predictor.predict(files)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while predictor._running == 0 and runner.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    predictor.close()
+    runner.join()
+    (results,) = out
+    assert len(results) == len(files) and all(r.error is None for r in results)
     with pytest.raises(ModelError, match="this Predictor was closed"):
         predictor.predict([pngs[0]])
 

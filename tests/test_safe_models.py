@@ -193,6 +193,18 @@ def test_a_folder_as_model_says_it_is_a_folder(tmp_path):
             hm.load_model(folder)
 
 
+def test_a_model_named_without_its_suffix_loads_as_saved():
+    """load_model takes models/NAME as save_model and --export do; a name with nothing behind
+    it is still "not found", naming the path given."""
+    from tiny_models import tiny_model_path
+
+    path = tiny_model_path("display")
+    model, card = hm.load_model(path.with_suffix(""))
+    assert card.name == hm.load_model(path)[1].name and model.count_params() > 0
+    with pytest.raises(ModelError, match="nothing_here: model file not found"):
+        hm.load_model(path.with_name("nothing_here"))
+
+
 def test_shipped_models_load_safely():
     """Every shipped models/*.keras loads through safe_mode with a matching card."""
     shipped = sorted(hm.MODELS_DIR.glob("*.keras")) if hasattr(hm, "MODELS_DIR") else []
