@@ -10,7 +10,7 @@ training augmentation (what a run does; the in-memory side has none, so this inc
 augmentation's cost) and without it (the data path alone). Target: pipeline / in-memory >= 0.9.
 The last line printed is one JSON object.
 
-    .venv/bin/python bench/pipeline.py [--size 128] [--batch 16] [--epochs 3]
+    .venv/bin/python bench/pipeline.py [--size 128] [--batch 16] [--epochs 2]
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def fractions(probs, z_mm, threshold: float, edge_mm: float, in_range=None) -> d
         "all": float(positive.mean()),
         "skull_base": float(positive[low].mean()),
         "vertex": float(positive[high].mean()),
-        "middle": float(positive[middle].mean()) if middle.any() else float("nan"),
+        "middle": float(positive[middle].mean()) if middle.any() else None,  # JSON null
         "study_positive_all": float(positive.any()),
     }
     if in_range is not None:
@@ -156,7 +156,10 @@ def model_fractions(
             on_positive.append(p)
             called += p >= cut
     keys = [key for key in rows[0] if all(key in r for r in rows)]
-    means = {key: float(np.mean([r[key] for r in rows])) for key in keys}
+    means = {
+        key: None if any(r[key] is None for r in rows) else float(np.mean([r[key] for r in rows]))
+        for key in keys
+    }
     if positive is None:
         return means, None
     return means, {"called": int(called), "models": len(on_positive), "p_any": on_positive}
@@ -259,11 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         bleed = f"{known[name]['called']}/{known[name]['models']}" if known[name] else "-"
         log.info(
-            "%-40s %6.3f %10.3f %7.3f %7.3f %8s %8s %9s %9s",
+            "%-40s %6.3f %10.3f %7s %7.3f %8s %8s %9s %9s",
             name,
             r["all"],
             r["skull_base"],
-            r["middle"],
+            _cell(r["middle"]),
             r["vertex"],
             bleed,
             _cell(r.get("in_range")),
@@ -282,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             name: (r["all"] / first if first > 0 else None) for name, r in results.items()
         },
     }
-    print(json.dumps(summary))
+    print(json.dumps(summary, allow_nan=False))
     return 0
 
 
