@@ -32,4 +32,5 @@ navigation = st.navigation(
     ]
 )
 ui.sidebar()
+ui.notice()
 navigation.run()

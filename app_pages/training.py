@@ -56,6 +56,7 @@ def _stop(name: str) -> None:
 all_runs = runs.list_runs(root)
 if error := st.session_state.pop("training_error", None):
     st.error(error)
+sidebar_view = ui.active_dataset()  # a bad sidebar path is named here, as on the other pages
 
 with st.expander("Start a new run", expanded=not all_runs):
     with st.form("new_run"):
@@ -67,7 +68,7 @@ with st.expander("Start a new run", expanded=not all_runs):
             ["none", "imagenet", *[str(m.path) for m in dashboard.list_models()]],
             help="none: random; imagenet: Keras download (needs network); a model: its weights.",
         )
-        view = ui.active_dataset() if data == ui.dataset_path() else None
+        view = sidebar_view if data == ui.dataset_path() else None
         mode = dashboard.default_input_mode(view.layout) if view is not None else "hu"
         modes = list(dashboard.INPUT_MODES)
         input_label = c3.selectbox(
@@ -90,6 +91,7 @@ with st.expander("Start a new run", expanded=not all_runs):
                 dashboard.INPUT_MODES[input_label],
             )
             try:
+                ui.open_dataset(data, ui.mtime_of(data))  # refused here, not by a failed run
                 started = runs.launch_run(config, name.strip(), root)
             except HemoError as exc:
                 st.error(str(exc))

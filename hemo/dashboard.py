@@ -274,9 +274,25 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         "input": f"{what}, {spec.get('size', '?')} px",
         "input_mode": spec.get("mode", "display"),
         "metrics": {k: block[k] for k in CARD_METRICS if isinstance(block.get(k), int | float)},
-        "measured_on": str(metrics.get("measured_on", "")),
+        "measured_on": measured_text(metrics.get("measured_on", "")),
         "referral": referral_summary(card),
     }
+
+
+def measured_text(value: Any) -> str:
+    """A card's ``measured_on`` as a line of text: as written, or a table of facts spelled out
+    (``split all; data hemo demo-data ...; demo data: n studies 48, seed 2``)."""
+    if not isinstance(value, Mapping):
+        return "" if value is None else str(value)
+    parts = []
+    for key, item in value.items():
+        label = str(key).replace("_", " ")
+        if isinstance(item, Mapping):
+            inner = ", ".join(f"{str(k).replace('_', ' ')} {v}" for k, v in item.items())
+            parts.append(f"{label}: {inner}")
+        else:
+            parts.append(f"{label} {item}")
+    return "; ".join(parts)
 
 
 def referral_summary(card: Mapping[str, Any]) -> str | None:

@@ -254,11 +254,16 @@ def mtime_of(path: str | Path) -> float:
 
 # Sidebar ----------------------------------------------------------------------------------------
 def sidebar() -> None:
-    """Draw the dataset and model pickers and the notice (once per run, from the entrypoint)."""
+    """Draw the dataset and model pickers (once per run, from the entrypoint)."""
     with st.sidebar:
         _dataset_picker()
         _model_picker()
-        st.info(NOTICE, icon=":material/warning:")
+
+
+def notice() -> None:
+    """The research-tool notice at the top of every page's body: the sidebar is closed on a
+    phone and can be closed anywhere, the notice must stay in sight beside every verdict."""
+    st.caption(f":material/warning: **{NOTICE}**")
 
 
 def _dataset_picker() -> None:

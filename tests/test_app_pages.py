@@ -100,12 +100,15 @@ def test_entrypoint_navigation_sidebar_and_notice(env):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT_S).run()
     _ok(at)
     assert at.sidebar.selectbox(key="hemo_model_choice").options == [HU_MODEL, DISPLAY_MODEL]
-    assert "Research tool, not a medical device" in at.sidebar.info[0].value
+    # In the page body, not only the sidebar (closed on a phone): on every page
+    assert "Research tool, not a medical device" in at.main.caption[0].value
+    assert not any("Research tool" in i.value for i in at.sidebar.info)
     assert at.title[0].value.startswith("hemo")
     at.switch_page("app_pages/predict.py").run()
     at.run()  # a rerun on another page still runs the entrypoint (no v1 pages/ mode)
     assert at.sidebar.selectbox(key="hemo_model_choice").value == HU_MODEL
     assert at.title[0].value == "Predict"
+    assert "Research tool, not a medical device" in at.main.caption[0].value
 
 
 def test_home_shows_model_and_dataset_numbers(env):
@@ -551,6 +554,24 @@ def test_training_form_launches_a_run(env, monkeypatch):
     assert launched["config"]["epochs"] == 2
     assert launched["config"]["data"] == str(env["data"])
     assert at.selectbox(key="training_selected").value == "formrun"
+
+
+def test_training_refuses_a_dataset_path_that_does_not_exist(env, tmp_path, monkeypatch):
+    """A bad sidebar dataset is named at the top of Training (as on the other pages), and a
+    form naming a missing dataset launches nothing."""
+    launched = []
+    monkeypatch.setattr(runs, "launch_run", lambda *args, **kwargs: launched.append(args))
+    missing = tmp_path / "nowhere"
+    at = _with_dataset(missing, "app_pages/training.py")
+    _ok(at)
+    assert any("nowhere: no such file or folder" in e.value for e in at.error)
+    next(t for t in at.text_input if t.label == "Dataset (folder or index)").set_value(
+        str(missing / "deeper")
+    )
+    at.form_submit_button[0].click().run()
+    _ok(at)
+    assert launched == []
+    assert any("deeper: no such file or folder" in e.value for e in at.error)
 
 
 def test_eda_and_windowing_on_the_cq500_layout(env, shared_data):

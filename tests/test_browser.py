@@ -151,6 +151,23 @@ def test_every_page_renders_without_exception(server, page):
     assert page.locator(EXCEPTION).count() == 0
 
 
+def test_the_notice_stays_in_sight_on_a_phone(server, browser):
+    """On a phone-sized window Streamlit closes the sidebar: the research-tool notice is in the
+    page body, visible beside the verdicts."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        _visit(page, f"{server}/predict", "Try a sample")
+        notice = page.get_by_text("Research tool, not a medical device")
+        assert notice.count() == 1 and notice.is_visible()
+        sidebar = page.locator('[data-testid="stSidebar"]').bounding_box()
+        assert sidebar["x"] + sidebar["width"] <= 0, "the sidebar is closed on a phone"
+        box = notice.bounding_box()
+        assert 0 <= box["x"] and box["x"] + box["width"] <= 390 and box["y"] < 844
+    finally:
+        context.close()
+
+
 def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500_dir, tmp_path):
     """The real CQ500 series zipped and dropped on Predict with the shipped real-scan model: a
     study verdict flagged uncertain (in the referral band), the caption counting the slices

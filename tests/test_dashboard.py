@@ -57,6 +57,17 @@ def test_list_models_puts_the_preferred_first_and_adds_finished_runs(models, tmp
     (models / "orphan.keras").unlink()
 
 
+def test_measured_on_reads_as_text_for_the_shipped_phantom_card():
+    """A card whose measured_on is a table (phantom_rsna3) is spelled out, not a Python dict."""
+    from hemo.config import MODELS_DIR
+
+    text = dashboard.card_summary(MODELS_DIR / "phantom_rsna3.keras")["measured_on"]
+    assert "{" not in text and "'" not in text
+    assert text.startswith("demo data: n studies 48, seed 2, slices per study 6, size 512; ")
+    assert "split all" in text and "command hemo evaluate --model models/phantom_rsna3" in text
+    assert dashboard.measured_text("140 Kaggle images") == "140 Kaggle images"
+
+
 def test_card_summary_reads_the_json_without_keras(models):
     """The card summary gives name, input, threshold and test metrics."""
     card = dashboard.card_summary(models / f"{HU_MODEL}.keras")
