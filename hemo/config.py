@@ -86,3 +86,6 @@ PATIENT_KEY_SECRET_FILE = Path(
 
 # Randomness -------------------------------------------------------------------------------------
 DEFAULT_SEED = 0
+
+#: How an operating threshold is chosen on validation data (``hemo.evaluate.select_threshold``).
+THRESHOLD_METHODS: tuple[str, ...] = ("youden", "sensitivity")

@@ -341,6 +341,27 @@ def final_index(index_df: pd.DataFrame) -> pd.DataFrame:
 
 
 # Training ---------------------------------------------------------------------------------------
+def _train_to_the_end(run_config: Mapping[str, Any]) -> Path:
+    """Train one run of the cross-validation; a run stopped by a signal stops it too.
+
+    Raises:
+        KeyboardInterrupt: The run was stopped (SIGINT/SIGTERM): the command ends as
+            interrupted (exit 130), and running it again resumes that run.
+    """
+    from hemo.train import train
+
+    path = train(run_config)
+    status = runs.read_json(path / runs.STATUS_FILE) or {}
+    if status.get("state") == runs.STOPPED:
+        log.warning(
+            "run %s: %s; run the same command again to resume it",
+            run_config["name"],
+            status.get("message") or "stopped",
+        )
+        raise KeyboardInterrupt
+    return path
+
+
 def fold_config(config: Mapping[str, Any], name: str, data: Path) -> dict[str, Any]:
     """A copy of ``config`` for one training: its name, data, last-epoch weights, no early stop,
     and no export (a config's ``export`` key would have every fold overwrite that model;
@@ -403,7 +424,7 @@ def crossval(
     from hemo.datasets import load_index, save_index
     from hemo.evaluate import predict_index
     from hemo.model import load_model
-    from hemo.train import resolve_path, train
+    from hemo.train import resolve_path
 
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
@@ -434,7 +455,7 @@ def crossval(
             run_name,
             " (finished before: reused)" if path else "",
         )
-        path = path or train(run_config)
+        path = path or _train_to_the_end(run_config)
         model, card = load_model(path / runs.MODEL_FILE)
         rows, probs, failed = predict_index(model, card, load_index(fold_file), SPLIT_HELD_OUT)
         if failed:
@@ -776,7 +797,7 @@ def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str
     """Train (or reuse) run ``<name>-final`` on every image; (model, card, data summary)."""
     from hemo.datasets import load_index, save_index
     from hemo.model import load_model
-    from hemo.train import resolve_path, train, training_slice_range
+    from hemo.train import resolve_path, training_slice_range
 
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
@@ -787,7 +808,7 @@ def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str
     all_rows = final_index(index_df)
     path = finished_run(run_config, final_file, all_rows)
     save_index(all_rows, final_file)
-    path = path or train(run_config)
+    path = path or _train_to_the_end(run_config)
     model, card = load_model(path / runs.MODEL_FILE)
     # Measured again here: a reused run may predate the slice range
     card = dataclasses.replace(card, slice_range=training_slice_range(run_config, index_df))

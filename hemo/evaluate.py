@@ -82,7 +82,7 @@ DEFAULT_TOP_K = 3
 LOG_LOSS_EPS = 1e-7
 #: Default sensitivity target of ``method="sensitivity"`` threshold selection.
 DEFAULT_TARGET_SENSITIVITY = 0.95
-THRESHOLD_METHODS = ("youden", "sensitivity")
+THRESHOLD_METHODS = config.THRESHOLD_METHODS
 #: The split thresholds are tuned on; nothing else is accepted.
 THRESHOLD_SPLIT = "val"
 #: Index column holding the ``any`` label (the other labels are columns of their own name).

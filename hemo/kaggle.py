@@ -25,6 +25,7 @@ indexes again without downloading again (``force`` downloads anew).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import stat
@@ -164,6 +165,29 @@ def find_credentials(
     return None
 
 
+def check_kaggle_json(path: Path) -> None:
+    """Refuse a kaggle.json that cannot work before the kaggle package reads it (it prints a
+    long banner and blames the credentials instead).
+
+    Raises:
+        KaggleError: Naming the file: unreadable, not JSON, or without ``username`` and ``key``.
+    """
+    fix = f'it should hold {{"username": "...", "key": "..."}} as downloaded from {TOKEN_URL}'
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KaggleError(f"cannot read it ({exc.strerror or exc})", path) from exc
+    except ValueError as exc:
+        raise KaggleError(f"not valid JSON ({exc}); {fix}", path) from exc
+    missing = [
+        key
+        for key in ("username", "key")
+        if not isinstance(data, dict) or not isinstance(data.get(key), str) or not data[key]
+    ]
+    if missing:
+        raise KaggleError(f"no {' or '.join(missing)} in it; {fix}", path)
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send what the kaggle package prints to stderr (stdout is reserved for --json)."""
@@ -181,6 +205,8 @@ def make_api() -> Any:
     source = find_credentials()
     if source is None:
         raise KaggleError(credential_help())
+    if source.endswith("kaggle.json"):
+        check_kaggle_json(Path(source))
     log.debug("Kaggle credentials from %s", source)
     with _stdout_to_stderr():
         try:
@@ -243,9 +269,9 @@ def _translate(exc: BaseException, source: KaggleSource | None) -> KaggleError:
     if isinstance(exc, ImportError):
         return KaggleError(f"the kaggle package cannot be imported ({exc}): pip install kaggle")
     if _is_network_error(exc):
+        doing = f"to download {what}" if source else "to sign in"
         return KaggleError(
-            f"cannot reach kaggle.com to download {what}: no network connection? "
-            f"({type(exc).__name__}: {exc})"
+            f"cannot reach kaggle.com {doing}: no network connection? ({type(exc).__name__}: {exc})"
         )
     if isinstance(exc, OSError):
         return KaggleError(f"cannot write the download of {what}: {exc}")
@@ -328,21 +354,36 @@ def download(
     marker = dest / DONE_MARKER
     downloaded = force or not marker.is_file()
     if downloaded:
-        api = api_factory()
-        dest.mkdir(parents=True, exist_ok=True)
-        log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
-        with _stdout_to_stderr():
-            try:
-                if source.kind == "competition":
-                    api.competition_download_files(
-                        source.ref, path=str(dest), force=force, quiet=False
-                    )
-                else:
-                    api.dataset_download_files(source.ref, path=str(dest), force=force, quiet=False)
-            except KaggleError:
-                raise
-            except Exception as exc:
-                raise _translate(exc, source) from exc
+        # Folders made here are removed again if the download fails while they are empty
+        made = [p for p in (dest, *dest.parents) if not p.exists()]
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KaggleError(
+                f"cannot create the download folder {dest}: {exc.strerror or exc}", out
+            ) from exc
+        try:
+            api = api_factory()
+            log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
+            with _stdout_to_stderr():
+                try:
+                    if source.kind == "competition":
+                        api.competition_download_files(
+                            source.ref, path=str(dest), force=force, quiet=False
+                        )
+                    else:
+                        api.dataset_download_files(
+                            source.ref, path=str(dest), force=force, quiet=False
+                        )
+                except KaggleError:
+                    raise
+                except Exception as exc:
+                    raise _translate(exc, source) from exc
+        except KaggleError:
+            for folder in made:  # innermost first; a folder with anything in it stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
         archives = sorted(dest.glob("*.zip"))
         for archive in archives:
             log.info("unpacking %s", archive)

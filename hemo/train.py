@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hemo import runs
-from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS, portable_path
+from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS, THRESHOLD_METHODS, portable_path
 from hemo.errors import ConfigError, DatasetError, HemoError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -252,13 +252,12 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
     """Set ``config[a][b] = value`` for ``"a.b"``, refusing keys DEFAULTS does not have."""
     parts = dotted.split(".")
     node: Any = config
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         if not isinstance(node.get(part), dict):
-            raise ConfigError(f"unknown {source} key {dotted!r}")
+            raise ConfigError(_unknown_key(dotted, source, parts[:depth]))
         node = node[part]
     if parts[-1] not in node:
-        known = sorted(k for k in DEFAULTS if not isinstance(DEFAULTS[k], dict))
-        raise ConfigError(f"unknown {source} key {dotted!r}; known keys: {', '.join(known)}")
+        raise ConfigError(_unknown_key(dotted, source, parts[:-1]))
     default = node[parts[-1]]
     if isinstance(default, dict):
         raise ConfigError(f"{dotted} is a table: set its keys ({dotted}.KEY), got {value!r}")
@@ -279,6 +278,19 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
 
 #: Text keys that also take true or false.
 TEXT_OR_BOOL_KEYS = frozenset({"cache"})
+
+
+def _unknown_key(dotted: str, source: str, table: Sequence[str]) -> str:
+    """The message for a key DEFAULTS lacks: the keys of the table it was looked up in (dotted
+    table names included), so a typo in ``[thresold]`` or ``input.crop_hed`` shows its fix."""
+    node: Any = DEFAULTS
+    for part in table:
+        node = node[part]
+    prefix = "".join(f"{part}." for part in table)
+    known = sorted(
+        f"{prefix}{key}" + (".*" if isinstance(value, dict) else "") for key, value in node.items()
+    )
+    return f"unknown {source} key {dotted!r}; known keys: {', '.join(known)}"
 
 
 def _is_number(value: Any) -> bool:
@@ -318,6 +330,11 @@ def _validate(config: dict[str, Any]) -> None:
     for key in ("dropout", "label_smoothing"):
         if not 0 <= config[key] < 1:
             raise ConfigError(f"{key} must be a number in [0, 1), got {config[key]!r}")
+    if config["threshold"]["method"] not in THRESHOLD_METHODS:
+        raise ConfigError(
+            f"threshold.method must be one of {', '.join(THRESHOLD_METHODS)}, got "
+            f"{config['threshold']['method']!r}"
+        )
     sensitivity = config["threshold"]["target_sensitivity"]
     if not 0 < sensitivity <= 1:
         raise ConfigError(

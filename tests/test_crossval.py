@@ -397,3 +397,34 @@ def test_crossval_cli_bad_option_fails_before_any_fold(
     errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]
     assert len(errors) == 1 and errors[0].startswith(message) and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_fold_run_stopped_by_a_signal_ends_the_crossval_as_interrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ctrl-C stops the fold's training cleanly; the cross-validation then ends as interrupted
+    (exit 130) saying a rerun resumes, instead of looking for the model the run never wrote."""
+    import hemo.train
+    from hemo.crossval import _train_to_the_end
+
+    def stopped_train(config):
+        path = tmp_path / config["name"]
+        path.mkdir()
+        runs.write_status(path, state=runs.STOPPED, message="stopped by SIGINT during train")
+        return path
+
+    monkeypatch.setattr(hemo.train, "train", stopped_train)
+    with pytest.raises(KeyboardInterrupt):
+        _train_to_the_end({"name": "cv-cv1"})
+    assert "run cv-cv1: stopped by SIGINT during train; run the same command again" in caplog.text
+
+
+def test_threshold_method_and_misspelt_keys_are_refused_before_any_fold() -> None:
+    """A bad threshold method is refused with the choices; a misspelt key lists the keys of its
+    own table (``input.crop_head`` for ``input.crop_hed``), tables named with ``.*``."""
+    with pytest.raises(ConfigError, match="threshold.method must be one of youden, sensitivity"):
+        resolve_config({"data": "x", "threshold": {"method": "f1"}})
+    with pytest.raises(ConfigError, match=r"'input.crop_hed'; known keys: .*input\.crop_head"):
+        resolve_config({"data": "x", "input": {"crop_hed": True}})
+    with pytest.raises(ConfigError, match=r"'thresold'; known keys: .*augment\.\*.*threshold\.\*"):
+        resolve_config({"data": "x", "thresold": {"method": "youden"}})

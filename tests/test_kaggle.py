@@ -193,3 +193,72 @@ def test_unknown_source_is_refused() -> None:
     """An unknown source name lists the known ones."""
     with pytest.raises(KaggleError, match="unknown source 'cq500': use one of head-ct, rsna"):
         download("cq500")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        ('{"username": "x"}', "no key in it"),
+        ("[]", "no username or key in it"),
+    ],
+)
+def test_malformed_kaggle_json_is_named_before_kaggle_reads_it(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch, text: str, reason: str
+) -> None:
+    """A kaggle.json that cannot work is refused naming the file and what it should hold; the
+    kaggle package (and its banner) is never reached."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    from hemo.kaggle import make_api
+
+    path = no_credentials / ".kaggle" / "kaggle.json"
+    path.parent.mkdir()
+    path.write_text(text)
+    path.chmod(0o600)
+
+    def never(self: KaggleApi) -> None:
+        raise AssertionError("the kaggle package must not be asked")
+
+    monkeypatch.setattr(KaggleApi, "authenticate", never)
+    with pytest.raises(KaggleError, match=rf"^{path}: {reason}.*\{{\"username\""):
+        make_api()
+
+
+def test_an_unwritable_out_is_one_line_and_a_failed_download_leaves_no_folders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out under a file: exit 2, one line naming it, no traceback. A download that fails
+    (no network) removes the empty folders it made, and keeps a folder that was there."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["download", "head-ct", "--out", str(blocker / "raw")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.strip().startswith(f"hemo: error: {blocker / 'raw'}: cannot create the download")
+    assert "Traceback" not in err
+    offline = FakeApi(error=requests.exceptions.ConnectionError("Failed to resolve"))
+    with pytest.raises(KaggleError, match="cannot reach kaggle.com to download"):
+        download("head-ct", out=tmp_path / "new" / "raw", api_factory=lambda: offline)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(KaggleError):
+        download("head-ct", out=tmp_path / "kept", api_factory=lambda: offline)
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_no_network_while_signing_in_says_so(no_credentials: Path, monkeypatch) -> None:
+    """A connection error during authentication says kaggle.com could not be reached to sign in."""
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    from hemo.kaggle import make_api
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+
+    def offline(self: KaggleApi) -> None:
+        raise requests.exceptions.ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(KaggleApi, "authenticate", offline)
+    with pytest.raises(KaggleError, match="cannot reach kaggle.com to sign in: no network"):
+        make_api()
