@@ -78,9 +78,7 @@ class Image2D:
 
 #: A whole PNG ends with its IEND chunk (empty, then its CRC).
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-#: A whole JPEG ends with the end-of-image marker.
-JPEG_END = b"\xff\xd9"
-#: Bytes read from a file's end to look for those (writers may pad a little after them).
+#: Bytes read from a file's end to look for its IEND chunk (writers may add a little after it).
 TAIL_BYTES = 1024
 
 
@@ -98,7 +96,7 @@ def truncation_reason(path: str | os.PathLike) -> str | None:
         tail = handle.read()
     if head.startswith(PNG_MAGIC) and PNG_END not in tail:
         return "the PNG ends before its IEND chunk: the file is truncated"
-    if head.startswith(JPEG_MAGIC) and JPEG_END not in tail:
+    if head.startswith(JPEG_MAGIC) and not tail.rstrip(b"\x00").endswith(JPEG_EOI):
         return "the JPEG has no end-of-image marker: the file is truncated"
     return None
 

@@ -119,11 +119,6 @@ class ProgressMemo:
                 self._entries.popitem(last=False)
         return value
 
-    def clear(self) -> None:
-        """Forget every result."""
-        with self._lock:
-            self._entries.clear()
-
 
 _samples = ProgressMemo(MAX_SAMPLES, CACHE_TTL_S)
 

@@ -173,3 +173,24 @@ def test_caller_bytes_untouched():
     before = bytes(data)
     read_image(data)
     assert bytes(data) == before and config.MIN_IMAGE_SIDE == 16
+
+
+def test_truncation_reason_reads_only_the_ends(tmp_path):
+    """A cut-short PNG or JPEG is named from its first and last bytes; whole ones, a JPEG padded
+    with zeros (as the reader accepts) and other files are not."""
+    from hemo.images import truncation_reason
+
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    for suffix in (".png", ".jpg"):
+        data = cv2.imencode(suffix, pixels)[1].tobytes()
+        whole, cut = tmp_path / f"whole{suffix}", tmp_path / f"cut{suffix}"
+        whole.write_bytes(data)
+        cut.write_bytes(data[: len(data) // 2])
+        assert truncation_reason(whole) is None
+        assert "truncated" in truncation_reason(cut)
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(cv2.imencode(".jpg", pixels)[1].tobytes() + b"\x00" * 16)
+    assert truncation_reason(padded) is None and read_image(padded.read_bytes()).kind == "jpeg"
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    assert truncation_reason(other) is None
