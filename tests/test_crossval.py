@@ -360,13 +360,18 @@ def test_crossval_ensemble_cli_reports_and_exports_the_merged_model(
     assert "member seed 0: accuracy" in text and "ensemble of 2 (mean logit)" in text
 
 
-def test_crossval_cli_refuses_bad_seeds(tiny_data: Path, tmp_path: Path) -> None:
-    """Seeds that are not integers stop argparse with its usage error (exit status 2)."""
+@pytest.mark.parametrize("seeds", ["a,b", "0,,1", "0,1,", "", "0,-1"])
+def test_crossval_cli_refuses_bad_seeds(
+    seeds: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seeds that are not integers, an empty item (a typo is not read as fewer seeds) or a
+    negative seed stop argparse with its usage error (exit status 2) naming the text."""
     from hemo.cli import main
 
     with pytest.raises(SystemExit) as stop:
-        main(["crossval", "--config", str(tmp_path / "x.toml"), "--seeds", "a,b"])
+        main(["crossval", "--config", str(tmp_path / "x.toml"), "--seeds", seeds])
     assert stop.value.code == 2
+    assert "--seeds: seeds must be" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -78,13 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> (0, 1, 2) (argparse type)."""
+    """``"0,1,2"`` -> (0, 1, 2) (argparse type); an empty item (``0,,1``, ``0,1,``) or a
+    negative seed is refused, not dropped."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        seeds = tuple(int(part) for part in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(
             f"seeds must be integers like 0,1,2, got {text!r}"
         ) from exc
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be 0 or more, got {text!r}")
+    return seeds
 
 
 def run(args: argparse.Namespace) -> int:
