@@ -133,8 +133,9 @@ if run.state == runs.RUNNING:
 
     _live()
 else:
-    if run.status.get("message"):
-        st.caption(f"{run.state}: {run.status['message']}")
+    caption = dashboard.status_caption(run)
+    if caption is not None:
+        st.caption(caption)
     _curves(run)
 
 report = dashboard.run_report(run.report)

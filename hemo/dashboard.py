@@ -984,8 +984,8 @@ def runs_table(runs: Sequence[Any]) -> pd.DataFrame:
 
 
 def run_progress(run: Any) -> tuple[float, str]:
-    """Fraction done and a line of text (epoch, step, ETA) from a run's status."""
-    from hemo.runs import FINISHED
+    """Fraction done and a line of text (epoch, step, ETA while running) from a run's status."""
+    from hemo.runs import FINISHED, RUNNING
 
     status = run.status or {}
     epochs = status.get("epochs") or 0
@@ -996,10 +996,21 @@ def run_progress(run: Any) -> tuple[float, str]:
     fraction = min(max(done / epochs, 0.0), 1.0) if epochs else 0.0
     if run.state == FINISHED:
         fraction = 1.0  # early stopping ends a run before its last epoch
-    eta = status.get("eta_s")
+    eta = status.get("eta_s") if run.state == RUNNING else None  # a finished run has no ETA
     eta_text = f" · ETA {int(eta) // 60} min {int(eta) % 60:02d} s" if eta is not None else ""
     phase = f" · {status['phase']}" if status.get("phase") else ""
     return fraction, f"epoch {epoch}/{epochs or '?'} · step {step}/{steps or '?'}{phase}{eta_text}"
+
+
+def status_caption(run: Any) -> str | None:
+    """A run's state and its status message as one line, the state said once (a finished
+    run's message starts ``finished``, a stopped one's ``stopped by``); ``None`` without one."""
+    message = str((run.status or {}).get("message") or "").strip()
+    if not message:
+        return None
+    if message.split()[0].rstrip(":") == run.state:  # "finished: ...", "stopped by SIGTERM"
+        return message
+    return f"{run.state}: {message}"
 
 
 def history_curves(history: pd.DataFrame) -> pd.DataFrame:

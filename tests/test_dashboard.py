@@ -326,6 +326,30 @@ def test_run_progress_counts_the_epoch_under_way_as_unfinished():
     assert progress("stopped", epoch=16, epochs=20, step=6, steps=6) == pytest.approx(0.8)
 
 
+def test_status_caption_says_the_state_once():
+    """The page's line under a finished, stopped or failed run: its message, prefixed by the
+    state only when the message does not start with it; a finished run's progress has no ETA."""
+    from types import SimpleNamespace
+
+    def caption(state: str, message: str | None) -> str | None:
+        return dashboard.status_caption(SimpleNamespace(state=state, status={"message": message}))
+
+    note = "finished: early stopping after epoch 21 of 60 (val_auc had not improved)"
+    assert caption("finished", note) == note
+    assert caption("finished", "finished") == "finished"
+    assert caption("stopped", "stopped by SIGTERM during train") == (
+        "stopped by SIGTERM during train"
+    )
+    assert caption("stopped", "killed") == "stopped: killed"
+    assert caption("failed", "MemoryError: out of memory") == "failed: MemoryError: out of memory"
+    assert caption("failed", None) is None and caption("failed", "  ") is None
+    status = {"epoch": 21, "epochs": 60, "step": 7, "steps": 7, "eta_s": 0.0}
+    assert "ETA" not in dashboard.run_progress(SimpleNamespace(state="finished", status=status))[1]
+    assert "ETA 0 min 00 s" in (
+        dashboard.run_progress(SimpleNamespace(state="running", status=status))[1]
+    )
+
+
 def test_training_config_uses_init_for_a_model_file():
     """A model picked as initial weights goes to `init`; none/imagenet go to `weights`."""
     config = dashboard.training_config("/d", "compact", "/m/x.keras", 2, 64, 1e-3, "hu")
