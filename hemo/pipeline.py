@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,8 +73,13 @@ GEOMETRIC_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomRotation, keras.
 #: Inputs live in [0, 1]; augmented values are kept there.
 VALUE_RANGE = (0.0, 1.0)
 SHUFFLE_BUFFER = 4096
-#: Sets up to this many images are cached in memory by default.
-CACHE_MAX_IMAGES = 20_000
+#: ``cache`` left to hemo (``None``, config ``"auto"``) keeps a set's preprocessed tensors in
+#: memory when they take at most this share of the machine's physical memory ...
+CACHE_AUTO_MEMORY_SHARE = 0.25
+#: ... or at most this many bytes where physical memory cannot be read.
+CACHE_AUTO_MAX_BYTES = 4 * 2**30
+#: ``cache = true`` is refused when the tensors would take more than this share of it.
+CACHE_MAX_MEMORY_SHARE = 0.8
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -503,6 +509,58 @@ def val_preprocessing(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]
     return tf.cast(x, tf.float32), tf.cast(y, tf.float32)
 
 
+def cache_bytes(n_images: int, spec: InputSpec) -> int:
+    """Memory the preprocessed float32 tensors of ``n_images`` take in a tf.data cache."""
+    height, width, channels = spec.input_shape
+    return int(n_images) * height * width * channels * 4
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory, or ``None`` where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _size_text(n_bytes: float) -> str:
+    """``1.5 GiB``, ``12.0 MiB``: memory sizes for messages."""
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def decide_cache(n_images: int, spec: InputSpec, cache: bool | None) -> bool:
+    """Whether to keep ``n_images`` preprocessed tensors in memory.
+
+    Args:
+        n_images: Images that would be cached (e.g. a run's training plus validation rows).
+        spec: Their input specification (size and channels set the bytes per image).
+        cache: ``None`` (auto): cache when they fit in :data:`CACHE_AUTO_MEMORY_SHARE` of
+            physical memory (:data:`CACHE_AUTO_MAX_BYTES` where it is unknown). ``True``:
+            cache, unless they would not fit. ``False``: never.
+
+    Raises:
+        ConfigError: ``cache=True`` for tensors over :data:`CACHE_MAX_MEMORY_SHARE` of physical
+            memory (the first epoch would fill it and the run die hours in).
+    """
+    need, total = cache_bytes(n_images, spec), physical_memory_bytes()
+    if cache is None:
+        limit = CACHE_AUTO_MAX_BYTES if total is None else CACHE_AUTO_MEMORY_SHARE * total
+        if need > limit:
+            log.info(
+                "not caching: %d preprocessed images would take %s of memory",
+                n_images,
+                _size_text(need),
+            )
+        return need <= limit
+    if cache and total is not None and need > CACHE_MAX_MEMORY_SHARE * total:
+        raise ConfigError(
+            f"cache = true would keep {n_images} preprocessed images ({_size_text(need)}) "
+            f"in memory, and this machine has {_size_text(total)}: set cache = false "
+            "(each epoch reads the files again) or auto"
+        )
+    return bool(cache)
+
+
 def make_dataset(
     df: pd.DataFrame,
     spec: InputSpec,
@@ -527,8 +585,8 @@ def make_dataset(
             emit ``(x, y)`` in index order.
         augment: Augmentation settings (training only); None or strength 0 for none.
         seed: Shuffle seed.
-        cache: Keep the preprocessed tensors in memory; default: when the set has at most
-            :data:`CACHE_MAX_IMAGES` rows.
+        cache: Keep the preprocessed tensors in memory; default (``None``): when they fit,
+            see :func:`decide_cache` (which a caller caching several sets should ask first).
         weights: Class weights on ``label_any`` turned into per-sample weights (training).
         row_weights: Optional (N,) factors multiplied into each row's sample weight (training;
             e.g. :func:`hemo.lookalike.group_weights`).
@@ -560,7 +618,7 @@ def make_dataset(
     paths = df["path"].astype(str).to_numpy()
     y = label_matrix(df, labels)
     size, channels = spec.size, spec.input_shape[-1]
-    cache = len(df) <= CACHE_MAX_IMAGES if cache is None else cache
+    cache = decide_cache(len(df), spec, None) if cache is None else cache
     # Sample weights from class weights on "any"
     w = np.ones(len(df), dtype=np.float32)
     if weights is not None:

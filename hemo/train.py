@@ -734,7 +734,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
 
     from hemo.datasets import load_index
     from hemo.model import anchor_weights, build_model, init_from_model, set_trainable_top
-    from hemo.pipeline import Augment, class_weights, make_dataset
+    from hemo.pipeline import Augment, class_weights, decide_cache, make_dataset
 
     seed = int(config["seed"])
     keras.utils.set_random_seed(seed)
@@ -754,7 +754,12 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         train_df = pd.concat([train_df, extra], ignore_index=True)
     spec = input_spec(config)
     batch = int(config["batch_size"])
-    cache = None if config["cache"] == "auto" else bool(config["cache"])
+    # Both sets are cached, so both count (checked before any image is read)
+    cache = decide_cache(
+        len(train_df) + len(val_df),
+        spec,
+        None if config["cache"] == "auto" else bool(config["cache"]),
+    )
     weights = class_weights(train_df) if config["class_weights"] else None
     row_weights = None
     if config["lookalike_weights"]:

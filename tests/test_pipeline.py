@@ -17,7 +17,9 @@ from hemo.pipeline import (
     _dilate,
     _erode,
     augment_with_mask,
+    cache_bytes,
     class_weights,
+    decide_cache,
     label_matrix,
     labels_for,
     load_inputs,
@@ -376,3 +378,29 @@ def test_mask_targets_carry_each_rows_mask_on_the_grid(index: pd.DataFrame) -> N
     for extra in ({"mixup": 0.2}, {"lesion": 0.3}):
         with pytest.raises(ConfigError, match="mask supervision cannot follow"):
             make_dataset(rows, spec, ("any",), 8, True, Augment(**extra), mask_grid=4)
+
+
+def test_cache_is_decided_by_the_bytes_the_tensors_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto caches what fits in a quarter of physical memory (4 GiB where unknown); true is
+    refused when the tensors would not fit (the full RSNA set at 256 px is ~590 GB), naming
+    the size and the way out; false never caches."""
+    import hemo.pipeline as pipeline
+
+    spec = InputSpec(size=128)  # 3 windows: 196,608 bytes per image
+    assert cache_bytes(1000, spec) == 1000 * 128 * 128 * 3 * 4
+    monkeypatch.setattr(pipeline, "physical_memory_bytes", lambda: 2**30)
+    assert decide_cache(1000, spec, None) is True  # 188 MiB <= 256 MiB
+    assert decide_cache(2000, spec, None) is False  # 375 MiB
+    assert decide_cache(4000, spec, True) is True  # 750 MiB <= 819 MiB
+    with pytest.raises(
+        ConfigError,
+        match=r"keep 5000 preprocessed images \(937\.5 MiB\) in memory, and this machine has 1\.0 GiB",
+    ):
+        decide_cache(5000, spec, True)
+    assert decide_cache(10, spec, False) is False
+    monkeypatch.setattr(pipeline, "physical_memory_bytes", lambda: None)
+    assert decide_cache(20_000, spec, None) is True  # 3.7 GiB <= 4 GiB
+    assert decide_cache(30_000, spec, None) is False
+    assert decide_cache(10**6, spec, True) is True  # unknown memory: the user's word stands
+    monkeypatch.undo()
+    assert pipeline.physical_memory_bytes() > 2**28  # this machine says how much it has

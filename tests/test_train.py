@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -217,6 +218,32 @@ def test_train_cli_bad_option_is_one_line_and_makes_no_run_folder(
     else:
         assert errors[0] == f"hemo: error: {key} must be a number, got {value!r}"
     assert not (tmp_path / "runs").exists()
+
+
+def test_train_refuses_a_cache_that_cannot_fit_before_reading_an_image(
+    tmp_path: Path,
+    phantom_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """cache = true for more tensors than the machine holds (a 64 KiB machine here) stops the
+    run with one line saying why and what to set, before any epoch; auto trains uncached."""
+    import hemo.pipeline as pipeline
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(pipeline, "physical_memory_bytes", lambda: 2**16)
+    argv = ["train", "--data", str(phantom_dir), "--epochs", "1", *TINY]
+    assert main([*argv, "--name", "huge", "--cache", "true"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "cache = true would keep" in errors[0] and "set cache = false" in errors[0]
+    assert not (tmp_path / "runs" / "huge" / "history.csv").exists()
+    with caplog.at_level("INFO", logger="hemo.pipeline"):
+        assert main([*argv, "--name", "auto", "--cache", "auto"]) == 0
+    assert re.search(r"not caching: \d+ preprocessed images would take", caplog.text)
 
 
 def test_check_export_makes_the_folder_and_refuses_a_file_in_the_way(tmp_path: Path) -> None:
