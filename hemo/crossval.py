@@ -362,6 +362,26 @@ def _train_to_the_end(run_config: Mapping[str, Any]) -> Path:
     return path
 
 
+def check_crossval_config(config: Mapping[str, Any]) -> None:
+    """Refuse what would let a fold's held-out images steer its training.
+
+    A fold run's validation split is its held-out fold: early stopping and the best checkpoint
+    are turned off for it (:func:`fold_config`), and ``lr_schedule = "plateau"``, which lowers
+    the learning rate when the validation AUC stalls, is refused here rather than silently
+    swapped for another schedule (it is :func:`hemo.train.resolve_config`'s default).
+
+    Raises:
+        ConfigError: ``lr_schedule`` is ``plateau``.
+    """
+    if config["lr_schedule"] == "plateau":
+        raise ConfigError(
+            'lr_schedule = "plateau" (train\'s default) lowers the learning rate when the '
+            "validation AUC stalls, and a crossval fold's validation images are its held-out "
+            'fold: set lr_schedule = "cosine" or "constant" (--set lr_schedule=cosine; every '
+            "config in configs/ does)"
+        )
+
+
 def fold_config(config: Mapping[str, Any], name: str, data: Path) -> dict[str, Any]:
     """A copy of ``config`` for one training: its name, data, last-epoch weights, no early stop,
     and no export (a config's ``export`` key would have every fold overwrite that model;
@@ -426,6 +446,7 @@ def crossval(
     from hemo.model import load_model
     from hemo.train import resolve_path
 
+    check_crossval_config(config)
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
     index_df = load_index(data).reset_index(drop=True)

@@ -252,6 +252,7 @@ def test_crossval_cli_json(tiny_data: Path, tmp_path: Path, capsys: pytest.Captu
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(
         f'name = "tinycli"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\nbatch_size = 4\n'
+        'lr_schedule = "constant"\n'
         '[input]\nmode = "display"\nchannels = 1\n[augment]\nstrength = 0.0\n'
     )
     status = main(["crossval", "--config", str(config_file), "--folds", "2", "--json"])
@@ -326,6 +327,7 @@ def test_crossval_ensemble_cli_reports_and_exports_the_merged_model(
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(
         f'name = "tinyens"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\nbatch_size = 4\n'
+        'lr_schedule = "constant"\n'
         '[input]\nmode = "display"\nchannels = 1\n[augment]\nstrength = 0.0\n'
     )
     export = tmp_path / "models" / "tiny_ens"
@@ -382,6 +384,10 @@ def test_crossval_cli_refuses_bad_seeds(
             "hemo: error: --set 'epochs': expected KEY=VALUE, e.g. --set epochs=2",
         ),
         (["--set", "dropout=x"], "hemo: error: dropout must be a number, got 'x'"),
+        (
+            ["--set", "lr_schedule=plateau"],
+            'hemo: error: lr_schedule = "plateau" (train\'s default) lowers the learning rate',
+        ),
         (["--export", "/proc/hemo/model"], "hemo: error: /proc/hemo/model: cannot write the "),
     ],
 )
@@ -396,7 +402,10 @@ def test_crossval_cli_bad_option_fails_before_any_fold(
     from hemo.cli import EXIT_ERROR, main
 
     config_file = tmp_path / "tiny.toml"
-    config_file.write_text(f'name = "tinybad"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\n')
+    config_file.write_text(
+        f'name = "tinybad"\ndata = "{tiny_data}"\nimage_size = 32\nepochs = 1\n'
+        'lr_schedule = "constant"\n'
+    )
     assert main(["crossval", "--config", str(config_file), "--folds", "2", *extra]) == EXIT_ERROR
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("hemo: error:")]

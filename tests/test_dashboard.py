@@ -345,8 +345,9 @@ def test_status_caption_says_the_state_once():
     assert caption("failed", None) is None and caption("failed", "  ") is None
     status = {"epoch": 21, "epochs": 60, "step": 7, "steps": 7, "eta_s": 0.0}
     assert "ETA" not in dashboard.run_progress(SimpleNamespace(state="finished", status=status))[1]
-    assert "ETA 0 min 00 s" in (
-        dashboard.run_progress(SimpleNamespace(state="running", status=status))[1]
+    assert (
+        "ETA 0 min 00 s"
+        in (dashboard.run_progress(SimpleNamespace(state="running", status=status))[1])
     )
 
 

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     """Cross-validate (and export); prints the report; returns 0."""
     from hemo.cli import emit_json
     from hemo.crossval import (
+        check_crossval_config,
         check_seeds,
         crossval,
         crossval_ensemble,
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=2")
     overrides = parse_overrides([f"--{item}" for item in args.overrides])
     config = resolve_config(load_config_file(args.config), overrides)
+    check_crossval_config(config)
     seeds = check_seeds(args.seeds) if args.seeds is not None else None
     if args.export:
         check_export(args.export)  # before any fold is trained
