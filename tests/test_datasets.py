@@ -309,6 +309,35 @@ def test_load_index_refuses_a_foreign_parquet(tmp_path: Path) -> None:
         load_index(tmp_path / "other.parquet")
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("label_any", [1, None, 0], r"label_any must be 0 or 1 in every row: 1 row\(s\) are not "),
+        ("label_any", ["yes", "no", "yes"], r"3 row\(s\) are not \(first: row 0, 'yes'\)"),
+        ("label_any", [1, 2, 0], r"are not \(first: row 1, 2\)"),
+        ("path", ["a.png", None, "c.png"], r"path must be a file in every row"),
+    ],
+)
+def test_load_index_refuses_unknown_labels_and_paths_naming_the_file(
+    tmp_path: Path, column: str, values: list, message: str
+) -> None:
+    """An edited index with a missing or non-binary label (or no path) is one error naming
+    the file, the column and the first bad row, not a pandas traceback."""
+    from hemo.datasets.schema import INDEX_COLUMNS
+
+    frame = pd.DataFrame({c: [None] * 3 for c in INDEX_COLUMNS})
+    frame["path"], frame["label_any"], frame["split"] = (
+        ["a.png", "b.png", "c.png"],
+        [1, 0, 1],
+        "test",
+    )
+    frame[column] = values
+    frame.to_parquet(tmp_path / "index.parquet")
+    with pytest.raises(DatasetError, match=message) as caught:
+        load_index(tmp_path / "index.parquet")
+    assert "index.parquet" in str(caught.value)
+
+
 def test_quality_report_duplicates_missing_files_and_unreadable(
     head_ct_dir: Path, rsna_tree: Path, tmp_path: Path
 ) -> None:

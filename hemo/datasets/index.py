@@ -385,6 +385,20 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DatasetError(
             f"split must be one of {', '.join(SPLITS)}, got {frame['split'][bad].iloc[0]!r}", path
         )
+    for column, ok in (
+        ("path", frame["path"].notna()),
+        ("label_any", pd.to_numeric(frame["label_any"], errors="coerce").isin((0, 1))),
+    ):
+        if not ok.all():
+            first = int(np.flatnonzero(~ok.to_numpy())[0])
+            value = raw[column].iloc[first]
+            value = value.item() if isinstance(value, np.generic) else value
+            raise DatasetError(
+                f"{column} must be {'a file' if column == 'path' else '0 or 1'} in every row: "
+                f"{int((~ok).sum())} row(s) are not (first: row {first}, "
+                f"{value!r}); rebuild it with hemo index",
+                path,
+            )
     out = normalize_frame(frame)
     out.attrs = dict(raw.attrs)
     return out
