@@ -682,7 +682,12 @@ def choose_threshold(
     else:
         best = int(np.flatnonzero(tpr >= target)[0])
     chosen = thresholds[best]
-    if not np.isfinite(chosen):  # nothing called positive is best: stay above every score
+    if not np.isfinite(chosen):  # nothing called positive is best (Youden J <= 0 everywhere)
+        log.warning(
+            "no threshold does better on the validation split than calling every case "
+            "negative (Youden's J <= 0: the model does not separate its classes); threshold "
+            "1.0, so only a probability of exactly 1.0 is called positive"
+        )
         return 1.0
     lower = q[q < chosen]
     return float((chosen + lower.max()) / 2.0) if lower.size else float(chosen)

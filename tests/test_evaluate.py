@@ -136,6 +136,20 @@ def test_choose_threshold_youden_and_sensitivity_by_hand() -> None:
         choose_threshold([0, 0, 0], [0.1, 0.2, 0.3])
 
 
+def test_choose_threshold_for_a_model_that_separates_nothing_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Scores that rank the validation classes backwards: calling nothing positive is best,
+    the threshold is 1.0 and the log says why (a saturated P of exactly 1.0 stays positive)."""
+    with caplog.at_level("WARNING", logger="hemo.evaluate"):
+        assert choose_threshold([0, 0, 1, 1], [1.0, 1.0, 0.2, 0.3]) == 1.0
+    assert "Youden's J <= 0: the model does not separate its classes" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemo.evaluate"):
+        choose_threshold(Y10, P10)
+    assert caplog.text == ""
+
+
 def test_study_scores_max_and_top_k_mean() -> None:
     """Study pooling: label = any slice, score = max and mean of the top 3 (or fewer) slices."""
     y = [0, 1, 0, 0, 0, 0, 1, 1]

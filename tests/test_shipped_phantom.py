@@ -54,5 +54,23 @@ def test_reevaluated_on_its_seeded_test_set_scores_what_the_card_says(
     expected = card["metrics"]["test"]
     assert report["n"] == expected["n"]
     assert report["positives"] == expected["positives"]
-    for metric in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+    for metric in (
+        "roc_auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "pr_auc",
+        "brier",
+        "ece",
+        "rsna_log_loss",
+    ):
         assert report[metric] == pytest.approx(expected[metric], abs=METRIC_TOLERANCE), metric
+    assert report["study_max"]["roc_auc"] == pytest.approx(
+        expected["study_max_roc_auc"], abs=METRIC_TOLERANCE
+    )
+    assert report["per_label"].keys() == expected["per_label_roc_auc"].keys()
+    for label, auc in expected["per_label_roc_auc"].items():
+        got = report["per_label"][label]["roc_auc"]
+        assert got == pytest.approx(auc, abs=METRIC_TOLERANCE), label

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="metrics of a model on a dataset split (optionally Grad-CAM quality)",
         description="Evaluate a model on one split of a dataset at its card's threshold: "
-        "accuracy, sensitivity, specificity, PPV, NPV, F1, ROC/PR AUC, Brier, calibration, "
+        "accuracy, sensitivity, specificity, PPV, NPV, F1, ROC AUC, PR AUC (average precision), "
+        "Brier, calibration (ECE, 10 bins), "
         "confusion matrix, curves, per-label and study-level results, RSNA weighted log loss.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
