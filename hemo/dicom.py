@@ -298,9 +298,20 @@ class CTSlice:
 # Reading -----------------------------------------------------------------------------------------
 
 
+#: Longest exception text a message quotes.
+MAX_CAUSE_CHARS = 400
+
+
 def _cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``Type: text`` of an exception on one line: a multi-line text (pydicom lists each
+    decoder's reason on its own line) is joined with ``; ``, and long ones are cut."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else lines[0].rstrip(":") + ": " + "; ".join(lines[1:])
+    if len(text) > MAX_CAUSE_CHARS:
+        text = text[: MAX_CAUSE_CHARS - 3].rstrip() + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def _has_image_tags(ds: Dataset) -> bool:
@@ -875,7 +886,7 @@ def _rescale(
     Raises:
         DicomError: a slope or intercept that is not a finite number, or a zero slope.
     """
-    if _get(ds, "ModalityLUTSequence"):
+    if _tag("ModalityLUTSequence") in ds:  # present at any size (_get drops long values)
         return _Rescale(
             True,
             _float(values.get("RescaleSlope")),
@@ -912,11 +923,13 @@ def _rescale(
     return _Rescale(False, parsed["RescaleSlope"], parsed["RescaleIntercept"], bool(assumed))
 
 
-def _has_fault(values: Mapping[str, Any], intercept: float | None) -> bool:
-    """The rule of :func:`has_rsna_12bit_fault` on converted values and a given intercept."""
+def _has_fault(values: Mapping[str, Any], slope: float | None, intercept: float | None) -> bool:
+    """The rule of :func:`has_rsna_12bit_fault` on converted values and a given rescale (both
+    as stated in the file: ``None`` when missing)."""
     return (
         _int(values.get("BitsStored")) == RSNA_FAULT_BITS_STORED
         and _int(values.get("PixelRepresentation")) == RSNA_FAULT_PIXEL_REPRESENTATION
+        and slope == 1.0
         and intercept is not None
         and intercept > RSNA_FAULT_INTERCEPT_ABOVE
     )
@@ -929,13 +942,17 @@ def has_rsna_12bit_fault(ds: Dataset) -> bool:
     The rule used by the RSNA-2019 kernels (J. Howard, "Cleaning the data for rapid prototyping
     (fastai)", Kaggle 2019, ``fix_pxrepr``/``correct_dcm``): the fault is present when
     (0028,0101) Bits Stored == 12 and (0028,0103) Pixel Representation == 0 and
-    (0028,1052) Rescale Intercept > -100. See :func:`correct_rsna_12bit` for the correction.
+    (0028,1052) Rescale Intercept > -100; hemo also asks for (0028,1053) Rescale Slope == 1 and
+    both present, as in every faulty RSNA slice (a 12-bit unsigned file with another slope, or
+    no rescale, is not one of them). See :func:`correct_rsna_12bit` for the correction.
 
     Args:
         ds: A pydicom dataset. Not modified.
     """
     values = _values(ds)
-    return _has_fault(values, _float(values.get("RescaleIntercept")))
+    return _has_fault(
+        values, _float(values.get("RescaleSlope")), _float(values.get("RescaleIntercept"))
+    )
 
 
 def correct_rsna_12bit(stored: npt.NDArray[np.integer]) -> npt.NDArray[np.int32]:
@@ -1223,7 +1240,7 @@ def _read_frame(image: _Image, index: int) -> CTSlice:
             label,
         )
     padding = _padding_range(values, stored.dtype)
-    fault = _has_fault(values, rescale.intercept)
+    fault = not rescale.assumed and _has_fault(values, rescale.slope, rescale.intercept)
     max_abs_stored = _max_abs(stored.dtype)
     mask = None
     if fault:
@@ -1231,11 +1248,11 @@ def _read_frame(image: _Image, index: int) -> CTSlice:
         mask = None if padding is None else _padding_mask(stored, padding)
         stored = correct_rsna_12bit(stored)
         max_abs_stored = RSNA_FAULT_MODULUS - 1
-        ds.RescaleIntercept = RSNA_FAULT_INTERCEPT
+        # the frame's own rescale: ds stays as read (its other frames are not corrected twice)
         rescale = rescale._replace(intercept=RSNA_FAULT_INTERCEPT)
     elif padding is not None and not _padding_below_floor(rescale, padding, max_abs_stored):
         mask = _padding_mask(stored, padding)
-    lut_ds = _rescale_dataset(rescale) if per_frame and not rescale.lut else ds
+    lut_ds = _rescale_dataset(rescale) if (per_frame or fault) and not rescale.lut else ds
     try:
         hu = _to_hu(stored, lut_ds, rescale, max_abs_stored)
     except Exception as exc:

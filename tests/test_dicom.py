@@ -139,6 +139,80 @@ def test_rsna_rule_not_applied_to_sane_intercept():
     assert not dicom.has_rsna_12bit_fault(ds) and float(s.hu[0, 0]) == 40.0
 
 
+def test_rsna_rule_needs_slope_one_and_a_stated_intercept(tmp_path: Path):
+    """Real 12-bit unsigned files outside the fault: MR2_UNCR (slope 3.77, relabelled CT)
+    keeps pydicom's rescale; a file with no rescale at all is read as stored, not shifted."""
+    ds = pydicom.dcmread(_testfile("MR2_UNCR.dcm"))
+    ds.Modality = "CT"
+    assert (ds.BitsStored, ds.PixelRepresentation, round(float(ds.RescaleSlope), 3)) == (
+        12,
+        0,
+        3.774,
+    )
+    assert not dicom.has_rsna_12bit_fault(ds)
+    ds.save_as(tmp_path / "mr2.dcm")
+    s = read_dicom(tmp_path / "mr2.dcm")
+    expected = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    np.testing.assert_allclose(s.hu, np.maximum(expected, config.HU_FLOOR), rtol=1e-6)
+    assert s.metadata["rsna_12bit_fault_corrected"] is False
+    stored = np.full((16, 16), 40, dtype=np.uint16)
+    bare = ct_dataset(np.zeros((16, 16)), intercept=0.0)
+    bare.BitsStored, bare.HighBit, bare.PixelRepresentation = 12, 11, 0
+    bare.PixelData = stored.tobytes()
+    del bare.RescaleIntercept, bare.RescaleSlope
+    assert not dicom.has_rsna_12bit_fault(bare)
+    assert float(read_dicom(to_bytes(bare)).hu[0, 0]) == 40.0
+
+
+def test_frames_of_a_faulty_multiframe_file_are_corrected_alike(tmp_path: Path):
+    """A real multi-frame file (emri_small, 10 frames of 12-bit unsigned, relabelled CT): with
+    no rescale every frame is its stored values (frame 2 on was 1000 HU low once frame 1's
+    correction wrote into the shared dataset); with the fault's rescale every frame is
+    corrected the same way."""
+    ds = pydicom.dcmread(_testfile("emri_small.dcm"))
+    ds.Modality = "CT"
+    ds.save_as(tmp_path / "plain.dcm")
+    stored = ds.pixel_array.astype(np.int64)
+    frames = list(dicom.read_dicom_frames(tmp_path / "plain.dcm"))
+    assert len(frames) == 10
+    for frame, raw in zip(frames, stored, strict=True):
+        np.testing.assert_array_equal(frame.hu, np.maximum(raw, config.HU_FLOOR))
+        assert frame.metadata["rsna_12bit_fault_corrected"] is False
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.save_as(tmp_path / "fault.dcm")
+    frames = list(dicom.read_dicom_frames(tmp_path / "fault.dcm"))
+    for frame, raw in zip(frames, stored, strict=True):
+        corrected = dicom.correct_rsna_12bit(raw) + dicom.RSNA_FAULT_INTERCEPT
+        np.testing.assert_array_equal(frame.hu, np.maximum(corrected, config.HU_FLOOR))
+        assert frame.metadata["rsna_12bit_fault_corrected"] is True
+
+
+def test_a_long_modality_lut_is_applied(tmp_path: Path):
+    """A Modality LUT Sequence over the header size cap (mlut_18: 4096 entries, 8 KB,
+    relabelled CT) is applied as pydicom applies it, not ignored with a rescale warning."""
+    ds = pydicom.dcmread(_testfile("mlut_18.dcm"))
+    ds.Modality = "CT"
+    ds.save_as(tmp_path / "mlut.dcm")
+    s = read_dicom(tmp_path / "mlut.dcm")
+    expected = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+    np.testing.assert_array_equal(s.hu, expected)
+    assert s.metadata["rescale_assumed"] is False
+
+
+def test_a_decoder_failure_keeps_every_decoders_reason(tmp_path: Path):
+    """JPEG Extended 12-bit (JPGExtended, relabelled CT) that no installed decoder reads: the
+    message names each decoder's reason (pydicom lists them on separate lines), on one line."""
+    ds = pydicom.dcmread(_testfile("JPGExtended.dcm"))
+    ds.Modality = "CT"
+    ds.save_as(tmp_path / "jpgext.dcm")
+    with pytest.raises(DicomError) as caught:
+        read_dicom(tmp_path / "jpgext.dcm")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "jpgext.dcm"))
+    assert "gdcm: GDCM does not support 'JPEG Extended'" in message
+    assert "pillow: Pillow does not support 'JPEG Extended'" in message
+
+
 def test_monochrome1_hu_not_inverted():
     """MONOCHROME1 is presentation only: HU equal the MONOCHROME2 reading."""
     m2 = read_dicom(ct_bytes())

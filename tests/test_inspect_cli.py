@@ -78,3 +78,20 @@ def test_inspect_does_not_import_tensorflow(ct_small):
         [sys.executable, "-c", code, str(ct_small)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_undecodable_single_frame_file_gives_its_own_error(tmp_path, capsys):
+    """A one-frame DICOM no decoder reads (real JPGExtended.dcm relabelled CT): one line with
+    the decoders' reasons, not "none of its 1 frames could be decoded" around the path twice."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    ds.Modality = "CT"
+    path = tmp_path / "jpgext.dcm"
+    ds.save_as(path)
+    assert main(["inspect", str(path)]) == EXIT_ERROR
+    lines = [line for line in capsys.readouterr().err.splitlines() if "hemo: error" in line]
+    assert len(lines) == 1 and lines[0].count(str(path)) == 1
+    assert "cannot decode (7FE0,0010) Pixel Data" in lines[0] and "gdcm:" in lines[0]
+    assert "frames could be decoded" not in lines[0]

@@ -170,14 +170,16 @@ def _report(path: str) -> dict[str, Any]:
     frames, errors = [], []
     for item in read_dicom_frames(path):
         if isinstance(item, Exception):
-            errors.append(str(item))
+            errors.append(item)
         else:
             frames.append(item)
+    if not frames and len(errors) == 1:
+        raise errors[0]  # one slice: its own error, which names the file
     if not frames:
         raise DicomError(f"none of its {len(errors)} frames could be decoded: {errors[0]}", path)
     if frames[0].frame is None:
         return describe(frames[0])
-    return describe_frames(frames, errors)
+    return describe_frames(frames, [str(error) for error in errors])
 
 
 __all__ = ["describe", "describe_frames", "register", "run"]
