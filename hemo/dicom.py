@@ -71,7 +71,7 @@ from pydicom.uid import (
 )
 
 from hemo import config
-from hemo.errors import DicomError, LimitError
+from hemo.errors import DicomError, LimitError, NoImageDicomError
 from hemo.sources import Source, as_stream, is_path, path_size, read_bytes, source_name
 from hemo.windowing import Window
 
@@ -103,6 +103,8 @@ PIXEL_KINDS = {0: "u", 1: "i"}
 #: (found by fuzzing: a header tag given the pixel data's 512 KB took 10 s to convert; the longest
 #: real ones, UIDs and multi-valued windows, are well under 100 bytes).
 MAX_HEADER_VALUE_BYTES = 1024
+#: Every standard DICOM UID (SOP classes, transfer syntaxes) starts with this (PS3.5 9.1).
+DICOM_UID_ROOT = "1.2.840.10008."
 #: Root of the instance-UID pseudonyms (UUID-derived UIDs, PS3.5 B.2).
 UID_PSEUDONYM_ROOT = "2.25."
 #: Length of the patient pseudonym: hex characters of HMAC-SHA256(secret, PatientID).
@@ -345,6 +347,14 @@ def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, 
     except Exception as exc:  # pydicom raises many types on malformed input
         raise DicomError(f"not a readable DICOM file ({_cause(exc)})", label) from exc
     if not marked and not _has_image_tags(ds):
+        sop_class = _get(ds, "SOPClassUID")
+        if sop_class is not None and str(sop_class).startswith(DICOM_UID_ROOT):
+            raise NoImageDicomError(
+                "is DICOM (without the 128-byte preamble) but holds no image ((0028,0010) "
+                "Rows, (0028,0011) Columns, (7FE0,0010) Pixel Data; its (0008,0016) SOP Class "
+                f"is {UID(str(sop_class)).name}); hemo reads CT image slices",
+                label,
+            )
         raise DicomError(
             f"not a DICOM file: no '{DICM_MAGIC.decode()}' marker at byte {DICM_OFFSET}, and "
             "read without it the bytes hold no image ((0028,0010) Rows, (0028,0011) Columns, "

@@ -33,6 +33,11 @@ class DicomError(InputError):
     """A DICOM file is malformed or breaks a rule hemo relies on (tag, value, rule named)."""
 
 
+class NoImageDicomError(DicomError):
+    """A file recognised as DICOM (without a preamble, so not by its marker) that holds no
+    image: a structure set, a plan, a report. Said as such, not as an unknown file."""
+
+
 class ImageError(InputError):
     """A PNG/JPEG/TIFF image cannot be decoded or has an unsupported layout."""
 

@@ -35,7 +35,14 @@ from pathlib import Path, PurePosixPath
 
 from hemo import config
 from hemo.dicom import CTSlice, read_dicom, read_dicom_frames
-from hemo.errors import DicomError, HemoError, InputError, LimitError, SeriesError
+from hemo.errors import (
+    DicomError,
+    HemoError,
+    InputError,
+    LimitError,
+    NoImageDicomError,
+    SeriesError,
+)
 from hemo.images import IMAGE_KINDS, SNIFF_BYTES, Image2D, read_image, sniff_kind
 from hemo.nifti import read_nifti
 from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, source_name
@@ -186,6 +193,8 @@ def _results(name: str, data: bytes) -> Iterator[ScanResult]:
 
 
 def _not_a_scan(label: str, cause: DicomError) -> InputError:
+    if isinstance(cause, NoImageDicomError):
+        return cause  # DICOM after all, read without its marker: say what it holds
     error = InputError(
         "not a DICOM, PNG, JPEG, TIFF or NIfTI file (the kind is read from the bytes, not the "
         "extension)",

@@ -298,7 +298,9 @@ EXPECTED: dict[str, Expect] = {
     ),
     "preamble_only": Expect(DicomError, r"Pixel Data is missing|not a readable DICOM file"),
     "meta_only": Expect(DicomError, r"Pixel Data is missing|not a readable DICOM file"),
-    "headerless_no_image": Expect(InputError, _NOT_A_SCAN),
+    "headerless_no_image": Expect(
+        DicomError, r"is DICOM \(without the 128-byte preamble\) but holds no image .*CT Image"
+    ),
     "modality_mr": Expect(DicomError, r"\(0008,0060\) Modality is 'MR': hemo reads CT only"),
     "modality_cr": Expect(DicomError, r"\(0008,0060\) Modality is 'CR': hemo reads CT only"),
     "modality_us": Expect(DicomError, r"\(0008,0060\) Modality is 'US': hemo reads CT only"),

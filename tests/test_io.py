@@ -164,3 +164,24 @@ def test_a_folder_given_as_a_file_names_the_commands_that_take_folders(tmp_path)
         read_bytes(tmp_path)
     assert err.value.source == str(tmp_path) and "hemo predict" in str(err.value)
     assert "iter_scans" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "sop_class"),
+    [
+        ("rtstruct.dcm", "RT Structure Set Storage"),
+        ("ExplVR_LitEndNoMeta.dcm", "RT Ion Plan Storage"),
+        ("ExplVR_BigEndNoMeta.dcm", "RT Ion Plan Storage"),
+    ],
+)
+def test_dicom_without_preamble_and_without_image_says_what_it_is(name: str, sop_class: str):
+    """Real DICOM files with no preamble and no image (pydicom's RT files) are named as DICOM
+    holding no image, with their SOP class, not as an unknown kind of file."""
+    from pydicom.data import get_testdata_file
+
+    from hemo.errors import NoImageDicomError
+
+    with pytest.raises(NoImageDicomError, match=rf"{name}: is DICOM .* SOP Class is {sop_class}\)"):
+        read_scan(get_testdata_file(name), name)
+    (result,) = list(iter_scans([(name, open(get_testdata_file(name), "rb").read())]))
+    assert isinstance(result.error, NoImageDicomError)
