@@ -154,11 +154,17 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from the first SOF segment (T.81 B.2.2), or ``None`` if not found."""
+    """(height, width) from the first SOF segment (T.81 B.2.2), or ``None`` if not found.
+
+    Bytes between segments that are not a marker are skipped to the next ``FF``, as libjpeg
+    skips them (with only a warning) before it decodes: a stray byte must not hide the size."""
     pos = 2
     while pos + 9 <= len(data):
         if data[pos] != 0xFF:
-            return None
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return None
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:
             pos += 1
@@ -197,9 +203,8 @@ def _decode_tiff(data: bytes, label: str) -> npt.NDArray:
             if not tif.pages:
                 raise ImageError("TIFF holds no image (no pages)", label)
             page = tif.pages[0]
-            shape = tuple(int(s) for s in page.shape)
-            if len(shape) >= 2:
-                _check_pixels(shape[0], shape[1], label)
+            # the tags, not the array shape: a planar page's shape starts with its samples
+            _check_pixels(int(page.imagelength), int(page.imagewidth), label)
             return page.asarray()
     except ImageError:
         raise
@@ -233,6 +238,11 @@ def _decode(data: bytes, kind: str, label: str) -> npt.NDArray:
     declared = _png_size(data) if kind == "png" else _jpeg_size(data) if kind == "jpeg" else None
     if declared is not None:
         _check_pixels(*declared, label)
+    elif kind in ("png", "jpeg"):  # never decode what has not said how large it is
+        raise ImageError(
+            f"cannot read the image size from the {kind.upper()} header: the file is corrupt",
+            label,
+        )
     if kind == "jpeg" and not data.rstrip(b"\x00").endswith(JPEG_EOI):
         raise ImageError(
             "JPEG ends without its end-of-image marker (FFD9): the file is truncated", label

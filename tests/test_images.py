@@ -148,6 +148,44 @@ def test_truncated_jpeg_refused():
         read_image(buf.tobytes()[:-100])
 
 
+def _jpeg_declaring(side: int, stray: bytes) -> bytes:
+    """A small real JPEG whose SOF says ``side`` x ``side``, with ``stray`` bytes before it."""
+    ok, buf = cv2.imencode(".jpg", np.full((64, 64), 90, dtype=np.uint8))
+    data = bytearray(buf.tobytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = side.to_bytes(2, "big") * 2
+    return bytes(data[:sof] + stray + data[sof:])
+
+
+def test_declared_huge_jpeg_refused_even_behind_stray_bytes(monkeypatch):
+    """A JPEG declaring 30000 x 30000 with a stray byte before its SOF (libjpeg skips it and
+    decodes ~10 GB) is refused before decoding; one whose size cannot be found at all, too."""
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded"))
+    for stray in (b"", b"\x00", b"\x00\x17\x42"):
+        with pytest.raises(LimitError, match=r"30000 x 30000 = 900000000 pixels"):
+            read_image(_jpeg_declaring(30000, stray))
+    no_sof = _jpeg_declaring(64, b"").replace(b"\xff\xc0", b"\xff\x01")
+    with pytest.raises(ImageError, match=r"cannot read the image size from the JPEG header"):
+        read_image(no_sof)
+    monkeypatch.undo()
+    assert read_image(_jpeg_declaring(64, b"\x00")).pixels.shape[:2] == (64, 64)
+
+
+def test_planar_tiff_pixel_limit_uses_its_width_and_height(tmp_path, monkeypatch):
+    """A planar (separate) RGB TIFF of 4097 x 4097 has page.shape (3, 4097, 4097): the limit
+    is checked on its tags' height and width, not on samples x height."""
+    buf = io.BytesIO()
+    tifffile.imwrite(
+        buf,
+        np.zeros((3, 4097, 4097), np.uint8),
+        photometric="rgb",
+        planarconfig="separate",
+        compression="zlib",
+    )
+    with pytest.raises(LimitError, match=r"image is 4097 x 4097 = 16785409 pixels"):
+        read_image(buf.getvalue())
+
+
 def test_declared_huge_png_refused_before_decoding(monkeypatch):
     """An IHDR declaring more pixels than the limit is refused before cv2 sees it."""
     data = bytearray(_png(np.zeros((SIDE, SIDE), dtype=np.uint8)))
