@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 
 from hemo.anatomy import SliceAnatomy, SliceRange, outside_reasons, plane_reason, scan_anatomy
 from hemo.dicom import CTSlice
-from hemo.errors import ConfigError, HemoError, InputError, SeriesError
+from hemo.errors import ConfigError, HemoError, InputError, LimitError, SeriesError
 from hemo.io import ScanResult, iter_scans
 from hemo.preprocess import to_model_input
 from hemo.series import group_series
@@ -260,7 +260,8 @@ def study_predictions(
         (the predictions with ``index`` (and ``outside_range``) set, aligned with the input; one
         study result per series, sorted by study and series UID). A series whose slices cannot
         be ordered (duplicate positions) is pooled in position-then-name order and says so in
-        ``note``.
+        ``note``; so is one with more slices than ``config.MAX_SLICES_PER_SERIES`` (its note
+        says so), so that one oversized series costs no other input its result.
 
     Raises:
         ConfigError: ``top_k`` under 1, or ``slice_range`` without aligned ``anatomies``.
@@ -281,7 +282,7 @@ def study_predictions(
         note = None
         try:
             ordered = [s for series in group_series(members) for s in series.slices]
-        except SeriesError as exc:
+        except (SeriesError, LimitError) as exc:  # every slice keeps its own result
             note = exc.reason
             ordered = sorted(
                 members,

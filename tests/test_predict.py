@@ -134,6 +134,22 @@ def test_zipped_series_gives_an_ordered_study(display_predictor, series_zip):
     assert display_predictor.predict([("series.zip", data)]) == list(batch.results)
 
 
+def test_a_series_over_the_slice_limit_costs_no_other_input_its_result(
+    display_predictor, series_zip, pngs, monkeypatch
+):
+    """A series with more slices than config.MAX_SLICES_PER_SERIES (lowered here to fit the
+    phantom series) is pooled with a note saying so; it and every other input keep their
+    results (it used to end the whole run with one error and no output)."""
+    data, _ = series_zip
+    monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", SERIES_SLICES - 1)
+    batch = display_predictor.run([("series.zip", data), pngs[0]])
+    assert len(batch.results) == SERIES_SLICES + 1 and batch.n_failed == 0
+    (study,) = batch.studies
+    assert study.n_slices == SERIES_SLICES
+    assert f"has {SERIES_SLICES} slices, more than the limit of {SERIES_SLICES - 1}" in study.note
+    assert batch.results[-1].source == str(pngs[0])
+
+
 def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small, pngs):
     """With a slice range in the card, slices under it carry the reason, the study pools the
     others (``probability_all_slices`` keeps every slice); none in range pools all with a note;
