@@ -33,7 +33,7 @@ import numpy as np
 from keras import layers
 
 from hemo import __version__
-from hemo.errors import ModelError
+from hemo.errors import ConfigError, ModelError
 from hemo.preprocess import InputSpec
 
 if TYPE_CHECKING:
@@ -207,9 +207,29 @@ class ModelCard:
         missing = {"name", "architecture", "input_spec", "labels"} - values.keys()
         if missing:
             raise ModelError(f"model card lacks the field(s) {sorted(missing)}")
-        values["input_spec"] = InputSpec.from_dict(values["input_spec"])
-        values["labels"] = tuple(values["labels"])
-        values["threshold"] = float(values.get("threshold", 0.5))
+        for key in ("name", "architecture", "cam_layer", "hemo_version"):
+            if key in values and not isinstance(values[key], str):
+                raise ModelError(f"model card's {key} must be text, got {values[key]!r:.80}")
+        labels = values["labels"]
+        if (
+            not isinstance(labels, list)
+            or not labels
+            or not all(isinstance(x, str) for x in labels)
+        ):
+            raise ModelError(f"model card's labels must be a list of names, got {labels!r:.80}")
+        if not isinstance(values["input_spec"], dict):
+            raise ModelError(
+                f"model card's input_spec must be an object, got {values['input_spec']!r:.80}"
+            )
+        try:
+            values["input_spec"] = InputSpec.from_dict(values["input_spec"])
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ModelError(f"model card's input_spec is malformed: {exc}") from exc
+        values["labels"] = tuple(labels)
+        threshold = values.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise ModelError(f"model card's threshold must be a number, got {threshold!r:.80}")
+        values["threshold"] = float(threshold)
         card = cls(**values)
         card.parse_slice_range()  # a malformed range fails at load, not at the first series
         card.parse_referral()
@@ -222,6 +242,8 @@ class ModelCard:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelError(f"model card is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise ModelError("model card is not a card: its JSON nests too deeply") from exc
         if not isinstance(data, dict):
             raise ModelError("model card must be a JSON object")
         return cls.from_dict(data)

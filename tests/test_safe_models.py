@@ -185,6 +185,37 @@ def test_missing_or_malformed_card_is_refused(saved, tmp_path, text, pattern):
         hm.load_model(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "pattern"),
+    [
+        ("threshold", "abc", r"threshold must be a number, got 'abc'"),
+        ("labels", 5, r"labels must be a list of names, got 5"),
+        ("input_spec", [1, 2], r"input_spec must be an object, got \[1, 2\]"),
+        ("architecture", {"a": 1}, r"architecture must be text"),
+        ("input_spec", {"mode": "evil"}, r"input_spec is malformed: InputSpec.mode is 'evil'"),
+        (None, None, r"its JSON nests too deeply"),
+    ],
+)
+def test_a_card_with_a_field_of_the_wrong_kind_is_one_error_naming_it(
+    saved, tmp_path, field, value, pattern
+):
+    """A card whose fields have the wrong type, or JSON nested 100,000 deep, is a ModelError
+    naming the card file (was a TypeError/ValueError/RecursionError traceback)."""
+    import json
+
+    path = tmp_path / "m.keras"
+    path.write_bytes(saved.read_bytes())
+    card = json.loads(saved.with_suffix(".json").read_text())
+    if field is None:
+        text = "[" * 100_000
+    else:
+        card[field] = value
+        text = json.dumps(card)
+    path.with_suffix(".json").write_text(text)
+    with pytest.raises(ModelError, match=rf"^{re.escape(str(tmp_path))}/m\.json: .*{pattern}"):
+        hm.load_model(path)
+
+
 def test_a_folder_as_model_says_it_is_a_folder(tmp_path):
     """A folder (even one named like a model) is refused as a folder, saying what to give."""
     for folder in (tmp_path / "models", tmp_path / "m.keras"):
