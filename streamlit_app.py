@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from hemo import ui
+from hemo import dashboard, ui
 
 #: (page file relative to this script, title, icon), in navigation order; the first is the default.
 PAGES: tuple[tuple[str, str, str], ...] = (
@@ -24,7 +24,8 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("app_pages/predict.py", "Predict", ":material/neurology:"),
 )
 
-st.set_page_config(page_title="hemo", page_icon=":material/neurology:", layout="wide")
+# The icon is drawn by hemo: a :material/...: page icon makes the browser fetch it from Google
+st.set_page_config(page_title="hemo", page_icon=dashboard.favicon(), layout="wide")
 navigation = st.navigation(
     [
         st.Page(path, title=title, icon=icon, default=i == 0)

@@ -32,7 +32,10 @@ for col, (name, key) in zip(
     ],
     strict=True,
 ):
-    col.metric(name, f"{counts[key]:,}")
+    if key == "patients" and counts[key] == 0:
+        col.metric(name, "n/a", help="The index has no patient ids (e.g. the Kaggle PNGs).")
+    else:
+        col.metric(name, f"{counts[key]:,}")
 
 left, right = st.columns(2)
 with left:
@@ -57,12 +60,17 @@ with right:
         barmode="group",
         color_discrete_map=CLASS_COLORS,
         category_orders=CLASS_ORDER,
-        title="Split sizes per class (split by patient)",
+        title=f"Split sizes per class ({eda.split_grouping(index)})",
     )
     st.plotly_chart(fig, key="split_sizes")
 
 subtypes = eda.subtype_counts(index)
-if not subtypes.empty:
+if not subtypes.empty and not subtypes["images"].any():
+    st.caption(
+        f"Subtype labels ({', '.join(subtypes['subtype'])}) are given, and no image is "
+        "positive for any of them."
+    )
+elif not subtypes.empty:
     left, right = st.columns(2)
     with left:
         fig = px.bar(subtypes, x="subtype", y="images", text="images", title="Subtype counts")
@@ -172,7 +180,11 @@ if not stats.geometry.empty:
         )
 
 st.subheader("Sample grid")
-window = st.selectbox("Window", list(PRESETS), key="eda_window")
+if eda.display_images_only(index):
+    window = next(iter(PRESETS))  # unused by display images; keeps the cache keys stable
+    st.caption("PNG/JPEG images are shown as stored: they hold no Hounsfield units to window.")
+else:
+    window = st.selectbox("Window", list(PRESETS), key="eda_window")
 tiles = ui.sample_grid(str(view.path), ui.mtime_of(view.path), window, GRID_COLUMNS, SAMPLE_SEED)
 for label in dict.fromkeys(t.label for t in tiles):
     st.markdown(f"**{label}**")

@@ -67,6 +67,24 @@ CARD_METRIC_BLOCKS = ("test", "pooled_out_of_fold")
 
 
 # Paths ------------------------------------------------------------------------------------------
+def favicon(side: int = 64) -> bytes:
+    """The app's icon as PNG bytes, drawn here (a head CT slice: skull ring, brain, one bright
+    bleed) so the browser fetches nothing from outside the machine (a ``:material/...:`` page
+    icon makes it ask fonts.gstatic.com for the SVG)."""
+    import cv2
+
+    icon = np.zeros((side, side, 3), np.uint8)
+    centre, axes = (side // 2, side // 2), (int(side * 0.36), int(side * 0.44))
+    cv2.ellipse(icon, centre, axes, 0, 0, 360, (235, 235, 235), -1, cv2.LINE_AA)
+    inner = (int(axes[0] * 0.84), int(axes[1] * 0.87))
+    cv2.ellipse(icon, centre, inner, 0, 0, 360, (120, 120, 120), -1, cv2.LINE_AA)
+    cv2.circle(icon, (int(side * 0.6), int(side * 0.42)), max(2, side // 9), (40, 40, 220), -1)
+    ok, png = cv2.imencode(".png", icon)  # BGR: the bleed is red
+    if not ok:
+        raise RuntimeError("cannot encode the app icon")
+    return png.tobytes()
+
+
 def default_dataset_path() -> Path:
     """The dataset opened when the user picked none (``HEMO_DATASET`` or the demo phantoms)."""
     return Path(os.environ.get(ENV_DATASET) or config.DEMO_DIR)

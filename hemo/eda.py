@@ -85,6 +85,36 @@ def summary(index: pd.DataFrame) -> dict[str, int]:
     return out
 
 
+#: File suffixes of display images (stored grayscale, no Hounsfield units to window).
+DISPLAY_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def display_images_only(index: pd.DataFrame) -> bool:
+    """Whether every file of ``index`` is a display image (PNG/JPEG/TIFF): a window changes
+    nothing on them."""
+    paths = index["path"].astype(str).str.lower()
+    return bool(len(paths)) and bool(paths.str.endswith(DISPLAY_IMAGE_SUFFIXES).all())
+
+
+def split_grouping(index: pd.DataFrame) -> str:
+    """How an index's splits keep images together, as :func:`hemo.datasets.index` assigns
+    them: by patient, else by study, else look-alike images (no ids at all)."""
+
+    def known(column: str) -> pd.Series:
+        if column not in index:
+            return pd.Series(False, index=index.index)
+        return index[column].notna()
+
+    patients, studies = known("patient_id"), known("study_uid")
+    if len(index) and patients.all():
+        return "split by patient"
+    if len(index) and (patients | studies).all():
+        return "split by patient, else by study" if patients.any() else "split by study"
+    if (patients | studies).any():
+        return "split by patient or study where known, else look-alike images kept together"
+    return "no patient ids: split by image, look-alike images kept together"
+
+
 def class_balance(index: pd.DataFrame) -> pd.DataFrame:
     """Images per class.
 

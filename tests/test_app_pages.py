@@ -173,7 +173,11 @@ def test_eda_on_a_kaggle_png_layout(env):
     at = _with_dataset(env["kaggle"], "app_pages/eda.py")
     _ok(at)
     assert _metrics(at)["Images"] == "12"
+    assert _metrics(at)["Patients"] == "n/a"  # no patient ids, not "0 patients"
     assert any("subtype labels" in c.value for c in at.caption)
+    # PNGs hold no HU: no window selector that would change nothing
+    assert "eda_window" not in [s.key for s in at.selectbox]
+    assert any("hold no Hounsfield units to window" in c.value for c in at.caption)
     charts = [c.key for c in at.get("plotly_chart")]
     assert charts[:5] == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
     assert charts[5:] == ["backgrounds"]

@@ -134,7 +134,17 @@ def _shot(page, name: str) -> None:
 
 
 def test_every_page_renders_without_exception(server, page):
-    """Home, EDA, Windowing, Training and Predict render with no exception shown."""
+    """Home, EDA, Windowing, Training and Predict render with no exception shown, and the
+    browser asks nothing of any host but the app's (the app works offline)."""
+    elsewhere: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            None
+            if request.url.startswith((server, "data:", "blob:"))
+            else elsewhere.append(request.url)
+        ),
+    )
     _visit(page, server, "launch, watch, compare runs")
     nav = page.locator('[data-testid="stSidebarNav"]')
     for title in ("Home", "EDA", "Windowing", "Training", "Predict"):
@@ -149,6 +159,7 @@ def test_every_page_renders_without_exception(server, page):
     _shot(page, "eda")
     _visit(page, f"{server}/training", "Start a new run")
     assert page.locator(EXCEPTION).count() == 0
+    assert elsewhere == []
 
 
 def test_the_notice_stays_in_sight_on_a_phone(server, browser):

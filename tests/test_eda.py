@@ -204,3 +204,25 @@ def test_real_kaggle_pictures_have_gray_backgrounds_mostly_in_one_class(head_ct_
     assert table.loc["no hemorrhage", "gray_background"] == 10
     assert eda.background_imbalance(table.reset_index()) is not None
     assert stats.geometry["background"].between(0.0, 0.4).all()
+
+
+def test_split_grouping_says_how_the_splits_keep_images_together():
+    """Patient ids everywhere: by patient; none but study UIDs: by study; no ids (Kaggle
+    PNGs): by image with look-alikes kept together; a mix says both."""
+    index = _index()
+    assert eda.split_grouping(index) == "split by patient"
+    assert eda.split_grouping(index.assign(patient_id=None)) == "split by study"
+    bare = index.assign(patient_id=None, study_uid=None)
+    assert eda.split_grouping(bare).startswith("no patient ids: split by image")
+    mixed = index.assign(patient_id=["a", None, None, None, None, None], study_uid=None)
+    assert eda.split_grouping(mixed).startswith("split by patient or study where known")
+
+
+def test_display_images_only_by_file_suffix():
+    """Only PNG/JPEG/TIFF files (any case): a window selector would change nothing."""
+    index = _index()
+    assert not eda.display_images_only(index)
+    assert eda.display_images_only(index.assign(path=[f"/d/{i}.PNG" for i in range(6)]))
+    mixed = [f"/d/{i}.png" for i in range(5)] + ["/d/x.dcm"]
+    assert not eda.display_images_only(index.assign(path=mixed))
+    assert not eda.display_images_only(index.iloc[:0])
