@@ -16,6 +16,7 @@ STRIP_COLOR = "#E8574C"
 OUT_COLOR = "#B0B0B0"
 PERCENT = 100.0
 UNCERTAIN_DELTA = "uncertain: refer to a reader"
+OUTSIDE_DELTA = "outside the model's range"
 BAND_COLOR = "#F0A030"
 BAND_OPACITY = 0.25
 
@@ -73,6 +74,9 @@ if predictor is None:
     st.stop()
 model_path = ui.model_path()
 card = predictor.card
+synthetic = dashboard.synthetic_training_message(card)
+if synthetic:
+    st.warning(synthetic)
 
 with st.expander("Heatmap settings", expanded=False):
     c1, c2, c3, c4 = st.columns(4)
@@ -116,11 +120,14 @@ def _show_analysis(
             f"Outside the model's range: {reason}. The model never saw such slices in training, "
             f"so its probability here is not a finding{counts}."
         )
-    if p.uncertain:
+    elif p.uncertain:  # a slice outside the range is no call at all, uncertain or not
         st.warning(dashboard.referral_message(card, p.probability))
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
-    m2.metric("Verdict", reports.verdict(p.positive), **_uncertain_delta(p.uncertain))
+    if reason:
+        m2.metric("Verdict", "none", delta=OUTSIDE_DELTA, delta_color="off", delta_arrow="off")
+    else:
+        m2.metric("Verdict", reports.verdict(p.positive), **_uncertain_delta(p.uncertain))
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
     picture = dashboard.overlay_image(result, alpha, colormap)
     left, right = st.columns(2)

@@ -739,6 +739,30 @@ def range_caption(study: Mapping[str, Any]) -> str:
     )
 
 
+def synthetic_training_message(card: Any) -> str | None:
+    """A warning for a model trained only on hemo's synthetic phantoms, else ``None``.
+
+    Such a model was never shown a real scan: on one its probabilities (often confident) are
+    not findings. Known from the card: the training set's layout (``phantom``, recorded since
+    the layout was), else a test set named by its ``hemo demo-data`` recipe.
+    """
+    training = card.training or {}
+    measured_on = (card.metrics or {}).get("measured_on") or {}
+    synthetic = training.get("layout") == "phantom" or (
+        training.get("layout") is None
+        and isinstance(measured_on, dict)
+        and "demo_data" in measured_on
+    )
+    if not synthetic:
+        return None
+    return (
+        f"{card.name} was trained and tested on synthetic phantoms only (hemo demo-data), for "
+        "subtype demos and heatmaps on phantoms. It has never seen a real scan: on one, its "
+        "probabilities are not findings, however confident. For real head CT pick a model "
+        "trained on real scans (the shipped headct_real)."
+    )
+
+
 def referral_message(card: Any, probability: float, what: str = "image") -> str:
     """Why a call in the card's referral band goes to a reader (one paragraph).
 

@@ -1414,6 +1414,19 @@ def training_slice_range(config: Mapping[str, Any], rows) -> dict[str, Any] | No
     return fitted.to_dict()
 
 
+def _layout(index, data: Path) -> str | None:
+    """The training set's layout: recorded in its index, else detected from its folder."""
+    from hemo.datasets import detect_layout
+
+    recorded = (index.attrs.get("hemo") or {}).get("layout")
+    if recorded:
+        return str(recorded)
+    try:
+        return detect_layout(data if data.is_dir() else data.parent)
+    except HemoError:
+        return None
+
+
 def _training_summary(config, index, data: Path, history, init_report) -> dict[str, Any]:
     """Data, seed, epochs and options recorded in the card."""
     counts = index["split"].value_counts().to_dict()
@@ -1422,6 +1435,8 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
     return {
         "run": config["name"],
         "data": portable_path(data, config["data"]),
+        # the dataset's layout (e.g. "phantom": synthetic, so the app warns on real scans)
+        "layout": _layout(index, data),
         "images": {k: int(v) for k, v in counts.items()},
         "positives_any": {k: int(v) for k, v in positives.items()},
         "extra_train": None

@@ -362,8 +362,14 @@ def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_
     )
     at.slider(key="series_slice_0").set_value(1).run()
     assert any("Outside the model's range: soft tissue is" in w.value for w in at.warning)
+    # An out-of-range slice gets no call: its verdict says so, and no referral advice
+    assert _metrics(at)["Verdict"] == "none"
+    assert not any("Uncertain call" in w.value and "this image" in w.value for w in at.warning)
     at.slider(key="series_slice_0").set_value(n).run()
     assert not any("Outside the model's range" in w.value for w in at.warning)
+    assert _metrics(at)["Verdict"] in ("hemorrhage", "no hemorrhage")
+    # headct_real was trained on real scans: no synthetic-training warning
+    assert not any("synthetic phantoms only" in w.value for w in at.warning)
 
 
 def test_predict_upload_of_a_multiframe_file_is_a_series(env, cq500_dir, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -360,3 +361,23 @@ def test_training_config_uses_init_for_a_model_file():
         dashboard.training_config("/d", "compact", "imagenet", 2, 64, 1e-3, "hu")["weights"]
         == "imagenet"
     )
+
+
+def test_synthetic_training_message_only_for_phantom_trained_cards():
+    """The shipped phantom model (trained and tested on hemo demo-data) gets the warning that
+    its calls on real scans are not findings; the real-scan model and a card without any
+    training record do not."""
+    from hemo.config import MODELS_DIR
+    from hemo.model import read_card
+
+    phantom = read_card(MODELS_DIR / "phantom_rsna3.keras")
+    message = dashboard.synthetic_training_message(phantom)
+    assert message.startswith("phantom_rsna3 was trained and tested on synthetic phantoms only")
+    assert "headct_real" in message
+    assert dashboard.synthetic_training_message(read_card(MODELS_DIR / "headct_real.keras")) is None
+    older = dataclasses.replace(
+        phantom, training={k: v for k, v in phantom.training.items() if k != "layout"}
+    )
+    assert dashboard.synthetic_training_message(older) is not None  # its demo-data test set
+    real = dataclasses.replace(phantom, training={**phantom.training, "layout": "rsna"})
+    assert dashboard.synthetic_training_message(real) is None

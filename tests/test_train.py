@@ -388,6 +388,7 @@ def test_two_epoch_run_writes_every_file(
     assert card.labels == ("any", *card.labels[1:]) and len(card.labels) == 6
     assert card.metrics["measured_on"]["split"] == "test" and 0.0 <= card.threshold <= 1.0
     assert card.cam_layer == "compact_s1_c1"
+    assert card.training["layout"] == "phantom"  # the app warns that it never saw a real scan
     # The slice range is measured on the training split's images
     from hemo.anatomy import RANGE_MARGIN, scan_anatomy
     from hemo.datasets import load_index
