@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import pkgutil
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -85,21 +86,50 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", module=rf"{name}(\.|$)")
 
 
+#: Characters a terminal acts on instead of showing: C0/C1 controls (escape sequences, newlines
+#: that would forge a line), zero-width and bidirectional overrides (text that reads backwards).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as its escape (``\\x1b``, ``\\n``), so a
+    file or zip-member name cannot colour, retitle or forge lines of a terminal."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def printable_data(value: Any) -> Any:
+    """:func:`printable` applied to every string inside dicts, lists and tuples (text output of
+    a command's ``--json`` data; JSON itself escapes them)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable_data(k): printable_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(printable_data(v) for v in value)
+    return value
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines whose message is :func:`printable` (a traceback, with ``-v``, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not args.verbose:
         _quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except HemoError as exc:
-        print(f"hemo: error: {exc}", file=sys.stderr)
+        print(f"hemo: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("hemo: interrupted", file=sys.stderr)

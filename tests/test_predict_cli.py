@@ -177,3 +177,31 @@ def test_training_lookalikes_name_the_training_image(
     )
     assert tiny["results"][0]["training_lookalike"] is None
     assert "is not on this machine" in caplog.text
+
+
+def test_names_with_control_characters_cannot_drive_the_terminal(model_path, head_ct_dir, tmp_path):
+    """The console script on a file named with an escape sequence and a newline (a forged
+    "hemo: error:" line): the text table and the log show it escaped; --json keeps the name."""
+    from hemo.cli import printable
+
+    name = "x\x1b[31mRED\x1b]0;TITLE\x07\nhemo: error: forged\u202e.dcm"
+    bad = tmp_path / name
+    bad.write_bytes(b"not a scan at all")
+    good = sorted((head_ct_dir / "head_ct").glob("*.png"))[0]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "hemo", "predict", "--model", str(model_path)]
+    done = subprocess.run(
+        [*command, str(good), str(bad)], capture_output=True, env=env, timeout=300, check=False
+    )
+    assert done.returncode == EXIT_PARTIAL
+    out, err = done.stdout.decode(), done.stderr.decode()
+    for text in (out, err):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert not any(line.startswith("hemo: error: forged") for line in text.splitlines())
+    assert "\\x1b[31mRED" in out and "\\nhemo: error: forged\\u202e.dcm" in out
+    assert "ERROR hemo.commands.predict: " in err and "\\x1b[31mRED" in err
+    done = subprocess.run(
+        [*command, str(bad), "--json"], capture_output=True, env=env, timeout=300, check=False
+    )
+    assert json.loads(done.stdout)["results"][0]["path"] == str(bad)
+    assert printable("tab\there") == "tab\\there" and printable("é ü 中") == "é ü 中"

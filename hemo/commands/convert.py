@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Convert ``args.src`` into ``args.out``; print the summary and every failure."""
-    from hemo.cli import EXIT_PARTIAL, emit_json
+    from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
     from hemo.convert import CONVERTED, FAILED, SKIPPED, Shard, convert
 
     report = convert(
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(summary)
     else:
+        summary = printable_data(summary)
         lines = [
             f"{summary['total']} inputs (shard {summary['shard']}): {summary[CONVERTED]} "
             f"converted, {summary[SKIPPED]} already done, {summary[FAILED]} failed -> {args.out}"

@@ -138,7 +138,7 @@ def _has_masks(index_df: Any, split: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Load the model and the index, evaluate, print JSON or a table; exit 1 when some images
     could not be read (they are left out of the metrics and counted in ``n_failed``)."""
-    from hemo.cli import EXIT_PARTIAL, emit_json
+    from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
     from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
     from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(data)
     else:
-        print(_text(data))
+        print(_text(printable_data(data)))
     return EXIT_PARTIAL if data["n_failed"] else 0
 
 

@@ -213,13 +213,13 @@ def _text(data: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Explain every input, write overlays, print JSON or a table; exit 1 if any failed."""
-    from hemo.cli import EXIT_PARTIAL, emit_json
+    from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
 
     data = explain_inputs(args)
     if args.json:
         emit_json(data)
     else:
-        print(_text(data))
+        print(_text(printable_data(data)))
     if not data["results"]:
         log.error("no scan found in the inputs")
         return EXIT_PARTIAL

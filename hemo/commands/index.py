@@ -59,6 +59,9 @@ def _payload(result: Any) -> dict[str, Any]:
 
 def _print_text(payload: dict[str, Any], out: Path | None) -> None:
     """Human-readable counts on stdout."""
+    from hemo.cli import printable_data
+
+    payload = printable_data(payload)
     lines = [
         f"root:   {payload['root']}",
         f"layout: {payload['layout']}",

@@ -127,7 +127,7 @@ def _text(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Read the file and print its report; on a bad file, one error (JSON or a line) and exit 2."""
-    from hemo.cli import EXIT_ERROR, emit_json
+    from hemo.cli import EXIT_ERROR, emit_json, printable, printable_data
     from hemo.errors import HemoError
 
     try:
@@ -136,12 +136,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             raise
         emit_json({"path": args.file, "error": str(exc)})
-        print(f"hemo: error: {exc}", file=sys.stderr)
+        print(f"hemo: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         emit_json(report)
     else:
-        print(_text(report))
+        print(_text(printable_data(report)))
     return 0
 
 

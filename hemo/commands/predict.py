@@ -161,7 +161,7 @@ def _text(data: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model once, predict every input, print JSON or a table; exit 1 if any failed."""
-    from hemo.cli import EXIT_PARTIAL, emit_json
+    from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
     from hemo.errors import ConfigError
     from hemo.predict import Predictor
 
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         emit_json(data)
     else:
-        print(_text(data))
+        print(_text(printable_data(data)))
     if not batch.results:
         log.error("no scan found in the inputs")
         return EXIT_PARTIAL
