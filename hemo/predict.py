@@ -67,6 +67,8 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 #: Full batches waiting for the model at once (bounds the memory a long batch of inputs takes).
 MAX_BATCHES_IN_FLIGHT = 2
+#: Kinds of file (by their bytes) walked scan by scan in the calling thread, like a folder.
+MANY_SCAN_KINDS = frozenset({"zip", "nifti", "gzip"})
 #: Slices averaged by a study's top-k score.
 DEFAULT_TOP_K = 3
 #: The label whose probability is a Prediction's headline ``probability``.
@@ -496,7 +498,8 @@ class Predictor:
         """Predict files, folders, zips and ``(name, bytes)`` uploads.
 
         Files and uploads are read and preprocessed in the thread pool, several at a time;
-        folders are walked in this thread and their scans preprocessed in the pool. Batches go
+        folders, zips and NIfTI volumes are walked in this thread and their scans preprocessed
+        in the pool, one scan per task. Batches go
         to the model thread as soon as they are full, so reading overlaps the model. At most
         ``batch_size + workers`` inputs are read ahead and :data:`MAX_BATCHES_IN_FLIGHT` batches
         wait for the model, which bounds memory.
@@ -610,7 +613,9 @@ class Predictor:
         ):
             inputs = [inputs]  # type: ignore[list-item]
         for item in inputs:  # type: ignore[union-attr]
-            if isinstance(item, str | os.PathLike) and os.path.isdir(item):
+            if _holds_many_scans(item):
+                # walked here, one scan per pool task: the read-ahead bound holds for a folder,
+                # a zip or a volume of any size (one task for all of them held every tensor)
                 for scan_result in iter_scans([item]):
                     yield partial(self._prepare_scans, [scan_result])
             else:
@@ -667,6 +672,26 @@ class Predictor:
             frame=None if meta is None else meta.frame,
             uncertain=self.refers(probability),
         )
+
+
+def _holds_many_scans(item: Any) -> bool:
+    """Whether an input is a folder, or a file or upload whose bytes say zip or NIfTI (a
+    multi-frame DICOM is bounded by its frame limit and read in one task)."""
+    from hemo.images import SNIFF_BYTES, sniff_kind
+    from hemo.sources import read_head
+
+    if isinstance(item, str | os.PathLike):
+        if os.path.isdir(item):
+            return True
+        try:
+            head = read_head(item, SNIFF_BYTES)
+        except HemoError:
+            return False  # reported by the pool task that reads it
+    elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+        head = item[1][:SNIFF_BYTES]
+    else:
+        return False
+    return sniff_kind(head) in MANY_SCAN_KINDS
 
 
 def _pixel_free(scan: Any) -> CTSlice | None:
