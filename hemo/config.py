@@ -62,6 +62,10 @@ HU_CEIL = 3071.0
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_PIXELS_PER_SLICE = 4096 * 4096
 MAX_SLICES_PER_SERIES = 2000
+#: Most pixels one file (a multi-frame DICOM, a NIfTI volume) may hold over all its slices,
+#: checked from its header before decoding: 2000 slices of 512 x 512 (2 GiB as float32 HU),
+#: so 40 frames of 4096 x 4096 in 40 KB of JPEG 2000 are refused, not decoded to 2.7 GB.
+MAX_PIXELS_PER_FILE = MAX_SLICES_PER_SERIES * 512 * 512
 #: Largest NIfTI volume read, decompressed (bytes): 512 x 512 x 1000 slices of float32.
 MAX_VOLUME_BYTES = 1024 * 1024 * 1024
 MAX_ZIP_MEMBERS = 5000

@@ -442,7 +442,21 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     singles: list[Any] = []
     slices: list[Any] = []
     errors: list[tuple[str, str]] = []
+    held = 0  # pixels of the scans kept: the set is cached, so it is bounded as one file is
     for result in iter_scans(list(files)):
+        if result.error is None:
+            pixels = _scan_pixels(result.scan)
+            if held + pixels > config.MAX_PIXELS_PER_FILE:
+                errors.append(
+                    (
+                        result.name,
+                        f"{result.name}: not read: this upload already holds {held:,} pixels "
+                        f"and the app keeps at most {config.MAX_PIXELS_PER_FILE:,} at once "
+                        "(config.MAX_PIXELS_PER_FILE); upload fewer or smaller scans at a time",
+                    )
+                )
+                continue
+            held += pixels
         if result.error is not None:
             errors.append((result.name, str(result.error)))
         elif isinstance(result.scan, CTSlice):
@@ -468,6 +482,14 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
         else:
             singles.extend(group.slices)
     return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
+
+
+def _scan_pixels(scan: Any) -> int:
+    """Pixels a decoded scan holds (a CT slice's HU or an image's grayscale)."""
+    array = getattr(scan, "hu", None)
+    if array is None:
+        array = getattr(scan, "pixels", None)
+    return 0 if array is None else int(np.asarray(array).size)
 
 
 def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:

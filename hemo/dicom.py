@@ -815,6 +815,13 @@ def _check_image(
             "(config.MAX_PIXELS_PER_SLICE)",
             label,
         )
+    if frames * rows * columns > config.MAX_PIXELS_PER_FILE:
+        raise LimitError(
+            f"(0028,0008) Number of Frames x Rows x Columns is {frames} x {rows} x {columns} = "
+            f"{frames * rows * columns} pixels, more than the limit of "
+            f"{config.MAX_PIXELS_PER_FILE} for one file (config.MAX_PIXELS_PER_FILE)",
+            label,
+        )
     bits = _int(values.get("BitsAllocated"))
     if bits not in SUPPORTED_BITS_ALLOCATED:
         raise DicomError(

@@ -193,6 +193,13 @@ def _slices(
             f"limit of {config.MAX_PIXELS_PER_SLICE} (config.MAX_PIXELS_PER_SLICE)",
             label,
         )
+    if n_slices * rows * columns > config.MAX_PIXELS_PER_FILE:
+        raise LimitError(
+            f"the NIfTI volume has {n_slices} x {rows} x {columns} = "
+            f"{n_slices * rows * columns} voxels, more than the limit of "
+            f"{config.MAX_PIXELS_PER_FILE} for one file (config.MAX_PIXELS_PER_FILE)",
+            label,
+        )
     # inferior -> superior; rows anterior -> posterior; columns patient right -> left
     order = range(n_slices) if flip[ax_s] > 0 else range(n_slices - 1, -1, -1)
     reverse_rows, reverse_columns = flip[ax_a] > 0, flip[ax_r] > 0

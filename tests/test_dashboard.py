@@ -153,6 +153,22 @@ def test_decode_groups_a_zipped_series_and_reports_bad_files(phantoms):
     assert dashboard.series_name(decoded.series[0]) == "study.zip/study"
 
 
+def test_decode_keeps_at_most_the_pixel_budget_of_one_file(phantoms, monkeypatch):
+    """The app caches a decoded upload set: past config.MAX_PIXELS_PER_FILE pixels (lowered
+    here to two slices' worth) further scans are errors saying why, the first ones are kept."""
+    from hemo import config
+
+    index = load_index(phantoms / "index.parquet")
+    paths = [Path(p) for p in index["path"][:3]]
+    files = [(p.name, p.read_bytes()) for p in paths]
+    side = dashboard.decode(files[:1]).singles[0].hu.shape[0]
+    monkeypatch.setattr(config, "MAX_PIXELS_PER_FILE", 2 * side * side)
+    decoded = dashboard.decode(files)
+    kept = len(decoded.singles) + sum(len(s.slices) for s in decoded.series)
+    assert kept == 2 and [name for name, _ in decoded.errors] == [paths[2].name]
+    assert "the app keeps at most" in decoded.errors[0][1]
+
+
 def test_a_duplicate_slice_breaks_up_only_its_own_series(phantoms):
     """Two studies uploaded together, one holding the same slice twice (in the zip and again
     on its own): that series is shown slice by slice with an error naming it, the other stays

@@ -182,6 +182,16 @@ def test_frame_limit_is_checked_before_decoding(
         read_dicom_frames(enhanced_file)
 
 
+def test_pixels_per_file_limit_is_checked_before_decoding(
+    enhanced_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few frames of large slices (40 x 4096 x 4096 in 40 KB of JPEG 2000 decoded to 2.7 GB)
+    are bounded by the file's pixel total, here lowered to three of these four frames."""
+    monkeypatch.setattr(config, "MAX_PIXELS_PER_FILE", 3 * 512 * 512)
+    with pytest.raises(LimitError, match=r"4 x 512 x 512 = 1048576 pixels, more than the limit"):
+        read_dicom_frames(enhanced_file)
+
+
 def test_truncated_multiframe_pixel_data_names_the_frames(cq500_slices: list[Path]) -> None:
     ds = enhanced_ct(cq500_slices)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) * 3 // 4]

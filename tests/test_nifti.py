@@ -130,6 +130,10 @@ def test_size_limits(layouts: dict[str, bytes], monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", COUNT - 1)
     with pytest.raises(LimitError, match=rf"has {COUNT} axial slices, more than the limit"):
         read_nifti(layouts["converter.nii"], "long.nii")
+    monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", COUNT)
+    monkeypatch.setattr(config, "MAX_PIXELS_PER_FILE", COUNT - 1)
+    with pytest.raises(LimitError, match=r"voxels, more than the limit of .* for one file"):
+        read_nifti(layouts["converter.nii"], "big.nii")
 
 
 def _volume_from(data: bytes) -> tuple[np.ndarray, np.ndarray]:
