@@ -11,6 +11,8 @@ from hemo import dashboard, reports, ui
 from hemo.errors import HemoError
 
 SAMPLE_KEY = "predict_samples"
+KEPT_KEY = "predict_kept_upload"
+RESTORED_KEY = "predict_kept_restored"
 SERIES_SLICE_KEY = "series_slice_{}"
 STRIP_COLOR = "#E8574C"
 OUT_COLOR = "#B0B0B0"
@@ -38,6 +40,14 @@ def _jump(slider_key: str, index: int) -> None:
     st.session_state[slider_key] = index + 1
 
 
+def _forget_kept() -> None:
+    st.session_state.pop(KEPT_KEY, None)
+    st.session_state.pop(RESTORED_KEY, None)
+
+
+# Streamlit forgets an uploader's files once another page has run: the page keeps its own
+# copy (in memory, like the uploader's) and shows it again on return, until replaced or dropped
+fresh_visit = "predict_upload" not in st.session_state
 uploads = st.file_uploader(
     "Scans", accept_multiple_files=True, key="predict_upload", label_visibility="collapsed"
 )
@@ -58,6 +68,19 @@ if st.session_state.get(SAMPLE_KEY):
 files = ui.uploaded_files(uploads)
 in_folder, skipped = ui.uploaded_folder(folder)
 files += in_folder
+kept = st.session_state.get(KEPT_KEY)
+if files:
+    st.session_state[KEPT_KEY] = (files, skipped)
+    st.session_state.pop(RESTORED_KEY, None)
+elif kept and (fresh_visit or st.session_state.get(RESTORED_KEY)):
+    files, skipped = list(kept[0]), kept[1]
+    st.session_state[RESTORED_KEY] = True
+    names = ", ".join(name for name, _ in files[:3]) + (" …" if len(files) > 3 else "")
+    info, forget = st.columns([4, 1])
+    info.info(f"Your earlier upload is shown again ({len(files)} file(s): {names}).")
+    forget.button("Forget it", key="forget_upload", on_click=_forget_kept, width="stretch")
+else:
+    _forget_kept()  # the user emptied the uploader
 if skipped:
     st.caption(f"{skipped} file(s) of the folder skipped: DICOMDIR, hidden or not scans.")
 for key in st.session_state.get(SAMPLE_KEY, []):
@@ -214,9 +237,16 @@ for j, series in enumerate(decoded.series):
                 line_width=0,
                 layer="below",
                 annotation_text="referral band",
-                annotation_position="top left",
+                annotation_position="bottom right",
             )
-        fig.update_layout(xaxis_title="slice (inferior → superior)", bargap=0, legend_title_text="")
+        # The legend sits above the plot, not beside it: on a phone it took half the width
+        fig.update_layout(
+            xaxis_title="slice (inferior → superior)",
+            bargap=0,
+            legend_title_text="",
+            legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+            margin={"r": 10},
+        )
         st.plotly_chart(fig, key=f"strip_{j}")
         slider_key = SERIES_SLICE_KEY.format(j)
         # A series shown here for the first time (another upload, another model) opens at its

@@ -163,6 +163,14 @@ if report is not None:
 
 if len(all_runs) >= 2:
     st.subheader("Compare runs")
+    # A run that appeared since the last visit (one just launched) joins the comparison; the
+    # runs the user picked stay picked, and gone ones leave it
+    seen = st.session_state.get("compare_runs_seen")
+    if seen is not None and "compare_runs" in st.session_state:
+        new = [n for n in names if n not in seen]
+        kept = [n for n in st.session_state["compare_runs"] if n in names]
+        st.session_state["compare_runs"] = new + [n for n in kept if n not in new]
+    st.session_state["compare_runs_seen"] = list(names)
     chosen = st.multiselect("Runs", names, default=names[:2], key="compare_runs")
     metric = st.selectbox(
         "Metric", ["val_auc", "val_loss", "auc", "loss", "val_accuracy"], key="compare_metric"

@@ -292,6 +292,35 @@ def test_predict_upload_gives_probability_overlay_and_reports(env):
     assert labels == ["Download overlay PNG", "Download CSV report", "Download JSON report"]
 
 
+def test_predict_keeps_an_upload_through_a_visit_to_another_page(env):
+    """Going to Home and back (Streamlit then forgets the uploader's files) shows the same
+    upload's result again with a note and a "Forget it" button; forgetting empties the page,
+    and emptying the uploader on the page drops the kept copy too."""
+    path = _dicoms(env)[1]
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")
+    ).run()
+    _ok(at)
+    shown = _metrics(at)["Probability of hemorrhage"]
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page("app_pages/predict.py").run()
+    _ok(at)
+    assert _metrics(at)["Probability of hemorrhage"] == shown
+    assert any("Your earlier upload is shown again (1 file(s)" in i.value for i in at.info)
+    at.slider(key="cam_alpha").set_value(0.6).run()  # another widget: still shown
+    assert _metrics(at)["Probability of hemorrhage"] == shown
+    at.button(key="forget_upload").click().run()
+    assert "Probability of hemorrhage" not in _metrics(at)
+    assert any("Drop scans above" in i.value for i in at.info)
+    # An upload emptied on the page is not brought back
+    at.file_uploader(key="predict_upload").set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")
+    ).run()
+    at.file_uploader(key="predict_upload").set_value([]).run()
+    assert "Probability of hemorrhage" not in _metrics(at)
+
+
 def test_predict_bad_upload_errors_and_others_still_processed(env):
     """A bad file shows st.error naming it; the good file beside it still gets a probability."""
     path = _dicoms(env)[0]
@@ -555,7 +584,9 @@ def test_training_form_launches_a_run(env, monkeypatch):
         return make_finished_run(Path(root), name) and runs.read_run(name, root)
 
     monkeypatch.setattr(runs, "launch_run", fake_launch)
+    make_finished_run(env["runs"], "before")
     at = _open("app_pages/training.py")
+    assert "formrun" not in at.multiselect(key="compare_runs").options
     next(t for t in at.text_input if t.label == "Run name").set_value("formrun")
     next(n for n in at.number_input if n.label == "Epochs").set_value(2)
     at.form_submit_button[0].click().run()
@@ -564,6 +595,8 @@ def test_training_form_launches_a_run(env, monkeypatch):
     assert launched["config"]["epochs"] == 2
     assert launched["config"]["data"] == str(env["data"])
     assert at.selectbox(key="training_selected").value == "formrun"
+    # The launched run joins the comparison (it kept the runs picked before the launch)
+    assert "formrun" in at.multiselect(key="compare_runs").value
 
 
 def test_training_refuses_a_dataset_path_that_does_not_exist(env, tmp_path, monkeypatch):
