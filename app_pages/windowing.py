@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from hemo import dashboard, eda, ui
+from hemo import config, dashboard, eda, ui
 from hemo.errors import HemoError
 from hemo.windowing import PRESETS
 
@@ -134,7 +134,10 @@ if views.default is not None:
 else:
     right.info(f"No default window: {views.default_label}.")
 
-hist = eda.histogram(scan.hu, eda.HIST_RANGE_HU, bins=128)
+# The histogram reaches the window's top (the bone window ends at 2000 HU)
+low_hu, high_hu = eda.HIST_RANGE_HU
+high_hu = min(config.HU_CEIL, max(high_hu, center + width / 2))
+hist = eda.histogram(scan.hu, (low_hu, high_hu), bins=128)
 fig = px.bar(hist, x="value", y="fraction", title="HU histogram with the window band")
 fig.update_traces(marker_line_width=0)
 fig.add_vrect(x0=center - width / 2, x1=center + width / 2, fillcolor=BAND_COLOR, line_width=0)
@@ -143,7 +146,11 @@ fig.update_layout(
 )
 st.plotly_chart(fig, key="hu_histogram")
 
-st.subheader("3-window composite (the model's input channels)")
+st.subheader("3-window composite (brain, subdural, soft tissue: the input of HU models)")
+st.caption(
+    "What a model on 3-window HU input sees, e.g. phantom_rsna3; a display-grayscale model "
+    "(headct_real) sees the brain window alone."
+)
 cols = st.columns(1 + len(views.channels))
 cols[0].image(views.composite, caption="composite (RGB)", clamp=True, width="stretch")
 for col, (name, image) in zip(cols[1:], views.channels, strict=True):

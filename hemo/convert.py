@@ -47,7 +47,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hemo import config
 from hemo.errors import ConfigError, DatasetError, HemoError
+from hemo.preprocess import _pad_square
 from hemo.windowing import COMPOSITES, PRESETS, Window, multi_window, resolve_windows
 
 log = logging.getLogger(__name__)
@@ -199,7 +201,8 @@ def render(hu: npt.ArrayLike, windows: Sequence[Window], size: int) -> npt.NDArr
     Args:
         hu: (H, W) Hounsfield units. Not modified.
         windows: One or three windows (gray or RGB output).
-        size: Output side in pixels (square); 0 keeps (H, W).
+        size: Output side in pixels (square; a non-square slice is padded with air to a
+            square first, keeping its proportions, as the model input does); 0 keeps (H, W).
 
     Returns:
         uint8 (size, size) for one window, (size, size, 3) for three (channel c = window c).
@@ -214,6 +217,8 @@ def render(hu: npt.ArrayLike, windows: Sequence[Window], size: int) -> npt.NDArr
             f"a PNG holds 1 window (gray) or 3 windows (RGB), got {len(windows)}: "
             f"{', '.join(w.name for w in windows)}"
         )
+    if size:  # a non-square slice is centred on air first, as for the model: never stretched
+        hu = _pad_square(np.asarray(hu, dtype=np.float32), config.HU_AIR)
     unit = multi_window(hu, list(windows))
     if size:
         shrinking = size < max(unit.shape[:2])

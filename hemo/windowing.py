@@ -1,10 +1,15 @@
 """Window Hounsfield units into [0, 1] for display and for models.
 
 ``pydicom.pixels.apply_windowing`` is a display transform into the stored-value range (DICOM PS3.3
-C.11.2.1.2); models need float32 in [0, 1], so the linear window here follows the same rule but
-returns unit-interval values:
+C.11.2.1.2, whose LINEAR rule uses ``center - 0.5`` and ``width - 1``); models need float32 in
+[0, 1], so the window here is the plain clip most CT pipelines (and the RSNA-2019 kernels) use:
 
     y = clip((hu - (center - width / 2)) / width, 0, 1)
+
+It differs from the DICOM LINEAR rule by at most 1 / (width - 1) of the range (brain 40/80: 4 of
+255 grey levels); one rule is used everywhere (model inputs, ``hemo convert``, the pages). A
+file's own window is applied the same way: its VOI LUT Function (e.g. SIGMOID) and VOI LUT
+Sequence are not applied.
 
 Presets and their sources:
 

@@ -452,3 +452,22 @@ def test_record_written_without_hard_links_and_unreadable_record_refused(
     (out / SETTINGS_FILE).write_text("{")
     with pytest.raises(ConfigError, match=r"not a hemo convert settings record \("):
         convert(src, out, size=SIZE, workers=1)
+
+
+def test_render_keeps_a_non_square_slice_in_proportion() -> None:
+    """A 40 x 80 slice of brain-window tissue becomes a 64 x 64 PNG with the tissue in the
+    middle 32 rows and air above and below (it was stretched to fill the square); square
+    slices are unchanged by the padding."""
+    from hemo.convert import render
+    from hemo.windowing import PRESETS
+
+    hu = np.full((40, 80), 40.0, dtype=np.float32)  # the brain window's centre: grey 128
+    out = render(hu, [PRESETS["brain"]], 64)
+    assert out.shape == (64, 64)
+    assert (out[:15] == 0).all() and (out[-15:] == 0).all()  # air, padded
+    assert (out[17:47] == 128).all()
+    square = np.random.default_rng(0).normal(40, 30, (64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(
+        render(square, [PRESETS["brain"]], 64),
+        np.rint(np.clip((square - 0) / 80, 0, 1) * 255).astype(np.uint8),
+    )

@@ -35,8 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--window",
         default="brain",
-        help="preset (brain, subdural, stroke, soft_tissue, bone), C/W in HU (e.g. 40/80), or "
-        "a 3-window composite giving RGB (rsna3, brain_subdural_bone); default brain",
+        help="preset (brain, subdural, stroke, soft_tissue, bone), C/W in HU (e.g. 40/80; a "
+        "negative centre as --window=-600/1500), or a 3-window composite giving RGB (rsna3, "
+        "brain_subdural_bone); default brain",
     )
     parser.add_argument(
         "--size", type=int, default=256, help="output side in px (square); 0 keeps native size"
