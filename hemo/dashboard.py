@@ -271,8 +271,20 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
     card_path = Path(model_path).with_suffix(CARD_SUFFIX)
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HemoError(f"cannot read the model card: {exc}", card_path) from exc
+    if not isinstance(card, dict) or "name" not in card:
+        raise HemoError("not a hemo model card: no name", card_path)
+    try:
+        return _card_facts(card, Path(model_path))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise HemoError(
+            f"model card is malformed ({type(exc).__name__}: {exc})", card_path
+        ) from exc
+
+
+def _card_facts(card: dict[str, Any], model_path: Path) -> dict[str, Any]:
+    """:func:`card_summary`'s work on a card's JSON object."""
     spec = card.get("input_spec", {})
     if spec.get("mode") == "hu":
         what = "HU windows " + "+".join(spec.get("windows", ()))
@@ -1171,6 +1183,23 @@ def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
     """Chart-ready parts of a run's ``report.json`` (None when the run has no report)."""
     if not report:
         return None
+    try:
+        return _run_report(report)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a damaged report.json
+        return RunReport(
+            threshold=None,
+            split=None,
+            confusion=None,
+            roc=pd.DataFrame(columns=["fpr", "tpr"]),
+            pr=pd.DataFrame(columns=["recall", "precision"]),
+            summary={},
+            note=f"report.json is malformed ({type(exc).__name__}: {exc}); nothing of it is shown",
+            referral=None,
+        )
+
+
+def _run_report(report: Mapping[str, Any]) -> RunReport:
+    """:func:`run_report`'s work on a report that may be damaged (it raises then)."""
     classes = ["no hemorrhage", "hemorrhage"]
     matrix = (report.get("confusion") or {}).get("matrix")
     confusion = (
@@ -1185,8 +1214,9 @@ def run_report(report: Mapping[str, Any] | None) -> RunReport | None:
         for k, v in (report.get("summary") or {}).items()
         if isinstance(v, int | float) and v is not None
     }
+    threshold = report.get("threshold")
     return RunReport(
-        threshold=report.get("threshold"),
+        threshold=float(threshold) if isinstance(threshold, int | float) else None,
         split=report.get("split"),
         confusion=confusion,
         roc=pd.DataFrame({"fpr": roc.get("x", []), "tpr": roc.get("y", [])}),

@@ -16,8 +16,10 @@ This module imports neither TensorFlow nor Keras: reading a run is cheap.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -52,6 +54,9 @@ BACKUP_DIR = "backup"
 
 RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 STATES = (RUNNING, FINISHED, FAILED, STOPPED)
+#: Read-only state of a run whose status.json exists but cannot be read (damaged, half-copied):
+#: never written, never resumed into, shown with the file and the problem.
+UNREADABLE = "unreadable"
 #: Keys of status.json (all present; unknown values are null).
 STATUS_FIELDS = (
     "name",
@@ -89,7 +94,7 @@ class RunInfo:
         state: running / finished / failed / stopped ("failed" when the recorded process died).
         status: Content of status.json (state corrected as above).
         config: Resolved configuration (config.json), empty if not written yet.
-        history: Per-epoch metrics (history.csv), one row per epoch.
+        history: Per-epoch metrics (history.csv), one row per epoch (read when first used).
         report: Evaluation report (report.json) or None.
         model_path: Final model (model.keras) if written.
         card_path: Its card (model.json) if written.
@@ -100,10 +105,14 @@ class RunInfo:
     state: str
     status: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-    history: pd.DataFrame = field(default_factory=pd.DataFrame)
     report: dict[str, Any] | None = None
     model_path: Path | None = None
     card_path: Path | None = None
+
+    @functools.cached_property
+    def history(self) -> pd.DataFrame:
+        """Per-epoch metrics (history.csv), read on first use (listing runs reads none)."""
+        return read_history(self.path)
 
 
 def check_run_name(name: str) -> str:
@@ -132,12 +141,55 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """JSON object from ``path``, or None when missing or unreadable (being replaced)."""
+    """JSON object from ``path``, or None when missing or unreadable (being replaced, damaged,
+    not UTF-8, not an object)."""
+    return read_json_checked(path)[0]
+
+
+def read_json_checked(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(object, None)``, ``(None, None)`` when ``path`` is missing, or ``(None, why)`` when
+    it exists and cannot be read as a JSON object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot be read ({type(exc).__name__})"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"is not valid JSON ({type(exc).__name__})"
+    if not isinstance(data, dict):
+        return None, f"holds a JSON {type(data).__name__}, not an object"
+    return data, None
+
+
+#: status.json fields read as numbers; another value (text, a negative ETA) reads as missing.
+_NUMERIC_STATUS = ("epoch", "epochs", "step", "steps", "eta_s", "best_value", "pid", "updated",
+                   "started")  # fmt: skip
+#: A "running" run whose status was not rewritten for this long (the heartbeat rewrites it every
+#: few seconds) and whose pid is not a hemo training was left behind: it reads as failed.
+STALE_S = 120.0
+
+
+def _clean_status(status: dict[str, Any]) -> dict[str, Any]:
+    """``status`` with numeric fields that are finite numbers (else dropped)."""
+    out = dict(status)
+    for key in _NUMERIC_STATUS:
+        value = out.get(key)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            out.pop(key)
+        elif value < 0:
+            out.pop(key)
+    if out.get("pid") is not None:
+        out["pid"] = int(out["pid"])
+    return out
 
 
 #: One read-merge-write of a status file at a time in this process (training thread, heartbeat).
@@ -218,8 +270,12 @@ def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
     Returns:
         The differing keys, sorted (empty: nothing to resume, or the same settings).
     """
-    saved = read_json(path / CONFIG_FILE)
-    if not (path / BACKUP_DIR).is_dir() or not isinstance(saved, dict):
+    if not (path / BACKUP_DIR).is_dir():
+        return []
+    saved, problem = read_json_checked(path / CONFIG_FILE)
+    if problem is not None:  # what the backup was trained with cannot be told
+        return [f"{CONFIG_FILE} ({problem})"]
+    if saved is None:
         return []
     config = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it
     return sorted(
@@ -230,15 +286,19 @@ def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
 
 
 def read_history(path: Path) -> pd.DataFrame:
-    """history.csv with one row per epoch (a row repeated by a resumed run keeps its last)."""
+    """history.csv with one row per epoch (a row repeated by a resumed run keeps its last);
+    values that are not numbers read as missing, a damaged file as empty (logged)."""
     file = path / HISTORY_FILE
     if not file.is_file() or file.stat().st_size == 0:
         return pd.DataFrame()
     try:
         history = pd.read_csv(file)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        log.warning("%s cannot be read (%s): its curves are not shown", file, type(exc).__name__)
         return pd.DataFrame()
+    history = history.apply(pd.to_numeric, errors="coerce")
     if "epoch" in history.columns:
+        history = history.dropna(subset=["epoch"])
         history = history.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     return history
 
@@ -292,14 +352,30 @@ def read_run(name: str, root: Path | None = None) -> RunInfo:
     path = run_dir(name, root)
     if not path.is_dir():
         raise TrainingError(f"no run named {name!r} under {path.parent}")
-    status = read_json(path / STATUS_FILE) or {}
+    raw, problem = read_json_checked(path / STATUS_FILE)
+    status = _clean_status(raw or {})
     state = status.get("state") or RUNNING
-    if state == RUNNING and status.get("pid") and not pid_alive(int(status["pid"])):
+    pid = status.get("pid")
+    if problem is not None:
+        state, why = UNREADABLE, f"{path / STATUS_FILE} {problem}"
+        status = {"state": state, "message": why, "unreadable": True}
+    elif state not in STATES:
+        state = FAILED
+        status = {**status, "state": state, "message": f"unknown state {status['state']!r}"}
+    elif state == RUNNING and pid and not pid_alive(pid):
         state = FAILED
         status = {
             **status,
             "state": FAILED,
-            "message": f"process {status['pid']} died without finishing (crashed or killed)",
+            "message": f"process {pid} died without finishing (crashed or killed)",
+        }
+    elif state == RUNNING and pid and _stale(status) and not is_training_process(pid):
+        state = FAILED
+        status = {
+            **status,
+            "state": FAILED,
+            "message": f"left running: no news for over {STALE_S:.0f} s and process {pid} is not "
+            "a hemo training",
         }
     model_path = path / MODEL_FILE
     card_path = path / CARD_FILE
@@ -309,11 +385,21 @@ def read_run(name: str, root: Path | None = None) -> RunInfo:
         state=state,
         status=status,
         config=read_json(path / CONFIG_FILE) or {},
-        history=read_history(path),
-        report=read_json(path / REPORT_FILE),
+        report=_report(path),
         model_path=model_path if model_path.is_file() else None,
         card_path=card_path if card_path.is_file() else None,
     )
+
+
+def _report(path: Path) -> dict[str, Any] | None:
+    """report.json, or a stand-in whose ``error`` names the file when it cannot be read."""
+    report, problem = read_json_checked(path / REPORT_FILE)
+    return {"error": f"{path / REPORT_FILE} {problem}"} if problem else report
+
+
+def _stale(status: Mapping[str, Any]) -> bool:
+    updated = status.get("updated")
+    return updated is None or time.time() - float(updated) > STALE_S
 
 
 def list_runs(root: Path | None = None) -> list[RunInfo]:
@@ -326,7 +412,7 @@ def list_runs(root: Path | None = None) -> list[RunInfo]:
         for p in root.iterdir()
         if p.is_dir() and RUN_NAME_RE.match(p.name) and (p / STATUS_FILE).exists()
     ]
-    return sorted(runs, key=lambda r: r.status.get("updated") or 0.0, reverse=True)
+    return sorted(runs, key=lambda r: float(r.status.get("updated") or 0.0), reverse=True)
 
 
 def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> RunInfo:
@@ -347,12 +433,13 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
         TrainingError: Bad name, or a run with that name is live or finished.
     """
     path = run_dir(name, root)
+    if path.exists() and not path.is_dir():
+        raise TrainingError(f"{path} is a file, not a run folder; choose another name")
     if path.exists():
         current = read_run(name, root)
-        if current.state == RUNNING:
-            raise TrainingError(f"run {name!r} is already running (pid {current.status['pid']})")
-        if current.state == FINISHED:
-            raise TrainingError(f"run {name!r} already finished; choose another name")
+        refusal = occupied(current)
+        if refusal:
+            raise TrainingError(refusal)
         from hemo.train import resolve_config
 
         differ = resume_conflict(path, {**resolve_config(config), "name": name})
@@ -385,6 +472,21 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
     )
     log.info("launched run %s (pid %d), log %s", name, process.pid, path / LOG_FILE)
     return read_run(name, root)
+
+
+def occupied(run: RunInfo) -> str | None:
+    """Why a new training may not use ``run``'s folder (live, finished, or a status that cannot
+    be read, which could hide either), else ``None``."""
+    if run.state == RUNNING:
+        return f"run {run.name!r} is already running (pid {run.status.get('pid', '?')})"
+    if run.state == FINISHED:
+        return f"run {run.name!r} already finished; choose another name"
+    if run.state == UNREADABLE:
+        return (
+            f"run {run.name!r}: {run.status['message']}, so it may be live or finished; "
+            "choose another name, or remove that folder"
+        )
+    return None
 
 
 def stop_run(name: str, root: Path | None = None) -> RunInfo:

@@ -691,6 +691,17 @@ def train(config: Mapping[str, Any]) -> Path:
         check_export(config["export"])  # before the run folder and hours of training
     # Where this process writes: the run folder (chief) or a throwaway folder (other workers)
     path = runs.run_dir(name) if chief else Path(tempfile.mkdtemp(prefix=f"hemo-{name}-worker-"))
+    if chief and path.exists():
+        if not path.is_dir():
+            raise TrainingError(f"{path} is a file, not a run folder; choose another --name")
+        current = runs.read_run(name)
+        refusal = runs.occupied(current)
+        # the process a page launched finds its own pid in the status: that is no other run
+        if refusal and not (
+            current.state == runs.RUNNING and current.status.get("pid") == os.getpid()
+        ):
+            if current.state != runs.RUNNING or runs.is_training_process(current.status.get("pid")):
+                raise TrainingError(refusal.replace("choose another name", "choose another --name"))
     previous = runs.read_json(path / runs.STATUS_FILE) or {}
     if previous.get("state") == runs.FINISHED:
         raise TrainingError(f"run {name!r} already finished in {path}; choose another --name")

@@ -575,6 +575,33 @@ def test_training_shows_runs_curves_report_and_comparison(env):
     assert _metrics(at)["roc_auc"] == "0.810"
 
 
+def test_training_and_home_survive_a_damaged_run(env):
+    """A run whose status.json is not UTF-8 and one whose report.json is malformed: every page
+    still draws (the sidebar lists runs on each), the damaged run is named in the table, the
+    other runs stay listed."""
+    import shutil
+
+    made = [make_finished_run(env["runs"], "intact"), env["runs"] / "broken"]
+    made[1].mkdir()
+    (made[1] / runs.STATUS_FILE).write_bytes(b"\xff\xfe")
+    made.append(make_finished_run(env["runs"], "oddreport"))
+    (made[2] / runs.REPORT_FILE).write_text('{"threshold": "x", "confusion": "no"}')
+    try:
+        for page in ("app_pages/home.py", "app_pages/training.py"):
+            at = _open(page)
+            _ok(at)
+        table = at.dataframe[0].value.set_index("run")
+        assert {"intact", "broken", "oddreport"} <= set(table.index)
+        assert table.loc["broken", "state"] == runs.UNREADABLE
+        assert "status.json cannot be read" in table.loc["broken", "message"]
+        at.selectbox(key="training_selected").set_value("oddreport").run()
+        _ok(at)
+        assert any("report.json is malformed" in w.value for w in at.warning)
+    finally:
+        for path in made:  # the module's other tests count the runs
+            shutil.rmtree(path)
+
+
 def test_training_form_launches_a_run(env, monkeypatch):
     """Submitting the form calls hemo.runs.launch_run with the form's configuration."""
     launched = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -397,3 +398,23 @@ def test_synthetic_training_message_only_for_phantom_trained_cards():
     assert dashboard.synthetic_training_message(older) is not None  # its demo-data test set
     real = dataclasses.replace(phantom, training={**phantom.training, "layout": "rsna"})
     assert dashboard.synthetic_training_message(real) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "not a hemo model card: no name"),
+        ('{"hello": 1}', "not a hemo model card: no name"),
+        ('{"name": "m", "threshold": "x"}', "model card is malformed (ValueError"),
+        ('{"name": "m", "referral": {"low": 0.2}}', "model card is malformed (KeyError"),
+        ("\udcff", "cannot read the model card"),
+    ],
+)
+def test_card_summary_names_a_damaged_card(tmp_path, text, message):
+    """Home's card facts: a card that is a list, not a card, or has fields of the wrong kind
+    is one HemoError naming the card file (it was a traceback on Home)."""
+    card = tmp_path / "m.json"
+    card.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(HemoError, match=re.escape(message)) as caught:
+        dashboard.card_summary(tmp_path / "m.keras")
+    assert str(card) in str(caught.value)

@@ -131,3 +131,87 @@ def test_a_stopped_run_with_a_backup_is_not_relaunched_with_other_settings(tmp_p
     assert not (path / runs.REQUEST_FILE).exists()
     same = {**config, "threshold": {"method": "sensitivity"}}
     assert runs.resume_conflict(path, {**resolve_config(same), "name": "paused"}) == []
+
+
+DAMAGED_STATUS = {
+    "not_utf8": b'\xff\xfe{"state": "finished"}',
+    "truncated": b'{"state": "fini',
+    "a_list": b"[1, 2]",
+    "empty": b"",
+}
+
+
+def test_a_damaged_run_is_named_and_hides_no_other_run(tmp_path: Path) -> None:
+    """One run's status.json that cannot be read (not UTF-8, cut short, a list, empty) reads as
+    'unreadable' naming the file, never as running; fields of the wrong type (a text pid or
+    epoch, a negative ETA, a text update time) read as missing; the good run is listed with
+    them, and a damaged report.json or history.csv is named or skipped, not raised."""
+    from hemo import dashboard
+
+    good = _fake_run(tmp_path, "good", state="finished", epoch=3, epochs=3)
+    (good / runs.HISTORY_FILE).write_text("epoch,loss\n0,1.0\nx,0.5\n1,0.9\n")
+    (good / runs.REPORT_FILE).write_text('{"threshold": "x", "summary": [1], "roc": 5}')
+    for name, data in DAMAGED_STATUS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / runs.STATUS_FILE).write_bytes(data)
+    odd = _fake_run(tmp_path, "odd", state="stopped")
+    status = json.loads((odd / runs.STATUS_FILE).read_text())
+    status.update(pid="abc", epoch="x", eta_s=-5, updated="yesterday", best_value="high")
+    (odd / runs.STATUS_FILE).write_text(json.dumps(status))
+    listed = {r.name: r for r in runs.list_runs(tmp_path)}
+    assert set(listed) == {"good", "odd", *DAMAGED_STATUS}
+    for name in DAMAGED_STATUS:
+        assert listed[name].state == runs.UNREADABLE
+        assert str(tmp_path / name / runs.STATUS_FILE) in listed[name].status["message"]
+    assert listed["odd"].state == "stopped"
+    assert not {"pid", "epoch", "eta_s", "updated", "best_value"} & listed["odd"].status.keys()
+    assert listed["good"].history["epoch"].tolist() == [0, 1]
+    table = dashboard.runs_table(list(listed.values()))
+    assert len(table) == len(listed)
+    for run in listed.values():
+        dashboard.run_progress(run)
+        dashboard.history_curves(run.history)
+    report = dashboard.run_report(listed["good"].report)
+    assert report.threshold is None and "report.json is malformed" in report.note
+    (good / runs.REPORT_FILE).write_bytes(b"\xff")
+    note = dashboard.run_report(runs.read_run("good", tmp_path).report).note
+    assert str(good / runs.REPORT_FILE) in note and "cannot be read" in note
+
+
+def test_a_running_status_left_behind_by_another_process_reads_as_failed(tmp_path: Path) -> None:
+    """status 'running' with a live pid that is not a hemo training and no news for minutes
+    (a copied folder, a reused pid) reads as failed, saying why; a fresh one stays running."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = _fake_run(tmp_path, "left", state="running", pid=sleeper.pid)
+        assert runs.read_run("left", tmp_path).state == runs.RUNNING  # just written
+        status = json.loads((path / runs.STATUS_FILE).read_text())
+        status["updated"] = time.time() - runs.STALE_S - 1
+        (path / runs.STATUS_FILE).write_text(json.dumps(status))
+        run = runs.read_run("left", tmp_path)
+        assert run.state == runs.FAILED and "is not a hemo training" in run.status["message"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, monkeypatch):
+    """hemo train --name of a run whose status cannot be read (it may hold a finished model)
+    or of a file in the runs folder is one error line; a stopped run whose config.json cannot
+    be read is not resumed with unknown settings; launching from the page says the same."""
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / runs.STATUS_FILE).write_bytes(b"\xff")
+    (tmp_path / "afile").write_text("x")
+    for name, message in (("broken", "cannot be read"), ("afile", "is a file, not a run folder")):
+        assert main(["train", "--data", "unused", "--name", name]) == EXIT_ERROR
+        with pytest.raises(TrainingError, match=message):
+            runs.launch_run({"data": "unused"}, name, tmp_path)
+    stopped = _fake_run(tmp_path, "stopped", state="stopped")
+    (stopped / runs.BACKUP_DIR).mkdir()
+    (stopped / runs.CONFIG_FILE).write_text('{"epochs": ')
+    assert runs.resume_conflict(stopped, {"epochs": 3}) == [
+        f"{runs.CONFIG_FILE} (is not valid JSON (JSONDecodeError))"
+    ]
