@@ -215,3 +215,21 @@ def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, mon
     assert runs.resume_conflict(stopped, {"epochs": 3}) == [
         f"{runs.CONFIG_FILE} (is not valid JSON (JSONDecodeError))"
     ]
+
+
+def test_hemo_train_refuses_a_run_another_training_is_writing(tmp_path, monkeypatch, capsys):
+    """A run whose status says running, written by another live hemo training (a process
+    whose command line says so), is refused by hemo train --name (it trained into the same
+    folder and overwrote it)."""
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    other = subprocess.Popen(["hemo train other", "60"], executable="/bin/sleep")
+    try:
+        assert runs.is_training_process(other.pid)
+        _fake_run(tmp_path, "live", state="running", pid=other.pid)
+        assert main(["train", "--data", "unused", "--name", "live"]) == EXIT_ERROR
+        assert f"run 'live' is already running (pid {other.pid})" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
