@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import urllib.error
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -871,6 +872,12 @@ def check_model_file(path: str | os.PathLike) -> Path:
         raise ModelError(f"not a model file: expected one of {MODEL_SUFFIXES}", source=path)
     if suffix == ".keras" and not head.startswith(ZIP_MAGIC):
         raise ModelError("not a Keras v3 file: a .keras model is a zip archive", source=path)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):  # no central directory at its end
+        raise ModelError(
+            "the .keras archive is incomplete (cut short while copying or saving?): save or "
+            "copy the model again",
+            source=path,
+        )
     if suffix == ".h5" and not head.startswith(HDF5_MAGIC):
         raise ModelError("not an HDF5 file (bad signature)", source=path)
     return path

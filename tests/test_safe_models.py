@@ -248,3 +248,13 @@ def test_shipped_models_load_safely():
     for path in shipped:
         model, card = hm.load_model(path)
         assert model.outputs[0].shape[-1] == len(card.labels)
+
+
+def test_a_truncated_keras_file_says_it_is_incomplete(saved, tmp_path):
+    """A .keras zip cut short (half-copied) is named as an incomplete archive before Keras is
+    asked (which said "File not found" for a file that exists)."""
+    path = tmp_path / "m.keras"
+    path.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    path.with_suffix(".json").write_text(saved.with_suffix(".json").read_text())
+    with pytest.raises(ModelError, match=r"m\.keras: the \.keras archive is incomplete"):
+        hm.load_model(path)
