@@ -68,6 +68,12 @@ SERIES_PREFIX = "nifti:"
 RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
+#: Size of the gzip trailer (CRC32, ISIZE).
+GZIP_TRAILER_BYTES = 8
+#: Output decompressed per step.
+GUNZIP_CHUNK_BYTES = 16 * 1024 * 1024
+
+
 def gunzip(data: bytes, label: str, limit: int | None = None) -> bytes:
     """Decompress a gzip stream in memory, refusing more than ``limit`` bytes of output.
 
@@ -76,16 +82,29 @@ def gunzip(data: bytes, label: str, limit: int | None = None) -> bytes:
         InputError: not a readable gzip stream.
     """
     limit = config.MAX_VOLUME_BYTES if limit is None else limit
+    too_big = LimitError(
+        f"decompresses to more than {limit} bytes, the limit (config.MAX_VOLUME_BYTES)", label
+    )
+    # The gzip trailer states the size (mod 2**32): an honest bomb is refused unread
+    if len(data) >= GZIP_TRAILER_BYTES and int.from_bytes(data[-4:], "little") > limit:
+        raise too_big
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = bytearray()
+    pending = data
     try:
-        out = inflater.decompress(data, limit + 1)
+        # in chunks into one growing buffer: the peak stays near the output (one call to
+        # decompress() for the whole limit held about twice it)
+        while pending or not inflater.eof:
+            chunk = inflater.decompress(pending, min(GUNZIP_CHUNK_BYTES, limit + 1 - len(out)))
+            out += chunk
+            if len(out) > limit:
+                raise too_big
+            pending = inflater.unconsumed_tail
+            if not chunk and not pending:
+                break
     except zlib.error as exc:
         raise InputError(f"not a readable gzip stream ({exc})", label) from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise LimitError(
-            f"decompresses to more than {limit} bytes, the limit (config.MAX_VOLUME_BYTES)", label
-        )
-    return out
+    return bytes(out)
 
 
 def read_nifti(source: Source, name: str | None = None) -> Iterator[CTSlice]:

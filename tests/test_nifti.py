@@ -200,3 +200,25 @@ def test_slice_index_follows_the_file_when_stored_top_down(dicom_slices: list[CT
     for got, want in zip(slices, dicom_slices, strict=True):
         np.testing.assert_array_equal(got.hu, np.round(want.hu))
         assert got.slice_z_mm == pytest.approx(want.slice_z_mm, abs=1e-3)
+
+
+def test_gunzip_refuses_a_bomb_by_its_trailer_and_by_counting(monkeypatch) -> None:
+    """A gzip stream whose trailer states more than the limit is refused before inflating
+    anything; one whose trailer lies is refused once the output passes the limit, in chunks
+    (one call for the whole limit held about twice it)."""
+    import gzip
+    import zlib
+
+    from hemo.nifti import gunzip
+
+    bomb = gzip.compress(bytes(3 * 1024 * 1024))
+    with monkeypatch.context() as mp:
+        mp.setattr(zlib, "decompressobj", lambda *a: pytest.fail("inflated"))
+        with pytest.raises(LimitError, match="decompresses to more than 1048576 bytes"):
+            gunzip(bomb, "b.nii.gz", limit=1024 * 1024)
+    liar = bomb[:-4] + (10).to_bytes(4, "little")
+    with pytest.raises(LimitError, match="decompresses to more than 1048576 bytes"):
+        gunzip(liar, "b.nii.gz", limit=1024 * 1024)
+    assert gunzip(bomb, "b.nii.gz", limit=3 * 1024 * 1024) == bytes(3 * 1024 * 1024)
+    with pytest.raises(InputError, match="not a readable gzip stream"):
+        gunzip(bomb[:10] + b"\x00" * 50, "cut.nii.gz")
