@@ -325,3 +325,23 @@ def test_gradcam_matches_keras_io_recipe() -> None:
     assert name == "subdural" and raw.shape == (2, *expected[0].shape)
     assert raw.max() > 0.0  # a non-trivial map
     np.testing.assert_allclose(raw, np.stack(expected), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1.0, 1e-4, 1e-6])
+def test_gradcampp_weights_are_the_closed_form_at_any_gradient_size(size: float) -> None:
+    """Grad-CAM++'s alpha = g^2 / (2 g^2 + sum A g^3) (0 where g = 0), to rounding, also for
+    gradients as small as the shipped ensemble's (~1e-4), where an absolute 1e-7 guard on the
+    denominator replaced the formula; the weights' proportions do not depend on the scale."""
+    from hemo.cam.gradcampp import GradCAMPlusPlus
+
+    rng = np.random.default_rng(3)
+    activations = rng.gamma(1.0, 1.0, (2, 6, 6, 5)).astype(np.float32)
+    gradients = (rng.normal(0, 1, (2, 6, 6, 5)) * size).astype(np.float32)
+    gradients[0, 0, 0, :] = 0.0
+    g = gradients.astype(np.float64)
+    total = activations.astype(np.float64).sum(axis=(1, 2), keepdims=True)
+    denominator = 2 * g**2 + total * g**3
+    alpha = np.divide(g**2, denominator, out=np.zeros_like(g), where=denominator != 0)
+    expected = np.sum(alpha * np.maximum(g, 0), axis=(1, 2), keepdims=True)
+    weights = GradCAMPlusPlus.weights(None, activations, gradients)
+    np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=0)

@@ -59,8 +59,12 @@ def test_writes_the_overlays_it_reports(
         picture = cv2.imread(entry["overlay"], cv2.IMREAD_UNCHANGED)
         assert picture.shape == (TINY_SIZE, TINY_SIZE, 3) and picture.dtype == np.uint8
         assert 0.0 <= entry["probability"] <= 1.0
-        assert 0 <= entry["peak"]["row"] < TINY_SIZE and 0 <= entry["peak"]["col"] < TINY_SIZE
+        if entry["flat"]:
+            assert entry["peak"] is None
+        else:
+            assert 0 <= entry["peak"]["row"] < TINY_SIZE and 0 <= entry["peak"]["col"] < TINY_SIZE
         assert isinstance(entry["flat"], bool) and entry["seconds"] >= 0.0
+        assert entry["outside_range"] is None or isinstance(entry["outside_range"], str)
         assert entry["label"] == "any" and isinstance(entry["positive"], bool)
         assert entry["uncertain"] is None  # no referral band in the tiny model's card
     assert data["referral"] is None and 0.0 <= data["threshold"] <= 1.0
@@ -147,3 +151,25 @@ def test_overlay_names_of_frames_and_volume_slices() -> None:
     assert overlay_name("x/enh.dcm", "gradcam", taken, 7) == "enh_frame0007_gradcam.png"
     assert overlay_name("x/head.nii.gz", "hirescam", taken, 12) == "head_frame0012_hirescam.png"
     assert overlay_name("x/head.nii", "hirescam", taken, 12) == "head_frame0012_2_hirescam.png"
+
+
+def test_shipped_model_flat_map_has_no_peak_and_out_of_range_is_said(
+    head_ct_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """With the shipped headct_real: a black picture is outside the model's range (as hemo
+    predict says), and a Kaggle image whose Grad-CAM map is flat has no peak instead of the
+    corner (0, 0)."""
+    from hemo.config import MODELS_DIR
+
+    black = tmp_path / "black.png"
+    cv2.imwrite(str(black), np.zeros((256, 256), np.uint8))
+    kaggle = head_ct_dir / "head_ct" / "100.png"
+    argv = ["explain", "--model", str(MODELS_DIR / "headct_real.keras"), str(black), str(kaggle)]
+    code, data = run_json(capsys, [*argv, "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0
+    dark, real = data["results"]
+    assert dark["outside_range"].startswith("soft tissue is 0%")
+    assert real["outside_range"] is None
+    assert real["flat"] is True and real["peak"] is None
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "[outside the model's range]" in capsys.readouterr().out

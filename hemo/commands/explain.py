@@ -4,7 +4,9 @@ Each scan goes through the model card's one preprocessing path (``Predictor.prep
 explained with a Grad-CAM-family method on the card's target layer, and the heatmap is drawn over
 the model-input view of the slice (its first channel, e.g. the brain window) into
 ``<out>/<stem>_<method>.png``. ``peak`` is the heatmap's maximum in the pixels of that view
-(the model input, ``size`` x ``size``), so it can be read straight off the written picture.
+(the model input, ``size`` x ``size``), so it can be read straight off the written picture;
+``null`` for a flat map (no maximum). ``outside_range`` says, as ``hemo predict`` does for a lone
+slice, why a scan lies outside the slices the model was trained on (``null`` when inside).
 
 Exit status: 0 when every input was explained, 1 when any failed, 2 when the model or an option is
 bad.
@@ -160,6 +162,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 raise ConfigError(f"--out {args.out}: cannot write {path.name}")
             row, col = result.peak
             decides = result.label == predictor.head_label
+            outside = _outside_range(predictor, scan_result.scan)
             results.append(
                 {
                     "path": scan_result.name,
@@ -171,8 +174,11 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                     "logit": result.logit,
                     "label": result.label,
                     "method": result.method,
-                    "peak": {"row": row, "col": col},
+                    # a flat map has no maximum: no peak rather than a corner
+                    "peak": None if result.flat else {"row": row, "col": col},
                     "flat": result.flat,
+                    # as hemo predict says for a lone slice: the reason, or null in range
+                    "outside_range": outside,
                     "overlay": str(path),
                     "seconds": time.perf_counter() - start,
                 }
@@ -193,6 +199,17 @@ def _short(path: str) -> str:
     return path if len(path) <= PATH_WIDTH else "..." + path[-(PATH_WIDTH - 3) :]
 
 
+def _outside_range(predictor: Any, scan: Any) -> str | None:
+    """Why a scan lies outside the model's range, by the rule hemo predict applies to a lone
+    slice (a localizer or reformat; the soft-tissue share of the card's slice range)."""
+    from hemo.anatomy import plane_reason, scan_anatomy
+
+    reason = plane_reason(scan)
+    if reason is None and predictor.slice_range is not None:
+        reason = predictor.slice_range.reason(scan_anatomy(scan))
+    return reason
+
+
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results."""
     lines = [f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}"]
@@ -204,6 +221,8 @@ def _text(data: dict[str, Any]) -> str:
         peak = "flat" if entry["flat"] else f"{entry['peak']['row']},{entry['peak']['col']}"
         name = entry["path"] if entry.get("frame") is None else f"{entry['path']}#{entry['frame']}"
         mark = "  [uncertain: refer]" if entry.get("uncertain") else ""
+        if entry.get("outside_range"):
+            mark += "  [outside the model's range]"
         lines.append(
             f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
             f"{entry['overlay']}{mark}"
