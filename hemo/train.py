@@ -259,6 +259,9 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
     if parts[-1] not in node:
         raise ConfigError(_unknown_key(dotted, source, parts[:-1]))
     default = node[parts[-1]]
+    if dotted in TEXT_OR_BOOL_KEYS:  # cache: true, false or "auto", whatever a file set before
+        node[parts[-1]] = value
+        return
     if isinstance(default, dict):
         raise ConfigError(f"{dotted} is a table: set its keys ({dotted}.KEY), got {value!r}")
     if isinstance(default, bool) and not isinstance(value, bool):

@@ -124,6 +124,11 @@ def test_bad_config_is_refused() -> None:
         resolve_config({})
     with pytest.raises(ConfigError, match="cache must be auto, true or false"):
         resolve_config({"data": "d", "cache": "maybe"})
+    # a file's cache = true is overridden by auto (README's RSNA command), and back
+    assert resolve_config({"data": "d", "cache": True}, {"cache": "auto"})["cache"] == "auto"
+    assert resolve_config({"data": "d", "cache": "auto"}, {"cache": False})["cache"] is False
+    with pytest.raises(ConfigError, match="cache must be auto, true or false"):
+        resolve_config({"data": "d", "cache": True}, {"cache": "maybe"})
     with pytest.raises(ConfigError, match="augment.mixup must be a number >= 0"):
         resolve_config({"data": "d"}, {"augment.mixup": -0.2})
     with pytest.raises(ConfigError, match="augment.strength must be a number, got 'high'"):

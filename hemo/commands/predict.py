@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hemorrhage probability of DICOM/PNG/JPEG files, series folders and zips",
         description="Predict P(hemorrhage) (and subtype probabilities where the model has them) "
         "for each scan, with the verdict at the model card's threshold, and per-series results "
-        "(maximum over slices). Exit 1 when any input failed.",
+        "(maximum over the slices in the model's range). Exit 1 when any input failed.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
