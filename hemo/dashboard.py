@@ -14,6 +14,7 @@ so tests and demos can point the app at a temporary dataset or model folder:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -67,10 +68,12 @@ CARD_METRIC_BLOCKS = ("test", "pooled_out_of_fold")
 
 
 # Paths ------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def favicon(side: int = 64) -> bytes:
     """The app's icon as PNG bytes, drawn here (a head CT slice: skull ring, brain, one bright
     bleed) so the browser fetches nothing from outside the machine (a ``:material/...:`` page
-    icon makes it ask fonts.gstatic.com for the SVG)."""
+    icon makes it ask fonts.gstatic.com for the SVG). Drawn once per process (every rerun of
+    the app asks for it)."""
     import cv2
 
     icon = np.zeros((side, side, 3), np.uint8)

@@ -67,6 +67,13 @@ def _with_dataset(path: Path, page: str) -> AppTest:
     return at
 
 
+def _upload(at: AppTest, path: Path, key: str = "predict_upload") -> None:
+    """Drop one file into an uploader of the page and rerun it."""
+    at.file_uploader(key=key).set_value(
+        (path.name, path.read_bytes(), "application/octet-stream")
+    ).run()
+
+
 def _ok(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
@@ -238,9 +245,7 @@ def test_windowing_keeps_the_chosen_window_across_sources(env):
     at.button(key="preset_bone").click().run()
     at.radio(key="win_source").set_value("Upload DICOM").run()
     path = _dicoms(env)[0]
-    at.file_uploader(key="win_upload").set_value(
-        (path.name, path.read_bytes(), "application/octet-stream")
-    ).run()
+    _upload(at, path, key="win_upload")
     _ok(at)
     center, width = at.slider(key="win_center"), at.slider(key="win_width")
     assert (center.value, width.value) == (600, 2800)
@@ -276,9 +281,7 @@ def test_predict_upload_gives_probability_overlay_and_reports(env):
 
     path = _dicoms(env)[1]
     at = _open("app_pages/predict.py")
-    at.file_uploader(key="predict_upload").set_value(
-        (path.name, path.read_bytes(), "application/octet-stream")
-    ).run()
+    _upload(at, path)
     _ok(at)
     with Predictor(env["models"] / f"{HU_MODEL}.keras") as predictor:
         expected = predictor.predict([(path.name, path.read_bytes())])[0].probability
@@ -298,9 +301,7 @@ def test_predict_keeps_an_upload_through_a_visit_to_another_page(env):
     and emptying the uploader on the page drops the kept copy too."""
     path = _dicoms(env)[1]
     at = _open("app_pages/predict.py")
-    at.file_uploader(key="predict_upload").set_value(
-        (path.name, path.read_bytes(), "application/octet-stream")
-    ).run()
+    _upload(at, path)
     _ok(at)
     shown = _metrics(at)["Probability of hemorrhage"]
     at.switch_page("app_pages/home.py").run()
@@ -314,9 +315,7 @@ def test_predict_keeps_an_upload_through_a_visit_to_another_page(env):
     assert "Probability of hemorrhage" not in _metrics(at)
     assert any("Drop scans above" in i.value for i in at.info)
     # An upload emptied on the page is not brought back
-    at.file_uploader(key="predict_upload").set_value(
-        (path.name, path.read_bytes(), "application/octet-stream")
-    ).run()
+    _upload(at, path)
     at.file_uploader(key="predict_upload").set_value([]).run()
     assert "Probability of hemorrhage" not in _metrics(at)
 
