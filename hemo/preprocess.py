@@ -30,6 +30,13 @@ image's edge; the head is the largest region brighter than it by
 :data:`BACKGROUND_HEAD_MARGIN`). The head crop then finds the head instead of the whole gray
 picture. An image whose background is black already, or not one flat gray, is left as it is.
 
+Optional head only (``dicom_head_only``), DICOM input only, before the crop: everything outside
+the head's outline (:func:`head_only`: the largest 8-connected region above the head threshold,
+as the crop finds it, with its holes filled) becomes air / black. A DICOM holds the scanner's whole
+field of view: the head holder's arcs, the table, cables, which the square crop around the head
+takes in at its corners; exported images (the Kaggle PNGs) are framed without them. Images are fed
+as they are, so a model trained on exported images sees them exactly as it was trained.
+
 Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 :data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
 (``cv2.connectedComponentsWithStats``), which drops borders and burned-in panel letters, then a
@@ -165,6 +172,10 @@ class InputSpec:
         black_background: Mode ``"display"``: set a flat gray background to black before
             anything else (see the module docstring); off by default, and a card without the key
             means off.
+        dicom_head_only: DICOM input: set everything outside the head's outline to air
+            (black in display grayscale) before the crop, removing the scanner's head holder
+            and table (see the module docstring); images are fed as they are. Off by default,
+            and a card without the key means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).
@@ -181,6 +192,7 @@ class InputSpec:
     align_midline: bool = False
     brain_level: float = 0.0
     black_background: bool = False
+    dicom_head_only: bool = False
 
     def __post_init__(self) -> None:
         windows = self.windows
@@ -247,6 +259,10 @@ class InputSpec:
             raise ConfigError(
                 "InputSpec.black_background blackens the gray background of display grayscale: "
                 f"it needs mode 'display' (got {self.mode!r}; in HU, air is already air)"
+            )
+        if not isinstance(self.dicom_head_only, bool):
+            raise ConfigError(
+                f"InputSpec.dicom_head_only must be true or false, got {self.dicom_head_only!r}"
             )
         if self.asymmetry and (self.mode != "display" or self.channels < 2):
             raise ConfigError(
@@ -407,12 +423,51 @@ def blacken_background(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     if found is None:
         return arr
     labels, label, _ = found
+    return np.where(_filled(labels == label), arr, np.float32(GRAY_FILL)).astype(np.float32)
+
+
+def _filled(region: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """``region`` with its holes filled: everything inside its outer outline."""
     outline, _ = cv2.findContours(
-        (labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
     )
-    inside = np.zeros(arr.shape, dtype=np.uint8)
+    inside = np.zeros(region.shape, dtype=np.uint8)
     cv2.drawContours(inside, outline, -1, 1, thickness=cv2.FILLED)
-    return np.where(inside > 0, arr, np.float32(GRAY_FILL)).astype(np.float32, copy=False)
+    return inside > 0
+
+
+def head_only(
+    image: npt.ArrayLike, threshold: float = HEAD_GRAY_THRESHOLD, fill: float = GRAY_FILL
+) -> npt.NDArray[np.float32]:
+    """Everything outside the head's outline set to ``fill``: the scanner's head holder, table
+    and cables that a DICOM's field of view holds beside the head.
+
+    The head is the largest 8-connected region above ``threshold`` (as :func:`head_bbox` finds
+    it), with everything inside its outer outline (ventricles, sinuses, a dark bleed). What
+    touches the head stays; a holder lying apart from it goes.
+
+    Args:
+        image: (H, W) display grayscale in [0, 1] with the defaults, or HU with
+            ``threshold=HEAD_HU_THRESHOLD`` and ``fill=config.HU_AIR``. Not modified. NaN counts
+            as background.
+        threshold: Pixels strictly above it are tissue.
+        fill: Value outside the head.
+
+    Returns:
+        float32 (H, W), a new array; ``image`` unchanged (as float32) when nothing is above the
+        threshold.
+
+    Raises:
+        InputError: ``image`` is not a non-empty 2-D array.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputError(f"head_only needs a non-empty (H, W) image, got shape {arr.shape}")
+    found = largest_component(np.nan_to_num(arr, nan=-np.inf) > threshold)
+    if found is None:
+        return np.array(arr, dtype=np.float32, copy=True)
+    labels, label, _ = found
+    return np.where(_filled(labels == label), arr, np.float32(fill)).astype(np.float32)
 
 
 def skull_hull_mask(
@@ -744,8 +799,11 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
                 "model trained on display grayscale",
                 scan.source,
             )
+        hu = scan.hu
+        if spec.dicom_head_only:
+            hu = head_only(hu, HEAD_HU_THRESHOLD, config.HU_AIR)
         small = _prepare(
-            scan.hu,
+            hu,
             spec.size,
             spec.crop_head,
             HEAD_HU_THRESHOLD,
@@ -777,7 +835,11 @@ def _display_basis(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
     """The scan in display grayscale through ``spec.display_window``, its gray background
     blackened when ``spec.black_background``: what display-mode geometry is found on."""
     gray = to_display(scan, spec.display_window)
-    return blacken_background(gray) if spec.black_background else gray
+    if spec.black_background:
+        gray = blacken_background(gray)
+    if spec.dicom_head_only and isinstance(scan, CTSlice):
+        gray = head_only(gray, HEAD_GRAY_THRESHOLD, GRAY_FILL)
+    return gray
 
 
 def normalize_brain_level(gray: npt.ArrayLike, level: float) -> npt.NDArray[np.float32]:
@@ -887,6 +949,8 @@ def _with_input_geometry(
     ``spec.display_window`` (the basis of display-mode geometry). A new array."""
     if isinstance(scan, CTSlice) and spec.mode == "hu":
         basis, basis_fill, basis_range = scan.hu, config.HU_AIR, MIDLINE_HU_RANGE
+        if spec.dicom_head_only:
+            basis = head_only(basis, HEAD_HU_THRESHOLD, config.HU_AIR)
         head_threshold, skull_threshold = HEAD_HU_THRESHOLD, SKULL_HU_THRESHOLD
     else:
         basis, basis_fill, basis_range = gray, GRAY_FILL, MIDLINE_GRAY_RANGE

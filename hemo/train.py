@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
         "align_midline": False,
         "brain_level": 0.0,
         "black_background": False,
+        "dicom_head_only": False,
     },
     "seed": DEFAULT_SEED,
     "epochs": 20,

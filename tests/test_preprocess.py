@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from dicom_factory import ct_bytes
+from scipy.ndimage import binary_fill_holes
 
 from hemo import config
 from hemo.dicom import read_dicom
@@ -19,6 +20,7 @@ from hemo.preprocess import (
     InputSpec,
     blacken_background,
     head_bbox,
+    head_only,
     input_view,
     largest_component,
     mask_to_model_input,
@@ -65,6 +67,7 @@ def _disc(shape=(200, 300), center=(80, 200), radius=50, value=0.6) -> np.ndarra
         ({"brain_level": 0.45}, "brain_level scales display grayscale: it needs mode 'display'"),
         ({"mode": "display", "black_background": 1}, "black_background must be true or false"),
         ({"black_background": True}, "black_background blackens .* it needs mode 'display'"),
+        ({"dicom_head_only": "true"}, "dicom_head_only must be true or false"),
     ],
 )
 def test_input_spec_validation(kwargs, message):
@@ -359,6 +362,91 @@ def test_black_background_on_real_kaggle_images_blackens_only_gray_pictures(head
     for name in black_backgrounds:
         gray = read_image(head_ct_dir / "head_ct" / name).pixels
         np.testing.assert_array_equal(blacken_background(gray), gray, err_msg=name)
+
+
+def _head_on_holder(hu_head: float = 40.0) -> np.ndarray:
+    """A 128 x 128 HU slice: a round head (bone rim, brain, a dark ventricle inside) and, apart
+    from it, a thin curved holder arc, as a scanner's head holder lies under the head."""
+    hu = np.full((128, 128), config.HU_AIR, dtype=np.float32)
+    cv2.circle(hu, (60, 56), 36, 1000.0, -1)
+    cv2.circle(hu, (60, 56), 32, hu_head, -1)
+    cv2.circle(hu, (60, 56), 6, -20.0, -1)  # below the brain window's floor: dark inside the head
+    cv2.ellipse(hu, (60, 56), (50, 50), 0, 30, 150, 300.0, 2)  # the holder's arc below the head
+    return hu
+
+
+def test_head_only_removes_what_lies_apart_from_the_head():
+    """The holder's arc goes (to the fill), the head stays whole with the dark ventricle inside
+    it, in gray and in HU; a region touching the head stays; NaN is background; an image with
+    nothing above the threshold comes back unchanged; the input is not modified."""
+    hu = _head_on_holder()
+    hu.setflags(write=False)
+    arc = (hu == 300.0)
+    inside = np.hypot(*np.mgrid[:128, :128] - np.array([56, 60])[:, None, None]) <= 36
+    out = head_only(hu, HEAD_HU_THRESHOLD, config.HU_AIR)
+    assert arc.sum() > 100 and np.all(out[arc] == config.HU_AIR)
+    np.testing.assert_array_equal(out[inside], hu[inside])
+    gray = np.clip(hu / 80.0, 0, 1)  # the brain window 40/80: the ventricle at -20 HU is black
+    out_gray = head_only(gray)
+    assert np.all(out_gray[arc] == 0.0) and np.array_equal(out_gray[inside], gray[inside])
+    touching = hu.copy()
+    touching[88:107, 58:62] = 300.0  # a strut joining the arc to the head
+    kept = head_only(touching, HEAD_HU_THRESHOLD, config.HU_AIR)
+    assert np.all(kept[arc] == 300.0)
+    with_nan = hu.copy()
+    with_nan[0, :] = np.nan
+    assert np.all(head_only(with_nan, HEAD_HU_THRESHOLD, config.HU_AIR)[0] == config.HU_AIR)
+    air = np.full((8, 8), config.HU_AIR, dtype=np.float32)
+    np.testing.assert_array_equal(head_only(air, HEAD_HU_THRESHOLD, config.HU_AIR), air)
+    with pytest.raises(InputError, match="non-empty"):
+        head_only(np.zeros((3,)))
+
+
+def test_dicom_head_only_feeds_a_dicom_without_its_holder_and_an_image_as_it_is():
+    """With dicom_head_only, a DICOM of a head on a holder gives the model input of the same
+    head without the holder (display and HU modes, and the overlay view); the same picture as a
+    PNG is fed as it is; a card without the key loads with it off."""
+    hu = _head_on_holder()
+    bare = np.where(hu == 300.0, config.HU_AIR, hu).astype(np.int16)
+    on_holder, alone = read_dicom(ct_bytes(hu.astype(np.int16))), read_dicom(ct_bytes(bare))
+    display = InputSpec(size=64, mode="display", channels=2, crop_head=True, asymmetry=True)
+    hu_spec = InputSpec(size=64, crop_head=True)
+    for spec in (display, hu_spec):
+        head_only_spec = dataclasses.replace(spec, dicom_head_only=True)
+        want = to_model_input(alone, spec)
+        np.testing.assert_allclose(to_model_input(on_holder, head_only_spec), want, atol=1e-6)
+        assert np.abs(to_model_input(on_holder, spec) - want).max() > 0.2  # the arc's corners
+    view = input_view(on_holder, dataclasses.replace(display, dicom_head_only=True))
+    np.testing.assert_allclose(view, input_view(alone, display), atol=1e-6)
+    picture = _image(to_display(on_holder))
+    np.testing.assert_array_equal(
+        to_model_input(picture, dataclasses.replace(display, dicom_head_only=True)),
+        to_model_input(picture, display),
+    )
+    old_card = display.to_dict()
+    del old_card["dicom_head_only"]
+    assert InputSpec.from_dict(old_card) == display and display.dicom_head_only is False
+
+
+def test_dicom_head_only_on_real_cq500_slices_removes_the_holder(cq500_dir, cq500_uncompressed):
+    """On real DICOM (three CQ500-CT-0 slices and 693_UNCR.dcm): without the option the square
+    crop around the head takes in bright pixels of the scanner's head holder beside it; with it
+    everything outside the head's outline is black, and the head itself is unchanged."""
+    spec = InputSpec(size=96, mode="display", channels=1, crop_head=True)
+    head_only_spec = dataclasses.replace(spec, dicom_head_only=True)
+    paths = sorted(cq500_dir.glob("*.dcm"))
+    for path in (paths[60], paths[120], cq500_uncompressed):
+        scan = read_dicom(path)
+        gray = to_display(scan)
+        labels, label, _ = largest_component(gray > 0.05)
+        head = binary_fill_holes(labels == label)  # bright specks inside the ventricles belong
+        outside = ~head & (gray > 0.05)
+        assert outside.sum() > 200, path.name  # the holder's arcs: bright, apart from the head
+        cleaned = head_only(gray)
+        assert not np.any(cleaned[outside]), path.name
+        np.testing.assert_array_equal(cleaned[head], gray[head])
+        before, after = to_model_input(scan, spec), to_model_input(scan, head_only_spec)
+        assert np.abs(before - after).max() > 0.5, path.name
 
 
 def _tilted_head(angle: float, shape=(220, 260), center=(118, 146)) -> np.ndarray:
