@@ -381,7 +381,7 @@ def test_head_only_removes_what_lies_apart_from_the_head():
     nothing above the threshold comes back unchanged; the input is not modified."""
     hu = _head_on_holder()
     hu.setflags(write=False)
-    arc = (hu == 300.0)
+    arc = hu == 300.0
     inside = np.hypot(*np.mgrid[:128, :128] - np.array([56, 60])[:, None, None]) <= 36
     out = head_only(hu, HEAD_HU_THRESHOLD, config.HU_AIR)
     assert arc.sum() > 100 and np.all(out[arc] == config.HU_AIR)
