@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -230,7 +231,14 @@ def list_models(shipped_dir: Path | None = None, runs_root: Path | None = None) 
     ]
     preferred = os.environ.get(ENV_DEFAULT_MODEL) or DEFAULT_MODEL_STEM
     entries.sort(key=lambda e: e.label != preferred)
-    return entries + _run_models(Path(runs_root or runs_dir()))
+    entries += _run_models(Path(runs_root or runs_dir()))
+    # The picker finds a model by its label: a shipped file named "run X.keras" must not hide
+    # run X (nor run X the file)
+    counts = Counter(e.label for e in entries)
+    return [
+        dataclasses.replace(e, label=f"{e.label} ({e.origin})") if counts[e.label] > 1 else e
+        for e in entries
+    ]
 
 
 def _run_models(root: Path) -> list[ModelEntry]:

@@ -59,6 +59,23 @@ def test_list_models_puts_the_preferred_first_and_adds_finished_runs(models, tmp
     (models / "orphan.keras").unlink()
 
 
+def test_a_shipped_model_named_like_a_run_does_not_hide_the_run(models, tmp_path):
+    """A shipped ``run r1.keras`` and run r1 both get a label of their own, each naming its own
+    file, so picking one never loads the other."""
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for suffix in (".keras", ".json"):
+        (shipped / f"run r1{suffix}").write_bytes((models / f"{HU_MODEL}{suffix}").read_bytes())
+    run_path = make_finished_run(tmp_path / "runs", "r1")
+    (run_path / runs.MODEL_FILE).write_bytes((models / f"{DISPLAY_MODEL}.keras").read_bytes())
+    entries = dashboard.list_models(shipped, tmp_path / "runs")
+    by_label = {e.label: e.path for e in entries}
+    assert by_label == {
+        "run r1 (shipped)": shipped / "run r1.keras",
+        "run r1 (run)": run_path / runs.MODEL_FILE,
+    }
+
+
 def test_measured_on_reads_as_text_for_the_shipped_phantom_card():
     """A card whose measured_on is a table (phantom_rsna3) is spelled out, not a Python dict."""
     from hemo.config import MODELS_DIR
