@@ -627,11 +627,15 @@ def finished_run(
     differ = sorted(
         key
         for key in set(saved) | set(wanted)
-        if key not in REUSE_IGNORED and saved.get(key) != wanted.get(key)
+        if key not in REUSE_IGNORED
+        and saved.get(key) != wanted.get(key)
+        and not (key == "data" and _same_fold_file(saved[key], wanted[key]))
     )
     if differ:
         why = f"with another config (differs in {', '.join(differ)})"
-    elif not index_file.is_file() or _split_rows(load_index(index_file)) != _split_rows(index_df):
+    elif not index_file.is_file() or _split_rows(index_df) not in _saved_rows(
+        index_file, saved.get("data")
+    ):
         why = "on another split of the data"
     elif not (path / runs.MODEL_FILE).is_file():
         why = f"but has no {runs.MODEL_FILE}"
@@ -656,6 +660,29 @@ def _over(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         both = isinstance(value, Mapping) and isinstance(below, Mapping)
         out[key] = _over(below, value) if both else value
     return out
+
+
+def _same_fold_file(saved: Any, wanted: Any) -> bool:
+    """Whether two ``data`` paths name the same fold index (``<crossval dir>/fold<k>/index``)
+    in runs folders that may lie in different places: a runs folder copied or moved elsewhere
+    keeps its finished folds (the index's rows are compared on their own)."""
+    return Path(str(saved)).parts[-3:] == Path(str(wanted)).parts[-3:]
+
+
+def _saved_rows(index_file: Path, saved_data: Any) -> list[list[tuple[str, str, int]]]:
+    """:func:`_split_rows` of the fold index a finished run was trained on, its relative paths
+    read from the index's folder and, when the runs folder has moved since the run trained,
+    also from the folder the run's config names (``saved_data``: where the index was then)."""
+    from hemo.datasets import load_index
+
+    saved = load_index(index_file)
+    readings = [_split_rows(saved)]
+    trained_in = Path(str(saved_data)).parent if saved_data else index_file.parent
+    if trained_in != index_file.parent:
+        stored = pd.read_parquet(index_file, columns=["path"])["path"]
+        moved = [str(p) if Path(p).is_absolute() else str(trained_in / p) for p in stored]
+        readings.append(_split_rows(saved.assign(path=moved)))
+    return readings
 
 
 def _split_rows(index_df: pd.DataFrame) -> list[tuple[str, str, int]]:

@@ -293,6 +293,12 @@ def test_rerun_reuses_finished_folds_and_refuses_another_recipe(
     saved_file.write_text(json.dumps(saved))
     crossval(config, n_folds=2)
     assert trained == []
+    # A runs folder moved elsewhere keeps its finished folds (their data paths name the old place)
+    moved = runs.RUNS_DIR.parent / "moved" / "runs"
+    shutil.move(runs.RUNS_DIR, moved)
+    monkeypatch.setattr(runs, "RUNS_DIR", moved)
+    pd.testing.assert_frame_equal(crossval(config, n_folds=2).oof, first.oof)
+    assert trained == []
     # The threshold section is crossval's own business: another referral target reuses the runs
     other = resolve_config(
         {**TINY, "data": str(tiny_data), "name": "tinyre", "threshold": {"referral_accuracy": 0}}
