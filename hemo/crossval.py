@@ -614,7 +614,6 @@ def finished_run(
     Raises:
         TrainingError: The run finished with another config or split, or without its model.
     """
-    from hemo.datasets import load_index
     from hemo.train import DEFAULTS
 
     path = runs.run_dir(run_config["name"])
