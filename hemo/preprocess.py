@@ -2,12 +2,13 @@
 
 An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any scan into it:
 
-* mode ``"hu"`` (DICOM only): HU -> optional crop to the head -> pad to square with air ->
+* mode ``"hu"`` (DICOM only): HU (optionally without what lies outside the head,
+  ``dicom_head_only``) -> optional crop to the head -> pad to square with air ->
   resize once with ``cv2.INTER_AREA`` to ``size`` -> one linear window per channel
   (:func:`hemo.windowing.window` maths, in float32). Windowing after the resize costs one resize
   instead of one per window; it is the same everywhere, so training and prediction agree.
-* mode ``"display"``: display grayscale (an image's pixels, or a DICOM through
-  ``display_window``) -> optional crop -> pad to square with black -> resize -> repeated to
+* mode ``"display"``: display grayscale (an image's pixels, or a DICOM -- optionally without
+  what lies outside the head -- through ``display_window``) -> optional crop -> pad to square with black -> resize -> repeated to
   ``channels``; with ``asymmetry`` the last channel is instead the left-right asymmetry map
   ``max(0, x - mirror(x))``: how much brighter each pixel is than the pixel facing it across
   the vertical centre line. After the head crop that line is close to the midline, and a bleed,
@@ -30,9 +31,10 @@ image's edge; the head is the largest region brighter than it by
 :data:`BACKGROUND_HEAD_MARGIN`). The head crop then finds the head instead of the whole gray
 picture. An image whose background is black already, or not one flat gray, is left as it is.
 
-Optional head only (``dicom_head_only``), DICOM input only, before the crop: everything outside
-the head's outline (:func:`head_only`: the largest 8-connected region above the head threshold,
-as the crop finds it, with its holes filled) becomes air / black. A DICOM holds the scanner's whole
+Optional head only (``dicom_head_only``), DICOM input only (NIfTI slices too: they are
+``CTSlice``), first of all: everything outside the head's outline (:func:`head_only` on the HU:
+the largest 8-connected region above :data:`HEAD_ONLY_HU_THRESHOLD`, with its holes filled)
+becomes air, in both modes, so the model input, the overlay view and lesion masks agree. A DICOM holds the scanner's whole
 field of view: the head holder's arcs, the table, cables, which the square crop around the head
 takes in at its corners; exported images (the Kaggle PNGs) are framed without them. Images are fed
 as they are, so a model trained on exported images sees them exactly as it was trained.
@@ -70,7 +72,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,10 @@ MAX_CHANNELS = 4
 DEFAULT_DISPLAY_WINDOW = "brain"
 #: Tissue of the head (skin, fat, brain, bone) is above this; air and foam pillows are below.
 HEAD_HU_THRESHOLD = -500.0
+#: ``dicom_head_only``: the head's outline is found above this HU. Fat (about -100 HU) and skin
+#: belong to the head, so the scalp stays whole; foam pads, blankets and air lie below it, so a
+#: holder that touches the head only through its pad is cut off.
+HEAD_ONLY_HU_THRESHOLD = -200.0
 #: In display grayscale the black background is below this.
 HEAD_GRAY_THRESHOLD = 0.05
 #: Margin added on each side of the head box, as a fraction of its longer side.
@@ -173,8 +179,8 @@ class InputSpec:
             anything else (see the module docstring); off by default, and a card without the key
             means off.
         dicom_head_only: DICOM input: set everything outside the head's outline to air
-            (black in display grayscale) before the crop, removing the scanner's head holder
-            and table (see the module docstring); images are fed as they are. Off by default,
+            first (:func:`head_only`; black in display grayscale), removing the scanner's head
+            holder and table (see the module docstring); images are fed as they are. Off by default,
             and a card without the key means off.
 
     Raises:
@@ -437,19 +443,20 @@ def _filled(region: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
 
 
 def head_only(
-    image: npt.ArrayLike, threshold: float = HEAD_GRAY_THRESHOLD, fill: float = GRAY_FILL
+    image: npt.ArrayLike, threshold: float = HEAD_ONLY_HU_THRESHOLD, fill: float = config.HU_AIR
 ) -> npt.NDArray[np.float32]:
     """Everything outside the head's outline set to ``fill``: the scanner's head holder, table
     and cables that a DICOM's field of view holds beside the head.
 
-    The head is the largest 8-connected region above ``threshold`` (as :func:`head_bbox` finds
-    it), with everything inside its outer outline (ventricles, sinuses, a dark bleed). What
-    touches the head stays; a holder lying apart from it goes.
+    The head is the largest 8-connected region above ``threshold``, with everything inside its
+    outer outline (ventricles, sinuses, a dark bleed). What touches the head above the
+    threshold stays; a holder lying apart from it, or touching it only through a foam pad
+    (below the default threshold), goes.
 
     Args:
-        image: (H, W) display grayscale in [0, 1] with the defaults, or HU with
-            ``threshold=HEAD_HU_THRESHOLD`` and ``fill=config.HU_AIR``. Not modified. NaN counts
-            as background.
+        image: (H, W) HU with the defaults; any image with another ``threshold`` and
+            ``fill`` (display grayscale: ``HEAD_GRAY_THRESHOLD``, ``GRAY_FILL``). Not modified.
+            NaN counts as background.
         threshold: Pixels strictly above it are tissue.
         fill: Value outside the head.
 
@@ -791,6 +798,7 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
     """
     if not isinstance(scan, CTSlice | Image2D):
         raise InputError(f"cannot preprocess a {type(scan).__name__}: give a CTSlice or an Image2D")
+    scan = _head_only_scan(scan, spec)
     if spec.mode == "hu":
         if not isinstance(scan, CTSlice):
             raise InputError(
@@ -799,11 +807,8 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
                 "model trained on display grayscale",
                 scan.source,
             )
-        hu = scan.hu
-        if spec.dicom_head_only:
-            hu = head_only(hu, HEAD_HU_THRESHOLD, config.HU_AIR)
         small = _prepare(
-            hu,
+            scan.hu,
             spec.size,
             spec.crop_head,
             HEAD_HU_THRESHOLD,
@@ -837,9 +842,17 @@ def _display_basis(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
     gray = to_display(scan, spec.display_window)
     if spec.black_background:
         gray = blacken_background(gray)
-    if spec.dicom_head_only and isinstance(scan, CTSlice):
-        gray = head_only(gray, HEAD_GRAY_THRESHOLD, GRAY_FILL)
     return gray
+
+
+def _head_only_scan(scan: Scan, spec: InputSpec) -> Scan:
+    """``scan`` as ``spec`` sees it: a DICOM slice without what lies outside the head when
+    ``spec.dicom_head_only`` (a new slice; the original is not modified), anything else as is."""
+    if spec.dicom_head_only and isinstance(scan, CTSlice):
+        hu = head_only(scan.hu)
+        hu.setflags(write=False)
+        return replace(scan, hu=hu)
+    return scan
 
 
 def normalize_brain_level(gray: npt.ArrayLike, level: float) -> npt.NDArray[np.float32]:
@@ -898,6 +911,7 @@ def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDAr
         float32 (size, size) in [0, 1]: DICOM through ``spec.display_window``, images as they are.
     """
     side = spec.size if size is None else int(size)
+    scan = _head_only_scan(scan, spec)
     gray = _display_basis(scan, spec)
     view = _with_input_geometry(scan, spec, gray, GRAY_FILL, side, gray)
     return np.clip(view, 0.0, 1.0, out=view)
@@ -925,6 +939,7 @@ def mask_to_model_input(
         InputError: The mask is not 2-D or not the scan's shape.
     """
     area = np.asarray(mask, dtype=np.float32)
+    scan = _head_only_scan(scan, spec)
     gray = _display_basis(scan, spec)
     if area.shape != gray.shape:
         raise InputError(
@@ -949,8 +964,6 @@ def _with_input_geometry(
     ``spec.display_window`` (the basis of display-mode geometry). A new array."""
     if isinstance(scan, CTSlice) and spec.mode == "hu":
         basis, basis_fill, basis_range = scan.hu, config.HU_AIR, MIDLINE_HU_RANGE
-        if spec.dicom_head_only:
-            basis = head_only(basis, HEAD_HU_THRESHOLD, config.HU_AIR)
         head_threshold, skull_threshold = HEAD_HU_THRESHOLD, SKULL_HU_THRESHOLD
     else:
         basis, basis_fill, basis_range = gray, GRAY_FILL, MIDLINE_GRAY_RANGE
@@ -1096,6 +1109,7 @@ __all__ = [
     "DEFAULT_DISPLAY_WINDOW",
     "HEAD_GRAY_THRESHOLD",
     "HEAD_HU_THRESHOLD",
+    "HEAD_ONLY_HU_THRESHOLD",
     "InputSpec",
     "PreparedBatch",
     "SKULL_GRAY_THRESHOLD",
@@ -1103,6 +1117,7 @@ __all__ = [
     "blacken_background",
     "flat_background",
     "head_bbox",
+    "head_only",
     "largest_component",
     "midline_transform",
     "prepare_many",

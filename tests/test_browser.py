@@ -203,7 +203,7 @@ def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500
         strip = page.locator(PLOT).first
         assert strip.get_by_text(dashboard.OUT_OF_RANGE_LABEL).count() >= 1
         assert strip.get_by_text(dashboard.IN_RANGE_LABEL).count() >= 1
-        # The verdict (P 0.84) lies in the card's referral band: said, with the advice
+        # The verdict (P 0.82) lies in the card's referral band: said, with the advice
         assert page.get_by_text("Refer this series to a reader").count() == 1
         assert page.get_by_text("uncertain: refer to a reader").count() >= 1
         assert page.locator(EXCEPTION).count() == 0

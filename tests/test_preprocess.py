@@ -364,60 +364,76 @@ def test_black_background_on_real_kaggle_images_blackens_only_gray_pictures(head
         np.testing.assert_array_equal(blacken_background(gray), gray, err_msg=name)
 
 
-def _head_on_holder(hu_head: float = 40.0) -> np.ndarray:
-    """A 128 x 128 HU slice: a round head (bone rim, brain, a dark ventricle inside) and, apart
-    from it, a thin curved holder arc, as a scanner's head holder lies under the head."""
+def _head_on_holder() -> np.ndarray:
+    """A 128 x 128 HU slice: a round head (skin, a fat layer, the skull, brain, a dark ventricle
+    inside) and, apart from it, a thin curved holder arc, as a scanner's head holder lies under
+    the head."""
     hu = np.full((128, 128), config.HU_AIR, dtype=np.float32)
-    cv2.circle(hu, (60, 56), 36, 1000.0, -1)
-    cv2.circle(hu, (60, 56), 32, hu_head, -1)
+    cv2.circle(hu, (60, 56), 40, 40.0, -1)  # skin
+    cv2.circle(hu, (60, 56), 38, -100.0, -1)  # subcutaneous fat: black in the brain window
+    cv2.circle(hu, (60, 56), 36, 1000.0, -1)  # skull
+    cv2.circle(hu, (60, 56), 32, 40.0, -1)  # brain
     cv2.circle(hu, (60, 56), 6, -20.0, -1)  # below the brain window's floor: dark inside the head
-    cv2.ellipse(hu, (60, 56), (50, 50), 0, 30, 150, 300.0, 2)  # the holder's arc below the head
+    cv2.ellipse(hu, (60, 56), (52, 52), 0, 30, 150, 300.0, 2)  # the holder's arc below the head
     return hu
 
 
 def test_head_only_removes_what_lies_apart_from_the_head():
-    """The holder's arc goes (to the fill), the head stays whole with the dark ventricle inside
-    it, in gray and in HU; a region touching the head stays; NaN is background; an image with
-    nothing above the threshold comes back unchanged; the input is not modified."""
+    """The holder's arc goes (to air), the head stays whole (the skin beyond the fat, the dark
+    ventricle inside); a holder touching the head through a foam pad goes too, one touching it
+    through something solid stays; NaN is background; an image with nothing above the threshold
+    comes back unchanged; the input is not modified."""
     hu = _head_on_holder()
     hu.setflags(write=False)
     arc = hu == 300.0
-    inside = np.hypot(*np.mgrid[:128, :128] - np.array([56, 60])[:, None, None]) <= 36
-    out = head_only(hu, HEAD_HU_THRESHOLD, config.HU_AIR)
+    inside = np.hypot(*np.mgrid[:128, :128] - np.array([56, 60])[:, None, None]) <= 40
+    out = head_only(hu)
     assert arc.sum() > 100 and np.all(out[arc] == config.HU_AIR)
     np.testing.assert_array_equal(out[inside], hu[inside])
-    gray = np.clip(hu / 80.0, 0, 1)  # the brain window 40/80: the ventricle at -20 HU is black
-    out_gray = head_only(gray)
-    assert np.all(out_gray[arc] == 0.0) and np.array_equal(out_gray[inside], gray[inside])
+    padded = hu.copy()
+    padded[95:108, 56:64] = -600.0  # a foam pad between the head and the holder
+    np.testing.assert_array_equal(head_only(padded)[arc], config.HU_AIR)
     touching = hu.copy()
-    touching[88:107, 58:62] = 300.0  # a strut joining the arc to the head
-    kept = head_only(touching, HEAD_HU_THRESHOLD, config.HU_AIR)
-    assert np.all(kept[arc] == 300.0)
+    touching[94:109, 58:62] = 300.0  # a solid strut joining the arc to the head
+    assert np.all(head_only(touching)[arc] == 300.0)
+    gray = np.clip(hu / 80.0, 0, 1)  # other images: with their own threshold and fill
+    assert np.all(head_only(gray, 0.05, 0.0)[arc] == 0.0)
     with_nan = hu.copy()
     with_nan[0, :] = np.nan
-    assert np.all(head_only(with_nan, HEAD_HU_THRESHOLD, config.HU_AIR)[0] == config.HU_AIR)
+    assert np.all(head_only(with_nan)[0] == config.HU_AIR)
     air = np.full((8, 8), config.HU_AIR, dtype=np.float32)
-    np.testing.assert_array_equal(head_only(air, HEAD_HU_THRESHOLD, config.HU_AIR), air)
+    np.testing.assert_array_equal(head_only(air), air)
     with pytest.raises(InputError, match="non-empty"):
         head_only(np.zeros((3,)))
 
 
 def test_dicom_head_only_feeds_a_dicom_without_its_holder_and_an_image_as_it_is():
-    """With dicom_head_only, a DICOM of a head on a holder gives the model input of the same
-    head without the holder (display and HU modes, and the overlay view); the same picture as a
-    PNG is fed as it is; a card without the key loads with it off."""
+    """With dicom_head_only, a DICOM of a head on a holder gives the model input, the overlay
+    view and the lesion-mask geometry of the same head without the holder (display and HU
+    modes); the same picture as a PNG is fed as it is; a card without the key loads with it
+    off."""
     hu = _head_on_holder()
     bare = np.where(hu == 300.0, config.HU_AIR, hu).astype(np.int16)
     on_holder, alone = read_dicom(ct_bytes(hu.astype(np.int16))), read_dicom(ct_bytes(bare))
     display = InputSpec(size=64, mode="display", channels=2, crop_head=True, asymmetry=True)
     hu_spec = InputSpec(size=64, crop_head=True)
-    for spec in (display, hu_spec):
+    hull = InputSpec(size=64, crop_head=True, mask_outside_head=True, align_midline=True)
+    lesion = np.zeros(hu.shape, dtype=bool)
+    lesion[40:50, 50:60] = True
+    for spec in (display, hu_spec, hull):
         head_only_spec = dataclasses.replace(spec, dicom_head_only=True)
         want = to_model_input(alone, spec)
         np.testing.assert_allclose(to_model_input(on_holder, head_only_spec), want, atol=1e-6)
-        assert np.abs(to_model_input(on_holder, spec) - want).max() > 0.2  # the arc's corners
-    view = input_view(on_holder, dataclasses.replace(display, dicom_head_only=True))
-    np.testing.assert_allclose(view, input_view(alone, display), atol=1e-6)
+        if spec is not hull:  # the skull's hull drops the arc anyway
+            assert np.abs(to_model_input(on_holder, spec) - want).max() > 0.2  # arc corners
+        np.testing.assert_allclose(
+            input_view(on_holder, head_only_spec), input_view(alone, spec), atol=1e-6
+        )
+        np.testing.assert_allclose(
+            mask_to_model_input(lesion, on_holder, head_only_spec),
+            mask_to_model_input(lesion, alone, spec),
+            atol=1e-6,
+        )
     picture = _image(to_display(on_holder))
     np.testing.assert_array_equal(
         to_model_input(picture, dataclasses.replace(display, dicom_head_only=True)),
@@ -429,24 +445,31 @@ def test_dicom_head_only_feeds_a_dicom_without_its_holder_and_an_image_as_it_is(
 
 
 def test_dicom_head_only_on_real_cq500_slices_removes_the_holder(cq500_dir, cq500_uncompressed):
-    """On real DICOM (three CQ500-CT-0 slices and 693_UNCR.dcm): without the option the square
-    crop around the head takes in bright pixels of the scanner's head holder beside it; with it
-    everything outside the head's outline is black, and the head itself is unchanged."""
+    """On real DICOM (three CQ500-CT-0 slices, the top of the head, 693_UNCR.dcm): everything
+    outside the head's outline (found independently: the largest region over -200 HU, holes
+    filled) becomes air, the head's brain-window picture is untouched (the scalp too), and where
+    the holder lay beside the head the model input changes."""
+    from scipy.ndimage import label
+
     spec = InputSpec(size=96, mode="display", channels=1, crop_head=True)
     head_only_spec = dataclasses.replace(spec, dicom_head_only=True)
     paths = sorted(cq500_dir.glob("*.dcm"))
-    for path in (paths[60], paths[120], cq500_uncompressed):
+    for path in (paths[8], paths[60], paths[120], cq500_uncompressed):
         scan = read_dicom(path)
+        regions, _ = label(scan.hu > -200, structure=np.ones((3, 3)))
+        largest = np.argmax(np.bincount(regions.ravel())[1:]) + 1
+        head = binary_fill_holes(regions == largest)
+        cleaned = head_only(scan.hu)
+        assert np.all(cleaned[~head] == config.HU_AIR), path.name
+        np.testing.assert_array_equal(cleaned[head], scan.hu[head])
         gray = to_display(scan)
-        labels, label, _ = largest_component(gray > 0.05)
-        head = binary_fill_holes(labels == label)  # bright specks inside the ventricles belong
-        outside = ~head & (gray > 0.05)
-        assert outside.sum() > 200, path.name  # the holder's arcs: bright, apart from the head
-        cleaned = head_only(gray)
-        assert not np.any(cleaned[outside]), path.name
-        np.testing.assert_array_equal(cleaned[head], gray[head])
-        before, after = to_model_input(scan, spec), to_model_input(scan, head_only_spec)
-        assert np.abs(before - after).max() > 0.5, path.name
+        labels, brain_label, _ = largest_component(gray > 0.05)
+        assert np.all(head[binary_fill_holes(labels == brain_label)]), path.name
+        if path != paths[8]:  # the top slice lies above the holder
+            holder = ~head & (gray > 0.05)
+            assert holder.sum() > 200, path.name  # bright and apart from the head
+            before, after = to_model_input(scan, spec), to_model_input(scan, head_only_spec)
+            assert np.abs(before - after).max() > 0.5, path.name
 
 
 def _tilted_head(angle: float, shape=(220, 260), center=(118, 146)) -> np.ndarray:
