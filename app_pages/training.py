@@ -7,6 +7,7 @@ import streamlit as st
 
 from hemo import dashboard, runs, ui
 from hemo.errors import HemoError
+from hemo.train import check_input_fits, input_spec, resolve_config
 
 #: Seconds between refreshes of a live run's curves and progress.
 REFRESH_S = 2.0
@@ -91,7 +92,9 @@ with st.expander("Start a new run", expanded=not all_runs):
                 dashboard.INPUT_MODES[input_label],
             )
             try:
-                ui.open_dataset(data, ui.mtime_of(data))  # refused here, not by a failed run
+                # refused here, not by a run that fails on its first batch
+                opened = ui.open_dataset(data, ui.mtime_of(data))
+                check_input_fits(input_spec(resolve_config(config)), opened.index["path"])
                 started = runs.launch_run(config, name.strip(), root)
             except HemoError as exc:
                 st.error(str(exc))

@@ -471,6 +471,49 @@ def input_spec(config: Mapping[str, Any]):
     return InputSpec.from_dict(values)
 
 
+#: Training files whose first bytes :func:`check_input_fits` sniffs.
+FITS_SAMPLE_FILES = 16
+#: File kinds that carry no Hounsfield units (display grayscale only).
+IMAGE_KINDS = frozenset({"png", "jpeg", "tiff"})
+
+
+def check_input_fits(spec: Any, paths: Sequence[Any]) -> None:
+    """Refuse HU input for a dataset of images, before any training starts.
+
+    A model with ``input.mode = "hu"`` reads Hounsfield units, which only DICOM (and NIfTI)
+    carry; trained on PNG/JPEG images it would fail on the first batch, deep inside the data
+    pipeline. The first :data:`FITS_SAMPLE_FILES` files are sniffed from their first bytes; a
+    dataset whose sniffed files are all images is refused (unreadable files are left to the
+    per-file reports).
+
+    Args:
+        spec: The run's :class:`~hemo.preprocess.InputSpec`.
+        paths: The training files.
+
+    Raises:
+        ConfigError: HU input and the sampled files are all images, naming the first one.
+    """
+    from hemo.images import SNIFF_BYTES, sniff_kind
+    from hemo.sources import read_head
+
+    if spec.mode != "hu":
+        return
+    kinds: list[tuple[str, str]] = []
+    for path in list(paths)[:FITS_SAMPLE_FILES]:
+        try:
+            kinds.append((str(path), sniff_kind(read_head(path, SNIFF_BYTES)) or "dicom"))
+        except HemoError:
+            continue
+    if kinds and all(kind in IMAGE_KINDS for _, kind in kinds):
+        first, kind = kinds[0]
+        raise ConfigError(
+            f"input.mode = 'hu' reads Hounsfield units, which only DICOM carries, but this "
+            f"dataset holds {kind.upper()} images ({first}, and the other files sampled); train "
+            "on display grayscale (--input.mode display, or Input 'display grayscale' on the "
+            "Training page)"
+        )
+
+
 def default_run_name() -> str:
     """``run-YYYYmmdd-HHMMSS`` in local time."""
     return time.strftime("run-%Y%m%d-%H%M%S")
@@ -768,6 +811,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         log.info("adding %d training images from %s", len(extra), config["extra_train"])
         train_df = pd.concat([train_df, extra], ignore_index=True)
     spec = input_spec(config)
+    check_input_fits(spec, train_df["path"])
     batch = int(config["batch_size"])
     # Both sets are cached, so both count (checked before any image is read)
     cache = decide_cache(

@@ -610,7 +610,9 @@ def test_training_form_launches_a_run(env, monkeypatch):
         return make_finished_run(Path(root), name) and runs.read_run(name, root)
 
     monkeypatch.setattr(runs, "launch_run", fake_launch)
-    make_finished_run(env["runs"], "before")
+    for name in ("before", "before2"):  # two runs or more: the comparison is shown
+        if not (env["runs"] / name).exists():
+            make_finished_run(env["runs"], name)
     at = _open("app_pages/training.py")
     assert "formrun" not in at.multiselect(key="compare_runs").options
     next(t for t in at.text_input if t.label == "Run name").set_value("formrun")
@@ -641,6 +643,24 @@ def test_training_refuses_a_dataset_path_that_does_not_exist(env, tmp_path, monk
     _ok(at)
     assert launched == []
     assert any("deeper: no such file or folder" in e.value for e in at.error)
+
+
+def test_training_form_refuses_hu_input_for_a_folder_of_pngs(env, head_ct_dir, monkeypatch):
+    """A Kaggle PNG folder typed into the form with the default HU input (the sidebar shows the
+    DICOM demo) launches nothing and says to train on display grayscale (the run it started
+    used to fail on its first batch with a 42-line TensorFlow traceback)."""
+    launched = []
+    monkeypatch.setattr(runs, "launch_run", lambda *args, **kwargs: launched.append(args))
+    at = _open("app_pages/training.py")
+    next(t for t in at.text_input if t.label == "Dataset (folder or index)").set_value(
+        str(head_ct_dir)
+    )
+    assert at.selectbox[2].value == "HU windows (DICOM)"
+    at.form_submit_button[0].click().run()
+    _ok(at)
+    assert launched == []
+    (error,) = [e.value for e in at.error]
+    assert "holds PNG images" in error and "display grayscale" in error
 
 
 def test_eda_and_windowing_on_the_cq500_layout(env, shared_data):

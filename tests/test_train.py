@@ -893,3 +893,34 @@ def test_best_checkpoint_is_written_aside_then_moved_into_place(tmp_path: Path) 
     clone = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
     clone.load_weights(target)  # a whole Keras weights file, no longer the bytes written above
     assert clone.get_weights()[0].shape == (2, 1)
+
+
+def test_hu_input_is_refused_for_a_dataset_of_images(head_ct_dir: Path, tmp_path: Path) -> None:
+    """HU input on PNG images is refused before training, naming the first file and the fix;
+    display input on them, HU input on DICOM, and unreadable files are let through."""
+    from dicom_factory import ct_bytes
+
+    from hemo.preprocess import InputSpec
+    from hemo.train import check_input_fits
+
+    pngs = sorted((head_ct_dir / "head_ct").glob("*.png"))[:20]
+    with pytest.raises(ConfigError, match=r"holds PNG images \(.*000\.png.*--input\.mode display"):
+        check_input_fits(InputSpec(size=32), pngs)
+    check_input_fits(InputSpec(size=32, mode="display", channels=1), pngs)
+    dicom = tmp_path / "slice.dcm"
+    dicom.write_bytes(ct_bytes())
+    check_input_fits(InputSpec(size=32), [dicom, *pngs])
+    check_input_fits(InputSpec(size=32), [tmp_path / "missing.dcm"])
+
+
+def test_train_refuses_hu_input_on_the_kaggle_pngs(
+    head_ct_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hemo train with the default HU input on the Kaggle folder fails before its first epoch
+    with that one message (not a TensorFlow traceback from inside the data pipeline)."""
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    config = resolve_config({"data": str(head_ct_dir), "name": "hu_on_png", "epochs": 1})
+    with pytest.raises(ConfigError, match="holds PNG images"):
+        train({**config, "image_size": 32})
