@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -237,14 +238,40 @@ def list_models() -> list[dashboard.ModelEntry]:
     return _list_models(str(dashboard.models_dir()), str(dashboard.runs_dir()))
 
 
+#: File suffixes of label tables and manifests, whose edits change a dataset folder's index.
+LABEL_SUFFIXES = (".csv", ".json", ".parquet", ".txt", ".tsv")
+#: A folder's first entries looked at by :func:`mtime_of` (a flat folder of scans can be huge).
+MTIME_MAX_ENTRIES = 4096
+
+
 def mtime_of(path: str | Path) -> float:
-    """Modification time used as a cache key (0 when the path is missing)."""
+    """Modification time used as a cache key (0 when the path is missing).
+
+    An ``index.parquet`` (given, or in the folder) is the dataset: its own time. A folder
+    without one is indexed from its label tables and subfolders, so the key is the newest
+    time of the folder, the label tables and manifests in it, and its subfolders (a class
+    folder that gains an image, a ``labels.csv`` edited in place: the folder's own time changes
+    with neither).
+    """
     p = Path(path)
-    target = p / dashboard.INDEX_NAME if (p / dashboard.INDEX_NAME).is_file() else p
+    if (p / dashboard.INDEX_NAME).is_file():
+        p = p / dashboard.INDEX_NAME
     try:
-        return target.stat().st_mtime
+        newest = p.stat().st_mtime
     except OSError:
         return 0.0
+    if not p.is_dir():
+        return newest
+    try:
+        with os.scandir(p) as entries:
+            for count, entry in enumerate(entries):
+                if count >= MTIME_MAX_ENTRIES:
+                    break
+                if entry.name.lower().endswith(LABEL_SUFFIXES) or entry.is_dir():
+                    newest = max(newest, entry.stat().st_mtime)
+    except OSError:
+        pass
+    return newest
 
 
 # Sidebar ----------------------------------------------------------------------------------------

@@ -663,6 +663,34 @@ def test_training_form_refuses_hu_input_for_a_folder_of_pngs(env, head_ct_dir, m
     assert "holds PNG images" in error and "display grayscale" in error
 
 
+def test_eda_counts_follow_an_edited_label_file(env, head_ct_dir, tmp_path):
+    """A Kaggle folder (no index.parquet) whose labels.csv is edited in place shows the new
+    counts on the next visit (the cache was keyed on the folder's own time, which an edit inside
+    it does not change, and kept the old counts for an hour)."""
+    import os
+
+    import pandas as pd
+
+    root = tmp_path / "kaggle"
+    (root / "head_ct").mkdir(parents=True)
+    labels = pd.read_csv(head_ct_dir / "labels.csv").head(20)  # ids 0-19: all hemorrhage
+    for i in labels["id"]:
+        shutil.copy(head_ct_dir / "head_ct" / f"{i:03d}.png", root / "head_ct")
+    labels.to_csv(root / "labels.csv", index=False)
+    folder_time = (root).stat().st_mtime
+    at = _with_dataset(root, "app_pages/eda.py")
+    _ok(at)
+    assert _metrics(at)["Hemorrhage"] == "20"
+    labels.iloc[:5, 1] = 0
+    labels.to_csv(root / "labels.csv", index=False)
+    later = folder_time + 10
+    os.utime(root / "labels.csv", (later, later))
+    os.utime(root, (folder_time, folder_time))  # the folder itself did not change
+    at = _with_dataset(root, "app_pages/eda.py")
+    _ok(at)
+    assert _metrics(at)["Hemorrhage"] == "15"
+
+
 def test_eda_and_windowing_on_the_cq500_layout(env, shared_data):
     """The real CQ500 sample (238 slices, reads.csv) opens on EDA and Windowing with no error."""
     root = shared_data / "cq500"
