@@ -79,7 +79,9 @@ else:
     for name, message in decoded.errors:
         st.error(f"{name}: {message}" if name not in message else message)
     stacks = [(dashboard.series_name(s), s.slices) for s in decoded.series]
-    stacks += [(s.source, (s,)) for s in decoded.singles]
+    # Scans that can be windowed first (upload order among them), images without HU after
+    singles = sorted(decoded.singles, key=lambda s: not hasattr(s, "hu"))
+    stacks += [(s.source, (s,)) for s in singles]
     if not stacks:
         st.stop()
     names = [name for name, _ in stacks]
@@ -149,7 +151,8 @@ st.plotly_chart(fig, key="hu_histogram")
 st.subheader("3-window composite (brain, subdural, soft tissue: the input of HU models)")
 st.caption(
     "What a model on 3-window HU input sees, e.g. phantom_rsna3; a display-grayscale model "
-    "(headct_real) sees the brain window alone."
+    "(headct_real) sees the brain window, cropped to the head, with its left-right asymmetry "
+    "map as a second channel."
 )
 cols = st.columns(1 + len(views.channels))
 cols[0].image(views.composite, caption="composite (RGB)", clamp=True, width="stretch")

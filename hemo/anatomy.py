@@ -144,8 +144,8 @@ class SliceRange:
         if fraction < self.min_soft_tissue_fraction:
             return (
                 f"soft tissue is {fraction:.0%} of the head section, under the "
-                f"{self.min_soft_tissue_fraction:.0%} of the images the model was trained on "
-                "(skull base or vertex)"
+                f"{self.min_soft_tissue_fraction:.0%} minimum learned from the images the model "
+                "was trained on (skull base or vertex)"
             )
         if largest_area_px:
             share = anatomy.head_area_px / largest_area_px

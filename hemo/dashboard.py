@@ -465,8 +465,11 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     singles: list[Any] = []
     slices: list[Any] = []
     errors: list[tuple[str, str]] = []
+    uploaded: dict[int, int] = {}  # id(scan) -> its place among the uploads
     held = 0  # pixels of the scans kept: the set is cached, so it is bounded as one file is
     for result in iter_scans(list(files)):
+        if result.scan is not None:
+            uploaded[id(result.scan)] = len(uploaded)
         if result.error is None:
             pixels = _scan_pixels(result.scan)
             if held + pixels > config.MAX_PIXELS_PER_FILE:
@@ -504,6 +507,8 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
             series.append(group)
         else:
             singles.extend(group.slices)
+    # Lone DICOM slices were grouped after the images: back to the order they were uploaded in
+    singles.sort(key=lambda scan: uploaded.get(id(scan), len(uploaded)))
     return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
 
 

@@ -320,6 +320,10 @@ def _has_image_tags(ds: Dataset) -> bool:
     return "PixelData" in ds and "Rows" in ds and "Columns" in ds
 
 
+#: The (7FE0,0010) Pixel Data tag as little-endian bytes (every transfer syntax hemo reads).
+PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
+
+
 def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, str]:
     """Parse the dataset of ``source``; the pixel data is kept (not decoded) when ``pixels``."""
     label = source_name(source, name)
@@ -359,6 +363,13 @@ def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, 
             f"not a DICOM file: no '{DICM_MAGIC.decode()}' marker at byte {DICM_OFFSET}, and "
             "read without it the bytes hold no image ((0028,0010) Rows, (0028,0011) Columns, "
             "(7FE0,0010) Pixel Data)",
+            label,
+        )
+    if pixels and "PixelData" not in ds and PIXEL_DATA_TAG_LE in data[DICM_OFFSET:]:
+        # pydicom drops an encapsulated Pixel Data element the file ends inside of
+        raise DicomError(
+            f"the file ends inside its (7FE0,0010) Pixel Data ({len(data):,} bytes): it is "
+            "truncated",
             label,
         )
     _ensure_transfer_syntax(ds)

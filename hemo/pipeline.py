@@ -7,6 +7,10 @@ parallel and, for small sets, cached in memory as preprocessed tensors::
     index rows -> (path, labels) -> decode + to_model_input (parallel) -> [cache] -> [shuffle]
         -> batch -> train_preprocessing (augment) | val_preprocessing -> prefetch
 
+A file that cannot be read or preprocessed (damaged pixel data that indexing, which reads
+headers, did not see) is left out of the batches and reported once, by name; the others train
+(:func:`left_out` lists them for the run's report).
+
 Augmentation uses Keras preprocessing layers: RandomRotation, RandomZoom and RandomFlip (the
 published method's three) plus RandomContrast and RandomBrightness (window jitter); it is seeded
 and applied to the training split only. Optional extras, all off by default: a random display
@@ -24,7 +28,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -561,6 +566,31 @@ def decide_cache(n_images: int, spec: InputSpec, cache: bool | None) -> bool:
     return bool(cache)
 
 
+#: Training files that could not be read or preprocessed, with why (this process, every
+#: dataset): :func:`make_dataset` leaves them out of the batches, reports each once and keeps
+#: the rest; :func:`left_out` lists them for a run's report.
+_LEFT_OUT: dict[str, str] = {}
+_LEFT_OUT_LOCK = threading.Lock()
+
+
+def _leave_out(path: str, exc: HemoError) -> None:
+    """Record a training file that cannot be read (warned once per file)."""
+    with _LEFT_OUT_LOCK:
+        if path in _LEFT_OUT:
+            return
+        _LEFT_OUT[path] = str(exc)
+    log.warning("left out of training (cannot be read): %s", exc)
+
+
+def left_out(paths: Iterable[str] | None = None) -> dict[str, str]:
+    """Files :func:`make_dataset` left out so far (``path -> reason``), only ``paths`` if given."""
+    with _LEFT_OUT_LOCK:
+        found = dict(_LEFT_OUT)
+    if paths is None:
+        return found
+    return {p: found[p] for p in map(str, paths) if p in found}
+
+
 def make_dataset(
     df: pd.DataFrame,
     spec: InputSpec,
@@ -630,16 +660,17 @@ def make_dataset(
             raise DatasetError(f"row_weights has shape {factors.shape}; expected ({len(df)},)")
         w = w * factors
 
-    def decode(path: bytes) -> NDArray[np.float32]:
+    def decode(path: bytes) -> tuple[NDArray[np.float32], np.float32]:
         try:
-            return load_input(path.decode("utf-8"), spec)
+            return load_input(path.decode("utf-8"), spec), np.float32(1.0)
         except HemoError as exc:
-            raise DatasetError(f"cannot preprocess a training image: {exc}") from exc
+            _leave_out(path.decode("utf-8"), exc)
+            return np.zeros((size, size, channels), np.float32), np.float32(0.0)
 
     def decode_tf(path: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
-        x = tf.numpy_function(decode, [path], tf.float32, stateful=False)
+        x, ok = tf.numpy_function(decode, [path], (tf.float32, tf.float32), stateful=False)
         x.set_shape((size, size, channels))
-        return x, target, weight
+        return x, target, weight, ok
 
     if mask_grid > 0:
         return _masked_dataset(
@@ -648,6 +679,7 @@ def make_dataset(
     # Rows -> decoded, preprocessed tensors (parallel, in order), optionally cached
     ds = tf.data.Dataset.from_tensor_slices((paths, y, w))
     ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(lambda _x, _t, _w, ok: ok > 0).map(lambda x, t, weight, _ok: (x, t, weight))
     if cache:
         ds = ds.cache()
     # Shuffle, batch and augment (train) or batch as is (val/test)
@@ -695,20 +727,24 @@ def _masked_dataset(
 
     def decode(path: bytes, mask_path: bytes):
         try:
-            return load_input_and_mask(path.decode("utf-8"), mask_path.decode("utf-8"), spec)
+            x, mask = load_input_and_mask(path.decode("utf-8"), mask_path.decode("utf-8"), spec)
+            return x, mask, np.float32(1.0)
         except HemoError as exc:
-            raise DatasetError(f"cannot preprocess a training image or its mask: {exc}") from exc
+            _leave_out(path.decode("utf-8"), exc)
+            zeros = np.zeros((size, size, channels), np.float32)
+            return zeros, np.zeros((size, size, 1), np.float32), np.float32(0.0)
 
     def decode_tf(path, mask_path, target, has, weight):
-        x, mask = tf.numpy_function(
-            decode, [path, mask_path], (tf.float32, tf.float32), stateful=False
+        x, mask, ok = tf.numpy_function(
+            decode, [path, mask_path], (tf.float32, tf.float32, tf.float32), stateful=False
         )
         x.set_shape((size, size, channels))
         mask.set_shape((size, size, 1))
-        return x, mask, target, has, weight
+        return x, mask, target, has, weight, ok
 
     ds = tf.data.Dataset.from_tensor_slices((paths, mask_paths, y, has_mask, w))
     ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.filter(lambda *row: row[-1] > 0).map(lambda *row: row[:-1])
     if cache:
         ds = ds.cache()
     if training:

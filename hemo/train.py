@@ -428,22 +428,43 @@ def resolve_path(value: str | os.PathLike) -> Path:
     return (PROJECT_DIR / path).resolve()
 
 
-def check_export(value: str | os.PathLike) -> Path:
-    """Refuse an export path whose folder cannot be made or written, before any training.
+def check_export(value: str | os.PathLike, data: str | os.PathLike | None = None) -> Path:
+    """Refuse an export path whose folder cannot be made or written, or that holds a model
+    trained on other data, before any training.
 
-    Creates the folder when missing and writes (then removes) a probe file in it.
+    Creates the folder when missing and writes (then removes) a probe file in it. A model
+    already there is replaced only by a run on the data its card names (rerunning its recipe):
+    a config used as a template with ``--data`` of one's own (``configs/phantom.toml`` exports
+    to ``models/phantom_rsna3``) must not overwrite a shipped model.
 
     Args:
         value: The ``export`` path as the user gave it (``models/NAME``, with or without
             ``.keras``); resolved as :func:`resolve_path` does.
+        data: The run's dataset (the config's ``data``); ``None`` skips the check.
 
     Returns:
         The resolved path.
 
     Raises:
-        ConfigError: Naming the path and why (a file in the way, no such place, read-only).
+        ConfigError: Naming the path and why (a file in the way, no such place, read-only, a
+            model of other data there).
     """
+    from hemo.model import model_paths
+
     path = resolve_path(value)
+    keras_path, card_path, _ = model_paths(path)
+    if data is not None and keras_path.is_file():
+        try:
+            trained_on = json.loads(card_path.read_text())["training"]["data"]
+        except (OSError, ValueError, KeyError, TypeError):
+            trained_on = None
+        if trained_on and resolve_path(trained_on) != resolve_path(data):
+            raise ConfigError(
+                f"{keras_path} already holds a model trained on {trained_on}, and this run "
+                f"trains on {data}: give --export another path (or --export '' for none), or "
+                "remove that model first",
+                source=value,
+            )
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -591,8 +612,11 @@ class StopFlag:
         )
 
 
-def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, best: dict):
-    """Keras callback rewriting status.json every STATUS_INTERVAL_S and at each epoch end."""
+def make_status_callback(
+    path: Path, flag: StopFlag, phase: str, epochs: int, best: dict, steps_hint: int = 0
+):
+    """Keras callback rewriting status.json every STATUS_INTERVAL_S and at each epoch end
+    (``steps_hint``: batches per epoch when Keras cannot tell)."""
     import keras
 
     class StatusCallback(keras.callbacks.Callback):
@@ -636,11 +660,11 @@ def make_status_callback(path: Path, flag: StopFlag, phase: str, epochs: int, be
             if value is not None and math.isfinite(value):
                 if best["value"] is None or value > best["value"]:
                     best["value"] = float(value)
-            steps = self.params.get("steps") or 0
+            steps = self.params.get("steps") or steps_hint
             self._write(steps, message=f"epoch {epoch + 1}/{epochs} done")
 
         def _write(self, step: int, message: str | None = None) -> None:
-            steps = int(self.params.get("steps") or 0)
+            steps = int(self.params.get("steps") or steps_hint)
             elapsed = time.monotonic() - self.t0
             remaining = (epochs - self.epoch - 1) * steps + max(steps - step, 0)
             eta = elapsed / self.steps_done * remaining if self.steps_done else None
@@ -735,7 +759,8 @@ def train(config: Mapping[str, Any]) -> Path:
     config = {**config, "name": name}
     chief = is_chief()
     if chief and config.get("export"):
-        check_export(config["export"])  # before the run folder and hours of training
+        # before the run folder and hours of training
+        check_export(config["export"], config["data"])
     # Where this process writes: the run folder (chief) or a throwaway folder (other workers)
     path = runs.run_dir(name) if chief else Path(tempfile.mkdtemp(prefix=f"hemo-{name}-worker-"))
     if chief and path.exists():
@@ -925,12 +950,13 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
                 by = flag.signal_name or "a signal on another worker"
                 return runs.STOPPED, f"stopped by {by} during {phase.name}"
             continue
+        epoch_steps = steps or _cardinality(train_ds, len(train_df), batch)
         with strategy.scope():
             _compile(
-                fit_model, config, phase, steps or _cardinality(train_ds),
+                fit_model, config, phase, epoch_steps,
                 mask_labels=len(labels) if mask_weight else 0,
             )  # fmt: skip
-        callbacks = _callbacks(config, path, phase, flag, best, chief)
+        callbacks = _callbacks(config, path, phase, flag, best, chief, steps_hint=epoch_steps)
         fit_model._initial_epoch = None  # a previous phase's restore must not leak into this one
         try:
             fit_model.fit(
@@ -974,7 +1000,28 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
     _finish(config, path, final, index, data, labels, spec, init_report)
     shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
+    skipped = _left_out(index, extra)
+    if skipped["count"]:
+        left = f"{skipped['count']} unreadable image(s) left out: {', '.join(skipped['files'])}"
+        note = left if note is None else f"{note}; {left}"
     return runs.FINISHED, "finished" if note is None else f"finished: {note}"
+
+
+#: Names of left-out files recorded in a card (the count is always whole).
+LEFT_OUT_NAMES = 10
+
+
+def _left_out(index, extra) -> dict[str, Any]:
+    """Training and validation files the pipeline left out (unreadable): count and the first
+    :data:`LEFT_OUT_NAMES` file names (names only: a folder path may name a patient)."""
+    import pandas as pd
+
+    from hemo.pipeline import left_out
+
+    rows = index if extra is None else pd.concat([index, extra], ignore_index=True)
+    found = left_out(rows["path"].astype(str))
+    names = [Path(p).name for p in sorted(found)[:LEFT_OUT_NAMES]]
+    return {"count": len(found), "files": names}
 
 
 def extra_train_rows(config: Mapping[str, Any], labels: Sequence[str]):
@@ -1029,10 +1076,11 @@ def _split(index, split: str):
     return rows
 
 
-def _cardinality(ds) -> int:
-    """Batches per epoch of a finite dataset (1 when unknown)."""
+def _cardinality(ds, rows: int, batch: int) -> int:
+    """Batches per epoch of a finite dataset; when tf.data cannot tell (unreadable images are
+    filtered out as they are met), the batches ``rows`` make (at least 1)."""
     n = int(ds.cardinality())
-    return n if n > 0 else 1
+    return n if n > 0 else max(1, math.ceil(rows / batch))
 
 
 def _best_so_far(path: Path) -> float | None:
@@ -1229,7 +1277,14 @@ def best_checkpoint(target: Path, initial_value: float | None):
 
 
 def _callbacks(
-    config, path: Path, phase: Phase, flag: StopFlag, best: dict, chief: bool, backup: bool = True
+    config,
+    path: Path,
+    phase: Phase,
+    flag: StopFlag,
+    best: dict,
+    chief: bool,
+    backup: bool = True,
+    steps_hint: int = 0,
 ) -> list:
     """CSV log, backup (unless ``backup`` is false), best checkpoint, early stopping, LR
     schedule, live status."""
@@ -1266,7 +1321,9 @@ def _callbacks(
                 min_lr=MIN_LEARNING_RATE,
             )
         )
-    callbacks.append(make_status_callback(path, flag, phase.name, int(config["epochs"]), best))
+    callbacks.append(
+        make_status_callback(path, flag, phase.name, int(config["epochs"]), best, steps_hint)
+    )
     return callbacks
 
 
@@ -1515,6 +1572,7 @@ def _training_summary(config, index, data: Path, history, init_report) -> dict[s
         "blur": float(config["augment"]["blur"]),
         "lesion": float(config["augment"]["lesion"]),
         "notes": config["notes"],
+        "left_out": _left_out(index, extra),
         "config": {**config, "data": portable_path(data, config["data"])},
     }
 
@@ -1525,13 +1583,19 @@ def _val_threshold(model, index, labels, spec, config) -> tuple[float, dict[str,
     import numpy as np
 
     from hemo.evaluate import choose_threshold
-    from hemo.pipeline import label_matrix, make_dataset
+    from hemo.pipeline import make_dataset
     from hemo.referral import choose_band
 
     val = _split(index, "val")
-    probs = model.predict(make_dataset(val, spec, labels, int(config["batch_size"])), verbose=0)
-    y = label_matrix(val, labels)[:, 0]
-    p = np.asarray(probs)[:, 0]
+    # Labels from the batches themselves: an unreadable image is left out of both
+    probs, targets = [], []
+    for x, t in make_dataset(val, spec, labels, int(config["batch_size"])):
+        probs.append(np.asarray(model(x, training=False))[:, 0])
+        targets.append(np.asarray(t)[:, 0])
+    if not probs:
+        log.warning("keeping threshold %.2f: no validation image could be read", ACCURACY_THRESHOLD)
+        return ACCURACY_THRESHOLD, None
+    y, p = np.concatenate(targets), np.concatenate(probs)
     method = config["threshold"]["method"]
     target = float(config["threshold"].get("target_sensitivity", 0.9))
     try:

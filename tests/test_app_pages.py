@@ -259,6 +259,20 @@ def test_windowing_keeps_the_chosen_window_across_sources(env):
     assert (at.slider(key="win_center").value, at.slider(key="win_width").value) == (600, 2800)
 
 
+def test_windowing_opens_on_the_first_scan_it_can_window(env, head_ct_dir):
+    """A PNG dropped before a DICOM: the page opens on the DICOM (the PNG, listed after it,
+    carries no HU); uploads keep their order otherwise."""
+    at = _open("app_pages/windowing.py")
+    at.radio(key="win_source").set_value("Upload DICOM").run()
+    png, dicom = head_ct_dir / "head_ct" / "120.png", _dicoms(env)[0]
+    at.file_uploader(key="win_upload").set_value(
+        [(p.name, p.read_bytes(), "application/octet-stream") for p in (png, dicom)]
+    ).run()
+    _ok(at)
+    assert at.selectbox(key="win_scan").options == [dicom.name, png.name]
+    assert not at.warning and at.slider(key="win_center")
+
+
 def test_windowing_upload_of_a_zipped_series(env):
     """An uploaded zip of a series gets a slice slider; a bad upload shows an error."""
     at = _open("app_pages/windowing.py")

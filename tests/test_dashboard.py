@@ -171,6 +171,22 @@ def test_decode_groups_a_zipped_series_and_reports_bad_files(phantoms):
     assert dashboard.series_name(decoded.series[0]) == "study.zip/study"
 
 
+def test_decode_keeps_lone_scans_in_upload_order(cq500_uncompressed, head_ct_dir):
+    """Two lone DICOM slices and a PNG come out in the order they were dropped (the DICOM
+    slices, grouped by series, used to come after every image)."""
+    from pydicom.data import get_testdata_file
+
+    small = Path(get_testdata_file("CT_small.dcm"))
+    png = head_ct_dir / "head_ct" / "120.png"
+    files = [(p.name, p.read_bytes()) for p in (small, cq500_uncompressed, png)]
+    decoded = dashboard.decode(files)
+    assert [Path(s.source).name for s in decoded.singles] == [
+        "CT_small.dcm",
+        "693_UNCR.dcm",
+        "120.png",
+    ]
+
+
 def test_decode_keeps_at_most_the_pixel_budget_of_one_file(phantoms, monkeypatch):
     """The app caches a decoded upload set: past config.MAX_PIXELS_PER_FILE pixels (lowered
     here to two slices' worth) further scans are errors saying why, the first ones are kept."""

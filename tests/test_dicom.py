@@ -470,3 +470,15 @@ def test_pseudonym_secret_unwritable_falls_back_with_warning(tmp_path, monkeypat
         assert len(key) == 16 and "using a per-process secret" in caplog.text
     finally:
         dicom.patient_key_secret.cache_clear()
+
+
+@pytest.mark.parametrize("keep", [2000, 20000, -10])
+def test_a_compressed_slice_cut_inside_its_pixel_data_is_called_truncated(
+    cq500_dir: Path, keep: int
+) -> None:
+    """A real JPEG-lossless CQ500 slice cut short inside its pixel data (at 2000 or 20000 bytes,
+    or 10 bytes before its end) is named truncated, not "Pixel Data is missing"."""
+    data = (cq500_dir / "CT000100.dcm").read_bytes()
+    with pytest.raises(DicomError, match="truncated") as caught:
+        read_dicom(data[:keep])
+    assert "missing" not in str(caught.value)

@@ -924,3 +924,48 @@ def test_train_refuses_hu_input_on_the_kaggle_pngs(
     config = resolve_config({"data": str(head_ct_dir), "name": "hu_on_png", "epochs": 1})
     with pytest.raises(ConfigError, match="holds PNG images"):
         train({**config, "image_size": 32})
+
+
+def test_an_unreadable_training_image_is_left_out_and_named(
+    head_ct_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PNG damaged inside its pixel data (its header and end intact, so indexing passes it)
+    is left out of training and named in the run's status and card; the other images train
+    (it used to end the run in TensorFlow tracebacks, an abort or a hang)."""
+    from hemo.cli import main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    root = tmp_path / "kaggle"
+    (root / "head_ct").mkdir(parents=True)
+    labels = pd.read_csv(head_ct_dir / "labels.csv")
+    labels = labels[labels["id"].isin([*range(8), *range(100, 108)])]
+    for i in labels["id"]:
+        shutil.copy(head_ct_dir / "head_ct" / f"{i:03d}.png", root / "head_ct")
+    labels.to_csv(root / "labels.csv", index=False)
+    damaged = root / "head_ct" / "003.png"
+    data = bytearray(damaged.read_bytes())
+    data[100:4000] = bytes(3900)
+    damaged.write_bytes(bytes(data))
+    argv = ["train", "--data", str(root), "--name", "damaged", "--epochs", "1", *TINY]
+    assert main([*argv, "--input.mode", "display", "--input.channels", "1"]) == 0
+    status = json.loads((tmp_path / "runs" / "damaged" / runs.STATUS_FILE).read_text())
+    assert status["state"] == runs.FINISHED
+    assert "1 unreadable image(s) left out: 003.png" in status["message"]
+    card = json.loads((tmp_path / "runs" / "damaged" / "model.json").read_text())
+    assert card["training"]["left_out"] == {"count": 1, "files": ["003.png"]}
+
+
+def test_export_never_replaces_a_model_of_other_data(tmp_path: Path, phantom_dir: Path) -> None:
+    """An export path holding a model trained on other data is refused before training (a
+    config used as a template, e.g. configs/phantom.toml exporting to models/phantom_rsna3, with
+    one's own --data); rerunning the recipe on its own data, or a new path, goes through."""
+    from hemo.train import check_export
+
+    target = tmp_path / "models" / "shipped"
+    target.parent.mkdir()
+    target.with_suffix(".keras").write_bytes(b"a model")
+    target.with_suffix(".json").write_text(json.dumps({"training": {"data": str(phantom_dir)}}))
+    with pytest.raises(ConfigError, match=r"already holds a model trained on .*give --export"):
+        check_export(target, tmp_path / "mine")
+    assert check_export(target, phantom_dir) == target
+    assert check_export(tmp_path / "models" / "new", tmp_path / "mine") == tmp_path / "models/new"

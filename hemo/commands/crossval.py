@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     check_crossval_config(config)
     seeds = check_seeds(args.seeds) if args.seeds is not None else None
     if args.export:
-        check_export(args.export)  # before any fold is trained
+        check_export(args.export, config["data"])  # before any fold is trained
     # Keras progress lines go to stdout: keep them on stderr so --json stdout stays pure JSON
     quiet = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     members = []
