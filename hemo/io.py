@@ -300,12 +300,15 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
 
 
 def _iter_folder(root: Path) -> Iterator[ScanResult]:
+    found = skipped = 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
         for filename in sorted(filenames):
             if _skipped([filename]):
+                skipped += 1
                 continue
             path = Path(dirpath) / filename
+            found += 1
             try:
                 head = read_head(path, SNIFF_BYTES)
             except HemoError as exc:
@@ -313,8 +316,22 @@ def _iter_folder(root: Path) -> Iterator[ScanResult]:
                 continue
             if not _worth_reading(filename, head):
                 log.debug("skipped non-scan file %s", path)
+                found -= 1
+                skipped += 1
                 continue
             yield from _iter_file(path, str(path))
+    if not found:
+        # Every input gets a result: a folder without a scan is named, not passed over
+        why = f"{skipped} file(s) in it, none a scan" if skipped else "it is empty"
+        yield ScanResult(
+            str(root),
+            None,
+            InputError(
+                f"no scan in this folder ({why}): hemo reads DICOM, PNG/JPEG/TIFF, zips and "
+                "NIfTI",
+                str(root),
+            ),
+        )
 
 
 def _iter_file(source: Source, label: str) -> Iterator[ScanResult]:

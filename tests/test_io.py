@@ -185,3 +185,20 @@ def test_dicom_without_preamble_and_without_image_says_what_it_is(name: str, sop
         read_scan(get_testdata_file(name), name)
     (result,) = list(iter_scans([(name, open(get_testdata_file(name), "rb").read())]))
     assert isinstance(result.error, NoImageDicomError)
+
+
+def test_a_folder_without_a_scan_gets_a_result_naming_it(tmp_path):
+    """An empty folder and a folder of notes each give one error result naming the folder (an
+    input used to be passed over without a word when others held scans); the scan beside them
+    is read."""
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("no scan here")
+    scan = tmp_path / "slice.dcm"
+    scan.write_bytes(ct_bytes())
+    results = list(iter_scans([empty, notes, scan]))
+    assert [r.name for r in results] == [str(empty), str(notes), str(scan)]
+    assert "no scan in this folder (it is empty)" in str(results[0].error)
+    assert "(1 file(s) in it, none a scan)" in str(results[1].error)
+    assert results[2].error is None
