@@ -327,8 +327,7 @@ def _iter_folder(root: Path) -> Iterator[ScanResult]:
             str(root),
             None,
             InputError(
-                f"no scan in this folder ({why}): hemo reads DICOM, PNG/JPEG/TIFF, zips and "
-                "NIfTI",
+                f"no scan in this folder ({why}): hemo reads DICOM, PNG/JPEG/TIFF, zips and NIfTI",
                 str(root),
             ),
         )
