@@ -100,6 +100,24 @@ def test_kaggle_quirks_header_space_gaps_and_loose_ends(kaggle_quirky: Path) -> 
     assert any("999" in p.path for p in result.problems if p.kind == "missing_image")
 
 
+def test_kaggle_bad_label_rows_are_problems_and_the_rest_indexes(kaggle_quirky: Path) -> None:
+    """A blank label, a label 2 and an id that is not a number are each a bad_label problem
+    naming the file's line and what it holds (they used to abort the whole index with a numpy
+    repr); the other rows index as before."""
+    (kaggle_quirky / "labels.csv").write_text("id, hemorrhage\n3,1\n7,\n12,2\nx,1\n130,0\n")
+    result = index_dataset(kaggle_quirky)
+    assert sorted(Path(p).name for p in result.frame["path"]) == ["003.png", "130.png"]
+    bad = [(Path(p.path).name, p.reason) for p in result.problems if p.kind == "bad_label"]
+    assert [name for name, _ in bad] == [
+        "labels.csv:line 3",
+        "labels.csv:line 4",
+        "labels.csv:line 5",
+    ]
+    assert bad[0][1].startswith("id 7, hemorrhage (blank): hemorrhage must be 0 or 1")
+    assert bad[2][1].startswith("id x, hemorrhage 1:")
+    assert "np." not in " ".join(reason for _, reason in bad)
+
+
 def test_kaggle_bad_header_is_refused_by_message(tmp_path: Path) -> None:
     """A labels.csv without the hemorrhage column is a DatasetError naming the columns."""
     from hemo.datasets import kaggle_head_ct

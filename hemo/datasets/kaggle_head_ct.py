@@ -91,6 +91,15 @@ def image_dir(root: Path) -> Path:
     return root
 
 
+def _cell(value: object) -> str:
+    """A labels.csv cell as it reads in the file (pandas made blank cells NaN, numbers floats)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "(blank)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def index(root: Path, workers: int | None = None) -> AdapterResult:
     """Index a Kaggle head-CT folder.
 
@@ -102,21 +111,29 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
         One row per labelled image, and the problems met.
 
     Raises:
-        DatasetError: labels.csv is missing or lacks the ``id``/``hemorrhage`` columns, or a label
-            is not 0/1.
+        DatasetError: labels.csv is missing or lacks the ``id``/``hemorrhage`` columns (a row
+            whose label is not 0/1 is a ``bad_label`` problem; the other rows are indexed).
     """
     labels_path = root / LABELS_FILE
     labels = _read_labels(labels_path)
     ids = pd.to_numeric(labels[ID_COLUMN], errors="coerce")
     values = pd.to_numeric(labels[LABEL_COLUMN], errors="coerce")
-    bad = labels[ids.isna() | ~values.isin([0, 1])]
-    if not bad.empty:
-        row = bad.iloc[0]
-        raise DatasetError(
-            f"row id={row[ID_COLUMN]!r}: hemorrhage must be 0 or 1 and id an integer, "
-            f"got {row[LABEL_COLUMN]!r} ({len(bad)} bad rows)",
-            labels_path,
+    # A row whose id is not a whole number or whose label is not 0/1 is reported (its line in
+    # the file, the text as written) and left out; the other rows are indexed
+    whole = ids.notna() & (ids == ids.round())
+    bad = ~whole | ~values.isin([0, 1])
+    problems: list[Problem] = []
+    for i in labels.index[bad]:
+        problems.append(
+            Problem(
+                BAD_LABEL,
+                f"{labels_path}:line {int(i) + 2}",
+                f"id {_cell(labels.at[i, ID_COLUMN])}, hemorrhage "
+                f"{_cell(labels.at[i, LABEL_COLUMN])}: hemorrhage must be 0 or 1 and id a whole "
+                "number",
+            )
         )
+    ids, values = ids[~bad], values[~bad]
 
     folder = image_dir(root)
     files: dict[int, Path] = {}
@@ -124,7 +141,6 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
         if path.suffix.lower() in IMAGE_SUFFIXES and path.stem.isdigit():
             files.setdefault(int(path.stem), path)
 
-    problems: list[Problem] = []
     label_of: dict[int, int] = {}
     conflicting: set[int] = set()
     for image_id, value in zip(ids.astype(int), values.astype(int), strict=True):
