@@ -46,8 +46,9 @@ def test_json_shape_and_exit_zero(capsys, model_path, ct_small, head_ct_dir):
         capsys, ["predict", "--model", str(model_path), str(png), str(ct_small), "--json"]
     )
     assert code == 0
-    assert set(data) == {"model", "threshold", "referral", "results", "studies"}
+    assert set(data) == {"model", "threshold", "referral", "note", "results", "studies"}
     assert data["model"] == model_path.stem and data["threshold"] == 0.5
+    assert data["note"] is None  # a model whose card names no synthetic training set
     assert data["referral"] is None  # the tiny model's card has no band: nothing is flagged
     assert [r["path"] for r in data["results"]] == [str(png), str(ct_small)]
     for entry in data["results"]:
@@ -205,3 +206,19 @@ def test_names_with_control_characters_cannot_drive_the_terminal(model_path, hea
     )
     assert json.loads(done.stdout)["results"][0]["path"] == str(bad)
     assert printable("tab\there") == "tab\\there" and printable("é ü 中") == "é ü 中"
+
+
+def test_a_phantom_only_model_says_its_calls_are_not_findings(capsys, cq500_uncompressed):
+    """The shipped phantom model on a real slice: the JSON's note and the table's note line say
+    it never saw a real scan (as the Predict page does); the real-scan model has no note."""
+    from hemo.config import MODELS_DIR
+
+    argv = ["predict", "--model", str(MODELS_DIR / "phantom_rsna3.keras"), str(cq500_uncompressed)]
+    code, data = _run_json(capsys, [*argv, "--json"])
+    assert code == 0 and "never seen a real scan" in data["note"]
+    assert main(argv) == 0
+    assert "\nnote: phantom_rsna3 was trained and tested on synthetic phantoms only" in (
+        capsys.readouterr().out
+    )
+    real = ["predict", "--model", str(MODELS_DIR / "headct_real.keras"), str(cq500_uncompressed)]
+    assert _run_json(capsys, [*real, "--json"])[1]["note"] is None

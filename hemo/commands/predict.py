@@ -85,15 +85,21 @@ def training_lookalikes(
 
 
 def payload(
-    model_name: str, threshold: float, batch: Any, referral: Any | None = None
+    model_name: str,
+    threshold: float,
+    batch: Any,
+    referral: Any | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """The ``--json`` document of one prediction batch (``referral``: the card's band)."""
+    """The ``--json`` document of one prediction batch (``referral``: the card's band;
+    ``note``: what the card says about every call, e.g. a model trained on phantoms only)."""
     from hemo.predict import result_to_dict
 
     return {
         "model": model_name,
         "threshold": threshold,
         "referral": None if referral is None else referral.to_dict(),
+        "note": note,
         "results": [result_to_dict(r) for r in batch.results],
         "studies": [s.to_dict() for s in batch.studies],
     }
@@ -106,6 +112,8 @@ def _short(path: str) -> str:
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results and studies."""
     lines = [f"model {data['model']}  threshold {data['threshold']:.3f}"]
+    if data.get("note"):
+        lines.append(f"note: {data['note']}")
     band = data.get("referral")
     if band:
         lines.append(
@@ -162,6 +170,7 @@ def _text(data: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Load the model once, predict every input, print JSON or a table; exit 1 if any failed."""
     from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
+    from hemo.dashboard import synthetic_training_message
     from hemo.errors import ConfigError
     from hemo.predict import Predictor
 
@@ -169,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     with Predictor(args.model, batch_size=args.batch_size) as predictor:
         batch = predictor.run(args.inputs)
-        data = payload(predictor.card.name, predictor.threshold, batch, predictor.referral)
+        note = synthetic_training_message(predictor.card)
+        data = payload(predictor.card.name, predictor.threshold, batch, predictor.referral, note)
         if args.training_lookalikes:
             found = training_lookalikes(predictor.card, args.inputs) or {}
             for entry in data["results"]:
