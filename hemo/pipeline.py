@@ -8,8 +8,10 @@ parallel and, for small sets, cached in memory as preprocessed tensors::
         -> batch -> train_preprocessing (augment) | val_preprocessing -> prefetch
 
 A file that cannot be read or preprocessed (damaged pixel data that indexing, which reads
-headers, did not see) is left out of the batches and reported once, by name; the others train
-(:func:`left_out` lists them for the run's report).
+headers, did not see) is reported once, by name, and takes no part: it stays in its batch as a
+black image of sample weight 0 (so every epoch keeps its known number of batches), which moves
+no loss and no weighted metric; validation batches carry that weight too (``(x, y, w)``). The
+others train (:func:`left_out` lists the files for the run's report).
 
 Augmentation uses Keras preprocessing layers: RandomRotation, RandomZoom and RandomFlip (the
 published method's three) plus RandomContrast and RandomBrightness (window jitter); it is seeded
@@ -670,6 +672,7 @@ def make_dataset(
     def decode_tf(path: tf.Tensor, target: tf.Tensor, weight: tf.Tensor):
         x, ok = tf.numpy_function(decode, [path], (tf.float32, tf.float32), stateful=False)
         x.set_shape((size, size, channels))
+        ok.set_shape(())
         return x, target, weight, ok
 
     if mask_grid > 0:
@@ -679,7 +682,9 @@ def make_dataset(
     # Rows -> decoded, preprocessed tensors (parallel, in order), optionally cached
     ds = tf.data.Dataset.from_tensor_slices((paths, y, w))
     ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda _x, _t, _w, ok: ok > 0).map(lambda x, t, weight, _ok: (x, t, weight))
+    # An unreadable image stays in place as a black image of weight 0 (tf.data keeps knowing
+    # how many batches an epoch has): it moves no loss, no metric and no threshold
+    ds = ds.map(lambda x, t, weight, ok: (x, t, weight * ok))
     if cache:
         ds = ds.cache()
     # Shuffle, batch and augment (train) or batch as is (val/test)
@@ -697,7 +702,10 @@ def make_dataset(
             )
         )
     else:
-        ds = ds.batch(batch_size).map(lambda x, t, _w: val_preprocessing(x, t))
+        # (x, y, w): w is 0 for an unreadable image (1 otherwise), so validation ignores it
+        ds = ds.batch(batch_size).map(
+            lambda x, t, weight: (*val_preprocessing(x, t), tf.cast(weight > 0, tf.float32))
+        )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
@@ -740,11 +748,13 @@ def _masked_dataset(
         )
         x.set_shape((size, size, channels))
         mask.set_shape((size, size, 1))
+        ok.set_shape(())
         return x, mask, target, has, weight, ok
 
     ds = tf.data.Dataset.from_tensor_slices((paths, mask_paths, y, has_mask, w))
     ds = ds.map(decode_tf, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.filter(lambda *row: row[-1] > 0).map(lambda *row: row[:-1])
+    # An unreadable image: a black image of weight 0, and no mask (see make_dataset)
+    ds = ds.map(lambda x, mask, t, has, weight, ok: (x, mask, t, has * ok, weight * ok))
     if cache:
         ds = ds.cache()
     if training:
@@ -758,7 +768,11 @@ def _masked_dataset(
         ds = ds.batch(batch_size).map(step)
     else:
         ds = ds.batch(batch_size).map(
-            lambda x, mask, t, has, _w: (tf.cast(x, tf.float32), mask_targets(t, has, mask, grid))
+            lambda x, mask, t, has, w: (
+                tf.cast(x, tf.float32),
+                mask_targets(t, has, mask, grid),
+                tf.cast(w > 0, tf.float32),
+            )
         )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -1351,7 +1351,7 @@ def _fit_multiworker(
         phase: Epochs and learning rate of this phase.
         strategy: The ``MultiWorkerMirroredStrategy``.
         train_ds: Repeated training dataset of global batches ``(x, y, w)``.
-        val_ds: Repeated validation dataset ``(x, y)``.
+        val_ds: Repeated validation dataset ``(x, y, w)``.
         steps: Training steps per epoch (the same on every worker).
         val_steps: Validation batches per epoch.
         path: This process's run folder (the chief's) or temporary folder (other workers).
@@ -1456,7 +1456,8 @@ def _validate_epoch(predict, val_ds, val_steps: int, loss_fn, metrics: list) -> 
 
     Args:
         predict: Batch of inputs -> probabilities.
-        val_ds: Validation dataset of ``(x, y)`` batches.
+        val_ds: Validation dataset of ``(x, y, w)`` batches (``w`` 0 for an unreadable image,
+            which no metric counts).
         val_steps: Batches to score.
         loss_fn: Per-image loss ``(y, probs) -> (N,)``.
         metrics: A ``keras.metrics.Mean`` named ``loss`` (fed the per-image losses), then metrics
@@ -1468,11 +1469,11 @@ def _validate_epoch(predict, val_ds, val_steps: int, loss_fn, metrics: list) -> 
     loss_metric, *others = metrics
     for metric in metrics:
         metric.reset_state()
-    for x, y in val_ds.take(val_steps):
+    for x, y, w in val_ds.take(val_steps):
         probs = predict(x)
-        loss_metric.update_state(loss_fn(y, probs))
+        loss_metric.update_state(loss_fn(y, probs), sample_weight=w)
         for metric in others:
-            metric.update_state(y, probs)
+            metric.update_state(y, probs, sample_weight=w)
     return {f"val_{m.name}": float(m.result()) for m in metrics}
 
 
@@ -1587,15 +1588,16 @@ def _val_threshold(model, index, labels, spec, config) -> tuple[float, dict[str,
     from hemo.referral import choose_band
 
     val = _split(index, "val")
-    # Labels from the batches themselves: an unreadable image is left out of both
+    # An unreadable image comes with weight 0: left out of the threshold's data
     probs, targets = [], []
-    for x, t in make_dataset(val, spec, labels, int(config["batch_size"])):
-        probs.append(np.asarray(model(x, training=False))[:, 0])
-        targets.append(np.asarray(t)[:, 0])
-    if not probs:
+    for x, t, w in make_dataset(val, spec, labels, int(config["batch_size"])):
+        keep = np.asarray(w) > 0
+        probs.append(np.asarray(model(x, training=False))[keep, 0])
+        targets.append(np.asarray(t)[keep, 0])
+    y, p = np.concatenate(targets), np.concatenate(probs)
+    if not len(y):
         log.warning("keeping threshold %.2f: no validation image could be read", ACCURACY_THRESHOLD)
         return ACCURACY_THRESHOLD, None
-    y, p = np.concatenate(targets), np.concatenate(probs)
     method = config["threshold"]["method"]
     target = float(config["threshold"].get("target_sensitivity", 0.9))
     try:

@@ -51,7 +51,8 @@ def _batch(rows: pd.DataFrame, augment: Augment, training: bool = True) -> tuple
 def test_validation_batches_are_the_preprocessed_inputs(index: pd.DataFrame) -> None:
     """Validation data is to_model_input of each file, in index order, with no augmentation."""
     rows = index.iloc[:8]
-    x, y = _first_batch(make_dataset(rows, SPEC, RSNA_LABELS, batch_size=8))
+    x, y, w = _first_batch(make_dataset(rows, SPEC, RSNA_LABELS, batch_size=8))
+    assert np.all(w == 1.0)
     np.testing.assert_array_equal(x, load_inputs(list(rows["path"]), SPEC))
     np.testing.assert_array_equal(y, label_matrix(rows, RSNA_LABELS))
 
@@ -123,7 +124,8 @@ def test_mixup_in_the_training_pipeline_only_when_asked(index: pd.DataFrame) -> 
     assert set(np.unique(hard)) <= {0.0, 1.0}
     assert ((soft > 0.01) & (soft < 0.99)).any()
     np.testing.assert_array_equal(soft, again)  # seeded: a rebuilt pipeline mixes the same
-    _, val_y = _batch(rows, Augment(mixup=0.4), training=False)
+    _, val_y, val_w = _batch(rows, Augment(mixup=0.4), training=False)
+    assert np.all(val_w == 1.0)  # every image read: full weight
     assert set(np.unique(val_y)) <= {0.0, 1.0}
 
 
@@ -258,7 +260,7 @@ def test_lesions_on_real_negatives_in_the_training_pipeline_only(head_ct_dir: Pa
         changed = np.abs(a - plain[i]) > 0.02
         assert changed.any() and (a[changed] > plain[i][changed]).mean() > 0.9
         assert (plain[i][changed] > 0.05).all()  # never on air
-    vx, vy = _first_batch(make_dataset(rows, spec, ("any",), 8, False, lesion))
+    vx, vy, _ = _first_batch(make_dataset(rows, spec, ("any",), 8, False, lesion))
     np.testing.assert_array_equal(vx, plain)
     assert (vy == 0).all()
     with pytest.raises(ConfigError, match="augment.lesion .* needs display input"):
@@ -356,7 +358,7 @@ def test_mask_targets_carry_each_rows_mask_on_the_grid(index: pd.DataFrame) -> N
     )
     rows = rows.reset_index(drop=True)
     rows.loc[7, "mask_path"] = pd.NA  # a row from a dataset without masks
-    x, targets = _first_batch(make_dataset(rows, spec, ("any",), 8, mask_grid=4))
+    x, targets, _ = _first_batch(make_dataset(rows, spec, ("any",), 8, mask_grid=4))
     assert targets.shape == (8, 1 + 1 + 16)
     np.testing.assert_array_equal(targets[:, 0], rows["label_any"].to_numpy())
     np.testing.assert_array_equal(targets[:, 1], [1] * 7 + [0])
@@ -404,3 +406,26 @@ def test_cache_is_decided_by_the_bytes_the_tensors_take(monkeypatch: pytest.Monk
     assert decide_cache(10**6, spec, True) is True  # unknown memory: the user's word stands
     monkeypatch.undo()
     assert pipeline.physical_memory_bytes() > 2**28  # this machine says how much it has
+
+
+def test_an_unreadable_image_keeps_its_place_with_weight_zero(
+    index: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A damaged file among good ones: training and validation batches keep every row (the
+    epoch's batch count stays known), the damaged one black with sample weight 0, the others
+    as read and weighted; the file is listed by left_out."""
+    from hemo.pipeline import left_out
+
+    rows = index.iloc[:8].copy()
+    bad = tmp_path / "damaged.dcm"
+    bad.write_bytes(Path(rows.loc[0, "path"]).read_bytes()[:300])
+    rows.loc[0, "path"] = str(bad)
+    for training in (True, False):
+        ds = make_dataset(rows, SPEC, ("any",), len(rows), training)
+        assert int(ds.cardinality()) == 1
+        x, _, w = _first_batch(ds)
+        assert len(w) == len(rows)
+        if not training:  # training batches are shuffled: find the black one
+            assert w[0] == 0.0 and not x[0].any() and np.all(w[1:] == 1.0)
+        assert np.sum(w == 0.0) == 1 and np.all(w[w > 0] > 0)
+    assert left_out([bad])[str(bad)].startswith(f"{bad}: ")  # the reason names the file
