@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HemoError as exc:
         print(f"hemo: error: {printable(str(exc))}", file=sys.stderr)
+        if getattr(args, "json", False):
+            # a --json reader gets a document saying why, not an empty stdout
+            emit_json({"error": str(exc)})
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("hemo: interrupted", file=sys.stderr)

@@ -154,3 +154,20 @@ def test_training_sets_with_patient_ids_are_not_compared_by_pixels(phantom_index
     index_df = load_index(phantom_index)
     assert training_lookalikes(card, index_df, "all") is None
     assert training_reference(card) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "--model", "/nonexistent/m.keras", "--data", "/nonexistent/d", "--json"],
+        ["predict", "--model", "/nonexistent/m.keras", "x.png", "--json"],
+        ["index", "/nonexistent/d", "--json"],
+    ],
+)
+def test_a_fatal_error_with_json_is_a_json_document_too(capsys, argv):
+    """With --json, an error that stops the command (exit 2) is also one JSON object on stdout,
+    {"error": ...}, beside the one-line error on stderr (stdout used to be empty)."""
+    assert main(argv) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"error": captured.err.strip().removeprefix("hemo: error: ")}
+    assert "/nonexistent/" in json.loads(captured.out)["error"]
