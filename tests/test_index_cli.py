@@ -122,10 +122,11 @@ def test_index_warns_when_the_folders_own_index_has_other_splits(
 def test_index_unknown_folder_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An unrecognised folder exits 2 with one 'hemo: error:' line and nothing on stdout."""
+    """An unrecognised folder exits 2 with one 'hemo: error:' line, and on stdout (--json) only
+    the same message as a JSON object."""
     assert main(["index", str(tmp_path), "--json"]) == EXIT_ERROR
     captured = capsys.readouterr()
-    assert captured.out == ""
+    assert set(json.loads(captured.out)) == {"error"}
     errors = [line for line in captured.err.splitlines() if line.startswith("hemo: error:")]
     assert len(errors) == 1 and "unknown dataset layout" in errors[0]
     assert "Traceback" not in captured.err
@@ -147,20 +148,29 @@ def _one_error_line(captured: pytest.CaptureResult[str]) -> str:
     return errors[0]
 
 
-@pytest.mark.parametrize("where", ["folder", "under_file"])
+@pytest.mark.parametrize("where", ["folder", "under_file", "csv_name"])
 def test_index_unwritable_out_fails_before_indexing(
     where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--out that is a folder, or lies under a file, exits 2 naming it, before any indexing."""
+    """--out that is a folder, lies under a file or is not named .parquet (Parquet bytes in a
+    .csv would then be read as a label table) exits 2 naming it, before any indexing."""
     (tmp_path / "file").write_text("x")
-    out = {"folder": tmp_path / "taken", "under_file": tmp_path / "file" / "x.parquet"}[where]
+    out = {
+        "folder": tmp_path / "taken",
+        "under_file": tmp_path / "file" / "x.parquet",
+        "csv_name": tmp_path / "index.csv",
+    }[where]
     (tmp_path / "taken").mkdir()
     empty = tmp_path / "empty"  # an unknown layout: indexing first would fail with that message
     empty.mkdir()
     assert main(["index", str(empty), "--out", str(out)]) == EXIT_ERROR
     line = _one_error_line(capsys.readouterr())
     assert line.startswith(f"hemo: error: {out}: ")
-    assert ("is a folder" if where == "folder" else "is a file, not a folder") in line
+    assert {
+        "folder": "is a folder",
+        "under_file": "is a file, not a folder",
+        "csv_name": "an index is a Parquet file: name it FILE.parquet",
+    }[where] in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "taken"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -181,10 +182,11 @@ def test_kaggle_exit_during_authentication_is_a_kaggle_error(
 def test_cli_without_credentials_is_one_line_exit_2(
     no_credentials: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """hemo download without credentials exits 2 with one line and no traceback."""
+    """hemo download without credentials exits 2 with one line and no traceback (and, with
+    --json, the same message as a JSON object on stdout)."""
     assert main(["download", "head-ct", "--out", str(tmp_path / "raw"), "--json"]) == EXIT_ERROR
     captured = capsys.readouterr()
-    assert captured.out == ""
+    assert json.loads(captured.out)["error"].startswith("no Kaggle credentials found")
     assert captured.err.strip().startswith("hemo: error: no Kaggle credentials found")
     assert "Traceback" not in captured.err
 

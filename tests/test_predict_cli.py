@@ -76,12 +76,13 @@ def test_a_failed_input_gives_exit_one_and_an_error_entry(
 
 
 def test_bad_model_exits_two_with_one_line(capsys, tmp_path, head_ct_dir):
-    """A pickle as --model: exit 2, one 'hemo: error:' line, nothing on stdout."""
+    """A pickle as --model: exit 2, one 'hemo: error:' line, and on stdout (--json) only the
+    same message as a JSON object."""
     pickle_path = tmp_path / "model.pkl"
     pickle_path.write_bytes(b"\x80\x04K\x01.")
     code = main(["predict", "--model", str(pickle_path), str(head_ct_dir / "head_ct"), "--json"])
     captured = capsys.readouterr()
-    assert code == EXIT_ERROR and captured.out == ""
+    assert code == EXIT_ERROR and "pickle" in json.loads(captured.out)["error"]
     assert captured.err.strip().startswith("hemo: error:") and "pickle" in captured.err
 
 

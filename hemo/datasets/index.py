@@ -306,11 +306,15 @@ def check_index_path(path: str | os.PathLike) -> Path:
         The path, resolved.
 
     Raises:
-        DatasetError: The path is a folder or lies under a file, or its folder cannot be created.
+        DatasetError: The path is a folder, not named ``.parquet``, or lies under a file, or its
+            folder cannot be created.
     """
     resolved = Path(path).resolve()
     if resolved.is_dir():
         raise DatasetError("is a folder; give the FILE.parquet to write the index to", path)
+    if resolved.suffix.lower() != ".parquet":
+        # written as Parquet whatever its name, it would then be read as a label table
+        raise DatasetError("an index is a Parquet file: name it FILE.parquet", path)
     nearest = next(p for p in resolved.parents if p.exists())
     if not nearest.is_dir():
         raise DatasetError(f"{nearest} is a file, not a folder", path)
