@@ -213,8 +213,7 @@ def assign_folds(
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    if n_folds < MIN_FOLDS:
-        raise ConfigError(f"--folds is {n_folds}: cross-validation needs at least {MIN_FOLDS}")
+    check_folds(n_folds)
     labels = pd.to_numeric(index_df[LABEL_COLUMN], errors="coerce")
     if labels.isna().any():
         raise DatasetError(
@@ -661,6 +660,16 @@ def _over(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_folds(n_folds: int) -> None:
+    """Refuse fewer than :data:`MIN_FOLDS` folds (before any data is read).
+
+    Raises:
+        ConfigError: Naming the count.
+    """
+    if n_folds < MIN_FOLDS:
+        raise ConfigError(f"--folds is {n_folds}: cross-validation needs at least {MIN_FOLDS}")
+
+
 def _same_fold_file(saved: Any, wanted: Any) -> bool:
     """Whether two ``data`` paths name the same fold index (``<crossval dir>/fold<k>/index``)
     in runs folders that may lie in different places: a runs folder copied or moved elsewhere
@@ -961,6 +970,7 @@ __all__ = [
     "CrossValReport",
     "FoldResult",
     "assign_folds",
+    "check_folds",
     "check_seeds",
     "crossval",
     "crossval_ensemble",

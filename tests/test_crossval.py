@@ -419,6 +419,21 @@ def test_crossval_cli_bad_option_fails_before_any_fold(
     assert not (tmp_path / "runs").exists()
 
 
+def test_crossval_cli_refuses_one_fold_before_reading_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--folds 1 is refused first: with a dataset that does not exist, the error is still the
+    folds' (it used to come after indexing and look-alike grouping)."""
+    from hemo.cli import EXIT_ERROR, main
+
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(f'data = "{tmp_path / "nowhere"}"\nlr_schedule = "constant"\n')
+    assert main(["crossval", "--config", str(config_file), "--folds", "1"]) == EXIT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "hemo: error: --folds is 1: cross-validation needs at least 2"
+    )
+
+
 def test_a_fold_run_stopped_by_a_signal_ends_the_crossval_as_interrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

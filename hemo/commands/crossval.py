@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from hemo.cli import emit_json
     from hemo.crossval import (
         check_crossval_config,
+        check_folds,
         check_seeds,
         crossval,
         crossval_ensemble,
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides([f"--{item}" for item in args.overrides])
     config = resolve_config(load_config_file(args.config), overrides)
     check_crossval_config(config)
+    check_folds(args.folds)  # before the dataset is indexed
     seeds = check_seeds(args.seeds) if args.seeds is not None else None
     if args.export:
         check_export(args.export, config["data"])  # before any fold is trained

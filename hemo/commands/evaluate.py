@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
     from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
-    from hemo.model import load_model
+    from hemo.model import check_model_file, load_model
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--cam: unknown CAM method {args.cam!r}; choose one of {sorted(METHODS)}"
             )
+    check_model_file(args.model)  # a wrong --model is named before the dataset is indexed
     index_df = load_index(args.data)
     if args.cam and not _has_masks(index_df, args.split):
         raise DatasetError(
