@@ -118,6 +118,23 @@ def test_kaggle_bad_label_rows_are_problems_and_the_rest_indexes(kaggle_quirky: 
     assert "np." not in " ".join(reason for _, reason in bad)
 
 
+@pytest.mark.parametrize(
+    ("name", "header", "message"),
+    [
+        ("labels.csv", "id\n", r"labels.csv is here but its columns are \['id'\]: the Kaggle"),
+        ("manifest.csv", "path,label\n", r"columns are \['path', 'label'\]: the manifest layout"),
+    ],
+)
+def test_a_layout_file_with_wrong_columns_is_named(
+    tmp_path: Path, name: str, header: str, message: str
+) -> None:
+    """A folder holding labels.csv or manifest.csv with the wrong columns gets an error about
+    that file and its columns, not the generic list of every layout."""
+    (tmp_path / name).write_text(header)
+    with pytest.raises(DatasetError, match=message):
+        index_dataset(tmp_path)
+
+
 def test_kaggle_bad_header_is_refused_by_message(tmp_path: Path) -> None:
     """A labels.csv without the hemorrhage column is a DatasetError naming the columns."""
     from hemo.datasets import kaggle_head_ct

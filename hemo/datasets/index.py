@@ -123,6 +123,22 @@ def detect_layout(root: Path) -> str:
     for module in (kaggle_head_ct, cq500, manifest, folders):
         if module.looks_like(root):
             return module.LAYOUT
+    for name, layout, wants in (
+        ("labels.csv", "Kaggle head-CT", "'id, hemorrhage'"),
+        ("manifest.csv", "manifest", "'path' and 'label_any'"),
+    ):
+        table = root / name if root.is_dir() else None
+        if table is not None and table.is_file():
+            # the file that names the layout is there: say what is wrong with it
+            try:
+                columns = list(pd.read_csv(table, nrows=0, skipinitialspace=True).columns)
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise DatasetError(f"{name} cannot be read as a CSV table ({exc})", table) from exc
+            raise DatasetError(
+                f"{name} is here but its columns are {columns}: the {layout} layout expects "
+                f"{wants}",
+                table,
+            )
     raise DatasetError(
         "unknown dataset layout: expected stage_2_train.csv + stage_2_train/ (RSNA, phantoms), "
         "labels.csv with 'id, hemorrhage' (Kaggle head-CT), reads.csv (CQ500), manifest.csv with "
