@@ -50,6 +50,7 @@ import numpy.typing as npt
 from hemo import config
 from hemo.errors import ConfigError, DatasetError, HemoError
 from hemo.preprocess import _pad_square
+from hemo.preprocess import head_only as head_only_hu
 from hemo.windowing import COMPOSITES, PRESETS, Window, multi_window, resolve_windows
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ class ConvertReport:
         size: Output side in pixels (0: native size).
         shard: ``"i/n"``.
         outcomes: One per input of this shard, in input order.
+        head_only: Everything outside the head's outline was set to air first.
     """
 
     src: str
@@ -169,6 +171,7 @@ class ConvertReport:
     size: int
     shard: str
     outcomes: tuple[Outcome, ...]
+    head_only: bool = False
 
     def count(self, status: str) -> int:
         """Number of inputs with ``status``."""
@@ -186,6 +189,7 @@ class ConvertReport:
             "out": self.out,
             "windows": list(self.windows),
             "size": self.size,
+            "head_only": self.head_only,
             "shard": self.shard,
             "total": len(self.outcomes),
             CONVERTED: self.count(CONVERTED),
@@ -195,7 +199,9 @@ class ConvertReport:
         }
 
 
-def render(hu: npt.ArrayLike, windows: Sequence[Window], size: int) -> npt.NDArray[np.uint8]:
+def render(
+    hu: npt.ArrayLike, windows: Sequence[Window], size: int, head_only: bool = False
+) -> npt.NDArray[np.uint8]:
     """Window and resize one slice into PNG pixels.
 
     Args:
@@ -203,6 +209,9 @@ def render(hu: npt.ArrayLike, windows: Sequence[Window], size: int) -> npt.NDArr
         windows: One or three windows (gray or RGB output).
         size: Output side in pixels (square; a non-square slice is padded with air to a
             square first, keeping its proportions, as the model input does); 0 keeps (H, W).
+        head_only: First set everything outside the head's outline to air
+            (:func:`hemo.preprocess.head_only`: the scanner's head holder, the table), as a
+            model with ``input.dicom_head_only`` sees a DICOM.
 
     Returns:
         uint8 (size, size) for one window, (size, size, 3) for three (channel c = window c).
@@ -217,6 +226,8 @@ def render(hu: npt.ArrayLike, windows: Sequence[Window], size: int) -> npt.NDArr
             f"a PNG holds 1 window (gray) or 3 windows (RGB), got {len(windows)}: "
             f"{', '.join(w.name for w in windows)}"
         )
+    if head_only:
+        hu = head_only_hu(hu)
     if size:  # a non-square slice is centred on air first, as for the model: never stretched
         hu = _pad_square(np.asarray(hu, dtype=np.float32), config.HU_AIR)
     unit = multi_window(hu, list(windows))
@@ -251,7 +262,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def convert_one(source: str, output: str, windows: Sequence[Window], size: int) -> Outcome:
+def convert_one(
+    source: str, output: str, windows: Sequence[Window], size: int, head_only: bool = False
+) -> Outcome:
     """Convert one DICOM file or NIfTI volume; a failure is returned as an outcome, never raised.
 
     Args:
@@ -260,6 +273,7 @@ def convert_one(source: str, output: str, windows: Sequence[Window], size: int) 
             docstring).
         windows: One or three windows.
         size: Output side in pixels; 0 keeps the native size.
+        head_only: Everything outside the head's outline to air first (see :func:`render`).
 
     Returns:
         ``converted`` (``output``: the PNG, or the frames list), or ``failed`` with the reason.
@@ -270,9 +284,9 @@ def convert_one(source: str, output: str, windows: Sequence[Window], size: int) 
         if isinstance(first, HemoError):
             raise first
         if first.frame is None:
-            write_atomic(Path(output), encode_png(render(first.hu, windows, size)))
+            write_atomic(Path(output), encode_png(render(first.hu, windows, size, head_only)))
         else:
-            output = _convert_frames(first, slices, Path(output), windows, size)
+            output = _convert_frames(first, slices, Path(output), windows, size, head_only)
     except HemoError as exc:
         return Outcome(source, output, FAILED, exc.reason)
     except OSError as exc:
@@ -295,7 +309,12 @@ def _read_slices(source: str) -> Any:
 
 
 def _convert_frames(
-    first: Any, rest: Any, output: Path, windows: Sequence[Window], size: int
+    first: Any,
+    rest: Any,
+    output: Path,
+    windows: Sequence[Window],
+    size: int,
+    head_only: bool = False,
 ) -> str:
     """Write each slice of a volume as ``<stem>_frameNNNN.png``, then ``<stem>_frames.json``.
 
@@ -314,7 +333,7 @@ def _convert_frames(
         if isinstance(item, HemoError):
             raise item
         png = stem.with_name(f"{stem.name}_frame{item.frame:04d}.png")
-        write_atomic(png, encode_png(render(item.hu, windows, size)))
+        write_atomic(png, encode_png(render(item.hu, windows, size, head_only)))
         entry = {"frame": item.frame, "png": png.name, "slice_z_mm": item.slice_z_mm}
         if "nifti_slice_index" in item.metadata:  # the slice's index in the file's array
             entry["nifti_slice_index"] = item.metadata["nifti_slice_index"]
@@ -335,10 +354,10 @@ def _volume_suffix(path: Path) -> str | None:
 
 
 def _convert_chunk(
-    jobs: Sequence[tuple[str, str]], windows: Sequence[Window], size: int
+    jobs: Sequence[tuple[str, str]], windows: Sequence[Window], size: int, head_only: bool = False
 ) -> list[Outcome]:
     """Convert a chunk of (source, output) pairs in a worker process."""
-    return [convert_one(source, output, windows, size) for source, output in jobs]
+    return [convert_one(source, output, windows, size, head_only) for source, output in jobs]
 
 
 def output_name(relative: Path) -> Path:
@@ -466,28 +485,32 @@ def find_inputs(src: Path) -> list[Planned]:
     return plan_outputs(pairs)
 
 
-def describe_settings(windows: Sequence[Window], size: int) -> str:
+def describe_settings(windows: Sequence[Window], size: int, head_only: bool = False) -> str:
     """``"window brain, size 256"``: a composite or preset by its name, else ``C/W`` in HU."""
     names = tuple(w.name for w in windows)
     if all(PRESETS.get(w.name) == w for w in windows):
         text = next((c for c, members in COMPOSITES.items() if members == names), ",".join(names))
     else:
         text = ",".join(f"{w.center_hu:g}/{w.width_hu:g}" for w in windows)
-    return f"window {text}, size {size}"
+    return f"window {text}, size {size}" + (", head only" if head_only else "")
 
 
-def settings_record(windows: Sequence[Window], size: int) -> dict[str, Any]:
+def settings_record(
+    windows: Sequence[Window], size: int, head_only: bool = False
+) -> dict[str, Any]:
     """The JSON-ready settings of a conversion: what decides its PNGs' pixels (not the shard)."""
     return {
         "windows": [
             {"name": w.name, "center_hu": w.center_hu, "width_hu": w.width_hu} for w in windows
         ],
         "size": size,
+        "head_only": head_only,
     }
 
 
-def _recorded_settings(path: Path) -> tuple[tuple[Window, ...], int]:
-    """The windows and size of a settings record.
+def _recorded_settings(path: Path) -> tuple[tuple[Window, ...], int, bool]:
+    """The windows, size and head-only setting of a settings record (a record written before
+    the setting existed: off).
 
     Raises:
         ConfigError: the file cannot be read or is not a settings record.
@@ -498,7 +521,10 @@ def _recorded_settings(path: Path) -> tuple[tuple[Window, ...], int]:
             Window(str(w["name"]), float(w["center_hu"]), float(w["width_hu"]))
             for w in record["windows"]
         )
-        return windows, int(record["size"])
+        head_only = record.get("head_only", False)
+        if not isinstance(head_only, bool):
+            raise ValueError(f"head_only is {head_only!r}, not true or false")
+        return windows, int(record["size"]), head_only
     except (OSError, ValueError, TypeError, KeyError, HemoError) as exc:
         raise ConfigError(
             f"not a hemo convert settings record ({exc}); if the PNGs beside it were made with "
@@ -507,7 +533,9 @@ def _recorded_settings(path: Path) -> tuple[tuple[Window, ...], int]:
         ) from exc
 
 
-def claim_settings(out: Path, windows: Sequence[Window], size: int) -> None:
+def claim_settings(
+    out: Path, windows: Sequence[Window], size: int, head_only: bool = False
+) -> None:
     """Record the settings in ``OUT/.hemo_convert.json``, or check them against the record.
 
     Written once, atomically (a uniquely named temp file, then a hard link that fails if another
@@ -516,8 +544,8 @@ def claim_settings(out: Path, windows: Sequence[Window], size: int) -> None:
     is resumed with a warning: its PNGs cannot be checked.
 
     Raises:
-        ConfigError: OUT was converted with other windows (centre/width) or size, or its record
-            is unreadable, or it cannot be written.
+        ConfigError: OUT was converted with other windows (centre/width), size or head-only
+            setting, or its record is unreadable, or it cannot be written.
     """
     path = out / SETTINGS_FILE
     if not path.exists():
@@ -526,9 +554,9 @@ def claim_settings(out: Path, windows: Sequence[Window], size: int) -> None:
                 "%s: no %s (converted by an older hemo): assuming its outputs have %s",
                 out,
                 SETTINGS_FILE,
-                describe_settings(windows, size),
+                describe_settings(windows, size, head_only),
             )
-        data = json.dumps(settings_record(windows, size), indent=1) + "\n"
+        data = json.dumps(settings_record(windows, size, head_only), indent=1) + "\n"
         tmp = None
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -546,20 +574,27 @@ def claim_settings(out: Path, windows: Sequence[Window], size: int) -> None:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
-    recorded, recorded_size = _recorded_settings(path)
+    recorded, recorded_size, recorded_head_only = _recorded_settings(path)
     same_windows = [(w.center_hu, w.width_hu) for w in recorded] == [
         (w.center_hu, w.width_hu) for w in windows
     ]
-    if not same_windows or recorded_size != size:
+    if not same_windows or recorded_size != size or recorded_head_only != head_only:
+        was = describe_settings(recorded, recorded_size, recorded_head_only)
         raise ConfigError(
-            f"converted with {describe_settings(recorded, recorded_size)} (see {SETTINGS_FILE}), "
-            f"not {describe_settings(windows, size)}; rerun with those settings or another OUT",
+            f"converted with {was} (see {SETTINGS_FILE}), not "
+            f"{describe_settings(windows, size, head_only)}; rerun with those settings or "
+            "another OUT",
             out,
         )
 
 
 def _run_pool(
-    jobs: list[tuple[str, str]], windows: Sequence[Window], size: int, workers: int, bar: Any
+    jobs: list[tuple[str, str]],
+    windows: Sequence[Window],
+    size: int,
+    workers: int,
+    bar: Any,
+    head_only: bool = False,
 ) -> list[Outcome]:
     """Convert ``jobs`` in a process pool, in chunks; outcomes in job order."""
     chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
@@ -567,7 +602,8 @@ def _run_pool(
     pool = ProcessPoolExecutor(max_workers=workers)
     try:
         pending: dict[Future, int] = {
-            pool.submit(_convert_chunk, chunk, windows, size): i for i, chunk in enumerate(chunks)
+            pool.submit(_convert_chunk, chunk, windows, size, head_only): i
+            for i, chunk in enumerate(chunks)
         }
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -587,6 +623,7 @@ def convert(
     size: int = 256,
     workers: int | None = None,
     shard: Shard | None = None,
+    head_only: bool = False,
 ) -> ConvertReport:
     """Convert the DICOM slices of ``src`` to PNGs under ``out``.
 
@@ -598,6 +635,8 @@ def convert(
         size: Output side in pixels (square), 1..4096; 0 keeps the native size.
         workers: Processes (``None``: every core; 1: in this process).
         shard: Which 1/n of the sorted inputs to convert (``None``: all).
+        head_only: Set everything outside the head's outline to air first (see
+            :func:`render`): PNGs as a model with ``input.dicom_head_only`` sees the DICOM.
 
     Returns:
         The report: one outcome per input of the shard (skipped ones included; an input whose
@@ -625,7 +664,7 @@ def convert(
             "no DICOM file found (.dcm/.dicom, files starting with DICM, .nii/.nii.gz)", src
         )
     out = Path(out)
-    claim_settings(out, windows, size)
+    claim_settings(out, windows, size, head_only)
     mine = shard.select(inputs)
     outcomes: dict[int, Outcome] = {}
     jobs: list[tuple[str, str]] = []
@@ -661,10 +700,10 @@ def convert(
         if n_workers == 1 or len(jobs) <= CHUNK_FILES:
             done = []
             for source, output in jobs:
-                done.append(convert_one(source, output, windows, size))
+                done.append(convert_one(source, output, windows, size, head_only))
                 bar.update(1)
         else:
-            done = _run_pool(jobs, windows, size, n_workers, bar)
+            done = _run_pool(jobs, windows, size, n_workers, bar, head_only)
     outcomes.update(zip(positions, done, strict=True))
     report = ConvertReport(
         src=str(src),
@@ -673,6 +712,7 @@ def convert(
         size=size,
         shard=f"{shard.index}/{shard.count}",
         outcomes=tuple(outcomes[i] for i in range(len(mine))),
+        head_only=head_only,
     )
     for failure in report.failures:
         log.error("%s: %s", failure.source, failure.error)

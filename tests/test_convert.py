@@ -204,6 +204,7 @@ def test_cli_json_shape_and_exit_codes(
     assert (payload["converted"], payload["skipped"], payload["failed"]) == (N_SLICES, 0, 1)
     assert [Path(e["path"]).name for e in payload["errors"]] == ["corrupt.dcm"]
     assert payload["windows"] == ["brain"] and payload["shard"] == "0/1"
+    assert payload["head_only"] is False
     assert main([*args, "--shard", "2/2"]) == EXIT_ERROR
     assert "hemo: error: shard must be i/n" in capsys.readouterr().err
 
@@ -390,6 +391,7 @@ def test_rerun_with_other_settings_is_refused_before_writing(
     assert json.loads((out / SETTINGS_FILE).read_text()) == {
         "windows": [{"name": "brain", "center_hu": 40.0, "width_hu": 80.0}],
         "size": 256,
+        "head_only": False,
     }
     before = _tree(out)
     (out / "series" / "CT000002.png").unlink()  # a rerun would convert it
@@ -398,6 +400,7 @@ def test_rerun_with_other_settings_is_refused_before_writing(
         (["--window", "bone", "--size", "32"], "window bone, size 32"),
         (["--window", "rsna3"], "window rsna3, size 256"),
         (["--window", "41/80"], "window 41/80, size 256"),
+        (["--head-only"], "window brain, size 256, head only"),
     ):
         assert main([*args, *other]) == EXIT_ERROR
         err = capsys.readouterr().err
@@ -471,3 +474,30 @@ def test_render_keeps_a_non_square_slice_in_proportion() -> None:
         render(square, [PRESETS["brain"]], 64),
         np.rint(np.clip((square - 0) / 80, 0, 1) * 255).astype(np.uint8),
     )
+
+
+def test_head_only_pngs_leave_out_the_scanner_holder(cq500_dir: Path, tmp_path: Path) -> None:
+    """--head-only on a real CQ500 slice: the PNG is the plain conversion inside the head's
+    outline and black outside it (the holder's arcs beside the head were bright); the record
+    says so, and a record written before the setting existed reads as off."""
+    from hemo.dicom import read_dicom
+    from hemo.preprocess import head_only
+
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(cq500_dir / "CT000121.dcm", source)
+    plain = convert(source, tmp_path / "plain", size=0, workers=1)
+    cleaned = convert(source, tmp_path / "head", size=0, workers=1, head_only=True)
+    assert cleaned.head_only is True and cleaned.count("converted") == 1 == plain.count("converted")
+    a = np.asarray(Image.open(tmp_path / "plain" / "CT000121.png"))
+    b = np.asarray(Image.open(tmp_path / "head" / "CT000121.png"))
+    hu = read_dicom(source / "CT000121.dcm").hu
+    head = head_only(hu) > -1000
+    np.testing.assert_array_equal(b[head], a[head])
+    assert not b[~head].any() and a[~head].max() == 255  # the holder: white in the brain window
+    assert json.loads((tmp_path / "head" / SETTINGS_FILE).read_text())["head_only"] is True
+    record = tmp_path / "plain" / SETTINGS_FILE
+    old = json.loads(record.read_text())
+    del old["head_only"]
+    record.write_text(json.dumps(old))
+    assert convert(source, tmp_path / "plain", size=0, workers=1).count("skipped") == 1

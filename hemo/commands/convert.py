@@ -42,6 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--size", type=int, default=256, help="output side in px (square); 0 keeps native size"
     )
+    parser.add_argument(
+        "--head-only",
+        action="store_true",
+        help="set everything outside the head's outline to air first (the scanner's head "
+        "holder, the table), as a model with input.dicom_head_only sees a DICOM",
+    )
     parser.add_argument("--workers", type=int, help="processes (default: every core)")
     parser.add_argument(
         "--shard",
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         workers=args.workers,
         shard=Shard.parse(args.shard),
+        head_only=args.head_only,
     )
     summary = report.to_dict()
     if args.json:
