@@ -324,6 +324,33 @@ def _has_image_tags(ds: Dataset) -> bool:
 PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 
 
+#: The Sequence Delimitation Item that closes encapsulated (compressed) pixel data.
+SEQUENCE_DELIMITER_LE = b"\xfe\xff\xdd\xe0"
+#: The value length that says "undefined, up to a delimiter".
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _ends_inside_pixel_data(data: bytes) -> bool:
+    """Whether the file stops inside its last (7FE0,0010) element: an encapsulated one
+    (undefined length) never closed by its delimiter, or a defined length past the end. A
+    complete nested one (an icon image in a sequence) is not."""
+    start = data.rfind(PIXEL_DATA_TAG_LE, DICM_OFFSET)
+    if start < 0:
+        return False
+    head = data[start + 4 : start + 12]
+    if head[:2] in (b"OB", b"OW", b"OF", b"UN"):  # explicit VR: 2 reserved bytes, 4-byte length
+        if len(head) < 8:
+            return True
+        length, value_start = int.from_bytes(head[4:8], "little"), start + 12
+    else:  # implicit VR: the 4-byte length follows the tag
+        if len(head) < 4:
+            return True
+        length, value_start = int.from_bytes(head[:4], "little"), start + 8
+    if length == UNDEFINED_LENGTH:
+        return SEQUENCE_DELIMITER_LE not in data[value_start:]
+    return value_start + length > len(data)
+
+
 def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, str]:
     """Parse the dataset of ``source``; the pixel data is kept (not decoded) when ``pixels``."""
     label = source_name(source, name)
@@ -365,7 +392,7 @@ def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, 
             "(7FE0,0010) Pixel Data)",
             label,
         )
-    if pixels and "PixelData" not in ds and PIXEL_DATA_TAG_LE in data[DICM_OFFSET:]:
+    if pixels and "PixelData" not in ds and _ends_inside_pixel_data(data):
         # pydicom drops an encapsulated Pixel Data element the file ends inside of
         raise DicomError(
             f"the file ends inside its (7FE0,0010) Pixel Data ({len(data):,} bytes): it is "

@@ -302,7 +302,9 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
 def _iter_folder(root: Path) -> Iterator[ScanResult]:
     found = skipped = 0
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not _skipped([d]))
+        kept = sorted(d for d in dirnames if not _skipped([d]))
+        skipped += len(dirnames) - len(kept)  # hidden folders count as skipped entries
+        dirnames[:] = kept
         for filename in sorted(filenames):
             if _skipped([filename]):
                 skipped += 1
@@ -322,7 +324,8 @@ def _iter_folder(root: Path) -> Iterator[ScanResult]:
             yield from _iter_file(path, str(path))
     if not found:
         # Every input gets a result: a folder without a scan is named, not passed over
-        why = f"{skipped} file(s) in it, none a scan" if skipped else "it is empty"
+        entries = "entry" if skipped == 1 else "entries"
+        why = f"{skipped} {entries} in it, none a scan" if skipped else "it is empty"
         yield ScanResult(
             str(root),
             None,

@@ -319,7 +319,8 @@ def mix_batch(
         seed: Seed generator of the draws.
 
     Returns:
-        The mixed ``(x, y, w)``; images stay in [0, 1], targets in [0, 1].
+        The mixed ``(x, y, w)``; images stay in [0, 1], targets in [0, 1]; a mix with an image
+        of weight 0 has weight 0.
     """
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.float32)
@@ -331,7 +332,10 @@ def mix_batch(
     ly = tf.reshape(lam, [-1, 1])
     mixed_x = lx * x + (1.0 - lx) * tf.gather(x, order)
     mixed_y = ly * y + (1.0 - ly) * tf.gather(y, order)
-    mixed_w = lam * w + (1.0 - lam) * tf.gather(w, order)
+    partner = tf.gather(w, order)
+    mixed_w = lam * w + (1.0 - lam) * partner
+    # an image of weight 0 (unreadable, left out) takes no part: nor does any mix holding it
+    mixed_w *= tf.cast((w > 0) & (partner > 0), tf.float32)
     return mixed_x, mixed_y, mixed_w
 
 
@@ -584,6 +588,13 @@ def _leave_out(path: str, exc: HemoError) -> None:
     log.warning("left out of training (cannot be read): %s", exc)
 
 
+def forget_left_out() -> None:
+    """Start a new record of left-out files (each training run starts one: a file fixed since
+    an earlier run in this process, or one only that run read, is not reported again)."""
+    with _LEFT_OUT_LOCK:
+        _LEFT_OUT.clear()
+
+
 def left_out(paths: Iterable[str] | None = None) -> dict[str, str]:
     """Files :func:`make_dataset` left out so far (``path -> reason``), only ``paths`` if given."""
     with _LEFT_OUT_LOCK:
@@ -614,7 +625,8 @@ def make_dataset(
         labels: Output labels (see :func:`labels_for`).
         batch_size: Batch size.
         training: Shuffle (seeded), augment and emit sample weights ``(x, y, w)``; otherwise
-            emit ``(x, y)`` in index order.
+            emit ``(x, y, w)`` in index order, ``w`` 1 for a read image and 0 for one that
+            could not be read.
         augment: Augmentation settings (training only); None or strength 0 for none.
         seed: Shuffle seed.
         cache: Keep the preprocessed tensors in memory; default (``None``): when they fit,

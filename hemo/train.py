@@ -817,7 +817,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
 
     from hemo.datasets import load_index
     from hemo.model import anchor_weights, build_model, init_from_model, set_trainable_top
-    from hemo.pipeline import Augment, class_weights, decide_cache, make_dataset
+    from hemo.pipeline import Augment, class_weights, decide_cache, forget_left_out, make_dataset
 
     seed = int(config["seed"])
     keras.utils.set_random_seed(seed)
@@ -827,6 +827,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
     # Data: index, splits, labels, datasets
     data = resolve_path(config["data"])
     index = load_index(data)
+    forget_left_out()  # this run's record of unreadable images starts empty
     train_df, val_df = _split(index, "train"), _split(index, "val")
     labels = select_labels(config["labels"], index)
     extra = extra_train_rows(config, labels)
@@ -1012,13 +1013,15 @@ LEFT_OUT_NAMES = 10
 
 
 def _left_out(index, extra) -> dict[str, Any]:
-    """Training and validation files the pipeline left out (unreadable): count and the first
-    :data:`LEFT_OUT_NAMES` file names (names only: a folder path may name a patient)."""
+    """Training and validation files the pipeline left out (unreadable) in this run: count
+    and the first :data:`LEFT_OUT_NAMES` file names (names only: a folder path may name a
+    patient). Test rows are not fed to training, so they never count here."""
     import pandas as pd
 
     from hemo.pipeline import left_out
 
-    rows = index if extra is None else pd.concat([index, extra], ignore_index=True)
+    fed = index[index["split"].isin(["train", "val"])]
+    rows = fed if extra is None else pd.concat([fed, extra], ignore_index=True)
     found = left_out(rows["path"].astype(str))
     names = [Path(p).name for p in sorted(found)[:LEFT_OUT_NAMES]]
     return {"count": len(found), "files": names}
@@ -1096,7 +1099,12 @@ def _compile(
 ) -> None:
     """Adam (cosine or constant LR), BCE, AUC of ``any`` and accuracy; with ``mask_labels``
     (the number of labels of a :func:`hemo.model.with_mask_head` view) the loss adds the mask
-    term and accuracy counts the labels only."""
+    term and accuracy counts the labels only.
+
+    The metrics are weighted by the sample weights: an unreadable image (weight 0) counts in
+    none, in training and validation alike (the multi-worker loop weighs them the same way).
+    Class weights are constant within a class, so the AUC is the unweighted one; training
+    accuracy is the class-balanced one, validation accuracy the plain one."""
     import keras
 
     accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
@@ -1109,7 +1117,7 @@ def _compile(
     model.compile(
         optimizer=_optimizer(config, phase, steps),
         loss=loss,
-        metrics=[any_auc_metric(), accuracy],
+        weighted_metrics=[any_auc_metric(), accuracy],
     )
 
 

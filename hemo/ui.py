@@ -240,6 +240,14 @@ def list_models() -> list[dashboard.ModelEntry]:
 
 #: File suffixes of label tables and manifests, whose edits change a dataset folder's index.
 LABEL_SUFFIXES = (".csv", ".json", ".parquet", ".txt", ".tsv")
+#: Label tables and manifests of hemo's layouts, looked at by name in any folder.
+LABEL_TABLES = (
+    "labels.csv",
+    "manifest.csv",
+    "reads.csv",
+    "stage_2_train.csv",
+    "stage_2_train_labels.csv",
+)
 #: A folder's first entries looked at by :func:`mtime_of` (a flat folder of scans can be huge).
 MTIME_MAX_ENTRIES = 4096
 
@@ -262,13 +270,22 @@ def mtime_of(path: str | Path) -> float:
         return 0.0
     if not p.is_dir():
         return newest
+    # The tables hemo's layouts read, wherever a big folder lists them
+    for name in LABEL_TABLES:
+        try:
+            newest = max(newest, (p / name).stat().st_mtime)
+        except OSError:
+            continue
     try:
         with os.scandir(p) as entries:
             for count, entry in enumerate(entries):
                 if count >= MTIME_MAX_ENTRIES:
                     break
-                if entry.name.lower().endswith(LABEL_SUFFIXES) or entry.is_dir():
-                    newest = max(newest, entry.stat().st_mtime)
+                try:
+                    if entry.name.lower().endswith(LABEL_SUFFIXES) or entry.is_dir():
+                        newest = max(newest, entry.stat().st_mtime)
+                except OSError:  # a dangling link, an entry gone meanwhile: the others count
+                    continue
     except OSError:
         pass
     return newest

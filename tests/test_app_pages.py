@@ -705,6 +705,28 @@ def test_eda_counts_follow_an_edited_label_file(env, head_ct_dir, tmp_path):
     assert _metrics(at)["Hemorrhage"] == "15"
 
 
+def test_dataset_cache_key_sees_a_label_table_in_a_big_folder(tmp_path, monkeypatch):
+    """The key changes when labels.csv is edited in a folder with more entries than are
+    listed, and a dangling link ending in .csv does not stop the look."""
+    import os
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    monkeypatch.setattr(ui, "MTIME_MAX_ENTRIES", 3)
+    for i in range(10):
+        (root / f"{i:03d}.dcm").write_bytes(b"x")
+    (root / "labels.csv").write_text("id, hemorrhage\n")
+    (root / "broken.csv").symlink_to(tmp_path / "gone.csv")
+    base = (root / "labels.csv").stat().st_mtime - 100
+    for path in (root, *root.iterdir()):
+        if not path.is_symlink():
+            os.utime(path, (base, base))
+    before = ui.mtime_of(root)
+    os.utime(root / "labels.csv", (base + 50, base + 50))
+    os.utime(root, (base, base))
+    assert ui.mtime_of(root) == before + 50
+
+
 def test_eda_and_windowing_on_the_cq500_layout(env, shared_data):
     """The real CQ500 sample (238 slices, reads.csv) opens on EDA and Windowing with no error."""
     root = shared_data / "cq500"

@@ -119,6 +119,27 @@ def test_kaggle_bad_label_rows_are_problems_and_the_rest_indexes(kaggle_quirky: 
 
 
 @pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        ("id, hemorrhage\n3,1,\n7,,\n12,2,\n130,0,\n", ["line 3", "line 4"]),  # trailing commas
+        ("id, hemorrhage\n3,1\n\n7,\n\n12,2\n130,0\n", ["line 4", "line 6"]),  # blank lines
+        ('\ufeff"id","hemorrhage"\n3,1\n7,\n12,2\n130,0\n', ["line 3", "line 4"]),  # BOM, quotes
+    ],
+)
+def test_kaggle_labels_written_by_other_tools(kaggle_quirky: Path, text: str, lines) -> None:
+    """labels.csv with trailing commas, blank lines, or a byte-order mark and quoted header (as
+    spreadsheets write it) indexes its good rows and names each bad row by its true file line,
+    once (not also as an image without a row)."""
+    (kaggle_quirky / "labels.csv").write_text(text, encoding="utf-8")
+    result = index_dataset(kaggle_quirky)
+    assert sorted(Path(p).name for p in result.frame["path"]) == ["003.png", "130.png"]
+    bad = [Path(p.path).name for p in result.problems if p.kind == "bad_label"]
+    assert bad == [f"labels.csv:{line}" for line in lines]
+    unlabelled = [Path(p.path).name for p in result.problems if p.kind == "missing_label"]
+    assert "007.png" not in unlabelled and "012.png" not in unlabelled
+
+
+@pytest.mark.parametrize(
     ("name", "header", "message"),
     [
         ("labels.csv", "id\n", r"labels.csv is here but its columns are \['id'\]: the Kaggle"),

@@ -482,3 +482,24 @@ def test_a_compressed_slice_cut_inside_its_pixel_data_is_called_truncated(
     with pytest.raises(DicomError, match="truncated") as caught:
         read_dicom(data[:keep])
     assert "missing" not in str(caught.value)
+
+
+def test_a_complete_file_whose_only_pixel_data_is_an_icon_is_not_called_truncated() -> None:
+    """No top-level Pixel Data but a whole Icon Image Sequence item with its own: the file
+    holds no image (it is not cut short)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(io.BytesIO(ct_bytes()))
+    del ds.PixelData
+    icon = Dataset()
+    icon.Rows = icon.Columns = 4
+    icon.BitsAllocated = icon.BitsStored = 8
+    icon.HighBit, icon.PixelRepresentation, icon.SamplesPerPixel = 7, 0, 1
+    icon.PhotometricInterpretation = "MONOCHROME2"
+    icon.PixelData = bytes(16)
+    ds.IconImageSequence = Sequence([icon])
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    with pytest.raises(DicomError, match="Pixel Data is missing: the file holds no image"):
+        read_dicom(out.getvalue())

@@ -200,5 +200,5 @@ def test_a_folder_without_a_scan_gets_a_result_naming_it(tmp_path):
     results = list(iter_scans([empty, notes, scan]))
     assert [r.name for r in results] == [str(empty), str(notes), str(scan)]
     assert "no scan in this folder (it is empty)" in str(results[0].error)
-    assert "(1 file(s) in it, none a scan)" in str(results[1].error)
+    assert "(1 entry in it, none a scan)" in str(results[1].error)
     assert results[2].error is None

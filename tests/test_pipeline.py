@@ -429,3 +429,28 @@ def test_an_unreadable_image_keeps_its_place_with_weight_zero(
             assert w[0] == 0.0 and not x[0].any() and np.all(w[1:] == 1.0)
         assert np.sum(w == 0.0) == 1 and np.all(w[w > 0] > 0)
     assert left_out([bad])[str(bad)].startswith(f"{bad}: ")  # the reason names the file
+
+
+def test_mixup_gives_no_weight_to_a_mix_holding_a_left_out_image() -> None:
+    """mix_batch: a mix whose image or partner has weight 0 (an unreadable image) gets weight
+    0, so the left-out image's label reaches no loss; mixes of readable images keep theirs."""
+    import keras
+
+    x = np.random.default_rng(0).uniform(size=(6, 4, 4, 1)).astype(np.float32)
+    y = np.eye(6, dtype=np.float32)  # one label per row: the mixed targets name the partner
+    w = np.array([1.0, 0.0, 2.0, 1.0, 1.0, 0.5], np.float32)
+    seen_zero = seen_kept = False
+    for seed in range(8):
+        _, mixed_y, mixed_w = (
+            np.asarray(t) for t in mix_batch(x, y, w, 0.4, keras.random.SeedGenerator(seed))
+        )
+        for i in range(6):
+            others = [j for j in range(6) if j != i and mixed_y[i, j] > 1e-6]
+            partner = others[0] if others else i
+            if w[i] == 0 or w[partner] == 0:
+                assert mixed_w[i] == 0.0
+                seen_zero |= partner == 1 and i != 1
+            else:
+                assert mixed_w[i] > 0.0
+                seen_kept = True
+    assert seen_zero and seen_kept  # both cases were drawn

@@ -953,6 +953,12 @@ def test_an_unreadable_training_image_is_left_out_and_named(
     assert "1 unreadable image(s) left out: 003.png" in status["message"]
     card = json.loads((tmp_path / "runs" / "damaged" / "model.json").read_text())
     assert card["training"]["left_out"] == {"count": 1, "files": ["003.png"]}
+    # The record is the run's own: repaired, the image counts again in the next run
+    shutil.copy(head_ct_dir / "head_ct" / "003.png", damaged)
+    again = ["train", "--data", str(root), "--name", "repaired", "--epochs", "1", *TINY]
+    assert main([*again, "--input.mode", "display", "--input.channels", "1"]) == 0
+    card = json.loads((tmp_path / "runs" / "repaired" / "model.json").read_text())
+    assert card["training"]["left_out"] == {"count": 0, "files": []}
 
 
 def test_export_never_replaces_a_model_of_other_data(tmp_path: Path, phantom_dir: Path) -> None:

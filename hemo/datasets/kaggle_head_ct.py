@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hemo.datasets.schema import (
@@ -47,9 +48,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _read_labels(labels_path: Path) -> pd.DataFrame:
-    """Read labels.csv with stripped column names; raise when the columns are not there."""
+    """Read labels.csv with stripped column names (a UTF-8 byte-order mark dropped, quotes
+    read as CSV quotes; a trailing comma never turns the first column into the row labels);
+    raise when the columns are not there."""
     try:
-        labels = pd.read_csv(labels_path, skipinitialspace=True)
+        labels = pd.read_csv(
+            labels_path, skipinitialspace=True, index_col=False, encoding="utf-8-sig"
+        )
     except (OSError, ValueError) as exc:
         raise DatasetError(f"cannot read the labels: {exc}", labels_path) from exc
     labels = labels.rename(columns=lambda c: str(c).strip().lower())
@@ -70,7 +75,8 @@ def looks_like(root: Path) -> bool:
         header = labels_path.open(encoding="utf-8", errors="replace").readline()
     except OSError:
         return False
-    names = {name.strip().lower() for name in header.split(",")}
+    header = header.lstrip("\ufeff")  # a byte-order mark from a spreadsheet's CSV export
+    names = {name.strip().strip('"').strip().lower() for name in header.split(",")}
     return {ID_COLUMN, LABEL_COLUMN} <= names
 
 
@@ -89,6 +95,18 @@ def image_dir(root: Path) -> Path:
         if candidate.is_dir() and _has_images(candidate):
             return candidate
     return root
+
+
+def _data_lines(labels_path: Path, n_rows: int) -> list[int]:
+    """The file line (1-based) of each of the table's ``n_rows`` data rows: pandas skips blank
+    lines, so row k is not always line k + 2. Positions past what the file shows (a quoted field
+    over several lines) fall back to k + 2."""
+    try:
+        text = labels_path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+    except OSError:
+        text = []
+    found = [n for n, line in enumerate(text[1:], start=2) if line.strip()]
+    return [found[k] if k < len(found) else k + 2 for k in range(n_rows)]
 
 
 def _cell(value: object) -> str:
@@ -123,16 +141,20 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
     whole = ids.notna() & (ids == ids.round())
     bad = ~whole | ~values.isin([0, 1])
     problems: list[Problem] = []
-    for i in labels.index[bad]:
+    lines = _data_lines(labels_path, len(labels))
+    for position in np.flatnonzero(bad.to_numpy()):
+        i = labels.index[position]
         problems.append(
             Problem(
                 BAD_LABEL,
-                f"{labels_path}:line {int(i) + 2}",
+                f"{labels_path}:line {lines[position]}",
                 f"id {_cell(labels.at[i, ID_COLUMN])}, hemorrhage "
                 f"{_cell(labels.at[i, LABEL_COLUMN])}: hemorrhage must be 0 or 1 and id a whole "
                 "number",
             )
         )
+    # an image whose only rows are bad is reported once (bad_label), not also as unlabelled
+    bad_ids = {int(v) for v in ids[bad & whole]}
     ids, values = ids[~bad], values[~bad]
 
     folder = image_dir(root)
@@ -165,7 +187,7 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
             )
             continue
         rows.append({"path": str(path.resolve()), "label_any": label_of[image_id]})
-    for image_id in sorted(set(files) - set(label_of) - conflicting):
+    for image_id in sorted(set(files) - set(label_of) - conflicting - bad_ids):
         problems.append(
             Problem(MISSING_LABEL, str(files[image_id]), f"id {image_id} has no row in labels.csv")
         )
