@@ -572,9 +572,9 @@ def decide_cache(n_images: int, spec: InputSpec, cache: bool | None) -> bool:
     return bool(cache)
 
 
-#: Training files that could not be read or preprocessed, with why (this process, every
-#: dataset): :func:`make_dataset` leaves them out of the batches, reports each once and keeps
-#: the rest; :func:`left_out` lists them for a run's report.
+#: Training files that could not be read or preprocessed, with why (since the last
+#: :func:`forget_left_out`): :func:`make_dataset` gives each weight 0 and reports it once;
+#: :func:`left_out` lists them for a run's report.
 _LEFT_OUT: dict[str, str] = {}
 _LEFT_OUT_LOCK = threading.Lock()
 

@@ -8,8 +8,8 @@ An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any s
   (:func:`hemo.windowing.window` maths, in float32). Windowing after the resize costs one resize
   instead of one per window; it is the same everywhere, so training and prediction agree.
 * mode ``"display"``: display grayscale (an image's pixels, or a DICOM -- optionally without
-  what lies outside the head -- through ``display_window``) -> optional crop -> pad to square with black -> resize -> repeated to
-  ``channels``; with ``asymmetry`` the last channel is instead the left-right asymmetry map
+  what lies outside the head -- through ``display_window``) -> optional crop -> pad to square
+  with black -> resize -> repeated to ``channels``; with ``asymmetry`` the last channel is instead the left-right asymmetry map
   ``max(0, x - mirror(x))``: how much brighter each pixel is than the pixel facing it across
   the vertical centre line. After the head crop that line is close to the midline, and a bleed,
   which is usually on one side, stands out against the normal brain facing it.
@@ -34,10 +34,11 @@ picture. An image whose background is black already, or not one flat gray, is le
 Optional head only (``dicom_head_only``), DICOM input only (NIfTI slices too: they are
 ``CTSlice``), first of all: everything outside the head's outline (:func:`head_only` on the HU:
 the largest 8-connected region above :data:`HEAD_ONLY_HU_THRESHOLD`, with its holes filled)
-becomes air, in both modes, so the model input, the overlay view and lesion masks agree. A DICOM holds the scanner's whole
-field of view: the head holder's arcs, the table, cables, which the square crop around the head
-takes in at its corners; exported images (the Kaggle PNGs) are framed without them. Images are fed
-as they are, so a model trained on exported images sees them exactly as it was trained.
+becomes air, in both modes, so the model input, the overlay view and lesion masks agree. A
+DICOM holds the scanner's whole field of view: the head holder's arcs, the table, cables, which
+the square crop around the head takes in at its corners; exported images (the Kaggle PNGs) are
+framed without them. Images are fed as they are, so a model trained on exported images sees
+them exactly as it was trained.
 
 Crop to the head: threshold (HU > :data:`HEAD_HU_THRESHOLD` for HU, gray >
 :data:`HEAD_GRAY_THRESHOLD` for display grayscale), keep the largest 8-connected component
@@ -180,8 +181,8 @@ class InputSpec:
             means off.
         dicom_head_only: DICOM input: set everything outside the head's outline to air
             first (:func:`head_only`; black in display grayscale), removing the scanner's head
-            holder and table (see the module docstring); images are fed as they are. Off by default,
-            and a card without the key means off.
+            holder and table (see the module docstring); images are fed as they are. Off by
+            default, and a card without the key means off.
 
     Raises:
         ConfigError: any field out of its range (checked on construction).

@@ -494,8 +494,6 @@ def input_spec(config: Mapping[str, Any]):
 
 #: Training files whose first bytes :func:`check_input_fits` sniffs.
 FITS_SAMPLE_FILES = 16
-#: File kinds that carry no Hounsfield units (display grayscale only).
-IMAGE_KINDS = frozenset({"png", "jpeg", "tiff"})
 
 
 def check_input_fits(spec: Any, paths: Sequence[Any]) -> None:
@@ -514,7 +512,7 @@ def check_input_fits(spec: Any, paths: Sequence[Any]) -> None:
     Raises:
         ConfigError: HU input and the sampled files are all images, naming the first one.
     """
-    from hemo.images import SNIFF_BYTES, sniff_kind
+    from hemo.images import IMAGE_KINDS, SNIFF_BYTES, sniff_kind
     from hemo.sources import read_head
 
     if spec.mode != "hu":
