@@ -202,10 +202,17 @@ for j, series in enumerate(decoded.series):
             continue
         study = result.study
         st.subheader(f"{result.name} — {study['slices']} slices")
-        if study["uncertain"]:
+        # every slice outside the range: no verdict, as for such a slice shown alone
+        no_verdict = not study["slices_in_range"]
+        if study["uncertain"] and not no_verdict:
             st.warning(dashboard.referral_message(card, study["probability"], "series"))
         m1, m2, m3 = st.columns(3)
-        m1.metric("Study verdict", study["verdict"], **_uncertain_delta(study["uncertain"]))
+        if no_verdict:
+            m1.metric(
+                "Study verdict", "none", delta=OUTSIDE_DELTA, delta_color="off", delta_arrow="off"
+            )
+        else:
+            m1.metric("Study verdict", study["verdict"], **_uncertain_delta(study["uncertain"]))
         outside = study["slices"] - study["slices_in_range"]
         in_range = " in range" if outside and study["slices_in_range"] else ""
         m2.metric(f"Highest slice probability{in_range}", f"{study['probability'] * PERCENT:.1f}%")

@@ -777,8 +777,9 @@ def range_caption(study: Mapping[str, Any]) -> str:
     if not study["slices_in_range"]:
         return (
             f"No slice of this series is in the model's range (skull base, vertex, localizers "
-            f"or reformats only): "
-            f"the verdict pools all {study['slices']} slices and is not reliable."
+            f"or reformats only), so it gets no verdict, as such a slice shown alone gets none. "
+            f"Highest probability over its {study['slices']} slices: "
+            f"{study['probability_all_slices']:.1%}, not a finding."
         )
     return (
         f"{outside} of {study['slices']} slices lie outside the slices the model was trained on "

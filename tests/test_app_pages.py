@@ -412,6 +412,15 @@ def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_
     assert _metrics(at)["Verdict"] in ("hemorrhage", "no hemorrhage")
     # headct_real was trained on real scans: no synthetic-training warning
     assert not any("synthetic phantoms only" in w.value for w in at.warning)
+    # The skull-base slices alone: no slice in range, so no study verdict (as for one such
+    # slice shown alone) and no referral advice for it; the caption says so
+    at.file_uploader(key="predict_upload").set_value(
+        ("base.zip", zip_bytes(files[:REAL_SERIES_EACH], "base"), "application/zip")
+    ).run()
+    _ok(at)
+    assert _metrics(at)["Study verdict"] == "none"
+    assert any("so it gets no verdict" in c.value for c in at.caption)
+    assert not any("this series" in w.value and "Uncertain call" in w.value for w in at.warning)
 
 
 def test_predict_upload_of_a_multiframe_file_is_a_series(env, cq500_dir, monkeypatch):
