@@ -460,15 +460,27 @@ def find_inputs(src: Path) -> list[Planned]:
         One :class:`Planned` per input, sorted by output path relative to OUT.
 
     Raises:
-        DatasetError: ``src`` does not exist.
+        DatasetError: ``src`` does not exist, or is an index of images (no DICOM to convert).
     """
     src = Path(src)
     if src.is_file() and src.suffix.lower() == ".parquet":
         from hemo.datasets import load_index
 
+        from hemo.images import images_only
+
         base = src.resolve().parent
+        listed = list(dict.fromkeys(str(v) for v in load_index(src)["path"]))
+        found = images_only(listed)
+        if found is not None:
+            first, kind = found
+            raise DatasetError(
+                f"this index lists {kind.upper()} images ({first}, and the other files "
+                "sampled), not DICOM: hemo convert turns DICOM and NIfTI into PNG; train on "
+                "the images as they are (display input)",
+                src,
+            )
         pairs = []
-        for value in dict.fromkeys(str(v) for v in load_index(src)["path"]):
+        for value in listed:
             path = Path(value)
             relative = Path(os.path.relpath(path, base))
             if relative.parts and relative.parts[0] == os.pardir:

@@ -15,14 +15,16 @@ from __future__ import annotations
 import io
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from hemo import config
-from hemo.errors import ImageError, LimitError
-from hemo.sources import Source, read_bytes, source_name
+from hemo.errors import HemoError, ImageError, LimitError
+from hemo.sources import Source, read_bytes, read_head, source_name
 
 #: Magic numbers (PNG spec 5.2; JPEG ITU T.81 B.1.1.2 SOI; TIFF 6.0 section 2; PKWARE APPNOTE
 #: 4.3.7 local header and 4.3.16 end of central directory for an empty archive; DICOM PS3.10 7.1).
@@ -127,6 +129,30 @@ def sniff_kind(head: bytes) -> str | None:
         return "tiff"
     if head.startswith(ZIP_MAGICS):
         return "zip"
+    return None
+
+
+#: Files :func:`images_only` sniffs.
+IMAGES_ONLY_SAMPLE = 16
+
+
+def images_only(paths: Iterable[Any]) -> tuple[str, str] | None:
+    """``(first file, its kind)`` when the first :data:`IMAGES_ONLY_SAMPLE` readable files of
+    ``paths`` are all PNG/JPEG/TIFF images (no Hounsfield units anywhere), else ``None``.
+
+    Sniffed from their first bytes; files that cannot be read are passed over (they are
+    reported where they are read).
+    """
+    kinds: list[tuple[str, str]] = []
+    for path in paths:
+        if len(kinds) >= IMAGES_ONLY_SAMPLE:
+            break
+        try:
+            kinds.append((str(path), sniff_kind(read_head(path, SNIFF_BYTES)) or "dicom"))
+        except HemoError:
+            continue
+    if kinds and all(kind in IMAGE_KINDS for _, kind in kinds):
+        return kinds[0]
     return None
 
 

@@ -492,18 +492,12 @@ def input_spec(config: Mapping[str, Any]):
     return InputSpec.from_dict(values)
 
 
-#: Training files whose first bytes :func:`check_input_fits` sniffs.
-FITS_SAMPLE_FILES = 16
-
-
 def check_input_fits(spec: Any, paths: Sequence[Any]) -> None:
     """Refuse HU input for a dataset of images, before any training starts.
 
     A model with ``input.mode = "hu"`` reads Hounsfield units, which only DICOM (and NIfTI)
     carry; trained on PNG/JPEG images it would fail on the first batch, deep inside the data
-    pipeline. The first :data:`FITS_SAMPLE_FILES` files are sniffed from their first bytes; a
-    dataset whose sniffed files are all images is refused (unreadable files are left to the
-    per-file reports).
+    pipeline. The first files are sniffed (:func:`hemo.images.images_only`).
 
     Args:
         spec: The run's :class:`~hemo.preprocess.InputSpec`.
@@ -512,19 +506,13 @@ def check_input_fits(spec: Any, paths: Sequence[Any]) -> None:
     Raises:
         ConfigError: HU input and the sampled files are all images, naming the first one.
     """
-    from hemo.images import IMAGE_KINDS, SNIFF_BYTES, sniff_kind
-    from hemo.sources import read_head
+    from hemo.images import images_only
 
     if spec.mode != "hu":
         return
-    kinds: list[tuple[str, str]] = []
-    for path in list(paths)[:FITS_SAMPLE_FILES]:
-        try:
-            kinds.append((str(path), sniff_kind(read_head(path, SNIFF_BYTES)) or "dicom"))
-        except HemoError:
-            continue
-    if kinds and all(kind in IMAGE_KINDS for _, kind in kinds):
-        first, kind = kinds[0]
+    found = images_only(paths)
+    if found is not None:
+        first, kind = found
         raise ConfigError(
             f"input.mode = 'hu' reads Hounsfield units, which only DICOM carries, but this "
             f"dataset holds {kind.upper()} images ({first}, and the other files sampled); train "

@@ -128,7 +128,14 @@ def resolve_windows(spec: str | Window | tuple | list) -> tuple[Window, ...]:
     if isinstance(spec, str) and spec in COMPOSITES:
         return tuple(PRESETS[name] for name in COMPOSITES[spec])
     if isinstance(spec, str | Window):
-        return (get_window(spec),)
+        try:
+            return (get_window(spec),)
+        except ConfigError as exc:
+            if isinstance(spec, str):  # here a composite is as good an answer as a preset
+                raise ConfigError(
+                    f"{exc.reason}, or a composite: {', '.join(COMPOSITES)}", exc.source
+                ) from exc
+            raise
     items = list(spec)
     if len(items) == 2 and all(isinstance(v, int | float) for v in items):
         return (get_window(tuple(items)),)

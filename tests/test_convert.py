@@ -501,3 +501,15 @@ def test_head_only_pngs_leave_out_the_scanner_holder(cq500_dir: Path, tmp_path: 
     del old["head_only"]
     record.write_text(json.dumps(old))
     assert convert(source, tmp_path / "plain", size=0, workers=1).count("skipped") == 1
+
+
+def test_an_index_of_png_images_is_refused_in_one_line(head_ct_dir: Path, tmp_path: Path) -> None:
+    """An index of the Kaggle PNGs given to convert: one error naming the index, a file and
+    what to do (every row used to fail with "not a DICOM file"); nothing is written."""
+    from hemo.datasets import index_dataset, save_index
+
+    index = tmp_path / "kaggle.parquet"
+    save_index(index_dataset(head_ct_dir).frame.head(20), index)
+    with pytest.raises(DatasetError, match=r"this index lists PNG images \(.*000\.png"):
+        convert(index, tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()

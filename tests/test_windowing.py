@@ -52,6 +52,9 @@ def test_presets_and_parsing():
     assert [w.name for w in resolve_windows("rsna3")] == ["brain", "subdural", "soft_tissue"]
     with pytest.raises(ConfigError, match="unknown window 'lungs'"):
         get_window("lungs")
+    # where a composite would do (hemo convert --window), the error lists the composites too
+    with pytest.raises(ConfigError, match="or a composite: rsna3, brain_subdural_bone$"):
+        resolve_windows("lungs")
 
 
 def test_multi_window_stacks_channels():
