@@ -465,7 +465,6 @@ def find_inputs(src: Path) -> list[Planned]:
     src = Path(src)
     if src.is_file() and src.suffix.lower() == ".parquet":
         from hemo.datasets import load_index
-
         from hemo.images import images_only
 
         base = src.resolve().parent
