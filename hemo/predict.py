@@ -308,8 +308,8 @@ def study_predictions(
             note = _join_notes(
                 note,
                 "no slice is in the model's range (skull base, vertex, localizers or "
-                "reformats only): the verdict "
-                "pools every slice",
+                "reformats only): probability and positive pool every slice and are not a "
+                "finding",
             )
         best = pooled[int(np.argmax(p_any[pooled]))]
         labels = members_p[0].probabilities.keys()

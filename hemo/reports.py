@@ -32,6 +32,8 @@ BASE_COLUMNS: tuple[str, ...] = (
 )
 POSITIVE = "hemorrhage"
 NEGATIVE = "no hemorrhage"
+#: A series' verdict when none of its slices is in the model's range (as the Predict page says).
+NO_VERDICT = "none"
 
 
 def verdict(positive: bool) -> str:
@@ -53,18 +55,21 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
         slice_number: 1-based position of the slice in its series, if it is one.
 
     Returns:
-        A JSON-ready dict: the base columns and ``p_<label>`` per model output.
+        A JSON-ready dict: the base columns and ``p_<label>`` per model output. A slice outside
+        the model's range gets the verdict :data:`NO_VERDICT` and ``uncertain`` ``None``, as on
+        the Predict page: its probability is not a finding, so it is no call to refer either.
     """
+    outside = getattr(prediction, "outside_range", None)
     row: dict[str, Any] = {
         "source": str(prediction.source),
         "slice": slice_number,
         "slice_z_mm": getattr(prediction, "slice_z_mm", None),
         "probability": _round(prediction.probability),
-        "verdict": verdict(bool(prediction.positive)),
+        "verdict": NO_VERDICT if outside else verdict(bool(prediction.positive)),
         "threshold": _round(prediction.threshold),
-        "outside_range": getattr(prediction, "outside_range", None),
+        "outside_range": outside,
         "frame": getattr(prediction, "frame", None),
-        "uncertain": getattr(prediction, "uncertain", None),
+        "uncertain": None if outside else getattr(prediction, "uncertain", None),
         "error": None,
     }
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
@@ -134,7 +139,8 @@ def study_summary(
         referral: The card's :class:`hemo.referral.ReferralBand`, or ``None``.
 
     Returns:
-        ``source``, ``slices``, ``probability``, ``verdict``, ``threshold``,
+        ``source``, ``slices``, ``probability``, ``verdict`` (:data:`NO_VERDICT` when no slice
+        is in range: such slices are not findings), ``threshold``,
         ``most_suspicious_slice`` (1-based), ``positive_slices`` (in range),
         ``slices_in_range``, ``outside_range_slices`` (1-based),
         ``probability_all_slices`` and ``uncertain`` (the study probability lies in the
@@ -158,7 +164,7 @@ def study_summary(
         "source": name,
         "slices": int(values.size),
         "probability": _round(values[top]),
-        "verdict": verdict(bool(values[top] >= threshold)),
+        "verdict": verdict(bool(values[top] >= threshold)) if inside.any() else NO_VERDICT,
         "threshold": _round(threshold),
         "most_suspicious_slice": top + 1,
         "positive_slices": int((values[pooled] >= threshold).sum()),

@@ -144,3 +144,29 @@ def test_area_rule_compares_axial_sections_only() -> None:
     assert outside_reasons(planes) == planes
     only_range = outside_reasons([None] * 3, slice_range, anatomies)
     assert only_range[0] is not None and "head section is 20%" in only_range[0]
+
+
+def test_a_series_with_no_slice_in_range_gets_no_verdict_from_the_cli(
+    derived: dict[str, bytes], tmp_path: Path, capsys
+) -> None:
+    """``hemo predict`` on a series of a reformat and a localizer only: no study verdict in the
+    table (as on the Predict page), each slice "none", and the JSON note says why ``positive``
+    is not a finding."""
+    import json
+
+    from hemo.cli import main
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name in ("sagittal", "localizer"):
+        (folder / f"{name}.dcm").write_bytes(derived[name])
+    argv = ["predict", "--model", str(MODELS_DIR / "headct_real.keras"), str(folder)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "series of 2 slice(s): no verdict, no slice is in the model's range" in out
+    rows = [line for line in out.splitlines() if line.strip().endswith("range]")]
+    assert len(rows) == 2 and all("  none  [outside the model's range]" in r for r in rows)
+    assert "POSITIVE" not in out and "refer]" not in out
+    assert main([*argv, "--json"]) == 0
+    (study,) = json.loads(capsys.readouterr().out)["studies"]
+    assert study["slices_in_range"] == 0 and "are not a finding" in study["note"]

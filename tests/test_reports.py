@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -32,6 +33,16 @@ def test_prediction_row_has_numbers_and_no_uids():
     assert row["probability"] == 0.8 and row["verdict"] == "hemorrhage"
     assert row["p_subdural"] == 0.3 and row["slice"] == 3
     assert "1.2.3" not in json.dumps(row)
+
+
+def test_prediction_row_outside_the_range_is_no_call():
+    """A slice outside the model's range: verdict none and not referred, probability kept."""
+    outside = dataclasses.replace(_prediction(), outside_range="vertex", uncertain=True)
+    row = reports.prediction_row(outside)
+    assert row["verdict"] == reports.NO_VERDICT and row["uncertain"] is None
+    assert row["probability"] == 0.8 and row["outside_range"] == "vertex"
+    inside = reports.prediction_row(dataclasses.replace(_prediction(), uncertain=True))
+    assert inside["verdict"] == "hemorrhage" and inside["uncertain"] is True
 
 
 def test_csv_report_has_one_line_per_row_and_errors():
@@ -69,6 +80,7 @@ def test_study_summary_pools_only_slices_in_range():
     assert study["probability_all_slices"] == 0.99
     none_in = reports.study_summary("s", [0.95, 0.2], 0.5, ["base", "base"])
     assert none_in["probability"] == 0.95 and none_in["slices_in_range"] == 0
+    assert none_in["verdict"] == reports.NO_VERDICT  # as the page: no finding outside the range
     with pytest.raises(ValueError, match="s: 1 range flags for 2 slice probabilities"):
         reports.study_summary("s", [0.1, 0.2], 0.5, [None])
 

@@ -128,12 +128,14 @@ def _text(data: dict[str, Any]) -> str:
                 f"{_short(entry['path']):<{PATH_WIDTH}}  {'-':>7}  error: {entry['error']}"
             )
             continue
-        verdict = "POSITIVE" if entry["positive"] else "negative"
+        outside = entry.get("outside_range")
+        # outside the range the probability is not a finding: no verdict, nothing to refer
+        verdict = "none" if outside else "POSITIVE" if entry["positive"] else "negative"
         extra = [f"{k} {v:.3f}" for k, v in entry["probabilities"].items() if k != "any"]
         suffix = f"  ({', '.join(extra)})" if extra else ""
-        if entry.get("uncertain"):
+        if entry.get("uncertain") and not outside:
             suffix += "  [uncertain: refer]"
-        if entry.get("outside_range"):
+        if outside:
             suffix += "  [outside the model's range]"
         if entry.get("training_lookalike"):
             seen = entry["training_lookalike"]
@@ -143,8 +145,17 @@ def _text(data: dict[str, Any]) -> str:
             f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>7.3f}  {verdict}{suffix}"
         )
     for study in data["studies"]:
-        verdict = "POSITIVE" if study["positive"] else "negative"
         lines.append("")
+        if study["slices_in_range"] == 0:
+            lines.append(
+                f"series of {study['n_slices']} slice(s): no verdict, no slice is in the model's "
+                f"range; P(any) max over every slice {study['probability_all_slices']:.3f} is not "
+                f"a finding"
+            )
+            if study["note"]:
+                lines.append(f"  note: {study['note']}")
+            continue
+        verdict = "POSITIVE" if study["positive"] else "negative"
         lines.append(
             f"series of {study['n_slices']} slice(s): P(any) max {study['probability']:.3f} "
             f"(top-{study['top_k']} mean {study['top_k_mean']:.3f}) {verdict}"
