@@ -148,7 +148,9 @@ def _show_analysis(
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
     if reason:
-        m2.metric("Verdict", reports.NO_VERDICT, delta=OUTSIDE_DELTA, delta_color="off", delta_arrow="off")
+        m2.metric(
+            "Verdict", reports.NO_VERDICT, delta=OUTSIDE_DELTA, delta_color="off", delta_arrow="off"
+        )
     else:
         m2.metric("Verdict", reports.verdict(p.positive), **_uncertain_delta(p.uncertain))
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
