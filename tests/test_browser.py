@@ -224,6 +224,12 @@ def test_window_slider_changes_the_image(server, page):
         arg=before,
         timeout=30_000,
     )
+    _settle(page)  # the key presses queue reruns: shoot the last one's image, loaded
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".every((img) => img.complete && img.naturalWidth > 0)",
+        timeout=30_000,
+    )
     assert page.locator(EXCEPTION).count() == 0
     _shot(page, "windowing")
 
