@@ -267,6 +267,8 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any, source: str) ->
         raise ConfigError(f"{dotted} is a table: set its keys ({dotted}.KEY), got {value!r}")
     if isinstance(default, bool) and not isinstance(value, bool):
         raise ConfigError(f"{dotted} must be true or false, got {value!r}")
+    if isinstance(default, str) and value is None:  # --weights none: the word, not "no value"
+        value = "none"
     if isinstance(default, str) and not isinstance(value, str) and dotted not in TEXT_OR_BOOL_KEYS:
         if not _is_number(value):  # --name with no value is true; a list is no name either
             raise ConfigError(f"{dotted} must be text, got {value!r}")

@@ -114,6 +114,14 @@ def test_config_file_and_overrides_resolve(tmp_path: Path) -> None:
         assert config["learning_rate"] == 1.0 and config["input"]["mode"] == "hu"
 
 
+def test_weights_none_on_the_command_line_is_the_word() -> None:
+    """``--weights none`` (what the offline ImageNet error advises) is weights "none", not a
+    missing value; crossval's ``--set weights=none`` goes through the same path."""
+    file = {"data": "d", "weights": "imagenet"}
+    assert resolve_config(file, parse_overrides(["--weights", "none"]))["weights"] == "none"
+    assert resolve_config(file, parse_overrides(["--weights=null"]))["weights"] == "none"
+
+
 def test_bad_config_is_refused() -> None:
     """Unknown keys, bad choices and missing data name what is wrong."""
     with pytest.raises(ConfigError, match="unknown override key 'epoch'"):
