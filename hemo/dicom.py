@@ -43,6 +43,7 @@ import hmac
 import logging
 import math
 import os
+import re
 import secrets
 import struct
 from collections.abc import Iterator, Mapping
@@ -76,6 +77,11 @@ from hemo.sources import Source, as_stream, is_path, path_size, read_bytes, sour
 from hemo.windowing import Window
 
 log = logging.getLogger(__name__)
+
+# pydicom's reading validation warns with the raw value (a UID with a non-ASCII byte: the whole
+# UID, dates and all) on stderr and in its log; hemo checks what it uses itself (:func:`conforms`)
+# and never shows such values, so the warnings only leak them.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 #: PS3.10 section 7.1: a 128-byte preamble followed by the four bytes ``DICM``.
 DICM_OFFSET = 128
@@ -302,12 +308,61 @@ class CTSlice:
 
 #: Longest exception text a message quotes.
 MAX_CAUSE_CHARS = 400
+#: Longest value (per value of a multi-valued element) of each text VR (PS3.5 Table 6.2-1). A
+#: header value longer than its VR allows, or holding control characters, is not shown anywhere
+#: (messages, metadata): a corrupt length makes an element swallow the elements after it, names
+#: and dates included.
+VR_MAX_CHARS: dict[str, int] = {
+    "AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "DT": 26, "IS": 12, "LO": 64, "SH": 16,
+    "TM": 14, "UI": 64,
+}  # fmt: skip
+#: What a message says instead of a header value it may not show.
+NOT_SHOWN = "not shown: not a valid value of its VR, so the header is corrupt"
+#: A quoted text inside an exception message (pydicom quotes the values it fails on).
+_QUOTED = re.compile("'[^'\\n]*'|\"[^\"\\n]*\"")
+
+
+def conforms(value: Any, vr: str) -> bool:
+    """Whether a header value may be shown: every value of it (a multi-valued element's too)
+    is a number, or text within its VR's length (:data:`VR_MAX_CHARS`; 1024 for other text VRs)
+    without control characters. A sequence, bytes or anything else is not shown."""
+    if isinstance(value, MultiValue | list | tuple):
+        return all(conforms(v, vr) for v in value)
+    if isinstance(value, bool | int | float):
+        return True
+    if not isinstance(value, str):
+        return False
+    limit = VR_MAX_CHARS.get(vr, MAX_HEADER_VALUE_BYTES)
+    return len(value) <= limit and value.isprintable()
+
+
+def shown(value: Any, vr: str) -> str:
+    """A header value for a message: quoted when :func:`conforms`, else its size and
+    :data:`NOT_SHOWN` (never the value: it may hold the elements a corrupt length swallowed)."""
+    if conforms(value, vr) and not isinstance(value, MultiValue | list | tuple):
+        return repr(value)
+    if isinstance(value, str | bytes):
+        return f"a value of {len(value)} characters ({NOT_SHOWN})"
+    kind = "a sequence" if isinstance(value, pydicom.Sequence) else f"a {type(value).__name__}"
+    return f"{kind} ({NOT_SHOWN})"
+
+
+def _redact_quoted(text: str) -> str:
+    """``text`` with every quoted part that would not be shown (:func:`conforms` as LO) replaced
+    by :data:`NOT_SHOWN` (pydicom quotes raw values in its messages, escapes included)."""
+
+    def replace(match: re.Match[str]) -> str:
+        inner = match.group(0)[1:-1]
+        return match.group(0) if conforms(inner, "LO") and "\\" not in inner else f"({NOT_SHOWN})"
+
+    return _QUOTED.sub(replace, text)
 
 
 def _cause(exc: BaseException) -> str:
     """``Type: text`` of an exception on one line: a multi-line text (pydicom lists each
-    decoder's reason on its own line) is joined with ``; ``, and long ones are cut."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    decoder's reason on its own line) is joined with ``; ``, long ones are cut, and a quoted
+    value that could hold swallowed elements is not shown (:func:`_redact_quoted`)."""
+    lines = [_redact_quoted(line.strip()) for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
     text = lines[0] if len(lines) == 1 else lines[0].rstrip(":") + ": " + "; ".join(lines[1:])
@@ -383,7 +438,7 @@ def _parse(source: Source, name: str | None, *, pixels: bool) -> tuple[Dataset, 
             raise NoImageDicomError(
                 "is DICOM (without the 128-byte preamble) but holds no image ((0028,0010) "
                 "Rows, (0028,0011) Columns, (7FE0,0010) Pixel Data; its (0008,0016) SOP Class "
-                f"is {UID(str(sop_class)).name}); hemo reads CT image slices",
+                f"is {_uid_name(sop_class)}); hemo reads CT image slices",
                 label,
             )
         raise DicomError(
@@ -582,6 +637,9 @@ def _whitelisted(values: Mapping[str, Any], ds: Dataset) -> dict[str, Any]:
         value = values.get(keyword)
         if value is None:
             continue
+        if not conforms(value, _dictionary_vr(keyword)):  # e.g. a sequence, a swallowing length
+            log.debug("%s is not a valid %s value: left out", keyword, _dictionary_vr(keyword))
+            continue
         plain = _plain(value)
         if plain is not None:
             out[keyword] = plain
@@ -748,6 +806,28 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+#: :attr:`DicomHeader.modality` of a Modality that is not a valid code string.
+MALFORMED_MODALITY = "(malformed)"
+
+
+def _modality(value: Any) -> str:
+    """(0008,0060) as an upper-case code, "" when absent, :data:`MALFORMED_MODALITY` when not a
+    valid code string (never the value: a corrupt one may hold the elements after it)."""
+    if value is None:
+        return ""
+    if not (isinstance(value, str) and conforms(value, "CS")):
+        return MALFORMED_MODALITY
+    return value.strip().upper()
+
+
+def _uid_name(value: Any) -> str:
+    """A UID's registered name, or the UID itself, for a message (:func:`shown` rules)."""
+    text = str(value) if isinstance(value, str) else value
+    if not conforms(text, "UI"):
+        return shown(text, "UI")
+    return UID(text).name
+
+
 def _header(ds: Dataset, label: str, values: Mapping[str, Any]) -> DicomHeader:
     """The header of ``ds`` from its converted ``values`` (:func:`_values`)."""
     position = _floats(values.get("ImagePositionPatient"), 3)
@@ -756,7 +836,7 @@ def _header(ds: Dataset, label: str, values: Mapping[str, Any]) -> DicomHeader:
     transfer_syntax = ds.file_meta.get("TransferSyntaxUID")
     return DicomHeader(
         source=label,
-        modality=str(values.get("Modality") or "").strip().upper(),
+        modality=_modality(values.get("Modality")),
         rows=_int(values.get("Rows")) or 0,
         columns=_int(values.get("Columns")) or 0,
         pixel_spacing_mm=spacing,  # type: ignore[arg-type]
@@ -817,6 +897,12 @@ def _check_image(
                 "Storage: hemo reads CT only",
                 label,
             )
+    elif modality == MALFORMED_MODALITY:
+        raise DicomError(
+            f"(0008,0060) Modality is {shown(values.get('Modality'), 'CS')}: hemo reads CT "
+            "only (Modality 'CT')",
+            label,
+        )
     elif modality not in SUPPORTED_MODALITIES:
         raise DicomError(
             f"(0008,0060) Modality is '{modality}': hemo reads CT only (Modality 'CT')", label
@@ -872,7 +958,7 @@ def _check_image(
         encapsulated = syntax.is_encapsulated
     except ValueError as exc:  # pydicom: "UID is not a transfer syntax"
         raise DicomError(
-            f"(0002,0010) Transfer Syntax UID is {str(syntax)[:64]!r}: not a transfer syntax "
+            f"(0002,0010) Transfer Syntax UID is {shown(str(syntax), 'UI')}: not a transfer syntax "
             "(PS3.5 section 10); the file meta information is corrupt",
             label,
         ) from exc
@@ -969,7 +1055,7 @@ def _rescale(
                 continue
             value = _float(raw)
             if value is None:
-                raise DicomError(f"{tag} is {raw!r}: must be a finite number", label)
+                raise DicomError(f"{tag} is {shown(raw, 'DS')}: must be a finite number", label)
         if keyword == "RescaleSlope" and value == 0:
             raise DicomError(f"{tag} is 0: must be a finite non-zero number", label)
         parsed[keyword] = value

@@ -257,3 +257,91 @@ def test_index_patient_column_is_a_keyed_pseudonym(tmp_path):
     assert key != PHI["PatientID"]
     assert key != hashlib.sha256(PHI["PatientID"].encode()).hexdigest()[:16]
     assert isinstance(pd.DataFrame(index).to_csv(), str) and np.all(index["split"].notna())
+
+
+# Corrupt headers: a value that swallowed its neighbours, a sequence where text belongs -------------
+def _swallowing(keyword: str, until: str) -> bytes:
+    """A PHI-laden slice whose ``keyword`` element's length is stretched over the elements up to
+    and including ``until``'s value (a corrupt length: the value now holds their tags and text)."""
+    from pydicom.datadict import tag_for_keyword
+
+    data = bytearray(ct_bytes(**UIDS, **PHI, ImageType=["ORIGINAL", "PRIMARY", "AXIAL"]))
+    tag = tag_for_keyword(keyword)
+    head = bytes([tag >> 16 & 0xFF, tag >> 24, tag & 0xFF, tag >> 8 & 0xFF])
+    start = data.index(head)  # group, element (little endian), then VR and a 2-byte length
+    end = data.index(PHI[until].encode(), start) + len(PHI[until])
+    end += end % 2
+    length = end - (start + 8)
+    data[start + 6 : start + 8] = length.to_bytes(2, "little")
+    return bytes(data)
+
+
+def _nested(keyword: str) -> bytes:
+    """A PHI-laden slice whose ``keyword`` (a text element) is a sequence holding patient data."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from dicom_factory import ct_dataset, to_bytes
+
+    ds = ct_dataset(**UIDS)
+    item = Dataset()
+    item.PatientName, item.PatientID = PHI["PatientName"], PHI["PatientID"]
+    item.PatientBirthDate = PHI["PatientBirthDate"]
+    if keyword in ds:
+        del ds[keyword]
+    ds.add_new(keyword, "SQ", Sequence([item]))
+    return to_bytes(ds)
+
+
+CORRUPT_HEADERS = {
+    # Modality's length over InstitutionName, ReferringPhysicianName: refused, never quoted
+    "modality_swallows.dcm": (lambda: _swallowing("Modality", "ReferringPhysicianName"), 2),
+    # ImageType's over SOP Instance UID, StudyDate, AccessionNumber: read, ImageType left out
+    "imagetype_swallows.dcm": (lambda: _swallowing("ImageType", "AccessionNumber"), 0),
+    "modality_sequence.dcm": (lambda: _nested("Modality"), 2),
+    "kernel_sequence.dcm": (lambda: _nested("ConvolutionKernel"), 0),
+    "slope_sequence.dcm": (lambda: _nested("RescaleSlope"), 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPT_HEADERS))
+def test_a_corrupt_header_shows_no_swallowed_or_nested_values(name, tmp_path, capsys, debug_log):
+    """A value that swallowed the elements after it, or a sequence holding patient data where a
+    whitelisted text belongs, is neither quoted in the error nor shown as metadata: inspect (text,
+    JSON, DEBUG log) and predict's per-file error, as the pages and reports show them."""
+    from tiny_models import tiny_model_path
+
+    from hemo.dicom import NOT_SHOWN
+
+    build, status = CORRUPT_HEADERS[name]
+    path = tmp_path / name
+    path.write_bytes(build())
+    texts = []
+    for argv in (["inspect", "--json", str(path)], ["inspect", str(path)]):
+        assert cli.main(["-v", *argv]) == status
+        texts.append("".join(capsys.readouterr()))
+    model = str(tiny_model_path("display"))
+    assert cli.main(["predict", "--json", "--model", model, str(path)]) == (1 if status else 0)
+    texts.append("".join(capsys.readouterr()))
+    texts.append(debug_log.text)
+    for where, text in zip(("inspect json", "inspect", "predict", "log"), texts, strict=True):
+        _assert_no_phi(text, f"{name}: {where}")
+    if status:
+        assert NOT_SHOWN in texts[0] and NOT_SHOWN in texts[2]
+    else:
+        metadata = json.loads(texts[0])["metadata"]
+        left_out = "ImageType" if name.startswith("imagetype") else "ConvolutionKernel"
+        assert left_out not in metadata and metadata["Modality"] == "CT"
+
+
+def test_an_invalid_uid_is_not_echoed_by_pydicom_warnings(tmp_path, recwarn, debug_log):
+    """A UID with a non-ASCII byte (pydicom's validation would warn with the whole UID, dates
+    and all, on stderr and in its log) is read with no warning or log record carrying it."""
+    from hemo.dicom import read_dicom
+
+    uid = UIDS["study_uid"] + "\u00e9"
+    path = tmp_path / "uid.dcm"
+    path.write_bytes(ct_bytes(study_uid=uid, series_uid=UIDS["series_uid"], **PHI))
+    scan = read_dicom(path)
+    assert scan.study_uid.startswith("2.25.")
+    _assert_no_phi(" ".join(str(w.message) for w in recwarn) + debug_log.text, "warnings")
