@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import urllib.error
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from keras import layers
 
 from hemo import __version__
 from hemo.errors import ConfigError, ModelError
+from hemo.modelfile import MODEL_SUFFIXES, PICKLE_SUFFIXES, check_model_file
 from hemo.preprocess import InputSpec
 
 if TYPE_CHECKING:
@@ -75,13 +75,6 @@ DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
 RANDOM_INIT_BN_MOMENTUM = 0.9
 #: Longest Keras loading error kept in a ModelError message (one line for the CLI and pages).
 MAX_REASON_CHARS = 300
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".sav")
-MODEL_SUFFIXES = (".keras", ".h5")
-#: First bytes of a pickle (protocol 2+), a zip (``.keras``) and an HDF5 file (``.h5``).
-PICKLE_MAGIC = 0x80
-PICKLE_MAX_PROTOCOL = 5
-ZIP_MAGIC = b"PK\x03\x04"
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 # ImageNet preprocessing constants (keras.applications.imagenet_utils) ---------------------------
 PIXEL_MAX = 255.0
@@ -837,50 +830,6 @@ def read_card(path: str | os.PathLike) -> ModelCard:
         if exc.source is not None:
             raise
         raise ModelError(exc.reason, source=card_path) from exc
-
-
-def check_model_file(path: str | os.PathLike) -> Path:
-    """Refuse anything but a real ``.keras`` zip or ``.h5`` HDF5 file (pickles above all).
-
-    Raises:
-        ModelError: Missing file, a folder, pickle (by suffix or by bytes), or wrong format.
-    """
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelError(
-            "refusing to load a pickle (arbitrary code execution); models are .keras files",
-            source=path,
-        )
-    if path.is_dir():
-        raise ModelError(
-            "is a folder, not a model; give the NAME.keras file (its card NAME.json beside it)",
-            source=path,
-        )
-    if not path.is_file() and not path.suffix and path.with_suffix(".keras").is_file():
-        path = path.with_suffix(".keras")  # models/NAME, as save_model and --export take it
-    if not path.is_file():
-        raise ModelError("model file not found", source=path)
-    with path.open("rb") as fh:
-        head = fh.read(len(HDF5_MAGIC))
-    if len(head) >= 2 and head[0] == PICKLE_MAGIC and 2 <= head[1] <= PICKLE_MAX_PROTOCOL:
-        raise ModelError(
-            "refusing to load a pickle (its bytes are a pickle stream); models are .keras files",
-            source=path,
-        )
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise ModelError(f"not a model file: expected one of {MODEL_SUFFIXES}", source=path)
-    if suffix == ".keras" and not head.startswith(ZIP_MAGIC):
-        raise ModelError("not a Keras v3 file: a .keras model is a zip archive", source=path)
-    if suffix == ".keras" and not zipfile.is_zipfile(path):  # no central directory at its end
-        raise ModelError(
-            "the .keras archive is incomplete (cut short while copying or saving?): save or "
-            "copy the model again",
-            source=path,
-        )
-    if suffix == ".h5" and not head.startswith(HDF5_MAGIC):
-        raise ModelError("not an HDF5 file (bad signature)", source=path)
-    return path
 
 
 def check_card(

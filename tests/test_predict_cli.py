@@ -86,6 +86,31 @@ def test_bad_model_exits_two_with_one_line(capsys, tmp_path, head_ct_dir):
     assert captured.err.strip().startswith("hemo: error:") and "pickle" in captured.err
 
 
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate"])
+def test_a_missing_model_is_one_line_before_tensorflow_starts(command, tmp_path):
+    """A mistyped --model: stderr is the one error line (TensorFlow, which prints its own
+    start-up lines on stderr, is not even imported), exit 2."""
+    missing = tmp_path / "nope.keras"
+    argv = {
+        "predict": ["predict", "--model", str(missing), "x.png"],
+        "explain": ["explain", "--model", str(missing), "x.png"],
+        "evaluate": ["evaluate", "--model", str(missing), "--data", str(tmp_path)],
+    }[command]
+    probe = (
+        "import sys; from hemo.cli import main; code = main(sys.argv[1:]); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *argv],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        cwd=tmp_path,
+    )
+    assert done.returncode == EXIT_ERROR, done.stderr
+    assert done.stderr.splitlines() == [f"hemo: error: {missing}: model file not found"]
+
+
 def test_model_folder_exits_two_saying_it_is_a_folder(capsys, tmp_path, head_ct_dir):
     """A folder as --model: exit 2, one line naming it and what --model expects."""
     code = main(["predict", "--model", str(tmp_path), str(head_ct_dir / "head_ct" / "002.png")])

@@ -139,10 +139,8 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and the index, evaluate, print JSON or a table; exit 1 when some images
     could not be read (they are left out of the metrics and counted in ``n_failed``)."""
     from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
-    from hemo.datasets import load_index
     from hemo.errors import ConfigError, DatasetError
-    from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
-    from hemo.model import check_model_file, load_model
+    from hemo.modelfile import check_model_file
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -153,7 +151,11 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--cam: unknown CAM method {args.cam!r}; choose one of {sorted(METHODS)}"
             )
-    check_model_file(args.model)  # a wrong --model is named before the dataset is indexed
+    check_model_file(args.model)  # a wrong --model is named before TensorFlow or the dataset
+    from hemo.datasets import load_index
+    from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
+    from hemo.model import load_model
+
     index_df = load_index(args.data)
     if args.cam and not _has_masks(index_df, args.split):
         raise DatasetError(

@@ -114,6 +114,9 @@ def _check_options(args: argparse.Namespace, labels: tuple[str, ...]) -> None:
 
 def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
     """Explain every input; returns the ``--json`` document (``results`` in input order)."""
+    from hemo.modelfile import check_model_file
+
+    check_model_file(args.model)  # a wrong --model is named before TensorFlow starts
     import cv2
 
     from hemo.cam.overlay import overlay

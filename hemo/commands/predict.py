@@ -183,10 +183,13 @@ def run(args: argparse.Namespace) -> int:
     from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
     from hemo.dashboard import synthetic_training_message
     from hemo.errors import ConfigError
-    from hemo.predict import Predictor
+    from hemo.modelfile import check_model_file
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_model_file(args.model)  # a wrong --model is named before TensorFlow starts
+    from hemo.predict import Predictor
+
     with Predictor(args.model, batch_size=args.batch_size) as predictor:
         batch = predictor.run(args.inputs)
         note = synthetic_training_message(predictor.card)
