@@ -417,8 +417,9 @@ def _check_cam_layer(model, name: str) -> None:
     spatial = [layer.name for layer in model.layers if len(getattr(layer.output, "shape", ())) == 4]
     if name not in spatial:
         raise ConfigError(
-            f"cam_layer {name!r} is not a spatial layer of this {model.name} model; "
-            f"choose one of {spatial}"
+            f"cam_layer {name!r} is not a spatial layer of this {model.name} model (a config "
+            f"written for another architecture?); give cam_layer \"\" (--cam_layer '') for the "
+            f"architecture's default, or one of {spatial}"
         )
 
 
