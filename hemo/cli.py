@@ -17,7 +17,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from hemo import __version__
 from hemo.errors import HemoError
@@ -49,9 +49,23 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser (usage message on stderr, exit status 2), which with ``--json`` also
+    puts ``{"error": ...}`` on stdout: a --json reader never gets an empty stdout. Subcommand
+    parsers are of the same class (``add_subparsers`` uses the parent's)."""
+
+    #: Whether the command line being parsed asked for ``--json`` (set by :func:`main`).
+    json_output = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_output:
+            emit_json({"error": f"{self.prog}: {message} (usage: {self.prog} --help)"})
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hemo`` parser with every subcommand found in :mod:`hemo.commands`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hemo",
         description="Brain-hemorrhage detection on head CT: data, training, evaluation, "
         "prediction and Grad-CAM. Research tool, not a medical device.",
@@ -120,6 +134,8 @@ class _PrintableFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 some inputs failed, 2 error)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_output = "--json" in argv
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))

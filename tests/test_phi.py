@@ -278,10 +278,9 @@ def _swallowing(keyword: str, until: str) -> bytes:
 
 def _nested(keyword: str) -> bytes:
     """A PHI-laden slice whose ``keyword`` (a text element) is a sequence holding patient data."""
+    from dicom_factory import ct_dataset, to_bytes
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-
-    from dicom_factory import ct_dataset, to_bytes
 
     ds = ct_dataset(**UIDS)
     item = Dataset()

@@ -248,3 +248,30 @@ def test_a_phantom_only_model_says_its_calls_are_not_findings(capsys, cq500_unco
     )
     real = ["predict", "--model", str(MODELS_DIR / "headct_real.keras"), str(cq500_uncompressed)]
     assert _run_json(capsys, [*real, "--json"])[1]["note"] is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "--json", "--model", "m.keras"],  # no INPUT
+        ["inspect", "--json", "a.dcm", "--no-such-flag"],
+        ["evaluate", "--json", "--model", "m.keras", "--data", "d", "--split", "bogus"],
+        ["crossval", "--json", "--config", "c.toml", "--seeds", "a,b"],
+        ["index", "--json"],
+    ],
+    ids=["missing-input", "unknown-flag", "bad-choice", "bad-type", "missing-dir"],
+)
+def test_a_usage_error_with_json_still_puts_json_on_stdout(argv, capsys):
+    """argparse's usage errors (exit status 2, the usage message on stderr) also give a --json
+    reader ``{"error": ...}`` on stdout naming the command and the fault, never empty stdout."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    captured = capsys.readouterr()
+    assert stop.value.code == EXIT_ERROR and "usage:" in captured.err
+    error = json.loads(captured.out)["error"]
+    # argparse names the subcommand, or (unrecognized arguments) the top-level parser
+    assert error.startswith(("hemo: ", f"hemo {argv[0]}: ")) and " --help)" in error
+    assert "--no-such-flag" in error or argv[0] in error
+    with pytest.raises(SystemExit):
+        main([token for token in argv if token != "--json"])
+    assert capsys.readouterr().out == ""  # without --json, nothing on stdout as before
