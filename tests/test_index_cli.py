@@ -76,6 +76,23 @@ def test_index_leaves_out_cut_short_images_and_fake_pngs(
     assert all(p["kind"] == "unreadable" for p in payload["problems"])
 
 
+def test_kaggle_layout_lists_a_fake_png_and_exits_1(
+    head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Kaggle layout (images found by name, no sniffing) too: a labelled id whose file is
+    text, or empty, is an unreadable problem, left out, exit 1 (it was indexed, exit 0)."""
+    root = tmp_path / "kg"
+    shutil.copytree(head_ct_dir, root)
+    (root / "head_ct" / "003.png").write_text("garbage")
+    (root / "head_ct" / "104.png").write_bytes(b"")
+    assert main(["index", str(root), "--json", "--out", str(tmp_path / "i.parquet")]) == 1
+    payload = json.loads(capsys.readouterr().out)
+    reasons = {Path(p["path"]).name: p["reason"] for p in payload["problems"]}
+    assert payload["total"] == 138 and set(reasons) == {"003.png", "104.png"}
+    assert "bytes are not a PNG, JPEG, TIFF or DICOM" in reasons["003.png"]
+    assert reasons["104.png"] == "the file is empty"
+
+
 def test_index_lists_a_manifest_file_once_and_drops_conflicting_rows(
     head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -177,19 +177,40 @@ _AGREEING_COLUMNS = ("label_any", *SUBTYPES, "patient_id", "study_uid", "series_
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _image_fault(path: str) -> str | None:
+    """Why an image row's file cannot be read, from its first and last bytes (no decoding):
+    bytes of no scan kind under an image name (a text or an HTML error page saved as .png), or
+    a cut-short PNG/JPEG (:func:`hemo.images.truncation_reason`); ``None`` when it looks whole.
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    from hemo.images import SNIFF_BYTES, sniff_kind, truncation_reason
+
+    with open(path, "rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    if not head:
+        return "the file is empty"
+    if sniff_kind(head) is None:
+        return (
+            f"named {Path(path).suffix} but its bytes are not a PNG, JPEG, TIFF or DICOM file "
+            "(the kind is read from the bytes)"
+        )
+    return truncation_reason(path)
+
+
 def screen_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
     """One row per file, and no cut-short image: what every layout's rows go through.
 
     A file listed several times (a manifest can) is indexed once when its rows agree and left
     out when they do not (two labels, two patients, two splits); a PNG or JPEG whose end is
-    missing is left out as unreadable (a full decode would cost seconds per thousand images;
-    a truncated copy is the usual damage).
+    missing, or a file under such a name whose bytes are no image, is left out as unreadable
+    (:func:`_image_fault`; a full decode would cost seconds per thousand images; a truncated
+    copy is the usual damage).
 
     Returns:
         The rows kept (order unchanged) and the problems, each naming the file.
     """
-    from hemo.images import truncation_reason
-
     problems: list[Problem] = []
     columns = [c for c in _AGREEING_COLUMNS if c in frame.columns]
     counts = frame["path"].value_counts()
@@ -214,7 +235,7 @@ def screen_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
         if Path(path).suffix.lower() not in _IMAGE_SUFFIXES:
             continue
         try:
-            reason = truncation_reason(path)
+            reason = _image_fault(path)
         except OSError as exc:
             reason = f"cannot read the file: {exc.strerror or exc}"
         if reason is not None:
