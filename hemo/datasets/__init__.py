@@ -28,6 +28,7 @@ from hemo.datasets.index import (
     summarize,
 )
 from hemo.datasets.schema import INDEX_COLUMNS, LABEL_COLUMNS, SPLITS, Problem
+from hemo.datasets.split import assign_splits
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -37,6 +38,7 @@ __all__ = [
     "SPLITS",
     "IndexResult",
     "Problem",
+    "assign_splits",
     "build_index",
     "detect_layout",
     "index_dataset",
