@@ -128,9 +128,26 @@ def _settle(page, timeout_s: float = 120) -> None:
     page.wait_for_timeout(500)
 
 
-def _shot(page, name: str) -> None:
+def _images_loaded(page, timeout_s: float = 30) -> None:
+    """Wait until every image of the page has loaded (a rerun replaces them)."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+        ".every((img) => img.complete && img.naturalWidth > 0)",
+        timeout=timeout_s * 1000,
+    )
+
+
+def _shot(page, name: str, height: int | None = None) -> None:
+    """A screenshot; ``height``: of a viewport that tall (Streamlit scrolls inside the page, so
+    ``full_page`` alone stops at the viewport), the test's viewport restored after it."""
     SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+    if height is not None:
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        _settle(page)
+        _images_loaded(page)
     page.screenshot(path=str(SHOTS_DIR / f"{name}.png"), full_page=True)
+    if height is not None:
+        page.set_viewport_size(VIEWPORT)
 
 
 def test_every_page_renders_without_exception(server, page):
@@ -207,7 +224,7 @@ def test_real_series_with_the_shipped_model_greys_the_ends(page, material, cq500
         assert page.get_by_text("Refer this series to a reader").count() == 1
         assert page.get_by_text("uncertain: refer to a reader").count() >= 1
         assert page.locator(EXCEPTION).count() == 0
-        _shot(page, "predict_series")
+        _shot(page, "predict_series", height=2400)  # down to the slice and its Grad-CAM
 
 
 def test_window_slider_changes_the_image(server, page):
@@ -225,11 +242,7 @@ def test_window_slider_changes_the_image(server, page):
         timeout=30_000,
     )
     _settle(page)  # the key presses queue reruns: shoot the last one's image, loaded
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".every((img) => img.complete && img.naturalWidth > 0)",
-        timeout=30_000,
-    )
+    _images_loaded(page)
     assert page.locator(EXCEPTION).count() == 0
     _shot(page, "windowing")
 
