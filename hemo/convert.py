@@ -72,8 +72,6 @@ FRAME_STEM = re.compile(r"(?P<stem>.+)_frame\d{4,}")
 #: Record of a conversion's settings in OUT (hidden, so never taken for an input).
 SETTINGS_FILE = ".hemo_convert.json"
 TMP_SUFFIX = ".tmp"
-#: Bytes read to sniff whether an extension-less file is DICOM ("DICM" at offset 128).
-SNIFF_BYTES = 132
 UINT8_MAX = 255
 
 CONVERTED, SKIPPED, FAILED = "converted", "skipped", "failed"
@@ -439,7 +437,7 @@ def _is_dicom_candidate(path: Path) -> bool:
     """A ``.dcm``/``.dicom``/``.nii``/``.nii.gz`` name, or bytes with the DICM preamble marker."""
     if path.suffix.lower() in DICOM_SUFFIXES or _volume_suffix(path):
         return True
-    from hemo.images import sniff_kind
+    from hemo.images import SNIFF_BYTES, sniff_kind
 
     try:
         with path.open("rb") as handle:

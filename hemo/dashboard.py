@@ -31,7 +31,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from hemo import config
-from hemo.errors import DatasetError, HemoError
+from hemo.errors import ConfigError, DatasetError, HemoError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,6 @@ SAMPLES: dict[str, str] = {
     SAMPLE_CQ500: "Real CQ500 slice",
 }
 #: Run states whose model can be picked.
-FINISHED_STATES = frozenset({"finished", "done", "completed", "succeeded"})
 #: Card metrics the Home page shows, in order: the test block's, else the pooled out-of-fold one.
 CARD_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 CARD_METRIC_BLOCKS = ("test", "pooled_out_of_fold")
@@ -245,21 +244,17 @@ def _run_models(root: Path) -> list[ModelEntry]:
     """Models of finished runs under ``root`` (newest first); nothing when runs cannot be read."""
     if not root.is_dir():
         return []
-    try:
-        from hemo.runs import list_runs
-    except ImportError:
-        return []
+    from hemo.runs import FINISHED, list_runs
+
     entries = []
     try:
-        runs = list_runs(root)
+        found = list_runs(root)
     except HemoError as exc:
         log.warning("cannot list runs in %s: %s", root, exc)
         return []
-    for run in runs:
-        state = str(getattr(run, "state", "")).lower()
-        model_path = getattr(run, "model_path", None)
-        if state in FINISHED_STATES and model_path and Path(model_path).is_file():
-            entries.append(ModelEntry(f"run {run.name}", Path(model_path), "run"))
+    for run in found:
+        if run.state == FINISHED and run.model_path and Path(run.model_path).is_file():
+            entries.append(ModelEntry(f"run {run.name}", Path(run.model_path), "run"))
     return entries
 
 
@@ -283,13 +278,13 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise HemoError(f"cannot read the model card: {exc}", card_path) from exc
+        raise ModelError(f"cannot read the model card: {exc}", card_path) from exc
     if not isinstance(card, dict) or "name" not in card:
-        raise HemoError("not a hemo model card: no name", card_path)
+        raise ModelError("not a hemo model card: no name", card_path)
     try:
         return _card_facts(card, Path(model_path))
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise HemoError(
+        raise ModelError(
             f"model card is malformed ({type(exc).__name__}: {exc})", card_path
         ) from exc
 
@@ -385,10 +380,10 @@ def sample_input(key: str, dataset_root: Path | None = None) -> tuple[str, bytes
 
         path = get_testdata_file(CQ500_SAMPLE_FILE)
         if path is None:
-            raise HemoError("pydicom-data is not installed; pip install pydicom-data", key)
+            raise ConfigError("pydicom-data is not installed; pip install pydicom-data", key)
         return CQ500_SAMPLE_FILE, Path(path).read_bytes()
     if key not in (SAMPLE_BLEED, SAMPLE_HEALTHY):
-        raise HemoError(f"unknown sample; use one of {', '.join(SAMPLES)}", key)
+        raise ConfigError(f"unknown sample; use one of {', '.join(SAMPLES)}", key)
     from hemo.datasets import load_index
 
     root = ensure_demo_dataset(dataset_root)
@@ -396,7 +391,7 @@ def sample_input(key: str, dataset_root: Path | None = None) -> tuple[str, bytes
     wanted = 1 if key == SAMPLE_BLEED else 0
     rows = index[pd.to_numeric(index["label_any"], errors="coerce") == wanted]
     if rows.empty:
-        raise HemoError(f"the demo dataset has no {SAMPLES[key].lower()}", root)
+        raise DatasetError(f"the demo dataset has no {SAMPLES[key].lower()}", root)
     if wanted and "epidural" in rows:
         # The slice with the most labelled subtypes shows the most on a heatmap
         subtype_sum = rows[list(config.SUBTYPES)].apply(pd.to_numeric, errors="coerce").sum(axis=1)
@@ -879,7 +874,7 @@ def window_views(
 
     hu = getattr(scan, "hu", None)
     if hu is None:
-        raise HemoError("windowing needs Hounsfield units: give a DICOM slice", scan.source)
+        raise InputError("windowing needs Hounsfield units: give a DICOM slice", scan.source)
     default = scan.default_window
     if default is not None:
         default_image = window(hu, default.center_hu, default.width_hu)

@@ -1445,17 +1445,11 @@ def _padding_below_floor(rescale: _Rescale, padding: tuple[int, int], max_abs_st
     return highest < config.HU_FLOOR
 
 
-def is_dicom_bytes(head: bytes) -> bool:
-    """True when ``head`` (the first >= 132 bytes of a file) has the PS3.10 ``DICM`` marker."""
-    return head[DICM_OFFSET : DICM_OFFSET + len(DICM_MAGIC)] == DICM_MAGIC
-
-
 __all__ = [
     "CTSlice",
     "DicomHeader",
     "correct_rsna_12bit",
     "has_rsna_12bit_fault",
-    "is_dicom_bytes",
     "phi_free_metadata",
     "pseudonymize",
     "read_dicom",

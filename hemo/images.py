@@ -107,7 +107,8 @@ def sniff_kind(head: bytes) -> str | None:
     """Kind of a file from its first bytes.
 
     Args:
-        head: The first :data:`SNIFF_BYTES` (132) bytes or more; fewer is fine for images.
+        head: The first :data:`SNIFF_BYTES` (348) bytes or more; fewer is fine for images and
+            DICOM (132), but a NIfTI-2 magic sits at byte 4 and a NIfTI-1 one at byte 344.
 
     Returns:
         ``"dicom"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"zip"``, ``"nifti"`` (a NIfTI-1 or -2

@@ -58,7 +58,6 @@ FloatArray = npt.NDArray[np.float32]
 # Tissue values (HU) -----------------------------------------------------------------------------
 HU_SOFT_TISSUE = 40.0  # skin, galea
 HU_FAT = -90.0  # subcutaneous fat of the scalp
-HU_MUSCLE = 45.0  # temporalis
 HU_CORTICAL_BONE = (1250.0, 1750.0)  # range of a study's inner/outer table value
 HU_DIPLOE = (450.0, 850.0)  # range of a study's diploe value
 HU_DIPLOE_MOTTLE = 180.0  # sd of the diploe texture
@@ -143,7 +142,6 @@ IPH_DEPTH_FRACTION = (0.35, 0.7)  # centre radius as a fraction of the local bra
 IVH_LEVEL_QUANTILE = (0.45, 0.7)  # fluid level among ventricle rows of the central slice
 SAH_RADIUS_MM = (28.0, 45.0)
 SAH_WIDEN = 1.6  # blood distends the sulci it fills
-SAH_BASAL_CENTER_Z_MM = 20.0
 SAH_BASAL_RADIUS_MM = 55.0
 SPAN_FLOOR = 0.35  # a bleed keeps at least this fraction of its size on its last slices
 MAX_SPAN_SLICES = 4

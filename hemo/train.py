@@ -137,20 +137,27 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("config file not found", source=path)
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    if suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"config must be one of {CONFIG_SUFFIXES}", source=path)
+    import yaml
+
     try:
+        text = path.read_text(encoding="utf-8")
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
         else:
-            raise ConfigError(f"config must be one of {CONFIG_SUFFIXES}", source=path)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise ConfigError(f"cannot parse config: {exc}", source=path) from exc
+            data = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config: not UTF-8 text ({exc.reason})", source=path
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=path) from exc
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError, ValueError) as exc:
+        reason = " ".join(str(exc).split())  # YAML's messages span lines
+        raise ConfigError(f"cannot parse config: {reason}", source=path) from exc
     if not isinstance(data, dict):
         raise ConfigError("config must be a table/mapping at the top level", source=path)
     return data

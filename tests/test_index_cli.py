@@ -211,3 +211,29 @@ def test_save_index_into_a_folder_is_refused(phantom_dir: Path, tmp_path: Path) 
     with pytest.raises(DatasetError, match="is a folder; give the FILE.parquet"):
         save_index(frame, tmp_path)
     assert not (tmp_path.parent / f"{tmp_path.name}.tmp").exists()
+
+
+def test_a_nifti_volume_in_a_class_folder_is_named_not_indexed(
+    head_ct_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NIfTI volume (raw .nii, whose magic sits at byte 344, or .nii.gz) beside images in a
+    class folder is reported as a volume to convert, not as an unknown file; the images are
+    indexed."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    for folder in ("hemorrhage", "normal"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(head_ct_dir / "head_ct" / "000.png", tmp_path / folder / "a.png")
+    volume = nib.Nifti1Image(np.zeros((8, 8, 3), np.int16), np.eye(4))
+    nib.save(volume, tmp_path / "hemorrhage" / "head.nii")
+    raw = (tmp_path / "hemorrhage" / "head.nii").read_bytes()
+    (tmp_path / "normal" / "head.nii.gz").write_bytes(gzip.compress(raw))
+    assert main(["index", str(tmp_path), "--json", "--out", str(tmp_path / "i.parquet")]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    volumes = {Path(p["path"]).name: p for p in payload["problems"]}
+    assert payload["total"] == 2 and set(volumes) == {"head.nii", "head.nii.gz"}
+    assert all("a NIfTI volume" in p["reason"] and "hemo convert" in p["reason"]
+               for p in volumes.values())  # fmt: skip

@@ -122,6 +122,29 @@ def test_weights_none_on_the_command_line_is_the_word() -> None:
     assert resolve_config(file, parse_overrides(["--weights=null"]))["weights"] == "none"
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.yaml", b"epochs: [1, 2\nname: x\n", "cannot parse config: while parsing"),
+        ("bad.yml", b"a: b: c\n", "cannot parse config: mapping values are not allowed"),
+        ("bad.toml", b"epochs = \n", "cannot parse config: "),
+        ("bad.json", b"{epochs: 1}", "cannot parse config: Expecting property name"),
+        ("latin1.toml", b'name = "caf\xe9"\n', "cannot read config: not UTF-8 text"),
+        ("c.ini", b"epochs = 1\n", "config must be one of"),
+    ],
+)
+def test_an_unreadable_config_file_is_a_one_line_config_error(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    """A malformed YAML/TOML/JSON file or one that is not UTF-8 is a ConfigError naming the
+    file (YAML's parser errors and UnicodeDecodeError escaped as tracebacks), on one line."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config_file(path)
+    assert name in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_bad_config_is_refused() -> None:
     """Unknown keys, bad choices and missing data name what is wrong."""
     with pytest.raises(ConfigError, match="unknown override key 'epoch'"):

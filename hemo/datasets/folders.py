@@ -33,8 +33,11 @@ POSITIVE_NAMES: frozenset[str] = frozenset({"hemorrhage", "haemorrhage", "positi
 NEGATIVE_NAMES: frozenset[str] = frozenset({"normal", "negative", "0", "no"})
 #: Kinds (from :func:`hemo.images.sniff_kind`) an index row may point to.
 SUPPORTED_KINDS: frozenset[str] = frozenset({"dicom", "png", "jpeg", "tiff"})
-#: Bytes read to sniff a file's kind (DICOM's "DICM" sits at offset 128).
-SNIFF_BYTES = 132
+#: Why a NIfTI volume in a class folder is not indexed (an index row is one slice).
+NIFTI_REASON = (
+    "a NIfTI volume: an index row is one slice; `hemo convert` turns it into one PNG per slice "
+    "(or predict it as it is)"
+)
 #: Suffixes that promise a scan: such a file that is none is unreadable, not merely unsupported.
 SCAN_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
@@ -68,7 +71,7 @@ def looks_like(root: Path) -> bool:
 
 def sniff(path: Path) -> str | None:
     """The kind of ``path`` from its first bytes (``None`` when unknown or unreadable)."""
-    from hemo.images import sniff_kind
+    from hemo.images import SNIFF_BYTES, sniff_kind
 
     try:
         with path.open("rb") as handle:
@@ -113,6 +116,8 @@ def index(root: Path, workers: int | None = None) -> AdapterResult:
                 dicoms.append((path, label))
             elif kind in SUPPORTED_KINDS:
                 images.append((path, label))
+            elif kind == "nifti" or path.name.lower().endswith(".nii.gz"):
+                problems.append(Problem(UNSUPPORTED, str(path), NIFTI_REASON))
             elif path.suffix.lower() in SCAN_SUFFIXES:
                 problems.append(
                     Problem(
