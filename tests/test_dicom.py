@@ -503,3 +503,26 @@ def test_a_complete_file_whose_only_pixel_data_is_an_icon_is_not_called_truncate
     ds.save_as(out, enforce_file_format=True)
     with pytest.raises(DicomError, match="Pixel Data is missing: the file holds no image"):
         read_dicom(out.getvalue())
+
+
+def test_padding_range_limit_below_the_value_and_blank_patient_id():
+    """A Pixel Padding Range Limit below the Pixel Padding Value (DICOM allows either order)
+    spans the same range; a blank Patient ID is no patient (every ID-less scan would otherwise
+    become one patient and clump in one split)."""
+    hu = np.full((32, 32), 40, dtype=np.int16)
+    hu[0, :3] = [-900, -950, -800]  # stored 124, 74, 224
+    s = read_dicom(ct_bytes(hu, PixelPaddingValue=130, PixelPaddingRangeLimit=70))
+    assert s.hu[0, :3].tolist() == [config.HU_AIR, config.HU_AIR, -800.0]
+    assert read_dicom(ct_bytes(PatientID="  ")).patient_key is None
+    assert read_dicom(ct_bytes(PatientID="P1")).patient_key is not None
+
+
+def test_header_values_with_control_characters_or_escapes_are_not_shown():
+    """``conforms``: printable text within the VR's length only; ``shown`` quotes those and
+    names anything else by its size; quoted escapes in a library's message are redacted."""
+    assert dicom.conforms("CT", "CS") and dicom.conforms(["ORIGINAL", "AXIAL"], "CS")
+    assert not dicom.conforms("ab\ncd", "LO") and not dicom.conforms("A" * 17, "CS")
+    assert dicom.shown("CT", "CS") == "'CT'"
+    assert dicom.shown("MRN\x001234", "LO") == f"a value of 8 characters ({dicom.NOT_SHOWN})"
+    text = dicom._redact_quoted("Invalid value for VR LO: 'MRN\\x001234' and 'ok'")
+    assert "MRN" not in text and dicom.NOT_SHOWN in text and "'ok'" in text

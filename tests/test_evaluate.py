@@ -362,3 +362,55 @@ def test_evaluate_model_on_phantom_series_has_study_level_and_rsna(tmp_path: Pat
     strict = evaluate_model(model, ranged, index, split="val")
     assert strict.study_max.to_dict() == report.study_max.to_dict()
     assert any(f"{report.n} slice(s) outside" in n for n in strict.notes)
+
+
+# Edge rules pinned (each of these once survived a deliberate bug) ---------------------------------
+def test_study_label_is_the_max_over_every_slice_even_outside_the_range() -> None:
+    """A study whose only bleed slice lies outside the range is still a positive study: the
+    range pools the scores, never the label; slices without a study UID are left out, not
+    pooled into a study of their own."""
+    uids, labels, p_max, _ = study_scores(
+        [1, 0, 0, 1],
+        [0.9, 0.2, 0.3, 0.8],
+        ["s", "s", "s", None],
+        in_range=[False, True, True, True],
+    )
+    assert uids == ["s"] and labels.tolist() == [1] and p_max.tolist() == [0.3]
+
+
+def test_study_metrics_need_a_study_of_several_slices() -> None:
+    """Every study one slice: the study-level metrics would repeat the slice ones; a note says so."""
+    report = evaluate_predictions([0, 1, 0], [0.2, 0.8, 0.3], 0.5, study_uids=["a", "b", "c"])
+    assert report.study_max is None
+    assert any("every study has one slice" in note for note in report.notes)
+
+
+def test_calibration_puts_probability_one_in_the_last_bin() -> None:
+    """P = 1.0 shares the top bin with 0.9 (ECE 0.45 here; an 11th bin would give 0.55)."""
+    assert expected_calibration_error([0, 1], [1.0, 0.9]) == pytest.approx(0.45)
+
+
+def test_sensitivity_target_met_exactly_keeps_the_higher_threshold() -> None:
+    """Sensitivity 0.75 reached exactly at 0.5 (3 of 4 bleeds): that threshold, not a lower one."""
+    assert choose_threshold(Y10, P10, "sensitivity", 0.75) == pytest.approx(0.5)
+
+
+def test_an_unknown_any_label_is_a_dataset_error() -> None:
+    with pytest.raises(DatasetError, match="'any' label is unknown"):
+        evaluate_predictions([0.0, float("nan")], [0.2, 0.7], 0.5)
+
+
+def test_rows_without_an_any_label_are_left_out_of_threshold_and_evaluation(
+    head_ct_index, tiny_display
+) -> None:
+    """A val or test row whose ``label_any`` is unknown (NaN) is left out of the threshold
+    choice and of the evaluation (both crashed on it), and the rest is used as before."""
+    model, card = tiny_display
+    unknown = head_ct_index.copy()
+    for split in ("val", "test"):
+        first = unknown.index[unknown["split"] == split][0]
+        unknown.loc[first, "label_any"] = np.nan
+    without = head_ct_index.drop(unknown.index[unknown["label_any"].isna()])
+    assert select_threshold(model, card, unknown) == select_threshold(model, card, without)
+    report = evaluate_model(model, card, unknown, split="test", batch_size=8)
+    assert report.n == int((head_ct_index["split"] == "test").sum()) - 1

@@ -170,3 +170,13 @@ def test_a_series_with_no_slice_in_range_gets_no_verdict_from_the_cli(
     assert main([*argv, "--json"]) == 0
     (study,) = json.loads(capsys.readouterr().out)["studies"]
     assert study["slices_in_range"] == 0 and "are not a finding" in study["note"]
+
+
+def test_plane_reason_reads_padded_image_types_and_flipped_normals(cq500_dir: Path) -> None:
+    """An Image Type written ``localizer `` (lower case, padded) is a scout; an axial slice whose
+    normal points the other way (rows read bottom-up) is still axial."""
+    axial = read_dicom(cq500_dir / AXIAL[0])
+    scout = dataclasses.replace(axial, metadata={**axial.metadata, "ImageType": ["localizer "]})
+    assert "localizer" in plane_reason(scout)
+    flipped = dataclasses.replace(axial, orientation=(1.0, 0.0, 0.0, 0.0, -1.0, 0.0))
+    assert plane_reason(flipped) is None

@@ -191,6 +191,10 @@ def test_series_verdict_leaves_out_slices_outside_the_range(series_zip, ct_small
                 r.probability for r in batch.results
             ]
             assert study.probability == pytest.approx(max(inside))
+            # per label and top-k pool the same slices: the k highest in-range ones
+            assert study.probabilities["any"] == pytest.approx(study.probability)
+            top = sorted(inside, reverse=True)[: study.top_k]
+            assert study.top_k_mean == pytest.approx(float(np.mean(top)))
             assert study.probability_all_slices == pytest.approx(max(study.slice_probabilities))
             assert study.slices_in_range == sum(not o for o in out.values())
             assert len(study.outside_range_indices) == sum(out.values())
@@ -310,3 +314,12 @@ def test_rss_does_not_grow_over_200_predictions(display_predictor, pngs, ct_smal
         display_predictor.predict([uploads[k % 2]])
     growth = _rss_bytes() - before
     assert growth < MAX_RSS_GROWTH_BYTES, f"RSS grew {growth / 2**20:.1f} MB"
+
+
+def test_study_pooling_with_a_range_needs_the_anatomies() -> None:
+    from hemo.anatomy import SliceRange
+    from hemo.errors import ConfigError
+    from hemo.predict import study_predictions
+
+    with pytest.raises(ConfigError, match="a slice_range needs one anatomy per slice"):
+        study_predictions([], [], slice_range=SliceRange(0.5, 0.0, 0.5, 1))

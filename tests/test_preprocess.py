@@ -722,3 +722,17 @@ def test_mask_to_model_input_lands_on_the_lesion_it_marks(extra) -> None:
     assert mask_to_model_input(np.zeros(head.shape, bool), scan, spec).max() == 0.0
     with pytest.raises(InputError, match="synthetic.png: the lesion mask is"):
         mask_to_model_input(lesion[:100], scan, spec)
+
+
+def test_head_only_counts_nan_as_background() -> None:
+    """A large NaN area beside the head (outside the scanner's field) is background: the head
+    stays, the NaN area becomes air (were NaN tissue, it would be 'the head' and the real one
+    would be erased)."""
+    from hemo.config import HU_AIR
+    from hemo.preprocess import head_only
+
+    yy, xx = np.mgrid[:64, :64]
+    hu = np.where((yy - 20) ** 2 + (xx - 20) ** 2 < 12**2, 40.0, -1000.0).astype(np.float32)
+    hu[:, 40:] = np.nan  # 24 x 64 = 1536 pixels, more than the disc's ~450
+    out = head_only(hu)
+    assert out[20, 20] == 40.0 and np.all(out[:, 40:] == HU_AIR)

@@ -357,3 +357,27 @@ def test_training_page_sentence_on_a_runs_band() -> None:
         f"{figures['accuracy']:.1%} right."
     )
     assert run_report({"threshold": 0.5}).referral is None
+
+
+def test_band_edges_are_decided_and_malformed_bands_refused() -> None:
+    """Exactly at ``low`` or ``high`` a call is decided (the documented edges); a card whose band
+    has a negative margin or an edge above 1 is refused; a target of 0.5 is no target."""
+    from hemo.referral import ReferralBand
+
+    band = band_for_margin(0.5, 0.847, 0.98)
+    assert not band.refers(band.low) and not band.refers(band.high)
+    assert band.refers((band.low + band.high) / 2)
+    good = band.to_dict()
+    assert ReferralBand.from_dict(good, 0.5) == band
+    for broken in ({"margin_logit": -1.0}, {"high": 1.5}):
+        with pytest.raises(ModelError, match="referral band"):
+            ReferralBand.from_dict({**good, **broken}, 0.5)
+    with pytest.raises(ConfigError, match=r"must be in \(0.5, 1\]"):
+        choose_band(Y10, P10, 0.5, 0.5)
+
+
+def test_cases_without_a_probability_are_not_counted() -> None:
+    """A NaN probability (an image that failed) is neither decided nor referred."""
+    band = band_for_margin(0.5, 0.5, 0.98)
+    measured = selective_metrics([1, 0, 1], [0.9, 0.1, float("nan")], 0.5, band)
+    assert measured["n"] == 2 and measured["decided"] == 2

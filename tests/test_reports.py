@@ -105,3 +105,20 @@ def test_png_bytes_refuses_bad_shapes():
     """A 4-channel array is refused with its shape."""
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
         reports.png_bytes(np.zeros((2, 2, 4), dtype=np.uint8))
+
+
+def test_report_json_writes_nan_as_null_and_the_study_flag_follows_the_deciding_slice():
+    """A NaN in a row is ``null`` (strict JSON parses it); a series' ``uncertain`` is its
+    deciding in-range slice's, not that of a higher slice outside the range."""
+    from hemo.referral import band_for_margin
+
+    strict = json.loads(
+        reports.report_json([{"probability": float("nan")}]),
+        parse_constant=lambda c: pytest.fail(f"invalid JSON constant {c}"),
+    )
+    assert strict["results"][0]["probability"] is None
+    band = band_for_margin(0.5, 0.4, 0.98)  # P 0.40-0.60 referred
+    study = reports.study_summary("s", [0.55, 0.2, 0.3], 0.5, ["vertex", None, None], band)
+    assert study["probability"] == 0.3 and study["uncertain"] is False
+    at_threshold = reports.study_summary("s", [0.5], 0.5)
+    assert at_threshold["verdict"] == "hemorrhage" and at_threshold["positive_slices"] == 1

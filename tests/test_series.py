@@ -76,3 +76,34 @@ def test_slice_limit(monkeypatch):
     monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", 2)
     with pytest.raises(LimitError, match=r"has 3 slices, more than the limit of 2"):
         group_series([_slice(z) for z in (0.0, 1.0, 2.0)])
+
+
+def test_position_gaps_fall_back_to_instance_order_and_duplicates_are_refused():
+    """Positions on some slices only: instance order (not a crash comparing None with a z);
+    two slices without positions sharing an instance number are refused, named."""
+    mixed = [_slice(9.0, 2), _slice(0.0, 1, ImagePositionPatient=None)]
+    (series,) = group_series(mixed)
+    assert [s.instance_number for s in series.slices] == [1, 2]
+    twins = [_slice(0.0, 1, ImagePositionPatient=None) for _ in range(2)]
+    with pytest.raises(SeriesError, match=r"share \(0020,0013\) Instance Number 1"):
+        group_series(twins)
+
+
+def test_no_position_or_instance_orders_by_name_and_keeps_the_study():
+    """Neither positions nor instance numbers: ordered by name; the series' study is the first
+    slice that has one (the first may lack it); the slice limit itself is allowed."""
+    slices = [
+        read_dicom(ct_bytes(instance=None, ImagePositionPatient=None, study_uid=""), name=name)
+        for name in ("b.dcm", "a.dcm")
+    ]
+    slices.append(read_dicom(ct_bytes(instance=None, ImagePositionPatient=None), name="c.dcm"))
+    (series,) = group_series(slices)
+    assert [s.source for s in series.slices] == ["a.dcm", "b.dcm", "c.dcm"]
+    assert series.study_uid is not None and series.study_uid.startswith("2.25.")
+
+
+def test_series_without_uid_is_listed_last_and_the_limit_is_inclusive(monkeypatch):
+    monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", 2)
+    slices = [_slice(0.0, series=""), _slice(1.0, series="1.2.3"), _slice(2.0, series="1.2.3")]
+    out = group_series(slices)
+    assert [s.series_uid is None for s in out] == [False, True] and len(out[0].slices) == 2

@@ -63,3 +63,13 @@ def test_multi_window_stacks_channels():
     out = multi_window(hu, "rsna3")
     assert out.shape == (4, 5, 3)
     np.testing.assert_allclose(out[0, 0], [1.0, 0.5, (80 - (40 - 190)) / 380], rtol=1e-6)
+
+
+def test_window_pairs_in_a_list_are_named_centre_then_width() -> None:
+    """``[40, 80]`` is one window named ``40/80`` (centre, then width), as ``(40, 80)``; an empty
+    list is refused by name (it failed later, inside numpy)."""
+    (pair,) = resolve_windows([40, 80])
+    assert pair.name == "40/80" and get_window((40, 80)).name == "40/80"
+    assert (pair.center_hu, pair.width_hu) == (40, 80)
+    with pytest.raises(ConfigError, match="at least one window"):
+        resolve_windows([])
