@@ -381,3 +381,16 @@ def test_cases_without_a_probability_are_not_counted() -> None:
     band = band_for_margin(0.5, 0.5, 0.98)
     measured = selective_metrics([1, 0, 1], [0.9, 0.1, float("nan")], 0.5, band)
     assert measured["n"] == 2 and measured["decided"] == 2
+
+
+def test_a_fold_whose_other_folds_admit_no_band_is_referred_whole() -> None:
+    """Nested estimate: when the other folds are confidently wrong (no band reaches the target),
+    every case of the held-out fold is referred, counted in ``folds_without_band``; the
+    estimate never decides them (which would flatter it)."""
+    y = [1, 1, 0, 0, 1, 1, 0, 0]
+    p = [0.9, 0.8, 0.2, 0.1, 0.05, 0.1, 0.95, 0.9]  # fold 1 inverted, confidently
+    folds = [0, 0, 0, 0, 1, 1, 1, 1]
+    out = nested_estimate(y, p, folds, "youden", 0.9)
+    assert out["folds_without_band"] >= 1
+    fold0 = next(f for f in out["per_fold"] if f["fold"] == 0)
+    assert fold0["referred"] == 4 and fold0["decided"] == 0 and fold0["errors_decided"] == 0
