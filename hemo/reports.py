@@ -144,7 +144,7 @@ def study_summary(
         ``most_suspicious_slice`` (1-based), ``positive_slices`` (in range),
         ``slices_in_range``, ``outside_range_slices`` (1-based),
         ``probability_all_slices`` and ``uncertain`` (the study probability lies in the
-        referral band; ``None`` without a band).
+        referral band; ``None`` without a band or without a slice in range).
 
     Raises:
         ValueError: ``probabilities`` is empty, or ``outside_range`` has another length.
@@ -171,7 +171,12 @@ def study_summary(
         "slices_in_range": int(inside.sum()),
         "outside_range_slices": [int(i) + 1 for i in np.flatnonzero(~inside)],
         "probability_all_slices": _round(values.max()),
-        "uncertain": None if referral is None else bool(referral.refers(float(values[top]))),
+        # no slice in range: no call, so none to refer (as for such a slice's own row)
+        "uncertain": (
+            None
+            if referral is None or not inside.any()
+            else bool(referral.refers(float(values[top])))
+        ),
     }
 
 

@@ -81,6 +81,12 @@ def test_study_summary_pools_only_slices_in_range():
     none_in = reports.study_summary("s", [0.95, 0.2], 0.5, ["base", "base"])
     assert none_in["probability"] == 0.95 and none_in["slices_in_range"] == 0
     assert none_in["verdict"] == reports.NO_VERDICT  # as the page: no finding outside the range
+    from hemo.referral import band_for_margin
+
+    banded = reports.study_summary(
+        "s", [0.55, 0.45], 0.5, ["base", "base"], band_for_margin(0.5, 1, 0.98)
+    )
+    assert banded["verdict"] == reports.NO_VERDICT and banded["uncertain"] is None
     with pytest.raises(ValueError, match="s: 1 range flags for 2 slice probabilities"):
         reports.study_summary("s", [0.1, 0.2], 0.5, [None])
 
