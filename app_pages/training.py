@@ -7,13 +7,14 @@ import streamlit as st
 
 from hemo import dashboard, runs, ui
 from hemo.errors import HemoError
-from hemo.train import check_input_fits, input_spec, resolve_config
+from hemo.train import DEFAULTS, check_input_fits, input_spec, resolve_config
 
 #: Seconds between refreshes of a live run's curves and progress.
 REFRESH_S = 2.0
 SELECTED_KEY = "training_selected"
 RUN_NAME_KEY = "training_new_name"
 SIZES = (64, 128, 192, 256, 384, 512)
+MAX_EPOCHS = 500
 METRIC_TITLES = {"loss": "Loss", "auc": "AUC", "accuracy": "Accuracy"}
 SPLIT_COLORS = {"train": "#4C9BE8", "val": "#F2A541"}
 #: Distinct colours for compared runs (the theme's default shades of one hue blur together).
@@ -76,9 +77,15 @@ with st.expander("Start a new run", expanded=not all_runs):
             "Input", modes, index=list(dashboard.INPUT_MODES.values()).index(mode)
         )
         c4, c5, c6 = st.columns(3)
-        epochs = c4.number_input("Epochs", 1, 500, 10)
-        image_size = c5.selectbox("Image size (px)", SIZES, index=SIZES.index(256))
-        learning_rate = c6.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.6f")
+        # the form starts from `hemo train`'s defaults, so a run started here and one started
+        # from the CLI with the same choices are the same run
+        epochs = c4.number_input("Epochs", 1, MAX_EPOCHS, DEFAULTS["epochs"])
+        image_size = c5.selectbox(
+            "Image size (px)", SIZES, index=SIZES.index(DEFAULTS["image_size"])
+        )
+        learning_rate = c6.number_input(
+            "Learning rate", 1e-6, 1.0, DEFAULTS["learning_rate"], format="%.6f"
+        )
         st.session_state.setdefault(RUN_NAME_KEY, dashboard.new_run_name())
         name = st.text_input("Run name", key=RUN_NAME_KEY)
         if st.form_submit_button("Start training", type="primary"):

@@ -994,10 +994,11 @@ RUN_NAME_FORMAT = "run-%Y%m%d-%H%M%S"
 
 
 def architectures() -> list[str]:
-    """Architecture names a new run can use (the compact CNN first: fast on CPU)."""
-    from hemo.model import ARCHITECTURES
+    """Architecture names a new run can use (the compact CNN first: fast on CPU), without
+    importing Keras."""
+    from hemo.architectures import architecture_names
 
-    return sorted(ARCHITECTURES, key=lambda name: name != "compact")
+    return architecture_names()
 
 
 def default_input_mode(layout: str) -> str:

@@ -33,6 +33,13 @@ import numpy as np
 from keras import layers
 
 from hemo import __version__
+from hemo.architectures import (
+    ARCHITECTURES,
+    CAM_LAYERS,
+    COMPACT_CAM_LAYER,
+    HEAD_POOL_NAMES,
+    Architecture,
+)
 from hemo.errors import ConfigError, ModelError
 from hemo.modelfile import MODEL_SUFFIXES, PICKLE_SUFFIXES, check_model_file
 from hemo.preprocess import InputSpec
@@ -53,13 +60,12 @@ HEAD_POOL_LAYER = "head_pool"
 HEAD_DROPOUT_LAYER = "head_dropout"
 #: The training-only lesion map on the CAM layer (:func:`with_mask_head`); never saved.
 MASK_HEAD_LAYER = "mask_head"
-#: Global pooling of the head: the feature map's mean (the default) or its maximum (one strong
-#: local response, e.g. a small bleed, decides).
-HEAD_POOLS = {"average": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D}
+#: Keras layer of each global pooling of the head (:data:`hemo.architectures.HEAD_POOL_NAMES`).
+HEAD_POOLS = dict(
+    zip(HEAD_POOL_NAMES, (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D), strict=True)
+)
 #: Layers that belong to the classification head (trainable in both transfer-learning phases).
 HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
-#: The compact CNN's last feature map (1/8 of the input size), its Grad-CAM target.
-COMPACT_CAM_LAYER = "compact_features"
 
 # Weights ----------------------------------------------------------------------------------------
 WEIGHTS_NONE = ("none", "")
@@ -99,38 +105,6 @@ COMPACT_WEIGHT_DECAY = 1e-4
 ENSEMBLE_PREFIX = "m{member}_"
 MIN_ENSEMBLE = 2
 ENSEMBLE_ARCHITECTURE = "compact"
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One entry of the architecture registry.
-
-    Attributes:
-        name: Registry key.
-        cam_layer: Name of the Grad-CAM target layer (last spatial feature map).
-        preprocess: How [0, 1] inputs are mapped to what the backbone expects: ``"caffe"``,
-            ``"torch"``, ``"efficientnet"`` ([0, 255]), ``"tf"`` ([-1, 1]) or ``"none"``.
-        application: ``keras.applications`` constructor name, or ``None`` for our own CNN.
-        min_size: Smallest input size in pixels the backbone accepts.
-    """
-
-    name: str
-    cam_layer: str
-    preprocess: str
-    application: str | None
-    min_size: int = 32
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "resnet50": Architecture("resnet50", "conv5_block3_out", "caffe", "ResNet50"),
-    "efficientnet_b0": Architecture(
-        "efficientnet_b0", "top_activation", "efficientnet", "EfficientNetB0"
-    ),
-    "densenet121": Architecture("densenet121", "relu", "torch", "DenseNet121"),
-    "mobilenet_v2": Architecture("mobilenet_v2", "out_relu", "tf", "MobileNetV2"),
-    "compact": Architecture("compact", COMPACT_CAM_LAYER, "none", None, min_size=16),
-}
-CAM_LAYERS: dict[str, str] = {name: arch.cam_layer for name, arch in ARCHITECTURES.items()}
 
 
 @dataclass(frozen=True)

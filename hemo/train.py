@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hemo import runs
+from hemo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, HEAD_POOL_NAMES
 from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS, THRESHOLD_METHODS, portable_path
 from hemo.errors import ConfigError, DatasetError, HemoError, TrainingError
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "name": "",
     "data": "",
-    "architecture": "compact",
+    "architecture": DEFAULT_ARCHITECTURE,
     "weights": "none",
     "init": "",
     "l2sp": 0.0,
@@ -313,17 +314,15 @@ def _is_number(value: Any) -> bool:
 
 def _validate(config: dict[str, Any]) -> None:
     """Range and choice checks with messages naming the key."""
-    from hemo.model import ARCHITECTURES, HEAD_POOLS
-
     if config["architecture"] not in ARCHITECTURES:
         raise ConfigError(
             f"architecture {config['architecture']!r} unknown; choose one of {sorted(ARCHITECTURES)}"
         )
     if config["strategy"] not in STRATEGIES:
         raise ConfigError(f"strategy {config['strategy']!r} unknown; choose one of {STRATEGIES}")
-    if config["head_pool"] not in HEAD_POOLS:
+    if config["head_pool"] not in HEAD_POOL_NAMES:
         raise ConfigError(
-            f"head_pool must be one of {sorted(HEAD_POOLS)}, got {config['head_pool']!r}"
+            f"head_pool must be one of {sorted(HEAD_POOL_NAMES)}, got {config['head_pool']!r}"
         )
     if config["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 from hemo import dashboard, runs, ui
 from hemo.config import PROJECT_DIR, RSNA_LABELS
 from hemo.datasets import load_index
+from hemo.train import DEFAULTS
 
 APP = str(PROJECT_DIR / "streamlit_app.py")
 #: First runs import TensorFlow and trace the model: give them time on 2 busy cores.
@@ -638,6 +641,13 @@ def test_training_form_launches_a_run(env, monkeypatch):
             make_finished_run(env["runs"], name)
     at = _open("app_pages/training.py")
     assert "formrun" not in at.multiselect(key="compare_runs").options
+    # The form starts from `hemo train`'s defaults (it started at 10 epochs against the CLI's 20)
+    form = {n.label: n.value for n in at.number_input}
+    assert form == {"Epochs": DEFAULTS["epochs"], "Learning rate": DEFAULTS["learning_rate"]}
+    boxes = {b.label: b.value for b in at.selectbox}
+    assert boxes["Image size (px)"] == DEFAULTS["image_size"]
+    assert boxes["Architecture"] == DEFAULTS["architecture"]
+    assert boxes["Initial weights"] == DEFAULTS["weights"]
     next(t for t in at.text_input if t.label == "Run name").set_value("formrun")
     next(n for n in at.number_input if n.label == "Epochs").set_value(2)
     at.form_submit_button[0].click().run()
@@ -648,6 +658,28 @@ def test_training_form_launches_a_run(env, monkeypatch):
     assert at.selectbox(key="training_selected").value == "formrun"
     # The launched run joins the comparison (it kept the runs picked before the launch)
     assert "formrun" in at.multiselect(key="compare_runs").value
+
+
+def test_training_page_starts_without_tensorflow(env):
+    """Home and Training (its form's architecture list, a run's config check) never import
+    TensorFlow: the architecture registry is plain data (it cost ~2.5 s on the first visit)."""
+    code = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout={TIMEOUT_S})\n"
+        "at.run()\n"
+        "at.switch_page('app_pages/training.py').run()\n"
+        "assert not at.exception, [e.value for e in at.exception]\n"
+        "assert 'densenet121' in next(b for b in at.selectbox if b.label == 'Architecture').options\n"
+        "from hemo.train import resolve_config\n"
+        "resolve_config({'data': 'x', 'architecture': 'resnet50', 'head_pool': 'max'})\n"
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_training_refuses_a_dataset_path_that_does_not_exist(env, tmp_path, monkeypatch):
