@@ -204,8 +204,7 @@ for j, series in enumerate(decoded.series):
             continue
         study = result.study
         st.subheader(f"{result.name} — {study['slices']} slices")
-        # every slice outside the range: no verdict, as for such a slice shown alone
-        no_verdict = not study["slices_in_range"]
+        no_verdict = study["verdict"] == reports.NO_VERDICT  # no slice in the model's range
         if study["uncertain"] and not no_verdict:
             st.warning(dashboard.referral_message(card, study["probability"], "series"))
         m1, m2, m3 = st.columns(3)

@@ -278,6 +278,36 @@ def outside_reasons(
     ]
 
 
+def deciding_slices(
+    probabilities: npt.ArrayLike, reasons: Sequence[str | None]
+) -> tuple[list[int], int]:
+    """The slices of one series that decide its verdict, and the one among them that does.
+
+    The one pooling rule of a series (``hemo predict``, the Predict page and its reports): the
+    slices in the model's range count (``reasons`` ``None``: :func:`outside_reasons`); when none
+    is, every slice is pooled, and the series gets no verdict (its numbers are not a finding).
+
+    Args:
+        probabilities: P(any) per slice, shape (N,), in the series' order.
+        reasons: Per slice, why it is outside the model's range, else ``None``; length N.
+
+    Returns:
+        (indices of the pooled slices, in order; the index of the highest probability among
+        them, the first one on a tie).
+
+    Raises:
+        ValueError: No slice, or ``reasons`` of another length.
+    """
+    values = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if values.size == 0 or len(reasons) != values.size:
+        raise ValueError(
+            f"a series verdict needs one range flag per slice probability, got {len(reasons)} "
+            f"for {values.size}"
+        )
+    pooled = [i for i, reason in enumerate(reasons) if reason is None] or list(range(values.size))
+    return pooled, pooled[int(np.argmax(values[pooled]))]
+
+
 def _stride(shape: tuple[int, ...]) -> int:
     """Every how many pixels a slice of ``shape`` is measured (longer side <= MEASURE_SIDE_PX)."""
     return max(1, -(-max(shape) // MEASURE_SIDE_PX))

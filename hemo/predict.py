@@ -45,7 +45,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hemo.anatomy import SliceAnatomy, SliceRange, outside_reasons, plane_reason, scan_anatomy
+from hemo.anatomy import (
+    SliceAnatomy,
+    SliceRange,
+    deciding_slices,
+    outside_reasons,
+    plane_reason,
+    scan_anatomy,
+)
 from hemo.dicom import CTSlice
 from hemo.errors import ConfigError, HemoError, InputError, LimitError, SeriesError
 from hemo.io import ScanResult, iter_scans
@@ -302,16 +309,15 @@ def study_predictions(
             )
         members_p = [updated[i] for i in rows]
         p_any = np.asarray([p.probability for p in members_p], dtype=np.float64)
-        pooled = [k for k, reason in enumerate(reasons) if reason is None]
-        if not pooled:
-            pooled = list(range(len(rows)))
+        pooled, best = deciding_slices(p_any, reasons)
+        in_range = sum(reason is None for reason in reasons)
+        if not in_range:
             note = _join_notes(
                 note,
                 "no slice is in the model's range (skull base, vertex, localizers or "
                 "reformats only): probability and positive pool every slice and are not a "
                 "finding",
             )
-        best = pooled[int(np.argmax(p_any[pooled]))]
         labels = members_p[0].probabilities.keys()
         threshold = members_p[0].threshold
         studies.append(
@@ -332,7 +338,7 @@ def study_predictions(
                 slice_probabilities=tuple(float(v) for v in p_any),
                 slice_sources=tuple(p.source for p in members_p),
                 note=note,
-                slices_in_range=sum(reason is None for reason in reasons),
+                slices_in_range=in_range,
                 outside_range_indices=tuple(k for k, r in enumerate(reasons) if r is not None),
                 probability_all_slices=float(p_any.max()),
                 most_suspicious_frame=ordered[best].frame,

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from hemo.anatomy import deciding_slices
+
 #: Digits kept for probabilities in reports.
 PROBABILITY_DIGITS = 6
 #: Columns every report row has, before the per-label probabilities.
@@ -158,8 +160,7 @@ def study_summary(
             f"{name}: {len(reasons)} range flags for {values.size} slice probabilities"
         )
     inside = np.array([r is None for r in reasons])
-    pooled = inside if inside.any() else np.ones_like(inside)
-    top = int(np.flatnonzero(pooled)[np.argmax(values[pooled])])
+    pooled, top = deciding_slices(values, reasons)  # the rule hemo predict pools by
     return {
         "source": name,
         "slices": int(values.size),

@@ -13,6 +13,7 @@ from hemo.anatomy import (
     RANGE_MARGIN,
     SliceAnatomy,
     SliceRange,
+    deciding_slices,
     fit_slice_range,
     scan_anatomy,
     slice_anatomy,
@@ -159,3 +160,15 @@ def test_demo_phantom_series_are_inside_both_shipped_ranges(model, phantom_dir):
     for _, study in index.sort_values("slice_z").groupby("study_uid"):
         anatomies = [scan_anatomy(read_scan(p)) for p in study["path"]]
         assert fitted.reasons(anatomies) == [None] * len(anatomies)
+
+
+def test_deciding_slices_pool_the_range_else_every_slice() -> None:
+    """In-range slices decide (the highest, the first on a tie); with none in range every slice
+    is pooled; a length mismatch or no slice is refused."""
+    assert deciding_slices([0.9, 0.2, 0.4, 0.4], ["base", None, None, None]) == ([1, 2, 3], 2)
+    assert deciding_slices([0.9, 0.2], ["base", "vertex"]) == ([0, 1], 0)
+    assert deciding_slices([0.3, 0.7], [None, None]) == ([0, 1], 1)
+    with pytest.raises(ValueError, match="one range flag per slice probability, got 1 for 2"):
+        deciding_slices([0.3, 0.7], [None])
+    with pytest.raises(ValueError, match="got 0 for 0"):
+        deciding_slices([], [])
