@@ -20,6 +20,8 @@ PERCENT = 100.0
 UNCERTAIN_DELTA = "uncertain: refer to a reader"
 OUTSIDE_DELTA = "outside the model's range"
 BAND_COLOR = "#F0A030"
+#: The strip's mark of the slice shown below it.
+SHOWN_COLOR = "#2A6FDB"
 BAND_OPACITY = 0.25
 
 st.title("Predict")
@@ -203,7 +205,7 @@ for j, series in enumerate(decoded.series):
             rows.extend(reports.error_row(s.source, str(exc)) for s in series.slices)
             continue
         study = result.study
-        st.subheader(f"{result.name} — {study['slices']} slices")
+        st.subheader(dashboard.series_title(result.name, study["slices"]))
         no_verdict = study["verdict"] == reports.NO_VERDICT  # no slice in the model's range
         if study["uncertain"] and not no_verdict:
             st.warning(dashboard.referral_message(card, study["probability"], "series"))
@@ -224,6 +226,19 @@ for j, series in enumerate(decoded.series):
         m3.metric(f"Slices over threshold{in_range}", study["positive_slices"])
         if outside:
             st.caption(dashboard.range_caption(study))
+        slider_key = SERIES_SLICE_KEY.format(j)
+        chosen_key = f"{slider_key}_chosen"
+        # A series shown here for the first time (another upload, another model) opens at its
+        # most suspicious slice; the same one keeps the slice the user chose, also after a visit
+        # to another page (Streamlit forgets a widget's value when its page is not drawn)
+        shown_series = (key, series.series_uid, model_path)
+        if st.session_state.get(f"{slider_key}_series") != shown_series:
+            st.session_state[f"{slider_key}_series"] = shown_series
+            st.session_state[slider_key] = result.most_suspicious + 1
+        elif slider_key not in st.session_state:
+            st.session_state[slider_key] = st.session_state.get(
+                chosen_key, result.most_suspicious + 1
+            )
         strip = dashboard.strip_frame(result)
         fig = px.bar(
             strip,
@@ -239,6 +254,7 @@ for j, series in enumerate(decoded.series):
             height=220,
         )
         fig.add_hline(y=card.threshold, line_dash="dot")
+        fig.add_vline(x=st.session_state[slider_key], line_color=SHOWN_COLOR, line_width=2)
         band = predictor.referral
         if band is not None and band.high > band.low:
             fig.add_hrect(
@@ -260,13 +276,6 @@ for j, series in enumerate(decoded.series):
             margin={"r": 10},
         )
         st.plotly_chart(fig, key=f"strip_{j}")
-        slider_key = SERIES_SLICE_KEY.format(j)
-        # A series shown here for the first time (another upload, another model) opens at its
-        # most suspicious slice; the same one keeps the slice the user chose
-        shown_series = (key, series.series_uid, model_path)
-        if st.session_state.get(f"{slider_key}_series") != shown_series:
-            st.session_state[f"{slider_key}_series"] = shown_series
-            st.session_state[slider_key] = result.most_suspicious + 1
         st.button(
             f"Jump to the most suspicious slice ({result.most_suspicious + 1})",
             key=f"jump_{j}",
@@ -274,6 +283,7 @@ for j, series in enumerate(decoded.series):
             args=(slider_key, result.most_suspicious),
         )
         position = st.slider("Slice", 1, len(series.slices), key=slider_key) - 1
+        st.session_state[chosen_key] = position + 1
         try:
             shown = ui.analyse(
                 model_path, key, f"r{j}-{position}", method, label, series.slices[position]
@@ -313,7 +323,7 @@ if rows or studies:
     )
     right.download_button(
         "Download JSON report",
-        partial(reports.report_json, rows, model=model_info, studies=studies),
+        partial(reports.report_json, rows, model=model_info, studies=studies, note=synthetic),
         file_name="hemo_report.json",
         mime="application/json",
         key="report_json",

@@ -143,16 +143,16 @@ class SliceRange:
         fraction = anatomy.soft_tissue_fraction
         if fraction < self.min_soft_tissue_fraction:
             return (
-                f"soft tissue is {fraction:.0%} of the head section, under the "
-                f"{self.min_soft_tissue_fraction:.0%} minimum learned from the images the model "
+                f"soft tissue is {fraction:.1%} of the head section, under the "
+                f"{self.min_soft_tissue_fraction:.1%} minimum learned from the images the model "
                 "was trained on (skull base or vertex)"
             )
         if largest_area_px:
             share = anatomy.head_area_px / largest_area_px
             if share < self.min_relative_head_area:
                 return (
-                    f"the head section is {share:.0%} of the series' largest, under "
-                    f"{self.min_relative_head_area:.0%} (top or bottom of the head)"
+                    f"the head section is {share:.1%} of the series' largest, under "
+                    f"{self.min_relative_head_area:.1%} (top or bottom of the head)"
                 )
         return None
 

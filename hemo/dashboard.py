@@ -61,7 +61,8 @@ SAMPLES: dict[str, str] = {
     SAMPLE_HEALTHY: "Healthy phantom",
     SAMPLE_CQ500: "Real CQ500 slice",
 }
-#: Run states whose model can be picked.
+#: Name of a series of uploaded slices with no common folder, archive or file.
+UNNAMED_SERIES = "series of {n} slices"
 #: Card metrics the Home page shows, in order: the test block's, else the pooled out-of-fold one.
 CARD_METRICS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 CARD_METRIC_BLOCKS = ("test", "pooled_out_of_fold")
@@ -674,7 +675,14 @@ def _slices_name(slices: Sequence[Any]) -> str:
     prefix = os.path.commonprefix(names)
     if "/" in prefix:
         return prefix.rsplit("/", 1)[0] or names[0]
-    return f"series of {len(names)} slices"
+    return UNNAMED_SERIES.format(n=len(names))
+
+
+def series_title(name: str, slices: int) -> str:
+    """A series' heading: its name and how many slices it has (said once)."""
+    if name == UNNAMED_SERIES.format(n=slices):
+        return name
+    return f"{name} — {slices} slices"
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def report_json(
     rows: Iterable[Mapping[str, Any]],
     model: Mapping[str, Any] | None = None,
     studies: Sequence[Mapping[str, Any]] = (),
+    note: str | None = None,
 ) -> bytes:
     """The report as UTF-8 JSON bytes.
 
@@ -107,15 +108,23 @@ def report_json(
         rows: Report rows (:func:`prediction_row`, :func:`error_row`).
         model: What identifies the model (name, architecture, threshold).
         studies: Study-level results (:func:`study_summary`).
+        note: What a reader of the report must know about its calls (e.g. a model trained
+            only on synthetic phantoms: ``hemo predict --json``'s ``note``), or ``None``.
 
     Returns:
-        ``{"model": ..., "studies": [...], "results": [...]}`` encoded; NaN becomes null.
+        ``{"model": ..., "note": ..., "studies": [...], "results": [...]}`` encoded; NaN
+        becomes null.
     """
     results = [
         {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
         for r in rows
     ]
-    payload = {"model": dict(model or {}), "studies": list(studies), "results": results}
+    payload = {
+        "model": dict(model or {}),
+        "note": note,
+        "studies": list(studies),
+        "results": results,
+    }
     return json.dumps(payload, indent=2, default=str).encode("utf-8")
 
 

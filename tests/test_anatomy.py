@@ -63,11 +63,14 @@ def test_slice_anatomy_degenerate_inputs():
 def test_range_reasons_name_the_rule():
     """The soft-tissue rule applies to every slice, the area rule only within a series."""
     rng = SliceRange(0.5, MIN_RELATIVE_HEAD_AREA, 0.53, 10)
-    assert rng.reason(SliceAnatomy(0.3, 1000)).startswith("soft tissue is 30% of the head")
+    assert rng.reason(SliceAnatomy(0.3, 1000)).startswith("soft tissue is 30.0% of the head")
     assert rng.reason(SliceAnatomy(0.8, 100)) is None  # alone: no series to compare with
-    assert "10% of the series' largest" in rng.reason(SliceAnatomy(0.8, 100), 1000)
+    assert "10.0% of the series' largest" in rng.reason(SliceAnatomy(0.8, 100), 1000)
     reasons = rng.reasons([SliceAnatomy(0.8, 1000), SliceAnatomy(0.8, 300), SliceAnatomy(0.4, 900)])
-    assert reasons[0] is None and "30% of the series" in reasons[1] and "40%" in reasons[2]
+    assert reasons[0] is None and "30.0% of the series" in reasons[1] and "40.0%" in reasons[2]
+    # A fraction just under the minimum reads under it (both read "56%" before)
+    close = SliceRange(0.5567, MIN_RELATIVE_HEAD_AREA, 0.5867, 140).reason(SliceAnatomy(0.555, 9))
+    assert "55.5% of the head section, under the 55.7% minimum" in close
 
 
 def test_range_round_trip_and_malformed_cards():

@@ -377,6 +377,17 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
     label = at.button(key="jump_0").label
     assert at.slider(key="series_slice_0").value == int(label.rsplit("(", 1)[1].rstrip(")"))
     assert at.slider(key="series_slice_0").max == len(shorter)
+    # The slice chosen is kept through a visit to another page (Streamlit forgot the slider's
+    # value, and the page showed slice 1), and the strip marks it
+    chosen = 2 if at.slider(key="series_slice_0").value != 2 else 3
+    at.slider(key="series_slice_0").set_value(chosen).run()
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page("app_pages/predict.py").run()
+    _ok(at)
+    assert at.slider(key="series_slice_0").value == chosen
+    (strip,) = at.get("plotly_chart")
+    shapes = json.loads(strip.proto.spec)["layout"]["shapes"]
+    assert [s["x0"] for s in shapes if s["x0"] == s["x1"]] == [chosen]  # the one vertical line
 
 
 def test_real_series_slices_outside_the_range_are_named_and_left_out(env, cq500_dir, monkeypatch):

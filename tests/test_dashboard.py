@@ -223,6 +223,9 @@ def test_a_duplicate_slice_breaks_up_only_its_own_series(phantoms):
     ((name, message),) = decoded.errors
     assert "two slices at the same position" in message and "shown one by one" in message
     assert name == f"series of {len(first) + 1} slices"
+    # Its heading says the count once ("series of 4 slices — 4 slices" before)
+    assert dashboard.series_title(name, len(first) + 1) == name
+    assert dashboard.series_title("second.zip/second", 3) == "second.zip/second — 3 slices"
 
 
 def test_content_key_depends_on_bytes_and_names():
