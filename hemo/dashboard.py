@@ -448,48 +448,32 @@ class Decoded:
 def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     """Read uploads from memory (files, zips of a series; never written to disk) and group them.
 
+    Names are what the page shows and what its reports carry, so a patient's ID or name part
+    read from any DICOM of the upload is scrubbed from every name (:func:`hemo.dicom.scrub_name`:
+    an exported folder is often named after the patient).
+
     Args:
         files: ``(name, bytes)`` per upload.
 
     Returns:
         The readable scans, grouped; unreadable inputs listed in ``errors`` (the others are kept).
     """
-    from hemo.dicom import CTSlice
-    from hemo.io import iter_scans
+    from hemo.dicom import CTSlice, scrub_name
     from hemo.series import group_series
 
-    singles: list[Any] = []
-    slices: list[Any] = []
-    errors: list[tuple[str, str]] = []
-    uploaded: dict[int, int] = {}  # id(scan) -> its place among the uploads
-    held = 0  # pixels of the scans kept: the set is cached, so it is bounded as one file is
-    for result in iter_scans(list(files)):
-        if result.scan is not None:
-            uploaded[id(result.scan)] = len(uploaded)
-        if result.error is None:
-            pixels = _scan_pixels(result.scan)
-            if held + pixels > config.MAX_PIXELS_PER_FILE:
-                errors.append(
-                    (
-                        result.name,
-                        f"{result.name}: not read: this upload already holds {held:,} pixels "
-                        f"and the app keeps at most {config.MAX_PIXELS_PER_FILE:,} at once "
-                        "(config.MAX_PIXELS_PER_FILE); upload fewer or smaller scans at a time",
-                    )
-                )
-                continue
-            held += pixels
-        if result.error is not None:
-            errors.append((result.name, str(result.error)))
-        elif isinstance(result.scan, CTSlice):
-            slices.append(result.scan)
-        else:
-            singles.append(result.scan)
+    scans, errors = _read_uploads(files)
+    keys = frozenset().union(*(getattr(scan, "name_keys", frozenset()) for scan in scans))
+    if keys:
+        scans = [dataclasses.replace(s, source=scrub_name(s.source, keys)) for s in scans]
+        errors = [(scrub_name(n, keys), scrub_name(m, keys)) for n, m in errors]
+    uploaded = {id(scan): place for place, scan in enumerate(scans)}
+    singles = [scan for scan in scans if not isinstance(scan, CTSlice)]
     series: list[Any] = []
     # Series by series: a fault in one (two slices at one position) leaves the others whole
     by_uid: dict[str | None, list[Any]] = {}
-    for scan in slices:
-        by_uid.setdefault(scan.series_uid, []).append(scan)
+    for scan in scans:
+        if isinstance(scan, CTSlice):
+            by_uid.setdefault(scan.series_uid, []).append(scan)
     groups: list[Any] = []
     for members in by_uid.values():
         try:
@@ -506,6 +490,34 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     # Lone DICOM slices were grouped after the images: back to the order they were uploaded in
     singles.sort(key=lambda scan: uploaded.get(id(scan), len(uploaded)))
     return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
+
+
+def _read_uploads(files: Iterable[tuple[str, bytes]]) -> tuple[list[Any], list[tuple[str, str]]]:
+    """Every scan of the uploads in upload order, and ``(name, message)`` of those not read
+    (unreadable, or over the pixels one upload set may hold)."""
+    from hemo.io import iter_scans
+
+    scans: list[Any] = []
+    errors: list[tuple[str, str]] = []
+    held = 0  # pixels of the scans kept: the set is cached, so it is bounded as one file is
+    for result in iter_scans(list(files)):
+        if result.error is not None:
+            errors.append((result.name, str(result.error)))
+            continue
+        pixels = _scan_pixels(result.scan)
+        if held + pixels > config.MAX_PIXELS_PER_FILE:
+            errors.append(
+                (
+                    result.name,
+                    f"{result.name}: not read: this upload already holds {held:,} pixels "
+                    f"and the app keeps at most {config.MAX_PIXELS_PER_FILE:,} at once "
+                    "(config.MAX_PIXELS_PER_FILE); upload fewer or smaller scans at a time",
+                )
+            )
+            continue
+        held += pixels
+        scans.append(result.scan)
+    return scans, errors
 
 
 def _scan_pixels(scan: Any) -> int:

@@ -173,13 +173,16 @@ METADATA_KEYWORDS: tuple[str, ...] = (
     "ReconstructionDiameter",
 )
 #: Elements read besides the whitelist: the instance UIDs, returned only as keyed pseudonyms
-#: (:func:`pseudonymize_uid`), and (0010,0020) Patient ID, which is only hashed into a
-#: pseudonym (:data:`PATIENT_KEY_HEX_CHARS`) and never returned.
+#: (:func:`pseudonymize_uid`), (0010,0020) Patient ID, which is only hashed into a pseudonym
+#: (:data:`PATIENT_KEY_HEX_CHARS`), and Patient ID and (0010,0010) Patient's Name, kept only as
+#: keyed digests of their parts that find them in file names (:func:`scrub_name`); none is
+#: ever returned.
 HEADER_KEYWORDS: tuple[str, ...] = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SOPInstanceUID",
     "PatientID",
+    "PatientName",
 )
 #: Every element whose value hemo reads from a slice; each is converted once per file.
 VALUE_KEYWORDS: tuple[str, ...] = METADATA_KEYWORDS + HEADER_KEYWORDS
@@ -227,6 +230,8 @@ class DicomHeader:
         default_window: First (0028,1050)/(0028,1051) pair, or ``None`` when absent or invalid.
         transfer_syntax: (0002,0010) Transfer Syntax UID.
         metadata: PHI-free whitelist (see :func:`phi_free_metadata`).
+        name_keys: :func:`name_keys` of the file's Patient ID and Patient's Name (keyed
+            digests, never the values), for :func:`scrub_name`.
     """
 
     source: str
@@ -246,6 +251,7 @@ class DicomHeader:
     default_window: Window | None
     transfer_syntax: str | None
     metadata: Mapping[str, Any] = field(repr=False)
+    name_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -273,6 +279,8 @@ class CTSlice:
         frame: The frame's number (1-based, as DICOM counts frames) in a multi-frame file, or
             the slice's number in a NIfTI volume (:mod:`hemo.nifti`); ``None`` for a
             single-frame file.
+        name_keys: :func:`name_keys` of the file's Patient ID and Patient's Name (keyed
+            digests, never the values): :func:`scrub_name` finds them in file and folder names.
     """
 
     hu: npt.NDArray[np.float32] = field(repr=False)
@@ -291,6 +299,7 @@ class CTSlice:
     modality: str
     metadata: Mapping[str, Any] = field(repr=False)
     frame: int | None = None
+    name_keys: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -751,6 +760,92 @@ def pseudonymize_uid(uid: str) -> str:
     return f"{UID_PSEUDONYM_ROOT}{int.from_bytes(digest.digest()[:16], 'big')}"
 
 
+#: What :func:`scrub_name` puts in place of a patient's ID or name part found in a name.
+SCRUBBED_NAME = "[patient]"
+#: Shortest ID or name part :func:`scrub_name` looks for (shorter ones would match slice
+#: numbers and initials that are not the patient's).
+MIN_SCRUB_CHARS = 3
+#: Most name tokens one ID or name part may span (``CQ500-CT-0`` spans three).
+MAX_SCRUB_TOKENS = 8
+#: Hex characters kept of a name part's digest.
+NAME_KEY_HEX_CHARS = 32
+_NAME_TOKEN = re.compile(r"[^\W_]+")  # letters and digits, any script
+_PERSON_NAME_SEPARATORS = re.compile(r"[\^=]")  # PS3.5 6.2.1: components, groups
+
+
+def _name_key(text: str) -> str:
+    """Keyed digest of one ID or name part (case-folded), never the text itself."""
+    digest = hmac.new(
+        patient_key_secret(), b"name\0" + text.casefold().encode("utf-8"), hashlib.sha256
+    )
+    return digest.hexdigest()[:NAME_KEY_HEX_CHARS]
+
+
+def name_keys(patient_id: Any, patient_name: Any) -> frozenset[str]:
+    """Keyed digests of a file's (0010,0020) Patient ID and the parts of its (0010,0010)
+    Patient's Name, for :func:`scrub_name`; the values themselves are never kept.
+
+    A name part is a component of the person name (family, given, middle ...; PS3.5 6.2.1)
+    and each word in it; parts under :data:`MIN_SCRUB_CHARS` characters are left out.
+    """
+    parts: list[str] = []
+    if isinstance(patient_id, str) and conforms(patient_id, "LO"):
+        parts.append(patient_id)
+    name = str(patient_name) if patient_name is not None else ""
+    if name and conforms(name, "PN"):
+        for component in _PERSON_NAME_SEPARATORS.split(name):
+            parts.append(component)
+            parts.extend(component.split())
+    tokens = [_span_text(part) for part in parts]
+    return frozenset(_name_key(t) for t in tokens if len(t) >= MIN_SCRUB_CHARS)
+
+
+def _span_text(part: str) -> str:
+    """A part as :func:`scrub_name` sees it in a name: from its first letter or digit to its
+    last (separators inside are kept)."""
+    found = list(_NAME_TOKEN.finditer(part))
+    return part[found[0].start() : found[-1].end()] if found else ""
+
+
+def scrub_name(name: str, keys: frozenset[str] | set[str]) -> str:
+    """``name`` with every run of its words that is a patient's ID or name part replaced by
+    :data:`SCRUBBED_NAME` (a folder of an export is often named after the patient).
+
+    A run of words matches when, from its first letter or digit to its last, it is one of
+    ``keys``' parts (:func:`name_keys`), case-insensitively: ``CQ500-CT-0/CT000001.dcm`` with
+    Patient ID ``CQ500-CT-0`` gives ``[patient]/CT000001.dcm``; a part inside a longer word
+    (``12`` in ``CT000012``) is not one.
+
+    Args:
+        name: A file, member or folder name.
+        keys: Digests from :func:`name_keys` (of every file of one upload, say).
+
+    Returns:
+        The scrubbed name; ``name`` itself when nothing matches.
+    """
+    if not keys:
+        return name
+    tokens = list(_NAME_TOKEN.finditer(name))
+    spans: list[tuple[int, int]] = []
+    i = 0
+    while i < len(tokens):
+        for j in range(min(len(tokens), i + MAX_SCRUB_TOKENS), i, -1):  # longest first
+            start, end = tokens[i].start(), tokens[j - 1].end()
+            if end - start >= MIN_SCRUB_CHARS and _name_key(name[start:end]) in keys:
+                spans.append((start, end))
+                i = j
+                break
+        else:
+            i += 1
+    if not spans:
+        return name
+    out, last = [], 0
+    for start, end in spans:
+        out += [name[last:start], SCRUBBED_NAME]
+        last = end
+    return "".join([*out, name[last:]])
+
+
 def _uid_pseudonym(value: Any) -> str | None:
     uid = _str(value)
     return None if uid is None else pseudonymize_uid(uid)
@@ -852,6 +947,7 @@ def _header(ds: Dataset, label: str, values: Mapping[str, Any]) -> DicomHeader:
         default_window=_default_window(values, label),
         transfer_syntax=None if transfer_syntax is None else str(transfer_syntax),
         metadata=_whitelisted(values, ds),
+        name_keys=name_keys(values.get("PatientID"), values.get("PatientName")),
     )
 
 
@@ -1421,6 +1517,7 @@ def _read_frame(image: _Image, index: int) -> CTSlice:
         modality=header.modality or "CT",
         metadata=metadata,
         frame=index + 1 if multi else None,
+        name_keys=header.name_keys,
     )
 
 
@@ -1450,8 +1547,10 @@ __all__ = [
     "DicomHeader",
     "correct_rsna_12bit",
     "has_rsna_12bit_fault",
+    "name_keys",
     "phi_free_metadata",
     "pseudonymize",
     "read_dicom",
     "read_dicom_header",
+    "scrub_name",
 ]

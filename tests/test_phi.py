@@ -13,7 +13,9 @@ import io
 import json
 import logging
 import os
+import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -133,12 +135,30 @@ def test_cli_json_files_reports_and_logs_carry_no_phi(tmp_path, capsys, debug_lo
     assert json.loads(outputs["predict stdout"])["results"][0]["probability"] >= 0.0
 
 
+#: TensorFlow's autograph writes the Python source it generates for a function it converts to
+#: the temp folder, the first time in a process: code, not data (a test run alone met it).
+AUTOGRAPH_FILE_PREFIX = "__autograph_generated_file"
+AUTOGRAPH_MODULE = os.path.join("tensorflow", "python", "autograph")
+
+
+def _from_autograph() -> bool:
+    """Whether the caller is TensorFlow's autograph writing its generated code."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if AUTOGRAPH_MODULE in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _watch(folders: list[Path]) -> dict[str, tuple[int, int]]:
-    """(size, mtime_ns) of every file under ``folders``."""
+    """(size, mtime_ns) of every file under ``folders`` but autograph's generated code."""
     seen = {}
     for folder in folders:
         for dirpath, _, files in os.walk(folder):
             for f in files:
+                if f.startswith(AUTOGRAPH_FILE_PREFIX):
+                    continue
                 path = os.path.join(dirpath, f)
                 try:
                     st = os.stat(path)
@@ -164,7 +184,8 @@ def disk_guard(tmp_path, monkeypatch):
 
     def watching_open(file, mode="r", *args, **kwargs):
         if isinstance(file, str | bytes | os.PathLike) and any(c in mode for c in "wax+"):
-            writes.append(os.fsdecode(file))
+            if not _from_autograph():
+                writes.append(os.fsdecode(file))
         return real_open(file, mode, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", watching_open)
@@ -218,7 +239,15 @@ def test_windowing_and_predict_pages_show_no_phi_and_write_nothing(tmp_path_fact
 
     root = tmp_path_factory.mktemp("phi_app")
     data, models = make_phantoms(root / "demo", n_studies=2), make_models(root / "models")
-    upload = ("upload.dcm", ct_bytes(**PHI), "application/octet-stream")
+    # Named as exports often are: after the patient (the names are scrubbed, not the uploads)
+    upload = (f"{PHI['PatientID']}_zzyzx.dcm", ct_bytes(**PHI), "application/octet-stream")
+    members = {
+        f"ZZYZX-Quintessa/{PHI['PatientID']}/slice{i}.dcm": ct_bytes(
+            z_mm=5.0 * i, instance=i + 1, **UIDS, **PHI
+        )
+        for i in range(2)
+    }
+    series = (f"{PHI['PatientID']}.zip", _zip(members), "application/zip")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(dashboard.ENV_DATASET, str(data))
         mp.setenv(dashboard.ENV_MODELS_DIR, str(models))
@@ -235,14 +264,55 @@ def test_windowing_and_predict_pages_show_no_phi_and_write_nothing(tmp_path_fact
         windowing = _tree_texts(at)
         assert "Modality" in windowing  # the metadata table is there
         at.switch_page("app_pages/predict.py").run()
-        at.file_uploader(key="predict_upload").set_value(upload).run()
+        at.file_uploader(key="predict_upload").set_value([upload, series]).run()
         assert not at.exception and not at.error, [e.value for e in at.error]
         predict = _tree_texts(at)
-        assert "Probability of hemorrhage" in predict
+        assert "Probability of hemorrhage" in predict and "Study verdict" in predict
+        assert "[patient]_[patient].dcm" in predict  # the heading of the lone slice
+        assert "[patient].zip/[patient]-[patient]/[patient] — 2 slices" in predict
     _assert_no_phi(windowing, "Windowing page")
     _assert_no_phi(predict, "Predict page")
     assert _watch([root]) == before
     assert [w for w in disk_guard if not w.startswith("/dev/")] == []
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_names_holding_the_patients_id_or_name_are_scrubbed_for_the_app(tmp_path):
+    """A folder or file named after the patient (ID, name parts, any case) reads as
+    ``[patient]`` in the uploads the app decodes and in its reports; the digests that find
+    them are keyed, never the values; short parts and parts inside a word are left alone."""
+    from hemo import dashboard, reports
+    from hemo.dicom import SCRUBBED_NAME, name_keys, read_dicom, scrub_name
+    from hemo.predict import Prediction
+
+    keys = name_keys(PHI["PatientID"], PHI["PatientName"])
+    assert not any(part.lower() in " ".join(keys).lower() for part in NEEDLES)
+    assert scrub_name(f"exp/{PHI['PatientID'].lower()}/a.dcm", keys) == "exp/[patient]/a.dcm"
+    assert scrub_name("ZZYZX_quintessa-MARGUERITE.dcm", keys) == "[patient]_[patient]-[patient].dcm"
+    assert scrub_name("xMRN7731942/Zzyzxville.dcm", keys) == "xMRN7731942/Zzyzxville.dcm"
+    assert scrub_name("CT000012.dcm", name_keys("12", "Li^Bo")) == "CT000012.dcm"  # too short
+    assert scrub_name("CT000012.dcm", name_keys("000012", "")) == "CT000012.dcm"  # in a word
+    assert scrub_name("a/CQ500-CT-0/b.dcm", name_keys("CQ500-CT-0", "")) == "a/[patient]/b.dcm"
+    path = tmp_path / "Zzyzx^Quintessa" / "slice.dcm"
+    path.parent.mkdir()
+    path.write_bytes(ct_bytes(**PHI))
+    assert read_dicom(path).name_keys == keys
+    assert dashboard.decode([("upload.png", b"not a scan")]).errors  # no DICOM: names kept
+    members = {f"{PHI['PatientID']}/s{i}.dcm": ct_bytes(z_mm=5.0 * i, **PHI) for i in range(2)}
+    decoded = dashboard.decode([("Zzyzx.zip", _zip(members)), ("MRN7731942 broken.dcm", b"DICM?")])
+    (series,) = decoded.series
+    assert dashboard.series_name(series) == f"{SCRUBBED_NAME}.zip/{SCRUBBED_NAME}"
+    ((name, message),) = decoded.errors
+    assert name == "[patient] broken.dcm" and "MRN7731942" not in message
+    row = reports.prediction_row(Prediction(series.slices[0].source, 0.4, {"any": 0.4}, False, 0.5))
+    _assert_no_phi(reports.report_csv([row]).decode(), "a report of a scrubbed upload")
 
 
 def test_index_patient_column_is_a_keyed_pseudonym(tmp_path):
