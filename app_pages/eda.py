@@ -101,7 +101,14 @@ fig.update_layout(yaxis_title="studies", bargap=0.2)
 st.plotly_chart(fig, key="slices_per_study")
 
 st.subheader("Pixels on a sample")
-per_class = st.slider("Images read per class", 2, 64, eda.SAMPLE_PER_CLASS, key="eda_per_class")
+per_class = st.slider(
+    "Images read per class",
+    2,
+    64,
+    eda.SAMPLE_PER_CLASS,
+    key="eda_per_class",
+    persist_state=ui.PERSIST,
+)
 bar = st.progress(0.0, text="Reading the sample…")
 stats = ui.scan_sample(
     str(view.path),
@@ -184,7 +191,7 @@ if eda.display_images_only(index):
     window = next(iter(PRESETS))  # unused by display images; keeps the cache keys stable
     st.caption("PNG/JPEG images are shown as stored: they hold no Hounsfield units to window.")
 else:
-    window = st.selectbox("Window", list(PRESETS), key="eda_window")
+    window = st.selectbox("Window", list(PRESETS), key="eda_window", persist_state=ui.PERSIST)
 tiles = ui.sample_grid(str(view.path), ui.mtime_of(view.path), window, GRID_COLUMNS, SAMPLE_SEED)
 for label in dict.fromkeys(t.label for t in tiles):
     st.markdown(f"**{label}**")

@@ -105,10 +105,16 @@ if synthetic:
 
 with st.expander("Heatmap settings", expanded=False):
     c1, c2, c3, c4 = st.columns(4)
-    method = c1.selectbox("Method", dashboard.cam_methods(), key="cam_method")
-    label = c2.selectbox("Explain output", list(card.labels), key="cam_label")
-    alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha")
-    colormap = c4.selectbox("Colormap", dashboard.colormaps(), key="cam_colormap")
+    method = c1.selectbox(
+        "Method", dashboard.cam_methods(), key="cam_method", persist_state=ui.PERSIST
+    )
+    label = c2.selectbox(
+        "Explain output", list(card.labels), key="cam_label", persist_state=ui.PERSIST
+    )
+    alpha = c3.slider("Opacity", 0.0, 1.0, 0.4, 0.05, key="cam_alpha", persist_state=ui.PERSIST)
+    colormap = c4.selectbox(
+        "Colormap", dashboard.colormaps(), key="cam_colormap", persist_state=ui.PERSIST
+    )
 
 key = dashboard.content_key(files)
 decoded = ui.decode(key, files)
@@ -227,18 +233,13 @@ for j, series in enumerate(decoded.series):
         if outside:
             st.caption(dashboard.range_caption(study))
         slider_key = SERIES_SLICE_KEY.format(j)
-        chosen_key = f"{slider_key}_chosen"
         # A series shown here for the first time (another upload, another model) opens at its
         # most suspicious slice; the same one keeps the slice the user chose, also after a visit
-        # to another page (Streamlit forgets a widget's value when its page is not drawn)
+        # to another page (the slider persists for the session)
         shown_series = (key, series.series_uid, model_path)
         if st.session_state.get(f"{slider_key}_series") != shown_series:
             st.session_state[f"{slider_key}_series"] = shown_series
             st.session_state[slider_key] = result.most_suspicious + 1
-        elif slider_key not in st.session_state:
-            st.session_state[slider_key] = st.session_state.get(
-                chosen_key, result.most_suspicious + 1
-            )
         strip = dashboard.strip_frame(result)
         fig = px.bar(
             strip,
@@ -282,8 +283,9 @@ for j, series in enumerate(decoded.series):
             on_click=_jump,
             args=(slider_key, result.most_suspicious),
         )
-        position = st.slider("Slice", 1, len(series.slices), key=slider_key) - 1
-        st.session_state[chosen_key] = position + 1
+        position = (
+            st.slider("Slice", 1, len(series.slices), key=slider_key, persist_state=ui.PERSIST) - 1
+        )
         try:
             shown = ui.analyse(
                 model_path, key, f"r{j}-{position}", method, label, series.slices[position]

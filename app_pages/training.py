@@ -128,7 +128,7 @@ _runs_table()
 names = [r.name for r in all_runs]
 if st.session_state.get(SELECTED_KEY) not in names:
     st.session_state[SELECTED_KEY] = names[0]
-selected = st.selectbox("Run", names, key=SELECTED_KEY)
+selected = st.selectbox("Run", names, key=SELECTED_KEY, persist_state=ui.PERSIST)
 run = runs.read_run(selected, root)
 
 if run.state == runs.RUNNING:
@@ -181,9 +181,14 @@ if len(all_runs) >= 2:
         kept = [n for n in st.session_state["compare_runs"] if n in names]
         st.session_state["compare_runs"] = new + [n for n in kept if n not in new]
     st.session_state["compare_runs_seen"] = list(names)
-    chosen = st.multiselect("Runs", names, default=names[:2], key="compare_runs")
+    chosen = st.multiselect(
+        "Runs", names, default=names[:2], key="compare_runs", persist_state=ui.PERSIST
+    )
     metric = st.selectbox(
-        "Metric", ["val_auc", "val_loss", "auc", "loss", "val_accuracy"], key="compare_metric"
+        "Metric",
+        ["val_auc", "val_loss", "auc", "loss", "val_accuracy"],
+        key="compare_metric",
+        persist_state=ui.PERSIST,
     )
     frame = dashboard.compare_runs([r for r in all_runs if r.name in chosen], metric)
     if frame.empty:

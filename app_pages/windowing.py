@@ -36,7 +36,13 @@ def _keep(key: str) -> None:
     st.session_state[KEPT[key]] = st.session_state[key]
 
 
-source = st.radio("Scan", [SOURCE_DATASET, SOURCE_UPLOAD], horizontal=True, key="win_source")
+source = st.radio(
+    "Scan",
+    [SOURCE_DATASET, SOURCE_UPLOAD],
+    horizontal=True,
+    key="win_source",
+    persist_state=ui.PERSIST,
+)
 scan = None
 if source == SOURCE_DATASET:
     view = ui.active_dataset()
@@ -47,10 +53,16 @@ if source == SOURCE_DATASET:
         st.warning("The dataset has no images.")
         st.stop()
     labels = [s.label for s in studies]
-    study = studies[labels.index(st.selectbox("Study", labels, key="win_study"))]
+    study = studies[
+        labels.index(st.selectbox("Study", labels, key="win_study", persist_state=ui.PERSIST))
+    ]
     position = 0
     if len(study.paths) > 1:
-        position = st.slider("Slice", 1, len(study.paths), 1, key="win_slice") - 1
+        ui.keep_in_range("win_slice", 1, len(study.paths))
+        position = (
+            st.slider("Slice", 1, len(study.paths), 1, key="win_slice", persist_state=ui.PERSIST)
+            - 1
+        )
     path = study.paths[position]
     try:
         scan = ui.read_file(path, ui.mtime_of(path))
@@ -85,10 +97,16 @@ else:
     if not stacks:
         st.stop()
     names = [name for name, _ in stacks]
-    _, chosen = stacks[names.index(st.selectbox("Scan", names, key="win_scan"))]
+    _, chosen = stacks[
+        names.index(st.selectbox("Scan", names, key="win_scan", persist_state=ui.PERSIST))
+    ]
     position = 0
     if len(chosen) > 1:
-        position = st.slider("Slice", 1, len(chosen), 1, key="win_upload_slice") - 1
+        ui.keep_in_range("win_upload_slice", 1, len(chosen))
+        position = (
+            st.slider("Slice", 1, len(chosen), 1, key="win_upload_slice", persist_state=ui.PERSIST)
+            - 1
+        )
     scan = chosen[position]
 
 if scan is None:
@@ -162,8 +180,12 @@ for col, (name, image) in zip(cols[1:], views.channels, strict=True):
 st.subheader("Pixel probe")
 rows, cols_n = scan.hu.shape
 left, right, out = st.columns(3)
-row = left.number_input("Row", 0, rows - 1, rows // 2, key="probe_row")
-col = right.number_input("Column", 0, cols_n - 1, cols_n // 2, key="probe_col")
+ui.keep_in_range("probe_row", 0, rows - 1)
+ui.keep_in_range("probe_col", 0, cols_n - 1)
+row = left.number_input("Row", 0, rows - 1, rows // 2, key="probe_row", persist_state=ui.PERSIST)
+col = right.number_input(
+    "Column", 0, cols_n - 1, cols_n // 2, key="probe_col", persist_state=ui.PERSIST
+)
 out.metric("HU at pixel", f"{dashboard.probe_hu(scan.hu, int(row), int(col)):.0f}")
 
 st.subheader("Metadata (PHI-free)")

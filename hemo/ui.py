@@ -51,6 +51,9 @@ DATASET_CHOICE_KEY = "hemo_dataset_choice"
 DATASET_TEXT_KEY = "hemo_dataset_text"
 MODEL_CHOICE_KEY = "hemo_model_choice"
 OTHER_DATASET = "Other folder or index…"
+#: ``persist_state`` of the pages' widgets: a choice (a slice, a run, a heatmap setting) is
+#: still there after a visit to another page, which Streamlit forgets by default.
+PERSIST = "session"
 
 
 # Cached loaders ---------------------------------------------------------------------------------
@@ -401,3 +404,15 @@ def progress_callback(bar: Any) -> Callable[[float, str], None]:
         bar.progress(min(max(fraction, 0.0), 1.0), text=f"Reading {Path(name).name}")
 
     return update
+
+
+def keep_in_range(key: str, low: int, high: int) -> None:
+    """Bring a persisted number widget's value back into ``[low, high]`` before it is drawn.
+
+    A slider or number input persisted for the session (:data:`PERSIST`) keeps its value when
+    its range changes (another study with fewer slices, a smaller scan), and Streamlit then
+    refuses to draw it ("value is greater than the max_value"); the nearest bound is taken.
+    """
+    value = st.session_state.get(key)
+    if isinstance(value, int | float) and not low <= value <= high:
+        st.session_state[key] = min(max(value, low), high)

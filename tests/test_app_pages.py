@@ -292,6 +292,66 @@ def test_windowing_upload_of_a_zipped_series(env):
     assert len(at.image) >= 5
 
 
+def _away_and_back(at: AppTest, page: str) -> None:
+    """Visit Home, then ``page`` again (Streamlit forgets a widget's value by default)."""
+    at.switch_page("app_pages/home.py").run()
+    at.switch_page(page).run()
+    _ok(at)
+
+
+def test_page_choices_survive_a_visit_to_another_page(env):
+    """A slice, a pixel probe, a heatmap method and opacity, a run, a sample size: each is still
+    chosen after a visit to Home (they all fell back to their defaults); a persisted slice
+    beyond a new series' last one is brought back in range instead of failing the page."""
+    made = [make_finished_run(env["runs"], name) for name in ("keep_a", "keep_b")]
+    try:
+        _choices_survive(env)
+    finally:
+        for path in made:  # the module's other tests count the runs
+            shutil.rmtree(path)
+
+
+def _choices_survive(env) -> None:
+    at = _open("app_pages/windowing.py")
+    at.slider(key="win_slice").set_value(2).run()
+    at.number_input(key="probe_row").set_value(60).run()
+    _away_and_back(at, "app_pages/windowing.py")
+    assert (at.slider(key="win_slice").value, at.number_input(key="probe_row").value) == (2, 60)
+    at.radio(key="win_source").set_value("Upload DICOM").run()
+    series = ("series.zip", zip_bytes(_dicoms(env)), "application/zip")
+    at.file_uploader(key="win_upload").set_value([series]).run()
+    at.slider(key="win_upload_slice").set_value(PHANTOM_SLICES).run()
+    shorter = ("short.zip", zip_bytes(_dicoms(env)[:2], "short"), "application/zip")
+    at.file_uploader(key="win_upload").set_value([shorter]).run()
+    _ok(at)
+    assert at.slider(key="win_upload_slice").value == 2
+    _away_and_back(at, "app_pages/windowing.py")
+    assert at.radio(key="win_source").value == "Upload DICOM"
+
+    at.switch_page("app_pages/predict.py").run()
+    _upload(at, _dicoms(env)[1])
+    at.selectbox(key="cam_method").set_value("gradcam++").run()
+    at.slider(key="cam_alpha").set_value(0.7).run()
+    _away_and_back(at, "app_pages/predict.py")
+    assert (at.selectbox(key="cam_method").value, at.slider(key="cam_alpha").value) == (
+        "gradcam++",
+        0.7,
+    )
+    assert any("gradcam++" in c for image in at.image for c in image.captions)
+
+    at.switch_page("app_pages/training.py").run()
+    runs_box = at.selectbox(key="training_selected")
+    other = next(name for name in runs_box.options if name != runs_box.value)
+    runs_box.set_value(other).run()
+    _away_and_back(at, "app_pages/training.py")
+    assert at.selectbox(key="training_selected").value == other
+
+    at.switch_page("app_pages/eda.py").run()
+    at.slider(key="eda_per_class").set_value(5).run()
+    _away_and_back(at, "app_pages/eda.py")
+    assert at.slider(key="eda_per_class").value == 5
+
+
 def test_predict_upload_gives_probability_overlay_and_reports(env):
     """An uploaded DICOM gives its probability as a percentage, a verdict and an overlay image."""
     from hemo.predict import Predictor
