@@ -139,8 +139,10 @@ def _show_analysis(
     outside_range: str | None = None,
     in_series=False,
     seen: tuple[str, float] | None = None,
+    referred_above=False,
 ) -> None:
-    """Probability, verdict, subtypes, and the plain slice beside the overlay."""
+    """Probability, verdict, subtypes, and the plain slice beside the overlay
+    (``referred_above``: the series' warning above already gives this slice's referral)."""
     p = result.prediction
     if seen:
         st.info(dashboard.training_match_message(seen))
@@ -151,7 +153,7 @@ def _show_analysis(
             f"Outside the model's range: {reason}. The model never saw such slices in training, "
             f"so its probability here is not a finding{counts}."
         )
-    elif p.uncertain:  # a slice outside the range is no call at all, uncertain or not
+    elif p.uncertain and not referred_above:  # out of range: no call, uncertain or not
         st.warning(dashboard.referral_message(card, p.probability))
     m1, m2, m3 = st.columns(3)
     m1.metric("Probability of hemorrhage", f"{p.probability * PERCENT:.1f}%")
@@ -299,6 +301,8 @@ for j, series in enumerate(decoded.series):
                 result.predictions[position].outside_range,
                 in_series=True,
                 seen=ui.training_match(model_path, series.slices[position]),
+                # the deciding slice of an uncertain series: its warning is the series' one
+                referred_above=bool(study["uncertain"]) and position == result.most_suspicious,
             )
         studies.append(study)
         rows.extend(
