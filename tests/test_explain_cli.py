@@ -168,7 +168,7 @@ def test_shipped_model_flat_map_has_no_peak_and_out_of_range_is_said(
     code, data = run_json(capsys, [*argv, "--out", str(tmp_path / "out"), "--json"])
     assert code == 0
     dark, real = data["results"]
-    assert dark["outside_range"].startswith("soft tissue is 0%")
+    assert dark["outside_range"].startswith("soft tissue is 0.0%")
     assert real["outside_range"] is None
     assert real["flat"] is True and real["peak"] is None
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0

@@ -143,7 +143,7 @@ def test_area_rule_compares_axial_sections_only() -> None:
     assert outside_reasons(planes, slice_range, anatomies) == [None, None, "a localizer"]
     assert outside_reasons(planes) == planes
     only_range = outside_reasons([None] * 3, slice_range, anatomies)
-    assert only_range[0] is not None and "head section is 20%" in only_range[0]
+    assert only_range[0] is not None and "head section is 20.0%" in only_range[0]
 
 
 def test_a_series_with_no_slice_in_range_gets_no_verdict_from_the_cli(
