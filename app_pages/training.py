@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from hemo import dashboard, runs, ui
+from hemo import dashboard, monitor, runs, ui
 from hemo.errors import HemoError
 from hemo.train import DEFAULTS, check_input_fits, input_spec, resolve_config
 
@@ -26,9 +26,9 @@ root = dashboard.runs_dir()
 
 def _curves(run: runs.RunInfo) -> None:
     """Progress and train-vs-validation curves of one run."""
-    fraction, text = dashboard.run_progress(run)
+    fraction, text = monitor.run_progress(run)
     st.progress(fraction, text=f"{run.name}: {run.state} · {text}")
-    curves = dashboard.history_curves(run.history)
+    curves = monitor.history_curves(run.history)
     if curves.empty:
         st.caption("No finished epoch yet: curves appear after the first one.")
         return
@@ -64,17 +64,17 @@ with st.expander("Start a new run", expanded=not all_runs):
     with st.form("new_run"):
         data = st.text_input("Dataset (folder or index)", value=ui.dataset_path() or "")
         c1, c2, c3 = st.columns(3)
-        architecture = c1.selectbox("Architecture", dashboard.architectures())
+        architecture = c1.selectbox("Architecture", monitor.architectures())
         weights = c2.selectbox(
             "Initial weights",
             ["none", "imagenet", *[str(m.path) for m in dashboard.list_models()]],
             help="none: random; imagenet: Keras download (needs network); a model: its weights.",
         )
         view = sidebar_view if data == ui.dataset_path() else None
-        mode = dashboard.default_input_mode(view.layout) if view is not None else "hu"
-        modes = list(dashboard.INPUT_MODES)
+        mode = monitor.default_input_mode(view.layout) if view is not None else "hu"
+        modes = list(monitor.INPUT_MODES)
         input_label = c3.selectbox(
-            "Input", modes, index=list(dashboard.INPUT_MODES.values()).index(mode)
+            "Input", modes, index=list(monitor.INPUT_MODES.values()).index(mode)
         )
         c4, c5, c6 = st.columns(3)
         # the form starts from `hemo train`'s defaults, so a run started here and one started
@@ -86,17 +86,17 @@ with st.expander("Start a new run", expanded=not all_runs):
         learning_rate = c6.number_input(
             "Learning rate", 1e-6, 1.0, DEFAULTS["learning_rate"], format="%.6f"
         )
-        st.session_state.setdefault(RUN_NAME_KEY, dashboard.new_run_name())
+        st.session_state.setdefault(RUN_NAME_KEY, monitor.new_run_name())
         name = st.text_input("Run name", key=RUN_NAME_KEY)
         if st.form_submit_button("Start training", type="primary"):
-            config = dashboard.training_config(
+            config = monitor.training_config(
                 data,
                 architecture,
                 weights,
                 int(epochs),
                 int(image_size),
                 float(learning_rate),
-                dashboard.INPUT_MODES[input_label],
+                monitor.INPUT_MODES[input_label],
             )
             try:
                 # refused here, not by a run that fails on its first batch
@@ -121,7 +121,7 @@ any_live = any(r.state == runs.RUNNING for r in all_runs)
 @st.fragment(run_every=REFRESH_S if any_live else None)
 def _runs_table() -> None:
     """The runs table, refreshed on its own while a run is live."""
-    st.dataframe(dashboard.runs_table(runs.list_runs(root)), hide_index=True, key="runs_table")
+    st.dataframe(monitor.runs_table(runs.list_runs(root)), hide_index=True, key="runs_table")
 
 
 _runs_table()
@@ -143,12 +143,12 @@ if run.state == runs.RUNNING:
 
     _live()
 else:
-    caption = dashboard.status_caption(run)
+    caption = monitor.status_caption(run)
     if caption is not None:
         st.caption(caption)
     _curves(run)
 
-report = dashboard.run_report(run.report)
+report = monitor.run_report(run.report)
 if report is not None:
     st.subheader(f"Evaluation ({report.split or 'test'} split)")
     if report.note:
@@ -190,7 +190,7 @@ if len(all_runs) >= 2:
         key="compare_metric",
         persist_state=ui.PERSIST,
     )
-    frame = dashboard.compare_runs([r for r in all_runs if r.name in chosen], metric)
+    frame = monitor.compare_runs([r for r in all_runs if r.name in chosen], metric)
     if frame.empty:
         st.caption(f"No {metric} recorded for these runs yet.")
     else:

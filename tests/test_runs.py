@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hemo import runs
+from hemo import monitor, runs
 from hemo.errors import TrainingError
 
 RUN_TIMEOUT_S = 240
@@ -146,7 +146,6 @@ def test_a_damaged_run_is_named_and_hides_no_other_run(tmp_path: Path) -> None:
     'unreadable' naming the file, never as running; fields of the wrong type (a text pid or
     epoch, a negative ETA, a text update time) read as missing; the good run is listed with
     them, and a damaged report.json or history.csv is named or skipped, not raised."""
-    from hemo import dashboard
 
     good = _fake_run(tmp_path, "good", state="finished", epoch=3, epochs=3)
     (good / runs.HISTORY_FILE).write_text("epoch,loss\n0,1.0\nx,0.5\n1,0.9\n")
@@ -166,15 +165,15 @@ def test_a_damaged_run_is_named_and_hides_no_other_run(tmp_path: Path) -> None:
     assert listed["odd"].state == "stopped"
     assert not {"pid", "epoch", "eta_s", "updated", "best_value"} & listed["odd"].status.keys()
     assert listed["good"].history["epoch"].tolist() == [0, 1]
-    table = dashboard.runs_table(list(listed.values()))
+    table = monitor.runs_table(list(listed.values()))
     assert len(table) == len(listed)
     for run in listed.values():
-        dashboard.run_progress(run)
-        dashboard.history_curves(run.history)
-    report = dashboard.run_report(listed["good"].report)
+        monitor.run_progress(run)
+        monitor.history_curves(run.history)
+    report = monitor.run_report(listed["good"].report)
     assert report.threshold is None and "report.json is malformed" in report.note
     (good / runs.REPORT_FILE).write_bytes(b"\xff")
-    note = dashboard.run_report(runs.read_run("good", tmp_path).report).note
+    note = monitor.run_report(runs.read_run("good", tmp_path).report).note
     assert str(good / runs.REPORT_FILE) in note and "cannot be read" in note
 
 
