@@ -77,9 +77,9 @@ if files:
 elif kept and (fresh_visit or st.session_state.get(RESTORED_KEY)):
     files, skipped = list(kept[0]), kept[1]
     st.session_state[RESTORED_KEY] = True
-    names = ", ".join(name for name, _ in files[:3]) + (" …" if len(files) > 3 else "")
     info, forget = st.columns([4, 1])
-    info.info(f"Your earlier upload is shown again ({len(files)} file(s): {names}).")
+    # its count, not its names: a name may hold the patient's (the results below are scrubbed)
+    info.info(f"Your earlier upload is shown again ({len(files)} file(s)).")
     forget.button("Forget it", key="forget_upload", on_click=_forget_kept, width="stretch")
 else:
     _forget_kept()  # the user emptied the uploader

@@ -58,7 +58,7 @@ if source == SOURCE_DATASET:
     ]
     position = 0
     if len(study.paths) > 1:
-        ui.keep_in_range("win_slice", 1, len(study.paths))
+        ui.forget_out_of_range("win_slice", 1, len(study.paths))
         position = (
             st.slider("Slice", 1, len(study.paths), 1, key="win_slice", persist_state=ui.PERSIST)
             - 1
@@ -102,7 +102,7 @@ else:
     ]
     position = 0
     if len(chosen) > 1:
-        ui.keep_in_range("win_upload_slice", 1, len(chosen))
+        ui.forget_out_of_range("win_upload_slice", 1, len(chosen))
         position = (
             st.slider("Slice", 1, len(chosen), 1, key="win_upload_slice", persist_state=ui.PERSIST)
             - 1
@@ -180,8 +180,8 @@ for col, (name, image) in zip(cols[1:], views.channels, strict=True):
 st.subheader("Pixel probe")
 rows, cols_n = scan.hu.shape
 left, right, out = st.columns(3)
-ui.keep_in_range("probe_row", 0, rows - 1)
-ui.keep_in_range("probe_col", 0, cols_n - 1)
+ui.forget_out_of_range("probe_row", 0, rows - 1)
+ui.forget_out_of_range("probe_col", 0, cols_n - 1)
 row = left.number_input("Row", 0, rows - 1, rows // 2, key="probe_row", persist_state=ui.PERSIST)
 col = right.number_input(
     "Column", 0, cols_n - 1, cols_n // 2, key="probe_col", persist_state=ui.PERSIST

@@ -142,17 +142,18 @@ class SliceRange:
         """
         fraction = anatomy.soft_tissue_fraction
         if fraction < self.min_soft_tissue_fraction:
+            value, limit = _percent_pair(fraction, self.min_soft_tissue_fraction)
             return (
-                f"soft tissue is {fraction:.1%} of the head section, under the "
-                f"{self.min_soft_tissue_fraction:.1%} minimum learned from the images the model "
-                "was trained on (skull base or vertex)"
+                f"soft tissue is {value} of the head section, under the {limit} minimum "
+                "learned from the images the model was trained on (skull base or vertex)"
             )
         if largest_area_px:
             share = anatomy.head_area_px / largest_area_px
             if share < self.min_relative_head_area:
+                value, limit = _percent_pair(share, self.min_relative_head_area)
                 return (
-                    f"the head section is {share:.1%} of the series' largest, under "
-                    f"{self.min_relative_head_area:.1%} (top or bottom of the head)"
+                    f"the head section is {value} of the series' largest, under {limit} "
+                    "(top or bottom of the head)"
                 )
         return None
 
@@ -278,6 +279,20 @@ def outside_reasons(
     ]
 
 
+#: Most decimals :func:`_percent_pair` gives a percentage.
+MAX_PERCENT_DECIMALS = 4
+
+
+def _percent_pair(value: float, limit: float) -> tuple[str, str]:
+    """``value`` and ``limit`` as percentages with one decimal, or as many more as it takes
+    for a value under its limit not to read as the limit ("55.5% under the 55.5%")."""
+    for decimals in range(1, MAX_PERCENT_DECIMALS + 1):
+        shown = f"{value:.{decimals}%}", f"{limit:.{decimals}%}"
+        if shown[0] != shown[1]:
+            break
+    return shown
+
+
 def deciding_slices(
     probabilities: npt.ArrayLike, reasons: Sequence[str | None]
 ) -> tuple[list[int], int]:
@@ -293,7 +308,8 @@ def deciding_slices(
 
     Returns:
         (indices of the pooled slices, in order; the index of the highest probability among
-        them, the first one on a tie).
+        them, the first one on a tie; a NaN probability, a model's failure, never decides
+        unless every pooled one is NaN).
 
     Raises:
         ValueError: No slice, or ``reasons`` of another length.
@@ -305,7 +321,8 @@ def deciding_slices(
             f"for {values.size}"
         )
     pooled = [i for i, reason in enumerate(reasons) if reason is None] or list(range(values.size))
-    return pooled, pooled[int(np.argmax(values[pooled]))]
+    ranked = np.where(np.isnan(values[pooled]), -np.inf, values[pooled])
+    return pooled, pooled[int(np.argmax(ranked))]
 
 
 def _stride(shape: tuple[int, ...]) -> int:

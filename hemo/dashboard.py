@@ -462,10 +462,11 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     from hemo.dicom import CTSlice, scrub_name
     from hemo.series import group_series
 
-    scans, errors = _read_uploads(files)
-    keys = frozenset().union(*(getattr(scan, "name_keys", frozenset()) for scan in scans))
+    files = list(files)
+    scans, errors, keys = _read_uploads(files)
     if keys:
-        scans = [dataclasses.replace(s, source=scrub_name(s.source, keys)) for s in scans]
+        renamed = _unique_names({s.source: scrub_name(s.source, keys) for s in scans})
+        scans = [dataclasses.replace(s, source=renamed[s.source]) for s in scans]
         errors = [(scrub_name(n, keys), scrub_name(m, keys)) for n, m in errors]
     uploaded = {id(scan): place for place, scan in enumerate(scans)}
     singles = [scan for scan in scans if not isinstance(scan, CTSlice)]
@@ -493,18 +494,31 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
     return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
 
 
-def _read_uploads(files: Iterable[tuple[str, bytes]]) -> tuple[list[Any], list[tuple[str, str]]]:
-    """Every scan of the uploads in upload order, and ``(name, message)`` of those not read
-    (unreadable, or over the pixels one upload set may hold)."""
+def _read_uploads(
+    files: Sequence[tuple[str, bytes]],
+) -> tuple[list[Any], list[tuple[str, str]], frozenset[str]]:
+    """Every scan of the uploads in upload order, ``(name, message)`` of those not read
+    (unreadable, or over the pixels one upload set may hold), and the patient-name keys
+    (:func:`hemo.dicom.name_keys`) of every DICOM read, kept or not, and of the headers of
+    uploaded files that could not be read whole."""
+    from hemo.dicom import read_dicom_header
     from hemo.io import iter_scans
 
     scans: list[Any] = []
     errors: list[tuple[str, str]] = []
+    keys: set[str] = set()
+    uploaded = dict(files)
     held = 0  # pixels of the scans kept: the set is cached, so it is bounded as one file is
     for result in iter_scans(list(files)):
         if result.error is not None:
             errors.append((result.name, str(result.error)))
+            if result.name in uploaded:  # its header may still name the patient
+                try:
+                    keys |= read_dicom_header(uploaded[result.name], result.name).name_keys
+                except HemoError:
+                    pass  # not a DICOM header either: nothing in it to look for
             continue
+        keys |= getattr(result.scan, "name_keys", frozenset())
         pixels = _scan_pixels(result.scan)
         if held + pixels > config.MAX_PIXELS_PER_FILE:
             errors.append(
@@ -518,7 +532,19 @@ def _read_uploads(files: Iterable[tuple[str, bytes]]) -> tuple[list[Any], list[t
             continue
         held += pixels
         scans.append(result.scan)
-    return scans, errors
+    return scans, errors, frozenset(keys)
+
+
+def _unique_names(renamed: Mapping[str, str]) -> dict[str, str]:
+    """Scrubbed names kept apart: two names scrubbed into one (``Smith.dcm`` and ``Jones.dcm``
+    both ``[patient].dcm``) get `` (2)``, `` (3)`` ... in order, so scans and report rows can
+    still be told apart."""
+    taken: Counter[str] = Counter()
+    out: dict[str, str] = {}
+    for original, name in renamed.items():
+        taken[name] += 1
+        out[original] = name if taken[name] == 1 else f"{name} ({taken[name]})"
+    return out
 
 
 def _scan_pixels(scan: Any) -> int:
@@ -692,7 +718,16 @@ def _slices_name(slices: Sequence[Any]) -> str:
 
 
 def series_title(name: str, slices: int) -> str:
-    """A series' heading: its name and how many slices it has (said once)."""
+    """A series' heading: its name and how many slices it has (said once).
+
+    Args:
+        name: :func:`series_name` of the series.
+        slices: Its number of slices.
+
+    Returns:
+        ``name — N slices``, or ``name`` alone when it already says the count
+        (:data:`UNNAMED_SERIES`).
+    """
     if name == UNNAMED_SERIES.format(n=slices):
         return name
     return f"{name} — {slices} slices"

@@ -46,7 +46,8 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Iterator, Mapping
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -762,77 +763,97 @@ def pseudonymize_uid(uid: str) -> str:
 
 #: What :func:`scrub_name` puts in place of a patient's ID or name part found in a name.
 SCRUBBED_NAME = "[patient]"
-#: Shortest ID or name part :func:`scrub_name` looks for (shorter ones would match slice
-#: numbers and initials that are not the patient's).
+#: Fewest letters and digits of an ID or name part :func:`scrub_name` looks for (shorter ones
+#: would match slice numbers and initials that are not the patient's).
 MIN_SCRUB_CHARS = 3
-#: Most name tokens one ID or name part may span (``CQ500-CT-0`` spans three).
-MAX_SCRUB_TOKENS = 8
+#: Longest run of a name compared with a patient's ID or name (the LO and PN component
+#: limits, PS3.5 6.2).
+MAX_SCRUB_CHARS = 64
 #: Hex characters kept of a name part's digest.
 NAME_KEY_HEX_CHARS = 32
 _NAME_TOKEN = re.compile(r"[^\W_]+")  # letters and digits, any script
-_PERSON_NAME_SEPARATORS = re.compile(r"[\^=]")  # PS3.5 6.2.1: components, groups
+#: PS3.5 6.2.1: a person name's component groups (alphabetic, ideographic, phonetic) and the
+#: components of a group (family, given, middle, prefix, suffix).
+PN_GROUP_SEPARATOR = "="
+PN_COMPONENT_SEPARATOR = "^"
 
 
-def _name_key(text: str) -> str:
-    """Keyed digest of one ID or name part (case-folded), never the text itself."""
-    digest = hmac.new(
-        patient_key_secret(), b"name\0" + text.casefold().encode("utf-8"), hashlib.sha256
-    )
+def _words(text: str) -> list[str]:
+    """The letters-and-digits runs of ``text``, NFC-normalised and case-folded (macOS writes
+    file names decomposed: ``u`` + combining diaeresis for ``ü``)."""
+    return _NAME_TOKEN.findall(unicodedata.normalize("NFC", text).casefold())
+
+
+def _name_key(words: Sequence[str]) -> str:
+    """Keyed digest of one ID or name part, as its words: the separators between them do not
+    count (``CQ500-CT-0`` = ``cq500_ct_0``); never the text itself."""
+    text = "\0".join(words).encode("utf-8")
+    digest = hmac.new(patient_key_secret(), b"name\0" + text, hashlib.sha256)
     return digest.hexdigest()[:NAME_KEY_HEX_CHARS]
 
 
 def name_keys(patient_id: Any, patient_name: Any) -> frozenset[str]:
-    """Keyed digests of a file's (0010,0020) Patient ID and the parts of its (0010,0010)
-    Patient's Name, for :func:`scrub_name`; the values themselves are never kept.
+    """Keyed digests of a file's patient identifiers, for :func:`scrub_name`.
 
-    A name part is a component of the person name (family, given, middle ...; PS3.5 6.2.1)
-    and each word in it; parts under :data:`MIN_SCRUB_CHARS` characters are left out.
+    The parts looked for: each value of (0010,0020) Patient ID; and for (0010,0010) Patient's
+    Name (PS3.5 6.2.1), each component group whole (``Li^Bo`` as ``Li Bo``, and written
+    together, as ``山田^太郎`` is ``山田太郎``), each component and each word of one. Parts with
+    fewer than :data:`MIN_SCRUB_CHARS` letters and digits are left out.
+
+    Args:
+        patient_id: The Patient ID as read (text, or several values), or ``None``.
+        patient_name: The Patient's Name as read (a ``PersonName`` or text), or ``None``.
+
+    Returns:
+        The digests (:func:`_name_key`); the values themselves are never kept.
     """
-    parts: list[str] = []
-    if isinstance(patient_id, str) and conforms(patient_id, "LO"):
-        parts.append(patient_id)
-    name = str(patient_name) if patient_name is not None else ""
+    parts: list[list[str]] = []
+    ids = patient_id if isinstance(patient_id, MultiValue | list | tuple) else [patient_id]
+    parts += [_words(value) for value in ids if isinstance(value, str) and conforms(value, "LO")]
+    name = "" if patient_name is None else str(patient_name)
     if name and conforms(name, "PN"):
-        for component in _PERSON_NAME_SEPARATORS.split(name):
-            parts.append(component)
-            parts.extend(component.split())
-    tokens = [_span_text(part) for part in parts]
-    return frozenset(_name_key(t) for t in tokens if len(t) >= MIN_SCRUB_CHARS)
-
-
-def _span_text(part: str) -> str:
-    """A part as :func:`scrub_name` sees it in a name: from its first letter or digit to its
-    last (separators inside are kept)."""
-    found = list(_NAME_TOKEN.finditer(part))
-    return part[found[0].start() : found[-1].end()] if found else ""
+        for group in name.split(PN_GROUP_SEPARATOR):
+            whole = _words(group)
+            parts += [whole, ["".join(whole)]]
+            for component in group.split(PN_COMPONENT_SEPARATOR):
+                words = _words(component)
+                parts += [words, *([word] for word in words)]
+    return frozenset(_name_key(part) for part in parts if len("".join(part)) >= MIN_SCRUB_CHARS)
 
 
 def scrub_name(name: str, keys: frozenset[str] | set[str]) -> str:
     """``name`` with every run of its words that is a patient's ID or name part replaced by
     :data:`SCRUBBED_NAME` (a folder of an export is often named after the patient).
 
-    A run of words matches when, from its first letter or digit to its last, it is one of
-    ``keys``' parts (:func:`name_keys`), case-insensitively: ``CQ500-CT-0/CT000001.dcm`` with
-    Patient ID ``CQ500-CT-0`` gives ``[patient]/CT000001.dcm``; a part inside a longer word
-    (``12`` in ``CT000012``) is not one.
+    A run of words (letters and digits) matches when its words are those of one of ``keys``'
+    parts (:func:`name_keys`), case-insensitively and whatever separates them:
+    ``cq500_ct_0/CT000001.dcm`` with Patient ID ``CQ500-CT-0`` gives ``[patient]/CT000001.dcm``;
+    a part inside a longer word (``12`` in ``CT000012``) is not one. Runs of up to
+    :data:`MAX_SCRUB_CHARS` characters are compared, the longest first.
 
     Args:
         name: A file, member or folder name.
         keys: Digests from :func:`name_keys` (of every file of one upload, say).
 
     Returns:
-        The scrubbed name; ``name`` itself when nothing matches.
+        The scrubbed name (NFC-normalised); ``name`` itself when nothing matches.
     """
     if not keys:
         return name
-    tokens = list(_NAME_TOKEN.finditer(name))
+    text = unicodedata.normalize("NFC", name)
+    found = list(_NAME_TOKEN.finditer(text))
+    words = [m.group(0).casefold() for m in found]
     spans: list[tuple[int, int]] = []
     i = 0
-    while i < len(tokens):
-        for j in range(min(len(tokens), i + MAX_SCRUB_TOKENS), i, -1):  # longest first
-            start, end = tokens[i].start(), tokens[j - 1].end()
-            if end - start >= MIN_SCRUB_CHARS and _name_key(name[start:end]) in keys:
-                spans.append((start, end))
+    while i < len(found):
+        ends = [
+            j
+            for j in range(i + 1, len(found) + 1)
+            if found[j - 1].end() - found[i].start() <= MAX_SCRUB_CHARS
+        ]
+        for j in reversed(ends):  # the longest run first
+            if len("".join(words[i:j])) >= MIN_SCRUB_CHARS and _name_key(words[i:j]) in keys:
+                spans.append((found[i].start(), found[j - 1].end()))
                 i = j
                 break
         else:
@@ -841,9 +862,9 @@ def scrub_name(name: str, keys: frozenset[str] | set[str]) -> str:
         return name
     out, last = [], 0
     for start, end in spans:
-        out += [name[last:start], SCRUBBED_NAME]
+        out += [text[last:start], SCRUBBED_NAME]
         last = end
-    return "".join([*out, name[last:]])
+    return "".join([*out, text[last:]])
 
 
 def _uid_pseudonym(value: Any) -> str | None:

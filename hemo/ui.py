@@ -406,13 +406,21 @@ def progress_callback(bar: Any) -> Callable[[float, str], None]:
     return update
 
 
-def keep_in_range(key: str, low: int, high: int) -> None:
-    """Bring a persisted number widget's value back into ``[low, high]`` before it is drawn.
+def forget_out_of_range(key: str, low: int, high: int) -> None:
+    """Drop a persisted number widget's value when it lies outside ``[low, high]``, before the
+    widget is drawn, so that it starts again from its default.
 
     A slider or number input persisted for the session (:data:`PERSIST`) keeps its value when
     its range changes (another study with fewer slices, a smaller scan), and Streamlit then
-    refuses to draw it ("value is greater than the max_value"); the nearest bound is taken.
+    refuses to draw it ("value is greater than the max_value"). Dropping the value rather than
+    setting a bound keeps Streamlit from warning that a widget with a default was also set
+    through Session State.
+
+    Args:
+        key: The widget's key.
+        low: Its smallest value now.
+        high: Its largest value now.
     """
     value = st.session_state.get(key)
     if isinstance(value, int | float) and not low <= value <= high:
-        st.session_state[key] = min(max(value, low), high)
+        del st.session_state[key]

@@ -71,6 +71,8 @@ def test_range_reasons_name_the_rule():
     # A fraction just under the minimum reads under it (both read "56%" before)
     close = SliceRange(0.5567, MIN_RELATIVE_HEAD_AREA, 0.5867, 140).reason(SliceAnatomy(0.555, 9))
     assert "55.5% of the head section, under the 55.7% minimum" in close
+    closer = SliceRange(0.55549, MIN_RELATIVE_HEAD_AREA, 0.58, 10).reason(SliceAnatomy(0.55541, 9))
+    assert "55.54% of the head section, under the 55.55% minimum" in closer  # a decimal more
 
 
 def test_range_round_trip_and_malformed_cards():
@@ -171,6 +173,9 @@ def test_deciding_slices_pool_the_range_else_every_slice() -> None:
     assert deciding_slices([0.9, 0.2, 0.4, 0.4], ["base", None, None, None]) == ([1, 2, 3], 2)
     assert deciding_slices([0.9, 0.2], ["base", "vertex"]) == ([0, 1], 0)
     assert deciding_slices([0.3, 0.7], [None, None]) == ([0, 1], 1)
+    nan = float("nan")  # a model's failure never decides, unless nothing else can
+    assert deciding_slices([nan, 0.9, 0.2], [None] * 3) == ([0, 1, 2], 1)
+    assert deciding_slices([nan, nan], [None] * 2) == ([0, 1], 0)
     with pytest.raises(ValueError, match="one range flag per slice probability, got 1 for 2"):
         deciding_slices([0.3, 0.7], [None])
     with pytest.raises(ValueError, match="got 0 for 0"):

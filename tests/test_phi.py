@@ -270,6 +270,12 @@ def test_windowing_and_predict_pages_show_no_phi_and_write_nothing(tmp_path_fact
         assert "Probability of hemorrhage" in predict and "Study verdict" in predict
         assert "[patient]_[patient].dcm" in predict  # the heading of the lone slice
         assert "[patient].zip/[patient]-[patient]/[patient] — 2 slices" in predict
+        # Back from another page: the kept upload is announced by its count, not its names
+        at.switch_page("app_pages/home.py").run()
+        at.switch_page("app_pages/predict.py").run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert any("shown again (2 file(s))" in i.value for i in at.info)
+        predict += _tree_texts(at)
     _assert_no_phi(windowing, "Windowing page")
     _assert_no_phi(predict, "Predict page")
     assert _watch([root]) == before
@@ -295,22 +301,48 @@ def test_names_holding_the_patients_id_or_name_are_scrubbed_for_the_app(tmp_path
     keys = name_keys(PHI["PatientID"], PHI["PatientName"])
     assert not any(part.lower() in " ".join(keys).lower() for part in NEEDLES)
     assert scrub_name(f"exp/{PHI['PatientID'].lower()}/a.dcm", keys) == "exp/[patient]/a.dcm"
-    assert scrub_name("ZZYZX_quintessa-MARGUERITE.dcm", keys) == "[patient]_[patient]-[patient].dcm"
+    assert scrub_name("ZZYZX_quintessa-MARGUERITE.dcm", keys) == "[patient].dcm"  # the whole name
+    assert scrub_name("quintessa_x.dcm", keys) == "[patient]_x.dcm"  # one of its parts
     assert scrub_name("xMRN7731942/Zzyzxville.dcm", keys) == "xMRN7731942/Zzyzxville.dcm"
     assert scrub_name("CT000012.dcm", name_keys("12", "Li^Bo")) == "CT000012.dcm"  # too short
     assert scrub_name("CT000012.dcm", name_keys("000012", "")) == "CT000012.dcm"  # in a word
-    assert scrub_name("a/CQ500-CT-0/b.dcm", name_keys("CQ500-CT-0", "")) == "a/[patient]/b.dcm"
+    cq500 = name_keys("CQ500-CT-0", "")
+    assert scrub_name("a/CQ500-CT-0/b.dcm", cq500) == "a/[patient]/b.dcm"
+    # whatever separates its words, in whatever Unicode form the file system wrote it
+    assert scrub_name("a/cq500_ct_0 b.dcm", cq500) == "a/[patient] b.dcm"
+    assert scrub_name("Mu\u0308ller.dcm", name_keys("", "M\u00fcller^Hans")) == "[patient].dcm"
+    # short components as a whole group, a group written together, several IDs, a long one
+    assert scrub_name("li_bo_ct.dcm", name_keys("", "Li^Bo")) == "[patient]_ct.dcm"
+    assert scrub_name("山田太郎/1.dcm", name_keys("", "Yamada^Taro=山田^太郎")) == "[patient]/1.dcm"
+    uid_like = "1.3.12.2.1107.5.1.4.7731942"
+    assert scrub_name(f"x/{uid_like}/a.dcm", name_keys(["MRN1", uid_like], "")) == (
+        "x/[patient]/a.dcm"
+    )
     path = tmp_path / "Zzyzx^Quintessa" / "slice.dcm"
     path.parent.mkdir()
     path.write_bytes(ct_bytes(**PHI))
     assert read_dicom(path).name_keys == keys
-    assert dashboard.decode([("upload.png", b"not a scan")]).errors  # no DICOM: names kept
+    unrelated = dashboard.decode([("MRN7731942.png", b"not a scan")])  # no patient data read
+    assert [name for name, _ in unrelated.errors] == ["MRN7731942.png"]
     members = {f"{PHI['PatientID']}/s{i}.dcm": ct_bytes(z_mm=5.0 * i, **PHI) for i in range(2)}
     decoded = dashboard.decode([("Zzyzx.zip", _zip(members)), ("MRN7731942 broken.dcm", b"DICM?")])
     (series,) = decoded.series
     assert dashboard.series_name(series) == f"{SCRUBBED_NAME}.zip/{SCRUBBED_NAME}"
     ((name, message),) = decoded.errors
     assert name == "[patient] broken.dcm" and "MRN7731942" not in message
+    # A file whose pixels cannot be read still names its patient in its header: its own name
+    # is scrubbed, alone in its upload
+    cut = ct_bytes(**PHI)[:-100]
+    ((name, message),) = dashboard.decode([(f"{PHI['PatientID']}_head.dcm", cut)]).errors
+    assert name == "[patient]_head.dcm" and PHI["PatientID"] not in message
+    # Two patients' files scrubbed into one name stay apart
+    two = dashboard.decode(
+        [
+            ("Zzyzx.dcm", ct_bytes(**PHI)),
+            ("Smith.dcm", ct_bytes(**{**PHI, "PatientName": "Smith^Ann", "PatientID": "S1"})),
+        ]
+    )
+    assert [s.source for s in two.singles] == ["[patient].dcm", "[patient].dcm (2)"]
     row = reports.prediction_row(Prediction(series.slices[0].source, 0.4, {"any": 0.4}, False, 0.5))
     _assert_no_phi(reports.report_csv([row]).decode(), "a report of a scrubbed upload")
 
