@@ -351,7 +351,7 @@ def test_home_page_sentence_on_the_band() -> None:
 def test_training_page_sentence_on_a_runs_band() -> None:
     """A run's evaluation report with a referral block gives the Training page one sentence;
     a report without one gives none."""
-    from hemo.dashboard import run_report
+    from hemo.monitor import run_report
 
     band = band_for_margin(0.5, 1.0, 0.98, "val split (8 images)")
     figures = selective_metrics(Y10, P10, 0.5, band)
