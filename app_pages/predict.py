@@ -210,7 +210,8 @@ for j, series in enumerate(decoded.series):
             result = ui.predict_series(model_path, key, f"r{j}", series)
         except HemoError as exc:
             st.error(str(exc))
-            rows.extend(reports.error_row(s.source, str(exc)) for s in series.slices)
+            name = dashboard.series_name(series)
+            rows.extend(reports.error_row(s.source, str(exc), series=name) for s in series.slices)
             continue
         study = result.study
         st.subheader(dashboard.series_title(result.name, study["slices"]))
@@ -306,7 +307,7 @@ for j, series in enumerate(decoded.series):
             )
         studies.append(study)
         rows.extend(
-            reports.prediction_row(p, slice_number=n)
+            reports.prediction_row(p, slice_number=n, series=study["source"])
             for n, p in enumerate(result.predictions, start=1)
         )
 
@@ -321,7 +322,7 @@ if rows or studies:
     left, right = st.columns(2)
     left.download_button(
         "Download CSV report",
-        partial(reports.report_csv, rows),
+        partial(reports.report_csv, rows, studies),
         file_name="hemo_report.csv",
         mime="text/csv",
         key="report_csv",

@@ -2,6 +2,9 @@
 
 Reports carry the input's name (the upload's file name or member path), the model's numbers and
 the slice position; never patient data and never DICOM UIDs, so a report can be shared as is.
+A slice's row names its series (``series``); the CSV also holds one row per series with the
+series' verdict (``level`` ``"study"``), so the file alone tells what the page's series card
+says.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ POSITIVE = "hemorrhage"
 NEGATIVE = "no hemorrhage"
 #: A series' verdict when none of its slices is in the model's range (as the Predict page says).
 NO_VERDICT = "none"
+#: The CSV's last column: what a row is about (a series as a whole, one slice of it, or a file).
+LEVEL_COLUMN = "level"
+STUDY_LEVEL = "study"
+SLICE_LEVEL = "slice"
+FILE_LEVEL = "file"
 
 
 def verdict(positive: bool) -> str:
@@ -47,7 +55,9 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), PROBABILITY_DIGITS)
 
 
-def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str, Any]:
+def prediction_row(
+    prediction: Any, slice_number: int | None = None, series: str | None = None
+) -> dict[str, Any]:
     """One report row for a :class:`hemo.predict.Prediction`.
 
     Args:
@@ -55,9 +65,11 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
             ``threshold``, ``slice_z_mm``, ``outside_range``; ``frame`` for a frame of a
             multi-frame DICOM; ``uncertain`` when the card has a referral band).
         slice_number: 1-based position of the slice in its series, if it is one.
+        series: The name of that series (its study summary's ``source``), if it is one.
 
     Returns:
-        A JSON-ready dict: the base columns and ``p_<label>`` per model output. A slice outside
+        A JSON-ready dict: the base columns, ``p_<label>`` per model output, then ``series``
+        (``None`` for a lone scan). A slice outside
         the model's range gets the verdict :data:`NO_VERDICT` and ``uncertain`` ``None``, as on
         the Predict page: its probability is not a finding, so it is no call to refer either.
     """
@@ -76,24 +88,65 @@ def prediction_row(prediction: Any, slice_number: int | None = None) -> dict[str
     }
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
         row[f"p_{label}"] = _round(value)
+    row["series"] = series
     return row
 
 
-def error_row(name: str, message: str) -> dict[str, Any]:
-    """One report row for an input that could not be read or predicted."""
-    return {column: None for column in BASE_COLUMNS} | {"source": name, "error": message}
+def error_row(name: str, message: str, series: str | None = None) -> dict[str, Any]:
+    """One report row for an input that could not be read or predicted (of ``series``, if any)."""
+    return {column: None for column in BASE_COLUMNS} | {
+        "source": name,
+        "error": message,
+        "series": series,
+    }
 
 
-def report_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """Report rows as a frame: base columns first, then ``p_<label>`` columns in first-seen order."""
-    records = [dict(r) for r in rows]
-    extra = list(dict.fromkeys(k for r in records for k in r if k not in BASE_COLUMNS))
-    return pd.DataFrame(records, columns=[*BASE_COLUMNS, *extra])
+def study_row(study: Mapping[str, Any]) -> dict[str, Any]:
+    """The CSV row of a series as a whole, from its :func:`study_summary`.
+
+    ``source`` and ``series`` are the series' name, ``slice`` its deciding slice (1-based),
+    ``probability``, ``verdict``, ``threshold`` and ``uncertain`` the series'; ``outside_range``
+    says when no slice was in the model's range (then the verdict is :data:`NO_VERDICT`).
+    """
+    no_slice_in_range = study["slices_in_range"] == 0
+    return {column: None for column in BASE_COLUMNS} | {
+        "source": study["source"],
+        "slice": study["most_suspicious_slice"],
+        "probability": study["probability"],
+        "verdict": study["verdict"],
+        "threshold": study["threshold"],
+        "outside_range": "no slice in the model's range" if no_slice_in_range else None,
+        "uncertain": study["uncertain"],
+        "series": study["source"],
+    }
 
 
-def report_csv(rows: Iterable[Mapping[str, Any]]) -> bytes:
-    """The report as UTF-8 CSV bytes (one row per input or slice)."""
-    return report_frame(rows).to_csv(index=False).encode("utf-8")
+def report_frame(
+    rows: Iterable[Mapping[str, Any]], studies: Sequence[Mapping[str, Any]] = ()
+) -> pd.DataFrame:
+    """Report rows as a frame, one row per series (:func:`study_row`) first.
+
+    Columns: the base columns, ``p_<label>`` in first-seen order, ``series``, and last ``level``:
+    what the row is about, ``"study"`` (a series as a whole), ``"slice"`` (a row with a slice
+    number) or ``"file"`` (a lone scan, or an input that failed).
+    """
+    records = [study_row(s) | {LEVEL_COLUMN: STUDY_LEVEL} for s in studies]
+    records += [
+        dict(r) | {LEVEL_COLUMN: SLICE_LEVEL if r.get("slice") is not None else FILE_LEVEL}
+        for r in rows
+    ]
+    tail = ["series", LEVEL_COLUMN]
+    extra = list(
+        dict.fromkeys(k for r in records for k in r if k not in BASE_COLUMNS and k not in tail)
+    )
+    return pd.DataFrame(records, columns=[*BASE_COLUMNS, *extra, *tail])
+
+
+def report_csv(
+    rows: Iterable[Mapping[str, Any]], studies: Sequence[Mapping[str, Any]] = ()
+) -> bytes:
+    """The report as UTF-8 CSV bytes: one row per input or slice, after one per series."""
+    return report_frame(rows, studies).to_csv(index=False).encode("utf-8")
 
 
 def report_json(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
 
-from hemo import dashboard, runs
+from hemo import dashboard, reports, runs
 from hemo.config import MODELS_DIR, PROJECT_DIR
 from hemo.datasets import load_index
 from hemo.errors import HemoError
@@ -291,7 +291,10 @@ def test_report_download_lists_every_uploaded_file(server, page, material, tmp_p
 
 def test_folder_upload_of_an_exported_study(server, page, cq500_dir, tmp_path):
     """A study folder (slices without extension, DICOMDIR, a note) chosen in the browser's
-    folder picker: the non-scans are skipped and counted, the slices make one series."""
+    folder picker: the non-scans are skipped and counted, the slices make one series, whose
+    verdict opens the downloaded CSV report."""
+    import pandas as pd
+
     study = tmp_path / "study"
     (study / "IMAGES").mkdir(parents=True)
     for k, path in enumerate(sorted(cq500_dir.glob("*.dcm"))[100:103]):
@@ -304,6 +307,12 @@ def test_folder_upload_of_an_exported_study(server, page, cq500_dir, tmp_path):
     _settle(page, PREDICT_S)
     assert page.get_by_text("2 file(s) of the folder skipped").count() == 1
     assert page.get_by_text(re.compile(r"— 3 slices")).count() == 1
+    with page.expect_download(timeout=60_000) as download:  # the series' verdict in the CSV
+        page.get_by_role("button", name="Download CSV report").click()
+    report = pd.read_csv(download.value.path())
+    assert list(report["level"]) == ["study", "slice", "slice", "slice"]
+    verdicts = {reports.POSITIVE, reports.NEGATIVE, reports.NO_VERDICT}
+    assert report["series"].nunique() == 1 and report["verdict"].iloc[0] in verdicts
     assert page.locator(EXCEPTION).count() == 0
 
 

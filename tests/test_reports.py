@@ -7,6 +7,7 @@ import io
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -130,3 +131,29 @@ def test_report_json_writes_nan_as_null_and_the_study_flag_follows_the_deciding_
     assert study["probability"] == 0.3 and study["uncertain"] is False
     at_threshold = reports.study_summary("s", [0.5], 0.5)
     assert at_threshold["verdict"] == "hemorrhage" and at_threshold["positive_slices"] == 1
+
+
+def test_csv_report_opens_with_each_series_verdict_and_joins_slices_to_it():
+    """The CSV holds one row per series (its verdict, deciding slice, referral) before the
+    rows, every slice row names its series, and ``level`` tells the kinds of row apart."""
+    from hemo.referral import band_for_margin
+
+    band = band_for_margin(0.5, 0.4, 0.98)  # P 0.40-0.60 referred
+    study = reports.study_summary("upload.zip", [0.2, 0.55, 0.3], 0.5, None, band)
+    slices = [
+        reports.prediction_row(_prediction(p), slice_number=n, series="upload.zip")
+        for n, p in enumerate([0.2, 0.55, 0.3], start=1)
+    ]
+    lone = reports.prediction_row(_prediction(0.1))
+    failed = reports.error_row("bad.dcm", "not DICOM")
+    frame = pd.read_csv(io.BytesIO(reports.report_csv([lone, *slices, failed], [study])))
+    assert list(frame.columns[-2:]) == ["series", "level"]
+    assert list(frame["level"]) == ["study", "file", "slice", "slice", "slice", "file"]
+    top = frame.iloc[0]
+    assert top["source"] == "upload.zip" and top["verdict"] == "hemorrhage"
+    assert top["probability"] == 0.55 and top["slice"] == 2 and bool(top["uncertain"])
+    assert (frame.loc[frame["level"] == "slice", "series"] == "upload.zip").all()
+    assert frame["series"].isna().tolist() == [False, True, False, False, False, True]
+    nothing_in_range = reports.study_summary("s", [0.9], 0.5, ["vertex"])
+    row = reports.study_row(nothing_in_range)
+    assert row["verdict"] == reports.NO_VERDICT and row["outside_range"]
