@@ -806,20 +806,29 @@ def train(config: Mapping[str, Any]) -> Path:
     return path
 
 
-def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> tuple[str, str]:
-    """Data, model, phases, final model and report; returns (final state, message)."""
-    import keras
+@dataclasses.dataclass
+class _Data:
+    """What a run trains and validates on, resolved from its config (no image read yet)."""
 
+    data: Path
+    index: Any
+    train_df: Any
+    val_df: Any
+    extra: Any
+    labels: tuple[str, ...]
+    spec: Any
+    batch: int
+    cache: bool
+    weights: dict[int, float] | None
+    row_weights: Any
+    augment: Any
+
+
+def _training_data(config: Mapping[str, Any]) -> _Data:
+    """The index, its splits (plus ``extra_train`` rows), labels, input and sample weights."""
     from hemo.datasets import load_index
-    from hemo.model import anchor_weights, build_model, init_from_model, set_trainable_top
-    from hemo.pipeline import Augment, class_weights, decide_cache, forget_left_out, make_dataset
+    from hemo.pipeline import Augment, class_weights, decide_cache, forget_left_out
 
-    seed = int(config["seed"])
-    keras.utils.set_random_seed(seed)
-    strategy = make_strategy(config["strategy"])
-    if config["strategy"] == "multiworker":
-        flag.take_back()
-    # Data: index, splits, labels, datasets
     data = resolve_path(config["data"])
     index = load_index(data)
     forget_left_out()  # this run's record of unreadable images starts empty
@@ -833,14 +842,12 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         train_df = pd.concat([train_df, extra], ignore_index=True)
     spec = input_spec(config)
     check_input_fits(spec, train_df["path"])
-    batch = int(config["batch_size"])
     # Both sets are cached, so both count (checked before any image is read)
     cache = decide_cache(
         len(train_df) + len(val_df),
         spec,
         None if config["cache"] == "auto" else bool(config["cache"]),
     )
-    weights = class_weights(train_df) if config["class_weights"] else None
     row_weights = None
     if config["lookalike_weights"]:
         from hemo.lookalike import group_weights
@@ -855,48 +862,109 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         )
     augment = Augment(
         strength=float(config["augment"]["strength"]),
-        seed=seed,
+        seed=int(config["seed"]),
         mixup=float(config["augment"]["mixup"]),
         gamma=float(config["augment"]["gamma"]),
         blur=float(config["augment"]["blur"]),
         lesion=float(config["augment"]["lesion"]),
     )
+    return _Data(
+        data=data,
+        index=index,
+        train_df=train_df,
+        val_df=val_df,
+        extra=extra,
+        labels=labels,
+        spec=spec,
+        batch=int(config["batch_size"]),
+        cache=cache,
+        weights=class_weights(train_df) if config["class_weights"] else None,
+        row_weights=row_weights,
+        augment=augment,
+    )
+
+
+def _datasets(d: _Data, seed: int, mask_grid: int | None = None):
+    """The training (shuffled, augmented) and validation tf.data datasets of ``d``; with
+    ``mask_grid`` they also yield each image's lesion mask on that grid."""
+    from hemo.pipeline import make_dataset
+
+    grid = {} if mask_grid is None else {"mask_grid": mask_grid}
+    train_ds = make_dataset(
+        d.train_df, d.spec, d.labels, d.batch, True, d.augment, seed, cache=d.cache,
+        weights=d.weights, row_weights=d.row_weights, **grid,
+    )  # fmt: skip
+    val_ds = make_dataset(d.val_df, d.spec, d.labels, d.batch, False, cache=d.cache, **grid)
+    return train_ds, val_ds
+
+
+def _build(config: Mapping[str, Any], d: _Data, **kwargs: Any):
+    """The config's network for ``d``'s input and labels (``kwargs``: e.g. ``weights``)."""
+    from hemo.model import build_model
+
+    return build_model(
+        config["architecture"],
+        d.spec,
+        d.labels,
+        dropout=float(config["dropout"]),
+        alpha=float(config["alpha"]),
+        pool=str(config["head_pool"]),
+        **kwargs,
+    )
+
+
+def _init_weights(config: Mapping[str, Any], model) -> dict[str, Any] | None:
+    """Copy ``init``'s weights into ``model`` (and anchor them for L2-SP); what was copied."""
+    from hemo.model import anchor_weights, init_from_model
+
+    if not config["init"]:
+        return None
+    names: list[str] = []
+    copied, total = init_from_model(model, resolve_path(config["init"]), names)
+    report = {"from": str(config["init"]), "layers_copied": copied, "layers": total}
+    if config["l2sp"]:
+        # L2-SP: the copied weights are pulled back towards the init model's
+        anchored = anchor_weights(model, float(config["l2sp"]), names)
+        report |= {"l2sp": float(config["l2sp"]), "variables_anchored": anchored}
+    return report
+
+
+def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> tuple[str, str]:
+    """Data, model, phases, final model and report; returns (final state, message)."""
+    import keras
+
+    from hemo.model import set_trainable_top
+
+    seed = int(config["seed"])
+    keras.utils.set_random_seed(seed)
+    strategy = make_strategy(config["strategy"])
     distributed = config["strategy"] == "multiworker"
+    if distributed:
+        flag.take_back()
+    d = _training_data(config)
     mask_weight = float(config["mask_loss"])
     if mask_weight:
-        _check_masks(train_df, data)
+        _check_masks(d.train_df, d.data)
     else:
-        train_ds = make_dataset(
-            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights,
-            row_weights=row_weights,
-        )  # fmt: skip
-        val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache)
+        train_ds, val_ds = _datasets(d, seed)
     steps = int(config["steps_per_epoch"]) or None
     val_steps = None
     if distributed and not mask_weight:
         # Workers must agree on the number of steps: repeat and count
-        steps = steps or max(1, len(train_df) // batch)
-        val_steps = max(1, math.ceil(len(val_df) / batch))
+        steps = steps or max(1, len(d.train_df) // d.batch)
+        val_steps = max(1, math.ceil(len(d.val_df) / d.batch))
         train_ds, val_ds = train_ds.repeat(), val_ds.repeat()
     log.info(
         "run %s: %d train / %d val images, labels %s, input %s",
         config["name"],
-        len(train_df),
-        len(val_df),
-        list(labels),
-        spec,
+        len(d.train_df),
+        len(d.val_df),
+        list(d.labels),
+        d.spec,
     )
     # Model in the strategy's scope, initial weights
     with strategy.scope():
-        model = build_model(
-            config["architecture"],
-            spec,
-            labels,
-            weights=config["weights"],
-            dropout=float(config["dropout"]),
-            alpha=float(config["alpha"]),
-            pool=str(config["head_pool"]),
-        )
+        model = _build(config, d, weights=config["weights"])
     _check_cam_layer(model, config["cam_layer"])
     # What fit trains: the model, or (mask_loss) a view of it that also outputs a lesion map
     fit_model = model
@@ -905,11 +973,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
 
         with strategy.scope():
             fit_model, grid = with_mask_head(model, config["cam_layer"] or None)
-        train_ds = make_dataset(
-            train_df, spec, labels, batch, True, augment, seed, cache=cache, weights=weights,
-            mask_grid=grid, row_weights=row_weights,
-        )  # fmt: skip
-        val_ds = make_dataset(val_df, spec, labels, batch, False, cache=cache, mask_grid=grid)
+        train_ds, val_ds = _datasets(d, seed, mask_grid=grid)
         log.info(
             "mask_loss %g: lesion masks on the %d x %d grid of the CAM layer",
             mask_weight,
@@ -920,15 +984,7 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
         with strategy.scope():
             fit_model = sharpness_aware(fit_model, float(config["sam"]))
         log.info("sam %g: each step's gradient is taken at the worst nearby weights", config["sam"])
-    init_report = None
-    if config["init"]:
-        names: list[str] = []
-        copied, total = init_from_model(model, resolve_path(config["init"]), names)
-        init_report = {"from": str(config["init"]), "layers_copied": copied, "layers": total}
-        if config["l2sp"]:
-            # L2-SP: the copied weights are pulled back towards the init model's
-            anchored = anchor_weights(model, float(config["l2sp"]), names)
-            init_report |= {"l2sp": float(config["l2sp"]), "variables_anchored": anchored}
+    init_report = _init_weights(config, model)
     # Phases: head only, then fine-tuning; each resumable from its backup
     best = {"value": _best_so_far(path)}
     verbose = 1 if sys.stderr.isatty() else 2
@@ -946,11 +1002,11 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
                 by = flag.signal_name or "a signal on another worker"
                 return runs.STOPPED, f"stopped by {by} during {phase.name}"
             continue
-        epoch_steps = steps or _cardinality(train_ds, len(train_df), batch)
+        epoch_steps = steps or _cardinality(train_ds, len(d.train_df), d.batch)
         with strategy.scope():
             _compile(
                 fit_model, config, phase, epoch_steps,
-                mask_labels=len(labels) if mask_weight else 0,
+                mask_labels=len(d.labels) if mask_weight else 0,
             )  # fmt: skip
         callbacks = _callbacks(config, path, phase, flag, best, chief, steps_hint=epoch_steps)
         fit_model._initial_epoch = None  # a previous phase's restore must not leak into this one
@@ -979,28 +1035,27 @@ def _run(config: Mapping[str, Any], path: Path, chief: bool, flag: StopFlag) -> 
             log.info("%s", note)
     if not chief:
         return runs.FINISHED, "worker done"
-    # Final model: a clean copy with the best weights, threshold on val, card, report
-    final = build_model(
-        config["architecture"],
-        spec,
-        labels,
-        dropout=float(config["dropout"]),
-        alpha=float(config["alpha"]),
-        pool=str(config["head_pool"]),
-    )
+    final = _final_model(config, path, d, model, fit_model)
+    runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
+    _finish(config, path, final, d.index, d.data, d.labels, d.spec, init_report)
+    shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
+    skipped = _left_out(d.index, d.extra)
+    if skipped["count"]:
+        left = f"{skipped['count']} unreadable image(s) left out: {', '.join(skipped['files'])}"
+        note = left if note is None else f"{note}; {left}"
+    return runs.FINISHED, "finished" if note is None else f"finished: {note}"
+
+
+def _final_model(config: Mapping[str, Any], path: Path, d: _Data, model, fit_model):
+    """A clean copy of the trained network (no mask head, SAM or EMA wrapper), with the best
+    checkpoint's weights when ``checkpoint = "best"`` and one was written, else the last."""
+    final = _build(config, d)
     final.set_weights(model.get_weights())
     best_file = path / runs.CHECKPOINT_DIR / runs.BEST_CHECKPOINT
     if best_file.is_file() and config["checkpoint"] == "best":
         fit_model.load_weights(best_file)
         final.set_weights(model.get_weights())
-    runs.write_status(path, phase="evaluate", message="choosing threshold, evaluating")
-    _finish(config, path, final, index, data, labels, spec, init_report)
-    shutil.rmtree(path / runs.BACKUP_DIR, ignore_errors=True)
-    skipped = _left_out(index, extra)
-    if skipped["count"]:
-        left = f"{skipped['count']} unreadable image(s) left out: {', '.join(skipped['files'])}"
-        note = left if note is None else f"{note}; {left}"
-    return runs.FINISHED, "finished" if note is None else f"finished: {note}"
+    return final
 
 
 #: Names of left-out files recorded in a card (the count is always whole).
