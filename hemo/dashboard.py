@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -555,7 +555,11 @@ def _scan_pixels(scan: Any) -> int:
     return 0 if array is None else int(np.asarray(array).size)
 
 
-def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
+def predict_scans(
+    predictor: Any,
+    scans: Sequence[Any],
+    on_progress: Callable[[float, str], None] | None = None,
+) -> list[Any]:
     """Predict scans already decoded (so uploads are decoded once for display and prediction).
 
     Uses the predictor's own preprocessing (:meth:`hemo.predict.Predictor.prepare`, in
@@ -564,6 +568,8 @@ def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
     Args:
         predictor: A :class:`hemo.predict.Predictor`.
         scans: ``CTSlice`` / ``Image2D`` objects.
+        on_progress: Called after each batch with the fraction done and what is done
+            (``"slice 64 of 238"``).
 
     Returns:
         One :class:`hemo.predict.Prediction` per scan, in order (``index``: position in ``scans``).
@@ -598,6 +604,8 @@ def predict_scans(predictor: Any, scans: Sequence[Any]) -> list[Any]:
                     uncertain=predictor.refers(probability),
                 )
             )
+        if on_progress is not None:
+            on_progress(len(out) / len(scans), f"slice {len(out)} of {len(scans)}")
     return out
 
 
@@ -753,12 +761,15 @@ class SeriesResult:
     most_suspicious: int
 
 
-def predict_series(predictor: Any, series: Any) -> SeriesResult:
+def predict_series(
+    predictor: Any, series: Any, on_progress: Callable[[float, str], None] | None = None
+) -> SeriesResult:
     """Predict every slice of a series (batched) and lift the result to the study.
 
     Args:
         predictor: A :class:`hemo.predict.Predictor`.
         series: A :class:`hemo.series.Series`.
+        on_progress: Called after each batch of slices (see :func:`predict_scans`).
 
     Returns:
         The per-slice and study results.
@@ -766,7 +777,7 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
     from hemo.anatomy import outside_reasons, plane_reason, scan_anatomy
     from hemo.reports import study_summary
 
-    predictions = tuple(predict_scans(predictor, series.slices))
+    predictions = tuple(predict_scans(predictor, series.slices, on_progress))
     slice_range = predictor.slice_range
     anatomies = None
     if slice_range is not None:
@@ -777,6 +788,7 @@ def predict_series(predictor: Any, series: Any) -> SeriesResult:
         dataclasses.replace(p, outside_range=r) for p, r in zip(predictions, reasons, strict=True)
     )
     probabilities = np.array([p.probability for p in predictions], dtype=np.float64)
+    probabilities.setflags(write=False)  # a result may be shared between sessions
     name = series_name(series)
     study = study_summary(
         name,

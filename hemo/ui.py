@@ -215,11 +215,19 @@ def analyse(
     return dashboard.analyse(predictor(model_path), _scan, method=method, label=label)
 
 
-@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting every slice…")
-def predict_series(model_path: str, key: str, item: str, _series: Any) -> dashboard.SeriesResult:
-    """Per-slice predictions and the study verdict of one series (cached like :func:`analyse`)."""
-    del key, item
-    return dashboard.predict_series(predictor(model_path), _series)
+_series_results = ProgressMemo(MAX_ANALYSES, CACHE_TTL_S)
+
+
+def predict_series(
+    model_path: str, key: str, item: str, series: Any, on_progress: Callable | None = None
+) -> dashboard.SeriesResult:
+    """Per-slice predictions and the study verdict of one series, cached per process like
+    :func:`analyse` (``key`` and ``item`` name the series); ``on_progress`` is called after
+    each batch of slices, only when they are predicted."""
+    return _series_results.get(
+        (model_path, key, item),
+        lambda: dashboard.predict_series(predictor(model_path), series, on_progress),
+    )
 
 
 @st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner=False)
@@ -397,11 +405,12 @@ def uploaded_folder(uploads: Sequence[Any] | None) -> tuple[list[tuple[str, byte
     return folder_upload(uploaded_files(uploads))
 
 
-def progress_callback(bar: Any) -> Callable[[float, str], None]:
-    """A progress function drawing on an ``st.progress`` bar (file names shortened)."""
+def progress_callback(bar: Any, verb: str = "Reading") -> Callable[[float, str], None]:
+    """A progress function drawing on an ``st.progress`` bar: ``verb`` and what is done (a
+    file's name, shortened to its last part)."""
 
     def update(fraction: float, name: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Reading {Path(name).name}")
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{verb} {Path(name).name}")
 
     return update
 

@@ -178,6 +178,29 @@ def test_progress_memo_bounds_expires_and_reports_only_on_a_miss(monkeypatch):
     assert calls[-1] == "b" and len(calls) == 5
 
 
+def test_series_results_are_cached_per_process_and_draw_progress_only_when_predicted(
+    monkeypatch,
+):
+    """The Predict page's series cache: the first call predicts (and reports progress), a
+    second call for the same model, upload and series reuses the result without progress."""
+    predicted: list[object] = []
+
+    def fake_predict(predictor, series, on_progress=None):
+        on_progress(1.0, "slice 3 of 3")
+        predicted.append(series)
+        return f"result of {series}"
+
+    monkeypatch.setattr(ui, "_series_results", ui.ProgressMemo(max_entries=4, ttl_s=60.0))
+    monkeypatch.setattr(ui, "predictor", lambda path: f"predictor {path}")
+    monkeypatch.setattr(ui.dashboard, "predict_series", fake_predict)
+    progress: list[str] = []
+    first = ui.predict_series("m.keras", "k", "r0", "s0", lambda f, what: progress.append(what))
+    again = ui.predict_series("m.keras", "k", "r0", "s0", lambda f, what: progress.append(what))
+    other = ui.predict_series("m.keras", "k", "r1", "s1", lambda f, what: progress.append(what))
+    assert first == again == "result of s0" and other == "result of s1"
+    assert predicted == ["s0", "s1"] and progress == ["slice 3 of 3", "slice 3 of 3"]
+
+
 def test_eda_on_a_kaggle_png_layout(env):
     """EDA on a Kaggle head-CT layout draws intensity histograms and no subtype charts."""
     at = _with_dataset(env["kaggle"], "app_pages/eda.py")

@@ -277,6 +277,26 @@ def test_predict_series_pools_to_the_highest_slice(phantoms, predictors):
     assert strip["slice"].tolist() == list(range(1, PHANTOM_SLICES + 1))
 
 
+def test_predict_series_reports_progress_batch_by_batch(phantoms, predictors):
+    """A series predicted in batches of two reports each batch done, the last at 1.0; the
+    result's probabilities are read-only (a cached result is shared between sessions)."""
+    from hemo.predict import Predictor
+
+    index = load_index(phantoms / "index.parquet")
+    study = index[index["study_uid"] == index["study_uid"].iloc[0]]
+    series = dashboard.decode([("s.zip", zip_bytes([Path(p) for p in study["path"]]))]).series[0]
+    base = predictors[HU_MODEL]
+    calls: list[tuple[float, str]] = []
+    with Predictor.from_model(base.model, base.card, batch_size=2) as predictor:
+        result = dashboard.predict_series(
+            predictor, series, lambda f, what: calls.append((f, what))
+        )
+    n = len(series.slices)
+    done = list(range(2, n, 2)) + [n]
+    assert calls == [(k / n, f"slice {k} of {n}") for k in done]
+    assert not result.probabilities.flags.writeable
+
+
 def test_predict_series_leaves_slices_outside_the_range_out_of_the_verdict(phantoms, predictors):
     """With a slice range in the card, slices under it are flagged, greyed in the strip and left
     out of the study verdict; a single slice gets the soft-tissue reason from analyse."""
