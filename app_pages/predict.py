@@ -120,6 +120,8 @@ key = dashboard.content_key(files)
 decoded = ui.decode(key, files)
 for name, message in decoded.errors:
     st.error(message if name in message else f"{name}: {message}")
+for _, message in decoded.notices:  # every slice was read: no error, no report row
+    st.warning(message)
 
 # One report row per uploaded file: those that could not be read carry their error
 rows: list[dict] = [reports.error_row(name, message) for name, message in decoded.errors]

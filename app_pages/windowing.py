@@ -90,6 +90,8 @@ else:
     decoded = ui.decode(dashboard.content_key(files), files)
     for name, message in decoded.errors:
         st.error(f"{name}: {message}" if name not in message else message)
+    for _, message in decoded.notices:
+        st.warning(message)
     stacks = [(dashboard.series_name(s), s.slices) for s in decoded.series]
     # Scans that can be windowed first (upload order among them), images without HU after
     singles = sorted(decoded.singles, key=lambda s: not hasattr(s, "hu"))

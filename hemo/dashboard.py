@@ -439,11 +439,15 @@ class Decoded:
         series: Series of two or more slices, each in anatomical order (inferior -> superior).
         errors: ``(name, message)`` per input that could not be read; the message names the file
             and what is wrong.
+        notices: ``(name, message)`` per group of slices that could not be made a series (the
+            same slice uploaded twice, say): every slice was read and is among ``singles``, so
+            nothing failed, but there is no series verdict; the message says why, plainly.
     """
 
     singles: tuple[Any, ...] = ()
     series: tuple[Any, ...] = ()
     errors: tuple[tuple[str, str], ...] = ()
+    notices: tuple[tuple[str, str], ...] = ()
 
 
 def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
@@ -477,11 +481,12 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
         if isinstance(scan, CTSlice):
             by_uid.setdefault(scan.series_uid, []).append(scan)
     groups: list[Any] = []
+    notices: list[tuple[str, str]] = []
     for members in by_uid.values():
         try:
             groups.extend(group_series(members))
         except HemoError as exc:
-            errors.append((_slices_name(members), f"{exc}; its slices are shown one by one"))
+            notices.append((_slices_name(members), _not_a_series(exc, len(members))))
             singles.extend(members)
     groups.sort(key=lambda g: (g.series_uid is None, g.study_uid or "", g.series_uid or ""))
     for group in groups:
@@ -491,7 +496,23 @@ def decode(files: Iterable[tuple[str, bytes]]) -> Decoded:
             singles.extend(group.slices)
     # Lone DICOM slices were grouped after the images: back to the order they were uploaded in
     singles.sort(key=lambda scan: uploaded.get(id(scan), len(uploaded)))
-    return Decoded(singles=tuple(singles), series=tuple(series), errors=tuple(errors))
+    return Decoded(
+        singles=tuple(singles), series=tuple(series), errors=tuple(errors), notices=tuple(notices)
+    )
+
+
+def _not_a_series(exc: HemoError, n_slices: int) -> str:
+    """Why ``n_slices`` uploaded slices are shown one by one instead of as a series."""
+    from hemo.series import DuplicateSliceError
+
+    after = f"the {n_slices} slices are shown one by one, without a series verdict"
+    if isinstance(exc, DuplicateSliceError):
+        return (
+            f"{exc.first} and {exc.second} lie at the same place in their series "
+            f"({exc.where}): the same slice uploaded twice? {after[0].upper()}{after[1:]}; "
+            "remove one copy to see them as a series."
+        )
+    return f"{exc}; {after}"
 
 
 def _read_uploads(

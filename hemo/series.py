@@ -61,26 +61,41 @@ class Series:
         return float(np.median(np.diff(np.asarray(z, dtype=np.float64))))
 
 
+class DuplicateSliceError(SeriesError):
+    """Two slices of one series at the same place: ``first`` and ``second`` (their labels) at
+    ``where`` (``"z = 2.500 mm"``, or ``"Instance Number 3"`` when ordered by it)."""
+
+    def __init__(self, message: str, first: str, second: str, where: str) -> None:
+        super().__init__(message)
+        self.first, self.second, self.where = first, second, where
+
+
 def _order(uid: str | None, slices: list[CTSlice]) -> list[CTSlice]:
     label = uid or NO_SERIES_UID
     if all(s.slice_z_mm is not None for s in slices):
         ordered = sorted(slices, key=lambda s: (s.slice_z_mm, s.instance_number or 0))
         for a, b in zip(ordered, ordered[1:], strict=False):
             if abs(b.slice_z_mm - a.slice_z_mm) < POSITION_TOLERANCE_MM:  # type: ignore[operator]
-                raise SeriesError(
+                raise DuplicateSliceError(
                     f"series {label}: two slices at the same position z = {a.slice_z_mm:.3f} mm "
                     f"((0020,0032) Image Position (Patient)): {a.label} and {b.label}; remove "
-                    "the duplicate"
+                    "the duplicate",
+                    a.label,
+                    b.label,
+                    f"z = {a.slice_z_mm:.3f} mm",
                 )
         return ordered
     if all(s.instance_number is not None for s in slices):
         ordered = sorted(slices, key=lambda s: (s.instance_number, s.frame or 0))  # type: ignore[arg-type,return-value]
         for a, b in zip(ordered, ordered[1:], strict=False):
             if (a.instance_number, a.frame) == (b.instance_number, b.frame):
-                raise SeriesError(
+                raise DuplicateSliceError(
                     f"series {label}: no (0020,0032) Image Position (Patient) on every slice, and "
                     f"two slices share (0020,0013) Instance Number {a.instance_number}: "
-                    f"{a.label} and {b.label}; remove the duplicate"
+                    f"{a.label} and {b.label}; remove the duplicate",
+                    a.label,
+                    b.label,
+                    f"Instance Number {a.instance_number}",
                 )
         return ordered
     log.warning(
@@ -100,7 +115,7 @@ def group_series(slices: Iterable[CTSlice]) -> list[Series]:
         series UID form one series with ``series_uid=None``, listed last.
 
     Raises:
-        SeriesError: two slices of a series at the same position (or instance number).
+        DuplicateSliceError: two slices of a series at the same position (or instance number).
         LimitError: a series with more than ``config.MAX_SLICES_PER_SERIES`` slices.
     """
     groups: dict[str | None, list[CTSlice]] = {}

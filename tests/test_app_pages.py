@@ -435,6 +435,25 @@ def test_predict_bad_upload_errors_and_others_still_processed(env):
     assert _metrics(at)["Probability of hemorrhage"].endswith("%")
 
 
+def test_predict_same_slice_twice_is_a_warning_and_both_are_predicted(env):
+    """The same slice uploaded twice (two copies under two names): a warning naming both, no
+    error, and each copy still gets its probability."""
+    path = _dicoms(env)[0]
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        [
+            ("a.dcm", path.read_bytes(), "application/octet-stream"),
+            ("copy.dcm", path.read_bytes(), "application/octet-stream"),
+        ]
+    ).run()
+    _ok(at)
+    assert len(at.error) == 0
+    (warning,) = [w.value for w in at.warning if "uploaded twice" in w.value]
+    assert warning.startswith("a.dcm and copy.dcm lie at the same place")
+    probabilities = [m.value for m in at.metric if m.label == "Probability of hemorrhage"]
+    assert len(probabilities) == 2 and probabilities[0] == probabilities[1]
+
+
 def test_predict_series_zip_gives_study_verdict_and_strip(env):
     """A zipped series gives a study verdict, a strip chart and a jump to the top slice."""
     at = _open("app_pages/predict.py")
