@@ -203,8 +203,11 @@ for i, scan in enumerate(decoded.singles):
             st.error(str(exc))
             rows.append(reports.error_row(scan.source, str(exc)))
             continue
-        _show_analysis(result, f"s{i}", seen=ui.training_match(model_path, scan))
-        rows.append(reports.prediction_row(result.prediction))
+        seen = ui.training_match(model_path, scan)
+        _show_analysis(result, f"s{i}", seen=seen)
+        rows.append(
+            reports.prediction_row(result.prediction, note=dashboard.training_match_note(seen))
+        )
 
 for j, series in enumerate(decoded.series):
     with st.container(border=True):
@@ -221,6 +224,7 @@ for j, series in enumerate(decoded.series):
             continue
         bar.empty()
         study = result.study
+        seen = ui.training_matches(model_path, key, f"r{j}", series.slices)
         st.subheader(dashboard.series_title(result.name, study["slices"]))
         no_verdict = study["verdict"] == reports.NO_VERDICT  # no slice in the model's range
         if study["uncertain"] and not no_verdict:
@@ -308,14 +312,19 @@ for j, series in enumerate(decoded.series):
                 f"r{j}",
                 result.predictions[position].outside_range,
                 in_series=True,
-                seen=ui.training_match(model_path, series.slices[position]),
+                seen=seen[position],
                 # the deciding slice of an uncertain series: its warning is the series' one
                 referred_above=bool(study["uncertain"]) and position == result.most_suspicious,
             )
         studies.append(study)
         rows.extend(
-            reports.prediction_row(p, slice_number=n, series=study["source"])
-            for n, p in enumerate(result.predictions, start=1)
+            reports.prediction_row(
+                p,
+                slice_number=n,
+                series=study["source"],
+                note=dashboard.training_match_note(match),
+            )
+            for n, (p, match) in enumerate(zip(result.predictions, seen, strict=True), start=1)
         )
 
 if rows or studies:
@@ -329,7 +338,7 @@ if rows or studies:
     left, right = st.columns(2)
     left.download_button(
         "Download CSV report",
-        partial(reports.report_csv, rows, studies),
+        partial(reports.report_csv, rows, studies, model=card.name, note=synthetic),
         file_name="hemo_report.csv",
         mime="text/csv",
         key="report_csv",

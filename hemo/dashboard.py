@@ -1068,6 +1068,17 @@ def safe_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
 
 
+def training_match_note(match: tuple[str, float] | None) -> str | None:
+    """The report's note for a scan that looks like one of the model's training images."""
+    if match is None:
+        return None
+    path, similarity = match
+    return (
+        f"looks like the training image {Path(path).name} (correlation {similarity:.3f}): "
+        "not a test of the model"
+    )
+
+
 def training_match_message(match: tuple[str, float]) -> str:
     """What the Predict page says when a scan looks like one of the model's training images."""
     path, similarity = match

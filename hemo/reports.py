@@ -3,8 +3,9 @@
 Reports carry the input's name (the upload's file name or member path), the model's numbers and
 the slice position; never patient data and never DICOM UIDs, so a report can be shared as is.
 A slice's row names its series (``series``); the CSV also holds one row per series with the
-series' verdict (``level`` ``"study"``), so the file alone tells what the page's series card
-says.
+series' verdict (``level`` ``"study"``), and on every row the model and what a reader must know
+about the call (``model``, ``note``: a model trained only on phantoms, an image that looks like
+one the model was trained on), so the file alone tells what the page says.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from hemo.anatomy import deciding_slices
 
 #: Digits kept for probabilities in reports.
 PROBABILITY_DIGITS = 6
+#: Digits kept for slice positions in reports (mm: a micrometre).
+MM_DIGITS = 3
 #: Columns every report row has, before the per-label probabilities.
 BASE_COLUMNS: tuple[str, ...] = (
     "source",
@@ -55,8 +58,15 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), PROBABILITY_DIGITS)
 
 
+def _round_mm(value: float | None) -> float | None:
+    return None if value is None else round(float(value), MM_DIGITS)
+
+
 def prediction_row(
-    prediction: Any, slice_number: int | None = None, series: str | None = None
+    prediction: Any,
+    slice_number: int | None = None,
+    series: str | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """One report row for a :class:`hemo.predict.Prediction`.
 
@@ -66,10 +76,12 @@ def prediction_row(
             multi-frame DICOM; ``uncertain`` when the card has a referral band).
         slice_number: 1-based position of the slice in its series, if it is one.
         series: The name of that series (its study summary's ``source``), if it is one.
+        note: What a reader must know about this call (it looks like one of the model's
+            training images, say), or ``None``.
 
     Returns:
         A JSON-ready dict: the base columns, ``p_<label>`` per model output, then ``series``
-        (``None`` for a lone scan). A slice outside
+        (``None`` for a lone scan) and ``note``. A slice outside
         the model's range gets the verdict :data:`NO_VERDICT` and ``uncertain`` ``None``, as on
         the Predict page: its probability is not a finding, so it is no call to refer either.
     """
@@ -77,7 +89,7 @@ def prediction_row(
     row: dict[str, Any] = {
         "source": str(prediction.source),
         "slice": slice_number,
-        "slice_z_mm": getattr(prediction, "slice_z_mm", None),
+        "slice_z_mm": _round_mm(getattr(prediction, "slice_z_mm", None)),
         "probability": _round(prediction.probability),
         "verdict": NO_VERDICT if outside else verdict(bool(prediction.positive)),
         "threshold": _round(prediction.threshold),
@@ -89,6 +101,7 @@ def prediction_row(
     for label, value in dict(getattr(prediction, "probabilities", {}) or {}).items():
         row[f"p_{label}"] = _round(value)
     row["series"] = series
+    row["note"] = note
     return row
 
 
@@ -98,6 +111,7 @@ def error_row(name: str, message: str, series: str | None = None) -> dict[str, A
         "source": name,
         "error": message,
         "series": series,
+        "note": None,
     }
 
 
@@ -118,24 +132,33 @@ def study_row(study: Mapping[str, Any]) -> dict[str, Any]:
         "outside_range": "no slice in the model's range" if no_slice_in_range else None,
         "uncertain": study["uncertain"],
         "series": study["source"],
+        "note": None,
     }
 
 
 def report_frame(
-    rows: Iterable[Mapping[str, Any]], studies: Sequence[Mapping[str, Any]] = ()
+    rows: Iterable[Mapping[str, Any]],
+    studies: Sequence[Mapping[str, Any]] = (),
+    model: str | None = None,
+    note: str | None = None,
 ) -> pd.DataFrame:
-    """Report rows as a frame, one row per series (:func:`study_row`) first.
+    """Report rows as a frame, one row per series (:func:`study_row`) first, every row able to
+    stand alone (a CSV has no header block).
 
-    Columns: the base columns, ``p_<label>`` in first-seen order, ``series``, and last ``level``:
-    what the row is about, ``"study"`` (a series as a whole), ``"slice"`` (a row with a slice
-    number) or ``"file"`` (a lone scan, or an input that failed).
+    Columns: the base columns, ``p_<label>`` in first-seen order, then ``series``, ``level``
+    (what the row is about: ``"study"``, a series as a whole; ``"slice"``, a row with a slice
+    number; ``"file"``, a lone scan or an input that failed), ``model`` (``model`` on every row)
+    and ``note`` (``note``, what holds for every call, joined with the row's own).
     """
     records = [study_row(s) | {LEVEL_COLUMN: STUDY_LEVEL} for s in studies]
     records += [
         dict(r) | {LEVEL_COLUMN: SLICE_LEVEL if r.get("slice") is not None else FILE_LEVEL}
         for r in rows
     ]
-    tail = ["series", LEVEL_COLUMN]
+    for record in records:
+        record["model"] = model
+        record["note"] = "; ".join(n for n in (note, record.get("note")) if n) or None
+    tail = ["series", LEVEL_COLUMN, "model", "note"]
     extra = list(
         dict.fromkeys(k for r in records for k in r if k not in BASE_COLUMNS and k not in tail)
     )
@@ -143,10 +166,14 @@ def report_frame(
 
 
 def report_csv(
-    rows: Iterable[Mapping[str, Any]], studies: Sequence[Mapping[str, Any]] = ()
+    rows: Iterable[Mapping[str, Any]],
+    studies: Sequence[Mapping[str, Any]] = (),
+    model: str | None = None,
+    note: str | None = None,
 ) -> bytes:
-    """The report as UTF-8 CSV bytes: one row per input or slice, after one per series."""
-    return report_frame(rows, studies).to_csv(index=False).encode("utf-8")
+    """The report as UTF-8 CSV bytes: one row per input or slice, after one per series (see
+    :func:`report_frame` for ``model`` and ``note``)."""
+    return report_frame(rows, studies, model, note).to_csv(index=False).encode("utf-8")
 
 
 def report_json(

@@ -197,6 +197,16 @@ def training_match(model_path: str, scan: Any) -> tuple[str, float] | None:
     return None if reference is None else reference.match(scan)
 
 
+@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner=False)
+def training_matches(
+    model_path: str, key: str, item: str, _scans: Sequence[Any]
+) -> list[tuple[str, float] | None]:
+    """:func:`training_match` of each scan of a series (``key`` and ``item`` name it)."""
+    del key, item
+    reference = training_reference(model_path)
+    return [None if reference is None else reference.match(scan) for scan in _scans]
+
+
 @st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting…")
 def analyse(
     model_path: str, key: str, item: str, method: str, label: str, _scan: Any

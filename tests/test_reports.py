@@ -147,7 +147,7 @@ def test_csv_report_opens_with_each_series_verdict_and_joins_slices_to_it():
     lone = reports.prediction_row(_prediction(0.1))
     failed = reports.error_row("bad.dcm", "not DICOM")
     frame = pd.read_csv(io.BytesIO(reports.report_csv([lone, *slices, failed], [study])))
-    assert list(frame.columns[-2:]) == ["series", "level"]
+    assert list(frame.columns[-4:]) == ["series", "level", "model", "note"]
     assert list(frame["level"]) == ["study", "file", "slice", "slice", "slice", "file"]
     top = frame.iloc[0]
     assert top["source"] == "upload.zip" and top["verdict"] == "hemorrhage"
@@ -157,3 +157,27 @@ def test_csv_report_opens_with_each_series_verdict_and_joins_slices_to_it():
     nothing_in_range = reports.study_summary("s", [0.9], 0.5, ["vertex"])
     row = reports.study_row(nothing_in_range)
     assert row["verdict"] == reports.NO_VERDICT and row["outside_range"]
+
+
+def test_csv_rows_each_carry_the_model_and_what_holds_for_the_call():
+    """Every CSV row names the model and carries the report-wide note joined with its own (a
+    training-image look-alike); positions are rounded to a micrometre."""
+    from hemo.dashboard import training_match_note
+
+    seen = training_match_note(("/data/head_ct/010.png", 0.99812))
+    assert (
+        seen == "looks like the training image 010.png (correlation 0.998): not a test of the model"
+    )
+    assert training_match_note(None) is None
+    odd = dataclasses.replace(_prediction(), slice_z_mm=-28.433892162414168)
+    rows = [reports.prediction_row(odd, note=seen), reports.prediction_row(_prediction(0.1))]
+    frame = pd.read_csv(
+        io.BytesIO(reports.report_csv(rows, model="headct_real", note="phantoms only"))
+    )
+    assert frame["model"].tolist() == ["headct_real", "headct_real"]
+    assert frame["note"].tolist() == [f"phantoms only; {seen}", "phantoms only"]
+    assert frame["slice_z_mm"].iloc[0] == -28.434
+    plain = pd.read_csv(io.BytesIO(reports.report_csv(rows[1:])))
+    assert plain["note"].isna().all() and plain["model"].isna().all()
+    data = json.loads(reports.report_json(rows))
+    assert data["results"][0]["note"] == seen and data["results"][1]["note"] is None
