@@ -139,13 +139,15 @@ def _show_analysis(
     result: dashboard.Analysis,
     item: str,
     outside_range: str | None = None,
-    in_series=False,
+    slice_number: int | None = None,
     seen: tuple[str, float] | None = None,
     referred_above=False,
 ) -> None:
-    """Probability, verdict, subtypes, and the plain slice beside the overlay
-    (``referred_above``: the series' warning above already gives this slice's referral)."""
+    """Probability, verdict, subtypes, and the plain slice beside the overlay (``slice_number``:
+    the slice's place in its series, 1-based; ``referred_above``: the series' warning above
+    already gives this slice's referral)."""
     p = result.prediction
+    in_series = slice_number is not None
     if seen:
         st.info(dashboard.training_match_message(seen))
     reason = outside_range or p.outside_range
@@ -168,9 +170,13 @@ def _show_analysis(
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
     picture = dashboard.overlay_image(result, alpha, colormap)
     left, right = st.columns(2)
-    left.image(result.display, caption="slice", clamp=True, width="stretch")
+    shown = dashboard.slice_caption(slice_number, p) if in_series else "slice"
+    left.image(result.display, caption=shown, clamp=True, width="stretch")
     caption = f"{result.method} · {result.label}" + (" · flat map" if result.flat else "")
     right.image(picture, caption=caption, width="stretch")
+    unlikely = dashboard.unlikely_map_note(result, p.threshold)
+    if unlikely:
+        right.caption(unlikely)
     subtypes = dashboard.subtype_frame(p)
     if not subtypes.empty:
         st.dataframe(
@@ -187,7 +193,7 @@ def _show_analysis(
     st.download_button(
         "Download overlay PNG",
         partial(reports.png_bytes, picture),
-        file_name=f"{dashboard.safe_stem(result.name)}_{result.method}.png",
+        file_name=dashboard.overlay_file_name(result.name, result.method, slice_number),
         mime="image/png",
         key=f"png_{item}",
         on_click="ignore",
@@ -311,7 +317,7 @@ for j, series in enumerate(decoded.series):
                 shown,
                 f"r{j}",
                 result.predictions[position].outside_range,
-                in_series=True,
+                slice_number=position + 1,
                 seen=seen[position],
                 # the deciding slice of an uncertain series: its warning is the series' one
                 referred_above=bool(study["uncertain"]) and position == result.most_suspicious,

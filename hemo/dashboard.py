@@ -1068,6 +1068,45 @@ def safe_stem(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
 
 
+def slice_caption(number: int, prediction: Any) -> str:
+    """The caption of a series' slice on the Predict page: its place, file and position."""
+    parts = [f"slice {number}", Path(str(prediction.source).replace("\\", "/")).name]
+    if getattr(prediction, "frame", None) is not None:
+        parts[-1] += f" (frame {prediction.frame})"
+    z = getattr(prediction, "slice_z_mm", None)
+    if z is not None:
+        parts.append(f"z {z:.1f} mm")
+    return " · ".join(parts)
+
+
+def overlay_file_name(name: str, method: str, slice_number: int | None = None) -> str:
+    """The download name of an overlay PNG: the scan's stem, its slice number in a series (so
+    two slices of one series never share a name), the CAM method."""
+    place = "" if slice_number is None else f"_slice{slice_number:03d}"
+    return f"{safe_stem(name)}{place}_{method}.png"
+
+
+def unlikely_map_note(result: Any, threshold: float) -> str | None:
+    """What to say under a heatmap whose explained output the model finds unlikely.
+
+    A Grad-CAM map is scaled to its own maximum, so a scan called negative still gets bright
+    colours somewhere; a reader must not take them for a lesion. ``None`` when the output's
+    probability reaches ``threshold`` (the card's, for ``any``) or the map is flat.
+    """
+    if result.flat:
+        return None
+    probability = dict(result.prediction.probabilities).get(
+        result.label, result.prediction.probability
+    )
+    if probability >= threshold:
+        return None
+    return (
+        f"The model finds {result.label} unlikely here (P {probability * 100:.1f} %). The map is "
+        "scaled to its own maximum: its brightest colours show where the model looked most, "
+        "not a lesion."
+    )
+
+
 def training_match_note(match: tuple[str, float] | None) -> str | None:
     """The report's note for a scan that looks like one of the model's training images."""
     if match is None:

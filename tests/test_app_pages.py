@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -469,6 +470,9 @@ def test_predict_series_zip_gives_study_verdict_and_strip(env):
     at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
     at.button(key="jump_0").click().run()
     assert at.slider(key="series_slice_0").value == top
+    # The slice shown is named under it: its place in the series, its file and position
+    captions = [c for image in at.image for c in image.captions]
+    assert any(re.match(rf"slice {top} · \S+\.dcm · z -?\d+\.\d mm$", c) for c in captions)
     # Another series in the same place opens at its own most suspicious slice, not the old one
     at.slider(key="series_slice_0").set_value(1 if top != 1 else 2).run()
     shorter = _dicoms(env)[:-1]

@@ -409,3 +409,42 @@ def test_card_summary_names_a_damaged_card(tmp_path, text, message):
     with pytest.raises(HemoError, match=re.escape(message)) as caught:
         dashboard.card_summary(tmp_path / "m.keras")
     assert str(card) in str(caught.value)
+
+
+def test_a_series_slice_is_named_and_its_overlay_file_carries_its_number():
+    """The slice panel of a series says which slice it shows (place, file, position) and the
+    overlay download of two slices of one series never shares a name."""
+    from hemo.predict import Prediction
+
+    p = Prediction("study.zip/s/CT000010.dcm", 0.4, {"any": 0.4}, False, 0.5, slice_z_mm=12.345)
+    assert dashboard.slice_caption(38, p) == "slice 38 · CT000010.dcm · z 12.3 mm"
+    framed = Prediction("multi.dcm", 0.4, {"any": 0.4}, False, 0.5, frame=3)
+    assert dashboard.slice_caption(3, framed) == "slice 3 · multi.dcm (frame 3)"
+    assert dashboard.overlay_file_name("s/CT000010.dcm", "gradcam", 38) == (
+        "CT000010_slice038_gradcam.png"
+    )
+    assert dashboard.overlay_file_name("head.png", "gradcam") == "head_gradcam.png"
+
+
+def test_a_heatmap_of_an_unlikely_output_says_it_marks_no_lesion():
+    """Under the threshold the heatmap gets a note that its colours are no lesion (for the
+    explained output: a subtype's own probability); at or over it, or flat, none."""
+    from hemo.predict import Prediction
+
+    def analysis(p_any: float, label: str = "any", flat: bool = False):
+        prediction = Prediction("x.dcm", p_any, {"any": p_any, "subdural": 0.9}, False, 0.5)
+        return dashboard.Analysis(
+            name="x.dcm",
+            prediction=prediction,
+            display=np.zeros((4, 4), np.float32),
+            heatmap=np.zeros((4, 4), np.float32),
+            flat=flat,
+            method="gradcam",
+            label=label,
+        )
+
+    note = dashboard.unlikely_map_note(analysis(0.004), 0.5)
+    assert note.startswith("The model finds any unlikely here (P 0.4 %)") and "not a lesion" in note
+    assert dashboard.unlikely_map_note(analysis(0.5), 0.5) is None
+    assert dashboard.unlikely_map_note(analysis(0.004, flat=True), 0.5) is None
+    assert dashboard.unlikely_map_note(analysis(0.004, "subdural"), 0.5) is None  # P 0.9
