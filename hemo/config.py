@@ -30,12 +30,19 @@ def portable_path(path: str | os.PathLike, given: str | None = None) -> str:
 
     Returns:
         The path relative to the project when it lies inside it (``"data/processed/x"``,
-        ``"runs/name/..."``), else ``given`` when there is one, else the path as it is.
+        ``"runs/name/..."``); else ``given`` when it names the same folder from the project (or
+        is absolute); else the resolved path: readers look from the current folder and then
+        from the project, so a spelling relative to the folder the command ran in (``--data
+        kbad`` in ``/tmp``) would be lost anywhere else.
     """
     resolved = Path(path).resolve()
     if resolved.is_relative_to(PROJECT_DIR):
         return resolved.relative_to(PROJECT_DIR).as_posix()
-    return str(given) if given else str(path)
+    if given:
+        spelled = Path(given).expanduser()
+        if spelled.is_absolute() or (PROJECT_DIR / spelled).resolve() == resolved:
+            return str(given)
+    return str(resolved)
 
 
 # Labels -----------------------------------------------------------------------------------------
