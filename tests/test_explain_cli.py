@@ -171,5 +171,27 @@ def test_shipped_model_flat_map_has_no_peak_and_out_of_range_is_said(
     assert dark["outside_range"].startswith("soft tissue is 0.0%")
     assert real["outside_range"] is None
     assert real["flat"] is True and real["peak"] is None
+    assert data["note"] is None  # trained on real scans: nothing to say about every call
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
-    assert "[outside the model's range]" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "[outside the model's range]" in text and "note:" not in text
+    dark_line = next(line for line in text.splitlines() if "black.png" in line)
+    kaggle_line = next(line for line in text.splitlines() if "100.png" in line)
+    assert dark_line.split()[2] == "none"  # no call outside the range, as hemo predict says
+    assert "hemorrhage" in kaggle_line  # "no hemorrhage" or "hemorrhage", as hemo predict
+
+
+def test_a_phantom_only_model_says_its_calls_are_not_findings(
+    dicoms: list[Path], tmp_path: Path, capsys
+) -> None:
+    """The shipped phantom model, explained, carries the note hemo predict prints: in the JSON
+    and above the table; a subtype explained with --label has no verdict ("-")."""
+    from hemo.config import MODELS_DIR
+
+    argv = ["explain", "--model", str(MODELS_DIR / "phantom_rsna3.keras"), str(dicoms[0])]
+    code, data = run_json(capsys, [*argv, "--out", str(tmp_path), "--json"])
+    assert code == 0 and "never seen a real scan" in data["note"]
+    assert main([*argv, "--out", str(tmp_path), "--label", "subdural"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("note: ") and "never seen a real scan" in lines[1]
+    assert lines[-1].split()[2] == "-"

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "explain",
         help="Grad-CAM heatmaps over DICOM/PNG/JPEG files, series folders and zips",
         description="Explain the model's verdict on each scan with a class activation map "
-        "(Grad-CAM, Grad-CAM++ or HiResCAM) and write the heatmap over the slice as a PNG. "
-        "Exit 1 when any input failed.",
+        "(Grad-CAM, Grad-CAM++ or HiResCAM) and write the heatmap over the slice as the model "
+        "sees it (its input size, after the head crop when the model crops) as a PNG; the "
+        "peak is in those pixels. Exit 1 when any input failed.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
@@ -121,6 +122,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
     from hemo.cam.overlay import overlay
     from hemo.cam.registry import get_method
+    from hemo.dashboard import synthetic_training_message
     from hemo.errors import ConfigError, HemoError
     from hemo.io import iter_scans
     from hemo.predict import Predictor
@@ -194,6 +196,8 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": card.input_spec.size,
         "threshold": predictor.threshold,
         "referral": None if predictor.referral is None else predictor.referral.to_dict(),
+        # as hemo predict: what holds for every call (a model trained only on phantoms)
+        "note": synthetic_training_message(card),
         "results": results,
     }
 
@@ -213,10 +217,22 @@ def _outside_range(predictor: Any, scan: Any) -> str | None:
     return reason
 
 
+def _verdict(entry: dict[str, Any]) -> str:
+    """The table's verdict: as hemo predict prints it; ``-`` for an output the threshold does
+    not apply to (a subtype explained with --label)."""
+    from hemo.reports import NO_VERDICT, verdict
+
+    if entry.get("positive") is None:
+        return "-"
+    return NO_VERDICT if entry.get("outside_range") else verdict(entry["positive"])
+
+
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results."""
     lines = [f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}"]
-    lines.append(f"{'input':<{PATH_WIDTH}}  {'P':>6}  {'peak':>9}  overlay")
+    if data.get("note"):
+        lines.append(f"note: {data['note']}")
+    lines.append(f"{'input':<{PATH_WIDTH}}  {'P':>6}  {'verdict':<13}  {'peak':>9}  overlay")
     for entry in data["results"]:
         if "error" in entry:
             lines.append(f"{_short(entry['path']):<{PATH_WIDTH}}  error: {entry['error']}")
@@ -227,8 +243,8 @@ def _text(data: dict[str, Any]) -> str:
         if entry.get("outside_range"):
             mark += "  [outside the model's range]"
         lines.append(
-            f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  {peak:>9}  "
-            f"{entry['overlay']}{mark}"
+            f"{_short(name):<{PATH_WIDTH}}  {entry['probability']:>6.3f}  "
+            f"{_verdict(entry):<13}  {peak:>9}  {entry['overlay']}{mark}"
         )
     return "\n".join(lines)
 
