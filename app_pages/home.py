@@ -38,6 +38,8 @@ with model_col:
                     col.metric(name.replace("roc_auc", "ROC AUC"), f"{value:.3f}")
             if card["measured_on"]:
                 st.caption(f"Measured on {card['measured_on']}")
+            if card["threshold_note"]:
+                st.caption(card["threshold_note"])
             if card["referral"]:
                 st.caption(card["referral"])
 

@@ -270,8 +270,8 @@ def card_summary(model_path: str | os.PathLike) -> dict[str, Any]:
         ``name``, ``architecture`` (with the member count of an ensemble), ``labels``,
         ``threshold``, ``input`` (a short description of the input spec), ``metrics``
         (:data:`CARD_METRICS` from the card's test block, else from its pooled out-of-fold
-        block), ``measured_on`` (what the card says they were measured on) and ``referral``
-        (:func:`referral_summary`).
+        block), ``measured_on`` (what the card says they were measured on), ``threshold_note``
+        (:func:`threshold_note`) and ``referral`` (:func:`referral_summary`).
 
     Raises:
         HemoError: The card is missing or not JSON.
@@ -313,8 +313,30 @@ def _card_facts(card: dict[str, Any], model_path: Path) -> dict[str, Any]:
         "input_mode": spec.get("mode", "display"),
         "metrics": {k: block[k] for k in CARD_METRICS if isinstance(block.get(k), int | float)},
         "measured_on": measured_text(metrics.get("measured_on", "")),
+        "threshold_note": threshold_note(metrics),
         "referral": referral_summary(card),
     }
+
+
+def threshold_note(metrics: Mapping[str, Any]) -> str | None:
+    """What to say of a card's threshold-dependent figures when its threshold was chosen on
+    the very out-of-fold predictions they are measured on (a cross-validated card), with the
+    nested figure when the card has one; ``None`` otherwise (``metrics``: the card's block)."""
+    chosen_on = str(metrics.get("threshold_from") or "")
+    if not (chosen_on.startswith("pooled out-of-fold") and "test" not in metrics):
+        return None
+    text = (
+        "Accuracy, sensitivity and specificity are at a threshold chosen on these same "
+        "out-of-fold predictions, so slightly optimistic (ROC AUC needs no threshold)"
+    )
+    nested = (metrics.get("referral") or {}).get("nested")
+    if isinstance(nested, Mapping) and nested.get("n") and nested.get("errors") is not None:
+        n, errors = int(nested["n"]), int(nested["errors"])
+        text += (
+            f"; with the threshold chosen on the other folds each time, {errors} of {n} calls "
+            f"were wrong (accuracy {(n - errors) / n:.3f})"
+        )
+    return text + "."
 
 
 def measured_text(value: Any) -> str:

@@ -113,6 +113,25 @@ def test_card_summary_of_a_cross_validated_card(tmp_path):
     assert card["measured_on"] == "5-fold CV, out-of-fold"
 
 
+def test_card_summary_says_when_the_threshold_was_chosen_on_the_figures_own_predictions():
+    """The shipped real-scan card's accuracy is at a threshold picked on the same out-of-fold
+    predictions: the summary says so and gives the nested count of errors; the phantom card,
+    measured on a test split, needs no such note."""
+    from hemo.config import MODELS_DIR
+
+    card = json.loads((MODELS_DIR / "headct_real.json").read_text())
+    nested = card["metrics"]["referral"]["nested"]
+    note = dashboard.card_summary(MODELS_DIR / "headct_real.keras")["threshold_note"]
+    n, errors = nested["n"], nested["errors"]
+    assert note.startswith("Accuracy, sensitivity and specificity are at a threshold chosen")
+    assert f"{errors} of {n} calls were wrong (accuracy {(n - errors) / n:.3f})" in note
+    assert dashboard.card_summary(MODELS_DIR / "phantom_rsna3.keras")["threshold_note"] is None
+    assert dashboard.threshold_note({"threshold_from": "pooled out-of-fold (youden)"}) == (
+        "Accuracy, sensitivity and specificity are at a threshold chosen on these same "
+        "out-of-fold predictions, so slightly optimistic (ROC AUC needs no threshold)."
+    )
+
+
 def test_card_summary_names_an_ensemble(tmp_path):
     """A merged ensemble's card shows how many models it averages."""
     card = {"name": "ens", "architecture": "compact", "training": {"ensemble": {"members": 5}}}
