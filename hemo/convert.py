@@ -38,7 +38,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -602,10 +602,11 @@ def _run_pool(
     windows: Sequence[Window],
     size: int,
     workers: int,
-    bar: Any,
+    advance: Callable[[int], object],
     head_only: bool = False,
 ) -> list[Outcome]:
-    """Convert ``jobs`` in a process pool, in chunks; outcomes in job order."""
+    """Convert ``jobs`` in a process pool, in chunks; outcomes in job order (``advance(n)``
+    as chunks of ``n`` are done)."""
     chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
     results: dict[int, list[Outcome]] = {}
     pool = ProcessPoolExecutor(max_workers=workers)
@@ -619,7 +620,7 @@ def _run_pool(
             for future in done:
                 i = pending.pop(future)
                 results[i] = future.result()
-                bar.update(len(results[i]))
+                advance(len(results[i]))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return [outcome for i in range(len(chunks)) for outcome in results[i]]
@@ -656,7 +657,7 @@ def convert(
             size (nothing is written then).
         DatasetError: ``src`` missing, or it has no DICOM file.
     """
-    from tqdm import tqdm
+    from hemo.progress import progress
 
     windows = resolve_windows(window)
     if len(windows) not in PNG_CHANNELS:
@@ -705,14 +706,14 @@ def convert(
         len(outcomes),
         n_workers,
     )
-    with tqdm(total=len(jobs), desc="convert", unit="file", disable=None) as bar:
+    with progress(len(jobs), "convert", "file") as advance:
         if n_workers == 1 or len(jobs) <= CHUNK_FILES:
             done = []
             for source, output in jobs:
                 done.append(convert_one(source, output, windows, size, head_only))
-                bar.update(1)
+                advance(1)
         else:
-            done = _run_pool(jobs, windows, size, n_workers, bar, head_only)
+            done = _run_pool(jobs, windows, size, n_workers, advance, head_only)
     outcomes.update(zip(positions, done, strict=True))
     report = ConvertReport(
         src=str(src),

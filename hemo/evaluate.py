@@ -761,10 +761,15 @@ def _predict_rows(
     """:func:`predict_index`, plus whether each predicted row is inside the card's slice range
     (series rules applied, as ``hemo predict`` applies them)."""
     from hemo.predict import Predictor
+    from hemo.progress import progress
 
     rows = _split_rows(index_df, split)
-    with Predictor.from_model(model, card, batch_size=batch_size) as predictor:
-        batch = predictor.run([str(p) for p in rows["path"]], studies=card.slice_range is not None)
+    paths = [str(p) for p in rows["path"]]
+    with (
+        Predictor.from_model(model, card, batch_size=batch_size) as predictor,
+        progress(len(paths), "predict", "image") as advance,
+    ):
+        batch = predictor.run(paths, studies=card.slice_range is not None, on_scan=advance)
     results = batch.results
     if len(results) != len(rows):
         raise DatasetError(

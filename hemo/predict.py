@@ -500,7 +500,13 @@ class Predictor:
         of ``outside_range``)."""
         return list(self.run(inputs).results)
 
-    def run(self, inputs: Input | Iterable[Input], *, studies: bool = True) -> PredictionBatch:
+    def run(
+        self,
+        inputs: Input | Iterable[Input],
+        *,
+        studies: bool = True,
+        on_scan: Callable[[int], object] | None = None,
+    ) -> PredictionBatch:
         """Predict files, folders, zips and ``(name, bytes)`` uploads.
 
         Files and uploads are read and preprocessed in the thread pool, several at a time;
@@ -515,6 +521,8 @@ class Predictor:
             studies: Also pool DICOM slices into per-series results. With a slice range in the
                 card, ``outside_range`` then applies both of its rules; without pooling only
                 the soft-tissue rule (a lone slice has no series to compare its size with).
+            on_scan: Called with 1 as each scan (or input that failed) is read and prepared,
+                e.g. :func:`hemo.progress.progress`'s ``advance``.
 
         Returns:
             :class:`PredictionBatch` with one result per scan, in input order.
@@ -529,13 +537,18 @@ class Predictor:
                 raise ModelError("this Predictor was closed; create a new one")
             self._running += 1
         try:
-            return self._run(inputs, studies)
+            return self._run(inputs, studies, on_scan)
         finally:
             with self._idle:
                 self._running -= 1
                 self._idle.notify_all()
 
-    def _run(self, inputs: Input | Iterable[Input], studies: bool) -> PredictionBatch:
+    def _run(
+        self,
+        inputs: Input | Iterable[Input],
+        studies: bool,
+        on_scan: Callable[[int], object] | None = None,
+    ) -> PredictionBatch:
         """:meth:`run`'s work, between the close check and the count of runs in progress."""
         results: list[Result | None] = []
         metas: dict[int, CTSlice] = {}
@@ -559,6 +572,8 @@ class Predictor:
         def take_oldest() -> None:
             for prepared in reading.popleft().result():
                 slot = len(results)
+                if on_scan is not None:
+                    on_scan(1)
                 if prepared.error is not None:
                     results.append(ScanResult(prepared.name, None, prepared.error))
                     continue

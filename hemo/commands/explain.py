@@ -126,6 +126,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
     from hemo.errors import ConfigError, HemoError
     from hemo.io import iter_scans
     from hemo.predict import Predictor
+    from hemo.progress import progress
 
     with Predictor(args.model) as predictor:
         card = predictor.card
@@ -139,55 +140,57 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
         )
         results: list[dict[str, Any]] = []
         taken: set[str] = set()
-        for scan_result in iter_scans(args.inputs):
-            if scan_result.error is not None:
-                log.error("%s", scan_result.error)
-                results.append({"path": scan_result.name, "error": str(scan_result.error)})
-                continue
-            start = time.perf_counter()
-            try:
-                x = predictor.prepare(scan_result.scan)
-            except HemoError as exc:
-                log.error("%s", exc)
-                results.append({"path": scan_result.name, "error": str(exc)})
-                continue
-            # Explain on the exact model input; draw over its first channel
-            (result,) = explainer(x, label=args.label)
-            picture = overlay(
-                x[..., 0],
-                result.heatmap,
-                alpha=args.alpha,
-                colormap=args.colormap,
-                contour_level=args.contour,
-                box=args.box,
-            )
-            frame = getattr(scan_result.scan, "frame", None)
-            path = args.out / overlay_name(scan_result.name, args.method, taken, frame)
-            if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-                raise ConfigError(f"--out {args.out}: cannot write {path.name}")
-            row, col = result.peak
-            decides = result.label == predictor.head_label
-            outside = _outside_range(predictor, scan_result.scan)
-            results.append(
-                {
-                    "path": scan_result.name,
-                    "frame": frame,
-                    "probability": result.probability,
-                    # The verdict at the card's threshold, only for the output it applies to
-                    "positive": result.probability >= predictor.threshold if decides else None,
-                    "uncertain": predictor.refers(result.probability) if decides else None,
-                    "logit": result.logit,
-                    "label": result.label,
-                    "method": result.method,
-                    # a flat map has no maximum: no peak rather than a corner
-                    "peak": None if result.flat else {"row": row, "col": col},
-                    "flat": result.flat,
-                    # as hemo predict says for a lone slice: the reason, or null in range
-                    "outside_range": outside,
-                    "overlay": str(path),
-                    "seconds": time.perf_counter() - start,
-                }
-            )
+        with progress(None, "explain", "scan") as advance:
+            for scan_result in iter_scans(args.inputs):
+                advance(1)  # scans as they are taken up
+                if scan_result.error is not None:
+                    log.error("%s", scan_result.error)
+                    results.append({"path": scan_result.name, "error": str(scan_result.error)})
+                    continue
+                start = time.perf_counter()
+                try:
+                    x = predictor.prepare(scan_result.scan)
+                except HemoError as exc:
+                    log.error("%s", exc)
+                    results.append({"path": scan_result.name, "error": str(exc)})
+                    continue
+                # Explain on the exact model input; draw over its first channel
+                (result,) = explainer(x, label=args.label)
+                picture = overlay(
+                    x[..., 0],
+                    result.heatmap,
+                    alpha=args.alpha,
+                    colormap=args.colormap,
+                    contour_level=args.contour,
+                    box=args.box,
+                )
+                frame = getattr(scan_result.scan, "frame", None)
+                path = args.out / overlay_name(scan_result.name, args.method, taken, frame)
+                if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+                    raise ConfigError(f"--out {args.out}: cannot write {path.name}")
+                row, col = result.peak
+                decides = result.label == predictor.head_label
+                outside = _outside_range(predictor, scan_result.scan)
+                results.append(
+                    {
+                        "path": scan_result.name,
+                        "frame": frame,
+                        "probability": result.probability,
+                        # The verdict at the card's threshold, only for the output it applies to
+                        "positive": result.probability >= predictor.threshold if decides else None,
+                        "uncertain": predictor.refers(result.probability) if decides else None,
+                        "logit": result.logit,
+                        "label": result.label,
+                        "method": result.method,
+                        # a flat map has no maximum: no peak rather than a corner
+                        "peak": None if result.flat else {"row": row, "col": col},
+                        "flat": result.flat,
+                        # as hemo predict says for a lone slice: the reason, or null in range
+                        "outside_range": outside,
+                        "overlay": str(path),
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
     return {
         "model": card.name,
         "method": args.method,

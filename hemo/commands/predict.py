@@ -189,9 +189,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_model_file(args.model)  # a wrong --model is named before TensorFlow starts
     from hemo.predict import Predictor
+    from hemo.progress import progress
 
     with Predictor(args.model, batch_size=args.batch_size) as predictor:
-        batch = predictor.run(args.inputs)
+        with progress(None, "predict", "scan") as advance:
+            batch = predictor.run(args.inputs, on_scan=advance)
         note = synthetic_training_message(predictor.card)
         data = payload(predictor.card.name, predictor.threshold, batch, predictor.referral, note)
         if args.training_lookalikes:

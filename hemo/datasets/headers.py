@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from hemo.errors import HemoError
+from hemo.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +98,15 @@ def read_many(paths: Sequence[str | Path], workers: int | None = None) -> list[H
     """
     names = [str(p) for p in paths]
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    progress = {"total": len(names), "desc": "headers", "unit": "file", "disable": None}
-    if n_workers == 1 or len(names) < PARALLEL_MIN_FILES:
-        return [read_fields(name) for name in tqdm(names, **progress)]
-    log.debug("reading %d headers with %d processes", len(names), n_workers)
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
-        return list(tqdm(pool.map(read_fields, names, chunksize=CHUNK_FILES), **progress))
+    with progress(len(names), "headers", "file") as advance:
+        if n_workers == 1 or len(names) < PARALLEL_MIN_FILES:
+            return [_counted(read_fields(name), advance) for name in names]
+        log.debug("reading %d headers with %d processes", len(names), n_workers)
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            found = pool.map(read_fields, names, chunksize=CHUNK_FILES)
+            return [_counted(fields, advance) for fields in found]
+
+
+def _counted(fields: HeaderFields, advance: Callable[[int], object]) -> HeaderFields:
+    advance(1)
+    return fields
