@@ -1350,7 +1350,11 @@ def _subtype_plan(
     return plan
 
 
-def _check_dataset_args(
+#: Share of studies with a bleed in a demo dataset.
+DEFAULT_POSITIVE_FRACTION = 0.5
+
+
+def check_dataset_args(
     n_studies: int,
     slices_per_study: int,
     size: int,
@@ -1390,7 +1394,7 @@ def write_demo_dataset(
     seed: int = 0,
     slices_per_study: int = DEFAULT_SLICES,
     size: int = DEFAULT_SIZE_PX,
-    positive_fraction: float = 0.5,
+    positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
     progress: bool = False,
     skull_base: float = 0.0,
     vertex: float = 0.0,
@@ -1431,7 +1435,7 @@ def write_demo_dataset(
 
     from hemo.datasets.split import assign_splits
 
-    _check_dataset_args(n_studies, slices_per_study, size, positive_fraction, skull_base, vertex)
+    check_dataset_args(n_studies, slices_per_study, size, positive_fraction, skull_base, vertex)
     out = Path(out)
     dicom_dir, mask_dir = out / DICOM_DIR, out / MASK_DIR
     dicom_dir.mkdir(parents=True, exist_ok=True)

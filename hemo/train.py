@@ -753,6 +753,9 @@ def train(config: Mapping[str, Any]) -> Path:
     name = runs.check_run_name(config.get("name") or default_run_name())
     config = {**config, "name": name}
     chief = is_chief()
+    data = resolve_path(config["data"])
+    if not data.exists():  # said before a run folder is made for it
+        raise DatasetError("no such file or folder", source=data)
     if chief and config.get("export"):
         # before the run folder and hours of training
         check_export(config["export"], config["data"])

@@ -50,11 +50,15 @@ def test_demo_data_json_summary(tmp_path: Path, capsys) -> None:
 
 
 def test_demo_data_bad_option_is_one_line_error(tmp_path: Path, capsys) -> None:
-    """An out-of-range option exits 2 with one 'hemo: error:' line and no traceback."""
+    """An out-of-range option exits 2 with one 'hemo: error:' line and no traceback, and
+    leaves no folder behind."""
     status = main(["demo-data", "--out", str(tmp_path / "x"), "--n", "0"])
     err = capsys.readouterr().err
     assert status == 2
     assert "hemo: error: --n must be at least 1 study" in err and "Traceback" not in err
+    argv = ["demo-data", "--out", str(tmp_path / "y"), "--skull-base", "0.8", "--vertex", "0.5"]
+    assert main(argv) == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_demo_data_does_not_import_tensorflow(tmp_path: Path) -> None:

@@ -256,6 +256,21 @@ def test_train_cli_bad_option_is_one_line_and_makes_no_run_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_on_missing_data_is_one_line_and_makes_no_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--data that does not exist is named before a run folder is made (no failed run left)."""
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    missing = tmp_path / "nowhere"
+    argv = ["train", "--data", str(missing), "--name", "gone", "--epochs", "1", *TINY]
+    assert main(argv) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert f"hemo: error: {missing}: no such file or folder" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_refuses_a_cache_that_cannot_fit_before_reading_an_image(
     tmp_path: Path,
     phantom_dir: Path,

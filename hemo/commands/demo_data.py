@@ -76,10 +76,24 @@ def run(args: argparse.Namespace) -> int:
     """Write the dataset and report its counts; returns the exit status."""
     from hemo.cli import emit_json
     from hemo.errors import ConfigError
-    from hemo.phantom import summarize, write_demo_dataset
+    from hemo.phantom import (
+        DEFAULT_POSITIVE_FRACTION,
+        check_dataset_args,
+        summarize,
+        write_demo_dataset,
+    )
 
     if args.size > MAX_SIZE_PX:
         raise ConfigError(f"--size must be at most {MAX_SIZE_PX} px, got {args.size}")
+    # every argument checked before the folder exists: a refused command leaves nothing behind
+    check_dataset_args(
+        args.n,
+        args.slices_per_study,
+        args.size,
+        DEFAULT_POSITIVE_FRACTION,
+        args.skull_base,
+        args.vertex,
+    )
     _make_out(args.out)
     try:
         index = write_demo_dataset(
