@@ -835,7 +835,7 @@ def _training_data(config: Mapping[str, Any]) -> _Data:
     data = resolve_path(config["data"])
     index = load_index(data)
     forget_left_out()  # this run's record of unreadable images starts empty
-    train_df, val_df = _split(index, "train"), _split(index, "val")
+    train_df, val_df = _split(index, "train", data), _split(index, "val", data)
     labels = select_labels(config["labels"], index)
     extra = extra_train_rows(config, labels)
     if extra is not None:
@@ -1061,6 +1061,8 @@ def _final_model(config: Mapping[str, Any], path: Path, d: _Data, model, fit_mod
     return final
 
 
+#: Fewest patients a patient-grouped split can give train, val and test rows from.
+MIN_SPLIT_PATIENTS = 3
 #: Names of left-out files recorded in a card (the count is always whole).
 LEFT_OUT_NAMES = 10
 
@@ -1120,15 +1122,23 @@ def _check_masks(train_df, data: Path) -> None:
         )
 
 
-def _split(index, split: str):
-    """Rows of one split, refusing an empty one."""
+def _split(index, split: str, data: Path | None = None):
+    """Rows of one split, refusing an empty one (naming ``data``, and why when the images
+    come from too few patients to split)."""
     if "split" not in index.columns:
-        raise DatasetError("the index has no 'split' column; build it with hemo index")
+        raise DatasetError("the index has no 'split' column; build it with hemo index", data)
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
-        raise DatasetError(
-            f"the index has no {split!r} rows (splits: {index['split'].value_counts().to_dict()})"
-        )
+        why = f"the index has no {split!r} rows (splits: {index['split'].value_counts().to_dict()})"
+        if "patient_id" in index.columns and index["patient_id"].notna().any():
+            patients = int(index["patient_id"].nunique())
+            if patients < MIN_SPLIT_PATIENTS:
+                why += (
+                    f": its {len(index):,} images come from {patients} patient(s), and a "
+                    "patient's images never straddle train, val and test; training needs "
+                    f"images of at least {MIN_SPLIT_PATIENTS} patients"
+                )
+        raise DatasetError(why, data)
     return rows
 
 

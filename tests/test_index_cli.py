@@ -136,6 +136,25 @@ def test_index_warns_when_the_folders_own_index_has_other_splits(
     raise AssertionError("no seed gave other splits than the saved index")
 
 
+def test_index_of_one_patient_warns_that_val_and_test_are_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One study (one patient) all lands in train: the index says val and test are empty and
+    why; a dataset of several patients says nothing."""
+    from hemo.phantom import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "one", n_studies=1, seed=0, slices_per_study=3, size=64)
+    assert main(["index", str(tmp_path / "one"), "--json"]) == 0
+    (warning,) = [r.getMessage() for r in caplog.records if "split by patient" in r.getMessage()]
+    assert warning.startswith(f"{tmp_path / 'one'}: no 'val' or 'test' images: the 3 images")
+    assert "from 1 patient(s)" in warning
+    assert json.loads(capsys.readouterr().out)["splits"]["val"]["total"] == 0
+    caplog.clear()
+    write_demo_dataset(tmp_path / "many", n_studies=12, seed=0, slices_per_study=1, size=64)
+    assert main(["index", str(tmp_path / "many"), "--json"]) == 0
+    assert not [r for r in caplog.records if "split by patient" in r.getMessage()]
+
+
 def test_index_unknown_folder_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -271,6 +271,23 @@ def test_train_on_missing_data_is_one_line_and_makes_no_run_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_on_one_patient_says_why_there_is_no_validation_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One patient's images all land in train: the refusal names the data and says why."""
+    from hemo.phantom import write_demo_dataset
+    from hemo.train import train
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    write_demo_dataset(tmp_path / "one", n_studies=1, seed=0, slices_per_study=4, size=64)
+    config = resolve_config(None, {"data": str(tmp_path / "one"), "name": "one", "epochs": 1})
+    with pytest.raises(DatasetError) as caught:
+        train(config)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'one'}: the index has no 'val' rows")
+    assert "come from 1 patient(s)" in message and "at least 3 patients" in message
+
+
 def test_train_refuses_a_cache_that_cannot_fit_before_reading_an_image(
     tmp_path: Path,
     phantom_dir: Path,

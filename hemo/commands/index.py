@@ -104,12 +104,32 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s", args.out)
     _warn_if_the_saved_index_differs(result, args.root, args.out)
     payload = _payload(result)
+    _warn_of_empty_splits(payload, result.frame)
     if args.json:
         emit_json(payload)
     else:
         _print_text(payload, args.out)
     failed = [p for p in result.problems if p.kind in FAILED_KINDS]
     return EXIT_PARTIAL if failed else 0
+
+
+def _warn_of_empty_splits(payload: dict[str, Any], frame: Any) -> None:
+    """Say so when val or test is empty (one patient's images never straddle splits, so a
+    single study or patient gives train only): hemo train and hemo evaluate need them."""
+    empty = [name for name, counts in payload["splits"].items() if not counts["total"]]
+    if not empty or not payload["total"]:
+        return
+    patients = ""
+    if "patient_id" in frame.columns and frame["patient_id"].notna().any():
+        patients = f" from {frame['patient_id'].nunique()} patient(s)"
+    log.warning(
+        "%s: no %s images: the %d images%s are split by patient, and hemo train needs val "
+        "images (hemo evaluate a test split, or --split all)",
+        payload["root"],
+        " or ".join(repr(name) for name in empty),
+        payload["total"],
+        patients,
+    )
 
 
 def _warn_if_the_saved_index_differs(result, root: Path, out: Path | None) -> None:
