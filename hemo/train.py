@@ -331,6 +331,13 @@ def _validate(config: dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "image_size"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ConfigError(f"{key} must be a positive integer, got {config[key]!r}")
+    from hemo.preprocess import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+
+    if not MIN_INPUT_SIZE <= config["image_size"] <= MAX_INPUT_SIZE:  # said before data is read
+        raise ConfigError(
+            f"image_size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}] px, got "
+            f"{config['image_size']}"
+        )
     if not 0 <= int(config["head_epochs"]) <= config["epochs"]:
         raise ConfigError("head_epochs must be between 0 and epochs")
     for key in ("seed", "fine_tune_layers", "early_stopping_patience", "steps_per_epoch"):

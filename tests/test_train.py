@@ -155,6 +155,8 @@ def test_bad_config_is_refused() -> None:
         resolve_config({})
     with pytest.raises(ConfigError, match="cache must be auto, true or false"):
         resolve_config({"data": "d", "cache": "maybe"})
+    with pytest.raises(ConfigError, match=r"^image_size must be in \[16, 2048\] px, got 8$"):
+        resolve_config({"data": "d"}, {"image_size": 8})  # the key, not InputSpec.size
     # a file's cache = true is overridden by auto (README's RSNA command), and back
     assert resolve_config({"data": "d", "cache": True}, {"cache": "auto"})["cache"] == "auto"
     assert resolve_config({"data": "d", "cache": "auto"}, {"cache": False})["cache"] is False
