@@ -816,6 +816,8 @@ def evaluate_model(
     Raises:
         DatasetError: No such split, no readable image, or no known labels.
     """
+    from hemo.datasets.index import unreadable_at_indexing
+
     rows, probs, failed, in_range = _predict_rows(model, card, index_df, split, batch_size)
     if failed:
         log.warning(
@@ -858,6 +860,13 @@ def evaluate_model(
             *notes,
             f"{len(failed)} image(s) could not be read or preprocessed and are left out of every "
             f"metric; first: {failed[0]}",
+        )
+    unindexed = unreadable_at_indexing(index_df)
+    if unindexed:
+        notes = (
+            *notes,
+            f"{len(unindexed)} file(s) of the dataset could not be read when it was indexed and "
+            f"are in no split, so in no metric; first: {unindexed[0]}",
         )
     return dataclasses.replace(
         report,

@@ -1075,16 +1075,18 @@ LEFT_OUT_NAMES = 10
 
 
 def _left_out(index, extra) -> dict[str, Any]:
-    """Training and validation files the pipeline left out (unreadable) in this run: count
-    and the first :data:`LEFT_OUT_NAMES` file names (names only: a folder path may name a
-    patient). Test rows are not fed to training, so they never count here."""
+    """Files left out of this run because they could not be read: training and validation
+    files the pipeline met, and labelled files the index itself could not read (in no split);
+    count and the first :data:`LEFT_OUT_NAMES` file names (names only: a folder path may name
+    a patient). Test rows are not fed to training, so the pipeline never meets them."""
     import pandas as pd
 
+    from hemo.datasets.index import unreadable_at_indexing
     from hemo.pipeline import left_out
 
     fed = index[index["split"].isin(["train", "val"])]
     rows = fed if extra is None else pd.concat([fed, extra], ignore_index=True)
-    found = left_out(rows["path"].astype(str))
+    found = set(left_out(rows["path"].astype(str))) | set(unreadable_at_indexing(index))
     names = [Path(p).name for p in sorted(found)[:LEFT_OUT_NAMES]]
     return {"count": len(found), "files": names}
 

@@ -998,11 +998,15 @@ def test_train_refuses_hu_input_on_the_kaggle_pngs(
 
 
 def test_an_unreadable_training_image_is_left_out_and_named(
-    head_ct_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    head_ct_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A PNG damaged inside its pixel data (its header and end intact, so indexing passes it)
-    is left out of training and named in the run's status and card; the other images train
-    (it used to end the run in TensorFlow tracebacks, an abort or a hang)."""
+    is left out of training and named in the run's status and card, as is an empty one the
+    index itself could not read (which evaluation then names as in no metric); the other
+    images train (it used to end the run in TensorFlow tracebacks, an abort or a hang)."""
     from hemo.cli import main
 
     monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
@@ -1017,15 +1021,26 @@ def test_an_unreadable_training_image_is_left_out_and_named(
     data = bytearray(damaged.read_bytes())
     data[100:4000] = bytes(3900)
     damaged.write_bytes(bytes(data))
+    (root / "head_ct" / "005.png").write_bytes(b"")  # so empty that indexing leaves it out
     argv = ["train", "--data", str(root), "--name", "damaged", "--epochs", "1", *TINY]
     assert main([*argv, "--input.mode", "display", "--input.channels", "1"]) == 0
     status = json.loads((tmp_path / "runs" / "damaged" / runs.STATUS_FILE).read_text())
     assert status["state"] == runs.FINISHED
-    assert "1 unreadable image(s) left out: 003.png" in status["message"]
+    assert "2 unreadable image(s) left out: 003.png, 005.png" in status["message"]
     card = json.loads((tmp_path / "runs" / "damaged" / "model.json").read_text())
-    assert card["training"]["left_out"] == {"count": 1, "files": ["003.png"]}
-    # The record is the run's own: repaired, the image counts again in the next run
+    assert card["training"]["left_out"] == {"count": 2, "files": ["003.png", "005.png"]}
+    # Evaluation says that the file the index could not read is in no metric
+    model = tmp_path / "runs" / "damaged" / "model.keras"
+    capsys.readouterr()  # what training printed
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--split", "all",
+                 "--json"]) in (0, 1)  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    (note,) = [n for n in report["notes"] if "when it was indexed" in n]
+    assert note.startswith("1 file(s) of the dataset could not be read when it was indexed")
+    assert note.endswith("005.png")
+    # The record is the run's own: repaired, the images count again in the next run
     shutil.copy(head_ct_dir / "head_ct" / "003.png", damaged)
+    shutil.copy(head_ct_dir / "head_ct" / "005.png", root / "head_ct" / "005.png")
     again = ["train", "--data", str(root), "--name", "repaired", "--epochs", "1", *TINY]
     assert main([*again, "--input.mode", "display", "--input.channels", "1"]) == 0
     card = json.loads((tmp_path / "runs" / "repaired" / "model.json").read_text())

@@ -445,6 +445,14 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     return out
 
 
+def unreadable_at_indexing(frame: pd.DataFrame) -> list[str]:
+    """Paths of files the index left out because they could not be read (as its problems
+    recorded them in ``frame.attrs``: an index built from a folder, or saved with them); these
+    rows are in no split, so training and evaluation never meet them."""
+    problems = (frame.attrs.get(ATTRS_KEY) or {}).get("problems") or []
+    return [str(p["path"]) for p in problems if p.get("kind") == UNREADABLE]
+
+
 def load_index(path: Path) -> pd.DataFrame:
     """Load an index from a Parquet file, or from a dataset folder.
 
