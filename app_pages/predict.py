@@ -232,6 +232,8 @@ for j, series in enumerate(decoded.series):
         study = result.study
         seen = ui.training_matches(model_path, key, f"r{j}", series.slices)
         st.subheader(dashboard.series_title(result.name, study["slices"]))
+        if study["note"]:  # slices missing: the verdict is on what was given
+            st.warning(study["note"][0].upper() + study["note"][1:])
         no_verdict = study["verdict"] == reports.NO_VERDICT  # no slice in the model's range
         if study["uncertain"] and not no_verdict:
             st.warning(dashboard.referral_message(card, study["probability"], "series"))

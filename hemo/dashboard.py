@@ -839,6 +839,7 @@ def predict_series(
         predictor.card.threshold,
         [p.outside_range for p in predictions],
         predictor.referral,
+        note=series.coverage_note,
     )
     return SeriesResult(
         name=name,

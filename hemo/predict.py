@@ -57,7 +57,7 @@ from hemo.dicom import CTSlice
 from hemo.errors import ConfigError, HemoError, InputError, LimitError, SeriesError
 from hemo.io import ScanResult, iter_scans
 from hemo.preprocess import to_model_input
-from hemo.series import group_series
+from hemo.series import coverage_note, group_series
 from hemo.sources import Source
 
 if TYPE_CHECKING:
@@ -298,6 +298,10 @@ def study_predictions(
                 key=lambda s: (s.slice_z_mm is None, s.slice_z_mm or 0.0, s.source, s.frame or 0),
             )
         rows = [by_id[id(s)] for s in ordered]
+        if note is None:  # ordered: are slices missing from it?
+            note = coverage_note(
+                [s.slice_z_mm for s in ordered], [s.slice_thickness_mm for s in ordered]
+            )
         reasons = outside_reasons(
             [None if planes is None else planes[i] for i in rows],
             slice_range,

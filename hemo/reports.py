@@ -132,7 +132,7 @@ def study_row(study: Mapping[str, Any]) -> dict[str, Any]:
         "outside_range": "no slice in the model's range" if no_slice_in_range else None,
         "uncertain": study["uncertain"],
         "series": study["source"],
-        "note": None,
+        "note": study.get("note"),
     }
 
 
@@ -214,6 +214,7 @@ def study_summary(
     threshold: float,
     outside_range: Sequence[str | None] | None = None,
     referral: Any | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Study-level numbers of a series from its per-slice probabilities.
 
@@ -228,14 +229,16 @@ def study_summary(
         outside_range: Per slice, why it is outside the model's range, else ``None``;
             omitted: every slice is in range. When no slice is in range, every slice counts.
         referral: The card's :class:`hemo.referral.ReferralBand`, or ``None``.
+        note: What a reader must know about the series as a whole (it looks incomplete:
+            :func:`hemo.series.coverage_note`), or ``None``.
 
     Returns:
         ``source``, ``slices``, ``probability``, ``verdict`` (:data:`NO_VERDICT` when no slice
         is in range: such slices are not findings), ``threshold``,
         ``most_suspicious_slice`` (1-based), ``positive_slices`` (in range),
         ``slices_in_range``, ``outside_range_slices`` (1-based),
-        ``probability_all_slices`` and ``uncertain`` (the study probability lies in the
-        referral band; ``None`` without a band or without a slice in range).
+        ``probability_all_slices``, ``uncertain`` (the study probability lies in the
+        referral band; ``None`` without a band or without a slice in range) and ``note``.
 
     Raises:
         ValueError: ``probabilities`` is empty, or ``outside_range`` has another length.
@@ -267,6 +270,7 @@ def study_summary(
             if referral is None or not inside.any()
             else bool(referral.refers(float(values[top])))
         ),
+        "note": note,
     }
 
 

@@ -13,7 +13,7 @@ instance number when ordering by it, are refused: hemo does not guess which copy
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 
 #: Two slices closer than this along the normal are at the same position (mm).
 POSITION_TOLERANCE_MM = 1e-3
+#: Neighbouring slices farther apart than this many median spacings: slices missing between.
+GAP_FACTOR = 1.5
+#: ... and more than this many mm wider than the spacing (one missing thin slice is no gap).
+MIN_GAP_MM = 2.5
+#: A median spacing over this many slice thicknesses: only some slices of the series.
+SPARSE_FACTOR = 2.0
 #: Label of slices without a Series Instance UID in messages.
 NO_SERIES_UID = "<no Series Instance UID>"
 
@@ -53,6 +59,11 @@ class Series:
         return tuple(s.slice_z_mm for s in self.slices)
 
     @property
+    def coverage_note(self) -> str | None:
+        """:func:`coverage_note` of the series: why it looks incomplete, or ``None``."""
+        return coverage_note(self.z_mm, [s.slice_thickness_mm for s in self.slices])
+
+    @property
     def slice_spacing_mm(self) -> float | None:
         """Median distance between consecutive slice positions in mm, or ``None`` if unknown."""
         z = [v for v in self.z_mm if v is not None]
@@ -68,6 +79,53 @@ class DuplicateSliceError(SeriesError):
     def __init__(self, message: str, first: str, second: str, where: str) -> None:
         super().__init__(message)
         self.first, self.second, self.where = first, second, where
+
+
+def coverage_note(
+    z_mm: Sequence[float | None], thickness_mm: Sequence[float | None] = ()
+) -> str | None:
+    """What a reader must know when a series looks incomplete, from its slice positions.
+
+    Two signs, each measured on the ordered positions (``None`` when a position is unknown, or
+    under three slices): a **gap** (two neighbours more than :data:`GAP_FACTOR` times the
+    median spacing apart, and :data:`MIN_GAP_MM` more than it: slices missing in between; one
+    missing 0.6 mm slice is none), and **sparse** slices (the median
+    spacing more than :data:`SPARSE_FACTOR` times the median slice thickness: every few
+    slices of a thin series, as when some files of a folder were chosen).
+
+    Args:
+        z_mm: ``slice_z_mm`` of the slices, in order.
+        thickness_mm: Their slice thickness, where known.
+
+    Returns:
+        One sentence, ending in what it means for the verdict, or ``None``.
+    """
+    if len(z_mm) < 3 or any(z is None for z in z_mm):
+        return None
+    steps = np.abs(np.diff(np.asarray(z_mm, dtype=np.float64)))
+    spacing = float(np.median(steps))
+    if spacing <= 0:
+        return None
+    found = []
+    gaps = steps > max(GAP_FACTOR * spacing, spacing + MIN_GAP_MM)
+    if gaps.any():
+        found.append(
+            f"{int(gaps.sum())} gap(s) in the slice positions (the largest "
+            f"{float(steps.max()):.1f} mm where the slices are {spacing:.1f} mm apart)"
+        )
+    known = [t for t in thickness_mm if t is not None and t > 0]
+    if known and spacing > SPARSE_FACTOR * float(np.median(known)):
+        found.append(
+            f"slices {spacing:.1f} mm apart but {float(np.median(known)):.3g} mm thick "
+            "(only some slices of the series?)"
+        )
+    if not found:
+        return None
+    return (
+        "the series looks incomplete: "
+        + "; ".join(found)
+        + ". The verdict covers only the slices given."
+    )
 
 
 def _order(uid: str | None, slices: list[CTSlice]) -> list[CTSlice]:

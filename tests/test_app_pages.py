@@ -455,6 +455,31 @@ def test_predict_same_slice_twice_is_a_warning_and_both_are_predicted(env):
     assert len(probabilities) == 2 and probabilities[0] == probabilities[1]
 
 
+def test_predict_says_when_a_series_looks_incomplete(env, tmp_path):
+    """A zipped series with two middle slices left out gets its verdict and a warning that the
+    verdict covers only the slices given."""
+    from hemo.phantom import write_demo_dataset
+
+    write_demo_dataset(tmp_path, n_studies=1, seed=5, slices_per_study=8, size=64)
+    slices = sorted((tmp_path / "stage_2_train").glob("*.dcm"), key=lambda p: _z_mm(p))
+    part = [p for k, p in enumerate(slices) if k not in (3, 4)]
+    at = _open("app_pages/predict.py")
+    at.file_uploader(key="predict_upload").set_value(
+        ("part.zip", zip_bytes(part, "part"), "application/zip")
+    ).run()
+    _ok(at)
+    assert _metrics(at)["Study verdict"] in {"hemorrhage", "no hemorrhage"}
+    (warning,) = [w.value for w in at.warning if "looks incomplete" in w.value]
+    assert warning.startswith("The series looks incomplete: 1 gap(s)")
+    assert warning.endswith("The verdict covers only the slices given.")
+
+
+def _z_mm(path: Path) -> float:
+    from hemo.dicom import read_dicom_header
+
+    return read_dicom_header(path).slice_z_mm
+
+
 def test_predict_series_zip_gives_study_verdict_and_strip(env):
     """A zipped series gives a study verdict, a strip chart and a jump to the top slice."""
     at = _open("app_pages/predict.py")

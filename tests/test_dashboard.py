@@ -301,6 +301,28 @@ def test_predict_series_pools_to_the_highest_slice(phantoms, predictors):
     assert strip["slice"].tolist() == list(range(1, PHANTOM_SLICES + 1))
 
 
+def test_a_series_with_slices_missing_says_so_on_the_page_and_in_hemo_predict(
+    tmp_path, predictors
+):
+    """Two middle slices of an 8-slice phantom study left out: the series' study summary (the
+    page, the reports) and hemo predict's study both say it looks incomplete; the whole study
+    does not."""
+    from hemo.phantom import write_demo_dataset
+
+    write_demo_dataset(tmp_path, n_studies=1, seed=5, slices_per_study=8, size=64)
+    whole = sorted((tmp_path / "stage_2_train").glob("*.dcm"))
+    series = dashboard.decode([("s.zip", zip_bytes(whole))]).series[0]
+    kept = [s.source for k, s in enumerate(series.slices) if k not in (3, 4)]
+    part = [p for p in whole if any(name.endswith(p.name) for name in kept)]
+    predictor = predictors[HU_MODEL]
+    assert dashboard.predict_series(predictor, series).study["note"] is None
+    partial = dashboard.decode([("p.zip", zip_bytes(part))]).series[0]
+    note = dashboard.predict_series(predictor, partial).study["note"]
+    assert note.startswith("the series looks incomplete: 1 gap(s) in the slice positions")
+    (cli_study,) = predictor.run([str(p) for p in part]).studies
+    assert cli_study.note == note
+
+
 def test_predict_series_reports_progress_batch_by_batch(phantoms, predictors):
     """A series predicted in batches of two reports each batch done, the last at 1.0; the
     result's probabilities are read-only (a cached result is shared between sessions)."""

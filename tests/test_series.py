@@ -107,3 +107,28 @@ def test_series_without_uid_is_listed_last_and_the_limit_is_inclusive(monkeypatc
     slices = [_slice(0.0, series=""), _slice(1.0, series="1.2.3"), _slice(2.0, series="1.2.3")]
     out = group_series(slices)
     assert [s.series_uid is None for s in out] == [False, True] and len(out[0].slices) == 2
+
+
+def test_coverage_note_finds_gaps_and_sparse_slices_not_one_missing_thin_slice():
+    """A series with slices missing between its first and last, or only every few slices of
+    a thin series, is said to look incomplete; a regular series, one missing 0.6 mm slice,
+    unknown positions or two slices are not."""
+    from hemo.series import coverage_note
+
+    assert coverage_note([0.0, 5.0, 10.0, 15.0, 20.0], [5.0] * 5) is None
+    gap = coverage_note([64.0, 68.0, 71.0, 86.0, 90.0])
+    assert gap == (
+        "the series looks incomplete: 1 gap(s) in the slice positions (the largest 15.0 mm "
+        "where the slices are 4.0 mm apart). The verdict covers only the slices given."
+    )
+    thin = [k * 0.625 for k in range(40) if k != 17]  # one thin slice missing
+    assert coverage_note(thin, [0.625] * len(thin)) is None
+    sparse = coverage_note([0.0, 3.75, 7.5, 11.25], [0.625] * 4)
+    assert "slices 3.8 mm apart but 0.625 mm thick (only some slices" in sparse
+    assert coverage_note([0.0, None, 10.0]) is None and coverage_note([0.0, 30.0]) is None
+
+
+def test_a_series_knows_its_coverage():
+    """Series.coverage_note reads its own slices' positions and thickness."""
+    (series,) = group_series([_slice(z) for z in (0.0, 2.5, 5.0, 20.0)])
+    assert series.coverage_note.startswith("the series looks incomplete: 1 gap(s)")
