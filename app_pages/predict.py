@@ -85,11 +85,16 @@ else:
     _forget_kept()  # the user emptied the uploader
 if skipped:
     st.caption(f"{skipped} file(s) of the folder skipped: DICOMDIR, hidden or not scans.")
+phantom_samples: set[str] = set()  # names of the phantoms among the samples
 for key in st.session_state.get(SAMPLE_KEY, []):
     try:
-        files.append(dashboard.sample_input(key))
+        sample = dashboard.sample_input(key)
     except HemoError as exc:
         st.error(str(exc))
+        continue
+    files.append(sample)
+    if key != dashboard.SAMPLE_CQ500:
+        phantom_samples.add(sample[0])
 if not files:
     st.info("Drop scans above or try a sample.")
     st.stop()
@@ -142,14 +147,18 @@ def _show_analysis(
     slice_number: int | None = None,
     seen: tuple[str, float] | None = None,
     referred_above=False,
+    phantom_note: str | None = None,
 ) -> None:
     """Probability, verdict, subtypes, and the plain slice beside the overlay (``slice_number``:
     the slice's place in its series, 1-based; ``referred_above``: the series' warning above
-    already gives this slice's referral)."""
+    already gives this slice's referral; ``phantom_note``: a phantom sample shown to a model
+    trained on real scans)."""
     p = result.prediction
     in_series = slice_number is not None
     if seen:
         st.info(dashboard.training_match_message(seen))
+    if phantom_note:
+        st.info(phantom_note)
     reason = outside_range or p.outside_range
     if reason:
         counts = " and does not count for the series verdict" if in_series else ""
@@ -168,6 +177,8 @@ def _show_analysis(
     else:
         m2.metric("Verdict", reports.verdict(p.positive), **_uncertain_delta(p.uncertain))
     m3.metric("Threshold", f"{p.threshold * PERCENT:.1f}%")
+    if synthetic and not in_series:  # a series says it once, under its own verdict
+        st.caption(dashboard.PHANTOM_ONLY_CAPTION)
     picture = dashboard.overlay_image(result, alpha, colormap)
     left, right = st.columns(2)
     shown = dashboard.slice_caption(slice_number, p) if in_series else "slice"
@@ -210,10 +221,12 @@ for i, scan in enumerate(decoded.singles):
             rows.append(reports.error_row(scan.source, str(exc)))
             continue
         seen = ui.training_match(model_path, scan)
-        _show_analysis(result, f"s{i}", seen=seen)
-        rows.append(
-            reports.prediction_row(result.prediction, note=dashboard.training_match_note(seen))
-        )
+        phantom = dashboard.phantom_sample_message(card) if scan.source in phantom_samples else None
+        _show_analysis(result, f"s{i}", seen=seen, phantom_note=phantom)
+        note = dashboard.training_match_note(seen)
+        if phantom:
+            note = "; ".join(n for n in (dashboard.PHANTOM_SAMPLE_NOTE, note) if n)
+        rows.append(reports.prediction_row(result.prediction, note=note))
 
 for j, series in enumerate(decoded.series):
     with st.container(border=True):
@@ -254,6 +267,8 @@ for j, series in enumerate(decoded.series):
         m3.metric(f"Slices over threshold{in_range}", study["positive_slices"])
         if outside:
             st.caption(dashboard.range_caption(study))
+        if synthetic:
+            st.caption(dashboard.PHANTOM_ONLY_CAPTION)
         slider_key = SERIES_SLICE_KEY.format(j)
         # A series shown here for the first time (another upload, another model) opens at its
         # most suspicious slice; the same one keeps the slice the user chose, also after a visit

@@ -921,6 +921,26 @@ def synthetic_training_message(card: Any) -> str | None:
     )
 
 
+#: Under each call of a model trained only on phantoms (the warning above may be scrolled away).
+PHANTOM_ONLY_CAPTION = "Phantom-only model: on a real scan this call is not a finding."
+#: The report's note for a phantom sample shown to a model trained on real scans.
+PHANTOM_SAMPLE_NOTE = (
+    "a synthetic phantom shown to a model trained on real scans: not a test of the model"
+)
+
+
+def phantom_sample_message(card: Any) -> str | None:
+    """What the Predict page says under a phantom sample shown to a model trained on real
+    scans (``None`` for a model trained on phantoms: the sample is what it knows)."""
+    if synthetic_training_message(card) is not None:
+        return None
+    return (
+        f"A synthetic phantom (a sample): {card.name} was trained on real scans, never on "
+        "phantoms, so its call here is no test of it. The phantom model (phantom_rsna3) is "
+        "the one for phantoms; the real CQ500 slice is a sample for this one."
+    )
+
+
 def referral_message(card: Any, probability: float, what: str = "image") -> str:
     """Why a call in the card's referral band goes to a reader (one paragraph).
 

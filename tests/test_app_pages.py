@@ -671,6 +671,29 @@ def test_predict_samples_and_png_on_display_model(env):
     assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 4
 
 
+def test_predict_says_what_a_phantom_sample_is_to_each_shipped_model(env, monkeypatch):
+    """The real-scan model given a phantom sample says the call is no test of it (not the real
+    CQ500 sample); the phantom-only model marks every call, a series' once, as no finding on
+    a real scan."""
+    from hemo.config import MODELS_DIR
+
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(MODELS_DIR))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, "headct_real")
+    at = _open("app_pages/predict.py")
+    for key in (dashboard.SAMPLE_BLEED, dashboard.SAMPLE_CQ500):
+        at.button(key=f"sample_{key}").click().run()
+    _ok(at)
+    infos = [i.value for i in at.info if i.value.startswith("A synthetic phantom (a sample)")]
+    assert len(infos) == 1 and "headct_real was trained on real scans" in infos[0]
+    assert dashboard.PHANTOM_ONLY_CAPTION not in [c.value for c in at.caption]
+    at.session_state[ui.MODEL_CHOICE_KEY] = "phantom_rsna3"
+    at.run()
+    _ok(at)
+    assert not [i for i in at.info if i.value.startswith("A synthetic phantom (a sample)")]
+    captions = [c.value for c in at.caption]
+    assert captions.count(dashboard.PHANTOM_ONLY_CAPTION) == 2  # one per call
+
+
 def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, monkeypatch):
     """With a model whose card names its training folder, an upload of one of those images is
     flagged as seen in training, and an unseen real scan (the CQ500 sample) is not."""
