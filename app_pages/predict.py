@@ -50,6 +50,7 @@ def _forget_kept() -> None:
 # Streamlit forgets an uploader's files once another page has run: the page keeps its own
 # copy (in memory, like the uploader's) and shows it again on return, until replaced or dropped
 fresh_visit = "predict_upload" not in st.session_state
+ui.hide_upload_names()  # a file named after the patient: only its scrubbed name is shown
 uploads = st.file_uploader(
     "Scans", accept_multiple_files=True, key="predict_upload", label_visibility="collapsed"
 )

@@ -69,6 +69,7 @@ if source == SOURCE_DATASET:
     except HemoError as exc:
         st.error(str(exc))
 else:
+    ui.hide_upload_names()  # a file named after the patient: only its scrubbed name is shown
     uploads = st.file_uploader(
         "DICOM file(s), a zip of a series or a NIfTI volume (files without extension are fine)",
         accept_multiple_files=True,

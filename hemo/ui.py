@@ -320,6 +320,27 @@ def sidebar() -> None:
         _model_picker()
 
 
+#: Shown in an upload chip instead of the file's name (see :func:`hide_upload_names`).
+HIDDEN_NAME = "name hidden"
+#: The chips' name elements (Streamlit 1.67's test id) drawn without their text, and without
+#: the tooltip (their title) that would show it on hover.
+_HIDE_UPLOAD_NAMES_CSS = (
+    "<style>[data-testid='stFileChipName']{font-size:0 !important;pointer-events:none}"
+    f"[data-testid='stFileChipName']::after{{content:'{HIDDEN_NAME}';font-size:0.875rem;"
+    "font-style:italic}</style>"
+)
+
+
+def hide_upload_names() -> None:
+    """Draw the uploaders' file chips without the files' names (size and remove button stay).
+
+    An exported file or folder is often named after the patient; the page shows every name
+    scrubbed (:func:`hemo.dicom.scrub_name`) beside its result, but Streamlit's own chips
+    would show it whole to anyone watching the screen.
+    """
+    st.html(_HIDE_UPLOAD_NAMES_CSS)
+
+
 def notice() -> None:
     """The research-tool notice at the top of every page's body: the sidebar is closed on a
     phone and can be closed anywhere, the notice must stay in sight beside every verdict."""

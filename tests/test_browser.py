@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
 
-from hemo import dashboard, reports, runs
+from hemo import dashboard, reports, runs, ui
 from hemo.config import MODELS_DIR, PROJECT_DIR
 from hemo.datasets import load_index
 from hemo.errors import HemoError
@@ -266,7 +266,7 @@ def test_upload_shows_probability_and_heatmap(server, page, material):
 
 def test_report_download_lists_every_uploaded_file(server, page, material, tmp_path):
     """The CSV report downloaded after a mixed upload has one row per file: the slice with its
-    probability, the unreadable file with its error."""
+    probability, the unreadable file with its error; the uploader's chips hide the names."""
     import pandas as pd
 
     index = load_index(material["data"] / "index.parquet")
@@ -279,6 +279,14 @@ def test_report_download_lists_every_uploaded_file(server, page, material, tmp_p
     )
     page.get_by_text("Probability of hemorrhage").wait_for(timeout=PREDICT_S * 1000)
     _settle(page, PREDICT_S)
+    # The uploader's chips show no file name (it may be the patient's): text, tooltip
+    chip_names = page.locator('[data-testid="stFileChipName"]')
+    assert chip_names.count() == 2
+    drawn = chip_names.first.evaluate(
+        "e => [getComputedStyle(e).fontSize, getComputedStyle(e, '::after').content,"
+        " getComputedStyle(e).pointerEvents]"
+    )
+    assert drawn == ["0px", f'"{ui.HIDDEN_NAME}"', "none"]
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Download CSV report").click()
     report = pd.read_csv(download.value.path())
