@@ -4,7 +4,9 @@ A run directory ``runs/<name>/`` holds::
 
     config.json     resolved configuration
     status.json     live state, rewritten atomically every few seconds (see STATUS_FIELDS)
-    history.csv     Keras CSVLogger, one row per epoch (appended across resumes)
+    history.csv     Keras CSVLogger, one row per epoch (appended across resumes); its
+                    ``epoch`` column counts from 0 as Keras does, while status.json's
+                    ``epoch`` and the terminal's "Epoch N/M" count epochs done, from 1
     train.log       stdout/stderr of a run started by :func:`launch_run`
     checkpoints/    best.weights.h5 (best validation AUC)
     backup/         BackupAndRestore state (removed when the run finishes)

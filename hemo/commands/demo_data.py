@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--size",
         type=int,
         default=DEFAULT_SIZE_PX,
-        help=f"slice side in pixels, at most {MAX_SIZE_PX} (default {DEFAULT_SIZE_PX})",
+        help=f"slice side in pixels, at most {MAX_SIZE_PX} (default {DEFAULT_SIZE_PX}, the size "
+        "the shipped phantom_rsna3 was trained and tested at; the same head at another size "
+        "has another pixel spacing and texture, on which that model does not hold: at 128 px "
+        "it called every slice of 8 studies positive)",
     )
     parser.add_argument(
         "--skull-base",
