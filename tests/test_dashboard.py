@@ -301,9 +301,7 @@ def test_predict_series_pools_to_the_highest_slice(phantoms, predictors):
     assert strip["slice"].tolist() == list(range(1, PHANTOM_SLICES + 1))
 
 
-def test_a_series_with_slices_missing_says_so_on_the_page_and_in_hemo_predict(
-    tmp_path, predictors
-):
+def test_a_series_with_slices_missing_says_so_on_the_page_and_in_hemo_predict(tmp_path, predictors):
     """Two middle slices of an 8-slice phantom study left out: the series' study summary (the
     page, the reports) and hemo predict's study both say it looks incomplete; the whole study
     does not."""
