@@ -232,17 +232,14 @@ for i, scan in enumerate(decoded.singles):
 for j, series in enumerate(decoded.series):
     with st.container(border=True):
         try:
-            bar = st.progress(0.0, text=f"Predicting {len(series.slices)} slices…")
             result = ui.predict_series(
-                model_path, key, f"r{j}", series, ui.progress_callback(bar, "Predicting")
+                model_path, key, f"r{j}", series, f"Predicting {len(series.slices)} slices…"
             )
         except HemoError as exc:
-            bar.empty()
             st.error(str(exc))
             name = dashboard.series_name(series)
             rows.extend(reports.error_row(s.source, str(exc), series=name) for s in series.slices)
             continue
-        bar.empty()
         study = result.study
         seen = ui.training_matches(model_path, key, f"r{j}", series.slices)
         st.subheader(dashboard.series_title(result.name, study["slices"]))

@@ -18,6 +18,7 @@ Everything the functions compute is done by the headless modules (:mod:`hemo.das
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
 from hemo import dashboard, eda
 from hemo.errors import HemoError
@@ -57,9 +59,9 @@ PERSIST = "session"
 
 
 # Cached loaders ---------------------------------------------------------------------------------
-@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Loading the model…")
 def predictor(model_path: str) -> Any:
-    """The :class:`hemo.predict.Predictor` of a model file, loaded once per process.
+    """The :class:`hemo.predict.Predictor` of a model file, loaded once per process and again
+    when the file changes (a run exported over it while the app runs).
 
     Args:
         model_path: The ``.keras`` file.
@@ -67,8 +69,15 @@ def predictor(model_path: str) -> Any:
     Returns:
         The shared predictor. Callers must not modify it.
     """
+    return _predictor(model_path, mtime_of(model_path))
+
+
+@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Loading the model…")
+def _predictor(model_path: str, mtime: float) -> Any:
+    """:func:`predictor`, cached per path and modification time."""
     from hemo.predict import Predictor
 
+    del mtime  # part of the cache key only
     return Predictor(Path(model_path))
 
 
@@ -127,6 +136,26 @@ class ProgressMemo:
 _samples = ProgressMemo(MAX_SAMPLES, CACHE_TTL_S)
 
 
+def _finish_first(
+    on_progress: Callable | None,
+) -> tuple[Callable[[float, str], None], list[ScriptControlException]]:
+    """A progress function that holds back the rerun or stop Streamlit raises from a drawing
+    call (a click elsewhere on the page while the work runs), so that the work finishes and is
+    cached; the caller raises what was held (``held[0]``) after caching. Without it each click
+    threw the work away and started it again."""
+    held: list[ScriptControlException] = []
+
+    def update(fraction: float, what: str) -> None:
+        if held or on_progress is None:
+            return
+        try:
+            on_progress(fraction, what)
+        except ScriptControlException as exc:
+            held.append(exc)
+
+    return update, held
+
+
 def scan_sample(
     path: str, mtime: float, per_class: int, seed: int, on_progress: Callable | None = None
 ) -> eda.SampleStats:
@@ -137,11 +166,15 @@ def scan_sample(
         The sample's statistics (the tables are copies: callers may change them).
     """
 
+    update, held = _finish_first(on_progress)
+
     def compute() -> eda.SampleStats:
         view = dashboard.open_dataset(path)
-        return eda.scan_sample(view.index, per_class=per_class, seed=seed, on_progress=on_progress)
+        return eda.scan_sample(view.index, per_class=per_class, seed=seed, on_progress=update)
 
     stats = _samples.get((path, mtime, per_class, seed), compute)
+    if held:
+        raise held[0]
     return dataclasses.replace(
         stats,
         histograms=stats.histograms.copy(),
@@ -182,12 +215,19 @@ def decode(key: str, _files: Sequence[tuple[str, bytes]]) -> dashboard.Decoded:
     return dashboard.decode(_files)
 
 
-@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Reading the model's training images…")
 def training_reference(model_path: str) -> Any | None:
     """The images the model at ``model_path`` was trained on, when they are on this machine
-    (:func:`hemo.evaluate.training_reference`), read once per process; else ``None``."""
+    (:func:`hemo.evaluate.training_reference`), read once per process and model file; else
+    ``None``."""
+    return _training_reference(model_path, mtime_of(model_path))
+
+
+@st.cache_resource(max_entries=MAX_MODELS, show_spinner="Reading the model's training images…")
+def _training_reference(model_path: str, mtime: float) -> Any | None:
+    """:func:`training_reference`, cached per path and modification time."""
     from hemo.evaluate import training_reference as reference
 
+    del mtime
     return reference(predictor(model_path).card)
 
 
@@ -197,21 +237,30 @@ def training_match(model_path: str, scan: Any) -> tuple[str, float] | None:
     return None if reference is None else reference.match(scan)
 
 
-@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner=False)
 def training_matches(
-    model_path: str, key: str, item: str, _scans: Sequence[Any]
+    model_path: str, key: str, item: str, scans: Sequence[Any]
 ) -> list[tuple[str, float] | None]:
-    """:func:`training_match` of each scan of a series (``key`` and ``item`` name it)."""
-    del key, item
+    """:func:`training_match` of each scan of a series (``key`` and ``item`` name it), cached
+    per model file."""
+    return _training_matches(model_path, mtime_of(model_path), key, item, scans)
+
+
+@st.cache_data(
+    max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Comparing with the training images…"
+)
+def _training_matches(
+    model_path: str, mtime: float, key: str, item: str, _scans: Sequence[Any]
+) -> list[tuple[str, float] | None]:
+    del mtime, key, item
     reference = training_reference(model_path)
     return [None if reference is None else reference.match(scan) for scan in _scans]
 
 
-@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting…")
 def analyse(
-    model_path: str, key: str, item: str, method: str, label: str, _scan: Any
+    model_path: str, key: str, item: str, method: str, label: str, scan: Any
 ) -> dashboard.Analysis:
-    """Prediction and heatmap of one decoded scan (:func:`hemo.dashboard.analyse`).
+    """Prediction and heatmap of one decoded scan (:func:`hemo.dashboard.analyse`), cached
+    per model file, upload and scan.
 
     Args:
         model_path: The model.
@@ -219,9 +268,16 @@ def analyse(
         item: Which scan of that set (with ``key``, names the scan).
         method: CAM method.
         label: Output explained.
-        _scan: The scan (not hashed: ``key`` and ``item`` stand for it).
+        scan: The scan (not hashed: ``key`` and ``item`` stand for it).
     """
-    del key, item
+    return _analyse(model_path, mtime_of(model_path), key, item, method, label, scan)
+
+
+@st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner="Predicting…")
+def _analyse(
+    model_path: str, mtime: float, key: str, item: str, method: str, label: str, _scan: Any
+) -> dashboard.Analysis:
+    del mtime, key, item
     return dashboard.analyse(predictor(model_path), _scan, method=method, label=label)
 
 
@@ -229,15 +285,37 @@ _series_results = ProgressMemo(MAX_ANALYSES, CACHE_TTL_S)
 
 
 def predict_series(
-    model_path: str, key: str, item: str, series: Any, on_progress: Callable | None = None
+    model_path: str, key: str, item: str, series: Any, progress_text: str | None = None
 ) -> dashboard.SeriesResult:
     """Per-slice predictions and the study verdict of one series, cached per process like
-    :func:`analyse` (``key`` and ``item`` name the series); ``on_progress`` is called after
-    each batch of slices, only when they are predicted."""
-    return _series_results.get(
-        (model_path, key, item),
-        lambda: dashboard.predict_series(predictor(model_path), series, on_progress),
-    )
+    :func:`analyse` (``key`` and ``item`` name the series).
+
+    With ``progress_text``, a progress bar appears (where this is called) once the first batch
+    of slices is predicted, and goes when they all are: a cached result draws none. A click
+    elsewhere meanwhile reruns the page only once the series is predicted and cached.
+
+    Returns:
+        The result; its ``study`` is the caller's own copy (the rest is shared, read-only).
+    """
+    bar: list[Any] = []
+
+    def draw(fraction: float, what: str) -> None:
+        if not bar:
+            bar.append(st.progress(0.0, text=progress_text))
+        bar[0].progress(min(max(fraction, 0.0), 1.0), text=f"Predicting {what}")
+
+    update, held = _finish_first(draw if progress_text else None)
+    try:
+        result = _series_results.get(
+            (model_path, mtime_of(model_path), key, item),
+            lambda: dashboard.predict_series(predictor(model_path), series, update),
+        )
+    finally:
+        if bar and not held:
+            bar[0].empty()
+    if held:
+        raise held[0]
+    return dataclasses.replace(result, study=copy.deepcopy(result.study))
 
 
 @st.cache_data(max_entries=MAX_ANALYSES, ttl=CACHE_TTL_S, show_spinner=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,27 +180,89 @@ def test_progress_memo_bounds_expires_and_reports_only_on_a_miss(monkeypatch):
     assert calls[-1] == "b" and len(calls) == 5
 
 
-def test_series_results_are_cached_per_process_and_draw_progress_only_when_predicted(
-    monkeypatch,
+def test_series_results_are_cached_per_model_file_and_draw_progress_only_when_predicted(
+    monkeypatch, tmp_path
 ):
-    """The Predict page's series cache: the first call predicts (and reports progress), a
-    second call for the same model, upload and series reuses the result without progress."""
+    """The Predict page's series cache: the first call predicts and draws a bar (then removes
+    it); the same model, upload and series again reuses the result and draws nothing; another
+    series, or the model file rewritten (a run exported over it), predicts again; each caller
+    gets its own study dict."""
+    from hemo.dashboard import SeriesResult
+
     predicted: list[object] = []
+    bars: list[list[str]] = []
+
+    class Bar:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+            bars.append(self.texts)
+
+        def progress(self, fraction: float, text: str) -> None:
+            self.texts.append(text)
+
+        def empty(self) -> None:
+            self.texts.append("emptied")
 
     def fake_predict(predictor, series, on_progress=None):
+        on_progress(0.5, "slice 2 of 3")
+        on_progress(1.0, "slice 3 of 3")
+        predicted.append((predictor, series))
+        study = {"source": series, "outside_range_slices": [1]}
+        return SeriesResult(series, (), np.zeros(3), study, 0)
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"v1")
+    monkeypatch.setattr(ui, "_series_results", ui.ProgressMemo(max_entries=4, ttl_s=60.0))
+    monkeypatch.setattr(ui, "predictor", lambda path: f"predictor {Path(path).name}")
+    monkeypatch.setattr(ui.dashboard, "predict_series", fake_predict)
+    monkeypatch.setattr(ui.st, "progress", lambda fraction, text: Bar())
+    first = ui.predict_series(str(model), "k", "r0", "s0", "Predicting 3 slices…")
+    assert bars == [["Predicting slice 2 of 3", "Predicting slice 3 of 3", "emptied"]]
+    first.study["outside_range_slices"].append(99)  # the caller's own copy
+    again = ui.predict_series(str(model), "k", "r0", "s0", "Predicting 3 slices…")
+    assert len(bars) == 1 and again.study["outside_range_slices"] == [1]
+    ui.predict_series(str(model), "k", "r1", "s1", "Predicting 3 slices…")
+    os.utime(model, ns=(1, 1))  # rewritten: another modification time
+    ui.predict_series(str(model), "k", "r0", "s0", "Predicting 3 slices…")
+    assert [series for _, series in predicted] == ["s0", "s1", "s0"]
+
+
+def test_a_click_during_a_series_prediction_reruns_only_once_it_is_cached(monkeypatch, tmp_path):
+    """Streamlit raises its rerun from a drawing call when the user clicks meanwhile: the
+    prediction still finishes and is cached, then the rerun goes on, and the rerun finds the
+    result instead of predicting every slice again."""
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+
+    from hemo.dashboard import SeriesResult
+
+    predicted: list[str] = []
+    reached: list[str] = []
+
+    class Bar:
+        def progress(self, fraction: float, text: str) -> None:
+            raise RerunException(None)
+
+        def empty(self) -> None:
+            raise AssertionError("no drawing once a rerun is pending")
+
+    def fake_predict(predictor, series, on_progress=None):
+        on_progress(0.5, "slice 2 of 3")
+        reached.append("the last batch")  # not cut short by the rerun
         on_progress(1.0, "slice 3 of 3")
         predicted.append(series)
-        return f"result of {series}"
+        return SeriesResult(series, (), np.zeros(3), {"source": series}, 0)
 
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"v1")
     monkeypatch.setattr(ui, "_series_results", ui.ProgressMemo(max_entries=4, ttl_s=60.0))
-    monkeypatch.setattr(ui, "predictor", lambda path: f"predictor {path}")
+    monkeypatch.setattr(ui, "predictor", lambda path: "predictor")
     monkeypatch.setattr(ui.dashboard, "predict_series", fake_predict)
-    progress: list[str] = []
-    first = ui.predict_series("m.keras", "k", "r0", "s0", lambda f, what: progress.append(what))
-    again = ui.predict_series("m.keras", "k", "r0", "s0", lambda f, what: progress.append(what))
-    other = ui.predict_series("m.keras", "k", "r1", "s1", lambda f, what: progress.append(what))
-    assert first == again == "result of s0" and other == "result of s1"
-    assert predicted == ["s0", "s1"] and progress == ["slice 3 of 3", "slice 3 of 3"]
+    monkeypatch.setattr(ui.st, "progress", lambda fraction, text: Bar())
+    with pytest.raises(RerunException):
+        ui.predict_series(str(model), "k", "r0", "s0", "Predicting 3 slices…")
+    assert reached == ["the last batch"] and predicted == ["s0"]
+    assert ui.predict_series(str(model), "k", "r0", "s0", "Predicting 3 slices…").name == "s0"
+    assert predicted == ["s0"]
 
 
 def test_eda_on_a_kaggle_png_layout(env):
