@@ -1068,8 +1068,6 @@ def _final_model(config: Mapping[str, Any], path: Path, d: _Data, model, fit_mod
     return final
 
 
-#: Fewest patients a patient-grouped split can give train, val and test rows from.
-MIN_SPLIT_PATIENTS = 3
 #: Names of left-out files recorded in a card (the count is always whole).
 LEFT_OUT_NAMES = 10
 
@@ -1139,16 +1137,34 @@ def _split(index, split: str, data: Path | None = None):
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         why = f"the index has no {split!r} rows (splits: {index['split'].value_counts().to_dict()})"
-        if "patient_id" in index.columns and index["patient_id"].notna().any():
-            patients = int(index["patient_id"].nunique())
-            if patients < MIN_SPLIT_PATIENTS:
-                why += (
-                    f": its {len(index):,} images come from {patients} patient(s), and a "
-                    "patient's images never straddle train, val and test; training needs "
-                    f"images of at least {MIN_SPLIT_PATIENTS} patients"
-                )
+        patients = _patients_per_label(index)
+        if patients:
+            from hemo.datasets.split import MIN_GROUPS_FOR_ALL_SPLITS
+
+            counts = ", ".join(f"{n} {label}" for label, n in patients.items())
+            why += (
+                f": its {len(index):,} images come from {sum(patients.values())} patient(s) "
+                f"({counts}); hemo index deals "
+                "whole patients to train, val and test label by label, and a label needs "
+                f"{MIN_GROUPS_FOR_ALL_SPLITS} or more patients to give val and test one each"
+            )
         raise DatasetError(why, data)
     return rows
+
+
+def _patients_per_label(index) -> dict[str, int]:
+    """Patients with a bleed and without (a patient counts as positive when any image is);
+    empty when the index has no patient ids."""
+    if "patient_id" not in index.columns or not index["patient_id"].notna().any():
+        return {}
+    import pandas as pd
+
+    label = pd.to_numeric(index.get("label_any"), errors="coerce")
+    per_patient = label.groupby(index["patient_id"]).max()
+    return {
+        "with a bleed": int((per_patient == 1).sum()),
+        "without": int((per_patient == 0).sum()),
+    }
 
 
 def _cardinality(ds, rows: int, batch: int) -> int:

@@ -287,7 +287,10 @@ def test_train_on_one_patient_says_why_there_is_no_validation_split(
         train(config)
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'one'}: the index has no 'val' rows")
-    assert "come from 1 patient(s)" in message and "at least 3 patients" in message
+    assert re.search(
+        r"4 images come from 1 patient\(s\) \([01] with a bleed, [01] without\)", message
+    )
+    assert "a label needs 3 or more patients to give val and test one each" in message
 
 
 def test_train_refuses_a_cache_that_cannot_fit_before_reading_an_image(
