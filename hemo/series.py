@@ -30,7 +30,9 @@ POSITION_TOLERANCE_MM = 1e-3
 GAP_FACTOR = 1.5
 #: ... and more than this many mm wider than the spacing (one missing thin slice is no gap).
 MIN_GAP_MM = 2.5
-#: A median spacing over this many slice thicknesses: only some slices of the series.
+#: Positions rounded in the file: a step this much over a limit is still within it.
+GAP_TOLERANCE_MM = 0.05
+#: Steps over this many slice thicknesses (the median step): only some slices of the series.
 SPARSE_FACTOR = 2.0
 #: Label of slices without a Series Instance UID in messages.
 NO_SERIES_UID = "<no Series Instance UID>"
@@ -86,37 +88,50 @@ def coverage_note(
 ) -> str | None:
     """What a reader must know when a series looks incomplete, from its slice positions.
 
-    Two signs, each measured on the ordered positions (``None`` when a position is unknown, or
-    under three slices): a **gap** (two neighbours more than :data:`GAP_FACTOR` times the
-    median spacing apart, and :data:`MIN_GAP_MM` more than it: slices missing in between; one
-    missing 0.6 mm slice is none), and **sparse** slices (the median
-    spacing more than :data:`SPARSE_FACTOR` times the median slice thickness: every few
-    slices of a thin series, as when some files of a folder were chosen).
+    Each step between neighbouring slices is judged against what is expected there: the
+    series' median spacing, or the two slices' own thickness when larger (a protocol that
+    goes from 3 mm slices at the skull base to 10 mm above is complete). Two signs (``None``
+    when a position is unknown, or under three slices):
+
+    - a **gap**: a step more than :data:`GAP_FACTOR` times the expected one and over
+      :data:`MIN_GAP_MM` (plus :data:`GAP_TOLERANCE_MM`) beyond it: slices missing in between;
+      one missing 0.6 mm or 2.5 mm slice is none;
+    - **sparse** slices: most steps over :data:`SPARSE_FACTOR` times their slices' thickness
+      (every few slices of a thin series, as when some files of a folder were chosen).
 
     Args:
         z_mm: ``slice_z_mm`` of the slices, in order.
-        thickness_mm: Their slice thickness, where known.
+        thickness_mm: Their slice thickness where known (same order), else empty.
 
     Returns:
         One sentence, ending in what it means for the verdict, or ``None``.
     """
-    if len(z_mm) < 3 or any(z is None for z in z_mm):
+    if len(z_mm) < 3 or any(z is None or not np.isfinite(z) for z in z_mm):
         return None
     steps = np.abs(np.diff(np.asarray(z_mm, dtype=np.float64)))
     spacing = float(np.median(steps))
     if spacing <= 0:
         return None
+    thick = np.full(len(z_mm), np.nan)
+    if len(thickness_mm) == len(z_mm):
+        thick = np.array(
+            [t if t is not None and np.isfinite(t) and t > 0 else np.nan for t in thickness_mm],
+            dtype=np.float64,
+        )
+    pair = np.fmax(thick[:-1], thick[1:])  # NaN only where both slices' thickness is unknown
+    expected = np.fmax(spacing, np.nan_to_num(pair, nan=0.0))
+    limit = np.maximum(GAP_FACTOR * expected, expected + MIN_GAP_MM) + GAP_TOLERANCE_MM
+    gaps = steps > limit
     found = []
-    gaps = steps > max(GAP_FACTOR * spacing, spacing + MIN_GAP_MM)
     if gaps.any():
         found.append(
             f"{int(gaps.sum())} gap(s) in the slice positions (the largest "
             f"{float(steps.max()):.1f} mm where the slices are {spacing:.1f} mm apart)"
         )
-    known = [t for t in thickness_mm if t is not None and t > 0]
-    if known and spacing > SPARSE_FACTOR * float(np.median(known)):
+    known = np.isfinite(pair)
+    if known.any() and float(np.median(steps[known] / pair[known])) > SPARSE_FACTOR:
         found.append(
-            f"slices {spacing:.1f} mm apart but {float(np.median(known)):.3g} mm thick "
+            f"slices {spacing:.1f} mm apart but {float(np.median(pair[known])):.3g} mm thick "
             "(only some slices of the series?)"
         )
     if not found:

@@ -111,8 +111,8 @@ def test_series_without_uid_is_listed_last_and_the_limit_is_inclusive(monkeypatc
 
 def test_coverage_note_finds_gaps_and_sparse_slices_not_one_missing_thin_slice():
     """A series with slices missing between its first and last, or only every few slices of
-    a thin series, is said to look incomplete; a regular series, one missing 0.6 mm slice,
-    unknown positions or two slices are not."""
+    a thin series, is said to look incomplete; a regular series, a mixed 3 mm / 10 mm
+    protocol, one missing 0.6 or 2.5 mm slice, unknown positions or two slices are not."""
     from hemo.series import coverage_note
 
     assert coverage_note([0.0, 5.0, 10.0, 15.0, 20.0], [5.0] * 5) is None
@@ -123,6 +123,12 @@ def test_coverage_note_finds_gaps_and_sparse_slices_not_one_missing_thin_slice()
     )
     thin = [k * 0.625 for k in range(40) if k != 17]  # one thin slice missing
     assert coverage_note(thin, [0.625] * len(thin)) is None
+    # 3 mm slices at the skull base, 10 mm above: each step is judged by its slices' thickness
+    mixed = [0.0, 3.0, 6.0, 9.0, 12.0, 22.0, 32.0, 42.0, 52.0]
+    assert coverage_note(mixed, [3.0] * 5 + [10.0] * 4) is None
+    # One missing 2.5 mm slice (a 5.0 mm step, on the limit) is none, rounding or not; two are
+    assert coverage_note([0.0, 2.5, 5.0, 10.0001, 12.5, 15.0], [2.5] * 6) is None
+    assert "1 gap(s)" in coverage_note([0.0, 2.5, 5.0, 12.5, 15.0, 17.5], [2.5] * 6)
     sparse = coverage_note([0.0, 3.75, 7.5, 11.25], [0.625] * 4)
     assert "slices 3.8 mm apart but 0.625 mm thick (only some slices" in sparse
     assert coverage_note([0.0, None, 10.0]) is None and coverage_note([0.0, 30.0]) is None
