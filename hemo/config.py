@@ -22,7 +22,9 @@ SHARED_DATA_DIR = Path(os.environ.get("HEMO_SHARED_DATA", PROJECT_DIR.parent / "
 
 
 def portable_path(path: str | os.PathLike, given: str | None = None) -> str:
-    """How a path is written into a model card or report, without this machine's folders.
+    """How a path is written into a model card or report: relative to the project where it
+    can be, so that a card holds no more of this machine's folders than it must and still
+    finds its data where readers look (the current folder, then the project).
 
     Args:
         path: The resolved path.
@@ -31,9 +33,10 @@ def portable_path(path: str | os.PathLike, given: str | None = None) -> str:
     Returns:
         The path relative to the project when it lies inside it (``"data/processed/x"``,
         ``"runs/name/..."``); else ``given`` when it names the same folder from the project (or
-        is absolute); else the resolved path: readers look from the current folder and then
-        from the project, so a spelling relative to the folder the command ran in (``--data
-        kbad`` in ``/tmp``) would be lost anywhere else.
+        is absolute); else, beside the project (under its parent folder), the path relative to
+        the project (``"../shared/data/head_ct"``); else the resolved path. A spelling relative
+        to the folder a command ran in (``--data kbad`` in ``/tmp``) is never kept: it would be
+        lost from anywhere else.
     """
     resolved = Path(path).resolve()
     if resolved.is_relative_to(PROJECT_DIR):
@@ -42,6 +45,8 @@ def portable_path(path: str | os.PathLike, given: str | None = None) -> str:
         spelled = Path(given).expanduser()
         if spelled.is_absolute() or (PROJECT_DIR / spelled).resolve() == resolved:
             return str(given)
+    if resolved.is_relative_to(PROJECT_DIR.parent):
+        return Path(os.path.relpath(resolved, PROJECT_DIR)).as_posix()
     return str(resolved)
 
 

@@ -906,19 +906,20 @@ def test_sigterm_stops_cleanly(tmp_path: Path, phantom_dir: Path) -> None:
     assert len(run.history) < 50
 
 
-def test_portable_path_drops_this_machines_folders(tmp_path: Path) -> None:
-    """Cards name paths inside the project relative to it, others as the user spelled them
-    when that spelling names them from the project too, else resolved."""
+def test_portable_path_writes_paths_relative_to_the_project_where_it_can(tmp_path: Path) -> None:
+    """Cards name paths inside or beside the project relative to it, as readers resolve them
+    (from the current folder, then the project); a spelling relative to the folder a command
+    ran in, which would be lost elsewhere, is replaced."""
     from hemo.config import PROJECT_DIR, portable_path
 
     assert portable_path(PROJECT_DIR / "data" / "processed" / "x") == "data/processed/x"
     assert portable_path(PROJECT_DIR / "runs" / ".." / "models" / "m.keras") == "models/m.keras"
     shared = PROJECT_DIR.parent / "shared" / "data" / "head_ct"
     assert portable_path(shared, "../shared/data/head_ct") == "../shared/data/head_ct"
-    assert portable_path(tmp_path / "d") == str((tmp_path / "d").resolve())
-    # A spelling relative to the folder the command ran in names another folder from the
-    # project (where readers look next): the resolved path is written instead
-    assert portable_path(tmp_path / "kbad", "kbad") == str((tmp_path / "kbad").resolve())
+    assert portable_path(shared, "head_ct") == "../shared/data/head_ct"  # ran in data/
+    assert portable_path(shared) == "../shared/data/head_ct"
+    outside = Path("/") / "hemo-nowhere" / "kbad"  # not beside the project: resolved
+    assert portable_path(outside, "kbad") == str(outside)
     assert portable_path(tmp_path / "d", str(tmp_path / "d")) == str(tmp_path / "d")
 
 
