@@ -32,7 +32,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from hemo import config
-from hemo.errors import ConfigError, DatasetError, HemoError, InputError, ModelError
+from hemo.errors import ConfigError, DatasetError, HemoError, InputError, LimitError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -534,7 +534,12 @@ def _not_a_series(exc: HemoError, n_slices: int) -> str:
             f"({exc.where}): the same slice uploaded twice? {after[0].upper()}{after[1:]}; "
             "remove one copy to see them as a series."
         )
-    return f"{exc}; {after}"
+    if isinstance(exc, LimitError):  # its own message names the series by its UID pseudonym
+        return (
+            f"{n_slices} slices of one series are more than a series may hold "
+            f"({config.MAX_SLICES_PER_SERIES}, config.MAX_SLICES_PER_SERIES): {after}."
+        )
+    return f"{exc.reason}; {after}"
 
 
 def _read_uploads(
@@ -1151,12 +1156,14 @@ def unlikely_map_note(result: Any, threshold: float) -> str | None:
 
 
 def training_match_note(match: tuple[str, float] | None) -> str | None:
-    """The report's note for a scan that looks like one of the model's training images."""
+    """The report's note for a scan that looks like one of the model's training images. The
+    training image is not named: a report is shared, and a training set's file names may
+    name its patients (the page, seen only by the user, names it)."""
     if match is None:
         return None
-    path, similarity = match
+    _, similarity = match
     return (
-        f"looks like the training image {Path(path).name} (correlation {similarity:.3f}): "
+        f"looks like one of the model's training images (correlation {similarity:.3f}): "
         "not a test of the model"
     )
 

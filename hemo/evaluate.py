@@ -866,7 +866,7 @@ def evaluate_model(
         notes = (
             *notes,
             f"{len(unindexed)} file(s) of the dataset could not be read when it was indexed and "
-            f"are in no split, so in no metric; first: {unindexed[0]}",
+            f"are in no split, so in no metric; first: {Path(unindexed[0]).name}",
         )
     return dataclasses.replace(
         report,

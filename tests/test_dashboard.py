@@ -222,6 +222,26 @@ def test_decode_keeps_at_most_the_pixel_budget_of_one_file(phantoms, monkeypatch
     assert "the app keeps at most" in decoded.errors[0][1]
 
 
+def test_a_series_over_the_slice_limit_is_shown_slice_by_slice_without_its_uid(
+    phantoms, monkeypatch
+):
+    """More slices in one series than config.MAX_SLICES_PER_SERIES: a notice in plain words
+    (no Series UID pseudonym), every slice shown alone, nothing counted as failed."""
+    from hemo import config
+
+    index = load_index(phantoms / "index.parquet")
+    study = [Path(p) for p in index.loc[index["study_uid"] == index["study_uid"].iloc[0], "path"]]
+    monkeypatch.setattr(config, "MAX_SLICES_PER_SERIES", 2)
+    decoded = dashboard.decode([("s.zip", zip_bytes(study))])
+    assert decoded.errors == () and decoded.series == () and len(decoded.singles) == len(study)
+    ((_, message),) = decoded.notices
+    assert message == (
+        f"{len(study)} slices of one series are more than a series may hold (2, "
+        f"config.MAX_SLICES_PER_SERIES): the {len(study)} slices are shown one by one, without "
+        "a series verdict."
+    )
+
+
 def test_a_duplicate_slice_breaks_up_only_its_own_series(phantoms):
     """Two studies uploaded together, one holding the same slice twice (in the zip and again
     on its own): that series is shown slice by slice with a notice naming both copies, the

@@ -164,10 +164,10 @@ def test_csv_rows_each_carry_the_model_and_what_holds_for_the_call():
     training-image look-alike); positions are rounded to a micrometre."""
     from hemo.dashboard import training_match_note
 
-    seen = training_match_note(("/data/head_ct/010.png", 0.99812))
-    assert (
-        seen == "looks like the training image 010.png (correlation 0.998): not a test of the model"
-    )
+    seen = training_match_note(("/data/Doe_John/010.png", 0.99812))
+    assert seen == (
+        "looks like one of the model's training images (correlation 0.998): not a test of the model"
+    )  # unnamed: a training set's file names may name its patients
     assert training_match_note(None) is None
     odd = dataclasses.replace(_prediction(), slice_z_mm=-28.433892162414168)
     rows = [reports.prediction_row(odd, note=seen), reports.prediction_row(_prediction(0.1))]
