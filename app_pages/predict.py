@@ -93,9 +93,11 @@ for key in st.session_state.get(SAMPLE_KEY, []):
     except HemoError as exc:
         st.error(str(exc))
         continue
-    files.append(sample)
+    # marked as a sample by name, so that an upload of the same file name is never taken for one
+    name = f"{dashboard.SAMPLE_PREFIX}{sample[0]}"
+    files.append((name, sample[1]))
     if key != dashboard.SAMPLE_CQ500:
-        phantom_samples.add(sample[0])
+        phantom_samples.add(name)
 if not files:
     st.info("Drop scans above or try a sample.")
     st.stop()

@@ -62,6 +62,8 @@ SAMPLES: dict[str, str] = {
     SAMPLE_HEALTHY: "Healthy phantom",
     SAMPLE_CQ500: "Real CQ500 slice",
 }
+#: Put before a "Try a sample" input's file name on the Predict page and in its reports.
+SAMPLE_PREFIX = "[sample] "
 #: Name of a series of uploaded slices with no common folder, archive or file.
 UNNAMED_SERIES = "series of {n} slices"
 #: Card metrics the Home page shows, in order: the test block's, else the pooled out-of-fold one.

@@ -748,13 +748,20 @@ def test_predict_says_what_a_phantom_sample_is_to_each_shipped_model(env, monkey
     _ok(at)
     infos = [i.value for i in at.info if i.value.startswith("A synthetic phantom (a sample)")]
     assert len(infos) == 1 and "headct_real was trained on real scans" in infos[0]
+    headers = [h.value for h in at.subheader]
+    assert sum(h.startswith(dashboard.SAMPLE_PREFIX) for h in headers) == 2
+    # A real upload named like the phantom sample's file is no sample
+    name, data = dashboard.sample_input(dashboard.SAMPLE_BLEED)
+    at.file_uploader(key="predict_upload").set_value((name, data, "application/dicom")).run()
+    infos = [i.value for i in at.info if i.value.startswith("A synthetic phantom (a sample)")]
+    assert len(infos) == 1  # still only the sample's
     assert dashboard.PHANTOM_ONLY_CAPTION not in [c.value for c in at.caption]
     at.session_state[ui.MODEL_CHOICE_KEY] = "phantom_rsna3"
     at.run()
     _ok(at)
     assert not [i for i in at.info if i.value.startswith("A synthetic phantom (a sample)")]
     captions = [c.value for c in at.caption]
-    assert captions.count(dashboard.PHANTOM_ONLY_CAPTION) == 2  # one per call
+    assert captions.count(dashboard.PHANTOM_ONLY_CAPTION) == 3  # one per call: 2 samples, 1 upload
 
 
 def test_predict_says_when_a_scan_looks_like_a_training_image(env, tmp_path, monkeypatch):

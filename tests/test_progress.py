@@ -68,8 +68,11 @@ def test_the_predictor_counts_every_scan_read_failed_ones_too(tmp_path: Path):
     assert counted == [1] * 4 and batch.n_failed == 1
 
 
-def test_default_stream_is_stderr(capsys):
-    """Without a stream the bar's terminal test is stderr's (pytest's is not a terminal)."""
-    with progress(1, "x", "item") as advance:
-        advance(1)
-    assert capsys.readouterr().err == ""
+def test_default_stream_is_stderr(monkeypatch):
+    """Without a stream the bar goes to stderr when stderr is a terminal (not to stdout)."""
+    terminal, other = _Terminal(), _Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr("sys.stdout", other)
+    with progress(2, "predict", "scan") as advance:
+        advance(2)
+    assert "2/2" in terminal.getvalue() and other.getvalue() == ""
