@@ -760,9 +760,6 @@ def train(config: Mapping[str, Any]) -> Path:
     name = runs.check_run_name(config.get("name") or default_run_name())
     config = {**config, "name": name}
     chief = is_chief()
-    data = resolve_path(config["data"])
-    if not data.exists():  # said before a run folder is made for it
-        raise DatasetError("no such file or folder", source=data)
     if chief and config.get("export"):
         # before the run folder and hours of training
         check_export(config["export"], config["data"])
@@ -786,6 +783,9 @@ def train(config: Mapping[str, Any]) -> Path:
     if differ:
         state = previous.get("state") or "unfinished"
         raise TrainingError(runs.resume_refusal(name, state, differ, option="--name"))
+    data = resolve_path(config["data"])
+    if not data.exists():  # said before a run folder is made for it
+        raise DatasetError("no such file or folder", source=data)
     resuming = (path / runs.BACKUP_DIR).is_dir()
     path.mkdir(parents=True, exist_ok=True)
     runs.write_json_atomic(path / runs.CONFIG_FILE, dict(config))
