@@ -514,12 +514,11 @@ def uploaded_folder(uploads: Sequence[Any] | None) -> tuple[list[tuple[str, byte
     return folder_upload(uploaded_files(uploads))
 
 
-def progress_callback(bar: Any, verb: str = "Reading") -> Callable[[float, str], None]:
-    """A progress function drawing on an ``st.progress`` bar: ``verb`` and what is done (a
-    file's name, shortened to its last part)."""
+def progress_callback(bar: Any) -> Callable[[float, str], None]:
+    """A progress function drawing on an ``st.progress`` bar (file names shortened)."""
 
     def update(fraction: float, name: str) -> None:
-        bar.progress(min(max(fraction, 0.0), 1.0), text=f"{verb} {Path(name).name}")
+        bar.progress(min(max(fraction, 0.0), 1.0), text=f"Reading {Path(name).name}")
 
     return update
 
