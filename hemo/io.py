@@ -27,8 +27,10 @@ Batch rules (documented so results are predictable):
 from __future__ import annotations
 
 import logging
+import lzma
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,6 +50,14 @@ from hemo.nifti import read_nifti
 from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, source_name
 
 log = logging.getLogger(__name__)
+
+#: What a damaged zip raises while its members are read: a bad header or CRC (``BadZipFile``),
+#: a corrupt deflate stream (``zlib.error``), a truncated one (``EOFError``), bad LZMA data,
+#: an unsupported compression method (``NotImplementedError``).
+DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError, NotImplementedError)
+#: ... and besides, reading one from bytes: bzip2 data errors (``OSError``), encrypted members
+#: (``RuntimeError``), ZIP64 fields out of range (``LargeZipFile``, ``ValueError``).
+ZIP_READ_ERRORS = (*DAMAGED_ZIP_ERRORS, zipfile.LargeZipFile, OSError, ValueError, RuntimeError)
 
 Scan = CTSlice | Image2D
 
@@ -262,7 +272,7 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
     try:
         archive = zipfile.ZipFile(as_stream(data))
         infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+    except ZIP_READ_ERRORS as exc:
         yield ScanResult(label, None, SeriesError(f"not a readable zip archive ({exc})", label))
         return
     try:
@@ -285,7 +295,7 @@ def _iter_zip(data: bytes, label: str) -> Iterator[ScanResult]:
             try:
                 with archive.open(info) as fh:
                     content = fh.read(config.MAX_FILE_BYTES + 1)
-            except (zipfile.BadZipFile, OSError, ValueError, RuntimeError) as exc:
+            except ZIP_READ_ERRORS as exc:
                 yield ScanResult(name, None, SeriesError(f"cannot extract ({exc})", name))
                 continue
             if sniff_kind(content[:SNIFF_BYTES]) == "zip":

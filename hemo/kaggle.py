@@ -38,6 +38,7 @@ from typing import Any
 
 from hemo.config import RAW_DIR
 from hemo.errors import DatasetError, KaggleError
+from hemo.io import DAMAGED_ZIP_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -288,10 +289,12 @@ def _extract(archive: Path, dest: Path) -> None:
                 if target != base and base not in target.parents:
                     raise KaggleError(f"zip member {member!r} points outside {dest}", archive)
             zf.extractall(base)
-    except zipfile.BadZipFile as exc:
+    except DAMAGED_ZIP_ERRORS as exc:
         raise KaggleError(
             f"not a valid zip ({exc}); delete it and download again", archive
         ) from exc
+    except OSError as exc:
+        raise KaggleError(f"cannot unpack it into {dest}: {exc}", archive) from exc
 
 
 def find_dataset_root(folder: Path) -> tuple[Path, str]:

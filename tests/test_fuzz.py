@@ -1,8 +1,10 @@
 """Issue 6: Hypothesis mutates real and phantom DICOM, PNG/JPEG and zip bytes into the readers.
 
-Nothing but a HemoError may escape, and each call is bounded in time and in traced memory. The
-profile is derandomized (the same cases on every run) and the number of cases that ran is written
-to ``tests/artifacts/fuzz.json`` (git-ignored) and checked against the planned minimum.
+Nothing but a HemoError may escape a reader, nothing at all ``iter_scans`` (it reports each bad
+file in its result), and each call is bounded in traced memory. The profile is derandomized (the
+same cases on every run); the number of cases that ran, their outcomes and the slowest call of
+each target (a figure, not asserted: timings belong in bench/) are written to
+``tests/artifacts/fuzz.json`` (git-ignored), and every target must have run all its cases.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ from hemo.io import iter_scans, read_scan
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ARTIFACT = Path(__file__).parent / "artifacts" / "fuzz.json"
-#: Wall-clock bound of one reader call (generous: 2 busy cores; a clean read takes ~10-50 ms).
-CALL_DEADLINE_S = 5.0
 #: Traced (Python + numpy) peak allocation bound of one call, beyond 16 x the input size.
 CALL_PEAK_BYTES = 96 * 1024 * 1024
+#: A refused regression input may allocate this many bytes per input byte (measured: 1.1-1.3;
+#: the header that swallowed the pixel data, read as values: 18).
+REGRESSION_PEAK_PER_BYTE = 4
 #: Examples per target; the total is the figure reported in docs/HARDENING.md.
 EXAMPLES = {"read_scan_dicom": 220, "read_dicom_bare": 80, "read_dicom_header": 80,
             "read_image": 140, "iter_scans_zip": 40, "iter_scans_multiframe": 60,
@@ -47,12 +50,13 @@ EXAMPLES = {"read_scan_dicom": 220, "read_dicom_bare": 80, "read_dicom_header": 
 FUZZ = settings(
     max_examples=1,  # replaced per target below
     derandomize=True,
-    deadline=None,  # the per-call bound is asserted in the body, with its own message
+    deadline=None,  # no timing in tests; the slowest call is reported in fuzz.json
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 RAN: Counter[str] = Counter()
 OUTCOMES: Counter[str] = Counter()
+SLOWEST_S: dict[str, float] = {}
 
 #: Tags whose values are edited in place (group, element) -> name; explicit VR little endian.
 EDITED_TAGS = {
@@ -243,11 +247,12 @@ def mutated(draw, seeds: dict[str, bytes], tag_edits: bool = True) -> Case:
     return Case(name, bytes(data), tuple(ops))
 
 
-def _bounded(target: str, call, data: bytes, label: str) -> None:
-    """Run ``call(data, label)``: only HemoError may escape; time and traced memory bounded.
+def _bounded(target: str, call, data: bytes, label: str, *, may_raise: bool = True) -> None:
+    """Run ``call(data, label)``: only a HemoError may escape (none when ``may_raise`` is False:
+    a batch reports bad files in its results); traced memory bounded.
 
     Anything else escaping is saved to ``tests/artifacts/fuzz-<target>-<sha1>.bin`` (to become a
-    regression case) and re-raised.
+    regression case) and fails the test.
     """
     tracemalloc.start()
     start = time.perf_counter()
@@ -255,37 +260,53 @@ def _bounded(target: str, call, data: bytes, label: str) -> None:
         call(data, label)
         OUTCOMES[f"{target}:ok"] += 1
     except HemoError as exc:
+        if not may_raise:
+            _keep(target, data)
+            pytest.fail(f"{target}: {type(exc).__name__} escaped the batch: {exc}")
         assert str(exc), "empty error message"
         OUTCOMES[f"{target}:{type(exc).__name__}"] += 1
     except BaseException:
-        ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha1(data).hexdigest()[:12]
-        (ARTIFACT.parent / f"fuzz-{target}-{digest}.bin").write_bytes(data)
+        _keep(target, data)
         raise
     finally:
-        elapsed = time.perf_counter() - start
+        SLOWEST_S[target] = max(SLOWEST_S.get(target, 0.0), time.perf_counter() - start)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         RAN[target] += 1
-    assert elapsed < CALL_DEADLINE_S, f"{target} took {elapsed:.1f} s"
     assert peak < CALL_PEAK_BYTES + 16 * len(data), f"{target} peaked at {peak / 2**20:.0f} MB"
+
+
+def _keep(target: str, data: bytes) -> None:
+    """Save an input that failed a target, to become a regression case."""
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    (ARTIFACT.parent / f"fuzz-{target}-{digest}.bin").write_bytes(data)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report():
-    """Write the number of cases per target to tests/artifacts/fuzz.json and check the total."""
+    """Write the cases, outcomes and slowest call per target to tests/artifacts/fuzz.json, then
+    check that every target that ran, ran all its planned cases."""
     yield
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ran = dict(RAN)
+    slowest = {target: round(seconds, 3) for target, seconds in SLOWEST_S.items()}
     ARTIFACT.write_text(
         json.dumps(
-            {"cases": sum(ran.values()), "per_target": ran, "outcomes": dict(OUTCOMES)},
+            {
+                "cases": sum(ran.values()),
+                "per_target": ran,
+                "outcomes": dict(OUTCOMES),
+                "slowest_call_s": slowest,
+            },
             indent=2,
             sort_keys=True,
         )
         + "\n"  # fmt: skip
     )
-    print(f"\nfuzz: {sum(ran.values())} cases {ran}")
+    print(f"\nfuzz: {sum(ran.values())} cases {ran}, slowest call per target {slowest} s")
+    short = {target: (n, EXAMPLES[target]) for target, n in ran.items() if n < EXAMPLES[target]}
+    assert not short, f"targets ran fewer cases than planned (ran, planned): {short}"
 
 
 @settings(FUZZ, max_examples=EXAMPLES["read_scan_dicom"])
@@ -326,7 +347,7 @@ def test_iter_scans_on_mutated_zips(case):
         assert all((r.scan is None) != (r.error is None) for r in results)
         return results
 
-    _bounded("iter_scans_zip", batch, case.data, "upload.zip")
+    _bounded("iter_scans_zip", batch, case.data, "upload.zip", may_raise=False)
 
 
 def _batch(target: str):
@@ -347,7 +368,11 @@ def _batch(target: str):
 def test_iter_scans_on_mutated_multiframe_dicom(case):
     """Mutated Enhanced CT (functional groups, several frames): frames or HemoErrors."""
     _bounded(
-        "iter_scans_multiframe", _batch("iter_scans_multiframe"), case.data, f"{case.seed}.dcm"
+        "iter_scans_multiframe",
+        _batch("iter_scans_multiframe"),
+        case.data,
+        f"{case.seed}.dcm",
+        may_raise=False,
     )
 
 
@@ -355,7 +380,13 @@ def test_iter_scans_on_mutated_multiframe_dicom(case):
 @given(case=mutated(nifti_seeds(), tag_edits=False))
 def test_iter_scans_on_mutated_nifti(case):
     """Mutated NIfTI-1/-2 and gzip volumes: slices or HemoErrors, bounded in time and memory."""
-    _bounded("iter_scans_nifti", _batch("iter_scans_nifti"), case.data, f"{case.seed}.nii")
+    _bounded(
+        "iter_scans_nifti",
+        _batch("iter_scans_nifti"),
+        case.data,
+        f"{case.seed}.nii",
+        may_raise=False,
+    )
 
 
 def _regressions() -> list[tuple[str, bytes]]:
@@ -375,9 +406,14 @@ def _regressions() -> list[tuple[str, bytes]]:
 
 @pytest.mark.parametrize("index", range(2))
 def test_fuzzer_findings_stay_fixed(index):
-    """Inputs the fuzzer found (an escaping ValueError, a 10 s header) are refused fast."""
+    """Inputs the fuzzer found (an escaping ValueError, a 10 s header) are refused, and without
+    turning a swallowed pixel block into header values (262k of them took 9.6 MB and 9 s)."""
     name, data = _regressions()[index]
-    start = time.perf_counter()
-    with pytest.raises(HemoError, match=rf"^{re.escape(name)}: "):
-        read_scan(data, name)
-    assert time.perf_counter() - start < 1.0
+    tracemalloc.start()
+    try:
+        with pytest.raises(HemoError, match=rf"^{re.escape(name)}: "):
+            read_scan(data, name)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < REGRESSION_PEAK_PER_BYTE * len(data), f"{name} peaked at {peak} bytes"

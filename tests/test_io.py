@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tempfile
 import zipfile
+import zlib
 
 import cv2
 import numpy as np
@@ -79,6 +80,30 @@ def test_zip_traversal_refused_good_members_read():
     assert isinstance(results["upload.zip//abs.png"].error, SeriesError)
     assert isinstance(results["upload.zip/broken.dcm"].error, InputError)
     assert "nested zip archive: not expanded" in str(results["upload.zip/inner.zip"].error)
+
+
+def corrupt_first_member(data: bytes) -> bytes:
+    """``data`` (a deflated zip) with one bit of its first member's compressed stream flipped:
+    an invalid deflate block that zipfile reports as ``zlib.error``, not ``BadZipFile``."""
+    info = zipfile.ZipFile(io.BytesIO(data)).infolist()[0]
+    local_header_bytes = 30  # PKWARE APPNOTE 4.3.7: the fixed part of a local file header
+    at = info.header_offset + local_header_bytes + len(info.filename.encode()) + len(info.extra)
+    damaged = bytearray(data)
+    damaged[at] ^= 0b10  # the block type bits of the first deflate block: 11, reserved
+    return bytes(damaged)
+
+
+def test_zip_member_that_cannot_be_extracted_is_reported_and_the_rest_read():
+    """A member whose compressed data is corrupt is an error result; its neighbours are read."""
+    data = corrupt_first_member(_zip({"a.dcm": ct_bytes(), "b.png": PNG}))
+    with pytest.raises(zlib.error):  # what zipfile raises for it: not a BadZipFile
+        zipfile.ZipFile(io.BytesIO(data)).read("a.dcm")
+    results = {r.name: r for r in iter_scans([("upload.zip", data)])}
+    assert sorted(results) == ["upload.zip/a.dcm", "upload.zip/b.png"]
+    error = results["upload.zip/a.dcm"].error
+    assert isinstance(error, SeriesError)
+    assert str(error).startswith("upload.zip/a.dcm: cannot extract (Error -3 while decompressing")
+    assert isinstance(results["upload.zip/b.png"].scan, Image2D)
 
 
 def test_zip_bomb_refused():

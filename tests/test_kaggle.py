@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -158,6 +159,24 @@ def test_zip_member_outside_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KaggleError, match=r"zip member '\.\./escaped\.txt' points outside"):
         download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=archive))
     assert not (tmp_path / "raw" / "escaped.txt").exists()
+
+
+def test_a_damaged_download_says_download_again(tmp_path: Path) -> None:
+    """A member whose compressed data is corrupt (zlib.error inside zipfile) is a KaggleError
+    naming the archive and what to do, not a traceback."""
+    from test_io import corrupt_first_member
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("head_ct/000.png", bytes(range(256)) * 64)
+    archive = tmp_path / "head-ct-hemorrhage.zip"
+    archive.write_bytes(corrupt_first_member(buffer.getvalue()))
+    with pytest.raises(
+        KaggleError,
+        match=r"head-ct-hemorrhage\.zip: not a valid zip \(Error -3 while decompressing.*"
+        r"delete it and download again",
+    ):
+        download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=archive))
 
 
 def test_kaggle_exit_during_authentication_is_a_kaggle_error(
