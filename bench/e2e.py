@@ -229,7 +229,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pydicom.data import get_testdata_file
 
-    slice_path = get_testdata_file(SLICE_FILE)
+    slice_path = get_testdata_file(SLICE_FILE, download=False)
     if slice_path is None:
         log.error("pydicom-data is not installed: %s missing", SLICE_FILE)
         return 1

@@ -176,7 +176,7 @@ def read_positive(name: str):
         return None
     path = Path(name)
     if not path.is_file():
-        found = get_testdata_file(name)
+        found = get_testdata_file(name, download=False)
         if found is None:
             raise SystemExit(f"--positive {name}: no such file, nor a pydicom test file")
         path = Path(found)

@@ -404,7 +404,7 @@ def sample_input(key: str, dataset_root: Path | None = None) -> tuple[str, bytes
     if key == SAMPLE_CQ500:
         from pydicom.data import get_testdata_file
 
-        path = get_testdata_file(CQ500_SAMPLE_FILE)
+        path = get_testdata_file(CQ500_SAMPLE_FILE, download=False)
         if path is None:
             raise ConfigError("pydicom-data is not installed; pip install pydicom-data", key)
         return CQ500_SAMPLE_FILE, Path(path).read_bytes()

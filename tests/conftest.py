@@ -7,9 +7,17 @@ Tests that need ``../shared/data`` skip with a clear reason in a user's fresh cl
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The pseudonym secret of the tests (and of the hemo processes they start) lives under the temp
+# folder, never in the user's ~/.config/hemo: set before hemo.config reads it at import.
+os.environ.setdefault(
+    "HEMO_PATIENT_KEY_SECRET_FILE",
+    str(Path(tempfile.gettempdir()) / f"hemo-tests-{os.getuid()}" / "patient_key.secret"),
+)
 
 from hemo.config import SHARED_DATA_DIR
 
@@ -49,7 +57,7 @@ def ct_small() -> Path:
     """pydicom's bundled real CT slice (uncompressed, 128x128)."""
     from pydicom.data import get_testdata_file
 
-    return Path(get_testdata_file("CT_small.dcm"))
+    return Path(get_testdata_file("CT_small.dcm", download=False))
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +65,7 @@ def cq500_uncompressed() -> Path:
     """pydicom-data's real CQ500-CT-310 slice (hemorrhage-positive for all three readers)."""
     from pydicom.data import get_testdata_file
 
-    path = get_testdata_file("693_UNCR.dcm")
+    path = get_testdata_file("693_UNCR.dcm", download=False)
     if path is None:
         pytest.fail("pydicom-data is not installed: 693_UNCR.dcm missing")
     return Path(path)

@@ -195,7 +195,7 @@ def test_decode_keeps_lone_scans_in_upload_order(cq500_uncompressed, head_ct_dir
     slices, grouped by series, used to come after every image)."""
     from pydicom.data import get_testdata_file
 
-    small = Path(get_testdata_file("CT_small.dcm"))
+    small = Path(get_testdata_file("CT_small.dcm", download=False))
     png = head_ct_dir / "head_ct" / "120.png"
     files = [(p.name, p.read_bytes()) for p in (small, cq500_uncompressed, png)]
     decoded = dashboard.decode(files)

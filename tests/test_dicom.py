@@ -26,7 +26,7 @@ CT_SMALL_HU_RANGE = (-896.0, 1167.0)
 
 
 def _testfile(name: str) -> Path:
-    path = get_testdata_file(name)
+    path = get_testdata_file(name, download=False)
     if path is None:
         pytest.fail(f"pydicom test file {name} missing (pydicom-data must be installed)")
     return Path(path)

@@ -81,7 +81,7 @@ SPECIAL_VALUES = [b"\x00", b"\xff", b"\x00\x00", b"\xff\xff", b"\x00\x80", b"\xf
 
 
 def _testfile(name: str) -> bytes:
-    path = get_testdata_file(name)
+    path = get_testdata_file(name, download=False)
     if path is None:
         pytest.fail(f"pydicom test file {name} missing (pydicom-data must be installed)")
     return Path(path).read_bytes()

@@ -86,7 +86,7 @@ def test_undecodable_single_frame_file_gives_its_own_error(tmp_path, capsys):
     import pydicom
     from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm", download=False))
     ds.Modality = "CT"
     path = tmp_path / "jpgext.dcm"
     ds.save_as(path)

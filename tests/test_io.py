@@ -207,8 +207,10 @@ def test_dicom_without_preamble_and_without_image_says_what_it_is(name: str, sop
     from hemo.errors import NoImageDicomError
 
     with pytest.raises(NoImageDicomError, match=rf"{name}: is DICOM .* SOP Class is {sop_class}\)"):
-        read_scan(get_testdata_file(name), name)
-    (result,) = list(iter_scans([(name, open(get_testdata_file(name), "rb").read())]))
+        read_scan(get_testdata_file(name, download=False), name)
+    (result,) = list(
+        iter_scans([(name, open(get_testdata_file(name, download=False), "rb").read())])
+    )
     assert isinstance(result.error, NoImageDicomError)
 
 

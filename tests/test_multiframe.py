@@ -150,7 +150,7 @@ def test_frames_without_functional_groups_have_no_position_and_order_by_frame(
 
 def test_real_enhanced_ct_from_pydicom() -> None:
     """eCT_Supplemental: shared rescale (-1024), per-frame positions, shared window."""
-    path = get_testdata_file("eCT_Supplemental.dcm")
+    path = get_testdata_file("eCT_Supplemental.dcm", download=False)
     stored = pydicom.dcmread(path).pixel_array.astype(np.float32)
     frames = _frames(path)
     assert [f.frame for f in frames] == [1, 2]

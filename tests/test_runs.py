@@ -194,7 +194,7 @@ def test_a_running_status_left_behind_by_another_process_reads_as_failed(tmp_pat
         sleeper.wait()
 
 
-def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, monkeypatch):
+def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, monkeypatch, capsys):
     """hemo train --name of a run whose status cannot be read (it may hold a finished model)
     or of a file in the runs folder is one error line; a stopped run whose config.json cannot
     be read is not resumed with unknown settings; launching from the page says the same."""
@@ -204,8 +204,12 @@ def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, mon
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / runs.STATUS_FILE).write_bytes(b"\xff")
     (tmp_path / "afile").write_text("x")
+    data = tmp_path / "data"  # exists: the refusal, not a missing --data, must end the run
+    data.mkdir()
     for name, message in (("broken", "cannot be read"), ("afile", "is a file, not a run folder")):
-        assert main(["train", "--data", "unused", "--name", name]) == EXIT_ERROR
+        assert main(["train", "--data", str(data), "--name", name]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
         with pytest.raises(TrainingError, match=message):
             runs.launch_run({"data": "unused"}, name, tmp_path)
     stopped = _fake_run(tmp_path, "stopped", state="stopped")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import cache
@@ -43,4 +45,5 @@ def tiny_model_path(
         cam_layer=CAM_LAYERS["compact"],
     )
     folder = Path(tempfile.mkdtemp(prefix="hemo-tiny-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the test process's own copy
     return save_model(model, folder / f"{name}.keras", card)
