@@ -179,6 +179,23 @@ def test_a_damaged_download_says_download_again(tmp_path: Path) -> None:
         download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=archive))
 
 
+def test_a_full_disk_while_unpacking_is_not_called_a_bad_zip(
+    head_ct_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError while unpacking (disk full) names the folder and the error; the archive is
+    not blamed."""
+
+    def disk_full(*_: Any, **__: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", disk_full)
+    with pytest.raises(
+        KaggleError, match=r"cannot unpack it into .*No space left on device"
+    ) as info:
+        download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=head_ct_zip))
+    assert "not a valid zip" not in str(info.value)
+
+
 def test_kaggle_exit_during_authentication_is_a_kaggle_error(
     no_credentials: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
