@@ -11,6 +11,8 @@ from hemo.train import DEFAULTS, check_input_fits, input_spec, resolve_config
 
 #: Seconds between refreshes of a live run's curves and progress.
 REFRESH_S = 2.0
+#: Seconds between looks for runs started elsewhere (the CLI, another session) while none is live.
+IDLE_REFRESH_S = 5.0
 SELECTED_KEY = "training_selected"
 RUN_NAME_KEY = "training_new_name"
 SIZES = (64, 128, 192, 256, 384, 512)
@@ -30,7 +32,7 @@ def _curves(run: runs.RunInfo) -> None:
     st.progress(fraction, text=f"{run.name}: {run.state} · {text}")
     curves = monitor.history_curves(run.history)
     if curves.empty:
-        st.caption("No finished epoch yet: curves appear after the first one.")
+        st.caption(monitor.no_curves_text(run))
         return
     cols = st.columns(len(curves["metric"].unique()))
     for col, metric in zip(cols, curves["metric"].unique(), strict=True):
@@ -110,21 +112,28 @@ with st.expander("Start a new run", expanded=not all_runs):
                 del st.session_state[RUN_NAME_KEY]  # the next run gets a fresh name
                 st.rerun()
 
-if not all_runs:
-    st.info(f"No runs yet in {root}. Start one above.")
-    st.stop()
-
-st.subheader("Runs")
+listed = monitor.run_list_signature(all_runs)
 any_live = any(r.state == runs.RUNNING for r in all_runs)
 
 
-@st.fragment(run_every=REFRESH_S if any_live else None)
+@st.fragment(run_every=REFRESH_S if any_live else IDLE_REFRESH_S)
 def _runs_table() -> None:
-    """The runs table, refreshed on its own while a run is live."""
-    st.dataframe(monitor.runs_table(runs.list_runs(root)), hide_index=True, key="runs_table")
+    """The runs table, refreshed on its own; the whole page again when a run appears (started
+    from the CLI or another session), goes, or changes state."""
+    current = runs.list_runs(root)
+    if monitor.run_list_signature(current) != listed:
+        st.rerun(scope="app")
+    if current:
+        st.dataframe(monitor.runs_table(current), hide_index=True, key="runs_table")
+    else:
+        st.info(f"No runs yet in {root}. Start one above.")
 
 
+if all_runs:
+    st.subheader("Runs")
 _runs_table()
+if not all_runs:
+    st.stop()
 names = [r.name for r in all_runs]
 if st.session_state.get(SELECTED_KEY) not in names:
     st.session_state[SELECTED_KEY] = names[0]
@@ -148,7 +157,14 @@ else:
         st.caption(caption)
     _curves(run)
 
-report = monitor.run_report(run.report)
+fold_of = runs.crossval_of(run)
+report = None if fold_of else monitor.run_report(run.report)
+if fold_of:
+    st.info(
+        f"{run.name} is one fold of the cross-validation '{fold_of}': trained on the other "
+        "folds, its held-out fold is scored with the others in that cross-validation's report "
+        "(Cross-validations, below), at a threshold chosen on all folds' held-out predictions."
+    )
 if report is not None:
     st.subheader(f"Evaluation ({report.split or 'test'} split)")
     if report.note:
@@ -170,6 +186,33 @@ if report is not None:
     if not report.pr.empty:
         fig = px.line(report.pr, x="recall", y="precision", title="PR", height=320)
         right.plotly_chart(fig, key="pr")
+
+crossvals = runs.list_crossvals(root)
+if crossvals:
+    st.subheader("Cross-validations")
+    cv_names = [c.name for c in crossvals]
+    if fold_of in cv_names and st.session_state.get("training_crossval_of") != run.name:
+        st.session_state["training_crossval"] = fold_of  # a fold run picked: its CV first
+    st.session_state["training_crossval_of"] = run.name
+    if st.session_state.get("training_crossval") not in cv_names:
+        st.session_state["training_crossval"] = cv_names[0]
+    chosen_cv = st.selectbox("Cross-validation", cv_names, key="training_crossval")
+    picked = crossvals[cv_names.index(chosen_cv)]
+    view = monitor.crossval_view(picked.report, picked.error)
+    if view.note:
+        st.warning(view.note)
+    else:
+        cols = st.columns(5)
+        for col, key in zip(
+            cols, ("threshold", "accuracy", "roc_auc", "sensitivity", "specificity"), strict=True
+        ):
+            value = view.headline.get(key)
+            col.metric(f"{key} (pooled)" if key != "threshold" else key,
+                       "n/a" if value is None else f"{value:.3f}")  # fmt: skip
+        st.dataframe(view.folds, hide_index=True, key="crossval_folds")
+        st.caption(view.caption)
+        if view.referral:
+            st.caption(view.referral)
 
 if len(all_runs) >= 2:
     st.subheader("Compare runs")

@@ -67,10 +67,10 @@ MEMBER_SUFFIX = "_s{seed}"
 #: Probabilities are clipped this far from 0 and 1 before their logits are averaged.
 PROB_EPS = 1e-7
 #: Folder under the runs folder holding the fold indexes, OOF table and report.
-CROSSVAL_DIR_SUFFIX = "crossval"
+CROSSVAL_DIR_SUFFIX = runs.CROSSVAL_DIR_SUFFIX
 INDEX_FILE = "index.parquet"
 OOF_FILE = "oof.csv"
-REPORT_FILE = "crossval.json"
+REPORT_FILE = runs.CROSSVAL_REPORT_FILE
 #: Training options forced for every fold and the final model: the held-out fold is never used
 #: to pick a checkpoint or to stop early (patience is set to the number of epochs).
 CHECKPOINT_LAST = "last"

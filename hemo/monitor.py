@@ -87,8 +87,23 @@ def training_config(
     return config
 
 
+def run_list_signature(runs: Sequence[Any]) -> tuple[tuple[str, str], ...]:
+    """What the page's run list depends on: each run's name and state, sorted by name (a run
+    started elsewhere, or one that ends, changes it)."""
+    return tuple(sorted((run.name, run.state) for run in runs))
+
+
+def _phase(run: Any) -> str:
+    """The phase of a live run (``train``, ``evaluate`` ...); none once it has ended (a
+    finished run's status keeps the last phase it was in)."""
+    from hemo.runs import RUNNING
+
+    return str((run.status or {}).get("phase") or "") if run.state == RUNNING else ""
+
+
 def runs_table(runs: Sequence[Any]) -> pd.DataFrame:
-    """One row per run: ``run``, ``state``, ``phase``, ``epoch`` ("3/10"), ``best``, ``message``."""
+    """One row per run: ``run``, ``state``, ``phase`` (while running), ``epoch`` ("3/10"),
+    ``best``, ``message``."""
     rows = []
     for run in runs:
         status = run.status or {}
@@ -98,7 +113,7 @@ def runs_table(runs: Sequence[Any]) -> pd.DataFrame:
             {
                 "run": run.name,
                 "state": run.state,
-                "phase": status.get("phase") or "",
+                "phase": _phase(run),
                 "epoch": f"{epoch or 0}/{epochs or '?'}",
                 "best": "" if best is None else f"{status.get('best_metric') or ''} {best:.3f}",
                 "message": status.get("message") or "",
@@ -122,7 +137,7 @@ def run_progress(run: Any) -> tuple[float, str]:
         fraction = 1.0  # early stopping ends a run before its last epoch
     eta = status.get("eta_s") if run.state == RUNNING else None  # a finished run has no ETA
     eta_text = f" · ETA {int(eta) // 60} min {int(eta) % 60:02d} s" if eta is not None else ""
-    phase = f" · {status['phase']}" if status.get("phase") else ""
+    phase = f" · {_phase(run)}" if _phase(run) else ""
     return fraction, f"epoch {epoch}/{epochs or '?'} · step {step}/{steps or '?'}{phase}{eta_text}"
 
 
@@ -135,6 +150,21 @@ def status_caption(run: Any) -> str | None:
     if message.split()[0].rstrip(":") == run.state:  # "finished: ...", "stopped by SIGTERM"
         return message
     return f"{run.state}: {message}"
+
+
+def no_curves_text(run: Any) -> str:
+    """Why a run shows no curves: no epoch finished yet while it runs; else what is wrong with
+    its ``history.csv`` (missing, empty, or without a readable epoch row), naming the file."""
+    from hemo.runs import HISTORY_FILE, RUNNING
+
+    if run.state == RUNNING:
+        return "No finished epoch yet: curves appear after the first one."
+    file = run.path / HISTORY_FILE
+    if not file.is_file():
+        return f"No curves: {file} is missing (the run ended before its first epoch did)."
+    if file.stat().st_size == 0:
+        return f"No curves: {file} is empty."
+    return f"No curves: {file} holds no readable epoch row with loss, AUC or accuracy."
 
 
 def history_curves(history: pd.DataFrame) -> pd.DataFrame:
@@ -208,6 +238,108 @@ class RunReport:
     summary: dict[str, float]
     note: str | None = None
     referral: str | None = None
+
+
+@dataclass(frozen=True)
+class CrossvalView:
+    """What the Training page shows of one cross-validation report (``crossval.json``).
+
+    Attributes:
+        headline: Pooled out-of-fold figures at the report's threshold: ``threshold``,
+            ``accuracy``, ``roc_auc``, ``sensitivity``, ``specificity`` (None when undefined).
+        folds: One row per fold (``fold``, ``run``, ``train images``, ``held out`` and the
+            summary metrics at the pooled threshold), then ``mean`` and ``sd`` rows.
+        caption: What it was measured on and how the threshold was chosen.
+        referral: The referral band's held-out (nested) outcome, or None.
+        note: Why parts are missing (a damaged report), or None.
+    """
+
+    headline: dict[str, float | None]
+    folds: pd.DataFrame
+    caption: str
+    referral: str | None = None
+    note: str | None = None
+
+
+def crossval_view(report: Mapping[str, Any] | None, error: str | None = None) -> CrossvalView:
+    """Chart-ready parts of a cross-validation report (``hemo crossval``'s ``crossval.json``).
+
+    Args:
+        report: The report's JSON object, or None when it could not be read.
+        error: Why it could not be read.
+
+    Returns:
+        A :class:`CrossvalView`; a damaged report gives an empty one with ``note`` set.
+    """
+    try:
+        if report is None:
+            raise ValueError(error or "no report")
+        return _crossval_view(report)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return CrossvalView(
+            headline={},
+            folds=pd.DataFrame(),
+            caption="",
+            note=error or f"crossval.json is malformed ({type(exc).__name__}: {exc})",
+        )
+
+
+def _crossval_view(report: Mapping[str, Any]) -> CrossvalView:
+    from hemo.crossval import SUMMARY_METRICS
+
+    pooled = report.get("pooled") or {}
+    headline = {"threshold": float(report["threshold"])}
+    headline.update({m: _number(pooled.get(m)) for m in SUMMARY_METRICS})
+    rows = [
+        {
+            "fold": str(f["fold"]),
+            "run": f.get("run", ""),
+            "train images": f.get("n_train"),
+            "held out": f.get("n_test"),
+            **{m: _number((f.get("metrics") or {}).get(m)) for m in SUMMARY_METRICS},
+        }
+        for f in report["folds"]
+    ]
+    summary = report.get("summary") or {}
+    for stat, title in (("mean", "mean"), ("std", "sd")):
+        rows.append(
+            {
+                "fold": title,
+                **{m: _number((summary.get(m) or {}).get(stat)) for m in SUMMARY_METRICS},
+            }
+        )
+    caption = (
+        f"{report.get('measured_on', '')}; threshold {headline['threshold']:.3f} "
+        f"({report.get('threshold_method', '?')}) chosen on the pooled out-of-fold predictions, "
+        "so the pooled accuracy, sensitivity and specificity are slightly optimistic (ROC AUC "
+        "needs no threshold); per-fold rows use the same threshold."
+    )
+    nested = (report.get("referral") or {}).get("nested")
+    referral = None
+    if isinstance(nested, Mapping) and nested.get("n"):
+        referral = (
+            f"Referral band, chosen on the other folds for each fold (nested): "
+            f"{nested['referred']} of {nested['n']} calls referred, "
+            f"{nested['errors_referred']} of the {nested['errors']} errors among them; the "
+            f"{nested['decided']} decided calls {_share_text(nested.get('accuracy'))} right."
+        )
+    folds = pd.DataFrame(rows)
+    folds["run"] = folds["run"].fillna("")
+    for column in ("train images", "held out"):
+        folds[column] = pd.to_numeric(folds[column], errors="coerce").astype("Int64")
+    return CrossvalView(headline, folds, caption, referral)
+
+
+def _number(value: Any) -> float | None:
+    """A float, or None for a missing or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if np.isnan(value) else float(value)
+
+
+def _share_text(value: Any) -> str:
+    number = _number(value)
+    return "n/a" if number is None else f"{number:.1%}"
 
 
 def referral_outcome(referral: Mapping[str, Any] | None) -> str | None:

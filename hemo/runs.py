@@ -53,6 +53,10 @@ REQUEST_FILE = "request.json"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CHECKPOINT = "best.weights.h5"
 BACKUP_DIR = "backup"
+#: ``hemo crossval --config C`` (name N) keeps its folds' indexes, out-of-fold table and report
+#: in ``runs/N-crossval/``; its fold runs are ordinary runs ``N-cv0`` ... beside it.
+CROSSVAL_DIR_SUFFIX = "crossval"
+CROSSVAL_REPORT_FILE = "crossval.json"
 
 RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 STATES = (RUNNING, FINISHED, FAILED, STOPPED)
@@ -415,6 +419,63 @@ def list_runs(root: Path | None = None) -> list[RunInfo]:
         if p.is_dir() and RUN_NAME_RE.match(p.name) and (p / STATUS_FILE).exists()
     ]
     return sorted(runs, key=lambda r: float(r.status.get("updated") or 0.0), reverse=True)
+
+
+@dataclass(frozen=True)
+class CrossvalInfo:
+    """One cross-validation's report as read from ``runs/<name>-crossval/crossval.json``.
+
+    Attributes:
+        name: The cross-validation's name (its fold runs are ``<name>-cv0`` ...).
+        path: Its folder.
+        report: The report, or None when it cannot be read.
+        error: Why it cannot be read (None when it can).
+        updated: Modification time of the report (seconds since the epoch).
+    """
+
+    name: str
+    path: Path
+    report: dict[str, Any] | None
+    error: str | None
+    updated: float
+
+
+def list_crossvals(root: Path | None = None) -> list[CrossvalInfo]:
+    """Every cross-validation report under ``root`` (default ``config.RUNS_DIR``), newest first;
+    a damaged report is listed with its error (the others are still read)."""
+    root = Path(root or RUNS_DIR)
+    if not root.is_dir():
+        return []
+    suffix = f"-{CROSSVAL_DIR_SUFFIX}"
+    found = []
+    for folder in root.iterdir():
+        file = folder / CROSSVAL_REPORT_FILE
+        if not (folder.name.endswith(suffix) and file.is_file()):
+            continue
+        report, error = None, None
+        try:
+            report = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(report, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            report, error = None, f"{file} cannot be read ({type(exc).__name__}: {exc})"
+        try:
+            updated = file.stat().st_mtime
+        except OSError:
+            updated = 0.0
+        found.append(CrossvalInfo(folder.name.removesuffix(suffix), folder, report, error, updated))
+    return sorted(found, key=lambda c: c.updated, reverse=True)
+
+
+def crossval_of(run: RunInfo) -> str | None:
+    """The name of the cross-validation ``run`` is a fold of (its data is a fold index that
+    ``hemo crossval`` wrote into ``<name>-crossval/``), or None for an ordinary run."""
+    data = run.config.get("data")
+    if not isinstance(data, str) or not data:
+        return None
+    folder = Path(data).parent.parent.name
+    suffix = f"-{CROSSVAL_DIR_SUFFIX}"
+    return folder.removesuffix(suffix) if folder.endswith(suffix) else None
 
 
 def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> RunInfo:

@@ -123,6 +123,44 @@ def make_finished_run(root: Path, name: str, auc_offset: float = 0.0) -> Path:
     return path
 
 
+def make_crossval(root: Path, name: str, n_folds: int = 2, per_fold: int = 10) -> Path:
+    """A cross-validation as ``hemo crossval`` leaves it: finished fold runs ``NAME-cv0`` ...
+    whose data is their fold index in ``NAME-crossval/``, and the report that
+    :mod:`hemo.crossval` writes there from seeded out-of-fold probabilities."""
+    import pandas as pd
+
+    from hemo import crossval
+    from hemo.train import resolve_config
+
+    work = runs.run_dir(f"{name}-{crossval.CROSSVAL_DIR_SUFFIX}", root)
+    rng = np.random.default_rng(0)
+    parts, meta = [], []
+    for fold in range(n_folds):
+        run_name = f"{name}-{crossval.FOLD_RUN_SUFFIX.format(fold=fold)}"
+        run = make_finished_run(root, run_name)
+        fold_index = work / f"fold{fold}" / crossval.INDEX_FILE
+        runs.write_json_atomic(run / runs.CONFIG_FILE, {"name": run_name, "data": str(fold_index)})
+        labels = np.arange(per_fold) % 2
+        parts.append(
+            pd.DataFrame(
+                {
+                    "path": [f"img_{fold}_{i}.png" for i in range(per_fold)],
+                    crossval.LABEL_COLUMN: labels,
+                    "fold": fold,
+                    "probability": np.clip(
+                        0.3 * labels + 0.35 + rng.normal(0, 0.15, per_fold), 0, 1
+                    ),
+                }
+            )
+        )
+        meta.append((fold, run_name, per_fold * (n_folds - 1)))
+    work.mkdir(parents=True, exist_ok=True)
+    measured_on = crossval.MEASURED_ON.format(folds=n_folds, n=n_folds * per_fold, data="data/x")
+    config = resolve_config({"data": "data/x", "name": name})
+    crossval._report(config, name, pd.concat(parts, ignore_index=True), meta, 0, measured_on, work)
+    return work
+
+
 def zip_bytes(paths: list[Path], folder: str = "series") -> bytes:
     """The files zipped in memory under ``folder/`` (an upload of a series)."""
     buffer = io.BytesIO()

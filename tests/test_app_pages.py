@@ -16,6 +16,7 @@ from dashboard_fixtures import (
     DISPLAY_MODEL,
     HU_MODEL,
     PHANTOM_SLICES,
+    make_crossval,
     make_finished_run,
     make_kaggle_pngs,
     make_models,
@@ -840,6 +841,34 @@ def test_training_shows_runs_curves_report_and_comparison(env):
     assert len(at.get("plotly_chart")) == 3 + 3 + 1
     assert _metrics(at)["threshold"] == "0.420"
     assert _metrics(at)["roc_auc"] == "0.810"
+
+
+def test_training_shows_a_crossval_and_its_folds_as_such(env):
+    """A hemo crossval's report is its own section (pooled figures at its out-of-fold threshold,
+    one row per fold); a fold run says which cross-validation it belongs to instead of an
+    'Evaluation (test split)' that warns its index has no test rows."""
+    import shutil
+
+    work = make_crossval(env["runs"], "cvpage")
+    folds = [env["runs"] / f"cvpage-cv{k}" for k in range(2)]
+    report = json.loads((work / runs.CROSSVAL_REPORT_FILE).read_text())
+    try:
+        at = _open("app_pages/training.py")
+        _ok(at)
+        at.selectbox(key="training_selected").set_value("cvpage-cv1").run()
+        _ok(at)
+        assert not [h for h in at.subheader if h.value.startswith("Evaluation")]
+        assert any("one fold of the cross-validation 'cvpage'" in i.value for i in at.info)
+        assert at.selectbox(key="training_crossval").value == "cvpage"
+        metrics = _metrics(at)
+        assert metrics["threshold"] == f"{report['threshold']:.3f}"
+        assert metrics["roc_auc (pooled)"] == f"{report['pooled']['roc_auc']:.3f}"
+        (table,) = [d.value for d in at.dataframe if "held out" in d.value.columns]
+        assert list(table["run"])[:2] == ["cvpage-cv0", "cvpage-cv1"]
+        assert any("chosen on the pooled out-of-fold predictions" in c.value for c in at.caption)
+    finally:
+        for path in (work, *folds):  # the module's other tests count the runs
+            shutil.rmtree(path)
 
 
 def test_training_and_home_survive_a_damaged_run(env):

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from dashboard_fixtures import HU_MODEL, make_models, make_phantoms
+from dashboard_fixtures import HU_MODEL, make_finished_run, make_models, make_phantoms
 
 from hemo import dashboard, reports, runs, ui
 from hemo.config import MODELS_DIR, PROJECT_DIR
@@ -183,6 +183,21 @@ def test_every_page_renders_without_exception(server, page):
     _visit(page, f"{server}/training", "Start a new run")
     assert page.locator(EXCEPTION).count() == 0
     assert elsewhere == []
+
+
+def test_training_picks_up_a_run_started_elsewhere(server, page, material):
+    """A run that appears on disk while the Training page is open (started from the CLI or
+    another session) shows up on its own, also when the page opened with no run at all."""
+    name = "outside-run"
+    _visit(page, f"{server}/training", "Start a new run")
+    already = runs.list_runs(material["runs"])
+    try:
+        make_finished_run(material["runs"], name)
+        page.get_by_text(re.compile(rf"^{name}: finished")).wait_for(timeout=60_000)
+        assert page.locator(EXCEPTION).count() == 0
+    finally:
+        shutil.rmtree(material["runs"] / name, ignore_errors=True)
+    assert not [r for r in already if r.name == name]
 
 
 def test_the_notice_stays_in_sight_on_a_phone(server, browser):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from dashboard_fixtures import make_finished_run
 
@@ -76,3 +78,82 @@ def test_training_config_uses_init_for_a_model_file():
         monitor.training_config("/d", "compact", "imagenet", 2, 64, 1e-3, "hu")["weights"]
         == "imagenet"
     )
+
+
+def test_a_finished_run_shows_no_phase_and_says_why_it_has_no_curves(tmp_path):
+    """A finished run's status keeps its last phase ('evaluate'): the table and progress line
+    show it only while running; a run without curves names its empty, damaged or missing
+    history.csv (a live one says no epoch finished yet)."""
+    path = make_finished_run(tmp_path, "done")
+    runs.write_status(path, name="done", state=runs.FINISHED, epoch=3, epochs=3, phase="evaluate")
+    run = runs.read_run("done", tmp_path)
+    assert monitor.runs_table([run]).loc[0, "phase"] == ""
+    assert "evaluate" not in monitor.run_progress(run)[1]
+    history = path / runs.HISTORY_FILE
+    history.write_text("")
+    assert (
+        monitor.no_curves_text(runs.read_run("done", tmp_path)) == f"No curves: {history} is empty."
+    )
+    history.write_text("garbage\x00,\nmore garbage\n")
+    run = runs.read_run("done", tmp_path)
+    assert monitor.history_curves(run.history).empty
+    assert monitor.no_curves_text(run) == (
+        f"No curves: {history} holds no readable epoch row with loss, AUC or accuracy."
+    )
+    history.unlink()
+    assert "is missing" in monitor.no_curves_text(runs.read_run("done", tmp_path))
+    runs.write_status(path, name="done", state=runs.RUNNING, pid=os.getpid(), phase="train")
+    live = runs.read_run("done", tmp_path)
+    assert live.state == runs.RUNNING
+    assert monitor.runs_table([live]).loc[0, "phase"] == "train"
+    assert monitor.no_curves_text(live).startswith("No finished epoch yet")
+
+
+def test_run_list_signature_changes_when_a_run_appears_or_ends(tmp_path):
+    """The page reruns when the runs' names or states change, not on every status write."""
+    make_finished_run(tmp_path, "a")
+    before = monitor.run_list_signature(runs.list_runs(tmp_path))
+    runs.write_status(tmp_path / "a", name="a", state=runs.FINISHED, epoch=3, epochs=3, step=9)
+    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == before
+    make_finished_run(tmp_path, "b")
+    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == (
+        ("a", runs.FINISHED),
+        ("b", runs.FINISHED),
+    )
+
+
+def test_crossval_reports_are_listed_and_their_folds_known(tmp_path):
+    """hemo crossval's report folder is listed with its pooled figures and fold table; its fold
+    runs know which cross-validation they belong to; a damaged report is listed with its error
+    while the others are still read."""
+    from dashboard_fixtures import make_crossval
+
+    work = make_crossval(tmp_path, "cvx")
+    make_finished_run(tmp_path, "plain")
+    (tmp_path / "bad-crossval").mkdir()
+    (tmp_path / "bad-crossval" / runs.CROSSVAL_REPORT_FILE).write_text("{not json")
+    listed = {c.name: c for c in runs.list_crossvals(tmp_path)}
+    assert set(listed) == {"cvx", "bad"}
+    assert listed["cvx"].error is None and listed["cvx"].path == work
+    assert "crossval.json cannot be read (JSONDecodeError" in listed["bad"].error
+    report = listed["cvx"].report
+    view = monitor.crossval_view(report)
+    assert view.note is None
+    assert view.headline["threshold"] == pytest.approx(report["threshold"])
+    assert view.headline["roc_auc"] == pytest.approx(report["pooled"]["roc_auc"])
+    assert list(view.folds["fold"]) == ["0", "1", "mean", "sd"]
+    assert list(view.folds["run"]) == ["cvx-cv0", "cvx-cv1", "", ""]
+    assert view.folds.loc[0, "held out"] == 10 and view.folds.loc[0, "train images"] == 10
+    assert view.folds.loc[2, "accuracy"] == pytest.approx(report["summary"]["accuracy"]["mean"])
+    assert "2-fold stratified CV of the 20 images" in view.caption
+    nested = report["referral"]["nested"]
+    assert view.referral.startswith(f"Referral band, chosen on the other folds for each fold "
+                                    f"(nested): {nested['referred']} of 20 calls referred")  # fmt: skip
+    damaged = monitor.crossval_view(listed["bad"].report, listed["bad"].error)
+    assert damaged.note == listed["bad"].error and damaged.folds.empty
+    assert monitor.crossval_view({"threshold": "x", "folds": []}).note.startswith(
+        "crossval.json is malformed (ValueError"
+    )
+    by_name = {r.name: r for r in runs.list_runs(tmp_path)}
+    assert runs.crossval_of(by_name["cvx-cv1"]) == "cvx"
+    assert runs.crossval_of(by_name["plain"]) is None
