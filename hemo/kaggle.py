@@ -25,6 +25,7 @@ indexes again without downloading again (``force`` downloads anew).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -49,6 +50,15 @@ TOKEN_URL = "https://www.kaggle.com/settings/api"
 #: How deep below the download folder the dataset root (labels/CSV) may sit.
 ROOT_SEARCH_DEPTH = 2
 HTTP_UNAUTHORIZED, HTTP_FORBIDDEN, HTTP_NOT_FOUND = 401, 403, 404
+#: Seconds to wait for a connection to kaggle.com, and for the next bytes of an answer, when
+#: the kaggle package sets no limit of its own (a stalled proxy would otherwise hang forever).
+CONNECT_TIMEOUT_S = 20.0
+READ_TIMEOUT_S = 60.0
+#: Token files kaggle 2.x reads from ~/.kaggle (besides kaggle.json).
+TOKEN_FILES = ("access_token", "access_token.txt")
+#: What :func:`find_credentials` names when the credentials come from the environment.
+ENV_TOKEN, ENV_KEY = "KAGGLE_API_TOKEN", "KAGGLE_USERNAME/KAGGLE_KEY"
+ENV_SOURCES = (ENV_TOKEN, ENV_KEY)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class KaggleSource:
         ref: Kaggle's identifier (``owner/slug`` for a dataset, the slug for a competition).
         folder: Sub-folder of the download folder it unpacks into.
         url: Its page on kaggle.com.
+        peak_disk_gb: Disk space it takes at its peak, approximately: the archive is kept
+            until it is unpacked beside it.
     """
 
     name: str
@@ -68,6 +80,7 @@ class KaggleSource:
     ref: str
     folder: str
     url: str
+    peak_disk_gb: float = 0.0
 
     @property
     def rules_url(self) -> str:
@@ -84,6 +97,7 @@ SOURCES: dict[str, KaggleSource] = {
             "felipekitamura/head-ct-hemorrhage",
             "head-ct",
             "https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
+            peak_disk_gb=0.1,
         ),
         KaggleSource(
             "rsna",
@@ -91,6 +105,7 @@ SOURCES: dict[str, KaggleSource] = {
             "rsna-intracranial-hemorrhage-detection",
             "rsna",
             "https://www.kaggle.com/competitions/rsna-intracranial-hemorrhage-detection",
+            peak_disk_gb=630.0,  # a ~180 GB archive, then ~450 GB of DICOM beside it
         ),
     )
 }
@@ -119,11 +134,15 @@ class DownloadResult:
 
 def credential_help() -> str:
     """What to do when no Kaggle credentials are found."""
+    return "no Kaggle credentials found: " + token_howto()
+
+
+def token_howto() -> str:
+    """How to get Kaggle credentials and where to put them."""
     return (
-        "no Kaggle credentials found: create an API token at "
-        f"{TOKEN_URL} and either save kaggle.json as ~/.kaggle/kaggle.json "
-        "(then chmod 600 ~/.kaggle/kaggle.json), or set KAGGLE_USERNAME and KAGGLE_KEY, "
-        "or set KAGGLE_API_TOKEN (or save the token as ~/.kaggle/access_token)"
+        f"create an API token at {TOKEN_URL} and either save kaggle.json as "
+        "~/.kaggle/kaggle.json (then chmod 600 ~/.kaggle/kaggle.json), or set KAGGLE_USERNAME "
+        "and KAGGLE_KEY, or set KAGGLE_API_TOKEN (or save the token as ~/.kaggle/access_token)"
     )
 
 
@@ -151,12 +170,12 @@ def find_credentials(
     env = os.environ if environ is None else environ
     home = Path.home() if home is None else home
     if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    for name in ("access_token", "access_token.txt", "credentials.json"):
+        return ENV_TOKEN
+    for name in (*TOKEN_FILES, "credentials.json"):
         if (home / ".kaggle" / name).is_file():
             return str(home / ".kaggle" / name)
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
+        return ENV_KEY
     for path in _kaggle_json_paths(env, home):
         if path.is_file():
             mode = path.stat().st_mode
@@ -164,6 +183,36 @@ def find_credentials(
                 log.warning("%s is readable by other users: chmod 600 %s", path, path)
             return str(path)
     return None
+
+
+def check_credential_file(path: Path) -> None:
+    """Refuse a credentials file kaggle 2.x would fail on without contacting anything (it
+    prints a long banner, twice, and exits): an unreadable or empty token file, a
+    ``credentials.json`` that is not a JSON object, a bad ``kaggle.json``
+    (:func:`check_kaggle_json`).
+
+    Raises:
+        KaggleError: Naming the file and what is wrong with it.
+    """
+    if path.name == "kaggle.json":
+        check_kaggle_json(path)
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise KaggleError(f"cannot read it ({reason}); {token_howto()}", path) from exc
+    if path.name in TOKEN_FILES and not text.strip():
+        raise KaggleError(f"the token file is empty; {token_howto()}", path)
+    if path.name == "credentials.json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise KaggleError(f"not valid JSON ({exc}); {token_howto()}", path) from exc
+        if not isinstance(data, dict) or not data:
+            raise KaggleError(
+                f"no credentials in it (an empty or non-object JSON); {token_howto()}", path
+            )
 
 
 def check_kaggle_json(path: Path) -> None:
@@ -190,6 +239,28 @@ def check_kaggle_json(path: Path) -> None:
 
 
 @contextlib.contextmanager
+def http_timeouts(connect_s: float | None = None, read_s: float | None = None) -> Iterator[None]:
+    """Give every HTTP request made through ``requests`` without a timeout of its own these
+    limits (seconds to connect, and between received bytes; default :data:`CONNECT_TIMEOUT_S`
+    and :data:`READ_TIMEOUT_S`) while the block runs: kagglesdk sends its API calls with none,
+    so a proxy that accepts and never answers hung forever."""
+    limits_s = (connect_s or CONNECT_TIMEOUT_S, read_s or READ_TIMEOUT_S)
+    from requests.adapters import HTTPAdapter
+
+    original = HTTPAdapter.send
+
+    def send(self, request, stream=False, timeout=None, **kwargs):
+        limits = limits_s if timeout is None else timeout
+        return original(self, request, stream=stream, timeout=limits, **kwargs)
+
+    HTTPAdapter.send = send
+    try:
+        yield
+    finally:
+        HTTPAdapter.send = original
+
+
+@contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Send what the kaggle package prints to stderr (stdout is reserved for --json)."""
     with contextlib.redirect_stdout(sys.stderr):
@@ -206,21 +277,25 @@ def make_api() -> Any:
     source = find_credentials()
     if source is None:
         raise KaggleError(credential_help())
-    if source.endswith("kaggle.json"):
-        check_kaggle_json(Path(source))
+    if source not in ENV_SOURCES:  # a file
+        check_credential_file(Path(source))
     log.debug("Kaggle credentials from %s", source)
-    with _stdout_to_stderr():
-        try:
+    banner = io.StringIO()  # kaggle's own sign-in banner: logged, not printed (twice) as well
+    try:
+        with contextlib.redirect_stdout(banner), contextlib.redirect_stderr(banner):
             from kaggle.api.kaggle_api_extended import KaggleApi
 
             api = KaggleApi()
             api.authenticate()
-        except SystemExit as exc:
-            raise KaggleError(
-                f"Kaggle refused the credentials from {source}; " + credential_help()
-            ) from exc
-        except Exception as exc:
-            raise _translate(exc, None) from exc
+    except SystemExit as exc:
+        log.debug("kaggle printed: %s", banner.getvalue())
+        raise KaggleError(
+            f"the kaggle package could not sign in with the credentials from {source} (it "
+            f"exited with {exc.code!r}); check them, or replace them: " + token_howto()
+        ) from exc
+    except Exception as exc:
+        log.debug("kaggle printed: %s", banner.getvalue())
+        raise _translate(exc, None) from exc
     return api
 
 
@@ -261,12 +336,24 @@ def _translate(exc: BaseException, source: KaggleSource | None) -> KaggleError:
                 "(signed in with the account of your credentials), then retry"
             )
         if status == HTTP_UNAUTHORIZED:
+            found = find_credentials()
             return KaggleError(
-                f"401 Unauthorized for {what}: the credentials were rejected; " + credential_help()
+                f"401 Unauthorized for {what}: Kaggle rejected the credentials"
+                + (f" from {found}" if found else "")
+                + " (expired or revoked?); "
+                + token_howto()
             )
         if status == HTTP_NOT_FOUND:
             return KaggleError(f"404 Not Found: {what} does not exist or is not visible to you")
-        return KaggleError(f"HTTP {status} from Kaggle for {what}: {exc}")
+        if status == HTTP_FORBIDDEN:
+            return KaggleError(
+                f"403 Forbidden for {what}: Kaggle refused your account access to it; open "
+                f"{source.url if source else 'kaggle.com'} signed in with the account of your "
+                "credentials to see why (a dataset may need its terms accepted), then retry"
+            )
+        return KaggleError(
+            f"HTTP {status} from Kaggle for {what}: {exc}; Kaggle may be busy, retry later"
+        )
     if isinstance(exc, ImportError):
         return KaggleError(f"the kaggle package cannot be imported ({exc}): pip install kaggle")
     if _is_network_error(exc):
@@ -325,6 +412,41 @@ def find_dataset_root(folder: Path) -> tuple[Path, str]:
     raise KaggleError("the download holds no dataset hemo recognises", folder)
 
 
+def _warn_if_short_of_space(source: KaggleSource, dest: Path) -> None:
+    """Warn (not refuse: the figure is approximate) when ``dest``'s disk has less free space
+    than ``source`` takes at its peak."""
+    import shutil
+
+    try:
+        free_gb = shutil.disk_usage(dest).free / 1e9
+    except OSError:
+        return
+    if free_gb < source.peak_disk_gb:
+        log.warning(
+            "%s takes about %g GB at its peak (archive and unpacked files), but %s has "
+            "%.1f GB free: the download or the unpacking may fail for lack of space",
+            source.name,
+            source.peak_disk_gb,
+            dest,
+            free_gb,
+        )
+
+
+def _fetch(api: Any, source: KaggleSource, dest: Path, force: bool) -> None:
+    """Download ``source``'s archive into ``dest`` (what the kaggle package prints goes to
+    stderr); every failure a KaggleError."""
+    with _stdout_to_stderr():
+        try:
+            if source.kind == "competition":
+                api.competition_download_files(source.ref, path=str(dest), force=force, quiet=False)
+            else:
+                api.dataset_download_files(source.ref, path=str(dest), force=force, quiet=False)
+        except KaggleError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, source) from exc
+
+
 def download(
     name: str,
     out: Path = RAW_DIR,
@@ -365,27 +487,22 @@ def download(
             raise KaggleError(
                 f"cannot create the download folder {dest}: {exc.strerror or exc}", out
             ) from exc
+        _warn_if_short_of_space(source, dest)
         try:
-            api = api_factory()
-            log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
-            with _stdout_to_stderr():
-                try:
-                    if source.kind == "competition":
-                        api.competition_download_files(
-                            source.ref, path=str(dest), force=force, quiet=False
-                        )
-                    else:
-                        api.dataset_download_files(
-                            source.ref, path=str(dest), force=force, quiet=False
-                        )
-                except KaggleError:
-                    raise
-                except Exception as exc:
-                    raise _translate(exc, source) from exc
-        except KaggleError:
+            with http_timeouts():
+                api = api_factory()
+                log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
+                _fetch(api, source, dest, force)
+        except BaseException as exc:  # a KaggleError, or Ctrl-C
             for folder in made:  # innermost first; a folder with anything in it stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+            left = sorted(dest.glob("*.zip")) if dest.is_dir() else []
+            if isinstance(exc, KaggleError) and left:
+                raise KaggleError(
+                    f"{exc}; the incomplete archive {', '.join(p.name for p in left)} is left in "
+                    f"{dest} (the next attempt resumes or replaces it; delete it to free the space)"
+                ) from exc
             raise
         archives = sorted(dest.glob("*.zip"))
         for archive in archives:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -126,11 +128,94 @@ def test_competition_403_says_accept_the_rules(tmp_path: Path) -> None:
         download("rsna", out=tmp_path, api_factory=lambda: api)
 
 
-def test_401_says_credentials_rejected(tmp_path: Path) -> None:
-    """A 401 says the credentials were rejected and where new ones go."""
+def test_401_says_credentials_rejected(
+    no_credentials: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 says which credentials Kaggle rejected and where new ones go (it said 'no
+    Kaggle credentials found' as well, about credentials it had just used)."""
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
     api = FakeApi(error=_http_error(401))
-    with pytest.raises(KaggleError, match="credentials were rejected; no Kaggle credentials"):
+    with pytest.raises(KaggleError) as info:
         download("head-ct", out=tmp_path, api_factory=lambda: api)
+    message = str(info.value)
+    assert message.startswith(
+        "401 Unauthorized for felipekitamura/head-ct-hemorrhage: Kaggle rejected the "
+        "credentials from KAGGLE_USERNAME/KAGGLE_KEY (expired or revoked?); create an API token"
+    )
+    assert "no Kaggle credentials found" not in message
+
+
+def test_dataset_403_and_server_errors_say_what_to_do(tmp_path: Path) -> None:
+    """A 403 on a dataset sends the user to its page; a 5xx says to retry later."""
+    with pytest.raises(KaggleError, match=r"403 Forbidden for felipekitamura/head-ct-hemorrhage: "
+                       r"Kaggle refused your account access to it; open https://www\.kaggle\.com/"
+                       r"datasets/felipekitamura/head-ct-hemorrhage signed in"):  # fmt: skip
+        download("head-ct", out=tmp_path, api_factory=lambda: FakeApi(error=_http_error(403)))
+    with pytest.raises(
+        KaggleError, match=r"HTTP 503 from Kaggle .*; Kaggle may be busy, retry later"
+    ):
+        download("head-ct", out=tmp_path, api_factory=lambda: FakeApi(error=_http_error(503)))
+
+
+def test_a_failed_download_names_the_incomplete_archive_it_leaves(tmp_path: Path) -> None:
+    """A download that fails after the archive was begun says where the partial file is."""
+
+    class HalfApi(FakeApi):
+        def _download(self, ref: str, path: str) -> None:
+            Path(path, "head-ct-hemorrhage.zip").write_bytes(b"PK\x03\x04 half")
+            raise requests.exceptions.ConnectionError("connection reset by peer")
+
+    with pytest.raises(KaggleError) as info:
+        download("head-ct", out=tmp_path / "raw", api_factory=HalfApi)
+    assert str(info.value).startswith("cannot reach kaggle.com to download")
+    assert str(info.value).endswith(
+        f"; the incomplete archive head-ct-hemorrhage.zip is left in {tmp_path / 'raw' / 'head-ct'} "
+        "(the next attempt resumes or replaces it; delete it to free the space)"
+    )
+
+
+def test_a_stalled_connection_times_out_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kagglesdk sends its requests without a timeout: a server (or proxy) that accepts and never
+    answers hung hemo download forever. Under download, requests without one get hemo's limits,
+    and the stall is a 'cannot reach kaggle.com' error; the folder made for it is removed."""
+    import socket
+
+    from hemo import kaggle
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts connections, never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1/datasets/download"
+
+    class StalledApi(FakeApi):
+        def _download(self, ref: str, path: str) -> None:
+            requests.get(url)  # as kagglesdk does: no timeout
+
+    monkeypatch.setattr(kaggle, "READ_TIMEOUT_S", 0.5)
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            download("head-ct", out=tmp_path / "raw", api_factory=StalledApi)
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)  # a regression hangs the thread only
+    worker.start()
+    worker.join(timeout=60)
+    silent.close()
+    assert not worker.is_alive(), "hemo download still waiting on a server that never answers"
+    (error,) = outcome
+    assert isinstance(error, KaggleError)
+    assert re.match(r"^cannot reach kaggle.com to download .*ReadTimeout", str(error)), error
+    assert not (tmp_path / "raw").exists()
+    # outside download, requests keep their own (absent) timeout
+    from requests.adapters import HTTPAdapter
+
+    assert HTTPAdapter.send.__qualname__ == "HTTPAdapter.send"
 
 
 def test_download_unzips_indexes_and_reuses_a_finished_download(
@@ -211,8 +296,35 @@ def test_kaggle_exit_during_authentication_is_a_kaggle_error(
         raise SystemExit(1)
 
     monkeypatch.setattr(KaggleApi, "authenticate", exit_now)
-    with pytest.raises(KaggleError, match="Kaggle refused the credentials from KAGGLE_USERNAME"):
+    with pytest.raises(
+        KaggleError,
+        match=r"^the kaggle package could not sign in with the credentials from "
+        r"KAGGLE_USERNAME/KAGGLE_KEY \(it exited with 1\); check them, or replace them: create",
+    ):
         make_api()
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "problem"),
+    [
+        ("access_token", "  \n", "the token file is empty"),
+        ("credentials.json", "garbage", "not valid JSON"),
+        ("credentials.json", "[]", "no credentials in it"),
+    ],
+)
+def test_an_unusable_token_file_is_named_before_kaggle_reads_it(
+    no_credentials: Path, capsys: pytest.CaptureFixture[str], file: str, content: str, problem: str
+) -> None:
+    """An empty access_token or a garbage credentials.json is one line naming the file (the
+    kaggle package printed its sign-in banner twice, then hemo said it 'refused' them)."""
+    (no_credentials / ".kaggle").mkdir()
+    path = no_credentials / ".kaggle" / file
+    path.write_text(content)
+    assert main(["download", "head-ct", "--out", str(no_credentials / "dl")]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"hemo: error: {path}: {problem}") and "create an API token" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (no_credentials / "dl").exists()
 
 
 def test_cli_without_credentials_is_one_line_exit_2(
@@ -300,3 +412,25 @@ def test_no_network_while_signing_in_says_so(no_credentials: Path, monkeypatch) 
     monkeypatch.setattr(KaggleApi, "authenticate", offline)
     with pytest.raises(KaggleError, match="cannot reach kaggle.com to sign in: no network"):
         make_api()
+
+
+def test_too_little_free_space_is_warned_before_downloading(
+    head_ct_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A disk with less free space than the source takes at its peak gets a warning naming
+    both figures; the download still goes ahead (the figure is approximate)."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**12, 10**12 - 10**7, 10**7))
+    with caplog.at_level("WARNING", logger="hemo.kaggle"):
+        result = download(
+            "head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=head_ct_zip)
+        )
+    assert result.total == 140
+    (warning,) = [r.getMessage() for r in caplog.records if "at its peak" in r.getMessage()]
+    assert (
+        warning.startswith("head-ct takes about 0.1 GB at its peak")
+        and "has 0.0 GB free" in warning
+    )

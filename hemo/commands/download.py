@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="download a Kaggle dataset (head-ct, rsna), unzip and index it",
         description="Download through the kaggle package: head-ct is the dataset "
         "felipekitamura/head-ct-hemorrhage; rsna is the competition "
-        "rsna-intracranial-hemorrhage-detection (~180 GB; accept its rules on kaggle.com first). "
+        "rsna-intracranial-hemorrhage-detection (a ~180 GB archive, ~450 GB of DICOM once "
+        "unpacked: ~630 GB free at the peak; accept its rules on kaggle.com first). "
         "Needs credentials: ~/.kaggle/kaggle.json (chmod 600), KAGGLE_USERNAME + KAGGLE_KEY, or "
         "KAGGLE_API_TOKEN. Unzips into OUT/<name>/ and writes index.parquet there.",
     )
