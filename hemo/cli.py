@@ -1,6 +1,6 @@
 """The ``hemo`` command line: one subcommand per module in :mod:`hemo.commands`.
 
-Contract (see DESIGN.md and the README): with ``--json`` stdout carries only JSON, logs and
+Contract (see docs/CONTRACTS.md and the README): with ``--json`` stdout carries only JSON, logs and
 progress go to stderr; a failure prints one line ``hemo: error: ...`` (no traceback) and the
 exit status is non-zero. Subcommand modules import heavy libraries (TensorFlow) inside ``run``
 only, so ``hemo inspect`` and friends start fast.

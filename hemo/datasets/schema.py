@@ -1,6 +1,6 @@
 """The index table every dataset adapter produces, and the problems it reports.
 
-One row per image (DESIGN.md, "Index table"):
+One row per image (docs/CONTRACTS.md, "Datasets"):
 
 =====================  ==========  =============================================================
 column                 dtype       meaning
