@@ -132,6 +132,15 @@ class DownloadResult:
     downloaded: bool
 
 
+def download_hint(path: Path) -> str | None:
+    """What to run when ``path``, a missing dataset folder, is where ``hemo download`` would put
+    a source (``data/raw/rsna``: ``hemo download rsna --out data/raw``); None otherwise."""
+    for source in SOURCES.values():
+        if path.name == source.folder:
+            return f"download it first: hemo download {source.name} --out {path.parent}"
+    return None
+
+
 def credential_help() -> str:
     """What to do when no Kaggle credentials are found."""
     return "no Kaggle credentials found: " + token_howto()

@@ -41,7 +41,12 @@ from hemo.architectures import (
     Architecture,
 )
 from hemo.errors import ConfigError, ModelError
-from hemo.modelfile import MODEL_SUFFIXES, PICKLE_SUFFIXES, check_model_file
+from hemo.modelfile import (
+    WEIGHTS_IMAGENET,
+    check_model_file,
+    model_paths,
+    weights_option,
+)
 from hemo.preprocess import InputSpec
 
 if TYPE_CHECKING:
@@ -68,8 +73,6 @@ HEAD_POOLS = dict(
 HEAD_LAYERS: tuple[str, ...] = (HEAD_POOL_LAYER, HEAD_DROPOUT_LAYER, LOGITS_LAYER, PROBS_LAYER)
 
 # Weights ----------------------------------------------------------------------------------------
-WEIGHTS_NONE = ("none", "")
-WEIGHTS_IMAGENET = "imagenet"
 #: Seconds a blocked socket may wait while Keras fetches ImageNet weights (offline: fail fast).
 DOWNLOAD_SOCKET_TIMEOUT_S = 15.0
 #: Batch-norm momentum of an application backbone built from random weights. Keras keeps 0.999
@@ -273,7 +276,7 @@ def build_model(
         raise ModelError(
             f"input size {spec.size} px is below the {entry.min_size} px {arch} accepts"
         )
-    weights_kind, weights_path = _weights_option(weights)
+    weights_kind, weights_path = weights_option(weights)
     if weights_kind == WEIGHTS_IMAGENET and entry.application is None:
         raise ModelError(
             f"no ImageNet weights for the {arch!r} architecture; use --weights none or "
@@ -371,28 +374,6 @@ def merge_ensemble(members: Sequence[keras.Model], cards: Sequence[ModelCard]) -
         [np.concatenate(kernels, axis=0) / len(members), np.mean(biases, axis=0)]
     )
     return model
-
-
-def _weights_option(weights: str | os.PathLike | None) -> tuple[str | None, Path | None]:
-    """Classify a weights option as (None | "imagenet" | "model" | "backbone", path)."""
-    if weights is None or str(weights).strip().lower() in WEIGHTS_NONE:
-        return None, None
-    if str(weights).strip().lower() == WEIGHTS_IMAGENET:
-        return WEIGHTS_IMAGENET, None
-    path = Path(weights)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ModelError("refusing to load a pickle as weights; give a .weights.h5 file", path)
-    if not path.is_file():
-        raise ModelError(
-            "weights file not found; use --weights none|imagenet|FILE.weights.h5 "
-            "or --init models/X.keras",
-            source=path,
-        )
-    if path.name.endswith(".weights.h5"):
-        return "model", path
-    if path.suffix.lower() in (".h5", ".hdf5"):
-        return "backbone", path
-    raise ModelError("weights must be a .weights.h5 (or legacy backbone .h5) file", path)
 
 
 def _application_backbone(
@@ -740,13 +721,6 @@ def anchor_weights(model: keras.Model, strength: float, names: Sequence[str]) ->
 
 
 # Saving and loading -----------------------------------------------------------------------------
-def model_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
-    """(NAME.keras, NAME.json, NAME.h5) for a model path given with or without a suffix."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix.lower() in (*MODEL_SUFFIXES, ".json") else path
-    return stem.with_suffix(".keras"), stem.with_suffix(".json"), stem.with_suffix(".h5")
-
-
 def save_model(
     model: keras.Model, path: str | os.PathLike, card: ModelCard, h5: bool = False
 ) -> Path:

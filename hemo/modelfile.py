@@ -16,6 +16,9 @@ from hemo.errors import ModelError
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".sav")
 MODEL_SUFFIXES = (".keras", ".h5")
+#: ``weights`` values meaning random initial weights, and the Keras ImageNet download.
+WEIGHTS_NONE = ("none", "")
+WEIGHTS_IMAGENET = "imagenet"
 #: First bytes of a pickle (protocol 2+), a zip (``.keras``) and an HDF5 file (``.h5``).
 PICKLE_MAGIC = 0x80
 PICKLE_MAX_PROTOCOL = 5
@@ -65,3 +68,36 @@ def check_model_file(path: str | os.PathLike) -> Path:
     if suffix == ".h5" and not head.startswith(HDF5_MAGIC):
         raise ModelError("not an HDF5 file (bad signature)", source=path)
     return path
+
+
+def model_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """(NAME.keras, NAME.json, NAME.h5) for a model path given with or without a suffix."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() in (*MODEL_SUFFIXES, ".json") else path
+    return stem.with_suffix(".keras"), stem.with_suffix(".json"), stem.with_suffix(".h5")
+
+
+def weights_option(weights: str | os.PathLike | None) -> tuple[str | None, Path | None]:
+    """Classify a ``weights`` option as (None | "imagenet" | "model" | "backbone", path).
+
+    Raises:
+        ModelError: A pickle, a missing file, or a file that is not ``.weights.h5``/``.h5``.
+    """
+    if weights is None or str(weights).strip().lower() in WEIGHTS_NONE:
+        return None, None
+    if str(weights).strip().lower() == WEIGHTS_IMAGENET:
+        return WEIGHTS_IMAGENET, None
+    path = Path(weights)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ModelError("refusing to load a pickle as weights; give a .weights.h5 file", path)
+    if not path.is_file():
+        raise ModelError(
+            "weights file not found; use --weights none|imagenet|FILE.weights.h5 "
+            "or --init models/X.keras",
+            source=path,
+        )
+    if path.name.endswith(".weights.h5"):
+        return "model", path
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return "backbone", path
+    raise ModelError("weights must be a .weights.h5 (or legacy backbone .h5) file", path)

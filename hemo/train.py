@@ -46,7 +46,7 @@ from typing import Any
 from hemo import runs
 from hemo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, HEAD_POOL_NAMES
 from hemo.config import DEFAULT_SEED, PROJECT_DIR, RSNA_LABELS, THRESHOLD_METHODS, portable_path
-from hemo.errors import ConfigError, DatasetError, HemoError, TrainingError
+from hemo.errors import ConfigError, DatasetError, HemoError, ModelError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -423,16 +423,52 @@ def _validate(config: dict[str, Any]) -> None:
         )
 
 
+def check_start(config: Mapping[str, Any]) -> None:
+    """Refuse, before a run folder is made and TensorFlow starts, the ``weights`` and ``init``
+    options a run would fail on in its first seconds (leaving a failed run behind).
+
+    Raises:
+        ModelError: A weights file missing or a pickle, ImageNet weights for an architecture
+            that has none, an ``init`` model that is missing, a pickle, not a Keras file, or
+            without its card.
+    """
+    from hemo.modelfile import WEIGHTS_IMAGENET, check_model_file, model_paths, weights_option
+
+    kind, _ = weights_option(config["weights"])
+    architecture = ARCHITECTURES[config["architecture"]]
+    if kind == WEIGHTS_IMAGENET and architecture.application is None:
+        with_imagenet = sorted(a.name for a in ARCHITECTURES.values() if a.application)
+        raise ModelError(
+            f"no ImageNet weights for the {architecture.name!r} architecture; use --weights none, "
+            f"or one of {', '.join(with_imagenet)}"
+        )
+    if config["init"]:
+        init = check_model_file(resolve_path(config["init"]))
+        card = model_paths(init)[1]
+        if not card.is_file():
+            raise ModelError(
+                f"no model card {card.name} beside the --init model; cards are written by "
+                "hemo train and save_model",
+                source=init,
+            )
+
+
+#: How many of a model's spatial layers a wrong ``cam_layer`` message names (the deepest).
+CAM_LAYERS_NAMED = 8
+
+
 def _check_cam_layer(model, name: str) -> None:
     """Refuse a ``cam_layer`` that is not a 4-D (spatial) layer of the model, before training."""
     if not name:
         return
     spatial = [layer.name for layer in model.layers if len(getattr(layer.output, "shape", ())) == 4]
     if name not in spatial:
+        named = ", ".join(spatial[-CAM_LAYERS_NAMED:])
         raise ConfigError(
             f"cam_layer {name!r} is not a spatial layer of this {model.name} model (a config "
             f"written for another architecture?); give cam_layer \"\" (--cam_layer '') for the "
-            f"architecture's default, or one of {spatial}"
+            f"architecture's default, or another of its {len(spatial)} spatial layers (the "
+            f"deepest: {named})"
         )
 
 
@@ -465,7 +501,7 @@ def check_export(value: str | os.PathLike, data: str | os.PathLike | None = None
         ConfigError: Naming the path and why (a file in the way, no such place, read-only, a
             model of other data there).
     """
-    from hemo.model import model_paths
+    from hemo.modelfile import model_paths
 
     path = resolve_path(value)
     keras_path, card_path, _ = model_paths(path)
@@ -760,9 +796,6 @@ def train(config: Mapping[str, Any]) -> Path:
     name = runs.check_run_name(config.get("name") or default_run_name())
     config = {**config, "name": name}
     chief = is_chief()
-    if chief and config.get("export"):
-        # before the run folder and hours of training
-        check_export(config["export"], config["data"])
     # Where this process writes: the run folder (chief) or a throwaway folder (other workers)
     path = runs.run_dir(name) if chief else Path(tempfile.mkdtemp(prefix=f"hemo-{name}-worker-"))
     if chief and path.exists():
@@ -785,7 +818,14 @@ def train(config: Mapping[str, Any]) -> Path:
         raise TrainingError(runs.resume_refusal(name, state, differ, option="--name"))
     data = resolve_path(config["data"])
     if not data.exists():  # said before a run folder is made for it
-        raise DatasetError("no such file or folder", source=data)
+        from hemo.kaggle import download_hint
+
+        hint = download_hint(data)
+        raise DatasetError("no such file or folder" + (f"; {hint}" if hint else ""), source=data)
+    check_start(config)
+    if chief and config.get("export"):
+        # before the run folder and hours of training
+        check_export(config["export"], config["data"])
     resuming = (path / runs.BACKUP_DIR).is_dir()
     path.mkdir(parents=True, exist_ok=True)
     runs.write_json_atomic(path / runs.CONFIG_FILE, dict(config))

@@ -273,6 +273,77 @@ def test_train_on_missing_data_is_one_line_and_makes_no_run_folder(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--init", "{tmp}/nope.keras", "{tmp}/nope.keras: model file not found"),
+        ("--init", "{tmp}/model.pkl", "{tmp}/model.pkl: refusing to load a pickle"),
+        ("--init", "{tmp}/notes.txt", "{tmp}/notes.txt: not a model file"),
+        ("--init", "{tmp}/nocard.keras", "{tmp}/nocard.keras: no model card nocard.json beside"),
+        ("--weights", "{tmp}/w.pkl", "{tmp}/w.pkl: refusing to load a pickle as weights"),
+        (
+            "--weights",
+            "imagenet",
+            "no ImageNet weights for the 'compact' architecture; use "
+            "--weights none, or one of densenet121",
+        ),  # fmt: skip
+    ],
+)
+def test_train_refuses_bad_weights_or_init_before_making_a_run_folder(
+    tmp_path: Path,
+    phantom_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    """An --init or --weights the run would fail on in its first seconds is one line before
+    a run folder is made (it left a 'failed' run on the Training page, after TensorFlow's
+    start-up)."""
+    import zipfile
+
+    from hemo.cli import EXIT_ERROR, main
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    (tmp_path / "model.pkl").write_bytes(b"\x80\x04K\x01.")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with zipfile.ZipFile(tmp_path / "nocard.keras", "w") as archive:
+        archive.writestr("config.json", "{}")
+    argv = ["train", "--data", str(phantom_dir), "--name", "bad", "--epochs", "1", *TINY]
+    assert main([*argv, option, value.format(tmp=tmp_path)]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemo: error: " + message.format(tmp=tmp_path)), err
+    assert len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_names_missing_data_and_bad_init_without_starting_tensorflow(tmp_path: Path) -> None:
+    """Those refusals come before TensorFlow is imported (seconds of start-up and its log
+    lines before a one-line error), and a missing data/raw/<source> says to download it."""
+    code = (
+        "import sys\n"
+        "from hemo.cli import main\n"
+        f"assert main(['train', '--data', {str(tmp_path / 'rsna')!r}, '--name', 'x']) == 2\n"
+        f"assert main(['train', '--data', {str(tmp_path)!r}, '--init', 'nope.keras']) == 2\n"
+        "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "HEMO_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == (
+        f"hemo: error: {tmp_path / 'rsna'}: no such file or folder; download it first: "
+        f"hemo download rsna --out {tmp_path}"
+    )
+    assert lines[1].startswith("hemo: error: ") and lines[1].endswith(
+        "nope.keras: model file not found"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
 def test_train_on_one_patient_says_why_there_is_no_validation_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -744,10 +815,13 @@ def test_cam_layer_that_is_not_a_spatial_layer_is_refused_before_training(
 
     monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
     overrides = parse_overrides(TINY) | {"epochs": 1, "name": "badlayer", "cam_layer": "logits"}
-    with pytest.raises(
-        ConfigError, match="cam_layer 'logits' is not a spatial layer.*compact_s1_c1"
-    ):
+    with pytest.raises(ConfigError) as info:
         train(resolve_config({"data": str(phantom_dir)}, overrides))
+    message = str(info.value)
+    assert message.startswith("cam_layer 'logits' is not a spatial layer")
+    # the deepest few are named, not every layer (a DenseNet has over 150)
+    named = message.split("(the deepest: ")[1].rstrip(")").split(", ")
+    assert len(named) == 8 and named[-1] == "compact_features" and "compact_s1_c1" in named
     assert not (tmp_path / "badlayer" / runs.MODEL_FILE).exists()
 
 

@@ -153,16 +153,17 @@ def run(args: argparse.Namespace) -> int:
             )
     check_model_file(args.model)  # a wrong --model is named before TensorFlow or the dataset
     from hemo.datasets import load_index
-    from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
-    from hemo.model import load_model
 
-    index_df = load_index(args.data)
+    index_df = load_index(args.data)  # a wrong --data too (TensorFlow starts with hemo.evaluate)
     if args.cam and not _has_masks(index_df, args.split):
         raise DatasetError(
             f"--cam needs lesion masks (a mask_path column) in the {args.split!r} split; this "
             "dataset has none (phantoms from hemo demo-data have them)",
             source=args.data,
         )
+    from hemo.evaluate import evaluate_model, training_lookalikes, training_overlap
+    from hemo.model import load_model
+
     model, card = load_model(args.model)
     report = evaluate_model(model, card, index_df, split=args.split, batch_size=args.batch_size)
     overlap = training_overlap(card, args.data, args.split)
