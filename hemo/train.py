@@ -105,6 +105,72 @@ DEFAULTS: dict[str, Any] = {
     "export": "",
     "notes": "",
 }
+#: What each key of :data:`DEFAULTS` does and which values it takes (``hemo train --help``).
+KEY_HELP: dict[str, str] = {
+    "name": "run name: the run folder runs/NAME (default: run-DATE-TIME); the same name resumes",
+    "data": "dataset folder or index.parquet (hemo index, hemo download, hemo demo-data)",
+    "architecture": "compact | resnet50 | densenet121 | efficientnet_b0 | mobilenet_v2",
+    "weights": "initial weights: none | imagenet (Keras download, needs network; not for "
+    "compact) | FILE.weights.h5",
+    "init": "a hemo model (.keras with its card) whose weights start this run, layer by layer "
+    "where names and shapes match (e.g. phantom pre-training)",
+    "l2sp": "L2-SP strength: pull the weights copied from init back towards their start (0: off)",
+    "mask_loss": "weight of a per-cell lesion-mask loss on the CAM layer (phantoms with "
+    "masks; 0: off)",
+    "cam_layer": "Grad-CAM layer recorded in the card ('': the architecture's default)",
+    "labels": "outputs: auto (six RSNA labels when the index knows every subtype) | any | rsna",
+    "image_size": "input side in pixels (square)",
+    "input.mode": "hu (HU windows; DICOM only) | display (grayscale; PNG/JPG, and DICOM "
+    "through display_window)",
+    "input.windows": "HU window presets stacked as channels in hu mode: brain, subdural, "
+    "soft_tissue, bone, stroke",
+    "input.channels": "input channels (display: 1, or 2 with asymmetry; hu: one per window)",
+    "input.display_window": "window a DICOM is rendered through in display mode",
+    "input.crop_head": "crop to the head's bounding square before resizing",
+    "input.mask_outside_head": "zero everything outside the skull's convex hull",
+    "input.asymmetry": "add a channel max(0, x - mirror(x)) across the head's vertical midline",
+    "input.align_midline": "turn the head onto its symmetry axis first",
+    "input.brain_level": "scale the grayscale so the soft tissue's median lands here (0: off)",
+    "input.black_background": "set a flat gray picture background to black",
+    "input.dicom_head_only": "set everything outside the head's outline to air in DICOM input "
+    "(the scanner's head holder)",
+    "seed": "seed of weights, augmentation and order: the same seed trains the same weights",
+    "epochs": "training epochs (after head_epochs)",
+    "head_epochs": "epochs with the backbone frozen first (two-phase transfer learning; 0: off)",
+    "fine_tune_layers": "train only the top N weighted backbone layers after head_epochs (0: all)",
+    "batch_size": "images per step",
+    "learning_rate": "initial learning rate",
+    "fine_tune_learning_rate": "learning rate once the backbone is unfrozen (with head_epochs)",
+    "dropout": "dropout before the output layer",
+    "head_pool": "average | max: global pooling of the feature map",
+    "alpha": "width multiplier of mobilenet_v2",
+    "label_smoothing": "binary label smoothing",
+    "ema": "end on the exponential moving average of the weights, momentum per step (0: off)",
+    "sam": "sharpness-aware minimisation radius rho (0: off; twice the compute)",
+    "lr_schedule": "plateau (halve when val AUC stalls) | cosine | constant",
+    "early_stopping_patience": "epochs without a better val AUC before stopping",
+    "checkpoint": "final weights: best (val AUC) | last (nothing selected on val)",
+    "class_weights": "weight the classes by their inverse frequency",
+    "lookalike_weights": "weight each group of look-alike images once",
+    "cache": "keep preprocessed tensors: auto (in memory when they fit) | true | false",
+    "extra_train": "a second dataset whose rows join the training split only",
+    "extra_train_rows": "how many extra_train rows to draw (0: all)",
+    "augment.strength": "rotation, zoom, shift, flips, contrast and brightness scale (0: off; "
+    "1: 15 deg, 10 %)",
+    "augment.mixup": "mixup Beta(a, a) of image pairs (0: off)",
+    "augment.gamma": "display-curve jitter x ** e^u, u in [-g, g] (0: off; at most 1)",
+    "augment.blur": "Gaussian blur up to this sigma in pixels on half the images (0: off)",
+    "augment.lesion": "probability of a synthetic lesion pasted into a negative (0: off)",
+    "threshold.method": "operating threshold on the val split: youden | sensitivity",
+    "threshold.target_sensitivity": "sensitivity the threshold must reach with method sensitivity",
+    "threshold.referral_accuracy": "accuracy the decided calls must reach outside the "
+    "referral band (0: no band)",
+    "strategy": "default | mirrored (GPUs of one host) | multiworker (hosts, from TF_CONFIG)",
+    "steps_per_epoch": "steps per epoch (0: one pass over the training split)",
+    "save_h5": "also write the model as legacy .h5",
+    "export": "also copy the final model and card to models/NAME ('': no copy)",
+    "notes": "free text kept in the card",
+}
 #: Keys a command line may spell with dashes, and short aliases.
 ALIASES = {"arch": "architecture", "size": "image_size", "augment": "augment.strength"}
 STRATEGIES = ("default", "mirrored", "multiworker")

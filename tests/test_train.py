@@ -258,6 +258,27 @@ def test_train_cli_bad_option_is_one_line_and_makes_no_run_folder(
     assert not (tmp_path / "runs").exists()
 
 
+def test_train_help_says_what_every_key_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every configuration key has a line of help with its values (--help showed only
+    'str, default none' for --weights, so imagenet and weight files went unsaid)."""
+    from hemo.cli import main
+    from hemo.train import DEFAULTS, KEY_HELP
+
+    def keys(tree, prefix=""):
+        for key, value in tree.items():
+            yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
+
+    assert sorted(keys(DEFAULTS)) == sorted(KEY_HELP)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("none | imagenet (Keras download, needs network; not for compact) | "
+                     "FILE.weights.h5 (str, default 'none')",
+                     "plateau (halve when val AUC stalls) | cosine | constant",
+                     "default | mirrored", "best (val AUC) | last", "youden | sensitivity"):  # fmt: skip
+        assert fragment in text, fragment
+
+
 def test_train_on_missing_data_is_one_line_and_makes_no_run_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

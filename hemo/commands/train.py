@@ -31,7 +31,7 @@ def _keys(tree: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand (one option per configuration key)."""
-    from hemo.train import ALIASES, DEFAULTS
+    from hemo.train import ALIASES, DEFAULTS, KEY_HELP
 
     parser = subparsers.add_parser(
         "train",
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             nargs="?" if isinstance(default, bool) else None,
             const="true" if isinstance(default, bool) else None,
             metavar="V",
-            help=f"{kind}, default {default!r}",
+            help=f"{KEY_HELP[key]} ({kind}, default {default!r})".replace("%", "%%"),
         )
     parser.set_defaults(func=run)
 
