@@ -34,6 +34,8 @@ for col, (name, key) in zip(
 ):
     if key == "patients" and counts[key] == 0:
         col.metric(name, "n/a", help="The index has no patient ids (e.g. the Kaggle PNGs).")
+    elif key == "studies" and counts[key] == 0:
+        col.metric(name, "n/a", help=eda.NO_STUDY_IDS)
     else:
         col.metric(name, f"{counts[key]:,}")
 
@@ -87,18 +89,19 @@ elif not subtypes.empty:
 else:
     st.caption("This dataset has no subtype labels (binary: hemorrhage or not).")
 
-studies = eda.slices_per_study(index)
-fig = px.histogram(
-    studies,
-    x="slices",
-    color="class",
-    color_discrete_map=CLASS_COLORS,
-    category_orders=CLASS_ORDER,
-    title=f"Slices per study ({len(studies):,} studies)",
-    height=320,
-)
-fig.update_layout(yaxis_title="studies", bargap=0.2)
-st.plotly_chart(fig, key="slices_per_study")
+if eda.has_study_ids(index):
+    studies = eda.slices_per_study(index)
+    fig = px.histogram(
+        studies,
+        x="slices",
+        color="class",
+        color_discrete_map=CLASS_COLORS,
+        category_orders=CLASS_ORDER,
+        title=f"Slices per study ({eda.count_text(len(studies), 'study', 'studies')})",
+        height=320,
+    )
+    fig.update_layout(yaxis_title="studies", bargap=0.2)
+    st.plotly_chart(fig, key="slices_per_study")
 
 st.subheader("Pixels on a sample")
 per_class = st.slider(
@@ -208,19 +211,24 @@ st.dataframe(
     hide_index=True,
     key="quality_counts",
 )
+st.caption(eda.quality_scope(len(index), len(stats.geometry) + len(stats.failures)))
 if table.empty:
-    st.success("No unreadable files, duplicates, look-alike images or missing labels found.")
+    st.success(
+        "No unreadable files (among those read), duplicates, look-alike images or missing "
+        "labels found."
+    )
 else:
     st.dataframe(table, hide_index=True, key="quality_table")
-pairs = ui.lookalike_pairs(str(view.path), ui.mtime_of(view.path), window)
-if pairs:
+lookalikes = ui.lookalike_pairs(str(view.path), ui.mtime_of(view.path), window)
+if lookalikes.pairs:
     st.markdown("**Look-alike images**")
     st.caption(
         "The same picture at another size, or neighbouring slices of one head, found from the "
         "pixels in a set without patient ids. The split and cross-validation keep each group "
-        "together, so a copy never tests a model trained on its twin. One pair per group."
+        "together, so a copy never tests a model trained on its twin. "
+        + eda.lookalike_shown(len(lookalikes.pairs), lookalikes.groups)
     )
-    for pair in pairs:
+    for pair in lookalikes.pairs:
         left, right = st.columns(2)
         left.image(pair.first.image, caption=pair.first.caption, clamp=True)
         right.image(

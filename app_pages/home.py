@@ -53,7 +53,10 @@ with data_col:
         c1.metric("Images", f"{counts['images']:,}")
         c2.metric("Hemorrhage", f"{counts['positive']:,}")
         c3.metric("No hemorrhage", f"{counts['negative']:,}")
-        c4.metric("Studies", f"{counts['studies']:,}")
+        if counts["studies"]:
+            c4.metric("Studies", f"{counts['studies']:,}")
+        else:
+            c4.metric("Studies", "n/a", help=eda.NO_STUDY_IDS)
 
 st.subheader("Pages")
 links = (

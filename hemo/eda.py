@@ -68,15 +68,16 @@ def summary(index: pd.DataFrame) -> dict[str, int]:
         index: Index frame.
 
     Returns:
-        ``images``, ``positive``, ``negative``, ``studies``, ``patients`` and one ``split_<name>``
-        per split present.
+        ``images``, ``positive``, ``negative``, ``studies`` (0 when the index has no study or
+        series ids: each image stands alone), ``patients`` (0 without patient ids) and one
+        ``split_<name>`` per split present.
     """
     labels = pd.to_numeric(index["label_any"], errors="coerce")
     out = {
         "images": len(index),
         "positive": int((labels == 1).sum()),
         "negative": int((labels == 0).sum()),
-        "studies": int(_study_keys(index).nunique()),
+        "studies": int(_study_keys(index).nunique()) if has_study_ids(index) else 0,
         "patients": int(index["patient_id"].dropna().nunique()) if "patient_id" in index else 0,
     }
     if "split" in index:
@@ -157,6 +158,45 @@ def subtype_cooccurrence(index: pd.DataFrame) -> pd.DataFrame:
     positive = index[columns].apply(pd.to_numeric, errors="coerce").fillna(0).astype(np.int64)
     matrix = positive.T.to_numpy() @ positive.to_numpy()
     return pd.DataFrame(matrix, index=columns, columns=columns)
+
+
+#: Why a dataset's study count reads n/a.
+NO_STUDY_IDS = (
+    "The index has no study or series ids (e.g. the Kaggle PNGs, a folder per class): each "
+    "image stands alone."
+)
+
+
+def count_text(n: int, one: str, many: str) -> str:
+    """``n`` and the noun for it: ``1 study``, ``3 studies``, ``1,240 studies``."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def quality_scope(images: int, read: int) -> str:
+    """What the data-quality table checked: every file's header and label, and the pixels of
+    the ``read`` images of the pixel sample only."""
+    return (
+        f"Labels, duplicates and look-alikes are checked on all {count_text(images, 'image', 'images')}; "
+        f"pixels are decoded only for the {count_text(read, 'image', 'images')} of the pixel "
+        "sample above, so a file whose header reads but whose pixel data is damaged is listed "
+        "only when sampled (raise the sample to read more of them)."
+    )
+
+
+def lookalike_shown(pairs: int, groups: int) -> str:
+    """Which look-alike pairs the page shows: one per group, of how many groups."""
+    if pairs >= groups:
+        return f"The most alike pair of each of its {count_text(groups, 'group', 'groups')}."
+    return (
+        f"The most alike pair of {pairs} of its {groups:,} groups (the table above lists every "
+        "image)."
+    )
+
+
+def has_study_ids(index: pd.DataFrame) -> bool:
+    """Whether any row of ``index`` has a study or series id (DICOM sets; not the Kaggle PNGs
+    or a folder per class)."""
+    return any(c in index and index[c].notna().any() for c in ("series_uid", "study_uid"))
 
 
 def _study_keys(index: pd.DataFrame) -> pd.Series:
@@ -459,6 +499,19 @@ def sample_grid(
 
 
 @dataclass(frozen=True)
+class LookalikeSample:
+    """The look-alike pairs the EDA page shows, and how many groups they come from.
+
+    Attributes:
+        pairs: The most alike pair of each group shown, most alike first.
+        groups: Look-alike groups in the dataset (at most ``len(pairs)`` of them shown).
+    """
+
+    pairs: list[LookalikePair]
+    groups: int
+
+
+@dataclass(frozen=True)
 class LookalikePair:
     """Two images of a dataset that look alike (the EDA page shows them side by side).
 
@@ -477,7 +530,7 @@ def lookalike_pairs(
     index: pd.DataFrame,
     window: str | object = "brain",
     max_pairs: int = LOOKALIKE_PAIRS,
-) -> list[LookalikePair]:
+) -> LookalikeSample:
     """The most alike pair of each look-alike group among images without a patient id.
 
     Args:
@@ -486,8 +539,8 @@ def lookalike_pairs(
         max_pairs: Most pairs returned (groups with the most alike pair first).
 
     Returns:
-        Pairs, most alike first; empty when every image has a patient id, or above
-        :data:`hemo.datasets.index.LOOKALIKE_MAX_IMAGES` images without one.
+        Pairs, most alike first, and the number of groups; no pairs when every image has a
+        patient id, or above :data:`hemo.datasets.index.LOOKALIKE_MAX_IMAGES` images without one.
     """
     from hemo.datasets.index import LOOKALIKE_MAX_IMAGES
     from hemo.io import read_scan
@@ -496,7 +549,7 @@ def lookalike_pairs(
 
     own = index[index["patient_id"].isna()] if "patient_id" in index else index
     if not 2 <= len(own) <= LOOKALIKE_MAX_IMAGES:
-        return []
+        return LookalikeSample([], 0)
     paths = own["path"].astype(str).tolist()
     labels = _classes(own).tolist()
     found = find_lookalikes(paths)
@@ -514,7 +567,11 @@ def lookalike_pairs(
         image = to_display(read_scan(paths[i]), window)
         return GridTile(label=labels[i], caption=f"{name} ({labels[i]})", image=image)
 
-    return [LookalikePair(tile(a), tile(b), score) for a, b, score in chosen]
+    _, members = np.unique(found.groups, return_counts=True)
+    groups = int((members > 1).sum())  # groups of two images or more
+    return LookalikeSample(
+        [LookalikePair(tile(a), tile(b), score) for a, b, score in chosen], groups
+    )
 
 
 def missing_labels(index: pd.DataFrame) -> pd.DataFrame:

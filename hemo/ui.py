@@ -192,7 +192,7 @@ def sample_grid(path: str, mtime: float, window: str, per_class: int, seed: int)
 
 
 @st.cache_data(max_entries=MAX_SAMPLES, ttl=CACHE_TTL_S, show_spinner="Comparing the images…")
-def lookalike_pairs(path: str, mtime: float, window: str) -> list:
+def lookalike_pairs(path: str, mtime: float, window: str) -> eda.LookalikeSample:
     """Look-alike pairs of the dataset at ``path`` (:func:`hemo.eda.lookalike_pairs`)."""
     del mtime
     view = dashboard.open_dataset(path)

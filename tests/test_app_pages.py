@@ -272,15 +272,23 @@ def test_eda_on_a_kaggle_png_layout(env):
     _ok(at)
     assert _metrics(at)["Images"] == "12"
     assert _metrics(at)["Patients"] == "n/a"  # no patient ids, not "0 patients"
+    # no study ids either: not "12 studies" with a chart of 12 studies of one image each
+    assert _metrics(at)["Studies"] == "n/a"
     assert any("subtype labels" in c.value for c in at.caption)
     # PNGs hold no HU: no window selector that would change nothing
     assert "eda_window" not in [s.key for s in at.selectbox]
     assert any("hold no Hounsfield units to window" in c.value for c in at.caption)
     charts = [c.key for c in at.get("plotly_chart")]
-    assert charts[:5] == ["class_balance", "split_sizes", "slices_per_study", "histograms", "sizes"]
-    assert charts[5:] == ["backgrounds"]
+    assert charts == ["class_balance", "split_sizes", "histograms", "sizes", "backgrounds"]
+    # The quality table says what it checked: every label, the pixels of the sample only
+    assert any(
+        c.value.startswith("Labels, duplicates and look-alikes are checked on all 12 images; "
+                           "pixels are decoded only for the 12 images of the pixel sample")
+        for c in at.caption
+    )  # fmt: skip
     # Its synthetic discs all look alike: one pair of one group, side by side, and counted
     assert any("Look-alike images" in m.value for m in at.markdown)
+    assert any(c.value.endswith("The most alike pair of each of its 1 group.") for c in at.caption)
     captions = [c for i in at.image for c in i.captions if "correlation" in c]
     assert len(captions) == 1
     counts = at.dataframe[0].value.set_index("kind")["files"]

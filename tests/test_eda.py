@@ -76,6 +76,15 @@ def test_summary_counts():
     assert counts["images"] == 6 and counts["positive"] == 3 and counts["negative"] == 3
     assert counts["studies"] == 3 and counts["patients"] == 3
     assert counts["split_train"] == 2
+    # no study or series ids (the Kaggle PNGs): no study count, not one study per image
+    plain = _index().drop(columns=["study_uid", "series_uid"], errors="ignore")
+    assert not eda.has_study_ids(plain) and eda.summary(plain)["studies"] == 0
+    assert eda.count_text(1, "study", "studies") == "1 study"
+    assert eda.count_text(1240, "study", "studies") == "1,240 studies"
+    assert eda.lookalike_shown(6, 26) == (
+        "The most alike pair of 6 of its 26 groups (the table above lists every image)."
+    )
+    assert eda.lookalike_shown(2, 2) == "The most alike pair of each of its 2 groups."
 
 
 def test_stratified_sample_is_seeded_and_bounded():
@@ -157,8 +166,9 @@ def test_lookalike_pairs_one_per_group_on_real_images(head_ct_dir) -> None:
     from pathlib import Path
 
     index = load_index(head_ct_dir)
-    pairs = eda.lookalike_pairs(index, max_pairs=4)
-    assert len(pairs) == 4
+    sample = eda.lookalike_pairs(index, max_pairs=4)
+    pairs = sample.pairs
+    assert len(pairs) == 4 and sample.groups == 26  # docs/MODELS.md: 66 images in 26 groups
     scores = [p.similarity for p in pairs]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.99
     first = {Path(p.first.caption.split(" ")[0]).stem for p in pairs}
@@ -168,7 +178,7 @@ def test_lookalike_pairs_one_per_group_on_real_images(head_ct_dir) -> None:
     assert pairs[0].first.image.dtype == np.float32 and pairs[0].first.image.max() <= 1.0
     assert pairs[0].first.caption.endswith("(hemorrhage)")
     with_ids = index.assign(patient_id=[f"p{i}" for i in range(len(index))])
-    assert eda.lookalike_pairs(with_ids) == []
+    assert eda.lookalike_pairs(with_ids) == eda.LookalikeSample([], 0)
 
 
 def test_backgrounds_by_class_and_the_imbalance_warning():
