@@ -86,6 +86,10 @@ MAX_ZIP_RATIO = 200.0
 #: Smallest side (pixels) of a PNG/JPEG/TIFF worth reading; a 1x1 or 8x8 image holds no head CT.
 MIN_IMAGE_SIDE = 16
 
+#: Said on every page, in every command's --help that gives verdicts, and in every JSON that
+#: carries them (``notice``): the verdicts leave the tool.
+NOTICE = "Research tool, not a medical device: never use it to diagnose or treat a patient."
+
 # Pseudonyms -------------------------------------------------------------------------------------
 #: Secret of the patient pseudonym (HMAC-SHA256 key, see ``hemo.dicom.pseudonymize``): this
 #: environment variable when set (give every machine that builds a shared index the same value),

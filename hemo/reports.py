@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from hemo.anatomy import deciding_slices
+from hemo.config import NOTICE
 
 #: Digits kept for probabilities in reports.
 PROBABILITY_DIGITS = 6
@@ -192,7 +193,8 @@ def report_json(
             only on synthetic phantoms: ``hemo predict --json``'s ``note``), or ``None``.
 
     Returns:
-        ``{"model": ..., "note": ..., "studies": [...], "results": [...]}`` encoded; NaN
+        ``{"notice": ..., "model": ..., "note": ..., "studies": [...], "results": [...]}``
+        encoded (``notice``: :data:`hemo.config.NOTICE`); NaN
         becomes null.
     """
     results = [
@@ -200,6 +202,7 @@ def report_json(
         for r in rows
     ]
     payload = {
+        "notice": NOTICE,
         "model": dict(model or {}),
         "note": note,
         "studies": list(studies),

@@ -33,12 +33,12 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
 
-from hemo import dashboard, eda
+from hemo import config, dashboard, eda
 from hemo.errors import HemoError
 
 log = logging.getLogger(__name__)
 
-NOTICE = "Research tool, not a medical device: never use it to diagnose or treat a patient."
+NOTICE = config.NOTICE
 #: Models kept loaded at once (each ~100-600 MB with TensorFlow's buffers).
 MAX_MODELS = 2
 MAX_DATASETS = 4

@@ -32,6 +32,7 @@ def test_json_report_on_real_pngs(capsys, head_ct_dir):
     assert code == 0
     assert (data["n"], data["positives"], data["split"], data["cam"]) == (21, 11, "test", None)
     assert data["model"] == model.stem and data["data"] == str(head_ct_dir)
+    assert data["notice"].startswith("Research tool, not a medical device")
     assert sum(sum(row) for row in data["confusion"]["matrix"]) == 21
     assert len(data["roc"]["x"]) == len(data["roc"]["y"]) >= 2
     for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):

@@ -53,6 +53,7 @@ def test_writes_the_overlays_it_reports(
     code, data = run_json(capsys, [*argv, "--method", method, "--json"])
     assert code == 0
     assert data["method"] == method and data["layer"] == "compact_features"
+    assert data["notice"].startswith("Research tool, not a medical device")
     assert [entry["path"] for entry in data["results"]] == [str(p) for p in dicoms]
     for entry, dicom in zip(data["results"], dicoms, strict=True):
         assert Path(entry["overlay"]) == out / f"{dicom.stem}_{method}.png"
@@ -193,5 +194,6 @@ def test_a_phantom_only_model_says_its_calls_are_not_findings(
     assert code == 0 and "never seen a real scan" in data["note"]
     assert main([*argv, "--out", str(tmp_path), "--label", "subdural"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("note: ") and "never seen a real scan" in lines[1]
+    assert lines[0].startswith("Research tool, not a medical device")  # the table's first line
+    assert lines[2].startswith("note: ") and "never seen a real scan" in lines[2]
     assert lines[-1].split()[2] == "-"

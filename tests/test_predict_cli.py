@@ -12,6 +12,7 @@ import pytest
 from tiny_models import tiny_model_path
 
 from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
+from hemo.config import NOTICE
 
 RESULT_KEYS = {
     "uncertain",
@@ -46,7 +47,8 @@ def test_json_shape_and_exit_zero(capsys, model_path, ct_small, head_ct_dir):
         capsys, ["predict", "--model", str(model_path), str(png), str(ct_small), "--json"]
     )
     assert code == 0
-    assert set(data) == {"model", "threshold", "referral", "note", "results", "studies"}
+    assert set(data) == {"notice", "model", "threshold", "referral", "note", "results", "studies"}
+    assert data["notice"] == NOTICE
     assert data["model"] == model_path.stem and data["threshold"] == 0.5
     assert data["note"] is None  # a model whose card names no synthetic training set
     assert data["referral"] is None  # the tiny model's card has no band: nothing is flagged
@@ -128,6 +130,7 @@ def test_text_output_is_a_table(capsys, model_path, head_ct_dir):
     png = head_ct_dir / "head_ct" / "002.png"
     assert main(["predict", "--model", str(model_path), str(png)]) == 0
     out = capsys.readouterr().out
+    assert out.startswith("Research tool, not a medical device: never use it to diagnose")
     assert "P(any)" in out and str(png) in out
     assert "negative" in out or "POSITIVE" in out
 

@@ -60,6 +60,7 @@ def test_json_report_round_trips():
     study = reports.study_summary("series", [0.1, 0.9, 0.4], threshold=0.5)
     data = json.loads(reports.report_json(rows, model={"name": "m"}, studies=[study]))
     assert data["model"] == {"name": "m"} and data["note"] is None
+    assert data["notice"].startswith("Research tool, not a medical device")
     noted = json.loads(reports.report_json(rows, note="phantoms only: not findings"))
     assert noted["note"] == "phantoms only: not findings"
     assert data["results"][0]["verdict"] == "no hemorrhage"

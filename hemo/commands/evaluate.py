@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a model on one split of a dataset at its card's threshold: "
         "accuracy, sensitivity, specificity, PPV, NPV, F1, ROC AUC, PR AUC (average precision), "
         "Brier, calibration (ECE, 10 bins), "
-        "confusion matrix, curves, per-label and study-level results, RSNA weighted log loss.",
+        "confusion matrix, curves, per-label and study-level results, RSNA weighted log loss. "
+        "Research tool, not a medical device: these figures describe the data measured on.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("--data", required=True, type=Path, help="dataset folder or index.parquet")
@@ -69,6 +70,7 @@ def _text(data: dict[str, Any]) -> str:
     """A human-readable table of a report dict (``EvalReport.to_dict`` plus ``cam``)."""
     c = data["confusion"]
     lines = [
+        data["notice"],
         f"model {data['model']}  split {data['split']}  n {data['n']}  positives "
         f"{data['positives']}  threshold {data['threshold']:.3f}",
         "",
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     """Load the model and the index, evaluate, print JSON or a table; exit 1 when some images
     could not be read (they are left out of the metrics and counted in ``n_failed``)."""
     from hemo.cli import EXIT_PARTIAL, emit_json, printable_data
+    from hemo.config import NOTICE
     from hemo.errors import ConfigError, DatasetError
     from hemo.modelfile import check_model_file
 
@@ -173,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     if overlap:
         log.warning("%s: %s", args.model, overlap)
         report = dataclasses.replace(report, notes=(*report.notes, overlap))
-    data = report.to_dict()
+    data = {"notice": NOTICE, **report.to_dict()}
     data["training_lookalikes"] = lookalikes[1] if lookalikes else None
     data["data"] = str(args.data)
     data["cam"] = None

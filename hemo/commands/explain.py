@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Explain the model's verdict on each scan with a class activation map "
         "(Grad-CAM, Grad-CAM++ or HiResCAM) and write the heatmap over the slice as the model "
         "sees it (its input size, after the head crop when the model crops) as a PNG; the "
-        "peak is in those pixels. Exit 1 when any input failed.",
+        "peak is in those pixels. Exit 1 when any input failed. Research tool, not a medical "
+        "device.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
@@ -122,6 +123,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
 
     from hemo.cam.overlay import overlay
     from hemo.cam.registry import get_method
+    from hemo.config import NOTICE
     from hemo.dashboard import synthetic_training_message
     from hemo.errors import ConfigError, HemoError
     from hemo.io import iter_scans
@@ -192,6 +194,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                     }
                 )
     return {
+        "notice": NOTICE,
         "model": card.name,
         "method": args.method,
         "label": args.label,
@@ -232,7 +235,10 @@ def _verdict(entry: dict[str, Any]) -> str:
 
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results."""
-    lines = [f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}"]
+    lines = [
+        data["notice"],
+        f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}",
+    ]
     if data.get("note"):
         lines.append(f"note: {data['note']}")
     lines.append(f"{'input':<{PATH_WIDTH}}  {'P':>6}  {'verdict':<13}  {'peak':>9}  overlay")

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="hemorrhage probability of DICOM/PNG/JPEG files, series folders and zips",
         description="Predict P(hemorrhage) (and subtype probabilities where the model has them) "
         "for each scan, with the verdict at the model card's threshold, and per-series results "
-        "(maximum over the slices in the model's range). Exit 1 when any input failed.",
+        "(maximum over the slices in the model's range). Exit 1 when any input failed. "
+        "Research tool, not a medical device.",
     )
     parser.add_argument("--model", required=True, type=Path, help="models/NAME.keras (card beside)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or zips")
@@ -93,9 +94,11 @@ def payload(
 ) -> dict[str, Any]:
     """The ``--json`` document of one prediction batch (``referral``: the card's band;
     ``note``: what the card says about every call, e.g. a model trained on phantoms only)."""
+    from hemo.config import NOTICE
     from hemo.predict import result_to_dict
 
     return {
+        "notice": NOTICE,
         "model": model_name,
         "threshold": threshold,
         "referral": None if referral is None else referral.to_dict(),
@@ -111,7 +114,7 @@ def _short(path: str) -> str:
 
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results and studies."""
-    lines = [f"model {data['model']}  threshold {data['threshold']:.3f}"]
+    lines = [data["notice"], f"model {data['model']}  threshold {data['threshold']:.3f}"]
     if data.get("note"):
         lines.append(f"note: {data['note']}")
     band = data.get("referral")
