@@ -62,9 +62,10 @@ with right:
         barmode="group",
         color_discrete_map=CLASS_COLORS,
         category_orders=CLASS_ORDER,
-        title=f"Split sizes per class ({eda.split_grouping(index)})",
+        title="Split sizes per class",
     )
     st.plotly_chart(fig, key="split_sizes")
+    st.caption(eda.split_grouping(index).capitalize() + ".")  # a long title was cut off
 
 subtypes = eda.subtype_counts(index)
 if not subtypes.empty and not subtypes["images"].any():

@@ -47,6 +47,7 @@ def _curves(run: runs.RunInfo) -> None:
             labels={"value": METRIC_TITLES.get(metric, metric)},
             height=300,
         )
+        fig.update_xaxes(dtick=monitor.epoch_tick(int(curves["epoch"].max())))
         col.plotly_chart(fig, key=f"curve_{metric}")
 
 
@@ -247,4 +248,5 @@ if len(all_runs) >= 2:
             color_discrete_sequence=RUN_COLORS,
             labels={"value": metric},
         )
+        fig.update_xaxes(dtick=monitor.epoch_tick(int(frame["epoch"].max())))
         st.plotly_chart(fig, key="compare")

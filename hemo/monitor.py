@@ -8,6 +8,7 @@ stopping) are :mod:`hemo.runs`; this module only turns what they hold into what 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -165,6 +166,16 @@ def no_curves_text(run: Any) -> str:
     if file.stat().st_size == 0:
         return f"No curves: {file} is empty."
     return f"No curves: {file} holds no readable epoch row with loss, AUC or accuracy."
+
+
+#: Most epoch ticks on a curve's axis (a 3-epoch run was labelled 1, 1.2, 1.4 ...).
+MAX_EPOCH_TICKS = 10
+
+
+def epoch_tick(epochs: int) -> int:
+    """Whole-epoch spacing of a curve's axis ticks: every epoch up to :data:`MAX_EPOCH_TICKS`,
+    then every second, fifth ... so at most that many."""
+    return max(1, math.ceil(max(epochs, 1) / MAX_EPOCH_TICKS))
 
 
 def history_curves(history: pd.DataFrame) -> pd.DataFrame:

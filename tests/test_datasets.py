@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -328,10 +329,19 @@ def test_manifest_without_label_column_is_refused(tmp_path: Path) -> None:
         manifest.index(tmp_path)
 
 
-def test_unknown_layout_and_missing_folder_are_refused(tmp_path: Path) -> None:
-    """An empty folder and a missing path give DatasetErrors that say what was expected."""
-    with pytest.raises(DatasetError, match="unknown dataset layout: expected stage_2_train.csv"):
+def test_unknown_layout_and_missing_folder_are_refused(tmp_path: Path, ct_small: Path) -> None:
+    """An empty folder, a folder of unlabelled scans and a missing path give DatasetErrors that
+    say what is wrong and what was expected."""
+    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path))}: the folder is empty$"):
         detect_layout(tmp_path)
+    (tmp_path / "CT000001.dcm").write_bytes(ct_small.read_bytes())
+    with pytest.raises(DatasetError) as info:
+        detect_layout(tmp_path)
+    assert "unknown dataset layout: expected stage_2_train.csv" in str(info.value)
+    assert str(info.value).endswith(
+        "scans without labels (a series folder, say) are for predicting (the Predict page, hemo "
+        "predict), not a dataset: a manifest.csv with path,label_any beside them makes one"
+    )
     with pytest.raises(DatasetError, match="no such file or folder"):
         detect_layout(tmp_path / "absent")
     with pytest.raises(DatasetError, match="unknown layout 'nope'"):

@@ -160,6 +160,7 @@ def test_index_unknown_folder_is_one_line_exit_2(
 ) -> None:
     """An unrecognised folder exits 2 with one 'hemo: error:' line, and on stdout (--json) only
     the same message as a JSON object."""
+    (tmp_path / "notes.txt").write_text("not a dataset")
     assert main(["index", str(tmp_path), "--json"]) == EXIT_ERROR
     captured = capsys.readouterr()
     assert set(json.loads(captured.out)) == {"error"}

@@ -109,6 +109,11 @@ def test_a_finished_run_shows_no_phase_and_says_why_it_has_no_curves(tmp_path):
     assert monitor.no_curves_text(live).startswith("No finished epoch yet")
 
 
+def test_epoch_ticks_are_whole_and_at_most_ten():
+    """Curve axes tick whole epochs: every one for short runs, at most ten in all."""
+    assert [monitor.epoch_tick(n) for n in (0, 1, 3, 10, 11, 60, 500)] == [1, 1, 1, 1, 2, 6, 50]
+
+
 def test_run_list_signature_changes_when_a_run_appears_or_ends(tmp_path):
     """The page reruns when the runs' names or states change, not on every status write."""
     make_finished_run(tmp_path, "a")

@@ -118,6 +118,8 @@ def detect_layout(root: Path) -> str:
     root = Path(root)
     if not root.exists():
         raise DatasetError("no such file or folder", root)
+    if root.is_dir() and next(root.iterdir(), None) is None:
+        raise DatasetError("the folder is empty", root)
     if rsna.looks_like(root):
         return PHANTOM if rsna.has_masks(root) else rsna.LAYOUT
     for module in (kaggle_head_ct, cq500, manifest, folders):
@@ -139,10 +141,17 @@ def detect_layout(root: Path) -> str:
                 f"{wants}",
                 table,
             )
+    unlabelled = (
+        "; scans without labels (a series folder, say) are for predicting (the Predict page, "
+        "hemo predict), not a dataset: a manifest.csv with path,label_any beside them makes one"
+        if root.is_dir()
+        else ""
+    )
     raise DatasetError(
         "unknown dataset layout: expected stage_2_train.csv + stage_2_train/ (RSNA, phantoms), "
         "labels.csv with 'id, hemorrhage' (Kaggle head-CT), reads.csv (CQ500), manifest.csv with "
-        "path,label_any, or class folders named hemorrhage/positive/1/yes and normal/negative/0/no",
+        "path,label_any, or class folders named hemorrhage/positive/1/yes and normal/negative/0/no"
+        + unlabelled,
         root,
     )
 
