@@ -618,6 +618,12 @@ def set_trainable_top(model: keras.Model, n_top: int | None) -> int:
     return count
 
 
+#: ``init_from_model`` warns when it copies under this share of the layers, and names this
+#: many of the layers left to start afresh.
+INIT_WARN_SHARE = 0.5
+INIT_NAMED = 8
+
+
 def init_from_model(
     model: keras.Model, source: str | os.PathLike, names: list[str] | None = None
 ) -> tuple[int, int]:
@@ -643,9 +649,11 @@ def init_from_model(
     donor_layers = {layer.name: layer for layer in donor.layers}
     weighted = [layer for layer in model.layers if layer.weights]
     copied = 0
+    fresh: list[str] = []  # layers that start from their own initial weights
     for layer in weighted:
         other = donor_layers.get(layer.name)
         if other is None:
+            fresh.append(layer.name)
             continue
         mine, theirs = layer.get_weights(), other.get_weights()
         if len(mine) == len(theirs) and all(
@@ -658,6 +666,7 @@ def init_from_model(
             layer.set_weights([kernel, *theirs[1:]])
             log.info("init: %s gets the donor's kernel on its first channels", layer.name)
         else:
+            fresh.append(layer.name)
             continue
         copied += 1
         if names is not None:
@@ -675,7 +684,17 @@ def init_from_model(
             f"{model.name} model{hint}",
             source=source,
         )
-    log.info("init from %s: copied %d of %d layers with weights", source, copied, len(weighted))
+    # An output layer of another width starts afresh as a matter of course; most of the
+    # network doing so means the init model is not what this run was meant to start from
+    level = logging.WARNING if copied < len(weighted) * INIT_WARN_SHARE else logging.INFO
+    log.log(
+        level,
+        "init from %s: copied %d of %d layers with weights%s",
+        source,
+        copied,
+        len(weighted),
+        f"; starting afresh: {', '.join(fresh[:INIT_NAMED])}" if fresh else "",
+    )
     return copied, len(weighted)
 
 

@@ -202,8 +202,11 @@ def test_imagenet_offline_fails_fast_naming_alternatives(monkeypatch: pytest.Mon
         hm.build_model("mobilenet_v2", GRAY, ("any",), weights="imagenet", alpha=0.35)
 
 
-def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) -> None:
-    """A .weights.h5 file loads whole; init_from copies layers whose names and shapes match."""
+def test_weights_file_and_init_from_model(
+    tmp_path: Path, compact: keras.Model, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A .weights.h5 file loads whole; init_from copies layers whose names and shapes match and
+    names the layers that start afresh (at INFO for the output layer alone)."""
     weights = tmp_path / "c.weights.h5"
     compact.save_weights(weights)
     same = hm.build_model("compact", SPEC, RSNA_LABELS, weights=weights)
@@ -211,8 +214,19 @@ def test_weights_file_and_init_from_model(tmp_path: Path, compact: keras.Model) 
     np.testing.assert_allclose(same.predict(x, verbose=0), compact.predict(x, verbose=0), atol=1e-6)
     hm.save_model(compact, tmp_path / "donor", _card(labels=RSNA_LABELS))
     binary = hm.build_model("compact", SPEC, ("any",))
-    copied, total = hm.init_from_model(binary, tmp_path / "donor.keras")
+    with caplog.at_level("INFO", logger="hemo.model"):
+        copied, total = hm.init_from_model(binary, tmp_path / "donor.keras")
     assert copied == total - 1  # every layer but the 1-output logits
+    (record,) = [r for r in caplog.records if "copied" in r.getMessage()]
+    assert record.levelname == "INFO"
+    assert record.getMessage().endswith(f"copied {total - 1} of {total} layers with weights; "
+                                        f"starting afresh: {hm.LOGITS_LAYER}")  # fmt: skip
+    # under the share of INIT_WARN_SHARE copied, the same line is a warning
+    caplog.clear()
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("INFO", logger="hemo.model"):
+        patch.setattr(hm, "INIT_WARN_SHARE", 1.0)
+        hm.init_from_model(binary, tmp_path / "donor.keras")
+    assert [r.levelname for r in caplog.records if "copied" in r.getMessage()] == ["WARNING"]
     np.testing.assert_array_equal(
         binary.get_layer(hm.COMPACT_CAM_LAYER + "_conv").get_weights()[0],
         compact.get_layer(hm.COMPACT_CAM_LAYER + "_conv").get_weights()[0],
