@@ -52,12 +52,19 @@ from hemo.sources import Source, as_stream, is_path, read_bytes, read_head, sour
 log = logging.getLogger(__name__)
 
 #: What a damaged zip raises while its members are read: a bad header or CRC (``BadZipFile``),
-#: a corrupt deflate stream (``zlib.error``), a truncated one (``EOFError``), bad LZMA data,
-#: an unsupported compression method (``NotImplementedError``).
-DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError, NotImplementedError)
-#: ... and besides, reading one from bytes: bzip2 data errors (``OSError``), encrypted members
+#: a corrupt deflate stream (``zlib.error``), a truncated one (``EOFError``), bad LZMA data.
+DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, lzma.LZMAError)
+#: ... and besides, reading one from bytes: a compression method zipfile cannot read
+#: (``NotImplementedError``: Deflate64, say), bzip2 data errors (``OSError``), encrypted members
 #: (``RuntimeError``), ZIP64 fields out of range (``LargeZipFile``, ``ValueError``).
-ZIP_READ_ERRORS = (*DAMAGED_ZIP_ERRORS, zipfile.LargeZipFile, OSError, ValueError, RuntimeError)
+ZIP_READ_ERRORS = (
+    *DAMAGED_ZIP_ERRORS,
+    NotImplementedError,
+    zipfile.LargeZipFile,
+    OSError,
+    ValueError,
+    RuntimeError,
+)
 
 Scan = CTSlice | Image2D
 

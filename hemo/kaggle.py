@@ -54,6 +54,9 @@ HTTP_UNAUTHORIZED, HTTP_FORBIDDEN, HTTP_NOT_FOUND = 401, 403, 404
 #: the kaggle package sets no limit of its own (a stalled proxy would otherwise hang forever).
 CONNECT_TIMEOUT_S = 20.0
 READ_TIMEOUT_S = 60.0
+#: Position of ``timeout`` among ``HTTPAdapter.send``'s arguments after the request.
+SEND_TIMEOUT_ARG = 1
+BYTES_PER_GB = 1e9
 #: Token files kaggle 2.x reads from ~/.kaggle (besides kaggle.json).
 TOKEN_FILES = ("access_token", "access_token.txt")
 #: What :func:`find_credentials` names when the credentials come from the environment.
@@ -166,7 +169,8 @@ def _kaggle_json_paths(environ: Mapping[str, str], home: Path) -> list[Path]:
 def find_credentials(
     environ: Mapping[str, str] | None = None, home: Path | None = None
 ) -> str | None:
-    """Name where Kaggle credentials would come from, without reading them or the network.
+    """Name where Kaggle credentials would come from, in the order kaggle 2.x tries them
+    (an access token, the legacy key, OAuth credentials), without the network.
 
     Args:
         environ: Environment to inspect (default ``os.environ``).
@@ -174,14 +178,14 @@ def find_credentials(
 
     Returns:
         A description (``"KAGGLE_API_TOKEN"``, ``"KAGGLE_USERNAME/KAGGLE_KEY"``, or a file path),
-        or ``None`` when there are none.
+        or ``None`` when there are none. An empty token file is skipped, as kaggle skips it.
     """
     env = os.environ if environ is None else environ
     home = Path.home() if home is None else home
     if env.get("KAGGLE_API_TOKEN"):
         return ENV_TOKEN
-    for name in (*TOKEN_FILES, "credentials.json"):
-        if (home / ".kaggle" / name).is_file():
+    for name in TOKEN_FILES:
+        if _holds_token(home / ".kaggle" / name):
             return str(home / ".kaggle" / name)
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
         return ENV_KEY
@@ -191,7 +195,26 @@ def find_credentials(
             if mode & (stat.S_IRGRP | stat.S_IROTH):
                 log.warning("%s is readable by other users: chmod 600 %s", path, path)
             return str(path)
-    return None
+    oauth = home / ".kaggle" / "credentials.json"
+    return str(oauth) if oauth.is_file() else None
+
+
+def _holds_token(path: Path) -> bool:
+    """Whether kaggle would use the token file ``path``: it exists and is not blank (one that
+    cannot be read counts, so that :func:`check_credential_file` names it)."""
+    if not path.is_file():
+        return False
+    try:
+        return bool(path.read_text(encoding="utf-8").strip())
+    except (OSError, UnicodeDecodeError):
+        return True
+
+
+def _blank_token_files(home: Path | None = None) -> list[Path]:
+    """Token files that exist but hold nothing (kaggle skips them)."""
+    home = Path.home() if home is None else home
+    paths = [home / ".kaggle" / name for name in TOKEN_FILES]
+    return [p for p in paths if p.is_file() and not _holds_token(p)]
 
 
 def check_credential_file(path: Path) -> None:
@@ -252,15 +275,22 @@ def http_timeouts(connect_s: float | None = None, read_s: float | None = None) -
     """Give every HTTP request made through ``requests`` without a timeout of its own these
     limits (seconds to connect, and between received bytes; default :data:`CONNECT_TIMEOUT_S`
     and :data:`READ_TIMEOUT_S`) while the block runs: kagglesdk sends its API calls with none,
-    so a proxy that accepts and never answers hung forever."""
+    so a proxy that accepts and never answers hung forever. Requests that set their own keep it
+    (the kaggle package's archive transfer: 300 s, retried). It patches ``requests`` for the
+    whole process: for one command at a time (``hemo download``), not for concurrent use."""
     limits_s = (connect_s or CONNECT_TIMEOUT_S, read_s or READ_TIMEOUT_S)
     from requests.adapters import HTTPAdapter
 
     original = HTTPAdapter.send
 
-    def send(self, request, stream=False, timeout=None, **kwargs):
-        limits = limits_s if timeout is None else timeout
-        return original(self, request, stream=stream, timeout=limits, **kwargs)
+    def send(self, request, *args, **kwargs):
+        # HTTPAdapter.send(request, stream=False, timeout=None, verify=True, cert=None, proxies=None)
+        if len(args) >= SEND_TIMEOUT_ARG + 1:
+            if args[SEND_TIMEOUT_ARG] is None:
+                args = (*args[:SEND_TIMEOUT_ARG], limits_s, *args[SEND_TIMEOUT_ARG + 1 :])
+        elif kwargs.get("timeout") is None:
+            kwargs["timeout"] = limits_s
+        return original(self, request, *args, **kwargs)
 
     HTTPAdapter.send = send
     try:
@@ -285,7 +315,8 @@ def make_api() -> Any:
     """
     source = find_credentials()
     if source is None:
-        raise KaggleError(credential_help())
+        blank = ", ".join(str(p) for p in _blank_token_files())
+        raise KaggleError(credential_help() + (f" ({blank}: empty)" if blank else ""))
     if source not in ENV_SOURCES:  # a file
         check_credential_file(Path(source))
     log.debug("Kaggle credentials from %s", source)
@@ -296,6 +327,8 @@ def make_api() -> Any:
 
             api = KaggleApi()
             api.authenticate()
+        if banner.getvalue().strip():
+            log.info("kaggle: %s", banner.getvalue().strip())
     except SystemExit as exc:
         log.debug("kaggle printed: %s", banner.getvalue())
         raise KaggleError(
@@ -389,6 +422,12 @@ def _extract(archive: Path, dest: Path) -> None:
         raise KaggleError(
             f"not a valid zip ({exc}); delete it and download again", archive
         ) from exc
+    except NotImplementedError as exc:  # Deflate64 and other methods zipfile cannot read
+        raise KaggleError(
+            f"Python's zipfile cannot unpack it ({exc}): unpack it with 7z or unzip into {dest}, "
+            f"delete the archive, then run hemo index {dest}",
+            archive,
+        ) from exc
     except OSError as exc:
         raise KaggleError(f"cannot unpack it into {dest}: {exc}", archive) from exc
 
@@ -421,13 +460,24 @@ def find_dataset_root(folder: Path) -> tuple[Path, str]:
     raise KaggleError("the download holds no dataset hemo recognises", folder)
 
 
+def _archive_sizes(dest: Path) -> dict[Path, int]:
+    """Size in bytes of each ``*.zip`` in ``dest`` (none when it is not a folder)."""
+    if not dest.is_dir():
+        return {}
+    sizes = {}
+    for path in sorted(dest.glob("*.zip")):
+        with contextlib.suppress(OSError):
+            sizes[path] = path.stat().st_size
+    return sizes
+
+
 def _warn_if_short_of_space(source: KaggleSource, dest: Path) -> None:
     """Warn (not refuse: the figure is approximate) when ``dest``'s disk has less free space
     than ``source`` takes at its peak."""
     import shutil
 
     try:
-        free_gb = shutil.disk_usage(dest).free / 1e9
+        free_gb = shutil.disk_usage(dest).free / BYTES_PER_GB
     except OSError:
         return
     if free_gb < source.peak_disk_gb:
@@ -496,17 +546,20 @@ def download(
             raise KaggleError(
                 f"cannot create the download folder {dest}: {exc.strerror or exc}", out
             ) from exc
-        _warn_if_short_of_space(source, dest)
+        before = _archive_sizes(dest)
         try:
             with http_timeouts():
                 api = api_factory()
+                _warn_if_short_of_space(source, dest)
                 log.info("downloading %s (%s) into %s", source.ref, source.url, dest)
                 _fetch(api, source, dest, force)
         except BaseException as exc:  # a KaggleError, or Ctrl-C
             for folder in made:  # innermost first; a folder with anything in it stays
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            left = sorted(dest.glob("*.zip")) if dest.is_dir() else []
+            # archives this attempt began or added to (not one an earlier attempt left)
+            after = _archive_sizes(dest)
+            left = [p for p, size in after.items() if before.get(p) != size]
             if isinstance(exc, KaggleError) and left:
                 raise KaggleError(
                     f"{exc}; the incomplete archive {', '.join(p.name for p in left)} is left in "

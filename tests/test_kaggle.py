@@ -305,26 +305,49 @@ def test_kaggle_exit_during_authentication_is_a_kaggle_error(
 
 
 @pytest.mark.parametrize(
-    ("file", "content", "problem"),
-    [
-        ("access_token", "  \n", "the token file is empty"),
-        ("credentials.json", "garbage", "not valid JSON"),
-        ("credentials.json", "[]", "no credentials in it"),
-    ],
+    ("content", "problem"),
+    [("garbage", "not valid JSON"), ("[]", "no credentials in it")],
 )
-def test_an_unusable_token_file_is_named_before_kaggle_reads_it(
-    no_credentials: Path, capsys: pytest.CaptureFixture[str], file: str, content: str, problem: str
+def test_an_unusable_credentials_json_is_named_before_kaggle_reads_it(
+    no_credentials: Path, capsys: pytest.CaptureFixture[str], content: str, problem: str
 ) -> None:
-    """An empty access_token or a garbage credentials.json is one line naming the file (the
+    """A garbage credentials.json, the only credentials, is one line naming the file (the
     kaggle package printed its sign-in banner twice, then hemo said it 'refused' them)."""
     (no_credentials / ".kaggle").mkdir()
-    path = no_credentials / ".kaggle" / file
+    path = no_credentials / ".kaggle" / "credentials.json"
     path.write_text(content)
     assert main(["download", "head-ct", "--out", str(no_credentials / "dl")]) == EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith(f"hemo: error: {path}: {problem}") and "create an API token" in err
     assert len(err.strip().splitlines()) == 1, err
     assert not (no_credentials / "dl").exists()
+
+
+def test_credentials_are_found_in_kaggles_order_past_unusable_files(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kaggle 2.x tries an access token, then the legacy key, then OAuth's credentials.json,
+    and skips an empty token file: so does hemo (it refused credentials that work when an
+    empty access_token or a garbage credentials.json sat beside them). An empty token file
+    and nothing else is 'no credentials', naming the empty file."""
+    kaggle_dir = no_credentials / ".kaggle"
+    kaggle_dir.mkdir()
+    (kaggle_dir / "access_token").write_text("  \n")
+    assert find_credentials() is None
+    assert main(["download", "head-ct", "--out", str(no_credentials / "dl")]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hemo: error: no Kaggle credentials found: create an API token")
+    assert err.endswith(f"({kaggle_dir / 'access_token'}: empty)")
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert find_credentials() == "KAGGLE_USERNAME/KAGGLE_KEY"
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    (kaggle_dir / "credentials.json").write_text("garbage")
+    (kaggle_dir / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    (kaggle_dir / "kaggle.json").chmod(0o600)
+    assert find_credentials() == str(kaggle_dir / "kaggle.json")
+    (kaggle_dir / "access_token").write_text("a-token")
+    assert find_credentials() == str(kaggle_dir / "access_token")
 
 
 def test_cli_without_credentials_is_one_line_exit_2(
@@ -434,3 +457,64 @@ def test_too_little_free_space_is_warned_before_downloading(
         warning.startswith("head-ct takes about 0.1 GB at its peak")
         and "has 0.0 GB free" in warning
     )
+
+
+def test_http_timeouts_fill_a_missing_timeout_however_it_is_passed() -> None:
+    """The patched send gives a request without a timeout hemo's limits whether the timeout was
+    passed by keyword, positionally, or not at all, keeps one that is set, and is undone."""
+    from requests.adapters import HTTPAdapter
+
+    from hemo.kaggle import http_timeouts
+
+    seen: list[object] = []
+    original = HTTPAdapter.send
+
+    def record(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+        seen.append(timeout)
+
+    HTTPAdapter.send = record
+    try:
+        with http_timeouts(2.0, 3.0):
+            adapter = HTTPAdapter()
+            adapter.send("r")
+            adapter.send("r", timeout=None)
+            adapter.send("r", False, None, True, None, {})
+            adapter.send("r", False, 300)
+            adapter.send("r", timeout=(1, 1))
+        assert HTTPAdapter.send is record
+    finally:
+        HTTPAdapter.send = original
+    assert seen == [(2.0, 3.0), (2.0, 3.0), (2.0, 3.0), 300, (1, 1)]
+
+
+def test_an_archive_zipfile_cannot_unpack_says_how_to_unpack_it(
+    head_ct_zip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compression method zipfile lacks (Deflate64) is not called a damaged download: the
+    message says to unpack it with another tool and index the folder."""
+
+    def deflate64(*_: Any, **__: Any) -> None:
+        raise NotImplementedError("That compression method is not supported")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", deflate64)
+    with pytest.raises(KaggleError) as info:
+        download("head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(archive=head_ct_zip))
+    dest = tmp_path / "raw" / "head-ct"
+    assert str(info.value) == (
+        f"{dest / head_ct_zip.name}: Python's zipfile cannot unpack it (That compression method "
+        f"is not supported): unpack it with 7z or unzip into {dest}, delete the archive, then run "
+        f"hemo index {dest}"
+    )
+
+
+def test_an_archive_an_earlier_attempt_left_is_not_called_this_attempts(tmp_path: Path) -> None:
+    """A failure before anything was fetched (401) does not call a zip left by an earlier
+    attempt incomplete from this one."""
+    dest = tmp_path / "raw" / "head-ct"
+    dest.mkdir(parents=True)
+    (dest / "head-ct-hemorrhage.zip").write_bytes(b"PK\x03\x04 from yesterday")
+    with pytest.raises(KaggleError) as info:
+        download(
+            "head-ct", out=tmp_path / "raw", api_factory=lambda: FakeApi(error=_http_error(401))
+        )
+    assert "incomplete archive" not in str(info.value)
