@@ -494,6 +494,8 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
 
     Raises:
         TrainingError: Bad name, or a run with that name is live or finished.
+        ConfigError, ModelError: Options ``hemo train`` would refuse before its run folder
+            (:func:`hemo.train.check_start`: weights, init).
     """
     path = run_dir(name, root)
     if path.exists() and not path.is_dir():
@@ -508,6 +510,11 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
         differ = resume_conflict(path, {**resolve_config(config), "name": name})
         if differ:
             raise TrainingError(resume_refusal(name, current.state, differ))
+    from hemo.train import check_start, resolve_config
+
+    # what hemo train refuses before its run folder, refused here too: the process would
+    # die before writing why, and the page show only that it died
+    check_start(resolve_config(config))
     path.mkdir(parents=True, exist_ok=True)
     request = path / REQUEST_FILE
     write_json_atomic(request, {**config, "name": name})

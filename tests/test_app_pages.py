@@ -997,6 +997,23 @@ def test_training_form_refuses_hu_input_for_a_folder_of_pngs(env, head_ct_dir, m
     assert "holds PNG images" in error and "display grayscale" in error
 
 
+def test_training_form_refuses_imagenet_weights_for_the_compact_cnn(env):
+    """The form offers every architecture and 'imagenet' side by side; the compact CNN with
+    ImageNet weights is refused on the page, naming the choices, and no run folder is made (the
+    launched process died before writing why, and the page said only that it died)."""
+    before = {p.name for p in env["runs"].iterdir()} if env["runs"].exists() else set()
+    at = _open("app_pages/training.py")
+    assert next(b for b in at.selectbox if b.label == "Architecture").value == "compact"
+    next(b for b in at.selectbox if b.label == "Initial weights").set_value("imagenet")
+    next(t for t in at.text_input if t.label == "Run name").set_value("imagenet-compact")
+    at.form_submit_button[0].click().run()
+    _ok(at)
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("no ImageNet weights for the 'compact' architecture; use --weights")
+    after = {p.name for p in env["runs"].iterdir()} if env["runs"].exists() else set()
+    assert after == before
+
+
 def test_eda_counts_follow_an_edited_label_file(env, head_ct_dir, tmp_path):
     """A Kaggle folder (no index.parquet) whose labels.csv is edited in place shows the new
     counts on the next visit (the cache was keyed on the folder's own time, which an edit inside

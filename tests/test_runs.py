@@ -220,6 +220,20 @@ def test_a_new_training_refuses_an_unreadable_run_folder_or_a_file(tmp_path, mon
     ]
 
 
+def test_launch_run_refuses_what_hemo_train_would_refuse_before_its_folder(tmp_path, phantom_dir):
+    """ImageNet weights for the compact CNN, or an --init that is not there, are refused by
+    launch_run itself: no run folder, no process that dies before it can say why."""
+    from hemo.errors import ModelError
+
+    with pytest.raises(ModelError, match="no ImageNet weights for the 'compact' architecture"):
+        runs.launch_run({"data": str(phantom_dir), "weights": "imagenet"}, "inet", tmp_path)
+    with pytest.raises(ModelError, match="model file not found"):
+        runs.launch_run(
+            {"data": str(phantom_dir), "init": str(tmp_path / "x.keras")}, "x", tmp_path
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hemo_train_refuses_a_run_another_training_is_writing(tmp_path, monkeypatch, capsys):
     """A run whose status says running, written by another live hemo training (a process
     whose command line says so), is refused by hemo train --name (it trained into the same
