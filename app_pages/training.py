@@ -158,14 +158,11 @@ else:
         st.caption(caption)
     _curves(run)
 
-fold_of = runs.crossval_of(run)
-report = None if fold_of else monitor.run_report(run.report)
-if fold_of:
-    st.info(
-        f"{run.name} is one fold of the cross-validation '{fold_of}': trained on the other "
-        "folds, its held-out fold is scored with the others in that cross-validation's report "
-        "(Cross-validations, below), at a threshold chosen on all folds' held-out predictions."
-    )
+part = runs.crossval_of(run)
+fold_of = part.name if part else None
+report = None if part else monitor.run_report(run.report)
+if part:
+    st.info(monitor.crossval_part_text(run.name, part))
 if report is not None:
     st.subheader(f"Evaluation ({report.split or 'test'} split)")
     if report.note:

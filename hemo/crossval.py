@@ -462,7 +462,7 @@ def crossval(
     for fold in range(n_folds):
         run_name = f"{name}-{FOLD_RUN_SUFFIX.format(fold=fold)}"
         fold_df = fold_index(index_df, folds, fold)
-        fold_file = work / f"fold{fold}" / INDEX_FILE
+        fold_file = work / runs.CROSSVAL_FOLD_DIR.format(fold=fold) / INDEX_FILE
         run_config = fold_config(config, run_name, fold_file)
         path = finished_run(run_config, fold_file, fold_df)
         save_index(fold_df, fold_file)
@@ -859,7 +859,7 @@ def _train_on_every_image(config: Mapping[str, Any]) -> tuple[Any, Any, dict[str
     data = resolve_path(config["data"])
     index_df = load_index(data).reset_index(drop=True)
     work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
-    final_file = work / FINAL_RUN_SUFFIX / INDEX_FILE
+    final_file = work / runs.CROSSVAL_FINAL_DIR / INDEX_FILE
     run_config = fold_config(config, f"{name}-{FINAL_RUN_SUFFIX}", final_file)
     all_rows = final_index(index_df)
     path = finished_run(run_config, final_file, all_rows)

@@ -251,6 +251,24 @@ class RunReport:
     referral: str | None = None
 
 
+def crossval_part_text(run_name: str, part: Any) -> str:
+    """What the Training page says of a run a cross-validation trained (``part``: a
+    :class:`hemo.runs.CrossvalPart`) in place of its own evaluation."""
+    if part.fold is None:
+        return (
+            f"{run_name} is the final model of the cross-validation '{part.name}', trained on all "
+            "its images (its validation curve is on those same images): nothing is left to test "
+            "it on, so the model exported from it carries that cross-validation's threshold and "
+            "figures (Cross-validations, below)."
+        )
+    return (
+        f"{run_name} is fold {part.fold} of the cross-validation '{part.name}': trained on the "
+        "other folds, its held-out fold is scored with the others in that cross-validation's "
+        "report (Cross-validations, below), at a threshold chosen on all folds' held-out "
+        "predictions."
+    )
+
+
 @dataclass(frozen=True)
 class CrossvalView:
     """What the Training page shows of one cross-validation report (``crossval.json``).

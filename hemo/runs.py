@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from hemo.config import RUNS_DIR
+from hemo.config import PROJECT_DIR, RUNS_DIR
 from hemo.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ BACKUP_DIR = "backup"
 #: in ``runs/N-crossval/``; its fold runs are ordinary runs ``N-cv0`` ... beside it.
 CROSSVAL_DIR_SUFFIX = "crossval"
 CROSSVAL_REPORT_FILE = "crossval.json"
+#: Sub-folders of ``N-crossval/`` holding the index of fold k's run, and of the final model's.
+CROSSVAL_FOLD_DIR = "fold{fold}"
+CROSSVAL_FINAL_DIR = "final"
 
 RUNNING, FINISHED, FAILED, STOPPED = "running", "finished", "failed", "stopped"
 STATES = (RUNNING, FINISHED, FAILED, STOPPED)
@@ -467,15 +470,38 @@ def list_crossvals(root: Path | None = None) -> list[CrossvalInfo]:
     return sorted(found, key=lambda c: c.updated, reverse=True)
 
 
-def crossval_of(run: RunInfo) -> str | None:
-    """The name of the cross-validation ``run`` is a fold of (its data is a fold index that
-    ``hemo crossval`` wrote into ``<name>-crossval/``), or None for an ordinary run."""
+@dataclass(frozen=True)
+class CrossvalPart:
+    """What a run is to the cross-validation that trained it.
+
+    Attributes:
+        name: The cross-validation's name (its folder ``runs/<name>-crossval/``).
+        fold: The fold the run held out, or None for the final model (trained on every image).
+    """
+
+    name: str
+    fold: int | None
+
+
+def crossval_of(run: RunInfo) -> CrossvalPart | None:
+    """The cross-validation ``run`` is part of: a fold (its data is ``fold<k>/index.parquet``
+    in a ``<name>-crossval/`` folder of the runs folder) or the final model (``final/``); None
+    for an ordinary run."""
     data = run.config.get("data")
     if not isinstance(data, str) or not data:
         return None
-    folder = Path(data).parent.parent.name
+    index = Path(data)
+    work = index.parent.parent
     suffix = f"-{CROSSVAL_DIR_SUFFIX}"
-    return folder.removesuffix(suffix) if folder.endswith(suffix) else None
+    if not work.is_absolute():  # written relative to the project
+        work = PROJECT_DIR / work
+    if not work.name.endswith(suffix) or work.resolve() != (run.path.parent / work.name).resolve():
+        return None  # a folder of that name elsewhere: the user's data, not this runs folder
+    name = work.name.removesuffix(suffix)
+    if index.parent.name == CROSSVAL_FINAL_DIR:
+        return CrossvalPart(name, None)
+    fold = re.fullmatch(CROSSVAL_FOLD_DIR.format(fold=r"(\d+)"), index.parent.name)
+    return CrossvalPart(name, int(fold.group(1))) if fold else None
 
 
 def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> RunInfo:

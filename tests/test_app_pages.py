@@ -866,7 +866,9 @@ def test_training_shows_a_crossval_and_its_folds_as_such(env):
         at.selectbox(key="training_selected").set_value("cvpage-cv1").run()
         _ok(at)
         assert not [h for h in at.subheader if h.value.startswith("Evaluation")]
-        assert any("one fold of the cross-validation 'cvpage'" in i.value for i in at.info)
+        assert any(
+            "cvpage-cv1 is fold 1 of the cross-validation 'cvpage'" in i.value for i in at.info
+        )
         assert at.selectbox(key="training_crossval").value == "cvpage"
         metrics = _metrics(at)
         assert metrics["threshold"] == f"{report['threshold']:.3f}"

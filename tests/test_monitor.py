@@ -160,5 +160,18 @@ def test_crossval_reports_are_listed_and_their_folds_known(tmp_path):
         "crossval.json is malformed (ValueError"
     )
     by_name = {r.name: r for r in runs.list_runs(tmp_path)}
-    assert runs.crossval_of(by_name["cvx-cv1"]) == "cvx"
+    assert runs.crossval_of(by_name["cvx-cv1"]) == runs.CrossvalPart("cvx", 1)
     assert runs.crossval_of(by_name["plain"]) is None
+    # the final model (trained on every image) and a user's data in a folder named *-crossval
+    for run_name, data, part in (
+        ("cvx-final", work / "final" / "index.parquet", runs.CrossvalPart("cvx", None)),
+        ("mine", tmp_path.parent / "study-crossval" / "images" / "index.parquet", None),
+        ("other", work / "images" / "index.parquet", None),
+    ):
+        make_finished_run(tmp_path, run_name)
+        runs.write_json_atomic(tmp_path / run_name / runs.CONFIG_FILE, {"data": str(data)})
+        assert runs.crossval_of(runs.read_run(run_name, tmp_path)) == part, run_name
+    final = monitor.crossval_part_text("cvx-final", runs.CrossvalPart("cvx", None))
+    assert final.startswith("cvx-final is the final model of the cross-validation 'cvx'")
+    fold = monitor.crossval_part_text("cvx-cv1", runs.CrossvalPart("cvx", 1))
+    assert fold.startswith("cvx-cv1 is fold 1 of the cross-validation 'cvx': trained on the other")
