@@ -14,6 +14,9 @@ REFRESH_S = 2.0
 #: Seconds between looks for runs started elsewhere (the CLI, another session) while none is live.
 IDLE_REFRESH_S = 5.0
 SELECTED_KEY = "training_selected"
+#: The cross-validation shown, and the run it was last picked for.
+CROSSVAL_KEY, CROSSVAL_FOR_KEY = "training_crossval", "training_crossval_for"
+CROSSVAL_FIGURES = ("threshold", "accuracy", "roc_auc", "sensitivity", "specificity")
 RUN_NAME_KEY = "training_new_name"
 SIZES = (64, 128, 192, 256, 384, 512)
 MAX_EPOCHS = 500
@@ -189,21 +192,19 @@ crossvals = runs.list_crossvals(root)
 if crossvals:
     st.subheader("Cross-validations")
     cv_names = [c.name for c in crossvals]
-    if fold_of in cv_names and st.session_state.get("training_crossval_of") != run.name:
-        st.session_state["training_crossval"] = fold_of  # a fold run picked: its CV first
-    st.session_state["training_crossval_of"] = run.name
-    if st.session_state.get("training_crossval") not in cv_names:
-        st.session_state["training_crossval"] = cv_names[0]
-    chosen_cv = st.selectbox("Cross-validation", cv_names, key="training_crossval")
+    if fold_of in cv_names and st.session_state.get(CROSSVAL_FOR_KEY) != run.name:
+        st.session_state[CROSSVAL_KEY] = fold_of  # a run of a cross-validation picked: it first
+    st.session_state[CROSSVAL_FOR_KEY] = run.name
+    if st.session_state.get(CROSSVAL_KEY) not in cv_names:
+        st.session_state[CROSSVAL_KEY] = cv_names[0]
+    chosen_cv = st.selectbox("Cross-validation", cv_names, key=CROSSVAL_KEY)
     picked = crossvals[cv_names.index(chosen_cv)]
     view = monitor.crossval_view(picked.report, picked.error)
     if view.note:
         st.warning(view.note)
     else:
-        cols = st.columns(5)
-        for col, key in zip(
-            cols, ("threshold", "accuracy", "roc_auc", "sensitivity", "specificity"), strict=True
-        ):
+        cols = st.columns(len(CROSSVAL_FIGURES))
+        for col, key in zip(cols, CROSSVAL_FIGURES, strict=True):
             value = view.headline.get(key)
             col.metric(f"{key} (pooled)" if key != "threshold" else key,
                        "n/a" if value is None else f"{value:.3f}")  # fmt: skip

@@ -175,6 +175,12 @@ def count_text(n: int, one: str, many: str) -> str:
 def quality_scope(images: int, read: int) -> str:
     """What the data-quality table checked: every file's header and label, and the pixels of
     the ``read`` images of the pixel sample only."""
+    if read >= images:
+        return (
+            f"Labels, duplicates and look-alikes are checked on all "
+            f"{count_text(images, 'image', 'images')}, and every one was decoded in the pixel "
+            "sample above."
+        )
     return (
         f"Labels, duplicates and look-alikes are checked on all {count_text(images, 'image', 'images')}; "
         f"pixels are decoded only for the {count_text(read, 'image', 'images')} of the pixel "

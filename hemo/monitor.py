@@ -314,6 +314,7 @@ def crossval_view(report: Mapping[str, Any] | None, error: str | None = None) ->
 
 
 def _crossval_view(report: Mapping[str, Any]) -> CrossvalView:
+    """:func:`crossval_view`'s work on a report that may be damaged (it raises then)."""
     from hemo.crossval import SUMMARY_METRICS
 
     pooled = report.get("pooled") or {}
@@ -367,6 +368,7 @@ def _number(value: Any) -> float | None:
 
 
 def _share_text(value: Any) -> str:
+    """A share as a percentage with one decimal (``87.5%``), or ``n/a``."""
     number = _number(value)
     return "n/a" if number is None else f"{number:.1%}"
 

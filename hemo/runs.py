@@ -455,19 +455,32 @@ def list_crossvals(root: Path | None = None) -> list[CrossvalInfo]:
         file = folder / CROSSVAL_REPORT_FILE
         if not (folder.name.endswith(suffix) and file.is_file()):
             continue
-        report, error = None, None
-        try:
-            report = json.loads(file.read_text(encoding="utf-8"))
-            if not isinstance(report, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            report, error = None, f"{file} cannot be read ({type(exc).__name__}: {exc})"
         try:
             updated = file.stat().st_mtime
         except OSError:
             updated = 0.0
+        report, error = _crossval_report(str(file), updated)
         found.append(CrossvalInfo(folder.name.removesuffix(suffix), folder, report, error, updated))
     return sorted(found, key=lambda c: c.updated, reverse=True)
+
+
+#: Cross-validation reports kept parsed (a page lists them on every rerun).
+CROSSVAL_CACHE_ENTRIES = 32
+
+
+@functools.lru_cache(maxsize=CROSSVAL_CACHE_ENTRIES)
+def _crossval_report(file: str, mtime: float) -> tuple[dict[str, Any] | None, str | None]:
+    """A ``crossval.json`` without its out-of-fold table (one row per image: ``oof.csv`` has
+    it too), or the reason it cannot be read; cached per file and modification time."""
+    del mtime  # part of the cache key only
+    try:
+        report = json.loads(Path(file).read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, f"{file} cannot be read ({type(exc).__name__}: {exc})"
+    report.pop("oof", None)
+    return report, None
 
 
 @dataclass(frozen=True)

@@ -493,6 +493,9 @@ def check_start(config: Mapping[str, Any]) -> None:
     """Refuse, before a run folder is made and TensorFlow starts, the ``weights`` and ``init``
     options a run would fail on in its first seconds (leaving a failed run behind).
 
+    Args:
+        config: Resolved configuration (:func:`resolve_config`).
+
     Raises:
         ModelError: A weights file missing or a pickle, ImageNet weights for an architecture
             that has none, an ``init`` model that is missing, a pickle, not a Keras file, or

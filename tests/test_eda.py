@@ -85,6 +85,11 @@ def test_summary_counts():
         "The most alike pair of 6 of its 26 groups (the table above lists every image)."
     )
     assert eda.lookalike_shown(2, 2) == "The most alike pair of each of its 2 groups."
+    assert eda.quality_scope(140, 16).startswith(
+        "Labels, duplicates and look-alikes are checked on all 140 images; pixels are decoded "
+        "only for the 16 images of the pixel sample above, so a file whose header reads"
+    )
+    assert "every one was decoded" in eda.quality_scope(12, 12)
 
 
 def test_stratified_sample_is_seeded_and_bounded():

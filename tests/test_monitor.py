@@ -125,6 +125,11 @@ def test_run_list_signature_changes_when_a_run_appears_or_ends(tmp_path):
         ("a", runs.FINISHED),
         ("b", runs.FINISHED),
     )
+    runs.write_status(tmp_path / "b", name="b", state=runs.STOPPED, message="stopped by SIGTERM")
+    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == (
+        ("a", runs.FINISHED),
+        ("b", runs.STOPPED),
+    )
 
 
 def test_crossval_reports_are_listed_and_their_folds_known(tmp_path):
@@ -140,6 +145,7 @@ def test_crossval_reports_are_listed_and_their_folds_known(tmp_path):
     listed = {c.name: c for c in runs.list_crossvals(tmp_path)}
     assert set(listed) == {"cvx", "bad"}
     assert listed["cvx"].error is None and listed["cvx"].path == work
+    assert "oof" not in listed["cvx"].report  # one row per image: not read into the page
     assert "crossval.json cannot be read (JSONDecodeError" in listed["bad"].error
     report = listed["cvx"].report
     view = monitor.crossval_view(report)

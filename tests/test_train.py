@@ -269,6 +269,22 @@ def test_train_help_says_what_every_key_does(capsys: pytest.CaptureFixture[str])
             yield from keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [prefix + key]
 
     assert sorted(keys(DEFAULTS)) == sorted(KEY_HELP)
+    # every value a key accepts is named in its help (the lists are written out, so kept here)
+    from hemo.architectures import ARCHITECTURES, HEAD_POOL_NAMES
+    from hemo.config import THRESHOLD_METHODS
+    from hemo.train import CHECKPOINTS, LR_SCHEDULES, STRATEGIES
+    from hemo.windowing import PRESETS
+
+    for key, values in {
+        "architecture": ARCHITECTURES,
+        "input.windows": PRESETS,
+        "head_pool": HEAD_POOL_NAMES,
+        "lr_schedule": LR_SCHEDULES,
+        "checkpoint": CHECKPOINTS,
+        "strategy": STRATEGIES,
+        "threshold.method": THRESHOLD_METHODS,
+    }.items():
+        assert all(value in KEY_HELP[key] for value in values), (key, KEY_HELP[key])
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
