@@ -204,7 +204,8 @@ def test_predictions_reports_and_cli_text_flag_the_band(banded, capsys) -> None:
     )
     assert data["referral"] == predictor.referral.to_dict()
     text = _text(data).splitlines()
-    assert text[1].startswith(f"calls with P(any) between {predictor.referral.low:.3f}")
+    assert text[0].startswith("Research tool, not a medical device")
+    assert text[2].startswith(f"calls with P(any) between {predictor.referral.low:.3f}")
     rows = [line for line in text if line.startswith(str(inside)) or line.startswith(str(outside))]
     assert "[uncertain: refer]" in rows[0] and "uncertain" not in rows[1]
 
@@ -229,7 +230,7 @@ def test_explain_gives_the_verdict_and_flag_of_predict(banded, tmp_path, capsys)
         assert (entry["positive"], entry["uncertain"]) == (expected.positive, expected.uncertain)
     assert [e["uncertain"] for e in data["results"]] == [True, False]
     assert main(argv) == 0
-    rows = capsys.readouterr().out.splitlines()[2:]
+    rows = capsys.readouterr().out.splitlines()[3:]  # the notice, the model, the header
     assert "[uncertain: refer]" in rows[0] and "uncertain" not in rows[1]
 
 

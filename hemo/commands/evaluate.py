@@ -69,8 +69,10 @@ def _fmt(value: Any) -> str:
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of a report dict (``EvalReport.to_dict`` plus ``cam``)."""
     c = data["confusion"]
+    from hemo.config import NOTICE
+
     lines = [
-        data["notice"],
+        NOTICE,
         f"model {data['model']}  split {data['split']}  n {data['n']}  positives "
         f"{data['positives']}  threshold {data['threshold']:.3f}",
         "",

@@ -235,8 +235,10 @@ def _verdict(entry: dict[str, Any]) -> str:
 
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results."""
+    from hemo.config import NOTICE
+
     lines = [
-        data["notice"],
+        NOTICE,
         f"model {data['model']}  {data['method']} on {data['layer']}  label {data['label']}",
     ]
     if data.get("note"):

@@ -114,7 +114,9 @@ def _short(path: str) -> str:
 
 def _text(data: dict[str, Any]) -> str:
     """A human-readable table of the results and studies."""
-    lines = [data["notice"], f"model {data['model']}  threshold {data['threshold']:.3f}"]
+    from hemo.config import NOTICE
+
+    lines = [NOTICE, f"model {data['model']}  threshold {data['threshold']:.3f}"]
     if data.get("note"):
         lines.append(f"note: {data['note']}")
     band = data.get("referral")
