@@ -200,6 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     """Predict the series with every model and report where it calls slices positive."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="", help="comma-separated .keras files")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="one threshold for every --models file instead of its card's (e.g. to compare "
+        "models trained on every image, whose cards' thresholds are chosen in-sample)",
+    )
     parser.add_argument("--runs", default="", help="comma-separated crossval run names")
     parser.add_argument("--runs-dir", type=Path, default=PROJECT_DIR / "runs")
     parser.add_argument("--series", type=Path, default=DEFAULT_SERIES)
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     groups: dict[str, list[tuple[Path, float | None]]] = {}
     for model in filter(None, args.models.split(",")):
-        groups[model] = [(Path(model), None)]
+        groups[model] = [(Path(model), args.threshold)]
     for name in filter(None, args.runs.split(",")):
         groups[name] = run_models(name, args.runs_dir)
     if not groups:
