@@ -116,16 +116,17 @@ with st.expander("Start a new run", expanded=not all_runs):
                 del st.session_state[RUN_NAME_KEY]  # the next run gets a fresh name
                 st.rerun()
 
-listed = monitor.run_list_signature(all_runs)
+listed = monitor.run_list_signature(all_runs, runs.list_crossvals(root))
 any_live = any(r.state == runs.RUNNING for r in all_runs)
 
 
 @st.fragment(run_every=REFRESH_S if any_live else IDLE_REFRESH_S)
 def _runs_table() -> None:
     """The runs table, refreshed on its own; the whole page again when a run appears (started
-    from the CLI or another session), goes, or changes state."""
+    from the CLI or another session), goes, or changes state, or a cross-validation report is
+    written."""
     current = runs.list_runs(root)
-    if monitor.run_list_signature(current) != listed:
+    if monitor.run_list_signature(current, runs.list_crossvals(root)) != listed:
         st.rerun(scope="app")
     if current:
         st.dataframe(monitor.runs_table(current), hide_index=True, key="runs_table")

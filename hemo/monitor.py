@@ -88,10 +88,14 @@ def training_config(
     return config
 
 
-def run_list_signature(runs: Sequence[Any]) -> tuple[tuple[str, str], ...]:
-    """What the page's run list depends on: each run's name and state, sorted by name (a run
-    started elsewhere, or one that ends, changes it)."""
-    return tuple(sorted((run.name, run.state) for run in runs))
+def run_list_signature(runs: Sequence[Any], crossvals: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """What the page's lists depend on: each run's name and state, and each cross-validation
+    report's name and modification time (:class:`hemo.runs.CrossvalInfo`), sorted by name (a run
+    started elsewhere, one that ends, a report written after a crossval's last fold change it)."""
+    return (
+        tuple(sorted((run.name, run.state) for run in runs)),
+        tuple(sorted((cv.name, cv.updated) for cv in crossvals)),
+    )
 
 
 def _phase(run: Any) -> str:

@@ -115,21 +115,29 @@ def test_epoch_ticks_are_whole_and_at_most_ten():
 
 
 def test_run_list_signature_changes_when_a_run_appears_or_ends(tmp_path):
-    """The page reruns when the runs' names or states change, not on every status write."""
+    """The page reruns when the runs' names or states change, or a cross-validation report is
+    written, not on every status write."""
+    from dashboard_fixtures import make_crossval
+
+    def signature():
+        return monitor.run_list_signature(runs.list_runs(tmp_path), runs.list_crossvals(tmp_path))
+
     make_finished_run(tmp_path, "a")
-    before = monitor.run_list_signature(runs.list_runs(tmp_path))
+    before = signature()
     runs.write_status(tmp_path / "a", name="a", state=runs.FINISHED, epoch=3, epochs=3, step=9)
-    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == before
+    assert signature() == before
     make_finished_run(tmp_path, "b")
-    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == (
-        ("a", runs.FINISHED),
-        ("b", runs.FINISHED),
-    )
+    assert signature()[0] == (("a", runs.FINISHED), ("b", runs.FINISHED))
     runs.write_status(tmp_path / "b", name="b", state=runs.STOPPED, message="stopped by SIGTERM")
-    assert monitor.run_list_signature(runs.list_runs(tmp_path)) == (
-        ("a", runs.FINISHED),
-        ("b", runs.STOPPED),
-    )
+    assert signature()[0] == (("a", runs.FINISHED), ("b", runs.STOPPED))
+    runs_only = signature()
+    make_crossval(tmp_path, "cvx")
+    with_cv = signature()
+    assert with_cv[1] and [name for name, _ in with_cv[1]] == ["cvx"] and with_cv != runs_only
+    report = tmp_path / "cvx-crossval" / runs.CROSSVAL_REPORT_FILE
+    os.utime(report, (report.stat().st_atime, report.stat().st_mtime + 10))  # written again
+    again = signature()
+    assert again[0] == with_cv[0] and again[1] != with_cv[1]
 
 
 def test_crossval_reports_are_listed_and_their_folds_known(tmp_path):
