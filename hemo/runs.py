@@ -536,6 +536,8 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
         ConfigError, ModelError: Options ``hemo train`` would refuse before its run folder
             (:func:`hemo.train.check_start`: weights, init).
     """
+    from hemo.train import check_start, resolve_config
+
     path = run_dir(name, root)
     if path.exists() and not path.is_dir():
         raise TrainingError(f"{path} is a file, not a run folder; choose another name")
@@ -544,13 +546,9 @@ def launch_run(config: dict[str, Any], name: str, root: Path | None = None) -> R
         refusal = occupied(current)
         if refusal:
             raise TrainingError(refusal)
-        from hemo.train import resolve_config
-
         differ = resume_conflict(path, {**resolve_config(config), "name": name})
         if differ:
             raise TrainingError(resume_refusal(name, current.state, differ))
-    from hemo.train import check_start, resolve_config
-
     # what hemo train refuses before its run folder, refused here too: the process would
     # die before writing why, and the page show only that it died
     check_start(resolve_config(config))
