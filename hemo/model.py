@@ -45,6 +45,7 @@ from hemo.modelfile import (
     WEIGHTS_IMAGENET,
     check_model_file,
     model_paths,
+    require_card,
     weights_option,
 )
 from hemo.preprocess import InputSpec
@@ -783,20 +784,15 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     Raises:
         ModelError: The card is missing or malformed (the message names the card file).
     """
-    _, card_path, _ = model_paths(path)
-    if not card_path.is_file():
-        raise ModelError(
-            f"no model card {card_path.name} beside the model; cards are written by save_model",
-            source=path,
-        )
+    card_file = require_card(path)
     try:
-        return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+        return ModelCard.from_json(card_file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        raise ModelError(f"model card is not UTF-8 text: {exc}", source=card_path) from exc
+        raise ModelError(f"model card is not UTF-8 text: {exc}", source=card_file) from exc
     except ModelError as exc:
         if exc.source is not None:
             raise
-        raise ModelError(exc.reason, source=card_path) from exc
+        raise ModelError(exc.reason, source=card_file) from exc
 
 
 def check_card(

@@ -77,6 +77,21 @@ def model_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
     return stem.with_suffix(".keras"), stem.with_suffix(".json"), stem.with_suffix(".h5")
 
 
+def require_card(path: str | os.PathLike) -> Path:
+    """The card ``NAME.json`` beside a model file.
+
+    Raises:
+        ModelError: There is none.
+    """
+    card = model_paths(path)[1]
+    if not card.is_file():
+        raise ModelError(
+            f"no model card {card.name} beside the model; cards are written by save_model",
+            source=path,
+        )
+    return card
+
+
 def weights_option(weights: str | os.PathLike | None) -> tuple[str | None, Path | None]:
     """Classify a ``weights`` option as (None | "imagenet" | "model" | "backbone", path).
 

@@ -501,7 +501,7 @@ def check_start(config: Mapping[str, Any]) -> None:
             that has none, an ``init`` model that is missing, a pickle, not a Keras file, or
             without its card.
     """
-    from hemo.modelfile import WEIGHTS_IMAGENET, check_model_file, model_paths, weights_option
+    from hemo.modelfile import WEIGHTS_IMAGENET, check_model_file, require_card, weights_option
 
     kind, _ = weights_option(config["weights"])
     architecture = ARCHITECTURES[config["architecture"]]
@@ -512,14 +512,7 @@ def check_start(config: Mapping[str, Any]) -> None:
             f"or one of {', '.join(with_imagenet)}"
         )
     if config["init"]:
-        init = check_model_file(resolve_path(config["init"]))
-        card = model_paths(init)[1]
-        if not card.is_file():
-            raise ModelError(
-                f"no model card {card.name} beside the --init model; cards are written by "
-                "hemo train and save_model",
-                source=init,
-            )
+        require_card(check_model_file(resolve_path(config["init"])))
 
 
 #: How many of a model's spatial layers a wrong ``cam_layer`` message names (the deepest).
