@@ -5,7 +5,9 @@ the slice position; never patient data and never DICOM UIDs, so a report can be 
 A slice's row names its series (``series``); the CSV also holds one row per series with the
 series' verdict (``level`` ``"study"``), and on every row the model and what a reader must know
 about the call (``model``, ``note``: a model trained only on phantoms, an image that looks like
-one the model was trained on), so the file alone tells what the page says.
+one the model was trained on), so the file alone tells what the page says. Every report carries
+the research-tool notice (:data:`hemo.config.NOTICE`): the JSON's ``notice``, the CSV's last
+column, the PNG's ``Disclaimer`` text chunk (a keyword the PNG standard defines).
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ POSITIVE = "hemorrhage"
 NEGATIVE = "no hemorrhage"
 #: A series' verdict when none of its slices is in the model's range (as the Predict page says).
 NO_VERDICT = "none"
-#: The CSV's last column: what a row is about (a series as a whole, one slice of it, or a file).
+#: PNG text chunks of every overlay PNG (``Disclaimer`` is a keyword of the PNG standard).
+PNG_DISCLAIMER = "Disclaimer"
+#: The CSV's last column: the research-tool notice, on every row (a CSV has no header block).
+NOTICE_COLUMN = "notice"
+#: The CSV column that says what a row is about (a series as a whole, one slice of it, or a file).
 LEVEL_COLUMN = "level"
 STUDY_LEVEL = "study"
 SLICE_LEVEL = "slice"
@@ -148,8 +154,9 @@ def report_frame(
 
     Columns: the base columns, ``p_<label>`` in first-seen order, then ``series``, ``level``
     (what the row is about: ``"study"``, a series as a whole; ``"slice"``, a row with a slice
-    number; ``"file"``, a lone scan or an input that failed), ``model`` (``model`` on every row)
-    and ``note`` (``note``, what holds for every call, joined with the row's own).
+    number; ``"file"``, a lone scan or an input that failed), ``model`` (``model`` on every row),
+    ``note`` (``note``, what holds for every call, joined with the row's own) and ``notice``
+    (:data:`hemo.config.NOTICE` on every row).
     """
     records = [study_row(s) | {LEVEL_COLUMN: STUDY_LEVEL} for s in studies]
     records += [
@@ -159,7 +166,8 @@ def report_frame(
     for record in records:
         record["model"] = model
         record["note"] = "; ".join(n for n in (note, record.get("note")) if n) or None
-    tail = ["series", LEVEL_COLUMN, "model", "note"]
+        record[NOTICE_COLUMN] = NOTICE
+    tail = ["series", LEVEL_COLUMN, "model", "note", NOTICE_COLUMN]
     extra = list(
         dict.fromkeys(k for r in records for k in r if k not in BASE_COLUMNS and k not in tail)
     )
@@ -278,7 +286,7 @@ def study_summary(
 
 
 def png_bytes(image: npt.ArrayLike) -> bytes:
-    """Encode an image as PNG bytes.
+    """Encode an image as PNG bytes carrying the research-tool notice (a ``Disclaimer`` chunk).
 
     Args:
         image: uint8 (H, W) or (H, W, 3), or float in [0, 1] (scaled to 0-255). Not modified.
@@ -290,12 +298,15 @@ def png_bytes(image: npt.ArrayLike) -> bytes:
         ValueError: the array is not 2-D or 3-channel.
     """
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     arr = np.asarray(image)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise ValueError(f"a PNG needs an (H, W) or (H, W, 3) array, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         arr = np.rint(np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    info = PngInfo()
+    info.add_text(PNG_DISCLAIMER, NOTICE)
     buffer = io.BytesIO()
-    Image.fromarray(arr).save(buffer, format="PNG")
+    Image.fromarray(arr).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from tiny_models import TINY_SIZE, tiny_model_path
 
 from hemo.cli import EXIT_ERROR, EXIT_PARTIAL, main
@@ -59,6 +60,8 @@ def test_writes_the_overlays_it_reports(
         assert Path(entry["overlay"]) == out / f"{dicom.stem}_{method}.png"
         picture = cv2.imread(entry["overlay"], cv2.IMREAD_UNCHANGED)
         assert picture.shape == (TINY_SIZE, TINY_SIZE, 3) and picture.dtype == np.uint8
+        with Image.open(entry["overlay"]) as png:  # the file alone says it is no diagnosis
+            assert png.text == {"Disclaimer": data["notice"]}
         assert 0.0 <= entry["probability"] <= 1.0
         if entry["flat"]:
             assert entry["peak"] is None
@@ -197,3 +200,16 @@ def test_a_phantom_only_model_says_its_calls_are_not_findings(
     assert lines[0].startswith("Research tool, not a medical device")  # the table's first line
     assert lines[2].startswith("note: ") and "never seen a real scan" in lines[2]
     assert lines[-1].split()[2] == "-"
+
+
+def test_an_overlay_that_cannot_be_written_is_named(
+    model_path: Path, dicoms: list[Path], tmp_path: Path, capsys
+) -> None:
+    """A folder where the overlay file should go stops the run naming --out and the file."""
+    out = tmp_path / "out"
+    (out / f"{dicoms[0].stem}_gradcam.png").mkdir(parents=True)
+    assert main(["explain", "--model", str(model_path), str(dicoms[0]), "--out", str(out)]) == (
+        EXIT_ERROR
+    )
+    err = capsys.readouterr().err
+    assert f"--out {out}: cannot write {dicoms[0].stem}_gradcam.png" in err

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from hemo import reports
+from hemo.config import NOTICE
 from hemo.predict import Prediction
 
 
@@ -111,6 +112,12 @@ def test_png_bytes_decode_back():
     assert np.asarray(Image.open(io.BytesIO(reports.png_bytes(gray)))).shape == (4, 5)
 
 
+def test_png_bytes_carry_the_notice():
+    """An overlay PNG passed on alone still says it is not a medical device's finding."""
+    picture = Image.open(io.BytesIO(reports.png_bytes(np.zeros((3, 3, 3), dtype=np.uint8))))
+    assert picture.text == {"Disclaimer": NOTICE}
+
+
 def test_png_bytes_refuses_bad_shapes():
     """A 4-channel array is refused with its shape."""
     with pytest.raises(ValueError, match=r"\(2, 2, 4\)"):
@@ -148,7 +155,8 @@ def test_csv_report_opens_with_each_series_verdict_and_joins_slices_to_it():
     lone = reports.prediction_row(_prediction(0.1))
     failed = reports.error_row("bad.dcm", "not DICOM")
     frame = pd.read_csv(io.BytesIO(reports.report_csv([lone, *slices, failed], [study])))
-    assert list(frame.columns[-4:]) == ["series", "level", "model", "note"]
+    assert list(frame.columns[-5:]) == ["series", "level", "model", "note", "notice"]
+    assert (frame["notice"] == NOTICE).all()  # every row, also the failed input's
     assert list(frame["level"]) == ["study", "file", "slice", "slice", "slice", "file"]
     top = frame.iloc[0]
     assert top["source"] == "upload.zip" and top["verdict"] == "hemorrhage"

@@ -119,7 +119,6 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
     from hemo.modelfile import check_model_file
 
     check_model_file(args.model)  # a wrong --model is named before TensorFlow starts
-    import cv2
 
     from hemo.cam.overlay import overlay
     from hemo.cam.registry import get_method
@@ -129,6 +128,7 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
     from hemo.io import iter_scans
     from hemo.predict import Predictor
     from hemo.progress import progress
+    from hemo.reports import png_bytes
 
     with Predictor(args.model) as predictor:
         card = predictor.card
@@ -168,8 +168,12 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 frame = getattr(scan_result.scan, "frame", None)
                 path = args.out / overlay_name(scan_result.name, args.method, taken, frame)
-                if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-                    raise ConfigError(f"--out {args.out}: cannot write {path.name}")
+                try:  # with the research-tool notice in its Disclaimer chunk, as on the page
+                    path.write_bytes(png_bytes(picture))
+                except OSError as exc:
+                    raise ConfigError(
+                        f"--out {args.out}: cannot write {path.name} ({exc.strerror or exc})"
+                    ) from exc
                 row, col = result.peak
                 decides = result.label == predictor.head_label
                 outside = _outside_range(predictor, scan_result.scan)
