@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     y = oof["label_any"].to_numpy(dtype=int)
     folds = oof["fold"].to_numpy(dtype=int)
     ids = [Path(p).stem for p in oof["path"]]
-    p = np.clip(oof["probability"].to_numpy(dtype=float), PROB_EPS, 1 - PROB_EPS)
+    column = "probability_network" if "probability_network" in oof else "probability"
+    p = np.clip(oof[column].to_numpy(dtype=float), PROB_EPS, 1 - PROB_EPS)
     network = np.log(p / (1 - p))
     feats = many_features(model_inputs(oof["path"], args.card, args.side))
     density = np.zeros(len(y))

@@ -82,6 +82,11 @@ MEASURED_GROUPED = (
     "; look-alike images kept in one fold (correlation >= {threshold:g}: {images} images in "
     "{multi} groups)"
 )
+#: Appended to MEASURED_ON when the network's P(any) was blended with density features.
+DENSITY_MEASURED_ON = (
+    "; P(any) blended with density features (hemo.density: mean of the network's and a "
+    "logistic regression's log-odds, the regression fitted on the training folds)"
+)
 LOOKALIKE_FILE = "lookalikes.csv"
 #: Config keys a finished fold run is reused across: the threshold and referral band are chosen
 #: here on the pooled OOF predictions, not by the fold runs; ``export`` is never a fold run's.
@@ -135,6 +140,10 @@ class CrossValReport:
             ``band``, what it does on those predictions (``out_of_fold``, optimistic: chosen on
             them) and held out (``nested``: threshold and band from the other folds), or
             ``error`` when no band reached the target; ``None`` when the config turns it off.
+        density: With ``density = true``: the blend of the final model's card
+            (:meth:`hemo.density.DensityBlend.to_dict`, its regression fitted on every image);
+            the OOF probabilities are then the blend's, each fold's regression fitted on the
+            other folds (``oof`` keeps ``probability_network`` and ``probability_density``).
     """
 
     name: str
@@ -150,6 +159,7 @@ class CrossValReport:
     measured_on: str = ""
     lookalike: dict[str, Any] | None = None
     referral: dict[str, Any] | None = None
+    density: dict[str, Any] | None = None
 
     def band(self) -> dict[str, Any] | None:
         """The referral band for the final model's card, or ``None``."""
@@ -392,6 +402,7 @@ def fold_config(config: Mapping[str, Any], name: str, data: Path) -> dict[str, A
         export="",
         checkpoint=CHECKPOINT_LAST,
         early_stopping_patience=int(config["epochs"]) + 1,
+        density=False,  # blended by the cross-validation, out of fold, not by a run
     )
     return out
 
@@ -514,9 +525,17 @@ def _report(
     work: Path,
     lookalike: dict[str, Any] | None = None,
 ) -> CrossValReport:
-    """Threshold on the pooled OOF predictions, metrics per fold and pooled; written to ``work``."""
+    """Threshold on the pooled OOF predictions, metrics per fold and pooled; written to ``work``.
+
+    With ``density = true`` the OOF probabilities are first blended with density features
+    (:func:`blend_density`).
+    """
     from hemo.evaluate import binary_metrics, bootstrap_ci, choose_threshold
 
+    density = None
+    if config.get("density"):
+        oof, density = blend_density(config, oof)
+        measured_on += DENSITY_MEASURED_ON
     n_folds = len(fold_meta)
     # Operating threshold on the pooled OOF predictions, then metrics per fold and pooled
     method = str(config["threshold"]["method"])
@@ -558,10 +577,77 @@ def _report(
         measured_on=measured_on,
         lookalike=lookalike,
         referral=referral,
+        density=density,
     )
     oof.to_csv(work / OOF_FILE, index=False)
     runs.write_json_atomic(work / REPORT_FILE, report.to_dict())
     return report
+
+
+def blend_density(
+    config: Mapping[str, Any], oof: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Blend the OOF probabilities with density features, out of fold (``density = true``).
+
+    Every image's :func:`hemo.density.features` are measured on its model input (the config's
+    input spec); per fold, a :class:`hemo.density.DensityModel` is fitted on the other folds'
+    images and blended (:class:`hemo.density.DensityBlend`, fixed weight) with the held-out
+    images' network probabilities. The final model's blend is fitted on every image.
+
+    Args:
+        config: The resolved config (its input spec).
+        oof: ``path``, ``label_any``, ``fold``, ``probability`` (the network's) per image.
+
+    Returns:
+        (the OOF table with ``probability`` the blend's and ``probability_network``,
+        ``probability_density`` beside it; the final blend's card entry).
+
+    Raises:
+        DatasetError: An image that was predicted cannot be read again, or a fold's training
+            images hold one class only.
+    """
+    from hemo.density import DensityBlend, DensityModel, features
+    from hemo.errors import HemoError
+    from hemo.io import read_scan
+    from hemo.preprocess import to_model_input
+    from hemo.train import input_spec
+
+    spec = input_spec(config)
+    rows = []
+    for path in oof["path"].astype(str):
+        try:
+            rows.append(features(to_model_input(read_scan(path), spec)[..., 0]))
+        except HemoError as exc:
+            raise DatasetError(f"{path}: cannot measure its density features: {exc}") from exc
+    x = np.stack(rows)
+    y = oof[LABEL_COLUMN].to_numpy(dtype=int)
+    folds = oof["fold"].to_numpy()
+    network = oof["probability"].to_numpy(dtype=float)
+    blended = np.zeros(len(oof))
+    density = np.zeros(len(oof))
+    for fold in np.unique(folds):
+        train, held = folds != fold, folds == fold
+        try:
+            blend = DensityBlend(DensityModel.fit(x[train], y[train]))
+        except ConfigError as exc:
+            raise DatasetError(f"fold {fold}: density features: {exc}") from exc
+        blended[held] = blend.blend_features(network[held], x[held])
+        density[held] = 1.0 / (1.0 + np.exp(-blend.model.logit(x[held])))
+    final = DensityBlend(DensityModel.fit(x, y))
+    log.info(
+        "density features blended out of fold (weight %g): pooled AUC network %.3f -> blend %.3f",
+        final.weight,
+        _auc(y, network),
+        _auc(y, blended),
+    )
+    out = oof.assign(probability=blended, probability_network=network, probability_density=density)
+    return out, final.to_dict()
+
+
+def _auc(y: NDArray, p: NDArray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def _referral(
@@ -708,7 +794,8 @@ def member_config(config: Mapping[str, Any], seed: int) -> dict[str, Any]:
     """The config of the ensemble member with ``seed``: run names ``<name>_s<seed>-...``."""
     name = runs.check_run_name(config["name"] or "crossval")
     out = copy.deepcopy(dict(config))
-    out.update(seed=int(seed), name=f"{name}{MEMBER_SUFFIX.format(seed=int(seed))}")
+    # the ensemble blends density features once, over the members' mean
+    out.update(seed=int(seed), name=f"{name}{MEMBER_SUFFIX.format(seed=int(seed))}", density=False)
     return out
 
 
@@ -895,6 +982,7 @@ def _final_card(card: Any, report: CrossValReport, export: str | os.PathLike, su
         metrics=report.card_metrics(),
         training=training,
         referral=report.band(),
+        density=report.density,
     )
 
 

@@ -636,7 +636,12 @@ def predict_scans(
         chunk = list(scans[start : start + predictor.batch_size])
         with ThreadPoolExecutor(PREP_WORKERS, thread_name_prefix="hemo-ui-prep") as pool:
             inputs = list(pool.map(predictor.prepare, chunk))
-        probs = predictor.forward(np.stack(inputs))
+            density = (  # measured in the threads too, when the card blends them in
+                None
+                if predictor.density is None
+                else np.stack(list(pool.map(lambda x: predictor.features(x[None])[0], inputs)))
+            )
+        probs = predictor.forward(np.stack(inputs), density)
         for offset, (scan, row) in enumerate(zip(chunk, probs, strict=True)):
             probability = float(row[head])
             out.append(

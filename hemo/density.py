@@ -295,3 +295,73 @@ class DensityModel:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed density model: {exc}") from exc
+
+
+#: Weight of the density logit in a blend with the network's (0.5: the plain mean of the two
+#: log-odds, fixed in advance; bench/density_stack.py's ``mean`` row).
+DEFAULT_WEIGHT = 0.5
+#: Probabilities are clipped this far from 0 and 1 before their log-odds are taken.
+PROB_EPS = 1e-6
+
+
+def logit_of(probability: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Log-odds of probabilities, clipped :data:`PROB_EPS` away from 0 and 1."""
+    p = np.clip(np.asarray(probability, dtype=np.float64), PROB_EPS, 1.0 - PROB_EPS)
+    return np.log(p / (1.0 - p))
+
+
+@dataclass(frozen=True)
+class DensityBlend:
+    """A model card's ``density`` entry: the network's P(any) blended with the density model's.
+
+    ``logit = (1 - weight) * network_logit + weight * density.logit(features(gray))``, the
+    probability its sigmoid. ``hemo crossval`` with ``density = true`` fits ``model`` on the
+    training images' features (per fold for the out-of-fold figures, on every image for the
+    exported card) and chooses the card's threshold on the blended out-of-fold probabilities.
+
+    Attributes:
+        model: The regression over :data:`FEATURE_NAMES`.
+        weight: The density logit's share, in [0, 1].
+    """
+
+    model: DensityModel
+    weight: float = DEFAULT_WEIGHT
+
+    def __post_init__(self) -> None:
+        if self.model.names != FEATURE_NAMES:
+            raise ConfigError(
+                "the card's density model was fitted on other features than this hemo measures "
+                f"({len(self.model.names)} named {', '.join(self.model.names[:3])}, ...); "
+                "refit it with this version (hemo crossval with density = true)"
+            )
+        if not (0.0 <= self.weight <= 1.0) or isinstance(self.weight, bool):
+            raise ConfigError(f"a density blend's weight must lie in [0, 1], got {self.weight!r}")
+
+    def blend_features(
+        self, probability: npt.ArrayLike, feature_rows: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        """Blended P(any) of (N,) network probabilities and their (N, F) density features."""
+        z = (1.0 - self.weight) * logit_of(probability) + self.weight * self.model.logit(
+            feature_rows
+        )
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def blend(
+        self, probability: npt.ArrayLike, grays: Sequence[npt.ArrayLike] | npt.NDArray[Any]
+    ) -> npt.NDArray[np.float64]:
+        """Blended P(any) of (N,) network probabilities and their (N, H, W) gray slices."""
+        return self.blend_features(probability, many_features(grays))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card's ``density`` entry."""
+        return {"weight": self.weight, "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DensityBlend:
+        """Read :meth:`to_dict`'s entry back; a malformed one is a :class:`ConfigError`."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("model"), Mapping):
+            raise ConfigError(f"malformed density entry: {data!r:.80}")
+        weight = data.get("weight", DEFAULT_WEIGHT)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ConfigError(f"a density blend's weight must be a number, got {weight!r:.80}")
+        return cls(DensityModel.from_dict(data["model"]), float(weight))

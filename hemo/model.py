@@ -52,6 +52,7 @@ from hemo.preprocess import InputSpec
 
 if TYPE_CHECKING:
     from hemo.anatomy import SliceRange
+    from hemo.density import DensityBlend
     from hemo.referral import ReferralBand
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ class ModelCard:
             threshold are flagged ``uncertain`` (refer to a reader), chosen on the same
             validation predictions as the threshold. ``None`` (cards written before it, or no
             band reached its target): nothing is flagged.
+        density: :meth:`hemo.density.DensityBlend.to_dict`: P(any) is the network's blended
+            with a regression over density features measured on the input (the threshold
+            applies to the blend). ``None`` (cards written before it): the network's alone.
     """
 
     name: str
@@ -145,6 +149,18 @@ class ModelCard:
     hemo_version: str = __version__
     slice_range: dict[str, Any] | None = None
     referral: dict[str, Any] | None = None
+    density: dict[str, Any] | None = None
+
+    def parse_density(self) -> DensityBlend | None:
+        """The card's :class:`hemo.density.DensityBlend`, or ``None``."""
+        from hemo.density import DensityBlend
+
+        if self.density is None:
+            return None
+        try:
+            return DensityBlend.from_dict(self.density)
+        except ConfigError as exc:
+            raise ModelError(f"model card's density entry: {exc}") from exc
 
     def parse_referral(self) -> ReferralBand | None:
         """The card's :class:`hemo.referral.ReferralBand`, or ``None``."""
@@ -205,6 +221,7 @@ class ModelCard:
         card = cls(**values)
         card.parse_slice_range()  # a malformed range fails at load, not at the first series
         card.parse_referral()
+        card.parse_density()
         return card
 
     @classmethod

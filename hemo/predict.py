@@ -63,6 +63,7 @@ from hemo.sources import Source
 if TYPE_CHECKING:
     import keras
 
+    from hemo.density import DensityBlend
     from hemo.model import ModelCard
     from hemo.referral import ReferralBand
 
@@ -377,6 +378,8 @@ class _Prepared:
             range, else ``None``.
         plane: :func:`hemo.anatomy.plane_reason` of a DICOM slice (a localizer, a reformat),
             else ``None``.
+        density: The input's :func:`hemo.density.features` when the card blends them in
+            (measured in the preprocessing thread, not the model's), else ``None``.
     """
 
     name: str
@@ -385,6 +388,7 @@ class _Prepared:
     meta: CTSlice | None
     anatomy: SliceAnatomy | None = None
     plane: str | None = None
+    density: NDArray[np.float64] | None = None
 
 
 class Predictor:
@@ -450,6 +454,8 @@ class Predictor:
         self.threshold = float(card.threshold)
         self.slice_range: SliceRange | None = card.parse_slice_range()
         self.referral: ReferralBand | None = card.parse_referral()
+        #: The card's blend of the network's P(any) with density features, or ``None``.
+        self.density: DensityBlend | None = card.parse_density()
         self.batch_size = batch_size
         self.workers = workers
         self.top_k = top_k
@@ -486,9 +492,27 @@ class Predictor:
         self.close()
 
     # Core ---------------------------------------------------------------------------------------
-    def forward(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Probabilities of a prepared batch: (N, H, W, C) float32 -> (N, labels) float32."""
-        return self._forward(np.asarray(x, dtype=np.float32)).numpy()
+    def forward(
+        self, x: NDArray[np.float32], density: NDArray[np.float64] | None = None
+    ) -> NDArray[np.float32]:
+        """Probabilities of a prepared batch: (N, H, W, C) float32 -> (N, labels) float32.
+
+        With a card that blends in density features (:attr:`density`), the thresholded
+        output's column is the blend; ``density`` gives the batch's (N, F) features when they
+        were measured already (:meth:`features`), else they are measured here.
+        """
+        batch = np.asarray(x, dtype=np.float32)
+        probs = self._forward(batch).numpy()
+        if self.density is not None and len(batch):
+            rows = self.features(batch) if density is None else density
+            probs[:, self._head] = self.density.blend_features(probs[:, self._head], rows)
+        return probs
+
+    def features(self, x: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Density features of a prepared batch's gray channel: (N, F) float64."""
+        from hemo.density import many_features
+
+        return many_features(np.asarray(x, dtype=np.float32)[..., 0])
 
     def refers(self, probability: float) -> bool | None:
         """Whether ``probability`` lies in the card's referral band (``None``: no band)."""
@@ -658,24 +682,29 @@ class Predictor:
             if scan_result.error is not None:
                 out.append(_Prepared(name, None, scan_result.error, None))
                 continue
-            anatomy = plane = None
+            anatomy = plane = density = None
             try:
                 tensor, error = self.prepare(scan), None
                 if self.slice_range is not None:
                     anatomy = scan_anatomy(scan)
                 plane = plane_reason(scan)
+                if self.density is not None:
+                    density = self.features(tensor[None])[0]
             except HemoError as exc:
                 tensor, error = None, exc
             except Exception as exc:  # a reader let through an array the pipeline cannot take
                 log.exception("preprocessing %s failed", name)
                 tensor = None
                 error = InputError(f"cannot preprocess: {type(exc).__name__}: {exc}", name)
-            out.append(_Prepared(name, tensor, error, _pixel_free(scan), anatomy, plane))
+            out.append(_Prepared(name, tensor, error, _pixel_free(scan), anatomy, plane, density))
         return out
 
     def _run_batch(self, items: list[tuple[int, _Prepared]]) -> list[tuple[int, Prediction]]:
         """Run the model once on a batch and build its predictions (model thread)."""
-        probs = self.forward(np.stack([prepared.tensor for _, prepared in items]))
+        density = (
+            None if self.density is None else np.stack([prepared.density for _, prepared in items])
+        )
+        probs = self.forward(np.stack([prepared.tensor for _, prepared in items]), density)
         return [
             (slot, self._prediction(prepared, row))
             for (slot, prepared), row in zip(items, probs, strict=True)

@@ -99,6 +99,7 @@ DEFAULTS: dict[str, Any] = {
     "extra_train_rows": 0,
     "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0, "lesion": 0.0},
     "threshold": {"method": "youden", "target_sensitivity": 0.9, "referral_accuracy": 0.98},
+    "density": False,
     "strategy": "default",
     "steps_per_epoch": 0,
     "save_h5": False,
@@ -165,6 +166,9 @@ KEY_HELP: dict[str, str] = {
     "threshold.target_sensitivity": "sensitivity the threshold must reach with method sensitivity",
     "threshold.referral_accuracy": "accuracy the decided calls must reach outside the "
     "referral band (0: no band)",
+    "density": "hemo crossval only: blend P(any) with a logistic regression over density "
+    "features (hemo.density: bright share inside the skull, asymmetry), fitted on the training "
+    "images; threshold and metrics are the blend's",
     "strategy": "default | mirrored (GPUs of one host) | multiworker (hosts, from TF_CONFIG)",
     "steps_per_epoch": "steps per epoch (0: one pass over the training split)",
     "save_h5": "also write the model as legacy .h5",
@@ -460,6 +464,8 @@ def _validate(config: dict[str, Any]) -> None:
             "mask_loss needs a lesion mask for every training pixel: synthetic lesions "
             "(augment.lesion) and image mixes (augment.mixup) have none; turn them off"
         )
+    if not isinstance(config["density"], bool):
+        raise ConfigError(f"density must be true or false, got {config['density']!r}")
     if not config["data"]:
         raise ConfigError("no training data: set data = 'DIR' in the config or --data DIR")
     if config["labels"] not in ("auto", "any", "rsna"):
@@ -497,11 +503,18 @@ def check_start(config: Mapping[str, Any]) -> None:
         config: Resolved configuration (:func:`resolve_config`).
 
     Raises:
+        ConfigError: ``density`` on (a cross-validation's blend: ``hemo crossval``).
         ModelError: A weights file missing or a pickle, ImageNet weights for an architecture
             that has none, an ``init`` model that is missing, a pickle, not a Keras file, or
             without its card.
     """
     from hemo.modelfile import WEIGHTS_IMAGENET, check_model_file, require_card, weights_option
+
+    if config["density"]:
+        raise ConfigError(
+            "density = true is fitted out-of-fold by hemo crossval (hemo crossval --config ... "
+            "--export models/NAME); hemo train trains the network alone: set density = false"
+        )
 
     kind, _ = weights_option(config["weights"])
     architecture = ARCHITECTURES[config["architecture"]]

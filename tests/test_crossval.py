@@ -463,3 +463,36 @@ def test_threshold_method_and_misspelt_keys_are_refused_before_any_fold() -> Non
         resolve_config({"data": "x", "input": {"crop_hed": True}})
     with pytest.raises(ConfigError, match=r"'thresold'; known keys: .*augment\.\*.*threshold\.\*"):
         resolve_config({"data": "x", "thresold": {"method": "youden"}})
+
+
+def test_crossval_blends_density_features_out_of_fold_and_exports_the_blend(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """density = true: each fold's regression is fitted on the other fold, the OOF probability
+    is the blend of the network's and the regression's log-odds, the threshold is chosen on it,
+    and the exported card carries the regression fitted on every image."""
+    from hemo.crossval import member_config
+    from hemo.density import logit_of
+    from hemo.model import load_model
+
+    config = resolve_config({**TINY, "data": str(tiny_data), "name": "tinyd", "density": True})
+    report = crossval(config, n_folds=2)
+    oof = report.oof
+    z = 0.5 * logit_of(oof["probability_network"]) + 0.5 * logit_of(oof["probability_density"])
+    np.testing.assert_allclose(oof["probability"], 1 / (1 + np.exp(-z)), rtol=1e-5)
+    assert "blended with density features" in report.measured_on
+    assert report.density is not None and report.density["weight"] == 0.5
+    saved = pd.read_csv(runs.run_dir("tinyd-crossval") / "oof.csv")
+    assert {"probability_network", "probability_density"} <= set(saved.columns)
+    # the fold runs trained the network alone, as without density (reused by a plain rerun)
+    fold_config_saved = json.loads((runs.run_dir("tinyd-cv0") / "config.json").read_text())
+    assert fold_config_saved["density"] is False
+    plain = crossval({**config, "density": False}, n_folds=2)
+    np.testing.assert_allclose(plain.oof["probability"], oof["probability_network"], rtol=1e-6)
+    assert plain.density is None
+    written = train_final(config, report, tmp_path / "models" / "tiny_density")
+    _, card = load_model(written)
+    assert card.density == report.density and card.threshold == pytest.approx(report.threshold)
+    assert card.parse_density() is not None
+    # an ensemble blends once, over the members' mean: members are never blended alone
+    assert member_config(config, 3)["density"] is False

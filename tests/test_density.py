@@ -114,3 +114,99 @@ def test_density_features_separate_the_real_kaggle_images(head_ct_dir: Path) -> 
     x = many_features(grays)
     column = FEATURE_NAMES.index("bright_share_0.16")
     assert roc_auc_score(labels["hemorrhage"], x[:, column]) > 0.8
+
+
+def _blend_card_model(tmp_path: Path, weight: float = 0.5) -> tuple[Path, DensityModel]:
+    """The tiny display model saved again with a density blend in its card (fitted on drawn
+    slices: bright right-sided region = positive)."""
+    import dataclasses
+
+    from tiny_models import tiny_model_path
+
+    from hemo.density import DensityBlend
+    from hemo.model import load_model, save_model
+
+    slices = [head_slice(bleed=b) for b in (0.0, 0.0, 0.0, 0.75, 0.8, 0.9)]
+    regression = DensityModel.fit(many_features(slices), np.array([0, 0, 0, 1, 1, 1]))
+    model, card = load_model(tiny_model_path("display", ("any",)))
+    card = dataclasses.replace(card, density=DensityBlend(regression, weight).to_dict())
+    return save_model(model, tmp_path / "blended.keras", card), regression
+
+
+def _png(path: Path, gray: np.ndarray) -> Path:
+    import cv2
+
+    cv2.imwrite(str(path), np.rint(gray * 255).astype(np.uint8))
+    return path
+
+
+def test_a_card_with_a_density_blend_predicts_the_blend(tmp_path: Path) -> None:
+    """hemo predict's probability is sigmoid(mean of the network's and the regression's
+    log-odds) on the model input's gray channel; the network alone is what weight 0 gives."""
+    from hemo.density import logit_of
+    from hemo.io import read_scan
+    from hemo.predict import Predictor
+
+    path, regression = _blend_card_model(tmp_path)
+    inputs = [_png(tmp_path / f"{b}.png", head_slice(bleed=b)) for b in (0.0, 0.85)]
+    with Predictor(path) as predictor:
+        x = np.stack([predictor.prepare(read_scan(p)) for p in inputs])
+        network = np.asarray(predictor.model(x, training=False))[:, 0]
+        got = [r.probability for r in predictor.predict([str(p) for p in inputs])]
+        by_forward = predictor.forward(x)[:, 0]
+    z = 0.5 * logit_of(network) + 0.5 * regression.logit(many_features(x[..., 0]))
+    expected = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(by_forward, expected, rtol=1e-5)
+    assert got[1] > got[0]  # the bright region counts
+    plain_path, _ = _blend_card_model(tmp_path / "w0", weight=0.0)
+    with Predictor(plain_path) as plain:
+        np.testing.assert_allclose(plain.forward(x)[:, 0], network, rtol=1e-5)
+
+
+def test_explain_reports_the_blended_probability_as_predict_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hemo explain's probability and verdict are the card's blend (its logit the network's)."""
+    from hemo.cli import main
+
+    path, _ = _blend_card_model(tmp_path)
+    png = _png(tmp_path / "bled.png", head_slice(bleed=0.85))
+    assert main(["predict", "--model", str(path), str(png), "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["results"][0]["probability"]
+    argv = ["explain", "--model", str(path), str(png), "--out", str(tmp_path / "o"), "--json"]
+    assert main(argv) == 0
+    explained = json.loads(capsys.readouterr().out)["results"][0]
+    assert explained["probability"] == pytest.approx(predicted, rel=1e-5)
+    network = 1 / (1 + np.exp(-explained["logit"]))
+    assert abs(network - predicted) > 1e-3  # the blend moved it: not the network's alone
+
+
+def test_a_malformed_density_entry_is_refused_at_load(tmp_path: Path) -> None:
+    """A card whose density entry is broken, or fitted on other features, fails when loaded."""
+    from hemo.errors import ModelError
+    from hemo.model import ModelCard
+
+    path, regression = _blend_card_model(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    for entry, message in (
+        ({"weight": 0.5}, "malformed density entry"),
+        ({"weight": 2, "model": regression.to_dict()}, r"weight must lie in \[0, 1\]"),
+        (
+            {"model": regression.to_dict() | {"names": ["x"] * len(FEATURE_NAMES)}},
+            "fitted on other features",
+        ),
+    ):
+        with pytest.raises(ModelError, match=message):
+            ModelCard.from_dict(card | {"density": entry})
+
+
+def test_hemo_train_refuses_density_which_crossval_fits() -> None:
+    """density = true is a cross-validation's blend; a plain training says where it belongs."""
+    from hemo.train import check_start, resolve_config
+
+    config = resolve_config({"data": "x", "density": True})
+    with pytest.raises(ConfigError, match="fitted out-of-fold by hemo crossval"):
+        check_start(config)
+    with pytest.raises(ConfigError, match="density must be true or false"):
+        resolve_config({"data": "x", "density": "yes"})

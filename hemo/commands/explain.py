@@ -176,15 +176,20 @@ def explain_inputs(args: argparse.Namespace) -> dict[str, Any]:
                     ) from exc
                 row, col = result.peak
                 decides = result.label == predictor.head_label
+                probability = result.probability
+                if decides and predictor.density is not None:  # the card's blend, as predict's
+                    probability = float(
+                        predictor.forward(x[None])[0, predictor.labels.index(result.label)]
+                    )
                 outside = _outside_range(predictor, scan_result.scan)
                 results.append(
                     {
                         "path": scan_result.name,
                         "frame": frame,
-                        "probability": result.probability,
+                        "probability": probability,
                         # The verdict at the card's threshold, only for the output it applies to
-                        "positive": result.probability >= predictor.threshold if decides else None,
-                        "uncertain": predictor.refers(result.probability) if decides else None,
+                        "positive": probability >= predictor.threshold if decides else None,
+                        "uncertain": predictor.refers(probability) if decides else None,
                         "logit": result.logit,
                         "label": result.label,
                         "method": result.method,
