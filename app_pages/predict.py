@@ -191,6 +191,9 @@ def _show_analysis(
     unlikely = dashboard.unlikely_map_note(result, p.threshold)
     if unlikely:
         right.caption(unlikely)
+    blended = dashboard.density_caption(card)
+    if blended:
+        right.caption(blended)
     subtypes = dashboard.subtype_frame(p)
     if not subtypes.empty:
         st.dataframe(

@@ -306,6 +306,8 @@ def _card_facts(card: dict[str, Any], model_path: Path) -> dict[str, Any]:
     members = ((card.get("training") or {}).get("ensemble") or {}).get("members")
     if members:
         architecture += f", ensemble of {members}"
+    if card.get("density"):
+        architecture += ", blended with density features"
     return {
         "name": card.get("name", Path(model_path).stem),
         "architecture": architecture,
@@ -1160,6 +1162,19 @@ def unlikely_map_note(result: Any, threshold: float) -> str | None:
         "scaled to its own maximum: its brightest colours show where the model looked most, "
         "not a lesion."
     )
+
+
+#: Under a heatmap of a model whose card blends density features into P(any).
+DENSITY_CAPTION = (
+    "The probability blends this network, whose map this is, with density features measured "
+    "on the slice (how much of the inside of the skull is brighter than the brain, and how "
+    "lopsided the slice is): the map shows where the network looked, not all the evidence."
+)
+
+
+def density_caption(card: Any) -> str | None:
+    """:data:`DENSITY_CAPTION` for a card that blends density features, else ``None``."""
+    return DENSITY_CAPTION if getattr(card, "density", None) else None
 
 
 def training_match_note(match: tuple[str, float] | None) -> str | None:

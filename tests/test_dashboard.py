@@ -139,6 +139,20 @@ def test_card_summary_names_an_ensemble(tmp_path):
     assert dashboard.card_summary(tmp_path / "ens.keras")["architecture"] == (
         "compact, ensemble of 5"
     )
+    (tmp_path / "ens.json").write_text(json.dumps(card | {"density": {"weight": 0.5}}))
+    assert dashboard.card_summary(tmp_path / "ens.keras")["architecture"] == (
+        "compact, ensemble of 5, blended with density features"
+    )
+
+
+def test_the_heatmap_of_a_blended_model_says_the_map_is_not_all_the_evidence():
+    """A card that blends density features gets the caption; a plain one none."""
+    from types import SimpleNamespace
+
+    assert dashboard.density_caption(SimpleNamespace(density={"weight": 0.5})) == (
+        dashboard.DENSITY_CAPTION
+    )
+    assert dashboard.density_caption(SimpleNamespace(density=None)) is None
 
 
 def test_open_dataset_detects_layout_and_refuses_missing(phantoms, tmp_path):
