@@ -106,7 +106,7 @@ def masks(
 
     g = _gray(gray)
     side = min(g.shape)
-    head = ndimage.binary_fill_holes(g > HEAD_LEVEL)
+    head = _fill_holes(g > HEAD_LEVEL)
     head_px = max(int(head.sum()), 1)
     bone = g >= BONE_LEVEL
     labels, n = ndimage.label(bone)
@@ -115,11 +115,11 @@ def masks(
         skull = np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_SKULL_SHARE * head_px))
     else:
         skull = bone
-    closed = ndimage.binary_closing(skull, iterations=_px(SKULL_CLOSING_PX, side))
-    inside = ndimage.binary_fill_holes(closed) & ~skull
+    closed = _closing(skull, _px(SKULL_CLOSING_PX, side))
+    inside = _fill_holes(closed) & ~skull
     if inside.sum() < MIN_INSIDE_SHARE * head_px:
-        inside = ndimage.binary_erosion(head, iterations=_px(OPEN_SKULL_MARGIN_PX, side)) & ~skull
-    inside = ndimage.binary_erosion(inside, iterations=_px(SKULL_MARGIN_PX, side))
+        inside = _erode(head, _px(OPEN_SKULL_MARGIN_PX, side)) & ~skull
+    inside = _erode(inside, _px(SKULL_MARGIN_PX, side))
     if inside.sum() < MIN_INSIDE_PIXELS:
         inside = head
     return head, skull, inside
@@ -151,7 +151,7 @@ def features(gray: npt.ArrayLike) -> npt.NDArray[np.float64]:
     out += [float(v) - level for v in np.percentile(values, PERCENTILES)]
     n_inside = float(inside.sum())
     for step in STEPS:
-        bright = ndimage.binary_opening(inside & (g > level + step))
+        bright = _opening(inside & (g > level + step))
         labels, n = ndimage.label(bright)
         largest = float(np.bincount(labels.ravel())[1:].max()) if n else 0.0
         out += [_share(bright.sum() / n_inside), _share(largest / n_inside)]
@@ -159,7 +159,7 @@ def features(gray: npt.ArrayLike) -> npt.NDArray[np.float64]:
     out += [float(asymmetry[inside].mean()), float(np.percentile(asymmetry[inside], 99.0))]
     both_sides = inside & inside[:, ::-1]
     for level_a in ASYMMETRY_LEVELS:
-        region = ndimage.binary_opening(both_sides & (asymmetry > level_a))
+        region = _opening(both_sides & (asymmetry > level_a))
         out.append(_share(region.sum() / n_inside))
     return np.asarray(out, dtype=np.float64)
 
@@ -170,6 +170,59 @@ def many_features(grays: Sequence[npt.ArrayLike] | npt.NDArray[Any]) -> npt.NDAr
     if not rows:
         return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float64)
     return np.stack(rows)
+
+
+# Binary morphology with the 4-connected cross, outside the slice counted as background (scipy's
+# binary_* defaults), through OpenCV: several times faster than scipy.ndimage on these sizes.
+def _cross() -> npt.NDArray[np.uint8]:
+    import cv2
+
+    return cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def _erode(mask: npt.NDArray[np.bool_], iterations: int = 1) -> npt.NDArray[np.bool_]:
+    import cv2
+
+    out = cv2.erode(
+        mask.astype(np.uint8),
+        _cross(),
+        iterations=iterations,
+        borderType=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return out.astype(bool)
+
+
+def _dilate(mask: npt.NDArray[np.bool_], iterations: int = 1) -> npt.NDArray[np.bool_]:
+    import cv2
+
+    out = cv2.dilate(
+        mask.astype(np.uint8),
+        _cross(),
+        iterations=iterations,
+        borderType=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return out.astype(bool)
+
+
+def _opening(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    return _dilate(_erode(mask))
+
+
+def _closing(mask: npt.NDArray[np.bool_], iterations: int) -> npt.NDArray[np.bool_]:
+    return _erode(_dilate(mask, iterations), iterations)
+
+
+def _fill_holes(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The mask with every background region that does not reach the border filled."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(~mask)
+    if not n:
+        return mask.copy()
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return mask | ~np.isin(labels, edge[edge > 0]) & (labels > 0)
 
 
 def _share(share: float) -> float:

@@ -210,3 +210,26 @@ def test_hemo_train_refuses_density_which_crossval_fits() -> None:
         check_start(config)
     with pytest.raises(ConfigError, match="density must be true or false"):
         resolve_config({"data": "x", "density": "yes"})
+
+
+def test_the_opencv_morphology_is_scipys() -> None:
+    """Erosion, dilation, opening, closing and hole filling give scipy.ndimage's binary_*
+    results (4-connected cross, outside the slice background) on random masks."""
+    from scipy import ndimage
+
+    from hemo import density
+
+    rng = np.random.default_rng(1)
+    for density_of_ones in (0.3, 0.6, 0.85):
+        mask = rng.random((40, 36)) < density_of_ones
+        np.testing.assert_array_equal(
+            density._erode(mask, 2), ndimage.binary_erosion(mask, iterations=2)
+        )
+        np.testing.assert_array_equal(
+            density._dilate(mask, 3), ndimage.binary_dilation(mask, iterations=3)
+        )
+        np.testing.assert_array_equal(density._opening(mask), ndimage.binary_opening(mask))
+        np.testing.assert_array_equal(
+            density._closing(mask, 2), ndimage.binary_closing(mask, iterations=2)
+        )
+        np.testing.assert_array_equal(density._fill_holes(mask), ndimage.binary_fill_holes(mask))
