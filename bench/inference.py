@@ -11,7 +11,12 @@ temporary folder -- it times, at batch 1 and batch 32:
   same files, already in memory as a ``tf.Tensor``;
 - ``compiled`` (for information): the Predictor's own compiled forward pass on those tensors, so
   ``predict / compiled`` is the cost of reading and preprocessing that overlapping did not hide
-  (reported as ``overhead_vs_compiled``, not a target).
+  (reported as ``overhead_vs_compiled``, not a target; with a card that blends density
+  features, this includes measuring them, :meth:`hemo.predict.Predictor.forward`'s part);
+- ``density`` (cards with a ``density`` entry only): measuring the density features of the
+  in-memory tensors (:mod:`hemo.density`), part of the card's model though not of the network:
+  ``ratio_with_density`` is ``predict / (bare + density)``, the predict path against the whole
+  model on tensors (``ratio`` keeps counting the features as predict-path cost).
 
 Inputs are real Kaggle head-CT PNGs for display-grayscale models (``../shared/data/head_ct``)
 and 512 x 512 phantom DICOM slices for HU models. Everything is warmed up first, the two are
@@ -132,14 +137,20 @@ def bench_model(path: Path, folder: Path, repeats: int) -> dict[str, float]:
             for k in range(WARMUP_CALLS):
                 predictor.predict(groups[k % len(groups)])
                 model(tensors[k % len(groups)], training=False).numpy()
-            predict_ms, bare_ms, compiled_ms = [], [], []
+            predict_ms, bare_ms, compiled_ms, density_ms = [], [], [], []
             for k in range(repeats):
                 files_k, tensor_k = groups[k % len(groups)], tensors[k % len(groups)]
                 predict_ms.append(time_ms(lambda f=files_k: predictor.predict(f)))
                 bare_ms.append(time_ms(lambda t=tensor_k: model(t, training=False).numpy()))
                 compiled_ms.append(time_ms(lambda t=tensor_k: predictor.forward(t)))
+                if predictor.density is not None:
+                    density_ms.append(time_ms(lambda t=tensor_k: predictor.features(t.numpy())))
             p, b = statistics.median(predict_ms), statistics.median(bare_ms)
             c = statistics.median(compiled_ms)
+            if density_ms:
+                d = statistics.median(density_ms)
+                out[f"b{batch}_density_ms"] = round(d, 3)
+                out[f"b{batch}_ratio_with_density"] = round(p / (b + d), 3)
             out[f"b{batch}_predict_ms"] = round(p, 3)
             out[f"b{batch}_bare_ms"] = round(b, 3)
             out[f"b{batch}_compiled_ms"] = round(c, 3)
@@ -182,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                     timings[f"b{batch}_compiled_ms"],
                     timings[f"b{batch}_overhead_vs_compiled"],
                 )
+                if f"b{batch}_density_ms" in timings:
+                    log.info(
+                        "%-24s %6d density features %.2f ms: %.3fx against network + features",
+                        path.stem,
+                        batch,
+                        timings[f"b{batch}_density_ms"],
+                        timings[f"b{batch}_ratio_with_density"],
+                    )
             summary.update({f"{path.stem}.{k}": v for k, v in timings.items()})
     ratios = [v for k, v in summary.items() if k.endswith("_ratio")]
     summary["max_ratio"] = max(ratios)
