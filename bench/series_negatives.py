@@ -144,6 +144,9 @@ def model_fractions(
             inputs[spec] = np.stack([to_model_input(ct, spec) for ct in scans])
         probs = np.asarray(model.predict(inputs[spec], batch_size=32, verbose=0))
         any_column = list(card.labels).index("any")
+        blend = card.parse_density()  # a card that blends density features: as Predictor does
+        if blend is not None:
+            probs[:, any_column] = blend.blend(probs[:, any_column], inputs[spec][..., 0])
         cut = card.threshold if threshold is None else threshold
         slice_range = card.parse_slice_range() or fallback_range
         in_range = (
@@ -153,6 +156,8 @@ def model_fractions(
         if positive is not None:
             x = to_model_input(positive, spec)[None]
             p = float(np.asarray(model.predict(x, verbose=0))[0, any_column])
+            if blend is not None:
+                p = float(blend.blend([p], x[..., 0])[0])
             on_positive.append(p)
             called += p >= cut
     keys = [key for key in rows[0] if all(key in r for r in rows)]
