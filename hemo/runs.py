@@ -286,12 +286,26 @@ def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
         return [f"{CONFIG_FILE} ({problem})"]
     if saved is None:
         return []
+    from hemo.train import DEFAULTS
+
     config = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it
+    # A key the run's hemo did not know yet counts as its default (what that run did)
+    saved = _defaults_under(json.loads(json.dumps(DEFAULTS, default=str)), saved)
     return sorted(
         key
         for key in set(saved) | set(config)
         if key not in RESUME_IGNORED and saved.get(key) != config.get(key)
     )
+
+
+def _defaults_under(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, tables (dicts) merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        both = isinstance(value, Mapping) and isinstance(below, Mapping)
+        out[key] = _defaults_under(below, value) if both else value
+    return out
 
 
 def read_history(path: Path) -> pd.DataFrame:

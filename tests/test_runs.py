@@ -133,6 +133,24 @@ def test_a_stopped_run_with_a_backup_is_not_relaunched_with_other_settings(tmp_p
     assert runs.resume_conflict(path, {**resolve_config(same), "name": "paused"}) == []
 
 
+def test_a_run_started_before_a_key_existed_resumes_at_that_keys_default(tmp_path: Path) -> None:
+    """A run whose config.json predates a key (``density``, ``input.dicom_head_only``) did
+    what that key's default does: resuming it with the default is no conflict, with another
+    value it is."""
+    from hemo.train import resolve_config
+
+    config = {"data": "/d", "image_size": 32, "epochs": 6}
+    old = {**resolve_config(config), "name": "old"}
+    del old["density"]
+    del old["input"]["dicom_head_only"]
+    path = runs.run_dir("old", tmp_path)
+    (path / runs.BACKUP_DIR).mkdir(parents=True)
+    runs.write_json_atomic(path / runs.CONFIG_FILE, old)
+    assert runs.resume_conflict(path, {**resolve_config(config), "name": "old"}) == []
+    held = {**config, "input": {"dicom_head_only": True}}
+    assert runs.resume_conflict(path, {**resolve_config(held), "name": "old"}) == ["input"]
+
+
 DAMAGED_STATUS = {
     "not_utf8": b'\xff\xfe{"state": "finished"}',
     "truncated": b'{"state": "fini',
