@@ -191,7 +191,7 @@ def _show_analysis(
     unlikely = dashboard.unlikely_map_note(result, p.threshold)
     if unlikely:
         right.caption(unlikely)
-    blended = dashboard.density_caption(card)
+    blended = dashboard.density_caption(card, result.label)
     if blended:
         right.caption(blended)
     subtypes = dashboard.subtype_frame(p)

@@ -144,6 +144,12 @@ def reexport(path: Path, name: str) -> bytes:
 def fold_models(name: str, runs_dir: Path) -> tuple[float, list[dict]]:
     """(the run's pooled OOF threshold, per fold its member model files and held-out rows)."""
     report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    if report.get("density"):
+        raise SystemExit(
+            f"--runs {name}: its threshold is that of a blend with density features fitted per "
+            "fold, which the fold models alone do not give; run it on the exported model "
+            "(--model) or on a cross-validation without density"
+        )
     folds = []
     for fold in report["folds"]:
         rows = [r for r in report["oof"] if r["fold"] == fold["fold"]]
@@ -187,8 +193,11 @@ def predict_fold(models: list[Path], rows: list[dict], names: list[str]) -> dict
             path = Path(row["path"])
             source = path if variant == "stored" else reexport(path, variant)
             inputs.append(to_model_input(read_scan(source, f"{path.name} ({variant})"), spec))
-        probs = np.asarray(model.predict(np.stack(inputs), batch_size=32, verbose=0))
-        out[variant] = probs[:, any_column].astype(np.float64)
+        batch = np.stack(inputs)
+        probs = np.asarray(model.predict(batch, batch_size=32, verbose=0))
+        p_any = probs[:, any_column].astype(np.float64)
+        blend = card.parse_density()  # a card that blends density features: as Predictor does
+        out[variant] = p_any if blend is None else blend.blend(p_any, batch[..., 0])
     return out
 
 

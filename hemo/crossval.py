@@ -143,7 +143,8 @@ class CrossValReport:
         density: With ``density = true``: the blend of the final model's card
             (:meth:`hemo.density.DensityBlend.to_dict`, its regression fitted on every image);
             the OOF probabilities are then the blend's, each fold's regression fitted on the
-            other folds (``oof`` keeps ``probability_network`` and ``probability_density``).
+            other folds (``oof`` and ``oof.csv``, not ``crossval.json``, keep
+            ``probability_network`` and ``probability_density``).
     """
 
     name: str
@@ -379,9 +380,22 @@ def check_crossval_config(config: Mapping[str, Any]) -> None:
     the learning rate when the validation AUC stalls, is refused here rather than silently
     swapped for another schedule (it is :func:`hemo.train.resolve_config`'s default).
 
+    Also refuses ``density`` for models it does not fit: it blends P(any) of display-grayscale
+    input (subtype outputs would stay the network's, beside a blended ``any``; HU input's first
+    channel is no display slice).
+
     Raises:
-        ConfigError: ``lr_schedule`` is ``plateau``.
+        ConfigError: ``lr_schedule`` is ``plateau``; ``density`` without ``labels = "any"`` and
+            ``input.mode = "display"``.
     """
+    if config.get("density") and (
+        config["labels"] != "any" or config["input"]["mode"] != "display"
+    ):
+        raise ConfigError(
+            'density blends the P(any) of a display-grayscale model: set labels = "any" and '
+            f'input.mode = "display" (got labels {config["labels"]!r}, input.mode '
+            f"{config['input']['mode']!r})"
+        )
     if config["lr_schedule"] == "plateau":
         raise ConfigError(
             'lr_schedule = "plateau" (train\'s default) lowers the learning rate when the '
@@ -606,6 +620,8 @@ def blend_density(
         DatasetError: An image that was predicted cannot be read again, or a fold's training
             images hold one class only.
     """
+    from scipy.special import expit
+
     from hemo.density import DensityBlend, DensityModel, features
     from hemo.errors import HemoError
     from hemo.io import read_scan
@@ -617,7 +633,7 @@ def blend_density(
     for path in oof["path"].astype(str):
         try:
             rows.append(features(to_model_input(read_scan(path), spec)[..., 0]))
-        except HemoError as exc:
+        except (HemoError, ValueError) as exc:
             raise DatasetError(f"{path}: cannot measure its density features: {exc}") from exc
     x = np.stack(rows)
     y = oof[LABEL_COLUMN].to_numpy(dtype=int)
@@ -632,7 +648,7 @@ def blend_density(
         except ConfigError as exc:
             raise DatasetError(f"fold {fold}: density features: {exc}") from exc
         blended[held] = blend.blend_features(network[held], x[held])
-        density[held] = 1.0 / (1.0 + np.exp(-blend.model.logit(x[held])))
+        density[held] = expit(blend.model.logit(x[held]))
     final = DensityBlend(DensityModel.fit(x, y))
     log.info(
         "density features blended out of fold (weight %g): pooled AUC network %.3f -> blend %.3f",
@@ -975,6 +991,9 @@ def _final_card(card: Any, report: CrossValReport, export: str | os.PathLike, su
         **summary,
         "command": shlex.join(["hemo", *sys.argv[1:]]) if sys.argv[1:] else "",
     }
+    if report.density is not None and isinstance(training.get("config"), dict):
+        # the final run trained the network alone; the card's model is the blend
+        training["config"] = {**training["config"], "density": True}
     return dataclasses.replace(
         card,
         name=Path(export).name.removesuffix(".keras"),

@@ -1172,9 +1172,10 @@ DENSITY_CAPTION = (
 )
 
 
-def density_caption(card: Any) -> str | None:
-    """:data:`DENSITY_CAPTION` for a card that blends density features, else ``None``."""
-    return DENSITY_CAPTION if getattr(card, "density", None) else None
+def density_caption(card: Any, label: str = "any") -> str | None:
+    """:data:`DENSITY_CAPTION` under a map of ``any`` from a card that blends density features
+    into it, else ``None``."""
+    return DENSITY_CAPTION if getattr(card, "density", None) and label == "any" else None
 
 
 def training_match_note(match: tuple[str, float] | None) -> str | None:

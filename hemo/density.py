@@ -12,8 +12,10 @@ The measurement, on a slice in [0, 1] resized to :data:`DESIGN_SIDE` pixels squa
 96-px model input and a sharper 192-px view of the same crop measure alike: pooled AUC 0.956
 and 0.952 on the Kaggle images, against 0.943 measuring at 96 px itself):
 
-- the *skull*: bright (>= :data:`BONE_LEVEL`) connected regions of at least 1 % of the head;
-  *inside*: what the closed skull encloses, without the skull, eroded away from it (the bright
+- the *skull*: bright (>= :data:`BONE_LEVEL`) connected regions of at least 1 % of the head,
+  except those the largest of them (the ring of the skull) encloses: a bleed as bright as bone
+  is measured, not taken for bone; *inside*: what the closed skull encloses, without the skull,
+  eroded away from it (the bright
   rim next to bone is partial volume, not blood). A slice whose skull is not closed (the skull
   base, a crop) falls back to the head's outline eroded well inside;
 - the brain level ``m``: the median inside, and the spread (inter-quartile range);
@@ -110,11 +112,18 @@ def masks(
     head_px = max(int(head.sum()), 1)
     bone = g >= BONE_LEVEL
     labels, n = ndimage.label(bone)
+    skull = bone
     if n:
         sizes = np.bincount(labels.ravel())[1:]
-        skull = np.isin(labels, 1 + np.flatnonzero(sizes >= MIN_SKULL_SHARE * head_px))
-    else:
-        skull = bone
+        big = 1 + np.flatnonzero(sizes >= MIN_SKULL_SHARE * head_px)
+        # A bright region the largest one (the skull's ring) encloses is no bone but a finding
+        # as bright as bone (a dense bleed, a calcification): it stays inside, measured
+        ring = labels == 1 + int(np.argmax(sizes))
+        enclosed = _fill_holes(_closing(ring, _px(SKULL_CLOSING_PX, side))) & ~ring
+        inner = np.zeros(n + 1, dtype=bool)
+        inner[np.unique(labels[enclosed])] = True
+        inner[np.unique(labels[bone & ~enclosed])] = False
+        skull = np.isin(labels, big[~inner[big]])
     closed = _closing(skull, _px(SKULL_CLOSING_PX, side))
     inside = _fill_holes(closed) & ~skull
     if inside.sum() < MIN_INSIDE_SHARE * head_px:
@@ -245,6 +254,10 @@ def _gray(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return g
 
 
+#: Probabilities are clipped this far from 0 and 1 before their log-odds are taken.
+PROB_EPS = 1e-6
+#: Largest log-odds either side of a blend gives: those of 1 - PROB_EPS.
+MAX_LOGIT = float(np.log((1.0 - PROB_EPS) / PROB_EPS))
 #: Inverse regularisation strength of :meth:`DensityModel.fit` (scikit-learn's default, fixed
 #: in advance, not tuned).
 DEFAULT_C = 1.0
@@ -316,14 +329,16 @@ class DensityModel:
         )
 
     def logit(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """Log-odds of (N, len(names)) or (len(names),) inputs: (N,) or a 0-d array."""
+        """Log-odds of (N, len(names)) or (len(names),) inputs: (N,) or a 0-d array, clipped to
+        +-:data:`MAX_LOGIT` (a slice far outside the training images' range must not
+        extrapolate into an arbitrarily sure call that no network log-odds could outweigh)."""
         xs = np.asarray(x, dtype=np.float64)
         if xs.shape[-1:] != (len(self.names),):
             raise ConfigError(
                 f"this density model takes {len(self.names)} inputs, got shape {xs.shape}"
             )
         z = (xs - np.asarray(self.mean)) / np.asarray(self.scale)
-        return z @ np.asarray(self.coef) + self.intercept
+        return np.clip(z @ np.asarray(self.coef) + self.intercept, -MAX_LOGIT, MAX_LOGIT)
 
     def to_dict(self) -> dict[str, Any]:
         """The model as JSON-ready numbers (the card's ``density`` entry)."""
@@ -353,8 +368,6 @@ class DensityModel:
 #: Weight of the density logit in a blend with the network's (0.5: the plain mean of the two
 #: log-odds, fixed in advance; bench/density_stack.py's ``mean`` row).
 DEFAULT_WEIGHT = 0.5
-#: Probabilities are clipped this far from 0 and 1 before their log-odds are taken.
-PROB_EPS = 1e-6
 
 
 def logit_of(probability: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -394,10 +407,12 @@ class DensityBlend:
         self, probability: npt.ArrayLike, feature_rows: npt.ArrayLike
     ) -> npt.NDArray[np.float64]:
         """Blended P(any) of (N,) network probabilities and their (N, F) density features."""
+        from scipy.special import expit
+
         z = (1.0 - self.weight) * logit_of(probability) + self.weight * self.model.logit(
             feature_rows
         )
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(z)
 
     def blend(
         self, probability: npt.ArrayLike, grays: Sequence[npt.ArrayLike] | npt.NDArray[Any]

@@ -504,7 +504,12 @@ class Predictor:
         batch = np.asarray(x, dtype=np.float32)
         probs = self._forward(batch).numpy()
         if self.density is not None and len(batch):
-            rows = self.features(batch) if density is None else density
+            rows = self.features(batch) if density is None else np.asarray(density)
+            if rows.shape != (len(batch), len(self.density.model.names)):
+                raise ValueError(
+                    f"density features of shape {rows.shape} for a batch of {len(batch)}: "
+                    f"need ({len(batch)}, {len(self.density.model.names)})"
+                )
             probs[:, self._head] = self.density.blend_features(probs[:, self._head], rows)
         return probs
 

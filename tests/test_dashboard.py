@@ -153,6 +153,8 @@ def test_the_heatmap_of_a_blended_model_says_the_map_is_not_all_the_evidence():
         dashboard.DENSITY_CAPTION
     )
     assert dashboard.density_caption(SimpleNamespace(density=None)) is None
+    # a subtype's map: its probability is the network's, not blended
+    assert dashboard.density_caption(SimpleNamespace(density={"weight": 0.5}), "subdural") is None
 
 
 def test_open_dataset_detects_layout_and_refuses_missing(phantoms, tmp_path):

@@ -63,6 +63,16 @@ def test_a_bright_one_sided_region_raises_the_bright_and_asymmetry_features() ->
     assert bled["asymmetry_p99"] > plain["asymmetry_p99"] + 0.2
 
 
+def test_a_bleed_as_bright_as_bone_inside_the_skull_is_measured_not_taken_for_bone() -> None:
+    """A region at bone level that the skull's ring encloses counts as bright inside, as a
+    slightly darker one does (it was taken for skull and vanished from every feature)."""
+    _, skull, inside = masks(head_slice(bleed=0.97))
+    assert not skull[48, 66] and inside[48, 66]
+    for bleed in (0.9, 0.97, 1.0):
+        values = dict(zip(FEATURE_NAMES, features(head_slice(bleed=bleed)), strict=True))
+        assert values["bright_share_0.25"] > 3.0 and values["asymmetric_share_0.2"] > 3.0, bleed
+
+
 def test_blank_and_odd_slices_give_finite_features_or_a_clear_error() -> None:
     """A black slice and a flat gray one measure finite numbers; a 3-D array is refused."""
     for gray in (np.zeros((SIDE, SIDE)), np.full((SIDE, SIDE), 0.5), np.ones((8, 8))):
@@ -85,6 +95,11 @@ def test_density_model_fits_predicts_and_round_trips_through_json() -> None:
     back = DensityModel.from_dict(json.loads(json.dumps(model.to_dict())))
     np.testing.assert_allclose(back.logit(x), logits)
     assert back.logit(x[0]).shape == ()
+    from hemo.density import MAX_LOGIT
+
+    odd = many_features([np.zeros((SIDE, SIDE)), np.ones((SIDE, SIDE)), head_slice(bleed=1.0)])
+    far = model.logit(odd * 50.0)  # far outside anything it was fitted on: clipped, finite
+    assert np.all(np.abs(far) <= MAX_LOGIT) and np.isfinite(far).all()
     with pytest.raises(ConfigError, match="takes 18 inputs, got shape"):
         model.logit(np.zeros((2, 3)))
     with pytest.raises(ConfigError, match="malformed density model"):
@@ -154,6 +169,9 @@ def test_a_card_with_a_density_blend_predicts_the_blend(tmp_path: Path) -> None:
         network = np.asarray(predictor.model(x, training=False))[:, 0]
         got = [r.probability for r in predictor.predict([str(p) for p in inputs])]
         by_forward = predictor.forward(x)[:, 0]
+        one_row = many_features(x[:1, ..., 0])  # features of another batch: refused, not broadcast
+        with pytest.raises(ValueError, match=r"density features of shape \(1, 18\) for a batch"):
+            predictor.forward(x, one_row)
     z = 0.5 * logit_of(network) + 0.5 * regression.logit(many_features(x[..., 0]))
     expected = 1 / (1 + np.exp(-z))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -205,9 +223,18 @@ def test_hemo_train_refuses_density_which_crossval_fits() -> None:
     """density = true is a cross-validation's blend; a plain training says where it belongs."""
     from hemo.train import check_start, resolve_config
 
+    from hemo.crossval import check_crossval_config
+
     config = resolve_config({"data": "x", "density": True})
     with pytest.raises(ConfigError, match="fitted out-of-fold by hemo crossval"):
         check_start(config)
+    # crossval blends P(any) of display input only
+    for wrong in ({"labels": "rsna"}, {"labels": "auto"}, {"input": {"mode": "hu"}}):
+        refused = resolve_config({"data": "x", "density": True, "lr_schedule": "cosine", **wrong})
+        with pytest.raises(ConfigError, match="density blends the P\\(any\\) of a display"):
+            check_crossval_config(refused)
+    fine = {"labels": "any", "input": {"mode": "display", "channels": 1}, "lr_schedule": "cosine"}
+    check_crossval_config(resolve_config({"data": "x", "density": True, **fine}))
     with pytest.raises(ConfigError, match="density must be true or false"):
         resolve_config({"data": "x", "density": "yes"})
 
