@@ -221,9 +221,8 @@ def test_a_malformed_density_entry_is_refused_at_load(tmp_path: Path) -> None:
 
 def test_hemo_train_refuses_density_which_crossval_fits() -> None:
     """density = true is a cross-validation's blend; a plain training says where it belongs."""
-    from hemo.train import check_start, resolve_config
-
     from hemo.crossval import check_crossval_config
+    from hemo.train import check_start, resolve_config
 
     config = resolve_config({"data": "x", "density": True})
     with pytest.raises(ConfigError, match="fitted out-of-fold by hemo crossval"):
