@@ -385,11 +385,12 @@ def check_crossval_config(config: Mapping[str, Any]) -> None:
     channel is no display slice).
 
     Raises:
-        ConfigError: ``lr_schedule`` is ``plateau``; ``density`` without ``labels = "any"`` and
-            ``input.mode = "display"``.
+        ConfigError: ``lr_schedule`` is ``plateau``; ``density`` with ``labels = "rsna"`` or
+            ``input.mode = "hu"`` (``labels = "auto"`` is checked against the data:
+            :func:`check_density_labels`).
     """
     if config.get("density") and (
-        config["labels"] != "any" or config["input"]["mode"] != "display"
+        config["labels"] == "rsna" or config["input"]["mode"] != "display"
     ):
         raise ConfigError(
             'density blends the P(any) of a display-grayscale model: set labels = "any" and '
@@ -402,6 +403,22 @@ def check_crossval_config(config: Mapping[str, Any]) -> None:
             "validation AUC stalls, and a crossval fold's validation images are its held-out "
             'fold: set lr_schedule = "cosine" or "constant" (--set lr_schedule=cosine; every '
             "config in configs/ does)"
+        )
+
+
+def check_density_labels(config: Mapping[str, Any], index_df: pd.DataFrame) -> None:
+    """Refuse ``density`` when ``labels = "auto"`` gives the model subtype outputs on this data
+    (their probabilities would stay the network's beside a blended ``any``).
+
+    Raises:
+        ConfigError: The data knows every subtype and ``labels`` is not ``"any"``.
+    """
+    from hemo.train import select_labels
+
+    if config.get("density") and select_labels(config["labels"], index_df) != ("any",):
+        raise ConfigError(
+            'density blends P(any) alone, and labels = "auto" gives this data\'s models the '
+            'six RSNA outputs: set labels = "any" (--set labels=any)'
         )
 
 
@@ -474,6 +491,7 @@ def crossval(
     name = runs.check_run_name(config["name"] or "crossval")
     data = resolve_path(config["data"])
     index_df = load_index(data).reset_index(drop=True)
+    check_density_labels(config, index_df)
     groups, grouped, pairs = fold_groups(index_df, lookalike)
     folds = assign_folds(index_df, n_folds, fold_seed, groups)
     work = runs.run_dir(f"{name}-{CROSSVAL_DIR_SUFFIX}")
@@ -856,6 +874,12 @@ def crossval_ensemble(
     """
     seeds = check_seeds(seeds)
     name = runs.check_run_name(config["name"] or "crossval")
+    if config.get("density"):  # said before the members train, not after
+        from hemo.datasets import load_index
+        from hemo.train import resolve_path
+
+        check_crossval_config(config)
+        check_density_labels(config, load_index(resolve_path(config["data"])))
     members = [
         crossval(member_config(config, seed), n_folds, fold_seed, lookalike) for seed in seeds
     ]

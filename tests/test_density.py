@@ -228,12 +228,25 @@ def test_hemo_train_refuses_density_which_crossval_fits() -> None:
     with pytest.raises(ConfigError, match="fitted out-of-fold by hemo crossval"):
         check_start(config)
     # crossval blends P(any) of display input only
-    for wrong in ({"labels": "rsna"}, {"labels": "auto"}, {"input": {"mode": "hu"}}):
+    for wrong in ({"labels": "rsna"}, {"input": {"mode": "hu"}}):
         refused = resolve_config({"data": "x", "density": True, "lr_schedule": "cosine", **wrong})
         with pytest.raises(ConfigError, match="density blends the P\\(any\\) of a display"):
             check_crossval_config(refused)
     fine = {"labels": "any", "input": {"mode": "display", "channels": 1}, "lr_schedule": "cosine"}
     check_crossval_config(resolve_config({"data": "x", "density": True, **fine}))
+    # labels = auto: refused where the data would give the model subtype outputs
+    import pandas as pd
+
+    from hemo.config import RSNA_LABELS
+    from hemo.crossval import check_density_labels
+
+    auto = resolve_config({"data": "x", "density": True, "labels": "auto"})
+    binary = pd.DataFrame({"path": ["a"], "label_any": [1]})
+    check_density_labels(auto, binary)
+    subtypes = binary.assign(**{label: [0] for label in RSNA_LABELS if label != "any"})
+    with pytest.raises(ConfigError, match="six RSNA outputs: set labels"):
+        check_density_labels(auto, subtypes)
+    check_density_labels({**auto, "density": False}, subtypes)
     with pytest.raises(ConfigError, match="density must be true or false"):
         resolve_config({"data": "x", "density": "yes"})
 
