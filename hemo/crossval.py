@@ -740,7 +740,7 @@ def finished_run(
         return None
     # A key the run's hemo did not know yet counts as its default (what that run did); keys
     # that do not change what a fold run trains are not compared
-    saved = _over(_plain(DEFAULTS), runs.read_json(path / runs.CONFIG_FILE) or {})
+    saved = runs.laid_over(_plain(DEFAULTS), runs.read_json(path / runs.CONFIG_FILE) or {})
     wanted = _plain(run_config)
     differ = sorted(
         key
@@ -768,16 +768,6 @@ def finished_run(
 def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config as its JSON text reads back (tuples as lists, paths as strings)."""
     return json.loads(json.dumps(dict(config), default=str))
-
-
-def _over(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` laid over ``base``, tables (dicts) merged key by key."""
-    out = dict(base)
-    for key, value in top.items():
-        below = out.get(key)
-        both = isinstance(value, Mapping) and isinstance(below, Mapping)
-        out[key] = _over(below, value) if both else value
-    return out
 
 
 def check_folds(n_folds: int) -> None:

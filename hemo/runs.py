@@ -290,7 +290,7 @@ def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
 
     config = json.loads(json.dumps(dict(config), default=str))  # as config.json holds it
     # A key the run's hemo did not know yet counts as its default (what that run did)
-    saved = _defaults_under(json.loads(json.dumps(DEFAULTS, default=str)), saved)
+    saved = laid_over(json.loads(json.dumps(DEFAULTS, default=str)), saved)
     return sorted(
         key
         for key in set(saved) | set(config)
@@ -298,13 +298,14 @@ def resume_conflict(path: Path, config: Mapping[str, Any]) -> list[str]:
     )
 
 
-def _defaults_under(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    """``top`` laid over ``base``, tables (dicts) merged key by key."""
+def laid_over(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` laid over ``base``, tables (dicts) merged key by key (a saved run config over
+    today's defaults: a key the run's hemo did not know yet counts as its default)."""
     out = dict(base)
     for key, value in top.items():
         below = out.get(key)
         both = isinstance(value, Mapping) and isinstance(below, Mapping)
-        out[key] = _defaults_under(below, value) if both else value
+        out[key] = laid_over(below, value) if both else value
     return out
 
 
