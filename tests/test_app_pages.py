@@ -16,6 +16,7 @@ from dashboard_fixtures import (
     DISPLAY_MODEL,
     HU_MODEL,
     PHANTOM_SLICES,
+    PNG_PER_CLASS,
     make_crossval,
     make_finished_run,
     make_kaggle_pngs,
@@ -741,6 +742,38 @@ def test_predict_samples_and_png_on_display_model(env):
     _ok(at)
     assert not at.error
     assert len([m for m in at.metric if m.label == "Probability of hemorrhage"]) == 4
+
+
+def test_predict_on_a_model_that_blends_density_features(env, tmp_path, monkeypatch):
+    """A card with a density blend: the page shows the blend (the Predictor's probability, not
+    the network's) and says under the map that the map is not all the evidence."""
+    import dataclasses
+
+    from hemo.density import DensityBlend, DensityModel, many_features
+    from hemo.io import read_scan
+    from hemo.model import load_model, save_model
+    from hemo.predict import Predictor
+
+    plain_path = env["models"] / f"{DISPLAY_MODEL}.keras"
+    pngs = sorted((env["kaggle"] / "head_ct").glob("*.png"))
+    with Predictor(plain_path) as plain:
+        x = np.stack([plain.prepare(read_scan(p)) for p in pngs])
+        network = plain.predict([(pngs[0].name, pngs[0].read_bytes())])[0].probability
+    labels = [int(int(p.stem) < PNG_PER_CLASS) for p in pngs]
+    regression = DensityModel.fit(many_features(x[..., 0]), labels)
+    model, card = load_model(plain_path)
+    card = dataclasses.replace(card, density=DensityBlend(regression).to_dict())
+    path = save_model(model, tmp_path / "models" / DISPLAY_MODEL, card)
+    monkeypatch.setenv(dashboard.ENV_MODELS_DIR, str(path.parent))
+    monkeypatch.setenv(dashboard.ENV_DEFAULT_MODEL, DISPLAY_MODEL)
+    at = _open("app_pages/predict.py")
+    _upload(at, pngs[0])
+    _ok(at)
+    with Predictor(path) as predictor:
+        blended = predictor.predict([(pngs[0].name, pngs[0].read_bytes())])[0].probability
+    assert abs(blended - network) > 0.01  # the bright square moved it
+    assert _metrics(at)["Probability of hemorrhage"] == f"{blended * 100:.1f}%"
+    assert dashboard.DENSITY_CAPTION in [c.value for c in at.caption]
 
 
 def test_predict_says_what_a_phantom_sample_is_to_each_shipped_model(env, monkeypatch):
