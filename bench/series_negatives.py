@@ -192,6 +192,12 @@ def run_models(name: str, runs_dir: Path) -> list[tuple[Path | tuple[Path, ...],
     """Fold models of crossval run ``name`` with the run's pooled OOF threshold (for an
     ensemble cross-validation, each fold's member models, merged when they are predicted)."""
     report = json.loads((runs_dir / f"{name}-crossval" / "crossval.json").read_text())
+    if report.get("density"):
+        raise SystemExit(
+            f"--runs {name}: its threshold is that of a blend with density features fitted per "
+            "fold, which the fold models alone do not give; run it on the exported model "
+            "(--models) or on a cross-validation without density"
+        )
     threshold = float(report["threshold"])
     # An ensemble cross-validation (hemo crossval --seeds) names each fold's member runs
     models = []

@@ -12,8 +12,11 @@ The measurement, on a slice in [0, 1] resized to :data:`DESIGN_SIDE` pixels squa
 size the distances were designed at; the 96-px model input is measured on the same scale):
 
 - the *skull*: bright (>= :data:`BONE_LEVEL`) connected regions of at least 1 % of the head,
-  except those the largest of them (the ring of the skull) encloses: a bleed as bright as bone
-  is measured, not taken for bone; *inside*: what the closed skull encloses, without the skull,
+  except those the largest of them encloses (when it is one closed ring: a bleed as bright as
+  bone is then measured, not taken for bone; where the skull is open or in pieces, as on 73 of
+  the 140 Kaggle images, such a bleed is still taken for bone, e.g. 013, 020, 034, 062; and a
+  bright frame around the whole picture would be taken for the ring); *inside*: what the closed
+  skull encloses, without the skull,
   eroded away from it (the bright rim next to bone is partial volume, not blood). A slice whose
   skull is not closed (the skull base, a crop) falls back to the head's outline eroded well
   inside;
@@ -28,7 +31,7 @@ size the distances were designed at; the 96-px model input is measured on the sa
 
 On the 140 Kaggle head-CT images these numbers alone separate the classes with a pooled
 out-of-fold ROC AUC of 0.961, and they err on other images than the networks do: blended with
-the shipped recipe's ensemble, pooled AUC 0.973 -> 0.980. But on a real negative DICOM series
+the shipped recipe's ensemble (rerun on one machine), pooled AUC 0.973 -> 0.980. But on a real negative DICOM series
 (thin, contrast-enhanced) the regression calls most slices positive, so the shipped model does
 not blend them (``docs/MODELS.md``, "Density features").
 """
@@ -117,7 +120,8 @@ def masks(
         sizes = np.bincount(labels.ravel())[1:]
         big = 1 + np.flatnonzero(sizes >= MIN_SKULL_SHARE * head_px)
         # A bright region the largest one (the skull's ring) encloses is no bone but a finding
-        # as bright as bone (a dense bleed, a calcification): it stays inside, measured
+        # as bright as bone (a dense bleed, a calcification): it stays inside, measured. Only
+        # a closed ring encloses anything; an open or broken skull keeps such a region as bone
         ring = labels == 1 + int(np.argmax(sizes))
         enclosed = _fill_holes(_closing(ring, _px(SKULL_CLOSING_PX, side))) & ~ring
         inner = np.zeros(n + 1, dtype=bool)
@@ -330,8 +334,10 @@ class DensityModel:
 
     def logit(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Log-odds of (N, len(names)) or (len(names),) inputs: (N,) or a 0-d array, clipped to
-        +-:data:`MAX_LOGIT` (a slice far outside the training images' range must not
-        extrapolate into an arbitrarily sure call that no network log-odds could outweigh)."""
+        +-:data:`MAX_LOGIT`, the bound of the network's own log-odds, so a blend stays finite
+        and neither side can be surer than the other can be. The clip does not stop the
+        regression from extrapolating on slices unlike its training images (on the real CQ500
+        series its log-odds reach 12.5; ``docs/MODELS.md``, "Density features")."""
         xs = np.asarray(x, dtype=np.float64)
         if xs.shape[-1:] != (len(self.names),):
             raise ConfigError(

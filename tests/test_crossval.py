@@ -494,5 +494,28 @@ def test_crossval_blends_density_features_out_of_fold_and_exports_the_blend(
     _, card = load_model(written)
     assert card.density == report.density and card.threshold == pytest.approx(report.threshold)
     assert card.parse_density() is not None
+    assert card.training["config"]["density"] is True  # the card's model is the blend
     # an ensemble blends once, over the members' mean: members are never blended alone
     assert member_config(config, 3)["density"] is False
+
+
+def test_density_on_data_with_subtypes_is_refused_before_any_fold_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """labels = auto gives a phantom set's models the six RSNA outputs, whose subtype
+    probabilities a blend of P(any) would leave behind: refused by crossval and by an ensemble
+    before a run folder exists."""
+    from hemo.crossval import crossval_ensemble
+    from hemo.phantom import write_demo_dataset
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path / "runs")
+    data = tmp_path / "phantoms"
+    write_demo_dataset(data, n_studies=4, seed=0, slices_per_study=2, size=64)
+    config = resolve_config(
+        {**TINY, "data": str(data), "name": "subd", "density": True, "labels": "auto"}
+    )
+    with pytest.raises(ConfigError, match="six RSNA outputs: set labels"):
+        crossval(config, n_folds=2)
+    with pytest.raises(ConfigError, match="six RSNA outputs: set labels"):
+        crossval_ensemble(config, (0, 1), n_folds=2)
+    assert not any(runs.run_dir("subd_s0-cv0").parent.glob("subd*-cv*"))

@@ -228,7 +228,8 @@ def test_hemo_train_refuses_density_which_crossval_fits() -> None:
     with pytest.raises(ConfigError, match="fitted out-of-fold by hemo crossval"):
         check_start(config)
     # crossval blends P(any) of display input only
-    for wrong in ({"labels": "rsna"}, {"input": {"mode": "hu"}}):
+    display = {"mode": "display", "channels": 1}
+    for wrong in ({"labels": "rsna", "input": display}, {"labels": "any", "input": {"mode": "hu"}}):
         refused = resolve_config({"data": "x", "density": True, "lr_schedule": "cosine", **wrong})
         with pytest.raises(ConfigError, match="density blends the P\\(any\\) of a display"):
             check_crossval_config(refused)
