@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 # Settings ---------------------------------------------------------------------------------------
 #: Every configuration key with its default (a config file and ``--key value`` override these).
+#: A key added later must default to what hemo did before it existed: a run whose config.json
+#: predates the key is read as having that default when it is reused or resumed
+#: (:func:`hemo.runs.laid_over`).
 DEFAULTS: dict[str, Any] = {
     "name": "",
     "data": "",
