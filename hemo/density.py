@@ -187,36 +187,26 @@ def many_features(grays: Sequence[npt.ArrayLike] | npt.NDArray[Any]) -> npt.NDAr
 
 # Binary morphology with the 4-connected cross, outside the slice counted as background (scipy's
 # binary_* defaults), through OpenCV: several times faster than scipy.ndimage on these sizes.
-def _cross() -> npt.NDArray[np.uint8]:
+def _morph(operation: str, mask: npt.NDArray[np.bool_], iterations: int) -> npt.NDArray[np.bool_]:
+    """``cv2.erode`` or ``cv2.dilate`` of a boolean mask by the 3 x 3 cross, outside = 0."""
     import cv2
 
-    return cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    out = getattr(cv2, operation)(
+        mask.astype(np.uint8),
+        cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)),
+        iterations=iterations,
+        borderType=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    return out.astype(bool)
 
 
 def _erode(mask: npt.NDArray[np.bool_], iterations: int = 1) -> npt.NDArray[np.bool_]:
-    import cv2
-
-    out = cv2.erode(
-        mask.astype(np.uint8),
-        _cross(),
-        iterations=iterations,
-        borderType=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    return out.astype(bool)
+    return _morph("erode", mask, iterations)
 
 
 def _dilate(mask: npt.NDArray[np.bool_], iterations: int = 1) -> npt.NDArray[np.bool_]:
-    import cv2
-
-    out = cv2.dilate(
-        mask.astype(np.uint8),
-        _cross(),
-        iterations=iterations,
-        borderType=cv2.BORDER_CONSTANT,
-        borderValue=0,
-    )
-    return out.astype(bool)
+    return _morph("dilate", mask, iterations)
 
 
 def _opening(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
