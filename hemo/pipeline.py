@@ -648,11 +648,13 @@ def make_dataset(
     if df.empty:
         raise DatasetError("no rows to build a dataset from (empty split?)")
     if training and augment is not None and augment.lesion > 0:
-        if spec.mode != "display" or spec.asymmetry or tuple(labels) != BINARY_LABELS:
+        maps = spec.asymmetry or spec.hyperdensity
+        if spec.mode != "display" or maps or tuple(labels) != BINARY_LABELS:
             raise ConfigError(
                 "augment.lesion paints display-grayscale lesions and sets the 'any' label: it "
-                "needs display input without the asymmetry channel and labels 'any' (got mode "
-                f"{spec.mode!r}, asymmetry {spec.asymmetry}, labels {list(labels)})"
+                "needs display input without the asymmetry or hyperdensity channel and labels "
+                f"'any' (got mode {spec.mode!r}, asymmetry {spec.asymmetry}, hyperdensity "
+                f"{spec.hyperdensity}, labels {list(labels)})"
             )
     if mask_grid > 0 and training and augment is not None and (augment.lesion or augment.mixup):
         raise ConfigError(

@@ -12,7 +12,11 @@ An :class:`InputSpec` says what a model eats; :func:`to_model_input` turns any s
   with black -> resize -> repeated to ``channels``; with ``asymmetry`` the last channel is instead the left-right asymmetry map
   ``max(0, x - mirror(x))``: how much brighter each pixel is than the pixel facing it across
   the vertical centre line. After the head crop that line is close to the midline, and a bleed,
-  which is usually on one side, stands out against the normal brain facing it.
+  which is usually on one side, stands out against the normal brain facing it. With
+  ``hyperdensity`` the channel before the asymmetry map (or the last, without it) is the
+  hyperdensity map: how far each pixel inside the skull lies above the brain's median level
+  (:func:`hyperdensity_map`); fresh blood is denser than brain, so a bleed is bright in it
+  wherever it lies, also across the midline.
 
 Optional brain-level normalisation (``brain_level``, mode ``"display"``): after the resize the
 grayscale is multiplied so that the median of its soft-tissue pixels (display value in
@@ -170,6 +174,10 @@ class InputSpec:
         asymmetry: Mode ``"display"``: the last of the ``channels`` (at least 2) is the
             left-right asymmetry map (see the module docstring), the others the grayscale; off
             by default, and a card without the key means off.
+        hyperdensity: Mode ``"display"``: one channel (before the asymmetry map, when both)
+            is the hyperdensity map (:func:`hyperdensity_map`), the others the grayscale; needs
+            a gray channel besides the maps. Off by default, and a card without the key means
+            off.
         align_midline: Turn and centre the head on its symmetry axis before the crop (see the
             module docstring); needs ``crop_head``. Off by default, and a card without the key
             means off.
@@ -196,6 +204,7 @@ class InputSpec:
     crop_head: bool = False
     mask_outside_head: bool = False
     asymmetry: bool = False
+    hyperdensity: bool = False
     align_midline: bool = False
     brain_level: float = 0.0
     black_background: bool = False
@@ -276,6 +285,20 @@ class InputSpec:
                 "InputSpec.asymmetry adds the asymmetry map as the last channel of a display "
                 f"input: it needs mode 'display' and channels >= 2 (got mode {self.mode!r}, "
                 f"channels {self.channels})"
+            )
+
+        if not isinstance(self.hyperdensity, bool):
+            raise ConfigError(
+                f"InputSpec.hyperdensity must be true or false, got {self.hyperdensity!r}"
+            )
+        if self.hyperdensity and (
+            self.mode != "display" or self.channels < 2 + int(self.asymmetry)
+        ):
+            raise ConfigError(
+                "InputSpec.hyperdensity adds the hyperdensity map as a channel of a display "
+                "input beside the gray one: it needs mode 'display' and channels >= "
+                f"{2 + int(self.asymmetry)} (got mode {self.mode!r}, channels {self.channels}"
+                f"{', with asymmetry' if self.asymmetry else ''})"
             )
 
     @property
@@ -831,10 +854,15 @@ def to_model_input(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
     np.clip(small, 0.0, 1.0, out=small)
     if spec.brain_level:
         small = normalize_brain_level(small, spec.brain_level)
+    maps = []
+    if spec.hyperdensity:
+        maps.append(hyperdensity_map(small))
     if spec.asymmetry:
-        gray_channels = np.repeat(small[:, :, None], spec.channels - 1, axis=2)
-        return np.concatenate([gray_channels, asymmetry_map(small)[:, :, None]], axis=2)
-    return np.repeat(small[:, :, None], spec.channels, axis=2)
+        maps.append(asymmetry_map(small))
+    gray_channels = np.repeat(small[:, :, None], spec.channels - len(maps), axis=2)
+    if not maps:
+        return gray_channels
+    return np.concatenate([gray_channels, np.stack(maps, axis=2)], axis=2)
 
 
 def _display_basis(scan: Scan, spec: InputSpec) -> npt.NDArray[np.float32]:
@@ -891,6 +919,40 @@ def asymmetry_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """
     x = np.asarray(gray, dtype=np.float32)
     return np.clip(x - x[:, ::-1], 0.0, 1.0)
+
+
+#: The hyperdensity map starts this far above the brain's median level: normal gray matter
+#: lies within it of the median, so the brain's own texture stays dark.
+HYPERDENSITY_FLOOR = 0.06
+#: Span above the floor that the hyperdensity map stretches to [0, 1]: fresh blood lies about
+#: 0.1-0.4 above brain in a brain window (hemo.density.STEPS).
+HYPERDENSITY_SPAN = 0.34
+
+
+def hyperdensity_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """How far each pixel inside the skull lies above the brain's median level.
+
+    The inside of the skull is :func:`hemo.density.masks`' (what the skull's ring encloses,
+    eroded away from the bone; the head's outline eroded where the skull is open), the level
+    the median there; the map is ``clip((x - level - HYPERDENSITY_FLOOR) / HYPERDENSITY_SPAN,
+    0, 1)`` inside and 0 elsewhere (bone, scalp, background).
+
+    Args:
+        gray: (H, W) display grayscale in [0, 1].
+
+    Returns:
+        float32 (H, W) in [0, 1].
+    """
+    from hemo import density
+
+    x = np.asarray(gray, dtype=np.float32)
+    _, _, inside = density.masks(x)
+    if not inside.any():
+        return np.zeros_like(x)
+    level = float(np.median(x[inside]))
+    out = np.clip((x - level - HYPERDENSITY_FLOOR) / HYPERDENSITY_SPAN, 0.0, 1.0)
+    out[~inside] = 0.0
+    return out
 
 
 def input_view(scan: Scan, spec: InputSpec, size: int | None = None) -> npt.NDArray[np.float32]:

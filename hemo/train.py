@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "crop_head": False,
         "mask_outside_head": False,
         "asymmetry": False,
+        "hyperdensity": False,
         "align_midline": False,
         "brain_level": 0.0,
         "black_background": False,
@@ -128,11 +129,14 @@ KEY_HELP: dict[str, str] = {
     "through display_window)",
     "input.windows": "HU window presets stacked as channels in hu mode: brain, subdural, "
     "soft_tissue, bone, stroke",
-    "input.channels": "input channels (display: 1, or 2 with asymmetry; hu: one per window)",
+    "input.channels": "input channels (display: 1, plus one each for asymmetry and "
+    "hyperdensity; hu: one per window)",
     "input.display_window": "window a DICOM is rendered through in display mode",
     "input.crop_head": "crop to the head's bounding square before resizing",
     "input.mask_outside_head": "zero everything outside the skull's convex hull",
     "input.asymmetry": "add a channel max(0, x - mirror(x)) across the head's vertical midline",
+    "input.hyperdensity": "add a channel: how far each pixel inside the skull lies above the "
+    "brain's median level",
     "input.align_midline": "turn the head onto its symmetry axis first",
     "input.brain_level": "scale the grayscale so the soft tissue's median lands here (0: off)",
     "input.black_background": "set a flat gray picture background to black",

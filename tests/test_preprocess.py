@@ -21,6 +21,7 @@ from hemo.preprocess import (
     blacken_background,
     head_bbox,
     head_only,
+    hyperdensity_map,
     input_view,
     largest_component,
     mask_to_model_input,
@@ -62,6 +63,19 @@ def _disc(shape=(200, 300), center=(80, 200), radius=50, value=0.6) -> np.ndarra
         ({"mode": "display", "channels": 2, "asymmetry": 1}, "asymmetry must be true or false"),
         ({"asymmetry": True}, "needs mode 'display' and channels >= 2"),
         ({"mode": "display", "channels": 1, "asymmetry": True}, "got mode 'display', channels 1"),
+        ({"mode": "display", "channels": 2, "hyperdensity": 1}, "hyperdensity must be true or"),
+        (
+            {"mode": "hu", "channels": 3, "windows": ("brain",) * 3, "hyperdensity": True},
+            "needs mode 'display' and channels >= 2",
+        ),  # fmt: skip
+        (
+            {"mode": "display", "channels": 1, "hyperdensity": True},
+            "got mode 'display', channels 1",
+        ),
+        (
+            {"mode": "display", "channels": 2, "asymmetry": True, "hyperdensity": True},
+            r"channels >= 3 \(got mode 'display', channels 2, with asymmetry\)",
+        ),  # fmt: skip
         ({"mode": "display", "brain_level": True}, "brain_level must be a number"),
         ({"mode": "display", "brain_level": 1.5}, r"a level in \(0, 1\), or 0 for off"),
         ({"brain_level": 0.45}, "brain_level scales display grayscale: it needs mode 'display'"),
@@ -220,6 +234,75 @@ def test_asymmetry_channel_shows_what_is_brighter_than_its_mirror():
     del old_card["asymmetry"]
     assert InputSpec.from_dict(old_card).asymmetry is False
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def _skull_ring_head(brain: float = 0.45) -> np.ndarray:
+    """A head: a white skull ring around brain at ``brain``, scalp-gray outside the ring."""
+    head = _disc((160, 160), (80, 80), 70, 0.3)
+    head = np.where(_disc((160, 160), (80, 80), 64, 1.0) > 0, 1.0, head)
+    return np.where(_disc((160, 160), (80, 80), 58, 1.0) > 0, brain, head).astype(np.float32)
+
+
+def test_hyperdensity_map_lights_what_is_denser_than_brain_inside_the_skull():
+    """hyperdensity_map: 0 on brain, bone, scalp and background, and (x - level - floor) / span
+    on a region brighter than the brain's median inside the skull, on either side."""
+    head = _skull_ring_head(0.45)
+    head[70:86, 40:56] = 0.75  # a bleed 0.3 above brain
+    head[74:82, 100:108] = 0.50  # within the floor: gray matter, not blood
+    m = hyperdensity_map(head)
+    assert m.dtype == np.float32 and m.shape == head.shape
+    np.testing.assert_allclose(m[74:82, 44:52], (0.75 - 0.45 - 0.06) / 0.34, atol=1e-6)
+    assert m[74:82, 100:108].max() == 0.0
+    assert m[head == 1.0].max() == 0.0 and m[head == 0.3].max() == 0.0 and m[0, 0] == 0.0
+    assert m[head == 0.45].max() == 0.0
+    mirrored = hyperdensity_map(head[:, ::-1])
+    np.testing.assert_allclose(mirrored[74:82, 108:116], m[74:82, 44:52])
+    np.testing.assert_array_equal(hyperdensity_map(np.zeros((40, 40), np.float32)), 0.0)
+
+
+def test_hyperdensity_channel_sits_before_the_asymmetry_map():
+    """With hyperdensity the channels are the grayscale(s), the hyperdensity map, then the
+    asymmetry map when on; each map is its function of the gray channel; off by default and in
+    cards written before it."""
+    head = _skull_ring_head(0.45)
+    head[70:86, 40:56] = 0.75
+    spec = InputSpec(
+        size=64, mode="display", channels=3, crop_head=True, asymmetry=True, hyperdensity=True
+    )
+    x = to_model_input(_image(head), spec)
+    gray = x[..., 0]
+    assert x.shape == (64, 64, 3)
+    np.testing.assert_array_equal(x[..., 1], hyperdensity_map(gray))
+    np.testing.assert_allclose(x[..., 2], np.clip(gray - gray[:, ::-1], 0, 1), atol=1e-6)
+    assert x[..., 1].max() > 0.5
+    alone = to_model_input(_image(head), dataclasses.replace(spec, asymmetry=False))
+    np.testing.assert_array_equal(alone[..., :2], np.stack([gray, gray], axis=2))
+    np.testing.assert_array_equal(alone[..., 2], x[..., 1])
+    old_card = spec.to_dict()
+    del old_card["hyperdensity"]
+    assert InputSpec.from_dict(old_card).hyperdensity is False
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_hyperdensity_map_separates_the_real_kaggle_images(head_ct_dir):
+    """On the 140 real Kaggle head-CT images, the share of the hyperdensity channel above 0.5
+    alone ranks the hemorrhage images above the others (ROC AUC about 0.9; the whole
+    grayscale's mean does not)."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from hemo.io import read_scan
+
+    labels = pd.read_csv(head_ct_dir / "labels.csv", skipinitialspace=True)
+    spec = InputSpec(size=96, mode="display", channels=2, crop_head=True, hyperdensity=True)
+    shares, means = [], []
+    for image_id in labels["id"]:
+        x = to_model_input(read_scan(head_ct_dir / "head_ct" / f"{image_id:03d}.png"), spec)
+        shares.append(float((x[..., 1] > 0.5).mean()))
+        means.append(float(x[..., 0].mean()))
+    y = labels["hemorrhage"].to_numpy()
+    assert roc_auc_score(y, shares) > 0.85
+    assert roc_auc_score(y, means) < 0.75
 
 
 def _head_with_bleed(brain: float) -> np.ndarray:
