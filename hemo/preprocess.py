@@ -25,7 +25,7 @@ on ``brain_level``, the gain kept within :data:`BRAIN_GAIN_RANGE`. Exported imag
 many windows and display curves (the Kaggle PNGs' brain sits anywhere from 0.3 to 0.6), a DICOM
 through one; black stays black, so in a brain window whose lower edge is 0 HU this is a change of
 window width. Too little tissue (under :data:`MIN_TISSUE_FRACTION` of the pixels) leaves the
-image as is. The asymmetry map is computed after it.
+image as is. The asymmetry and hyperdensity maps are computed after it.
 
 Optional black background (``black_background``, mode ``"display"``), first of all: an exported
 image whose background is a flat gray (a photographed film, a screenshot, a gray frame) gets
@@ -172,12 +172,13 @@ class InputSpec:
             background (see the module docstring); off by default, and a card without the key
             means off.
         asymmetry: Mode ``"display"``: the last of the ``channels`` (at least 2) is the
-            left-right asymmetry map (see the module docstring), the others the grayscale; off
-            by default, and a card without the key means off.
+            left-right asymmetry map (see the module docstring), the others the grayscale
+            (and the hyperdensity map, with ``hyperdensity``); off by default, and a card
+            without the key means off.
         hyperdensity: Mode ``"display"``: one channel (before the asymmetry map, when both)
-            is the hyperdensity map (:func:`hyperdensity_map`), the others the grayscale; needs
-            a gray channel besides the maps. Off by default, and a card without the key means
-            off.
+            is the hyperdensity map (:func:`hyperdensity_map`), the others the grayscale;
+            needs a gray channel besides the maps (``channels`` >= 2, >= 3 with
+            ``asymmetry``). Off by default, and a card without the key means off.
         align_midline: Turn and centre the head on its symmetry axis before the crop (see the
             module docstring); needs ``crop_head``. Off by default, and a card without the key
             means off.
@@ -935,7 +936,9 @@ def hyperdensity_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     The inside of the skull is :func:`hemo.density.masks`' (what the skull's ring encloses,
     eroded away from the bone; the head's outline eroded where the skull is open), the level
     the median there; the map is ``clip((x - level - HYPERDENSITY_FLOOR) / HYPERDENSITY_SPAN,
-    0, 1)`` inside and 0 elsewhere (bone, scalp, background).
+    0, 1)`` inside and 0 elsewhere (bone, scalp, background). A slice too small for the
+    skull's inside to be found (:func:`hemo.density.masks` then falls back to the whole head)
+    gives a map of zeros, as a blank one does; NaN counts as black.
 
     Args:
         gray: (H, W) display grayscale in [0, 1].
@@ -945,10 +948,13 @@ def hyperdensity_map(gray: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """
     from hemo import density
 
-    x = np.asarray(gray, dtype=np.float32)
-    _, _, inside = density.masks(x)
-    if not inside.any():
+    x = np.nan_to_num(np.asarray(gray, dtype=np.float32))  # an unknown pixel is black
+    head, skull, inside = density.masks(x)
+    # Too small a slice to find an inside (a few pixels across): masks then gives the whole
+    # head, bone and scalp included, so no pixel of it is known to be inside the skull
+    if not inside.any() or np.array_equal(inside, head):
         return np.zeros_like(x)
+    inside &= ~skull
     level = float(np.median(x[inside]))
     out = np.clip((x - level - HYPERDENSITY_FLOOR) / HYPERDENSITY_SPAN, 0.0, 1.0)
     out[~inside] = 0.0

@@ -268,8 +268,10 @@ def test_lesions_on_real_negatives_in_the_training_pipeline_only(head_ct_dir: Pa
     with pytest.raises(ConfigError, match="labels 'any'"):
         make_dataset(rows, spec, ("any", "subdural"), 8, True, lesion)
     asym = InputSpec(size=64, mode="display", channels=2, crop_head=True, asymmetry=True)
-    with pytest.raises(ConfigError, match="without the asymmetry or hyperdensity channel"):
-        make_dataset(rows, asym, ("any",), 8, True, lesion)
+    hyper = InputSpec(size=64, mode="display", channels=2, crop_head=True, hyperdensity=True)
+    for maps in (asym, hyper):  # painted gray, the maps would not show the lesion
+        with pytest.raises(ConfigError, match="without the asymmetry or hyperdensity channel"):
+            make_dataset(rows, maps, ("any",), 8, True, lesion)
 
 
 def test_class_weights_balance_the_train_split() -> None:

@@ -258,6 +258,20 @@ def test_hyperdensity_map_lights_what_is_denser_than_brain_inside_the_skull():
     mirrored = hyperdensity_map(head[:, ::-1])
     np.testing.assert_allclose(mirrored[74:82, 108:116], m[74:82, 44:52])
     np.testing.assert_array_equal(hyperdensity_map(np.zeros((40, 40), np.float32)), 0.0)
+    speck = head.copy()
+    speck[80, 80] = np.nan  # one unknown pixel stays local: the level is still the brain's
+    np.testing.assert_allclose(hyperdensity_map(speck)[74:82, 44:52], m[74:82, 44:52])
+    # Too small to find the skull's inside: no bone or scalp lit up, nothing at all
+    tiny = cv2.resize(head, (12, 12), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(hyperdensity_map(tiny), 0.0)
+    from pydicom.data import get_testdata_file
+
+    from hemo.io import read_scan
+
+    ct = read_scan(get_testdata_file("CT_small.dcm"))  # a real CT slice, shrunk to 16 px
+    small = InputSpec(size=16, mode="display", channels=2, crop_head=True, hyperdensity=True)
+    x = to_model_input(ct, small)
+    assert (x[..., 0] > 0.9).sum() > 10 and x[..., 1][x[..., 0] > 0.9].max() == 0.0  # no bone
 
 
 def test_hyperdensity_channel_sits_before_the_asymmetry_map():
