@@ -115,6 +115,11 @@ class Augment:
             pasted into the brain and become positive (:func:`paste_lesions`): the real
             background stays, so the only difference the label follows is the lesion.
             Display input and the binary ``any`` label only; 0 turns it off.
+        jitter_maps: The intensity augmentations (contrast, brightness, ``gamma``) act on the
+            derived map channels too (the asymmetry and hyperdensity maps), as on the gray
+            ones (the default, and what every model before the key was trained with). False
+            leaves the maps out of them: the maps move with the geometry (flip, rotation, zoom)
+            and the blur only, so a map of 0 stays 0, as it is at prediction.
     """
 
     strength: float = 1.0
@@ -128,6 +133,7 @@ class Augment:
     gamma: float = 0.0
     blur: float = 0.0
     lesion: float = 0.0
+    jitter_maps: bool = True
 
 
 def labels_for(df: pd.DataFrame) -> tuple[str, ...]:
@@ -259,6 +265,22 @@ def augment_with_mask(
         else:
             x = layer(x, training=True)
     return x, mask
+
+
+def augment_gray_only(augmenter: keras.Sequential, x: tf.Tensor, gray: int) -> tf.Tensor:
+    """Run ``augmenter`` on a batch whose channels after the first ``gray`` are derived maps.
+
+    The geometric layers (:data:`GEOMETRIC_LAYERS`) and the blur see every channel, so a map
+    moves and smooths with its image; the intensity layers (contrast, brightness) see the gray
+    channels only. Each layer draws its randomness per image from its own seed, so the gray
+    channels come out exactly as ``augmenter(x)`` would give them.
+    """
+    for layer in augmenter.layers:
+        if isinstance(layer, (*GEOMETRIC_LAYERS, keras.layers.RandomGaussianBlur)):
+            x = layer(x, training=True)
+        else:
+            x = tf.concat([layer(x[..., :gray], training=True), x[..., gray:]], axis=-1)
+    return x
 
 
 def make_augmenter(augment: Augment) -> keras.Sequential:
@@ -445,6 +467,7 @@ def train_preprocessing(
     seed: int = DEFAULT_SEED,
     gamma: float = 0.0,
     lesion: float = 0.0,
+    gray_channels: int = 0,
 ):
     """Batch map for training: synthetic lesions (if on), augment (if any), random gamma (if
     on), mixup (if on), keep values in [0, 1].
@@ -456,6 +479,9 @@ def train_preprocessing(
         gamma: Largest log-gamma (``Augment.gamma``); 0 for none.
         lesion: Share of negatives given a lesion (:func:`paste_lesions`, on target column
             0); 0 for none.
+        gray_channels: When > 0, the channels after the first ``gray_channels`` are derived
+            maps that the intensity augmentations and the gamma leave alone
+            (:func:`augment_gray_only`, ``Augment.jitter_maps = False``); 0: every channel.
 
     Returns:
         A function ``(x, y, w) -> (x', y', w')`` for ``Dataset.map`` on batches.
@@ -471,10 +497,16 @@ def train_preprocessing(
             x, y = paste_lesions(x, y, lesion, painter)
         # Random geometry and intensity, per image of the batch
         if augmenter is not None:
-            x = augmenter(x, training=True)
+            if gray_channels:
+                x = augment_gray_only(augmenter, x, gray_channels)
+            else:
+                x = augmenter(x, training=True)
         x = tf.clip_by_value(x, *VALUE_RANGE)
         # Another display curve per image: x ** exp(u) keeps 0 and 1 where they are
-        if curver is not None:
+        if curver is not None and gray_channels:
+            curved = _random_curve(x[..., :gray_channels], gamma, curver)
+            x = tf.concat([curved, x[..., gray_channels:]], axis=-1)
+        elif curver is not None:
             x = _random_curve(x, gamma, curver)
         # Convex mixes of image pairs and their targets
         if mixer is not None:
@@ -656,6 +688,12 @@ def make_dataset(
                 f"'any' (got mode {spec.mode!r}, asymmetry {spec.asymmetry}, hyperdensity "
                 f"{spec.hyperdensity}, labels {list(labels)})"
             )
+    if mask_grid > 0 and training and _gray_channels(spec, augment):
+        raise ConfigError(
+            "mask supervision augments the image and its mask together: it cannot leave the "
+            "map channels out of the intensity augmentations (augment.jitter_maps = false); "
+            "turn that off"
+        )
     if mask_grid > 0 and training and augment is not None and (augment.lesion or augment.mixup):
         raise ConfigError(
             "mask supervision cannot follow synthetic lesions (augment.lesion) or mixes of "
@@ -712,7 +750,12 @@ def make_dataset(
         augment_seed = augment.seed if augment is not None else seed
         ds = ds.map(
             train_preprocessing(
-                make_augmenter(augment) if on else None, mixup, augment_seed + 5, gamma, lesion
+                make_augmenter(augment) if on else None,
+                mixup,
+                augment_seed + 5,
+                gamma,
+                lesion,
+                _gray_channels(spec, augment),
             )
         )
     else:
@@ -723,6 +766,15 @@ def make_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def _gray_channels(spec: InputSpec, augment: Augment | None) -> int:
+    """How many leading gray channels the intensity augmentations may touch: 0 (all of them)
+    unless ``augment.jitter_maps`` is off and the input has derived map channels."""
+    maps = int(spec.asymmetry) + int(spec.hyperdensity)
+    if augment is None or augment.jitter_maps or not maps:
+        return 0
+    return spec.channels - maps
 
 
 def _masked_dataset(

@@ -101,7 +101,14 @@ DEFAULTS: dict[str, Any] = {
     "cache": "auto",
     "extra_train": "",
     "extra_train_rows": 0,
-    "augment": {"strength": 1.0, "mixup": 0.0, "gamma": 0.0, "blur": 0.0, "lesion": 0.0},
+    "augment": {
+        "strength": 1.0,
+        "mixup": 0.0,
+        "gamma": 0.0,
+        "blur": 0.0,
+        "lesion": 0.0,
+        "jitter_maps": True,
+    },
     "threshold": {"method": "youden", "target_sensitivity": 0.9, "referral_accuracy": 0.98},
     "density": False,
     "strategy": "default",
@@ -169,6 +176,8 @@ KEY_HELP: dict[str, str] = {
     "augment.gamma": "display-curve jitter x ** e^u, u in [-g, g] (0: off; at most 1)",
     "augment.blur": "Gaussian blur up to this sigma in pixels on half the images (0: off)",
     "augment.lesion": "probability of a synthetic lesion pasted into a negative (0: off)",
+    "augment.jitter_maps": "contrast, brightness and gamma jitter act on the asymmetry and "
+    "hyperdensity map channels too (false: on the gray channels only)",
     "threshold.method": "operating threshold on the val split: youden | sensitivity",
     "threshold.target_sensitivity": "sensitivity the threshold must reach with method sensitivity",
     "threshold.referral_accuracy": "accuracy the decided calls must reach outside the "
@@ -487,6 +496,10 @@ def _validate(config: dict[str, Any]) -> None:
         value = config["augment"][key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"augment.{key} must be a number >= 0, got {value!r}")
+    if not isinstance(config["augment"]["jitter_maps"], bool):
+        raise ConfigError(
+            f"augment.jitter_maps must be true or false, got {config['augment']['jitter_maps']!r}"
+        )
     for key, most in AUGMENT_LIMITS.items():
         if config["augment"][key] > most:
             raise ConfigError(f"augment.{key} must be at most {most}, got {config['augment'][key]}")
@@ -999,6 +1012,7 @@ def _training_data(config: Mapping[str, Any]) -> _Data:
         gamma=float(config["augment"]["gamma"]),
         blur=float(config["augment"]["blur"]),
         lesion=float(config["augment"]["lesion"]),
+        jitter_maps=config["augment"]["jitter_maps"],
     )
     return _Data(
         data=data,

@@ -16,6 +16,7 @@ from hemo.pipeline import (
     Augment,
     _dilate,
     _erode,
+    augment_gray_only,
     augment_with_mask,
     cache_bytes,
     class_weights,
@@ -27,6 +28,7 @@ from hemo.pipeline import (
     make_dataset,
     mix_batch,
     paste_lesions,
+    train_preprocessing,
 )
 from hemo.preprocess import InputSpec
 
@@ -341,6 +343,53 @@ def test_augment_with_mask_moves_the_mask_exactly_as_the_image() -> None:
     alone = make_augmenter(full)(tf.constant(image), training=True)
     np.testing.assert_allclose(np.asarray(x), np.asarray(alone), atol=1e-6)
     assert mask.shape == blobs.shape
+
+
+def test_jitter_maps_off_keeps_the_maps_out_of_the_intensity_jitter() -> None:
+    """augment.jitter_maps = false: the gray channels come out exactly as with every channel
+    jittered, the map channels as the geometry (and blur) alone moves them, so a map of 0
+    stays 0; on (the default), brightness lifts the maps too; gamma likewise."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    gray = rng.random((8, 32, 32, 1)).astype(np.float32)
+    maps = np.zeros((8, 32, 32, 2), np.float32)
+    maps[:, 10:14, 4:8] = 0.6  # a one-sided blob in both maps
+    x = tf.constant(np.concatenate([gray, maps], axis=-1))
+    y, w = tf.zeros((8, 1)), tf.ones((8,))
+    full = Augment(strength=2.0, seed=3, blur=1.0)
+    apart, _, _ = train_preprocessing(make_augmenter(full), gray_channels=1)(x, y, w)
+    every, _, _ = train_preprocessing(make_augmenter(full))(x, y, w)
+    apart, every = np.asarray(apart), np.asarray(every)
+    np.testing.assert_allclose(apart[..., :1], every[..., :1], atol=1e-6)
+    geometry = Augment(strength=2.0, seed=3, blur=1.0, contrast_factor=0.0, brightness_factor=0.0)
+    moved = np.clip(np.asarray(make_augmenter(geometry)(x, training=True)), 0, 1)
+    np.testing.assert_allclose(apart[..., 1:], moved[..., 1:], atol=1e-6)
+    assert (apart[..., 1:] == 0).mean() > 0.8 and (every[..., 1:] == 0).mean() < 0.5
+    direct = np.asarray(augment_gray_only(make_augmenter(full), x, 1))
+    np.testing.assert_allclose(np.clip(direct, 0, 1), apart, atol=1e-6)
+    curved, _, _ = train_preprocessing(None, gamma=0.5, gray_channels=1)(x, y, w)
+    np.testing.assert_array_equal(np.asarray(curved)[..., 1:], maps)
+    assert not np.allclose(np.asarray(curved)[..., :1], gray)
+
+
+def test_jitter_maps_off_is_wired_from_the_dataset(index: pd.DataFrame) -> None:
+    """make_dataset leaves the maps of a display input with maps out of the jitter when
+    Augment.jitter_maps is off (a map of a symmetric phantom stays mostly 0 under strong
+    brightness jitter) and refuses it with mask supervision."""
+    rows = index[index["split"] == "train"].head(16)
+    spec = InputSpec(size=32, mode="display", channels=2, crop_head=True, asymmetry=True)
+    none = Augment(strength=0.0, seed=0)
+    jitter = dict(strength=4.0, seed=0, rotation_deg=0.0, zoom_fraction=0.0, flip="horizontal")
+    outs = {}
+    for on in (True, False):
+        ds = make_dataset(rows, spec, ("any",), 16, True, Augment(**jitter, jitter_maps=on), 0)
+        outs[on] = np.asarray(next(iter(ds))[0])
+    plain = np.asarray(next(iter(make_dataset(rows, spec, ("any",), 16, True, none, 0)))[0])
+    assert np.abs(outs[False][..., 1].mean() - plain[..., 1].mean()) < 0.01
+    assert np.abs(outs[True][..., 1] - outs[False][..., 1]).max() > 0.1
+    with pytest.raises(ConfigError, match="jitter_maps"):
+        make_dataset(rows, spec, ("any",), 8, True, Augment(jitter_maps=False), 0, mask_grid=4)
 
 
 def test_mask_targets_carry_each_rows_mask_on_the_grid(index: pd.DataFrame) -> None:
