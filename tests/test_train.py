@@ -173,6 +173,8 @@ def test_bad_config_is_refused() -> None:
         resolve_config({"data": "d"}, {"augment.blur": -1})
     with pytest.raises(ConfigError, match="augment.lesion must be at most 1.0"):
         resolve_config({"data": "d"}, {"augment.lesion": 1.5})
+    with pytest.raises(ConfigError, match="augment.jitter_maps must be true or false, got 'no'"):
+        resolve_config({"data": "d"}, {"augment.jitter_maps": "no"})
     resolved = resolve_config({"data": "d", "augment": {"gamma": 0.5, "blur": 1.5}})
     assert resolved["augment"] == {
         "strength": 1.0,
@@ -180,7 +182,10 @@ def test_bad_config_is_refused() -> None:
         "gamma": 0.5,
         "blur": 1.5,
         "lesion": 0.0,
+        "jitter_maps": True,
     }
+    off = resolve_config({"data": "d"}, {"augment.jitter_maps": False})
+    assert off["augment"]["jitter_maps"] is False
 
 
 @pytest.mark.parametrize(
