@@ -356,7 +356,9 @@ def _train_to_the_end(run_config: Mapping[str, Any]) -> Path:
 
     Raises:
         KeyboardInterrupt: The run was stopped (SIGINT/SIGTERM): the command ends as
-            interrupted (exit 130), and running it again resumes that run.
+            interrupted (exit 130), and running it again resumes that run. A signal after
+            the run's last epoch lets it finish and stops here too (raised by ``train``):
+            the rerun reuses that run and goes on with the next.
     """
     from hemo.train import train
 

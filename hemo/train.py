@@ -943,11 +943,21 @@ def train(config: Mapping[str, Any]) -> Path:
         raise
     finally:
         flag.restore()
+    # A stop asked for after the last epoch (while the model was saved and evaluated) finds
+    # nothing left to stop: the run finishes, and the stop goes to the caller, so hemo crossval
+    # does not start its next fold as if nobody had asked
+    late = flag.requested and state == runs.FINISHED
+    if late:
+        message = f"{message} ({flag.signal_name} arrived after the last epoch)"
     runs.write_status(
         path, state=state, message=message, eta_s=0 if state == runs.FINISHED else None
     )
     if not chief:
         shutil.rmtree(path, ignore_errors=True)
+    if late:
+        log.warning("%s arrived after the last epoch: run %s finished; stopping here",
+                    flag.signal_name, path.name)  # fmt: skip
+        raise KeyboardInterrupt
     return path
 
 

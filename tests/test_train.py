@@ -955,6 +955,37 @@ def test_stop_mid_epoch_keeps_whole_epochs_and_resumes_only_with_the_same_settin
     assert run.state == "finished" and run.status["epoch"] == 3
 
 
+def test_a_stop_after_the_last_epoch_finishes_the_run_and_reaches_the_caller(
+    tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the finished model is evaluated: the run is finished (model and report
+    written, status says when the signal came) and train() then raises KeyboardInterrupt, so
+    a caller such as hemo crossval stops instead of starting its next fold."""
+    import hemo.train as train_module
+
+    monkeypatch.setattr(runs, "RUNS_DIR", tmp_path)
+    real_finish = train_module._finish
+
+    def finish_under_a_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_finish", finish_under_a_signal)
+    overrides = parse_overrides(TINY) | {"epochs": 1, "batch_size": 4, "name": "late"}
+    config = resolve_config({"data": str(phantom_dir)}, overrides)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(config)
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+    run = runs.read_run("late", tmp_path)
+    assert run.state == "finished"
+    assert "SIGTERM arrived after the last epoch" in run.status["message"]
+    assert (tmp_path / "late" / "model.keras").is_file()
+    monkeypatch.setattr(train_module, "_finish", real_finish)
+    calm = resolve_config({"data": str(phantom_dir)}, overrides | {"name": "calm"})
+    assert train_module.train(calm) == tmp_path / "calm"  # no signal: returns as before
+
+
 def test_early_stopping_says_so_in_the_finished_status(
     tmp_path: Path, phantom_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
