@@ -680,8 +680,7 @@ def make_dataset(
     if df.empty:
         raise DatasetError("no rows to build a dataset from (empty split?)")
     if training and augment is not None and augment.lesion > 0:
-        maps = spec.asymmetry or spec.hyperdensity
-        if spec.mode != "display" or maps or tuple(labels) != BINARY_LABELS:
+        if spec.mode != "display" or spec.map_channels or tuple(labels) != BINARY_LABELS:
             raise ConfigError(
                 "augment.lesion paints display-grayscale lesions and sets the 'any' label: it "
                 "needs display input without the asymmetry or hyperdensity channel and labels "
@@ -771,10 +770,9 @@ def make_dataset(
 def _gray_channels(spec: InputSpec, augment: Augment | None) -> int:
     """How many leading gray channels the intensity augmentations may touch: 0 (all of them)
     unless ``augment.jitter_maps`` is off and the input has derived map channels."""
-    maps = int(spec.asymmetry) + int(spec.hyperdensity)
-    if augment is None or augment.jitter_maps or not maps:
+    if augment is None or augment.jitter_maps or not spec.map_channels:
         return 0
-    return spec.channels - maps
+    return spec.channels - spec.map_channels
 
 
 def _masked_dataset(

@@ -308,6 +308,11 @@ class InputSpec:
         return tuple(get_window(name) for name in self.windows)
 
     @property
+    def map_channels(self) -> int:
+        """How many of the last channels are derived maps (hyperdensity, asymmetry), not gray."""
+        return int(self.hyperdensity) + int(self.asymmetry)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """(size, size, channels): the model's input shape."""
         return (self.size, self.size, self.channels)

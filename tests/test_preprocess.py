@@ -285,7 +285,8 @@ def test_hyperdensity_channel_sits_before_the_asymmetry_map():
     )
     x = to_model_input(_image(head), spec)
     gray = x[..., 0]
-    assert x.shape == (64, 64, 3)
+    assert x.shape == (64, 64, 3) and spec.map_channels == 2
+    assert dataclasses.replace(spec, asymmetry=False).map_channels == 1
     np.testing.assert_array_equal(x[..., 1], hyperdensity_map(gray))
     np.testing.assert_allclose(x[..., 2], np.clip(gray - gray[:, ::-1], 0, 1), atol=1e-6)
     assert x[..., 1].max() > 0.5
